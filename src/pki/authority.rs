@@ -1,0 +1,319 @@
+//! Certificate authorities: a root, an intermediate, or one loaded from PEM.
+//! Every authority passes a self-check (a probe certificate whose issuer and
+//! signature must match the CA certificate) before it may sign.
+
+use super::error::{PkiError, Result};
+use super::keys::{KeyAlgorithm, PrivateKey, PublicKeyKind, classify_spki};
+use super::pem;
+use super::serial::random_serial;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
+    PublicKeyData, SignatureAlgorithm, SigningKey,
+};
+use rustls_pki_types::CertificateDer;
+use std::fmt;
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Certificates meshroot reads are small; a chain file of several is too.
+pub const MAX_CERT_PEM_BYTES: usize = 256 * 1024;
+
+impl PublicKeyData for PrivateKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.key_pair().der_bytes()
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.key_pair().algorithm()
+    }
+}
+
+impl SigningKey for PrivateKey {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        self.key_pair().sign(msg)
+    }
+}
+
+/// How to make a new CA certificate.
+#[derive(Clone, Debug)]
+pub struct CaSpec {
+    pub common_name: String,
+    pub organization: String,
+    pub key_algorithm: KeyAlgorithm,
+    pub lifetime: Duration,
+}
+
+impl CaSpec {
+    pub fn root(lifetime: Duration) -> Self {
+        Self {
+            common_name: "meshroot root CA".into(),
+            organization: "meshroot".into(),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            lifetime,
+        }
+    }
+
+    pub fn intermediate(mesh: &str, lifetime: Duration) -> Self {
+        Self {
+            common_name: format!("meshroot intermediate CA for mesh {mesh}"),
+            organization: "meshroot".into(),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            lifetime,
+        }
+    }
+}
+
+/// A CA certificate with its private key, ready to sign.
+pub struct Authority {
+    cert: CertificateDer<'static>,
+    cert_pem: String,
+    subject: String,
+    serial_hex: String,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    self_signed: bool,
+    issuer: rcgen::Issuer<'static, PrivateKey>,
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority")
+            .field("subject", &self.subject)
+            .field("serial", &self.serial_hex)
+            .field("not_after", &self.not_after)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Authority {
+    /// Generates a self-signed root.
+    pub fn new_root(spec: &CaSpec, now: OffsetDateTime) -> Result<Self> {
+        let key = PrivateKey::generate(spec.key_algorithm)?;
+        let mut params = ca_params(spec, now, now + spec.lifetime)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key)?;
+        Self::from_parts(cert.der().clone(), key)
+    }
+
+    /// Generates an intermediate (pathLen 0) signed by `self`. Its lifetime
+    /// never extends past this authority's.
+    pub fn new_intermediate(&self, spec: &CaSpec, now: OffsetDateTime) -> Result<Self> {
+        self.check_valid_at(now)?;
+        let key = PrivateKey::generate(spec.key_algorithm)?;
+        let not_after = (now + spec.lifetime).min(self.not_after);
+        let mut params = ca_params(spec, now, not_after)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.use_authority_key_identifier_extension = true;
+        let cert = self.sign(&params, &key.spki_der())?;
+        Self::from_parts(cert, key)
+    }
+
+    /// Loads a CA certificate (exactly one PEM block) and its private key.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+        let mut certs = pem::decode_certificates(cert_pem, MAX_CERT_PEM_BYTES)?;
+        if certs.len() != 1 {
+            return Err(PkiError::PemCount(certs.len()));
+        }
+        let key = PrivateKey::from_pem(key_pem)?;
+        Self::from_parts(certs.remove(0), key)
+    }
+
+    fn from_parts(cert: CertificateDer<'static>, key: PrivateKey) -> Result<Self> {
+        let (subject, serial_hex, not_before, not_after, self_signed) = {
+            let x509 = parse_certificate(&cert)?;
+            check_is_ca(&x509)?;
+            if x509.public_key().raw != key.spki_der().as_slice() {
+                return Err(PkiError::KeyMismatch);
+            }
+            classify_spki(x509.public_key())?;
+            // rcgen re-encodes the issuer name from parsed attributes; it only
+            // handles one attribute per RDN and panics on an empty one.
+            for rdn in x509.subject().iter() {
+                if rdn.iter().count() != 1 {
+                    return Err(PkiError::NotCa(
+                        "the subject has a multi-valued or empty RDN, which meshroot cannot sign under".into(),
+                    ));
+                }
+            }
+            (
+                x509.subject().to_string(),
+                x509.raw_serial_as_string().replace(':', ""),
+                x509.validity().not_before.to_datetime(),
+                x509.validity().not_after.to_datetime(),
+                x509.subject().as_raw() == x509.issuer().as_raw(),
+            )
+        };
+        let issuer = rcgen::Issuer::from_ca_cert_der(&cert, key)?;
+        let authority = Self {
+            cert_pem: pem::encode_certificate(&cert),
+            cert,
+            subject,
+            serial_hex,
+            not_before,
+            not_after,
+            self_signed,
+            issuer,
+        };
+        authority.self_check()?;
+        Ok(authority)
+    }
+
+    /// Signs a probe certificate and checks that its issuer name, AKI and
+    /// signature match this CA certificate exactly, so a re-encoded name or
+    /// a wrong key can never produce certificates that do not chain.
+    fn self_check(&self) -> Result<()> {
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        params.not_before = now;
+        params.not_after = now + Duration::minutes(1);
+        params.use_authority_key_identifier_extension = true;
+        let probe_key = self.issuer.key().spki_der();
+        let probe = self.sign(&params, &probe_key)?;
+        let probe = parse_certificate(&probe)?;
+        let ca = parse_certificate(&self.cert)?;
+        if probe.issuer().as_raw() != ca.subject().as_raw() {
+            return Err(PkiError::SelfCheck(
+                "issued certificates would not name this CA as issuer".into(),
+            ));
+        }
+        probe
+            .verify_signature(Some(ca.public_key()))
+            .map_err(|e| PkiError::SelfCheck(format!("probe signature does not verify: {e}")))?;
+        if let (Some(ski), Some(aki)) = (subject_key_id(&ca), authority_key_id(&probe)) {
+            if ski != aki {
+                return Err(PkiError::SelfCheck(
+                    "authority key identifier does not match".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs `params` for the public key `spki_der` (DER SubjectPublicKeyInfo).
+    pub fn sign(
+        &self,
+        params: &CertificateParams,
+        spki_der: &[u8],
+    ) -> Result<CertificateDer<'static>> {
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| PkiError::UnsupportedKey(format!("public key: {e}")))?;
+        Ok(params.signed_by(&spki, &self.issuer)?.der().clone())
+    }
+
+    /// Fails unless `now` lies within this CA certificate's validity.
+    pub fn check_valid_at(&self, now: OffsetDateTime) -> Result<()> {
+        if now < self.not_before || now >= self.not_after {
+            return Err(PkiError::Expired {
+                not_before: self.not_before.to_string(),
+                not_after: self.not_after.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    pub fn certificate_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key(&self) -> &PrivateKey {
+        self.issuer.key()
+    }
+
+    pub fn key_kind(&self) -> PublicKeyKind {
+        self.issuer.key().kind()
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    pub fn serial_hex(&self) -> &str {
+        &self.serial_hex
+    }
+
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    pub fn is_self_signed(&self) -> bool {
+        self.self_signed
+    }
+}
+
+fn ca_params(
+    spec: &CaSpec,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, spec.organization.as_str());
+    dn.push(DnType::CommonName, spec.common_name.as_str());
+    params.distinguished_name = dn;
+    params.not_before = not_before - Duration::minutes(2);
+    params.not_after = not_after;
+    params.serial_number = Some(random_serial()?.0);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+pub(crate) fn parse_certificate<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>> {
+    let (rest, cert) = X509Certificate::from_der(der.as_ref())
+        .map_err(|e| PkiError::Der(format!("certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(PkiError::Der("trailing bytes after the certificate".into()));
+    }
+    Ok(cert)
+}
+
+fn check_is_ca(cert: &X509Certificate<'_>) -> Result<()> {
+    let bc = cert
+        .basic_constraints()
+        .map_err(|e| PkiError::Der(e.to_string()))?;
+    if !bc.is_some_and(|bc| bc.value.ca) {
+        return Err(PkiError::NotCa(format!(
+            "{} lacks basicConstraints CA:TRUE",
+            cert.subject()
+        )));
+    }
+    let ku = cert.key_usage().map_err(|e| PkiError::Der(e.to_string()))?;
+    if let Some(ku) = ku {
+        if !ku.value.key_cert_sign() {
+            return Err(PkiError::NotCa(format!(
+                "{} lacks the keyCertSign key usage",
+                cert.subject()
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    use x509_parser::extensions::ParsedExtension;
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+}
+
+pub(crate) fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    use x509_parser::extensions::ParsedExtension;
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(k) => {
+                k.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+}

@@ -1,0 +1,229 @@
+//! PKCS#10 certificate signing requests: bounded parsing, signature
+//! verification, key policy, and what the requester asked for.
+//!
+//! Nothing here decides what gets issued: a CA builds certificates from its
+//! own policy and takes only the public key from the CSR.
+
+use super::error::{PkiError, Result};
+use super::keys::{PublicKeyKind, classify_spki};
+use super::pem;
+use std::net::IpAddr;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::cri_attributes::ParsedCriAttribute;
+use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
+use x509_parser::prelude::FromDer;
+
+/// The largest CSR PEM meshroot reads. An RSA-8192 CSR is under 3 KiB.
+pub const MAX_CSR_PEM_BYTES: usize = 64 * 1024;
+
+const OID_SAN: &str = "2.5.29.17";
+
+/// The subject alternative names a CSR asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestedNames {
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub emails: Vec<String>,
+    /// SAN entries of any other type (directory names, otherName, ...).
+    pub other: usize,
+}
+
+impl RequestedNames {
+    pub fn is_empty(&self) -> bool {
+        self.uris.is_empty()
+            && self.dns.is_empty()
+            && self.ips.is_empty()
+            && self.emails.is_empty()
+            && self.other == 0
+    }
+}
+
+/// A parsed CSR whose signature has been verified.
+#[derive(Clone, Debug)]
+pub struct CertificateSigningRequest {
+    spki_der: Vec<u8>,
+    key_kind: PublicKeyKind,
+    names: RequestedNames,
+    san_critical: Option<bool>,
+    requests_ca: bool,
+    subject: String,
+    extension_oids: Vec<String>,
+}
+
+impl CertificateSigningRequest {
+    /// Parses and verifies a PEM CSR.
+    pub fn from_pem(input: &[u8]) -> Result<Self> {
+        let der = pem::decode_one(input, pem::CERTIFICATE_REQUEST, MAX_CSR_PEM_BYTES)?;
+        Self::from_der(&der)
+    }
+
+    /// Parses and verifies a DER CSR.
+    pub fn from_der(der: &[u8]) -> Result<Self> {
+        if der.len() > MAX_CSR_PEM_BYTES {
+            return Err(PkiError::TooLarge {
+                size: der.len(),
+                limit: MAX_CSR_PEM_BYTES,
+            });
+        }
+        let (rest, csr) = X509CertificationRequest::from_der(der)
+            .map_err(|e| PkiError::Der(format!("not a PKCS#10 CSR: {e}")))?;
+        if !rest.is_empty() {
+            return Err(PkiError::Der("trailing bytes after the CSR".into()));
+        }
+        let info = &csr.certification_request_info;
+        let key_kind = classify_spki(&info.subject_pki)?;
+        check_signature_algorithm(&csr, key_kind)?;
+        csr.verify_signature()
+            .map_err(|e| PkiError::CsrSignature(e.to_string()))?;
+
+        let mut names = RequestedNames::default();
+        let mut san_critical = None;
+        let mut requests_ca = false;
+        let mut extension_oids = Vec::new();
+        if let Some(extensions) = requested_extensions(&csr)? {
+            for ext in extensions {
+                let oid = ext.oid.to_id_string();
+                if oid == OID_SAN {
+                    if san_critical.is_some() {
+                        return Err(PkiError::Invalid(
+                            "the CSR repeats the SAN extension".into(),
+                        ));
+                    }
+                    san_critical = Some(ext.critical);
+                }
+                match ext.parsed_extension() {
+                    ParsedExtension::SubjectAlternativeName(san) => {
+                        for name in &san.general_names {
+                            collect_name(name, &mut names)?;
+                        }
+                    }
+                    ParsedExtension::BasicConstraints(bc) => requests_ca |= bc.ca,
+                    ParsedExtension::ParseError { error } => {
+                        return Err(PkiError::Der(format!("extension {oid}: {error}")));
+                    }
+                    _ => {}
+                }
+                extension_oids.push(oid);
+            }
+        }
+        Ok(Self {
+            spki_der: info.subject_pki.raw.to_vec(),
+            key_kind,
+            names,
+            san_critical,
+            requests_ca,
+            subject: info.subject.to_string(),
+            extension_oids,
+        })
+    }
+
+    /// The requester's public key, as DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    pub fn key_kind(&self) -> PublicKeyKind {
+        self.key_kind
+    }
+
+    pub fn names(&self) -> &RequestedNames {
+        &self.names
+    }
+
+    /// Whether the SAN extension was marked critical; `None` without one.
+    pub fn san_critical(&self) -> Option<bool> {
+        self.san_critical
+    }
+
+    /// Whether the CSR asked for `CA:TRUE`.
+    pub fn requests_ca(&self) -> bool {
+        self.requests_ca
+    }
+
+    /// The requested subject, in RFC 4514 form (for logs and policy).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// OIDs of every requested extension, in order.
+    pub fn extension_oids(&self) -> &[String] {
+        &self.extension_oids
+    }
+}
+
+fn requested_extensions<'b>(
+    csr: &'b X509CertificationRequest<'_>,
+) -> Result<Option<&'b [X509Extension<'b>]>> {
+    let mut found = None;
+    for attr in csr.certification_request_info.iter_attributes() {
+        if let ParsedCriAttribute::ExtensionRequest(req) = attr.parsed_attribute() {
+            if found.is_some() {
+                return Err(PkiError::Invalid(
+                    "the CSR has two extension requests".into(),
+                ));
+            }
+            found = Some(req.extensions.as_slice());
+        }
+    }
+    Ok(found)
+}
+
+fn collect_name(name: &GeneralName<'_>, names: &mut RequestedNames) -> Result<()> {
+    match name {
+        GeneralName::URI(u) => names.uris.push((*u).to_string()),
+        GeneralName::DNSName(d) => names.dns.push((*d).to_string()),
+        GeneralName::RFC822Name(e) => names.emails.push((*e).to_string()),
+        GeneralName::IPAddress(bytes) => {
+            let ip = match bytes.len() {
+                4 => IpAddr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default()),
+                16 => IpAddr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default()),
+                n => return Err(PkiError::Invalid(format!("IP address SAN of {n} bytes"))),
+            };
+            names.ips.push(ip);
+        }
+        _ => names.other += 1,
+    }
+    Ok(())
+}
+
+const OID_SHA1_RSA: &str = "1.2.840.113549.1.1.5";
+const OID_SHA1_RSA_OLD: &str = "1.3.14.3.2.29";
+const OID_SHA256_RSA: &str = "1.2.840.113549.1.1.11";
+const OID_SHA384_RSA: &str = "1.2.840.113549.1.1.12";
+const OID_SHA512_RSA: &str = "1.2.840.113549.1.1.13";
+const OID_RSA_PSS: &str = "1.2.840.113549.1.1.10";
+const OID_ECDSA_SHA1: &str = "1.2.840.10045.4.1";
+const OID_ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
+const OID_ECDSA_SHA384: &str = "1.2.840.10045.4.3.3";
+const OID_ED25519_SIG: &str = "1.3.101.112";
+const OID_MD5_RSA: &str = "1.2.840.113549.1.1.4";
+
+/// Accepts SHA-2 RSA (PKCS#1 v1.5 and PSS), ECDSA with SHA-256/384 and
+/// Ed25519, each only with a matching key type. SHA-1 and MD5 are refused
+/// even though the verifier would accept SHA-1 "for legacy use".
+fn check_signature_algorithm(csr: &X509CertificationRequest<'_>, key: PublicKeyKind) -> Result<()> {
+    let oid = csr.signature_algorithm.algorithm.to_id_string();
+    let key_matches = match oid.as_str() {
+        OID_SHA256_RSA | OID_SHA384_RSA | OID_SHA512_RSA | OID_RSA_PSS => {
+            matches!(key, PublicKeyKind::Rsa { .. })
+        }
+        OID_ECDSA_SHA256 | OID_ECDSA_SHA384 => {
+            matches!(key, PublicKeyKind::EcdsaP256 | PublicKeyKind::EcdsaP384)
+        }
+        OID_ED25519_SIG => key == PublicKeyKind::Ed25519,
+        OID_SHA1_RSA | OID_SHA1_RSA_OLD | OID_ECDSA_SHA1 => {
+            return Err(PkiError::UnsupportedSignature(
+                "SHA-1 (use SHA-256 or stronger)".into(),
+            ));
+        }
+        OID_MD5_RSA => return Err(PkiError::UnsupportedSignature("MD5".into())),
+        other => return Err(PkiError::UnsupportedSignature(other.to_string())),
+    };
+    if !key_matches {
+        return Err(PkiError::UnsupportedSignature(format!(
+            "{oid} does not match a {key} key"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! Pure X.509: keys, CSRs, authorities, issuance profiles, chains, trust
+//! bundles and SPIFFE IDs. No I/O and no async, so it can be unit-tested
+//! exhaustively and fuzzed.
+
+pub mod authority;
+pub mod chain;
+pub mod csr;
+pub mod error;
+pub mod keys;
+pub mod pem;
+pub mod profile;
+pub mod serial;
+pub mod spiffe;
+
+pub use authority::{Authority, CaSpec};
+pub use chain::{SigningChain, TrustBundle};
+pub use csr::CertificateSigningRequest;
+pub use error::PkiError;
+pub use keys::{KeyAlgorithm, PrivateKey, PublicKeyKind};
+pub use profile::IssuedCertificate;
+pub use spiffe::{SpiffeId, WorkloadIdentity};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,155 @@
+//! Bounded PEM decoding and LF-only encoding, on top of the `pem` crate.
+
+use super::error::{PkiError, Result};
+use rustls_pki_types::CertificateDer;
+use zeroize::Zeroizing;
+
+pub const CERTIFICATE: &str = "CERTIFICATE";
+pub const CERTIFICATE_REQUEST: &str = "CERTIFICATE REQUEST";
+
+/// One decoded PEM block. The contents are wiped on drop, since a block may
+/// hold a private key.
+pub struct PemBlock {
+    pub label: String,
+    pub der: Zeroizing<Vec<u8>>,
+}
+
+/// Decodes every PEM block in `input`, refusing input over `limit` bytes.
+pub fn decode_all(input: &[u8], limit: usize) -> Result<Vec<PemBlock>> {
+    if input.len() > limit {
+        return Err(PkiError::TooLarge {
+            size: input.len(),
+            limit,
+        });
+    }
+    let blocks = pem::parse_many(input).map_err(|e| PkiError::Pem(e.to_string()))?;
+    if blocks.is_empty() {
+        return Err(PkiError::Pem("no PEM block found".into()));
+    }
+    let blocks: Vec<PemBlock> = blocks
+        .into_iter()
+        .map(|p| PemBlock {
+            label: p.tag().to_string(),
+            der: Zeroizing::new(p.into_contents()),
+        })
+        .collect();
+    if blocks.iter().any(|b| b.der.is_empty()) {
+        return Err(PkiError::Pem("empty PEM block".into()));
+    }
+    Ok(blocks)
+}
+
+/// Decodes exactly one PEM block with the given label.
+pub fn decode_one(input: &[u8], label: &'static str, limit: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut blocks = decode_all(input, limit)?;
+    if blocks.len() != 1 {
+        return Err(PkiError::PemCount(blocks.len()));
+    }
+    let block = blocks.remove(0);
+    if block.label != label {
+        return Err(PkiError::PemLabel {
+            expected: label,
+            found: block.label,
+        });
+    }
+    Ok(block.der)
+}
+
+/// Decodes one or more certificates; any other block is an error.
+pub fn decode_certificates(input: &[u8], limit: usize) -> Result<Vec<CertificateDer<'static>>> {
+    decode_all(input, limit)?
+        .into_iter()
+        .map(|b| {
+            if b.label == CERTIFICATE {
+                Ok(CertificateDer::from(b.der.to_vec()))
+            } else {
+                Err(PkiError::PemLabel {
+                    expected: CERTIFICATE,
+                    found: b.label,
+                })
+            }
+        })
+        .collect()
+}
+
+/// Encodes DER as PEM: 64-column lines, LF endings, trailing newline.
+pub fn encode(label: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
+}
+
+pub fn encode_certificate(der: &[u8]) -> String {
+    encode(CERTIFICATE, der)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_counts_blocks() {
+        let a = encode(CERTIFICATE, &[1, 2, 3, 4]);
+        let b = encode(CERTIFICATE, &[5; 100]);
+        assert!(a.ends_with("-----END CERTIFICATE-----\n"));
+        assert!(!a.contains('\r'));
+        let both = format!("{a}{b}");
+        let blocks = decode_all(both.as_bytes(), 10_000).unwrap();
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(*blocks[0].der, vec![1, 2, 3, 4]);
+        assert_eq!(*blocks[1].der, vec![5; 100]);
+        assert!(b.lines().all(|l| l.len() <= 64));
+    }
+
+    #[test]
+    fn refuses_oversized_input() {
+        let a = encode(CERTIFICATE, &[1; 2000]);
+        assert!(matches!(
+            decode_all(a.as_bytes(), 100),
+            Err(PkiError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_wrong_label_and_several_blocks() {
+        let a = encode("PUBLIC KEY", &[1, 2, 3]);
+        assert!(matches!(
+            decode_one(a.as_bytes(), CERTIFICATE_REQUEST, 1000),
+            Err(PkiError::PemLabel { .. })
+        ));
+        let two = format!(
+            "{}{}",
+            encode(CERTIFICATE_REQUEST, &[1]),
+            encode(CERTIFICATE_REQUEST, &[2])
+        );
+        assert!(matches!(
+            decode_one(two.as_bytes(), CERTIFICATE_REQUEST, 1000),
+            Err(PkiError::PemCount(2))
+        ));
+        let mixed = format!(
+            "{}{}",
+            encode(CERTIFICATE, &[1]),
+            encode("PRIVATE KEY", &[2])
+        );
+        assert!(decode_certificates(mixed.as_bytes(), 1000).is_err());
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        assert!(decode_all(b"hello", 100).is_err());
+        assert!(
+            decode_all(
+                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                100
+            )
+            .is_err()
+        );
+        assert!(decode_all(b"-----BEGIN CERTIFICATE-----\nAAAA\n", 100).is_err());
+        assert!(
+            decode_all(
+                b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+                100
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,525 @@
+//! Unit tests of the PKI rules, checked by parsing what is issued.
+
+use super::*;
+use crate::pki::chain::sha256_hex;
+use time::{Duration, OffsetDateTime};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+macro_rules! fixture {
+    ($name:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/openssl/",
+            $name
+        ))
+    };
+}
+
+const IDENTITY: &str = "spiffe://cluster.local/ns/default/sa/default";
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn root() -> Authority {
+    Authority::new_root(&CaSpec::root(Duration::days(3650)), now()).unwrap()
+}
+
+fn chain_under(root: &Authority, alg: KeyAlgorithm, lifetime: Duration) -> SigningChain {
+    let mut spec = CaSpec::intermediate("default", lifetime);
+    spec.key_algorithm = alg;
+    let int = root.new_intermediate(&spec, now()).unwrap();
+    let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+    SigningChain::new(int, vec![], bundle).unwrap()
+}
+
+fn parse(der: &[u8]) -> X509Certificate<'_> {
+    let (rest, cert) = X509Certificate::from_der(der).unwrap();
+    assert!(rest.is_empty());
+    cert
+}
+
+fn ski(cert: &X509Certificate<'_>) -> Vec<u8> {
+    authority::subject_key_id(cert).expect("SKI")
+}
+
+fn aki(cert: &X509Certificate<'_>) -> Vec<u8> {
+    authority::authority_key_id(cert).expect("AKI")
+}
+
+#[test]
+fn root_is_a_self_signed_ca_with_critical_key_usage() {
+    let root = root();
+    let cert = parse(root.certificate());
+    assert_eq!(cert.subject().as_raw(), cert.issuer().as_raw());
+    let bc = cert.basic_constraints().unwrap().unwrap();
+    assert!(bc.critical && bc.value.ca);
+    let ku = cert.key_usage().unwrap().unwrap();
+    assert!(
+        ku.critical
+            && ku.value.key_cert_sign()
+            && ku.value.crl_sign()
+            && !ku.value.digital_signature()
+    );
+    assert!(root.is_self_signed());
+    cert.verify_signature(None).unwrap();
+    assert_eq!(root.key_kind(), PublicKeyKind::EcdsaP256);
+}
+
+#[test]
+fn intermediate_has_path_len_zero_and_key_identifiers() {
+    let root = root();
+    let int = root
+        .new_intermediate(&CaSpec::intermediate("m", Duration::days(365)), now())
+        .unwrap();
+    let cert = parse(int.certificate());
+    let bc = cert.basic_constraints().unwrap().unwrap();
+    assert!(bc.critical && bc.value.ca);
+    assert_eq!(bc.value.path_len_constraint, Some(0));
+    let ku = cert.key_usage().unwrap().unwrap();
+    assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign());
+    assert_eq!(aki(&cert), ski(&parse(root.certificate())));
+    assert!(!ski(&cert).is_empty());
+    assert_eq!(
+        cert.issuer().as_raw(),
+        parse(root.certificate()).subject().as_raw()
+    );
+    cert.verify_signature(Some(parse(root.certificate()).public_key()))
+        .unwrap();
+    assert!(!int.is_self_signed());
+}
+
+#[test]
+fn intermediate_never_outlives_its_root() {
+    let root = Authority::new_root(&CaSpec::root(Duration::days(30)), now()).unwrap();
+    let int = root
+        .new_intermediate(&CaSpec::intermediate("m", Duration::days(365)), now())
+        .unwrap();
+    assert_eq!(int.not_after(), root.not_after());
+}
+
+fn check_workload_leaf(chain: &SigningChain, csr: &CertificateSigningRequest) {
+    let issued_at = now();
+    let ttl = Duration::hours(24);
+    let issued = chain
+        .issue_workload(csr.spki_der(), IDENTITY, ttl, issued_at)
+        .unwrap();
+    let cert = parse(&issued.der);
+    let int = parse(chain.authority().certificate());
+
+    // Public key is the CSR's, bit for bit.
+    assert_eq!(cert.public_key().raw, csr.spki_der());
+    // Serial: positive, at least 128 bits, reported correctly.
+    let serial = cert.raw_serial();
+    assert!(serial[0] & 0x80 == 0 && serial.len() * 8 >= 128 + 8);
+    assert_eq!(
+        cert.raw_serial_as_string().replace(':', ""),
+        issued.serial_hex
+    );
+    // Empty subject.
+    assert_eq!(cert.subject().iter().count(), 0);
+    // Exactly one SAN, the URI identity, critical.
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    assert!(san.critical);
+    assert_eq!(san.value.general_names, vec![GeneralName::URI(IDENTITY)]);
+    // KeyUsage digitalSignature + keyEncipherment only, critical.
+    let ku = cert.key_usage().unwrap().unwrap();
+    assert!(ku.critical);
+    assert!(ku.value.digital_signature() && ku.value.key_encipherment());
+    assert!(!ku.value.key_cert_sign() && !ku.value.crl_sign() && !ku.value.non_repudiation());
+    // EKU serverAuth + clientAuth, nothing else.
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    assert!(!eku.code_signing && !eku.any && eku.other.is_empty() && !eku.email_protection);
+    // CA:FALSE.
+    let bc = cert.basic_constraints().unwrap().unwrap();
+    assert!(!bc.value.ca);
+    // AKI = issuer SKI; issuer name = issuer subject; signature verifies.
+    assert_eq!(aki(&cert), ski(&int));
+    assert_eq!(cert.issuer().as_raw(), int.subject().as_raw());
+    cert.verify_signature(Some(int.public_key())).unwrap();
+    // Validity: back-dated two minutes; NotAfter = now + TTL.
+    let nb = cert.validity().not_before.timestamp();
+    let na = cert.validity().not_after.timestamp();
+    let t = issued_at.unix_timestamp();
+    assert_eq!(nb, t - 120);
+    assert_eq!(na, t + ttl.whole_seconds());
+    assert_eq!(issued.not_after.unix_timestamp(), na);
+    // Only the extensions of the profile.
+    for ext in cert.extensions() {
+        assert!(
+            matches!(
+                ext.parsed_extension(),
+                ParsedExtension::SubjectAlternativeName(_)
+                    | ParsedExtension::KeyUsage(_)
+                    | ParsedExtension::ExtendedKeyUsage(_)
+                    | ParsedExtension::BasicConstraints(_)
+                    | ParsedExtension::AuthorityKeyIdentifier(_)
+                    | ParsedExtension::SubjectKeyIdentifier(_)
+            ),
+            "unexpected extension {}",
+            ext.oid
+        );
+    }
+    // And the whole chain verifies with webpki, as ztunnel would check it.
+    chain
+        .bundle()
+        .verify(&issued.der, &chain.ca_path(), now())
+        .unwrap();
+}
+
+#[test]
+fn every_csr_key_type_gets_the_workload_profile() {
+    let root = root();
+    let chain = chain_under(&root, KeyAlgorithm::EcdsaP256, Duration::days(365));
+    for (name, pem, kind) in [
+        (
+            "rsa2048",
+            fixture!("csr-rsa2048-sha256.pem"),
+            PublicKeyKind::Rsa { bits: 2048 },
+        ),
+        (
+            "rsa-pss",
+            fixture!("csr-rsa2048-pss.pem"),
+            PublicKeyKind::Rsa { bits: 2048 },
+        ),
+        ("p256", fixture!("csr-p256.pem"), PublicKeyKind::EcdsaP256),
+        (
+            "p256/sha384",
+            fixture!("csr-p256-sha384.pem"),
+            PublicKeyKind::EcdsaP256,
+        ),
+        ("p384", fixture!("csr-p384.pem"), PublicKeyKind::EcdsaP384),
+        (
+            "ed25519",
+            fixture!("csr-ed25519.pem"),
+            PublicKeyKind::Ed25519,
+        ),
+        (
+            "ztunnel",
+            fixture!("csr-p256-empty-subject.pem"),
+            PublicKeyKind::EcdsaP256,
+        ),
+    ] {
+        let csr = CertificateSigningRequest::from_pem(pem.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(csr.key_kind(), kind, "{name}");
+        assert_eq!(csr.names().uris, vec![IDENTITY.to_string()], "{name}");
+        assert_eq!(csr.san_critical(), Some(true), "{name}");
+        check_workload_leaf(&chain, &csr);
+    }
+}
+
+#[test]
+fn every_signer_key_type_signs_verifiable_leaves() {
+    let csr = CertificateSigningRequest::from_pem(fixture!("csr-p256.pem").as_bytes()).unwrap();
+    let root = root();
+    for alg in [
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP384,
+        KeyAlgorithm::Rsa2048,
+    ] {
+        let chain = chain_under(&root, alg, Duration::days(30));
+        assert_eq!(chain.authority().key_kind().to_string(), alg.name());
+        check_workload_leaf(&chain, &csr);
+    }
+}
+
+#[test]
+fn openssl_rsa4096_root_works_as_signer_in_pkcs1_and_pkcs8() {
+    let csr =
+        CertificateSigningRequest::from_pem(fixture!("csr-rsa2048-sha256.pem").as_bytes()).unwrap();
+    for key in [
+        fixture!("rsa4096-root-key.pkcs8.pem"),
+        fixture!("rsa4096-root-key.pkcs1.pem"),
+    ] {
+        let root =
+            Authority::from_pem(fixture!("rsa4096-root-cert.pem").as_bytes(), key.as_bytes())
+                .unwrap();
+        assert_eq!(root.key_kind(), PublicKeyKind::Rsa { bits: 4096 });
+        assert!(root.is_self_signed());
+        // Signing directly with the root, and through an intermediate under it.
+        let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+        let int = root
+            .new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now())
+            .unwrap();
+        let direct = SigningChain::new(root, vec![], bundle.clone()).unwrap();
+        check_workload_leaf(&direct, &csr);
+        let via_int = SigningChain::new(int, vec![], bundle).unwrap();
+        check_workload_leaf(&via_int, &csr);
+        // The key round-trips in the encoding it was loaded in.
+        let reloaded = PrivateKey::from_pem(direct.authority().key().to_pem().as_bytes()).unwrap();
+        assert_eq!(reloaded.spki_der(), direct.authority().key().spki_der());
+        assert_eq!(
+            direct.authority().key().to_pem().lines().next(),
+            key.lines().next()
+        );
+    }
+}
+
+#[test]
+fn openssl_sec1_ec_roots_work_as_signers() {
+    let csr = CertificateSigningRequest::from_pem(fixture!("csr-p384.pem").as_bytes()).unwrap();
+    for (cert, key, kind) in [
+        (
+            fixture!("ec-prime256v1-root-cert.pem"),
+            fixture!("ec-prime256v1-root-key.sec1.pem"),
+            PublicKeyKind::EcdsaP256,
+        ),
+        (
+            fixture!("ec-secp384r1-root-cert.pem"),
+            fixture!("ec-secp384r1-root-key.sec1.pem"),
+            PublicKeyKind::EcdsaP384,
+        ),
+    ] {
+        let root = Authority::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        assert_eq!(root.key_kind(), kind);
+        let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+        check_workload_leaf(&SigningChain::new(root, vec![], bundle).unwrap(), &csr);
+    }
+}
+
+#[test]
+fn refuses_mismatched_keys_and_non_ca_certificates() {
+    let err = Authority::from_pem(
+        fixture!("rsa4096-root-cert.pem").as_bytes(),
+        fixture!("other-p256-key.pem").as_bytes(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, PkiError::KeyMismatch), "{err}");
+    let err = Authority::from_pem(
+        fixture!("not-ca-cert.pem").as_bytes(),
+        fixture!("ec-prime256v1-root-key.sec1.pem").as_bytes(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, PkiError::NotCa(_)), "{err}");
+    let two = format!(
+        "{}{}",
+        fixture!("rsa4096-root-cert.pem"),
+        fixture!("ec-prime256v1-root-cert.pem")
+    );
+    let err = Authority::from_pem(
+        two.as_bytes(),
+        fixture!("rsa4096-root-key.pkcs8.pem").as_bytes(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, PkiError::PemCount(2)), "{err}");
+}
+
+#[test]
+fn csr_refusals_name_the_problem() {
+    let cases: [(&str, &str, &str); 5] = [
+        ("sha1", fixture!("csr-rsa2048-sha1.pem"), "SHA-1"),
+        ("rsa1024", fixture!("csr-rsa1024.pem"), "1024 bits"),
+        ("dsa", fixture!("csr-dsa.pem"), "DSA"),
+        ("p521", fixture!("csr-p521.pem"), "P-521"),
+        (
+            "key instead of csr",
+            fixture!("k-p256.pem"),
+            "expected PEM label",
+        ),
+    ];
+    for (name, pem, expect) in cases {
+        let err = CertificateSigningRequest::from_pem(pem.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expect), "{name}: {err}");
+    }
+}
+
+#[test]
+fn csr_with_a_tampered_body_or_signature_is_refused() {
+    let der = pem::decode_one(
+        fixture!("csr-p256.pem").as_bytes(),
+        pem::CERTIFICATE_REQUEST,
+        10_000,
+    )
+    .unwrap();
+    // Change one byte of the SAN URI ("default" -> "defaulu").
+    let at = der.windows(7).rposition(|w| w == b"default").unwrap() + 6;
+    let mut tampered = der.to_vec();
+    tampered[at] ^= 0x01;
+    let err = CertificateSigningRequest::from_der(&tampered).unwrap_err();
+    assert!(matches!(err, PkiError::CsrSignature(_)), "{err}");
+    // Change the last byte of the signature.
+    let mut tampered = der.to_vec();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    assert!(CertificateSigningRequest::from_der(&tampered).is_err());
+    // Truncated and trailing garbage.
+    assert!(matches!(
+        CertificateSigningRequest::from_der(&der[..der.len() - 10]),
+        Err(PkiError::Der(_))
+    ));
+    let mut trailing = der.to_vec();
+    trailing.push(0);
+    assert!(matches!(
+        CertificateSigningRequest::from_der(&trailing),
+        Err(PkiError::Der(_))
+    ));
+    assert!(matches!(
+        CertificateSigningRequest::from_der(b"\x30\x03\x02\x01\x00"),
+        Err(PkiError::Der(_))
+    ));
+}
+
+#[test]
+fn csr_size_limit_is_enforced() {
+    let big = "A".repeat(csr::MAX_CSR_PEM_BYTES + 1);
+    let err = CertificateSigningRequest::from_pem(big.as_bytes()).unwrap_err();
+    assert!(matches!(err, PkiError::TooLarge { .. }));
+}
+
+#[test]
+fn csr_reports_what_it_asks_for() {
+    let csr =
+        CertificateSigningRequest::from_pem(fixture!("csr-p256-wants-ca.pem").as_bytes()).unwrap();
+    assert!(csr.requests_ca());
+    assert_eq!(csr.names().dns, vec!["evil.example".to_string()]);
+    assert_eq!(csr.san_critical(), Some(false));
+    assert!(csr.subject().contains("evil"));
+    assert!(csr.extension_oids().contains(&"2.5.29.37".to_string()));
+    let old_ztunnel =
+        CertificateSigningRequest::from_pem(fixture!("csr-p256-noncritical-san.pem").as_bytes())
+            .unwrap();
+    assert_eq!(old_ztunnel.san_critical(), Some(false));
+    assert!(old_ztunnel.subject().is_empty());
+}
+
+#[test]
+fn a_csr_asking_to_be_a_ca_still_gets_only_the_workload_profile() {
+    let root = root();
+    let chain = chain_under(&root, KeyAlgorithm::EcdsaP256, Duration::days(30));
+    let csr =
+        CertificateSigningRequest::from_pem(fixture!("csr-p256-wants-ca.pem").as_bytes()).unwrap();
+    // check_workload_leaf asserts CA:FALSE, the fixed KU/EKU and the single SAN.
+    check_workload_leaf(&chain, &csr);
+}
+
+#[test]
+fn leaf_not_after_is_clamped_to_the_signer() {
+    let root = root();
+    let chain = chain_under(&root, KeyAlgorithm::EcdsaP256, Duration::hours(1));
+    let csr = CertificateSigningRequest::from_pem(fixture!("csr-p256.pem").as_bytes()).unwrap();
+    let issued = chain
+        .issue_workload(csr.spki_der(), IDENTITY, Duration::hours(24), now())
+        .unwrap();
+    assert_eq!(issued.not_after, chain.authority().not_after());
+    assert_eq!(
+        parse(&issued.der).validity().not_after.timestamp(),
+        chain.authority().not_after().unix_timestamp()
+    );
+    // A TTL that overflows the calendar is clamped too, not an error.
+    let issued = chain
+        .issue_workload(csr.spki_der(), IDENTITY, Duration::MAX, now())
+        .unwrap();
+    assert_eq!(issued.not_after, chain.authority().not_after());
+}
+
+#[test]
+fn an_expired_signer_refuses_to_sign() {
+    let long_ago = now() - Duration::days(10);
+    let root = Authority::new_root(&CaSpec::root(Duration::days(1)), long_ago).unwrap();
+    assert!(matches!(
+        root.check_valid_at(now()),
+        Err(PkiError::Expired { .. })
+    ));
+    let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+    assert!(matches!(
+        SigningChain::new(root, vec![], bundle),
+        Err(PkiError::Expired { .. })
+    ));
+}
+
+#[test]
+fn a_chain_that_does_not_reach_the_bundle_is_refused() {
+    let root = root();
+    let other = Authority::new_root(&CaSpec::root(Duration::days(30)), now()).unwrap();
+    let int = root
+        .new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now())
+        .unwrap();
+    let wrong = TrustBundle::new(vec![other.certificate().clone()]).unwrap();
+    assert!(matches!(
+        SigningChain::new(int, vec![], wrong),
+        Err(PkiError::SelfCheck(_))
+    ));
+}
+
+#[test]
+fn response_chain_has_one_certificate_per_element_then_the_bundle() {
+    let root = root();
+    let next_root = Authority::new_root(&CaSpec::root(Duration::days(30)), now()).unwrap();
+    let int = root
+        .new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now())
+        .unwrap();
+    let bundle = TrustBundle::new(vec![
+        root.certificate().clone(),
+        next_root.certificate().clone(),
+    ])
+    .unwrap();
+    assert_eq!(
+        bundle.fingerprints(),
+        vec![
+            sha256_hex(root.certificate()),
+            sha256_hex(next_root.certificate())
+        ]
+    );
+    let int_pem = int.certificate_pem().to_string();
+    // A chain file that repeats the root (Istio's cert-chain.pem layout) does not repeat it in responses.
+    let chain = SigningChain::new(int, vec![root.certificate().clone()], bundle.clone()).unwrap();
+    let response = chain.response_chain("LEAF\n".into());
+    assert_eq!(response.len(), 3);
+    assert_eq!(response[1], int_pem);
+    assert_eq!(response[2], bundle.pem());
+    assert_eq!(
+        pem::decode_certificates(response[2].as_bytes(), 100_000)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(response.iter().all(|e| e.ends_with('\n')));
+    assert!(chain.intermediates().is_empty());
+
+    // A root signing directly: [leaf, bundle].
+    let root_bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+    let direct = SigningChain::new(root, vec![], root_bundle).unwrap();
+    assert_eq!(direct.response_chain("LEAF\n".into()).len(), 2);
+    assert!(direct.ca_path().is_empty());
+}
+
+#[test]
+fn trust_bundle_deduplicates_and_refuses_non_cas() {
+    let root = root();
+    let b = TrustBundle::new(vec![root.certificate().clone(), root.certificate().clone()]).unwrap();
+    assert_eq!(b.roots().len(), 1);
+    assert!(TrustBundle::from_pem(fixture!("not-ca-cert.pem").as_bytes()).is_err());
+    assert!(TrustBundle::new(vec![]).is_err());
+}
+
+#[test]
+fn server_certificates_carry_dns_and_ip_names() {
+    let root = root();
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let issued = profile::issue_server(
+        &root,
+        &key.spki_der(),
+        &["localhost".into()],
+        &["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+        Duration::days(90),
+        now(),
+    )
+    .unwrap();
+    let cert = parse(&issued.der);
+    let san = cert.subject_alternative_name().unwrap().unwrap().value;
+    assert_eq!(san.general_names.len(), 3);
+    assert!(
+        san.general_names
+            .contains(&GeneralName::DNSName("localhost"))
+    );
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && !eku.client_auth);
+    assert!(
+        profile::issue_server(&root, &key.spki_der(), &[], &[], Duration::days(1), now()).is_err()
+    );
+}
