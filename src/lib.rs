@@ -1,4 +1,18 @@
 //! meshroot: one certificate authority for every Istio mesh in a cluster and
 //! for cert-manager, so that all workloads chain to one root.
 
+pub mod ca;
+pub mod client;
+pub mod cmd;
+pub mod mesh;
+pub mod names;
 pub mod pki;
+pub mod telemetry;
+
+/// Generated from `proto/istio/v1/auth/ca.proto`.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("istio.v1.auth");
+}
+pub mod dev;
+pub mod fsutil;

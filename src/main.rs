@@ -1,1 +1,203 @@
-fn main() {}
+//! The meshroot command line.
+
+use clap::{Args, Parser, Subcommand};
+use meshroot::cmd::{self, parse_duration};
+use meshroot::dev::DevOptions;
+use meshroot::pki::KeyAlgorithm;
+use meshroot::telemetry::logging::{self, LogFormat};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(
+    name = "meshroot",
+    version,
+    about = "One certificate authority for every Istio mesh and cert-manager"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "MESHROOT_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log level or filter (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "info", env = "MESHROOT_LOG_LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the CA locally with no cluster: state in a directory, static tokens.
+    Dev(DevArgs),
+    /// Request a workload certificate as pilot-agent does, and verify it.
+    Request(RequestArgs),
+    /// Offline PKI tasks.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// gRPC (Istio CA API) listen address.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    listen: SocketAddr,
+    /// Metrics and health listen address.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    metrics_listen: SocketAddr,
+    /// Directory holding the root, intermediate, serving certificate and tokens.
+    #[arg(long, default_value = "./.meshroot")]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Token file (TOKEN NAMESPACE SERVICEACCOUNT per line); default DIR/tokens.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The cluster id clients send in `clusterid`.
+    #[arg(long, default_value = "Kubernetes")]
+    cluster_id: String,
+    /// Lifetime when a request asks for none.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    default_ttl: time::Duration,
+    /// Longest lifetime issued; longer requests are clamped.
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    max_ttl: time::Duration,
+    /// NAMESPACE/SERVICEACCOUNT allowed to impersonate (ztunnel). Repeatable.
+    #[arg(long = "trusted-node-account", default_value = "istio-system/ztunnel")]
+    trusted_node_accounts: Vec<String>,
+    /// Extra DNS name or IP for the serving certificate. Repeatable.
+    #[arg(long = "serving-name")]
+    serving_names: Vec<String>,
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    /// CA address, HOST:PORT; HOST is the TLS server name.
+    #[arg(long)]
+    ca_addr: String,
+    /// Root certificate(s) to trust for the CA and the issued chain.
+    #[arg(long)]
+    root_cert: PathBuf,
+    /// Bearer token.
+    #[arg(long, env = "MESHROOT_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The SPIFFE ID to request.
+    #[arg(long)]
+    identity: String,
+    #[arg(long, default_value = "ecdsa-p256")]
+    key_type: KeyAlgorithm,
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    ttl: time::Duration,
+    #[arg(long, default_value = "Kubernetes")]
+    cluster_id: String,
+    /// Output directory for key.pem, cert-chain.pem and root-cert.pem.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create or import a root, and an Istio `cacerts` intermediate per mesh.
+    Init(PkiInitArgs),
+}
+
+#[derive(Args)]
+struct PkiInitArgs {
+    /// Output directory (existing files are never overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// Import this root certificate instead of creating one.
+    #[arg(long, requires = "root_key")]
+    root_cert: Option<PathBuf>,
+    /// The imported root's private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    #[arg(long, requires = "root_cert")]
+    root_key: Option<PathBuf>,
+    /// NAME[=TRUST_DOMAIN]; repeatable. Trust domain defaults to cluster.local.
+    #[arg(long = "mesh", required = true)]
+    meshes: Vec<cmd::pki_init::MeshArg>,
+    /// Key type for created keys.
+    #[arg(long, default_value = "ecdsa-p256")]
+    key_type: KeyAlgorithm,
+    #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+    root_lifetime: time::Duration,
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    intermediate_lifetime: time::Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Dev(a) => {
+            cmd::dev::run(DevOptions {
+                listen: a.listen,
+                ops_listen: a.metrics_listen,
+                state_dir: a.state_dir,
+                trust_domain: a.trust_domain,
+                token_file: a.token_file,
+                cluster_id: a.cluster_id,
+                default_ttl: a.default_ttl,
+                max_ttl: a.max_ttl,
+                trusted_node_accounts: a.trusted_node_accounts,
+                serving_names: a.serving_names,
+            })
+            .await
+        }
+        Command::Request(a) => {
+            let outcome = cmd::request::run(&cmd::request::RequestOptions {
+                ca_addr: a.ca_addr,
+                root_cert: a.root_cert,
+                token: a.token.map(Zeroizing::new),
+                token_file: a.token_file,
+                identity: a.identity,
+                key_type: a.key_type,
+                ttl: a.ttl,
+                cluster_id: a.cluster_id,
+                out: a.out,
+            })
+            .await?;
+            print!("{}", cmd::request::summary(&outcome));
+            Ok(())
+        }
+        Command::Pki {
+            command: PkiCommand::Init(a),
+        } => {
+            let outcome = cmd::pki_init::run(&cmd::pki_init::PkiInitOptions {
+                out: a.out,
+                root_cert: a.root_cert,
+                root_key: a.root_key,
+                meshes: a.meshes,
+                key_type: a.key_type,
+                root_lifetime: a.root_lifetime,
+                intermediate_lifetime: a.intermediate_lifetime,
+            })?;
+            for line in outcome.lines {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}

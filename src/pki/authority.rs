@@ -7,8 +7,8 @@ use super::keys::{KeyAlgorithm, PrivateKey, PublicKeyKind, classify_spki};
 use super::pem;
 use super::serial::random_serial;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
-    PublicKeyData, SignatureAlgorithm, SigningKey,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose, PublicKeyData,
+    SignatureAlgorithm, SigningKey,
 };
 use rustls_pki_types::CertificateDer;
 use std::fmt;
@@ -179,22 +179,16 @@ impl Authority {
         probe
             .verify_signature(Some(ca.public_key()))
             .map_err(|e| PkiError::SelfCheck(format!("probe signature does not verify: {e}")))?;
-        if let (Some(ski), Some(aki)) = (subject_key_id(&ca), authority_key_id(&probe)) {
-            if ski != aki {
-                return Err(PkiError::SelfCheck(
-                    "authority key identifier does not match".into(),
-                ));
-            }
+        if let (Some(ski), Some(aki)) = (subject_key_id(&ca), authority_key_id(&probe))
+            && ski != aki
+        {
+            return Err(PkiError::SelfCheck("authority key identifier does not match".into()));
         }
         Ok(())
     }
 
     /// Signs `params` for the public key `spki_der` (DER SubjectPublicKeyInfo).
-    pub fn sign(
-        &self,
-        params: &CertificateParams,
-        spki_der: &[u8],
-    ) -> Result<CertificateDer<'static>> {
+    pub fn sign(&self, params: &CertificateParams, spki_der: &[u8]) -> Result<CertificateDer<'static>> {
         let spki = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
             .map_err(|e| PkiError::UnsupportedKey(format!("public key: {e}")))?;
         Ok(params.signed_by(&spki, &self.issuer)?.der().clone())
@@ -248,11 +242,7 @@ impl Authority {
     }
 }
 
-fn ca_params(
-    spec: &CaSpec,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-) -> Result<CertificateParams> {
+fn ca_params(spec: &CaSpec, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, spec.organization.as_str());
@@ -266,8 +256,8 @@ fn ca_params(
 }
 
 pub(crate) fn parse_certificate<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>> {
-    let (rest, cert) = X509Certificate::from_der(der.as_ref())
-        .map_err(|e| PkiError::Der(format!("certificate: {e}")))?;
+    let (rest, cert) =
+        X509Certificate::from_der(der.as_ref()).map_err(|e| PkiError::Der(format!("certificate: {e}")))?;
     if !rest.is_empty() {
         return Err(PkiError::Der("trailing bytes after the certificate".into()));
     }
@@ -275,9 +265,7 @@ pub(crate) fn parse_certificate<'a>(der: &'a CertificateDer<'_>) -> Result<X509C
 }
 
 fn check_is_ca(cert: &X509Certificate<'_>) -> Result<()> {
-    let bc = cert
-        .basic_constraints()
-        .map_err(|e| PkiError::Der(e.to_string()))?;
+    let bc = cert.basic_constraints().map_err(|e| PkiError::Der(e.to_string()))?;
     if !bc.is_some_and(|bc| bc.value.ca) {
         return Err(PkiError::NotCa(format!(
             "{} lacks basicConstraints CA:TRUE",
@@ -285,35 +273,29 @@ fn check_is_ca(cert: &X509Certificate<'_>) -> Result<()> {
         )));
     }
     let ku = cert.key_usage().map_err(|e| PkiError::Der(e.to_string()))?;
-    if let Some(ku) = ku {
-        if !ku.value.key_cert_sign() {
-            return Err(PkiError::NotCa(format!(
-                "{} lacks the keyCertSign key usage",
-                cert.subject()
-            )));
-        }
+    if let Some(ku) = ku
+        && !ku.value.key_cert_sign()
+    {
+        return Err(PkiError::NotCa(format!(
+            "{} lacks the keyCertSign key usage",
+            cert.subject()
+        )));
     }
     Ok(())
 }
 
 pub(crate) fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
     use x509_parser::extensions::ParsedExtension;
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        })
+    cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+        _ => None,
+    })
 }
 
 pub(crate) fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
     use x509_parser::extensions::ParsedExtension;
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(k) => {
-                k.key_identifier.as_ref().map(|k| k.0.to_vec())
-            }
-            _ => None,
-        })
+    cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(k) => k.key_identifier.as_ref().map(|k| k.0.to_vec()),
+        _ => None,
+    })
 }

@@ -23,12 +23,7 @@ impl TrustBundle {
         let mut unique: Vec<CertificateDer<'static>> = Vec::with_capacity(roots.len());
         for root in roots {
             let cert = parse_certificate(&root)?;
-            if !cert
-                .basic_constraints()
-                .ok()
-                .flatten()
-                .is_some_and(|bc| bc.value.ca)
-            {
+            if !cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca) {
                 return Err(PkiError::NotCa(format!(
                     "trust bundle entry {} is not a CA",
                     cert.subject()
@@ -39,9 +34,7 @@ impl TrustBundle {
             }
         }
         if unique.is_empty() {
-            return Err(PkiError::Invalid(
-                "a trust bundle needs at least one root".into(),
-            ));
+            return Err(PkiError::Invalid("a trust bundle needs at least one root".into()));
         }
         let pem = unique.iter().map(|c| pem::encode_certificate(c)).collect();
         Ok(Self { roots: unique, pem })
@@ -74,21 +67,40 @@ impl TrustBundle {
         intermediates: &[CertificateDer<'_>],
         now: OffsetDateTime,
     ) -> Result<()> {
+        self.verify_for(leaf, intermediates, now, webpki::KeyUsage::client_auth())
+    }
+
+    /// As [`TrustBundle::verify`], for TLS server use.
+    pub fn verify_server(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.verify_for(leaf, intermediates, now, webpki::KeyUsage::server_auth())
+    }
+
+    fn verify_for(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: OffsetDateTime,
+        usage: webpki::KeyUsage,
+    ) -> Result<()> {
         let anchors: Vec<_> = self
             .roots
             .iter()
             .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| PkiError::Invalid(format!("trust anchor: {e}")))?;
-        let leaf = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| PkiError::Invalid(format!("leaf: {e}")))?;
+        let leaf = webpki::EndEntityCert::try_from(leaf).map_err(|e| PkiError::Invalid(format!("leaf: {e}")))?;
         let secs = u64::try_from(now.unix_timestamp()).unwrap_or(0);
         leaf.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &anchors,
             intermediates,
             UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs)),
-            webpki::KeyUsage::client_auth(),
+            usage,
             None,
             None,
         )
@@ -118,11 +130,7 @@ pub struct SigningChain {
 impl SigningChain {
     /// Assembles and proves a chain: a probe certificate signed by the
     /// authority must verify against the bundle through the intermediates.
-    pub fn new(
-        authority: Authority,
-        intermediates: Vec<CertificateDer<'static>>,
-        bundle: TrustBundle,
-    ) -> Result<Self> {
+    pub fn new(authority: Authority, intermediates: Vec<CertificateDer<'static>>, bundle: TrustBundle) -> Result<Self> {
         let now = OffsetDateTime::now_utc();
         authority.check_valid_at(now)?;
         let signer_is_root = bundle.roots().contains(authority.certificate());
@@ -131,11 +139,7 @@ impl SigningChain {
             path.push(authority.certificate().clone());
         }
         // Roots that appear in the chain file are dropped: the bundle carries them.
-        path.extend(
-            intermediates
-                .into_iter()
-                .filter(|c| !bundle.roots().contains(c)),
-        );
+        path.extend(intermediates.into_iter().filter(|c| !bundle.roots().contains(c)));
 
         let probe_key = crate::pki::keys::PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
         let probe = profile::issue_workload(
@@ -145,19 +149,13 @@ impl SigningChain {
             Duration::minutes(1),
             now,
         )?;
-        bundle.verify(&probe.der, &path, now).map_err(|e| {
-            PkiError::SelfCheck(format!(
-                "the signer does not chain to the trust bundle: {e}"
-            ))
-        })?;
+        bundle
+            .verify(&probe.der, &path, now)
+            .map_err(|e| PkiError::SelfCheck(format!("the signer does not chain to the trust bundle: {e}")))?;
 
-        let mut response_tail: Vec<String> =
-            path.iter().map(|c| pem::encode_certificate(c)).collect();
+        let mut response_tail: Vec<String> = path.iter().map(|c| pem::encode_certificate(c)).collect();
         response_tail.push(bundle.pem().to_string());
-        let intermediates = path
-            .into_iter()
-            .skip(usize::from(!signer_is_root))
-            .collect();
+        let intermediates = path.into_iter().skip(usize::from(!signer_is_root)).collect();
         Ok(Self {
             authority,
             intermediates,

@@ -31,11 +31,7 @@ pub struct RequestedNames {
 
 impl RequestedNames {
     pub fn is_empty(&self) -> bool {
-        self.uris.is_empty()
-            && self.dns.is_empty()
-            && self.ips.is_empty()
-            && self.emails.is_empty()
-            && self.other == 0
+        self.uris.is_empty() && self.dns.is_empty() && self.ips.is_empty() && self.emails.is_empty() && self.other == 0
     }
 }
 
@@ -66,8 +62,8 @@ impl CertificateSigningRequest {
                 limit: MAX_CSR_PEM_BYTES,
             });
         }
-        let (rest, csr) = X509CertificationRequest::from_der(der)
-            .map_err(|e| PkiError::Der(format!("not a PKCS#10 CSR: {e}")))?;
+        let (rest, csr) =
+            X509CertificationRequest::from_der(der).map_err(|e| PkiError::Der(format!("not a PKCS#10 CSR: {e}")))?;
         if !rest.is_empty() {
             return Err(PkiError::Der("trailing bytes after the CSR".into()));
         }
@@ -86,9 +82,7 @@ impl CertificateSigningRequest {
                 let oid = ext.oid.to_id_string();
                 if oid == OID_SAN {
                     if san_critical.is_some() {
-                        return Err(PkiError::Invalid(
-                            "the CSR repeats the SAN extension".into(),
-                        ));
+                        return Err(PkiError::Invalid("the CSR repeats the SAN extension".into()));
                     }
                     san_critical = Some(ext.critical);
                 }
@@ -152,16 +146,12 @@ impl CertificateSigningRequest {
     }
 }
 
-fn requested_extensions<'b>(
-    csr: &'b X509CertificationRequest<'_>,
-) -> Result<Option<&'b [X509Extension<'b>]>> {
+fn requested_extensions<'b>(csr: &'b X509CertificationRequest<'_>) -> Result<Option<&'b [X509Extension<'b>]>> {
     let mut found = None;
     for attr in csr.certification_request_info.iter_attributes() {
         if let ParsedCriAttribute::ExtensionRequest(req) = attr.parsed_attribute() {
             if found.is_some() {
-                return Err(PkiError::Invalid(
-                    "the CSR has two extension requests".into(),
-                ));
+                return Err(PkiError::Invalid("the CSR has two extension requests".into()));
             }
             found = Some(req.extensions.as_slice());
         }
@@ -213,9 +203,7 @@ fn check_signature_algorithm(csr: &X509CertificationRequest<'_>, key: PublicKeyK
         }
         OID_ED25519_SIG => key == PublicKeyKind::Ed25519,
         OID_SHA1_RSA | OID_SHA1_RSA_OLD | OID_ECDSA_SHA1 => {
-            return Err(PkiError::UnsupportedSignature(
-                "SHA-1 (use SHA-256 or stronger)".into(),
-            ));
+            return Err(PkiError::UnsupportedSignature("SHA-1 (use SHA-256 or stronger)".into()));
         }
         OID_MD5_RSA => return Err(PkiError::UnsupportedSignature("MD5".into())),
         other => return Err(PkiError::UnsupportedSignature(other.to_string())),
@@ -226,4 +214,16 @@ fn check_signature_algorithm(csr: &X509CertificationRequest<'_>, key: PublicKeyK
         )));
     }
     Ok(())
+}
+
+/// Builds a workload CSR the way ztunnel does: empty subject and exactly one
+/// critical URI SAN, signed by `key`. Used by `meshroot request` and tests.
+pub fn build_workload_csr(key: &super::PrivateKey, identity: &str) -> Result<String> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names =
+        vec![rcgen::SanType::URI(identity.try_into().map_err(|_| {
+            PkiError::Invalid("the identity is not an ASCII URI".into())
+        })?)];
+    Ok(params.serialize_request(key)?.pem()?)
 }

@@ -9,10 +9,7 @@ pub enum PkiError {
     #[error("invalid PEM: {0}")]
     Pem(String),
     #[error("expected PEM label {expected}, found {found}")]
-    PemLabel {
-        expected: &'static str,
-        found: String,
-    },
+    PemLabel { expected: &'static str, found: String },
     #[error("expected exactly one PEM block, found {0}")]
     PemCount(usize),
     #[error("invalid DER: {0}")]
@@ -30,10 +27,7 @@ pub enum PkiError {
     #[error("not a CA certificate: {0}")]
     NotCa(String),
     #[error("certificate is not valid at this time (valid {not_before} to {not_after})")]
-    Expired {
-        not_before: String,
-        not_after: String,
-    },
+    Expired { not_before: String, not_after: String },
     #[error("invalid SPIFFE ID: {0}")]
     Spiffe(String),
     #[error("signing failed: {0}")]

@@ -52,13 +52,10 @@ impl fmt::Display for KeyAlgorithm {
 impl std::str::FromStr for KeyAlgorithm {
     type Err = PkiError;
     fn from_str(s: &str) -> Result<Self> {
-        KeyAlgorithm::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = KeyAlgorithm::ALL.iter().map(|a| a.name()).collect();
-                PkiError::UnsupportedKey(format!("{s:?}; expected one of {}", names.join(", ")))
-            })
+        KeyAlgorithm::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<_> = KeyAlgorithm::ALL.iter().map(|a| a.name()).collect();
+            PkiError::UnsupportedKey(format!("{s:?}; expected one of {}", names.join(", ")))
+        })
     }
 }
 
@@ -123,31 +120,22 @@ pub fn classify_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKeyKind> {
             match curve.as_str() {
                 OID_P256 => Ok(PublicKeyKind::EcdsaP256),
                 OID_P384 => Ok(PublicKeyKind::EcdsaP384),
-                OID_P521 => Err(PkiError::UnsupportedKey(
-                    "ECDSA P-521 (use P-256 or P-384)".into(),
-                )),
-                "" => Err(PkiError::UnsupportedKey(
-                    "EC key without a named curve".into(),
-                )),
+                OID_P521 => Err(PkiError::UnsupportedKey("ECDSA P-521 (use P-256 or P-384)".into())),
+                "" => Err(PkiError::UnsupportedKey("EC key without a named curve".into())),
                 other => Err(PkiError::UnsupportedKey(format!("EC curve {other}"))),
             }
         }
         OID_ED25519 => Ok(PublicKeyKind::Ed25519),
         OID_DSA => Err(PkiError::UnsupportedKey("DSA keys are not accepted".into())),
-        OID_ED448 => Err(PkiError::UnsupportedKey(
-            "Ed448 keys are not accepted".into(),
-        )),
-        OID_RSA_PSS => Err(PkiError::UnsupportedKey(
-            "RSASSA-PSS-only keys are not accepted".into(),
-        )),
+        OID_ED448 => Err(PkiError::UnsupportedKey("Ed448 keys are not accepted".into())),
+        OID_RSA_PSS => Err(PkiError::UnsupportedKey("RSASSA-PSS-only keys are not accepted".into())),
         other => Err(PkiError::UnsupportedKey(format!("key algorithm {other}"))),
     }
 }
 
 /// Classifies a DER SubjectPublicKeyInfo.
 pub fn classify_spki_der(der: &[u8]) -> Result<PublicKeyKind> {
-    let (rest, spki) = SubjectPublicKeyInfo::from_der(der)
-        .map_err(|e| PkiError::Der(format!("public key: {e}")))?;
+    let (rest, spki) = SubjectPublicKeyInfo::from_der(der).map_err(|e| PkiError::Der(format!("public key: {e}")))?;
     if !rest.is_empty() {
         return Err(PkiError::Der("trailing bytes after public key".into()));
     }
@@ -189,15 +177,9 @@ impl PrivateKey {
         let pair = match alg {
             KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
             KeyAlgorithm::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?,
-            KeyAlgorithm::Rsa2048 => {
-                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?
-            }
-            KeyAlgorithm::Rsa3072 => {
-                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)?
-            }
-            KeyAlgorithm::Rsa4096 => {
-                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)?
-            }
+            KeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?,
+            KeyAlgorithm::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)?,
+            KeyAlgorithm::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)?,
         };
         Self::from_pair(pair, KeyEncoding::Pkcs8)
     }
@@ -227,8 +209,7 @@ impl PrivateKey {
             ),
             "ENCRYPTED PRIVATE KEY" => {
                 return Err(PkiError::UnsupportedKey(
-                    "encrypted private keys are not supported; decrypt it first (openssl pkey)"
-                        .into(),
+                    "encrypted private keys are not supported; decrypt it first (openssl pkey)".into(),
                 ));
             }
             other => {
@@ -249,11 +230,7 @@ impl PrivateKey {
                 "Ed25519 signing keys are not supported; use ECDSA P-256/P-384 or RSA".into(),
             ));
         }
-        Ok(Self {
-            pair,
-            kind,
-            encoding,
-        })
+        Ok(Self { pair, kind, encoding })
     }
 
     pub fn kind(&self) -> PublicKeyKind {
@@ -275,6 +252,16 @@ impl PrivateKey {
         Zeroizing::new(pem::encode(label, self.pair.serialized_der()))
     }
 
+    /// The key in the encoding it was loaded in, for TLS libraries.
+    pub fn to_der(&self) -> PrivateKeyDer<'static> {
+        let der = self.pair.serialized_der().to_vec();
+        match self.encoding {
+            KeyEncoding::Pkcs8 => PrivateKeyDer::Pkcs8(der.into()),
+            KeyEncoding::Pkcs1 => PrivateKeyDer::Pkcs1(der.into()),
+            KeyEncoding::Sec1 => PrivateKeyDer::Sec1(der.into()),
+        }
+    }
+
     pub(crate) fn key_pair(&self) -> &KeyPair {
         &self.pair
     }
@@ -285,10 +272,7 @@ fn load_pair(der: &PrivateKeyDer<'_>, encoding: KeyEncoding) -> Result<KeyPair> 
     // never paired with the wrong curve.
     let candidates: &[&'static rcgen::SignatureAlgorithm] = match encoding {
         KeyEncoding::Pkcs1 => &[&rcgen::PKCS_RSA_SHA256],
-        KeyEncoding::Sec1 => &[
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-            &rcgen::PKCS_ECDSA_P384_SHA384,
-        ],
+        KeyEncoding::Sec1 => &[&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384],
         KeyEncoding::Pkcs8 => {
             return KeyPair::try_from(der).map_err(|_| PkiError::KeyLoad);
         }
@@ -305,11 +289,7 @@ mod tests {
 
     #[test]
     fn generates_every_algorithm_and_reloads_it() {
-        for alg in [
-            KeyAlgorithm::EcdsaP256,
-            KeyAlgorithm::EcdsaP384,
-            KeyAlgorithm::Rsa2048,
-        ] {
+        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
             let key = PrivateKey::generate(alg).unwrap();
             let expected = match alg {
                 KeyAlgorithm::EcdsaP256 => PublicKeyKind::EcdsaP256,
@@ -355,9 +335,6 @@ mod tests {
             Err(PkiError::UnsupportedKey(_))
         ));
         let junk = pem::encode("PRIVATE KEY", &[1, 2, 3]);
-        assert!(matches!(
-            PrivateKey::from_pem(junk.as_bytes()),
-            Err(PkiError::KeyLoad)
-        ));
+        assert!(matches!(PrivateKey::from_pem(junk.as_bytes()), Err(PkiError::KeyLoad)));
     }
 }

@@ -103,10 +103,7 @@ mod tests {
     #[test]
     fn refuses_oversized_input() {
         let a = encode(CERTIFICATE, &[1; 2000]);
-        assert!(matches!(
-            decode_all(a.as_bytes(), 100),
-            Err(PkiError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_all(a.as_bytes(), 100), Err(PkiError::TooLarge { .. })));
     }
 
     #[test]
@@ -125,31 +122,15 @@ mod tests {
             decode_one(two.as_bytes(), CERTIFICATE_REQUEST, 1000),
             Err(PkiError::PemCount(2))
         ));
-        let mixed = format!(
-            "{}{}",
-            encode(CERTIFICATE, &[1]),
-            encode("PRIVATE KEY", &[2])
-        );
+        let mixed = format!("{}{}", encode(CERTIFICATE, &[1]), encode("PRIVATE KEY", &[2]));
         assert!(decode_certificates(mixed.as_bytes(), 1000).is_err());
     }
 
     #[test]
     fn refuses_garbage() {
         assert!(decode_all(b"hello", 100).is_err());
-        assert!(
-            decode_all(
-                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
-                100
-            )
-            .is_err()
-        );
+        assert!(decode_all(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n", 100).is_err());
         assert!(decode_all(b"-----BEGIN CERTIFICATE-----\nAAAA\n", 100).is_err());
-        assert!(
-            decode_all(
-                b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
-                100
-            )
-            .is_err()
-        );
+        assert!(decode_all(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n", 100).is_err());
     }
 }

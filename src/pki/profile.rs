@@ -5,9 +5,7 @@ use super::authority::Authority;
 use super::error::{PkiError, Result};
 use super::pem;
 use super::serial::random_serial;
-use rcgen::{
-    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
-};
+use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 use rustls_pki_types::CertificateDer;
 use std::net::IpAddr;
 use time::{Duration, OffsetDateTime};
@@ -46,10 +44,7 @@ pub fn issue_workload(
         authority,
         spki_der,
         vec![san],
-        &[
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
+        &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         ttl,
         now,
     )
@@ -71,9 +66,11 @@ pub fn issue_server(
     }
     let mut sans = Vec::with_capacity(dns_names.len() + ips.len());
     for name in dns_names {
-        sans.push(SanType::DnsName(name.as_str().try_into().map_err(
-            |_| PkiError::Invalid(format!("DNS name {name:?} is not ASCII")),
-        )?));
+        sans.push(SanType::DnsName(
+            name.as_str()
+                .try_into()
+                .map_err(|_| PkiError::Invalid(format!("DNS name {name:?} is not ASCII")))?,
+        ));
     }
     sans.extend(ips.iter().copied().map(SanType::IpAddress));
     issue_leaf(
@@ -116,10 +113,7 @@ fn issue_leaf(
     params.not_after = not_after;
     params.serial_number = Some(serial);
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = ekus.to_vec();
     params.use_authority_key_identifier_extension = true;
 

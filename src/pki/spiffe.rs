@@ -163,10 +163,7 @@ mod tests {
         let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/bookinfo").unwrap();
         assert_eq!(id.trust_domain(), "cluster.local");
         assert_eq!(id.path(), "/ns/default/sa/bookinfo");
-        assert_eq!(
-            id.to_string(),
-            "spiffe://cluster.local/ns/default/sa/bookinfo"
-        );
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/bookinfo");
         assert!(SpiffeId::parse("spiffe://td").is_ok());
         assert!(SpiffeId::parse("spiffe://my_td-1.example/a/B.c_d-e").is_ok());
     }

@@ -8,11 +8,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/openssl/",
-            $name
-        ))
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openssl/", $name))
     };
 }
 
@@ -56,12 +52,7 @@ fn root_is_a_self_signed_ca_with_critical_key_usage() {
     let bc = cert.basic_constraints().unwrap().unwrap();
     assert!(bc.critical && bc.value.ca);
     let ku = cert.key_usage().unwrap().unwrap();
-    assert!(
-        ku.critical
-            && ku.value.key_cert_sign()
-            && ku.value.crl_sign()
-            && !ku.value.digital_signature()
-    );
+    assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign() && !ku.value.digital_signature());
     assert!(root.is_self_signed());
     cert.verify_signature(None).unwrap();
     assert_eq!(root.key_kind(), PublicKeyKind::EcdsaP256);
@@ -81,10 +72,7 @@ fn intermediate_has_path_len_zero_and_key_identifiers() {
     assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign());
     assert_eq!(aki(&cert), ski(&parse(root.certificate())));
     assert!(!ski(&cert).is_empty());
-    assert_eq!(
-        cert.issuer().as_raw(),
-        parse(root.certificate()).subject().as_raw()
-    );
+    assert_eq!(cert.issuer().as_raw(), parse(root.certificate()).subject().as_raw());
     cert.verify_signature(Some(parse(root.certificate()).public_key()))
         .unwrap();
     assert!(!int.is_self_signed());
@@ -102,9 +90,7 @@ fn intermediate_never_outlives_its_root() {
 fn check_workload_leaf(chain: &SigningChain, csr: &CertificateSigningRequest) {
     let issued_at = now();
     let ttl = Duration::hours(24);
-    let issued = chain
-        .issue_workload(csr.spki_der(), IDENTITY, ttl, issued_at)
-        .unwrap();
+    let issued = chain.issue_workload(csr.spki_der(), IDENTITY, ttl, issued_at).unwrap();
     let cert = parse(&issued.der);
     let int = parse(chain.authority().certificate());
 
@@ -113,10 +99,7 @@ fn check_workload_leaf(chain: &SigningChain, csr: &CertificateSigningRequest) {
     // Serial: positive, at least 128 bits, reported correctly.
     let serial = cert.raw_serial();
     assert!(serial[0] & 0x80 == 0 && serial.len() * 8 >= 128 + 8);
-    assert_eq!(
-        cert.raw_serial_as_string().replace(':', ""),
-        issued.serial_hex
-    );
+    assert_eq!(cert.raw_serial_as_string().replace(':', ""), issued.serial_hex);
     // Empty subject.
     assert_eq!(cert.subject().iter().count(), 0);
     // Exactly one SAN, the URI identity, critical.
@@ -163,10 +146,7 @@ fn check_workload_leaf(chain: &SigningChain, csr: &CertificateSigningRequest) {
         );
     }
     // And the whole chain verifies with webpki, as ztunnel would check it.
-    chain
-        .bundle()
-        .verify(&issued.der, &chain.ca_path(), now())
-        .unwrap();
+    chain.bundle().verify(&issued.der, &chain.ca_path(), now()).unwrap();
 }
 
 #[test]
@@ -185,25 +165,16 @@ fn every_csr_key_type_gets_the_workload_profile() {
             PublicKeyKind::Rsa { bits: 2048 },
         ),
         ("p256", fixture!("csr-p256.pem"), PublicKeyKind::EcdsaP256),
-        (
-            "p256/sha384",
-            fixture!("csr-p256-sha384.pem"),
-            PublicKeyKind::EcdsaP256,
-        ),
+        ("p256/sha384", fixture!("csr-p256-sha384.pem"), PublicKeyKind::EcdsaP256),
         ("p384", fixture!("csr-p384.pem"), PublicKeyKind::EcdsaP384),
-        (
-            "ed25519",
-            fixture!("csr-ed25519.pem"),
-            PublicKeyKind::Ed25519,
-        ),
+        ("ed25519", fixture!("csr-ed25519.pem"), PublicKeyKind::Ed25519),
         (
             "ztunnel",
             fixture!("csr-p256-empty-subject.pem"),
             PublicKeyKind::EcdsaP256,
         ),
     ] {
-        let csr = CertificateSigningRequest::from_pem(pem.as_bytes())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let csr = CertificateSigningRequest::from_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(csr.key_kind(), kind, "{name}");
         assert_eq!(csr.names().uris, vec![IDENTITY.to_string()], "{name}");
         assert_eq!(csr.san_critical(), Some(true), "{name}");
@@ -215,11 +186,7 @@ fn every_csr_key_type_gets_the_workload_profile() {
 fn every_signer_key_type_signs_verifiable_leaves() {
     let csr = CertificateSigningRequest::from_pem(fixture!("csr-p256.pem").as_bytes()).unwrap();
     let root = root();
-    for alg in [
-        KeyAlgorithm::EcdsaP256,
-        KeyAlgorithm::EcdsaP384,
-        KeyAlgorithm::Rsa2048,
-    ] {
+    for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
         let chain = chain_under(&root, alg, Duration::days(30));
         assert_eq!(chain.authority().key_kind().to_string(), alg.name());
         check_workload_leaf(&chain, &csr);
@@ -228,15 +195,12 @@ fn every_signer_key_type_signs_verifiable_leaves() {
 
 #[test]
 fn openssl_rsa4096_root_works_as_signer_in_pkcs1_and_pkcs8() {
-    let csr =
-        CertificateSigningRequest::from_pem(fixture!("csr-rsa2048-sha256.pem").as_bytes()).unwrap();
+    let csr = CertificateSigningRequest::from_pem(fixture!("csr-rsa2048-sha256.pem").as_bytes()).unwrap();
     for key in [
         fixture!("rsa4096-root-key.pkcs8.pem"),
         fixture!("rsa4096-root-key.pkcs1.pem"),
     ] {
-        let root =
-            Authority::from_pem(fixture!("rsa4096-root-cert.pem").as_bytes(), key.as_bytes())
-                .unwrap();
+        let root = Authority::from_pem(fixture!("rsa4096-root-cert.pem").as_bytes(), key.as_bytes()).unwrap();
         assert_eq!(root.key_kind(), PublicKeyKind::Rsa { bits: 4096 });
         assert!(root.is_self_signed());
         // Signing directly with the root, and through an intermediate under it.
@@ -251,10 +215,7 @@ fn openssl_rsa4096_root_works_as_signer_in_pkcs1_and_pkcs8() {
         // The key round-trips in the encoding it was loaded in.
         let reloaded = PrivateKey::from_pem(direct.authority().key().to_pem().as_bytes()).unwrap();
         assert_eq!(reloaded.spki_der(), direct.authority().key().spki_der());
-        assert_eq!(
-            direct.authority().key().to_pem().lines().next(),
-            key.lines().next()
-        );
+        assert_eq!(direct.authority().key().to_pem().lines().next(), key.lines().next());
     }
 }
 
@@ -299,11 +260,7 @@ fn refuses_mismatched_keys_and_non_ca_certificates() {
         fixture!("rsa4096-root-cert.pem"),
         fixture!("ec-prime256v1-root-cert.pem")
     );
-    let err = Authority::from_pem(
-        two.as_bytes(),
-        fixture!("rsa4096-root-key.pkcs8.pem").as_bytes(),
-    )
-    .unwrap_err();
+    let err = Authority::from_pem(two.as_bytes(), fixture!("rsa4096-root-key.pkcs8.pem").as_bytes()).unwrap_err();
     assert!(matches!(err, PkiError::PemCount(2)), "{err}");
 }
 
@@ -314,11 +271,7 @@ fn csr_refusals_name_the_problem() {
         ("rsa1024", fixture!("csr-rsa1024.pem"), "1024 bits"),
         ("dsa", fixture!("csr-dsa.pem"), "DSA"),
         ("p521", fixture!("csr-p521.pem"), "P-521"),
-        (
-            "key instead of csr",
-            fixture!("k-p256.pem"),
-            "expected PEM label",
-        ),
+        ("key instead of csr", fixture!("k-p256.pem"), "expected PEM label"),
     ];
     for (name, pem, expect) in cases {
         let err = CertificateSigningRequest::from_pem(pem.as_bytes())
@@ -330,12 +283,7 @@ fn csr_refusals_name_the_problem() {
 
 #[test]
 fn csr_with_a_tampered_body_or_signature_is_refused() {
-    let der = pem::decode_one(
-        fixture!("csr-p256.pem").as_bytes(),
-        pem::CERTIFICATE_REQUEST,
-        10_000,
-    )
-    .unwrap();
+    let der = pem::decode_one(fixture!("csr-p256.pem").as_bytes(), pem::CERTIFICATE_REQUEST, 10_000).unwrap();
     // Change one byte of the SAN URI ("default" -> "defaulu").
     let at = der.windows(7).rposition(|w| w == b"default").unwrap() + 6;
     let mut tampered = der.to_vec();
@@ -373,16 +321,13 @@ fn csr_size_limit_is_enforced() {
 
 #[test]
 fn csr_reports_what_it_asks_for() {
-    let csr =
-        CertificateSigningRequest::from_pem(fixture!("csr-p256-wants-ca.pem").as_bytes()).unwrap();
+    let csr = CertificateSigningRequest::from_pem(fixture!("csr-p256-wants-ca.pem").as_bytes()).unwrap();
     assert!(csr.requests_ca());
     assert_eq!(csr.names().dns, vec!["evil.example".to_string()]);
     assert_eq!(csr.san_critical(), Some(false));
     assert!(csr.subject().contains("evil"));
     assert!(csr.extension_oids().contains(&"2.5.29.37".to_string()));
-    let old_ztunnel =
-        CertificateSigningRequest::from_pem(fixture!("csr-p256-noncritical-san.pem").as_bytes())
-            .unwrap();
+    let old_ztunnel = CertificateSigningRequest::from_pem(fixture!("csr-p256-noncritical-san.pem").as_bytes()).unwrap();
     assert_eq!(old_ztunnel.san_critical(), Some(false));
     assert!(old_ztunnel.subject().is_empty());
 }
@@ -391,8 +336,7 @@ fn csr_reports_what_it_asks_for() {
 fn a_csr_asking_to_be_a_ca_still_gets_only_the_workload_profile() {
     let root = root();
     let chain = chain_under(&root, KeyAlgorithm::EcdsaP256, Duration::days(30));
-    let csr =
-        CertificateSigningRequest::from_pem(fixture!("csr-p256-wants-ca.pem").as_bytes()).unwrap();
+    let csr = CertificateSigningRequest::from_pem(fixture!("csr-p256-wants-ca.pem").as_bytes()).unwrap();
     // check_workload_leaf asserts CA:FALSE, the fixed KU/EKU and the single SAN.
     check_workload_leaf(&chain, &csr);
 }
@@ -421,10 +365,7 @@ fn leaf_not_after_is_clamped_to_the_signer() {
 fn an_expired_signer_refuses_to_sign() {
     let long_ago = now() - Duration::days(10);
     let root = Authority::new_root(&CaSpec::root(Duration::days(1)), long_ago).unwrap();
-    assert!(matches!(
-        root.check_valid_at(now()),
-        Err(PkiError::Expired { .. })
-    ));
+    assert!(matches!(root.check_valid_at(now()), Err(PkiError::Expired { .. })));
     let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
     assert!(matches!(
         SigningChain::new(root, vec![], bundle),
@@ -453,17 +394,10 @@ fn response_chain_has_one_certificate_per_element_then_the_bundle() {
     let int = root
         .new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now())
         .unwrap();
-    let bundle = TrustBundle::new(vec![
-        root.certificate().clone(),
-        next_root.certificate().clone(),
-    ])
-    .unwrap();
+    let bundle = TrustBundle::new(vec![root.certificate().clone(), next_root.certificate().clone()]).unwrap();
     assert_eq!(
         bundle.fingerprints(),
-        vec![
-            sha256_hex(root.certificate()),
-            sha256_hex(next_root.certificate())
-        ]
+        vec![sha256_hex(root.certificate()), sha256_hex(next_root.certificate())]
     );
     let int_pem = int.certificate_pem().to_string();
     // A chain file that repeats the root (Istio's cert-chain.pem layout) does not repeat it in responses.
@@ -473,9 +407,7 @@ fn response_chain_has_one_certificate_per_element_then_the_bundle() {
     assert_eq!(response[1], int_pem);
     assert_eq!(response[2], bundle.pem());
     assert_eq!(
-        pem::decode_certificates(response[2].as_bytes(), 100_000)
-            .unwrap()
-            .len(),
+        pem::decode_certificates(response[2].as_bytes(), 100_000).unwrap().len(),
         2
     );
     assert!(response.iter().all(|e| e.ends_with('\n')));
@@ -513,13 +445,8 @@ fn server_certificates_carry_dns_and_ip_names() {
     let cert = parse(&issued.der);
     let san = cert.subject_alternative_name().unwrap().unwrap().value;
     assert_eq!(san.general_names.len(), 3);
-    assert!(
-        san.general_names
-            .contains(&GeneralName::DNSName("localhost"))
-    );
+    assert!(san.general_names.contains(&GeneralName::DNSName("localhost")));
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && !eku.client_auth);
-    assert!(
-        profile::issue_server(&root, &key.spki_der(), &[], &[], Duration::days(1), now()).is_err()
-    );
+    assert!(profile::issue_server(&root, &key.spki_der(), &[], &[], Duration::days(1), now()).is_err());
 }

@@ -1,0 +1,127 @@
+//! Authentication: who is calling. Each `Authenticator` looks at the
+//! request's credentials and either recognises a caller, does not apply, or
+//! rejects. Kubernetes TokenReview and client certificates plug in here.
+
+use async_trait::async_trait;
+use rustls_pki_types::CertificateDer;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// A bearer token. Its value never appears in `Debug` output and is wiped on drop.
+#[derive(Clone)]
+pub struct BearerToken(Zeroizing<String>);
+
+impl BearerToken {
+    pub fn new(token: String) -> Self {
+        Self(Zeroizing::new(token))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// SHA-256 of the token: a safe key for lookups and caches.
+    pub fn digest(&self) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken([redacted])")
+    }
+}
+
+/// Everything a request presents to prove who it is.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub bearer_token: Option<BearerToken>,
+    /// The `clusterid` header, already checked against the local cluster.
+    pub cluster_id: String,
+    /// The verified TLS client certificate chain, leaf first, if any.
+    pub peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+    pub remote_addr: Option<SocketAddr>,
+}
+
+/// The pod a caller runs in, when the credential names one (bound tokens do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// An authenticated caller: a Kubernetes service account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod: Option<PodRef>,
+    pub cluster_id: String,
+    /// Which authenticator recognised the caller (for audit).
+    pub authenticated_by: &'static str,
+}
+
+impl Caller {
+    /// `namespace/serviceaccount`, the form trusted node accounts are listed in.
+    pub fn account(&self) -> String {
+        format!("{}/{}", self.namespace, self.service_account)
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// The credentials are wrong. Never retried by Istio clients.
+    #[error("{0}")]
+    Rejected(String),
+    /// The credentials could not be checked right now (for example the API
+    /// server is unreachable). Retryable.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Authenticator: Send + Sync + fmt::Debug {
+    fn name(&self) -> &'static str;
+
+    /// `Ok(None)` when this authenticator does not apply to these
+    /// credentials (for example, no token was sent).
+    async fn authenticate(&self, credentials: &Credentials) -> Result<Option<Caller>, AuthError>;
+}
+
+/// Tries authenticators in order; the first that recognises the caller wins.
+/// A rejection by one does not stop the next from recognising the caller
+/// (a stale token plus a valid client certificate still authenticates), but
+/// if none does, an `Unavailable` outcome wins over a rejection so clients retry.
+#[derive(Debug, Default)]
+pub struct AuthenticatorChain {
+    authenticators: Vec<Arc<dyn Authenticator>>,
+}
+
+impl AuthenticatorChain {
+    pub fn new(authenticators: Vec<Arc<dyn Authenticator>>) -> Self {
+        Self { authenticators }
+    }
+
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Caller, AuthError> {
+        let mut unavailable = None;
+        let mut rejected = None;
+        for a in &self.authenticators {
+            match a.authenticate(credentials).await {
+                Ok(Some(caller)) => return Ok(caller),
+                Ok(None) => {}
+                Err(AuthError::Unavailable(m)) => unavailable = Some(format!("{}: {m}", a.name())),
+                Err(AuthError::Rejected(m)) => rejected = Some(format!("{}: {m}", a.name())),
+            }
+        }
+        if let Some(m) = unavailable {
+            return Err(AuthError::Unavailable(m));
+        }
+        Err(AuthError::Rejected(
+            rejected.unwrap_or_else(|| "no credentials were presented".into()),
+        ))
+    }
+}

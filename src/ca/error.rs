@@ -1,0 +1,106 @@
+//! Why a CreateCertificate failed, and how each failure maps to a gRPC
+//! status and to istiod's metrics.
+
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::SignErrorLabels;
+use tonic::{Code, Status};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The caller could not be authenticated.
+    Unauthenticated(String),
+    /// The caller is known but may not have what it asked for.
+    Forbidden(String),
+    /// The CSR is malformed, unsigned, or uses a refused key or algorithm.
+    BadCsr(String),
+    /// The request is malformed in some other way (metadata).
+    BadRequest(String),
+    /// Could not decide now (for example the API server is unreachable). Retryable.
+    Unavailable(String),
+    /// No usable signer (none loaded yet, or expired). Retryable.
+    NotReady(String),
+    /// Signing failed unexpectedly.
+    Internal(String),
+}
+
+impl Failure {
+    pub fn code(&self) -> Code {
+        match self {
+            Failure::Unauthenticated(_) | Failure::Forbidden(_) => Code::Unauthenticated,
+            Failure::BadCsr(_) | Failure::BadRequest(_) => Code::InvalidArgument,
+            Failure::Unavailable(_) | Failure::NotReady(_) => Code::Unavailable,
+            Failure::Internal(_) => Code::Internal,
+        }
+    }
+
+    pub fn code_name(&self) -> &'static str {
+        match self.code() {
+            Code::Unauthenticated => "Unauthenticated",
+            Code::InvalidArgument => "InvalidArgument",
+            Code::Unavailable => "Unavailable",
+            _ => "Internal",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::Unauthenticated(m)
+            | Failure::Forbidden(m)
+            | Failure::BadCsr(m)
+            | Failure::BadRequest(m)
+            | Failure::Unavailable(m)
+            | Failure::NotReady(m)
+            | Failure::Internal(m) => m,
+        }
+    }
+
+    pub fn to_status(&self) -> Status {
+        let prefix = match self {
+            Failure::Unauthenticated(_) => "authentication failed",
+            Failure::Forbidden(_) => "not authorized",
+            Failure::BadCsr(_) => "invalid CSR",
+            Failure::BadRequest(_) => "invalid request",
+            Failure::Unavailable(_) => "temporarily unavailable",
+            Failure::NotReady(_) => "CA not ready",
+            Failure::Internal(_) => "certificate signing failed",
+        };
+        Status::new(self.code(), format!("{prefix}: {}", self.reason()))
+    }
+
+    /// Counts the failure the way istiod does.
+    pub fn record(&self, metrics: &Metrics) {
+        let sign_err = |error| {
+            metrics
+                .csr_sign_err_count
+                .get_or_create(&SignErrorLabels { error })
+                .inc()
+        };
+        match self {
+            Failure::Unauthenticated(_) => metrics.authentication_failure_count.inc(),
+            Failure::Forbidden(_) => metrics.id_extraction_err_count.inc(),
+            Failure::BadCsr(_) => {
+                metrics.csr_parsing_err_count.inc();
+                sign_err("CSR_ERROR");
+            }
+            Failure::BadRequest(_) => sign_err("INVALID_REQUEST"),
+            Failure::Unavailable(_) => sign_err("UNAVAILABLE"),
+            Failure::NotReady(_) => sign_err("CA_NOT_READY"),
+            Failure::Internal(_) => sign_err("CERT_GEN_ERROR"),
+        }
+    }
+}
+
+/// Attacker-controlled text echoed in a message is cut short and stripped
+/// of control characters.
+pub fn quote_input(s: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = s
+        .chars()
+        .take(MAX)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if s.chars().count() > MAX {
+        out.push('…');
+    }
+    format!("{out:?}")
+}

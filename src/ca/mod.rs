@@ -1,0 +1,10 @@
+//! The Istio CA gRPC service: authentication, impersonation, response
+//! shaping, error mapping, TLS and the server loop.
+
+pub mod auth;
+pub mod error;
+pub mod node;
+pub mod server;
+pub mod service;
+pub mod static_tokens;
+pub mod tls;

@@ -1,0 +1,78 @@
+//! The gRPC server: concurrent TLS handshakes feeding tonic.
+
+use super::service::{CertificateService, MAX_REQUEST_BYTES};
+use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// A client that has not finished its handshake by then is dropped.
+    pub handshake_timeout: Duration,
+    /// Server-side deadline for one CreateCertificate.
+    pub request_timeout: Duration,
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// Serves CreateCertificate on `listener` until `shutdown` resolves, then
+/// lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: CertificateService,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let acceptor = TlsAcceptor::from(tls);
+    let handshake_timeout = options.handshake_timeout;
+    // Each handshake runs in its own task, so a slow client cannot hold up
+    // the others.
+    let accept_loop = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let grpc = IstioCertificateServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .timeout(options.request_timeout)
+        .add_service(grpc)
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+        .await;
+    accept_loop.abort();
+    result
+}

@@ -1,0 +1,379 @@
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`.
+
+use super::auth::{AuthError, AuthenticatorChain, BearerToken, Caller, Credentials};
+use super::error::{Failure, quote_input};
+use crate::mesh::{Mesh, MeshRegistry, RouteError};
+use crate::pb::istio_certificate_service_server::IstioCertificateService;
+use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::pki::{CertificateSigningRequest, PkiError, WorkloadIdentity};
+use crate::telemetry::Metrics;
+use crate::telemetry::audit::{self, AuditRecord};
+use prost_types::value::Kind;
+use std::sync::Arc;
+use std::time::Instant;
+use time::OffsetDateTime;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+/// The metadata key ztunnel uses to ask for another workload's certificate.
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+/// More metadata fields than any real client sends.
+pub const MAX_METADATA_FIELDS: usize = 32;
+/// The largest request message accepted (a CSR is at most 64 KiB).
+pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// The local cluster id; `clusterid` must be empty, this, or an alias.
+    pub cluster_id: String,
+    pub cluster_aliases: Vec<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            cluster_id: "Kubernetes".into(),
+            cluster_aliases: Vec::new(),
+        }
+    }
+}
+
+pub struct CertificateService {
+    config: ServiceConfig,
+    authenticators: AuthenticatorChain,
+    registry: Arc<MeshRegistry>,
+    metrics: Arc<Metrics>,
+}
+
+impl CertificateService {
+    pub fn new(
+        config: ServiceConfig,
+        authenticators: AuthenticatorChain,
+        registry: Arc<MeshRegistry>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config,
+            authenticators,
+            registry,
+            metrics,
+        }
+    }
+
+    async fn handle(
+        &self,
+        request: Request<IstioCertificateRequest>,
+        record: &mut AuditRecord<'_>,
+    ) -> Result<(IstioCertificateResponse, Arc<Mesh>), Failure> {
+        record.peer = request.remote_addr().map(|a| a.to_string());
+        let credentials = self.credentials(&request)?;
+        let caller = self
+            .authenticators
+            .authenticate(&credentials)
+            .await
+            .map_err(|e| match e {
+                AuthError::Rejected(m) => Failure::Unauthenticated(m),
+                AuthError::Unavailable(m) => Failure::Unavailable(m),
+            })?;
+        record.caller = Some(caller.account());
+
+        let mesh = self.registry.route(&caller.namespace).map_err(|e| match e {
+            RouteError::NotReady => Failure::NotReady(e.to_string()),
+            RouteError::NoMesh(_) | RouteError::Ambiguous { .. } => Failure::Forbidden(e.to_string()),
+        })?;
+        let body = request.into_inner();
+        let identity = self
+            .identity_for(&caller, &mesh, body.metadata.as_ref(), record)
+            .await?;
+        let identity_uri = identity.to_string();
+        record.identity = Some(identity_uri.clone());
+
+        let csr =
+            CertificateSigningRequest::from_pem(body.csr.as_bytes()).map_err(|e| Failure::BadCsr(e.to_string()))?;
+        record.key_type = Some(csr.key_kind().to_string());
+        check_requested_names(&csr, &identity_uri)?;
+
+        let ttl = mesh.ttl_for(body.validity_duration);
+        record.ttl_seconds = Some(ttl.whole_seconds());
+        let issued = mesh
+            .chain
+            .issue_workload(csr.spki_der(), &identity_uri, ttl, OffsetDateTime::now_utc())
+            .map_err(|e| match e {
+                PkiError::Expired { .. } => Failure::NotReady(format!(
+                    "the signing certificate of mesh {} is not valid now: {e}",
+                    mesh.name
+                )),
+                other => Failure::Internal(other.to_string()),
+            })?;
+        record.not_after = Some(issued.not_after.unix_timestamp());
+        record.serial = Some(issued.serial_hex);
+        let cert_chain = mesh.chain.response_chain(issued.pem);
+        Ok((IstioCertificateResponse { cert_chain }, mesh))
+    }
+
+    /// Reads `authorization`, `clusterid` and the TLS peer.
+    fn credentials(&self, request: &Request<IstioCertificateRequest>) -> Result<Credentials, Failure> {
+        let md = request.metadata();
+        let cluster_id = self.cluster_id(md)?;
+        let bearer_token = bearer_token(md)?;
+        let peer_certificates = request.peer_certs();
+        Ok(Credentials {
+            bearer_token,
+            cluster_id,
+            peer_certificates,
+            remote_addr: request.remote_addr(),
+        })
+    }
+
+    fn cluster_id(&self, md: &MetadataMap) -> Result<String, Failure> {
+        let values: Vec<_> = md.get_all("clusterid").iter().collect();
+        let value = match values.as_slice() {
+            [] => "",
+            [one] => one
+                .to_str()
+                .map_err(|_| Failure::Unauthenticated("the clusterid header is not printable ASCII".into()))?,
+            _ => return Err(Failure::Unauthenticated("more than one clusterid header".into())),
+        };
+        if value.is_empty() || value == self.config.cluster_id || self.config.cluster_aliases.iter().any(|a| a == value)
+        {
+            Ok(self.config.cluster_id.clone())
+        } else {
+            Err(Failure::Unauthenticated(format!(
+                "unknown cluster id {}; this CA serves cluster {:?}",
+                quote_input(value),
+                self.config.cluster_id
+            )))
+        }
+    }
+
+    /// The identity the certificate will carry: the caller's own, or, for a
+    /// trusted node account, the one it impersonates.
+    async fn identity_for(
+        &self,
+        caller: &Caller,
+        mesh: &Mesh,
+        metadata: Option<&prost_types::Struct>,
+        record: &mut AuditRecord<'_>,
+    ) -> Result<WorkloadIdentity, Failure> {
+        let impersonated = impersonated_identity(metadata)?;
+        let Some(requested) = impersonated else {
+            return WorkloadIdentity::new(&mesh.trust_domain, &caller.namespace, &caller.service_account)
+                .map_err(|e| Failure::Internal(format!("cannot form the caller's identity: {e}")));
+        };
+        record.impersonated = true;
+        record.identity = Some(requested.clone());
+        if !mesh.trusted_node_accounts.contains(&caller.account()) {
+            return Err(Failure::Unauthenticated(format!(
+                "{} is not a trusted node account of mesh {} and may not impersonate",
+                caller.account(),
+                mesh.name
+            )));
+        }
+        let target = WorkloadIdentity::parse(&requested)
+            .map_err(|e| Failure::Unauthenticated(format!("impersonated identity {}: {e}", quote_input(&requested))))?;
+        if target.trust_domain != mesh.trust_domain {
+            return Err(Failure::Unauthenticated(format!(
+                "impersonated identity is in trust domain {:?}, but mesh {} is {:?}",
+                target.trust_domain, mesh.name, mesh.trust_domain
+            )));
+        }
+        mesh.node_authorizer
+            .authorize(caller, &target)
+            .await
+            .map_err(|e| match e {
+                AuthError::Rejected(m) => Failure::Unauthenticated(format!("impersonation refused: {m}")),
+                AuthError::Unavailable(m) => Failure::Unavailable(m),
+            })?;
+        Ok(target)
+    }
+}
+
+fn bearer_token(md: &MetadataMap) -> Result<Option<BearerToken>, Failure> {
+    let values: Vec<_> = md.get_all("authorization").iter().collect();
+    let value = match values.as_slice() {
+        [] => return Ok(None),
+        [one] => one,
+        _ => return Err(Failure::Unauthenticated("more than one authorization header".into())),
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Failure::Unauthenticated("the authorization header is not printable ASCII".into()))?;
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => {
+            return Err(Failure::Unauthenticated(
+                "the authorization header is not a Bearer token".into(),
+            ));
+        }
+    };
+    if token.is_empty() {
+        return Err(Failure::Unauthenticated("the bearer token is empty".into()));
+    }
+    Ok(Some(BearerToken::new(token.to_string())))
+}
+
+/// `ImpersonatedIdentity` from the request metadata, if present and non-empty.
+fn impersonated_identity(metadata: Option<&prost_types::Struct>) -> Result<Option<String>, Failure> {
+    let Some(metadata) = metadata else { return Ok(None) };
+    if metadata.fields.len() > MAX_METADATA_FIELDS {
+        return Err(Failure::BadRequest(format!(
+            "metadata has {} fields; at most {MAX_METADATA_FIELDS} are accepted",
+            metadata.fields.len()
+        )));
+    }
+    match metadata.fields.get(IMPERSONATED_IDENTITY).and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => Ok(None),
+        Some(Kind::StringValue(s)) if s.is_empty() => Ok(None),
+        Some(Kind::StringValue(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Failure::BadRequest(format!(
+            "metadata {IMPERSONATED_IDENTITY} must be a string"
+        ))),
+    }
+}
+
+/// The CSR must ask for exactly the identity and nothing else.
+fn check_requested_names(csr: &CertificateSigningRequest, identity: &str) -> Result<(), Failure> {
+    let names = csr.names();
+    let mut extra = Vec::new();
+    if !names.dns.is_empty() {
+        extra.push(format!("{} DNS name(s)", names.dns.len()));
+    }
+    if !names.ips.is_empty() {
+        extra.push(format!("{} IP address(es)", names.ips.len()));
+    }
+    if !names.emails.is_empty() {
+        extra.push(format!("{} email address(es)", names.emails.len()));
+    }
+    if names.other > 0 {
+        extra.push(format!("{} other name(s)", names.other));
+    }
+    if !extra.is_empty() {
+        return Err(Failure::Forbidden(format!(
+            "the CSR asks for {}; only the URI SAN {identity} is allowed",
+            extra.join(", ")
+        )));
+    }
+    match names.uris.as_slice() {
+        [only] if only == identity => Ok(()),
+        [only] => Err(Failure::Forbidden(format!(
+            "the CSR asks for {} but the caller may only have {identity}",
+            quote_input(only)
+        ))),
+        [] => Err(Failure::Forbidden(format!(
+            "the CSR has no URI SAN; it must ask for {identity}"
+        ))),
+        many => Err(Failure::Forbidden(format!(
+            "the CSR asks for {} URI SANs; exactly one ({identity}) is allowed",
+            many.len()
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CertificateService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let started = Instant::now();
+        self.metrics.csr_count.inc();
+        let mut record = AuditRecord::default();
+        let outcome = self.handle(request, &mut record).await;
+        let latency = started.elapsed();
+        match outcome {
+            Ok((response, mesh)) => {
+                self.metrics.success_cert_issuance_count.inc();
+                self.metrics.record_duration("OK", latency.as_secs_f64());
+                record.mesh = Some(&mesh.name);
+                audit::issued(&record, latency);
+                Ok(Response::new(response))
+            }
+            Err(failure) => {
+                failure.record(&self.metrics);
+                self.metrics.record_duration(failure.code_name(), latency.as_secs_f64());
+                audit::denied(&record, failure.code_name(), failure.reason(), latency);
+                Err(failure.to_status())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::{Struct, Value};
+
+    fn md(pairs: &[(&'static str, &str)]) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        for (k, v) in pairs {
+            m.append(*k, v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn bearer_token_forms() {
+        assert!(bearer_token(&md(&[])).unwrap().is_none());
+        assert_eq!(
+            bearer_token(&md(&[("authorization", "Bearer abc")]))
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "abc"
+        );
+        assert_eq!(
+            bearer_token(&md(&[("authorization", "bearer abc")]))
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "abc"
+        );
+        for bad in ["Basic abc", "Bearer ", "Bearer", "abc"] {
+            assert!(bearer_token(&md(&[("authorization", bad)])).is_err(), "{bad}");
+        }
+        let two = md(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert!(matches!(bearer_token(&two), Err(Failure::Unauthenticated(m)) if m.contains("more than one")));
+    }
+
+    #[test]
+    fn impersonation_metadata_forms() {
+        let s = |kind| Struct {
+            fields: [(IMPERSONATED_IDENTITY.to_string(), Value { kind: Some(kind) })].into(),
+        };
+        assert_eq!(impersonated_identity(None), Ok(None));
+        assert_eq!(
+            impersonated_identity(Some(&s(Kind::StringValue(String::new())))),
+            Ok(None)
+        );
+        assert_eq!(
+            impersonated_identity(Some(&s(Kind::StringValue("x".into())))),
+            Ok(Some("x".into()))
+        );
+        assert!(matches!(
+            impersonated_identity(Some(&s(Kind::NumberValue(1.0)))),
+            Err(Failure::BadRequest(_))
+        ));
+        let many = Struct {
+            fields: (0..=MAX_METADATA_FIELDS)
+                .map(|i| {
+                    (
+                        format!("k{i}"),
+                        Value {
+                            kind: Some(Kind::BoolValue(true)),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        assert!(matches!(
+            impersonated_identity(Some(&many)),
+            Err(Failure::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn quoted_input_is_bounded_and_printable() {
+        let q = quote_input(&format!("a\u{0}b{}", "x".repeat(500)));
+        assert!(q.len() < 300 && !q.contains('\u{0}'));
+    }
+}

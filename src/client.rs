@@ -1,0 +1,164 @@
+//! A CreateCertificate client that behaves like pilot-agent: TLS to the CA
+//! verified against a root file, bearer token and `clusterid` headers, and
+//! the response checked as pilot-agent and ztunnel check it.
+
+use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::pki::authority::parse_certificate;
+use crate::pki::{TrustBundle, pem};
+use rustls_pki_types::CertificateDer;
+use thiserror::Error;
+use time::OffsetDateTime;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use x509_parser::extensions::GeneralName;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("invalid CA address {0:?}: expected HOST:PORT")]
+    Address(String),
+    #[error("connecting to the CA: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("the CA refused: {code:?}: {message}")]
+    Refused { code: tonic::Code, message: String },
+    #[error("the response is invalid: {0}")]
+    Response(String),
+}
+
+/// Connects over TLS, trusting only `root_pem`. The TLS server name is the
+/// host part of `addr`, as pilot-agent does.
+pub async fn connect(addr: &str, root_pem: &[u8]) -> Result<IstioCertificateServiceClient<Channel>, ClientError> {
+    let host = host_of(addr).ok_or_else(|| ClientError::Address(addr.to_string()))?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root_pem))
+        .domain_name(host);
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|_| ClientError::Address(addr.to_string()))?
+        .tls_config(tls)?;
+    Ok(IstioCertificateServiceClient::new(endpoint.connect().await?))
+}
+
+/// `host` from `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> Option<String> {
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// The request headers pilot-agent sends.
+pub fn request(
+    body: IstioCertificateRequest,
+    token: Option<&str>,
+    cluster_id: &str,
+) -> Result<tonic::Request<IstioCertificateRequest>, ClientError> {
+    let mut req = tonic::Request::new(body);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Response("the token is not printable ASCII".into()))?;
+        req.metadata_mut().insert("authorization", value);
+    }
+    let cluster = cluster_id
+        .parse()
+        .map_err(|_| ClientError::Address(cluster_id.to_string()))?;
+    req.metadata_mut().insert("clusterid", cluster);
+    Ok(req)
+}
+
+/// A response that passed every check.
+#[derive(Debug)]
+pub struct VerifiedResponse {
+    pub leaf: CertificateDer<'static>,
+    pub intermediates: Vec<CertificateDer<'static>>,
+    /// The last element: every root the CA says to trust.
+    pub bundle: TrustBundle,
+    pub not_after: OffsetDateTime,
+    pub uri_san: String,
+}
+
+/// Checks a response: at least two elements; the leaf and each intermediate
+/// one certificate per element (ztunnel keeps only the first of each); the
+/// last element a bundle; the leaf chaining to `trusted` (the root we
+/// already trust, not the one the server sent) with exactly one URI SAN
+/// equal to `identity`.
+pub fn verify_response(
+    response: &IstioCertificateResponse,
+    trusted: &TrustBundle,
+    identity: &str,
+) -> Result<VerifiedResponse, ClientError> {
+    let bad = |m: String| ClientError::Response(m);
+    let chain = &response.cert_chain;
+    if chain.len() < 2 {
+        return Err(bad(format!(
+            "cert_chain has {} element(s); at least 2 are required",
+            chain.len()
+        )));
+    }
+    let mut single = Vec::with_capacity(chain.len() - 1);
+    for (i, element) in chain[..chain.len() - 1].iter().enumerate() {
+        if !element.ends_with('\n') {
+            return Err(bad(format!("element {i} does not end in a newline")));
+        }
+        let mut certs =
+            pem::decode_certificates(element.as_bytes(), 1 << 20).map_err(|e| bad(format!("element {i}: {e}")))?;
+        if certs.len() != 1 {
+            return Err(bad(format!(
+                "element {i} holds {} certificates; exactly one is required",
+                certs.len()
+            )));
+        }
+        single.push(certs.remove(0));
+    }
+    let bundle =
+        TrustBundle::from_pem(chain[chain.len() - 1].as_bytes()).map_err(|e| bad(format!("root bundle: {e}")))?;
+    let leaf = single.remove(0);
+    let now = OffsetDateTime::now_utc();
+    trusted
+        .verify(&leaf, &single, now)
+        .map_err(|e| bad(format!("leaf does not chain to the trusted root: {e}")))?;
+    let parsed = parse_certificate(&leaf).map_err(|e| bad(e.to_string()))?;
+    let mut uris: Vec<String> = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some((*u).to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if uris.len() != 1 || uris[0] != identity {
+        return Err(bad(format!(
+            "leaf URI SANs are {uris:?}; expected exactly [{identity:?}]"
+        )));
+    }
+    let not_after = parsed.validity().not_after.to_datetime();
+    drop(parsed);
+    Ok(VerifiedResponse {
+        intermediates: single,
+        bundle,
+        not_after,
+        uri_san: uris.remove(0),
+        leaf,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_parsing() {
+        assert_eq!(host_of("localhost:15012").as_deref(), Some("localhost"));
+        assert_eq!(host_of("[::1]:15012").as_deref(), Some("::1"));
+        assert_eq!(host_of("meshroot.ns.svc:443").as_deref(), Some("meshroot.ns.svc"));
+        assert_eq!(host_of("localhost"), None);
+        assert_eq!(host_of(":80"), None);
+        assert_eq!(host_of("h:port"), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! `meshroot pki init`: the offline replacement for the page of openssl
+//! commands. It creates (or imports) a root and, per mesh, an intermediate in
+//! Istio's `cacerts` layout with a ready-to-apply Secret manifest.
+
+use crate::dev::state::write_cacerts;
+use crate::fsutil::{self, Existing};
+use crate::names::is_dns1123_label;
+use crate::pki::spiffe::validate_trust_domain;
+use crate::pki::{Authority, CaSpec, KeyAlgorithm, TrustBundle};
+use anyhow::{Context, bail};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use time::{Duration, OffsetDateTime};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshArg {
+    pub name: String,
+    pub trust_domain: String,
+}
+
+impl std::str::FromStr for MeshArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, td) = s.split_once('=').unwrap_or((s, "cluster.local"));
+        if !is_dns1123_label(name) {
+            return Err(format!(
+                "mesh name {name:?} must be a DNS-1123 label (lowercase letters, digits, '-')"
+            ));
+        }
+        validate_trust_domain(td).map_err(|e| format!("mesh {name}: {e}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            trust_domain: td.to_string(),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PkiInitOptions {
+    pub out: PathBuf,
+    pub root_cert: Option<PathBuf>,
+    pub root_key: Option<PathBuf>,
+    pub meshes: Vec<MeshArg>,
+    pub key_type: KeyAlgorithm,
+    pub root_lifetime: Duration,
+    pub intermediate_lifetime: Duration,
+}
+
+/// What was written, for the summary.
+pub struct PkiInitOutcome {
+    pub lines: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretManifest {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: SecretMetadata,
+    #[serde(rename = "type")]
+    type_: &'static str,
+    string_data: BTreeMap<&'static str, String>,
+}
+
+#[derive(Serialize)]
+struct SecretMetadata {
+    name: &'static str,
+    annotations: BTreeMap<&'static str, String>,
+}
+
+pub fn run(opts: &PkiInitOptions) -> anyhow::Result<PkiInitOutcome> {
+    if opts.meshes.is_empty() {
+        bail!("give at least one --mesh NAME[=TRUST_DOMAIN]");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &opts.meshes {
+        if !seen.insert(&m.name) {
+            bail!("mesh {} is given twice", m.name);
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    fsutil::create_private_dir(&opts.out)?;
+    let mut lines = Vec::new();
+
+    let root = match (&opts.root_cert, &opts.root_key) {
+        (Some(cert), Some(key)) => {
+            let root = Authority::from_pem(&fsutil::read(cert)?, &fsutil::read(key)?)
+                .with_context(|| format!("importing the root {} with key {}", cert.display(), key.display()))?;
+            if !root.is_self_signed() {
+                bail!("{} is not a self-signed root; import the root itself", cert.display());
+            }
+            root.check_valid_at(now).context("the imported root")?;
+            lines.push(format!("imported root {} ({})", root.subject(), root.key_kind()));
+            root
+        }
+        (None, None) => {
+            let mut spec = CaSpec::root(opts.root_lifetime);
+            spec.key_algorithm = opts.key_type;
+            let root = Authority::new_root(&spec, now)?;
+            fsutil::write_private(
+                &opts.out.join("root-key.pem"),
+                root.key().to_pem().as_bytes(),
+                Existing::Refuse,
+            )?;
+            lines.push(format!(
+                "created root {} ({}), key in root-key.pem",
+                root.subject(),
+                root.key_kind()
+            ));
+            root
+        }
+        _ => bail!("--root-cert and --root-key go together"),
+    };
+    let bundle = TrustBundle::new(vec![root.certificate().clone()])?;
+    fsutil::write_public(
+        &opts.out.join("root-cert.pem"),
+        root.certificate_pem().as_bytes(),
+        Existing::Refuse,
+    )?;
+
+    for mesh in &opts.meshes {
+        let dir = opts.out.join(&mesh.name);
+        fsutil::create_private_dir(&dir)?;
+        let mut spec = CaSpec::intermediate(&mesh.name, opts.intermediate_lifetime);
+        spec.key_algorithm = opts.key_type;
+        let int = root.new_intermediate(&spec, now)?;
+        // Prove the chain before writing anything for this mesh.
+        let chain = crate::pki::SigningChain::new(int, vec![], bundle.clone())?;
+        let int = chain.authority();
+        write_cacerts(&dir, int, &root, &bundle, Existing::Refuse)
+            .with_context(|| format!("writing {}", dir.display()))?;
+        let manifest = secret_manifest(int, &root, &bundle, mesh)?;
+        fsutil::write_private(&dir.join("cacerts-secret.yaml"), manifest.as_bytes(), Existing::Refuse)?;
+        lines.push(format!(
+            "mesh {} (trust domain {}): {}/{{ca-cert,ca-key,cert-chain,root-cert}}.pem, expires {}; apply with: kubectl -n <istiod namespace> apply -f {}",
+            mesh.name,
+            mesh.trust_domain,
+            dir.display(),
+            int.not_after(),
+            dir.join("cacerts-secret.yaml").display()
+        ));
+    }
+    Ok(PkiInitOutcome { lines })
+}
+
+fn secret_manifest(int: &Authority, root: &Authority, bundle: &TrustBundle, mesh: &MeshArg) -> anyhow::Result<String> {
+    let manifest = SecretManifest {
+        api_version: "v1",
+        kind: "Secret",
+        metadata: SecretMetadata {
+            name: "cacerts",
+            annotations: [
+                ("meshroot.io/mesh", mesh.name.clone()),
+                ("meshroot.io/trust-domain", mesh.trust_domain.clone()),
+            ]
+            .into(),
+        },
+        type_: "Opaque",
+        string_data: [
+            ("ca-cert.pem", int.certificate_pem().to_string()),
+            ("ca-key.pem", int.key().to_pem().to_string()),
+            (
+                "cert-chain.pem",
+                format!("{}{}", int.certificate_pem(), root.certificate_pem()),
+            ),
+            ("root-cert.pem", bundle.pem().to_string()),
+        ]
+        .into(),
+    };
+    Ok(serde_saphyr::to_string(&manifest)?)
+}

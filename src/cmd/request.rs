@@ -1,0 +1,114 @@
+//! `meshroot request`: get a workload certificate the way pilot-agent does.
+
+use super::human_duration;
+use crate::client::{self, VerifiedResponse};
+use crate::fsutil::{self, Existing};
+use crate::pb::IstioCertificateRequest;
+use crate::pki::csr::build_workload_csr;
+use crate::pki::{KeyAlgorithm, PrivateKey, SpiffeId, TrustBundle, pem};
+use anyhow::{Context, bail};
+use prost_types::{Struct, Value, value::Kind};
+use std::path::PathBuf;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+#[derive(Clone, Debug)]
+pub struct RequestOptions {
+    pub ca_addr: String,
+    pub root_cert: PathBuf,
+    pub token: Option<Zeroizing<String>>,
+    pub token_file: Option<PathBuf>,
+    pub identity: String,
+    pub key_type: KeyAlgorithm,
+    pub ttl: time::Duration,
+    pub cluster_id: String,
+    pub out: PathBuf,
+}
+
+pub struct RequestOutcome {
+    pub response: VerifiedResponse,
+    pub files: Vec<PathBuf>,
+}
+
+/// Generates a key and CSR, calls the CA, verifies the chain against the
+/// root file, and writes `key.pem`, `cert-chain.pem` and `root-cert.pem`.
+pub async fn run(opts: &RequestOptions) -> anyhow::Result<RequestOutcome> {
+    SpiffeId::parse(&opts.identity).context("--identity")?;
+    let root_pem = fsutil::read(&opts.root_cert)?;
+    let trusted =
+        TrustBundle::from_pem(&root_pem).with_context(|| format!("--root-cert {}", opts.root_cert.display()))?;
+    let token = match (&opts.token, &opts.token_file) {
+        (Some(t), None) => t.clone(),
+        (None, Some(path)) => {
+            // Like pilot-agent's token file: the whole file, whitespace trimmed.
+            let raw = Zeroizing::new(fsutil::read(path)?);
+            let text = std::str::from_utf8(&raw).with_context(|| format!("{} is not text", path.display()))?;
+            Zeroizing::new(text.trim().to_string())
+        }
+        _ => bail!("give exactly one of --token and --token-file"),
+    };
+    if token.is_empty() {
+        bail!("the token is empty");
+    }
+
+    let key = PrivateKey::generate(opts.key_type)?;
+    let csr = build_workload_csr(&key, &opts.identity)?;
+    let metadata = Struct {
+        fields: [(
+            "CertSigner".to_string(),
+            Value {
+                kind: Some(Kind::StringValue(String::new())),
+            },
+        )]
+        .into(),
+    };
+    let body = IstioCertificateRequest {
+        csr,
+        validity_duration: opts.ttl.whole_seconds(),
+        metadata: Some(metadata),
+    };
+
+    let mut ca = client::connect(&opts.ca_addr, &root_pem).await?;
+    let response = ca
+        .create_certificate(client::request(body, Some(&token), &opts.cluster_id)?)
+        .await
+        .map_err(|s| client::ClientError::Refused {
+            code: s.code(),
+            message: s.message().to_string(),
+        })?
+        .into_inner();
+    let verified = client::verify_response(&response, &trusted, &opts.identity)?;
+
+    fsutil::create_private_dir(&opts.out)?;
+    let key_path = opts.out.join("key.pem");
+    let chain_path = opts.out.join("cert-chain.pem");
+    let root_path = opts.out.join("root-cert.pem");
+    let chain: String = std::iter::once(&verified.leaf)
+        .chain(verified.intermediates.iter())
+        .map(|c| pem::encode_certificate(c))
+        .collect();
+    fsutil::write_private(&key_path, key.to_pem().as_bytes(), Existing::Replace)?;
+    fsutil::write_public(&chain_path, chain.as_bytes(), Existing::Replace)?;
+    fsutil::write_public(&root_path, verified.bundle.pem().as_bytes(), Existing::Replace)?;
+    Ok(RequestOutcome {
+        response: verified,
+        files: vec![key_path, chain_path, root_path],
+    })
+}
+
+pub fn summary(outcome: &RequestOutcome) -> String {
+    let r = &outcome.response;
+    let left = r.not_after - OffsetDateTime::now_utc();
+    let files: Vec<String> = outcome.files.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "SAN:     {}\nexpires: {} (in {})\nchain:   leaf + {} intermediate(s), {} trusted root(s); verified against the root file\nwrote:   {}\n",
+        r.uri_san,
+        r.not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| r.not_after.to_string()),
+        human_duration(left),
+        r.intermediates.len(),
+        r.bundle.roots().len(),
+        files.join(", ")
+    )
+}

@@ -1,0 +1,190 @@
+//! `meshroot dev`: the CA on one machine, with no cluster. State lives in a
+//! directory; callers authenticate with static tokens.
+
+pub mod state;
+
+use crate::ca::auth::AuthenticatorChain;
+use crate::ca::node::TrustedAccountOnly;
+use crate::ca::server::{self, ServerOptions};
+use crate::ca::service::{CertificateService, ServiceConfig};
+use crate::ca::static_tokens::StaticTokenAuthenticator;
+use crate::ca::tls::{ServingCertificate, server_config};
+use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use crate::pki::spiffe::validate_trust_domain;
+use crate::telemetry::Metrics;
+use crate::telemetry::http::{self as ops, Readiness};
+use anyhow::{Context, bail};
+use state::{DEV_MESH, DevState};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    pub listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub trust_domain: String,
+    pub token_file: Option<PathBuf>,
+    pub cluster_id: String,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub trusted_node_accounts: Vec<String>,
+    /// Names the serving certificate carries besides localhost, 127.0.0.1 and ::1.
+    pub serving_names: Vec<String>,
+}
+
+impl Default for DevOptions {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 15012).into(),
+            ops_listen: ([127, 0, 0, 1], 15014).into(),
+            state_dir: PathBuf::from(".meshroot"),
+            trust_domain: "cluster.local".into(),
+            token_file: None,
+            cluster_id: "Kubernetes".into(),
+            default_ttl: Duration::hours(24),
+            max_ttl: Duration::days(90),
+            trusted_node_accounts: vec!["istio-system/ztunnel".into()],
+            serving_names: Vec::new(),
+        }
+    }
+}
+
+/// A running dev server.
+pub struct DevServer {
+    pub grpc_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub state: DevState,
+    pub metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    ops: JoinHandle<std::io::Result<()>>,
+}
+
+fn validate(opts: &DevOptions) -> anyhow::Result<()> {
+    validate_trust_domain(&opts.trust_domain).context("--trust-domain")?;
+    if opts.default_ttl <= Duration::ZERO || opts.max_ttl <= Duration::ZERO {
+        bail!("--default-ttl and --max-ttl must be positive");
+    }
+    for account in &opts.trusted_node_accounts {
+        let valid = account
+            .split_once('/')
+            .is_some_and(|(ns, sa)| crate::names::is_dns1123_label(ns) && crate::names::is_dns1123_subdomain(sa));
+        if !valid {
+            bail!("--trusted-node-account {account:?} must be NAMESPACE/SERVICEACCOUNT");
+        }
+    }
+    Ok(())
+}
+
+/// Loads or creates the state, binds both ports and starts serving.
+pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
+    validate(&opts)?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    names.extend(opts.serving_names.iter().cloned());
+    let state = DevState::load_or_init(&opts.state_dir, &names, opts.token_file.as_deref())
+        .with_context(|| format!("preparing state in {}", opts.state_dir.display()))?;
+
+    let tokens_text = std::fs::read_to_string(&state.tokens_path)
+        .with_context(|| format!("reading token file {}", state.tokens_path.display()))?;
+    let tokens = StaticTokenAuthenticator::parse(&tokens_text)
+        .with_context(|| format!("token file {}", state.tokens_path.display()))?;
+
+    let chain = state.chain.clone();
+    let mesh = Mesh {
+        name: DEV_MESH.into(),
+        trust_domain: opts.trust_domain.clone(),
+        scope: NamespaceScope::All,
+        chain: chain.clone(),
+        default_ttl: opts.default_ttl,
+        max_ttl: opts.max_ttl,
+        trusted_node_accounts: opts.trusted_node_accounts.iter().cloned().collect::<BTreeSet<_>>(),
+        node_authorizer: Arc::new(TrustedAccountOnly),
+    };
+    let registry = Arc::new(MeshRegistry::new(vec![Arc::new(mesh)]));
+    let metrics = Metrics::new();
+    let root_expiry = chain_min_expiry(chain.bundle().roots());
+    metrics.set_expiries(root_expiry, chain.authority().not_after().unix_timestamp());
+
+    let service = CertificateService::new(
+        ServiceConfig {
+            cluster_id: opts.cluster_id.clone(),
+            cluster_aliases: Vec::new(),
+        },
+        AuthenticatorChain::new(vec![Arc::new(tokens)]),
+        registry,
+        metrics.clone(),
+    );
+    let serving = ServingCertificate::new(state.serving_chain.clone(), &state.serving_key)?;
+    let tls = Arc::new(server_config(serving)?);
+
+    let grpc_listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding the gRPC port {}", opts.listen))?;
+    let ops_listener = TcpListener::bind(opts.ops_listen)
+        .await
+        .with_context(|| format!("binding the metrics/health port {}", opts.ops_listen))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let ops_addr = ops_listener.local_addr()?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let readiness = Readiness::new();
+    let grpc = tokio::spawn(server::serve(
+        grpc_listener,
+        tls,
+        service,
+        ServerOptions::default(),
+        wait_for(shutdown_rx.clone()),
+    ));
+    let ops = tokio::spawn(ops::serve(
+        ops_listener,
+        metrics.clone(),
+        readiness.clone(),
+        wait_for(shutdown_rx),
+    ));
+    readiness.set(true);
+    Ok(DevServer {
+        grpc_addr,
+        ops_addr,
+        state,
+        metrics,
+        readiness,
+        shutdown,
+        grpc,
+        ops,
+    })
+}
+
+fn chain_min_expiry(roots: &[rustls_pki_types::CertificateDer<'static>]) -> i64 {
+    roots
+        .iter()
+        .filter_map(|r| {
+            crate::pki::authority::parse_certificate(r)
+                .ok()
+                .map(|c| c.validity().not_after.timestamp())
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+impl DevServer {
+    /// Graceful shutdown: readiness drops first, then in-flight requests finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.readiness.set(false);
+        let _ = self.shutdown.send(true);
+        self.grpc.await.context("gRPC server task")?.context("gRPC server")?;
+        self.ops.await.context("ops server task")?.context("ops server")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+//! One structured audit line per CreateCertificate, under the tracing target
+//! `meshroot::audit`. The fields are a stable schema; tokens, CSRs and keys
+//! are never among them.
+
+use std::time::Duration;
+
+pub const TARGET: &str = "meshroot::audit";
+
+/// What the audit line says about one request.
+#[derive(Debug, Default)]
+pub struct AuditRecord<'a> {
+    pub mesh: Option<&'a str>,
+    /// The authenticated caller as `namespace/serviceaccount`.
+    pub caller: Option<String>,
+    /// The identity put in (or asked for in) the certificate.
+    pub identity: Option<String>,
+    pub impersonated: bool,
+    pub serial: Option<String>,
+    pub not_after: Option<i64>,
+    pub key_type: Option<String>,
+    pub ttl_seconds: Option<i64>,
+    pub peer: Option<String>,
+}
+
+pub fn issued(r: &AuditRecord<'_>, latency: Duration) {
+    tracing::info!(
+        target: TARGET,
+        outcome = "issued",
+        code = "OK",
+        mesh = r.mesh.unwrap_or(""),
+        caller = r.caller.as_deref().unwrap_or(""),
+        identity = r.identity.as_deref().unwrap_or(""),
+        impersonated = r.impersonated,
+        serial = r.serial.as_deref().unwrap_or(""),
+        not_after = r.not_after.unwrap_or(0),
+        key_type = r.key_type.as_deref().unwrap_or(""),
+        ttl_seconds = r.ttl_seconds.unwrap_or(0),
+        peer = r.peer.as_deref().unwrap_or(""),
+        latency_us = latency.as_micros() as u64,
+        "certificate issued"
+    );
+}
+
+pub fn denied(r: &AuditRecord<'_>, code: &'static str, reason: &str, latency: Duration) {
+    tracing::warn!(
+        target: TARGET,
+        outcome = "denied",
+        code,
+        reason,
+        mesh = r.mesh.unwrap_or(""),
+        caller = r.caller.as_deref().unwrap_or(""),
+        identity = r.identity.as_deref().unwrap_or(""),
+        impersonated = r.impersonated,
+        key_type = r.key_type.as_deref().unwrap_or(""),
+        peer = r.peer.as_deref().unwrap_or(""),
+        latency_us = latency.as_micros() as u64,
+        "certificate request denied"
+    );
+}

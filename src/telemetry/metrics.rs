@@ -1,0 +1,219 @@
+//! Prometheus metrics. istiod's `citadel_server_*` names are kept exactly
+//! (dashboards query `citadel_server_csr_count`, with no `_total`), so those
+//! counters are exposed untyped; meshroot's own metrics are typed.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// A monotonically increasing count exposed under its exact name.
+#[derive(Clone, Debug, Default)]
+pub struct IstioCounter(Counter);
+
+impl IstioCounter {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl TypedMetric for IstioCounter {
+    const TYPE: MetricType = MetricType::Unknown;
+}
+
+impl EncodeMetric for IstioCounter {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> std::fmt::Result {
+        encoder.encode_gauge(&(self.0.get() as i64))
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Unknown
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignErrorLabels {
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub code: &'static str,
+}
+
+/// Every metric meshroot exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub csr_count: IstioCounter,
+    pub authentication_failure_count: IstioCounter,
+    pub csr_parsing_err_count: IstioCounter,
+    pub id_extraction_err_count: IstioCounter,
+    pub csr_sign_err_count: Family<SignErrorLabels, IstioCounter>,
+    pub success_cert_issuance_count: IstioCounter,
+    root_cert_expiry_timestamp: Gauge,
+    root_cert_expiry_seconds: Gauge,
+    cert_chain_expiry_timestamp: Gauge,
+    cert_chain_expiry_seconds: Gauge,
+    pub request_duration: Family<OutcomeLabels, Histogram>,
+    root_expiry: AtomicI64,
+    chain_expiry: AtomicI64,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~0.8 s: signing is sub-millisecond, TokenReview misses are not.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00005, 2.0, 15,
+    ))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let m = Self {
+            csr_count: IstioCounter::default(),
+            authentication_failure_count: IstioCounter::default(),
+            csr_parsing_err_count: IstioCounter::default(),
+            id_extraction_err_count: IstioCounter::default(),
+            csr_sign_err_count: Family::default(),
+            success_cert_issuance_count: IstioCounter::default(),
+            root_cert_expiry_timestamp: Gauge::default(),
+            root_cert_expiry_seconds: Gauge::default(),
+            cert_chain_expiry_timestamp: Gauge::default(),
+            cert_chain_expiry_seconds: Gauge::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            root_expiry: AtomicI64::new(0),
+            chain_expiry: AtomicI64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "citadel_server_csr_count",
+            "The number of CSRs received",
+            m.csr_count.clone(),
+        );
+        registry.register(
+            "citadel_server_authentication_failure_count",
+            "The number of authentication failures",
+            m.authentication_failure_count.clone(),
+        );
+        registry.register(
+            "citadel_server_csr_parsing_err_count",
+            "The number of CSRs that could not be parsed or verified",
+            m.csr_parsing_err_count.clone(),
+        );
+        registry.register(
+            "citadel_server_id_extraction_err_count",
+            "The number of CSRs whose identities the caller may not have",
+            m.id_extraction_err_count.clone(),
+        );
+        registry.register(
+            "citadel_server_csr_sign_err_count",
+            "The number of CSR signing errors, by error",
+            m.csr_sign_err_count.clone(),
+        );
+        registry.register(
+            "citadel_server_success_cert_issuance_count",
+            "The number of certificates issued",
+            m.success_cert_issuance_count.clone(),
+        );
+        registry.register(
+            "citadel_server_root_cert_expiry_timestamp",
+            "Unix time at which the earliest trusted root expires",
+            m.root_cert_expiry_timestamp.clone(),
+        );
+        registry.register(
+            "citadel_server_root_cert_expiry_seconds",
+            "Seconds until the earliest trusted root expires",
+            m.root_cert_expiry_seconds.clone(),
+        );
+        registry.register(
+            "citadel_server_cert_chain_expiry_timestamp",
+            "Unix time at which the earliest signing chain expires",
+            m.cert_chain_expiry_timestamp.clone(),
+        );
+        registry.register(
+            "citadel_server_cert_chain_expiry_seconds",
+            "Seconds until the earliest signing chain expires",
+            m.cert_chain_expiry_seconds.clone(),
+        );
+        registry.register(
+            "meshroot_create_certificate_duration_seconds",
+            "CreateCertificate latency, by gRPC status code",
+            m.request_duration.clone(),
+        );
+        Arc::new(Self { registry, ..m })
+    }
+
+    /// Records the earliest root and signing-chain expiry, in Unix seconds.
+    pub fn set_expiries(&self, root_expiry: i64, chain_expiry: i64) {
+        self.root_expiry.store(root_expiry, Ordering::Relaxed);
+        self.chain_expiry.store(chain_expiry, Ordering::Relaxed);
+        self.root_cert_expiry_timestamp.set(root_expiry);
+        self.cert_chain_expiry_timestamp.set(chain_expiry);
+    }
+
+    pub fn record_duration(&self, code: &'static str, seconds: f64) {
+        self.request_duration
+            .get_or_create(&OutcomeLabels { code })
+            .observe(seconds);
+    }
+
+    /// Renders the OpenMetrics text, refreshing time-relative gauges first.
+    pub fn render(&self, now_unix: i64) -> String {
+        self.root_cert_expiry_seconds
+            .set(self.root_expiry.load(Ordering::Relaxed) - now_unix);
+        self.cert_chain_expiry_seconds
+            .set(self.chain_expiry.load(Ordering::Relaxed) - now_unix);
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istio_counters_keep_their_exact_names() {
+        let m = Metrics::new();
+        m.csr_count.inc();
+        m.csr_count.inc();
+        m.csr_sign_err_count
+            .get_or_create(&SignErrorLabels { error: "CSR_ERROR" })
+            .inc();
+        m.set_expiries(2_000, 1_500);
+        m.record_duration("OK", 0.0002);
+        let text = m.render(1_000);
+        assert!(text.lines().any(|l| l == "citadel_server_csr_count 2"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l == "citadel_server_csr_sign_err_count{error=\"CSR_ERROR\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "citadel_server_root_cert_expiry_seconds 1000"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "citadel_server_cert_chain_expiry_timestamp 1500"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshroot_create_certificate_duration_seconds_count{code=\"OK\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("citadel_server_csr_count_total"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
