@@ -1,0 +1,274 @@
+//! The compiled binary as a user runs it: `meshroot dev`, then the printed
+//! `meshroot request` command; restarts; and `meshroot pki init`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshroot");
+
+struct Dev {
+    child: Child,
+    banner: Vec<String>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `meshroot dev` in `cwd` on ephemeral ports and reads its banner.
+fn start_dev(cwd: &Path) -> Dev {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let done = line.trim_start().starts_with("meshroot request");
+        banner.push(line);
+        if done {
+            return Dev { child, banner };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("meshroot dev did not print its request command: {banner:?}");
+}
+
+fn request_args(dev: &Dev) -> Vec<String> {
+    let cmd = dev.banner.last().unwrap().trim();
+    cmd.split_whitespace().skip(1).map(String::from).collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn openssl_verify(root: &Path, untrusted: &Path, cert: &Path) {
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(root)
+        .arg("-untrusted")
+        .arg(untrusted)
+        .arg(cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl verify: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn request_against_dev_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(dir.path());
+    assert!(
+        dev.banner.iter().any(|l| l.starts_with("created root CA")),
+        "{:?}",
+        dev.banner
+    );
+    let out = Command::new(BIN)
+        .args(request_args(&dev))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("SAN:     spiffe://cluster.local/ns/default/sa/default"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(in 23h 59m)"), "{stdout}");
+    let w = dir.path().join("workload");
+    assert_eq!(mode(&w.join("key.pem")), 0o600);
+    assert_eq!(mode(&dir.path().join(".meshroot/root/ca.key")), 0o600);
+    assert_eq!(mode(&dir.path().join(".meshroot/meshes/default/ca-key.pem")), 0o600);
+    assert_eq!(mode(&dir.path().join(".meshroot/serving/tls.key")), 0o600);
+    assert_eq!(mode(&dir.path().join(".meshroot/tokens")), 0o600);
+    // An independent verifier agrees with the chain.
+    openssl_verify(
+        &dir.path().join(".meshroot/root-cert.pem"),
+        &w.join("cert-chain.pem"),
+        &w.join("cert-chain.pem"),
+    );
+
+    // The key written matches the certificate.
+    let key = meshroot::pki::PrivateKey::from_pem(&std::fs::read(w.join("key.pem")).unwrap()).unwrap();
+    let chain =
+        meshroot::pki::pem::decode_certificates(&std::fs::read(w.join("cert-chain.pem")).unwrap(), 1 << 20).unwrap();
+    let (_, leaf) =
+        <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(&chain[0]).unwrap();
+    assert_eq!(leaf.public_key().raw, key.spki_der().as_slice());
+
+    // Asking for someone else's identity fails with a clear message and a non-zero exit.
+    let mut args = request_args(&dev);
+    let i = args.iter().position(|a| a == "--identity").unwrap();
+    args[i + 1] = "spiffe://cluster.local/ns/kube-system/sa/admin".into();
+    let out = Command::new(BIN).args(&args).current_dir(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Unauthenticated") && stderr.contains("not authorized"),
+        "{stderr}"
+    );
+    drop(dev);
+
+    // A restart reuses the same root and creates nothing.
+    let root_before = std::fs::read(dir.path().join(".meshroot/root/ca.crt")).unwrap();
+    let dev = start_dev(dir.path());
+    assert!(!dev.banner.iter().any(|l| l.starts_with("created")), "{:?}", dev.banner);
+    assert_eq!(
+        std::fs::read(dir.path().join(".meshroot/root/ca.crt")).unwrap(),
+        root_before
+    );
+    let out = Command::new(BIN)
+        .args(request_args(&dev))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn dev_refuses_partial_state_instead_of_replacing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(start_dev(dir.path()));
+    let key = dir.path().join(".meshroot/root/ca.key");
+    std::fs::remove_file(&key).unwrap();
+    let out = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("incomplete state") && stderr.contains("ca.key"),
+        "{stderr}"
+    );
+    assert!(!key.exists(), "a new root key must not have been generated");
+}
+
+fn pki_init(out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["pki", "init", "--out"])
+        .arg(out)
+        .args(["--mesh", "default", "--mesh", "gateway=gw.example"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn check_cacerts(dir: &Path) {
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+        "cacerts-secret.yaml",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    assert_eq!(mode(&dir.join("ca-key.pem")), 0o600);
+    assert_eq!(mode(&dir.join("cacerts-secret.yaml")), 0o600);
+    openssl_verify(
+        &dir.join("root-cert.pem"),
+        &dir.join("ca-cert.pem"),
+        &dir.join("ca-cert.pem"),
+    );
+    // istiod's plug-in CA: the key loads, matches, and chains; ca-cert is a CA.
+    let int = meshroot::pki::Authority::from_pem(
+        &std::fs::read(dir.join("ca-cert.pem")).unwrap(),
+        &std::fs::read(dir.join("ca-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let chain = std::fs::read_to_string(dir.join("cert-chain.pem")).unwrap();
+    assert!(chain.starts_with(int.certificate_pem()));
+    // The manifest is a Secret named cacerts carrying the same files.
+    let yaml = std::fs::read_to_string(dir.join("cacerts-secret.yaml")).unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+    assert_eq!(v["kind"], "Secret");
+    assert_eq!(v["metadata"]["name"], "cacerts");
+    assert_eq!(v["stringData"]["ca-cert.pem"], int.certificate_pem());
+    assert_eq!(v["stringData"]["cert-chain.pem"], chain);
+}
+
+#[test]
+fn pki_init_creates_a_root_and_istio_cacerts_per_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("pki");
+    let out = pki_init(&out_dir, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&out_dir.join("root-key.pem")), 0o600);
+    check_cacerts(&out_dir.join("default"));
+    check_cacerts(&out_dir.join("gateway"));
+    // Both meshes chain to the one root.
+    let root = std::fs::read(out_dir.join("root-cert.pem")).unwrap();
+    assert_eq!(std::fs::read(out_dir.join("gateway/root-cert.pem")).unwrap(), root);
+
+    // Running again never overwrites keys.
+    let key_before = std::fs::read(out_dir.join("root-key.pem")).unwrap();
+    let again = pki_init(&out_dir, &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(out_dir.join("root-key.pem")).unwrap(), key_before);
+}
+
+#[test]
+fn pki_init_imports_an_openssl_rsa4096_root_in_either_encoding() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openssl");
+    for key in ["rsa4096-root-key.pkcs1.pem", "rsa4096-root-key.pkcs8.pem"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = dir.path().join("pki");
+        let cert = fixtures.join("rsa4096-root-cert.pem");
+        let out = pki_init(
+            &out_dir,
+            &[
+                "--root-cert",
+                cert.to_str().unwrap(),
+                "--root-key",
+                fixtures.join(key).to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{key}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("imported root"), "{key}");
+        assert!(
+            !out_dir.join("root-key.pem").exists(),
+            "an imported root key is not copied"
+        );
+        assert_eq!(
+            std::fs::read(out_dir.join("root-cert.pem")).unwrap(),
+            std::fs::read(&cert).unwrap()
+        );
+        check_cacerts(&out_dir.join("default"));
+    }
+    // A key that does not match the certificate is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let out = pki_init(
+        &dir.path().join("pki"),
+        &[
+            "--root-cert",
+            fixtures.join("rsa4096-root-cert.pem").to_str().unwrap(),
+            "--root-key",
+            fixtures.join("other-p256-key.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+}

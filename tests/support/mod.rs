@@ -1,0 +1,117 @@
+//! Shared helpers for integration tests: an in-process dev server on
+//! loopback, clients, and CSR builders.
+#![allow(dead_code)]
+
+use meshroot::dev::{DevOptions, DevServer};
+use meshroot::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use meshroot::pb::{IstioCertificateRequest, IstioCertificateResponse};
+use meshroot::pki::{KeyAlgorithm, PrivateKey, TrustBundle};
+use prost_types::{Struct, Value, value::Kind};
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+pub const TD: &str = "cluster.local";
+pub const DEV_TOKEN: &str = "dev-token-default";
+pub const ZTUNNEL_TOKEN: &str = "dev-token-ztunnel";
+pub const OTHER_TOKEN: &str = "dev-token-other";
+pub const DEFAULT_ID: &str = "spiffe://cluster.local/ns/default/sa/default";
+
+pub struct TestCa {
+    pub server: DevServer,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn root_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.server.state.bundle_path).unwrap()
+    }
+
+    pub fn bundle(&self) -> TrustBundle {
+        TrustBundle::from_pem(&self.root_pem()).unwrap()
+    }
+
+    pub fn addr(&self) -> String {
+        format!("localhost:{}", self.server.grpc_addr.port())
+    }
+
+    pub async fn client(&self) -> IstioCertificateServiceClient<Channel> {
+        meshroot::client::connect(&self.addr(), &self.root_pem()).await.unwrap()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+/// Starts a dev server on ephemeral loopback ports with three known tokens.
+pub async fn start_ca() -> TestCa {
+    start_ca_with(|_| {}).await
+}
+
+pub async fn start_ca_with(customize: impl FnOnce(&mut DevOptions)) -> TestCa {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("{DEV_TOKEN} default default\n{ZTUNNEL_TOKEN} istio-system ztunnel\n{OTHER_TOKEN} other sa1\n"),
+    )
+    .unwrap();
+    let mut opts = DevOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ops_listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path().join("state"),
+        token_file: Some(tokens),
+        ..DevOptions::default()
+    };
+    customize(&mut opts);
+    let server = meshroot::dev::start(opts).await.unwrap();
+    TestCa { server, dir }
+}
+
+pub fn csr_for(identity: &str, alg: KeyAlgorithm) -> (PrivateKey, String) {
+    let key = PrivateKey::generate(alg).unwrap();
+    let csr = meshroot::pki::csr::build_workload_csr(&key, identity).unwrap();
+    (key, csr)
+}
+
+pub fn metadata(pairs: &[(&str, Kind)]) -> Option<Struct> {
+    Some(Struct {
+        fields: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value { kind: Some(v.clone()) }))
+            .collect(),
+    })
+}
+
+/// A request with the given headers (each may repeat).
+pub fn request(
+    csr: &str,
+    ttl: i64,
+    meta: Option<Struct>,
+    headers: &[(&'static str, &str)],
+) -> tonic::Request<IstioCertificateRequest> {
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr: csr.to_string(),
+        validity_duration: ttl,
+        metadata: meta,
+    });
+    for (k, v) in headers {
+        req.metadata_mut().append(*k, v.parse().unwrap());
+    }
+    req
+}
+
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+pub async fn call(
+    ca: &TestCa,
+    req: tonic::Request<IstioCertificateRequest>,
+) -> Result<IstioCertificateResponse, tonic::Status> {
+    ca.client().await.create_certificate(req).await.map(|r| r.into_inner())
+}
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/openssl/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
