@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, the Rust tests
+# (unit, in-process gRPC, TLS, CLI end to end), then the interop suite in
+# which Python grpcio/cryptography and openssl drive the real binary.
+#
+# Everything it installs goes into a cache directory outside the repository:
+# ${MESHROOT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/meshroot}
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+cache="${MESHROOT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/meshroot}"
+mkdir -p "$cache"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing $2 (for $1)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  fi
+  command -v "$1" >/dev/null 2>&1 || { echo "error: $1 is required (Debian package $2)" >&2; exit 1; }
+}
+need openssl openssl
+need python3 python3
+for component in rustfmt clippy; do
+  cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || {
+    echo "error: the Rust toolchain lacks $component (rustup component add $component)" >&2; exit 1; }
+done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --locked
+
+step "interop: Python grpcio + cryptography + openssl against the real binary"
+cargo build --locked --bin meshroot
+reqs="$repo/interop/requirements.txt"
+venv="$cache/venv-$(sha256sum "$reqs" | cut -c1-16)"
+if [ ! -x "$venv/bin/pytest" ]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$reqs"
+fi
+MESHROOT_BIN="$repo/target/debug/meshroot" "$venv/bin/python" -m pytest -q -p no:cacheprovider interop
