@@ -16,7 +16,8 @@ use x509_parser::extensions::GeneralName;
 pub enum ClientError {
     #[error("invalid CA address {0:?}: expected HOST:PORT")]
     Address(String),
-    #[error("connecting to the CA: {0}")]
+    /// The detail is in the source chain (tonic's own message is generic).
+    #[error("connecting to the CA")]
     Connect(#[from] tonic::transport::Error),
     #[error("the CA refused: {code:?}: {message}")]
     Refused { code: tonic::Code, message: String },

@@ -25,11 +25,28 @@ impl Drop for Dev {
 
 /// Starts `meshroot dev` in `cwd` on ephemeral ports and reads its banner.
 fn start_dev(cwd: &Path) -> Dev {
+    start_dev_logging(cwd, None)
+}
+
+/// As `start_dev`, with JSON logs written to `log`.
+fn start_dev_logging(cwd: &Path, log: Option<&Path>) -> Dev {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::null(),
+    };
     let mut child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "--log-format",
+            "json",
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(cwd)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -143,6 +160,56 @@ fn request_against_dev_end_to_end() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn one_audit_line_per_request_and_no_secret_in_any_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("dev.log");
+    let dev = start_dev_logging(dir.path(), Some(&log));
+    let ok = Command::new(BIN)
+        .args(request_args(&dev))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let mut args = request_args(&dev);
+    let i = args.iter().position(|a| a == "--token-file").unwrap();
+    args.splice(i..i + 2, ["--token".to_string(), "not-a-valid-token-4242".to_string()]);
+    let denied = Command::new(BIN).args(&args).current_dir(dir.path()).output().unwrap();
+    assert!(!denied.status.success());
+    drop(dev);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let audit: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .filter(|v| v["target"] == "meshroot::audit")
+        .collect();
+    assert_eq!(audit.len(), 2, "{text}");
+    let issued = &audit[0];
+    assert_eq!(issued["outcome"], "issued");
+    assert_eq!(issued["identity"], "spiffe://cluster.local/ns/default/sa/default");
+    assert_eq!(issued["caller"], "default/default");
+    assert_eq!(issued["key_type"], "ecdsa-p256");
+    assert_eq!(issued["serial"].as_str().unwrap().len(), 40);
+    assert!(issued["not_after"].as_i64().unwrap() > 0 && issued["latency_us"].as_u64().is_some());
+    assert_eq!(audit[1]["outcome"], "denied");
+    assert_eq!(audit[1]["code"], "Unauthenticated");
+
+    // No token, and no key material, anywhere in the logs.
+    let token = std::fs::read_to_string(dir.path().join(".meshroot/default.token")).unwrap();
+    assert!(!text.contains(token.trim()) && !text.contains("not-a-valid-token-4242"));
+    assert!(!text.contains("PRIVATE KEY"));
+    for key in [
+        ".meshroot/root/ca.key",
+        ".meshroot/meshes/default/ca-key.pem",
+        "workload/key.pem",
+    ] {
+        let pem = std::fs::read_to_string(dir.path().join(key)).unwrap();
+        let body = pem.lines().nth(1).unwrap();
+        assert!(!text.contains(body), "{key} leaked into the logs");
+    }
 }
 
 #[test]

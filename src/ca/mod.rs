@@ -8,3 +8,6 @@ pub mod server;
 pub mod service;
 pub mod static_tokens;
 pub mod tls;
+
+#[cfg(test)]
+mod service_tests;

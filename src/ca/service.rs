@@ -77,14 +77,8 @@ impl CertificateService {
             })?;
         record.caller = Some(caller.account());
 
-        let mesh = self.registry.route(&caller.namespace).map_err(|e| match e {
-            RouteError::NotReady => Failure::NotReady(e.to_string()),
-            RouteError::NoMesh(_) | RouteError::Ambiguous { .. } => Failure::Forbidden(e.to_string()),
-        })?;
         let body = request.into_inner();
-        let identity = self
-            .identity_for(&caller, &mesh, body.metadata.as_ref(), record)
-            .await?;
+        let (identity, mesh) = self.identity_for(&caller, body.metadata.as_ref(), record).await?;
         let identity_uri = identity.to_string();
         record.identity = Some(identity_uri.clone());
 
@@ -146,22 +140,27 @@ impl CertificateService {
         }
     }
 
-    /// The identity the certificate will carry: the caller's own, or, for a
-    /// trusted node account, the one it impersonates.
+    /// The identity the certificate will carry and the mesh that signs it:
+    /// the caller's own, or, for a trusted node account, the workload it
+    /// impersonates. The mesh is the one covering the namespace of the
+    /// identity being certified, and the node account must be trusted by it.
     async fn identity_for(
         &self,
         caller: &Caller,
-        mesh: &Mesh,
         metadata: Option<&prost_types::Struct>,
         record: &mut AuditRecord<'_>,
-    ) -> Result<WorkloadIdentity, Failure> {
-        let impersonated = impersonated_identity(metadata)?;
-        let Some(requested) = impersonated else {
-            return WorkloadIdentity::new(&mesh.trust_domain, &caller.namespace, &caller.service_account)
-                .map_err(|e| Failure::Internal(format!("cannot form the caller's identity: {e}")));
+    ) -> Result<(WorkloadIdentity, Arc<Mesh>), Failure> {
+        let Some(requested) = impersonated_identity(metadata)? else {
+            let mesh = self.route(&caller.namespace)?;
+            let identity = WorkloadIdentity::new(&mesh.trust_domain, &caller.namespace, &caller.service_account)
+                .map_err(|e| Failure::Internal(format!("cannot form the caller's identity: {e}")))?;
+            return Ok((identity, mesh));
         };
         record.impersonated = true;
-        record.identity = Some(requested.clone());
+        record.identity = Some(quote_input(&requested));
+        let target = WorkloadIdentity::parse(&requested)
+            .map_err(|e| Failure::Unauthenticated(format!("impersonated identity {}: {e}", quote_input(&requested))))?;
+        let mesh = self.route(&target.namespace)?;
         if !mesh.trusted_node_accounts.contains(&caller.account()) {
             return Err(Failure::Unauthenticated(format!(
                 "{} is not a trusted node account of mesh {} and may not impersonate",
@@ -169,8 +168,6 @@ impl CertificateService {
                 mesh.name
             )));
         }
-        let target = WorkloadIdentity::parse(&requested)
-            .map_err(|e| Failure::Unauthenticated(format!("impersonated identity {}: {e}", quote_input(&requested))))?;
         if target.trust_domain != mesh.trust_domain {
             return Err(Failure::Unauthenticated(format!(
                 "impersonated identity is in trust domain {:?}, but mesh {} is {:?}",
@@ -184,7 +181,14 @@ impl CertificateService {
                 AuthError::Rejected(m) => Failure::Unauthenticated(format!("impersonation refused: {m}")),
                 AuthError::Unavailable(m) => Failure::Unavailable(m),
             })?;
-        Ok(target)
+        Ok((target, mesh))
+    }
+
+    fn route(&self, namespace: &str) -> Result<Arc<Mesh>, Failure> {
+        self.registry.route(namespace).map_err(|e| match e {
+            RouteError::NotReady => Failure::NotReady(e.to_string()),
+            RouteError::NoMesh(_) | RouteError::Ambiguous { .. } => Failure::Forbidden(e.to_string()),
+        })
     }
 }
 

@@ -29,8 +29,8 @@ pub const DEV_MESH: &str = "default";
 
 #[derive(Debug, Error)]
 pub enum StateError {
-    #[error("{path}: {source}")]
-    Pki { path: PathBuf, source: PkiError },
+    #[error("{path}: {error}")]
+    Pki { path: PathBuf, error: PkiError },
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("incomplete state: {present} exists but {missing} does not; restore it or remove both")]
@@ -40,9 +40,9 @@ pub enum StateError {
 }
 
 fn pki_err(path: &Path) -> impl FnOnce(PkiError) -> StateError + '_ {
-    move |source| StateError::Pki {
+    move |error| StateError::Pki {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -450,3 +450,25 @@ fn server_certificates_carry_dns_and_ip_names() {
     assert!(eku.server_auth && !eku.client_auth);
     assert!(profile::issue_server(&root, &key.spki_der(), &[], &[], Duration::days(1), now()).is_err());
 }
+
+#[test]
+fn every_generated_key_type_works_as_signer_and_as_csr_key() {
+    let root = root();
+    let mut signers = Vec::new();
+    for alg in KeyAlgorithm::ALL {
+        let chain = chain_under(&root, alg, Duration::days(30));
+        assert_eq!(chain.authority().key_kind().to_string(), alg.name());
+        signers.push(chain);
+    }
+    for alg in KeyAlgorithm::ALL {
+        let key = PrivateKey::generate(alg).unwrap();
+        let pem = csr::build_workload_csr(&key, IDENTITY).unwrap();
+        let csr = CertificateSigningRequest::from_pem(pem.as_bytes()).unwrap();
+        assert_eq!(csr.key_kind().to_string(), alg.name());
+        assert_eq!(csr.san_critical(), Some(true), "empty subject, so the SAN is critical");
+        assert_eq!(csr.spki_der(), key.spki_der().as_slice());
+        for chain in &signers {
+            check_workload_leaf(chain, &csr);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The service against a registry of several meshes: routing by namespace,
+//! and impersonation routed by the target's namespace.
+
+use super::auth::AuthenticatorChain;
+use super::node::TrustedAccountOnly;
+use super::service::{CertificateService, IMPERSONATED_IDENTITY, ServiceConfig};
+use super::static_tokens::StaticTokenAuthenticator;
+use crate::client::verify_response;
+use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use crate::pb::IstioCertificateRequest;
+use crate::pb::istio_certificate_service_server::IstioCertificateService;
+use crate::pki::csr::build_workload_csr;
+use crate::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, SigningChain, TrustBundle};
+use crate::telemetry::Metrics;
+use prost_types::{Struct, Value, value::Kind};
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+use tonic::Code;
+
+struct Fixture {
+    service: CertificateService,
+    registry: Arc<MeshRegistry>,
+    bundle: TrustBundle,
+    meshes: Vec<Arc<Mesh>>,
+}
+
+fn mesh(
+    root: &Authority,
+    bundle: &TrustBundle,
+    name: &str,
+    td: &str,
+    namespaces: &[&str],
+    trusted: &[&str],
+) -> Arc<Mesh> {
+    let int = root
+        .new_intermediate(
+            &CaSpec::intermediate(name, Duration::days(30)),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    Arc::new(Mesh {
+        name: name.into(),
+        trust_domain: td.into(),
+        scope: NamespaceScope::Only(namespaces.iter().map(|s| s.to_string()).collect()),
+        chain: Arc::new(SigningChain::new(int, vec![], bundle.clone()).unwrap()),
+        default_ttl: Duration::hours(24),
+        max_ttl: Duration::days(90),
+        trusted_node_accounts: trusted.iter().map(|s| s.to_string()).collect(),
+        node_authorizer: Arc::new(TrustedAccountOnly),
+    })
+}
+
+fn fixture() -> Fixture {
+    let root = Authority::new_root(&CaSpec::root(Duration::days(365)), OffsetDateTime::now_utc()).unwrap();
+    let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+    let meshes = vec![
+        mesh(
+            &root,
+            &bundle,
+            "a",
+            "a.td",
+            &["ns1", "shared", "istio-system"],
+            &["istio-system/ztunnel"],
+        ),
+        mesh(&root, &bundle, "b", "b.td", &["ns2", "shared"], &[]),
+    ];
+    let registry = Arc::new(MeshRegistry::new(meshes.clone()));
+    let tokens =
+        StaticTokenAuthenticator::parse("t1 ns1 app\nt2 ns2 app\nt3 ns3 app\nzt istio-system ztunnel\nts shared app\n")
+            .unwrap();
+    let service = CertificateService::new(
+        ServiceConfig::default(),
+        AuthenticatorChain::new(vec![Arc::new(tokens)]),
+        registry.clone(),
+        Metrics::new(),
+    );
+    Fixture {
+        service,
+        registry,
+        bundle,
+        meshes,
+    }
+}
+
+async fn ask(
+    f: &Fixture,
+    token: &str,
+    identity: &str,
+    impersonate: Option<&str>,
+) -> Result<crate::pb::IstioCertificateResponse, tonic::Status> {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = build_workload_csr(&key, identity).unwrap();
+    let metadata = impersonate.map(|id| Struct {
+        fields: [(
+            IMPERSONATED_IDENTITY.to_string(),
+            Value {
+                kind: Some(Kind::StringValue(id.into())),
+            },
+        )]
+        .into(),
+    });
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: 0,
+        metadata,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    f.service.create_certificate(req).await.map(|r| r.into_inner())
+}
+
+fn issuer_of(resp: &crate::pb::IstioCertificateResponse) -> String {
+    resp.cert_chain[1].clone()
+}
+
+#[tokio::test]
+async fn each_namespace_is_signed_by_its_own_mesh_in_its_trust_domain() {
+    let f = fixture();
+    let a = ask(&f, "t1", "spiffe://a.td/ns/ns1/sa/app", None).await.unwrap();
+    verify_response(&a, &f.bundle, "spiffe://a.td/ns/ns1/sa/app").unwrap();
+    assert_eq!(issuer_of(&a), f.meshes[0].chain.authority().certificate_pem());
+    let b = ask(&f, "t2", "spiffe://b.td/ns/ns2/sa/app", None).await.unwrap();
+    verify_response(&b, &f.bundle, "spiffe://b.td/ns/ns2/sa/app").unwrap();
+    assert_eq!(issuer_of(&b), f.meshes[1].chain.authority().certificate_pem());
+    // The trust domain is the mesh's, not the caller's choice.
+    let s = ask(&f, "t1", "spiffe://b.td/ns/ns1/sa/app", None).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn namespaces_outside_every_mesh_or_in_two_are_refused() {
+    let f = fixture();
+    let s = ask(&f, "t3", "spiffe://a.td/ns/ns3/sa/app", None).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(s.message().contains("not part of any mesh"), "{}", s.message());
+    let s = ask(&f, "ts", "spiffe://a.td/ns/shared/sa/app", None).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(s.message().contains("more than one mesh (a, b)"), "{}", s.message());
+    f.registry.replace(vec![]);
+    let s = ask(&f, "t1", "spiffe://a.td/ns/ns1/sa/app", None).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn impersonation_is_routed_by_the_target_and_needs_that_meshs_trust() {
+    let f = fixture();
+    let target = "spiffe://a.td/ns/ns1/sa/app";
+    let ok = ask(&f, "zt", target, Some(target)).await.unwrap();
+    verify_response(&ok, &f.bundle, target).unwrap();
+    assert_eq!(issuer_of(&ok), f.meshes[0].chain.authority().certificate_pem());
+    // Mesh b does not trust the node account.
+    let other = "spiffe://b.td/ns/ns2/sa/app";
+    let s = ask(&f, "zt", other, Some(other)).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(
+        s.message().contains("not a trusted node account of mesh b"),
+        "{}",
+        s.message()
+    );
+    // Right namespace, wrong trust domain.
+    let wrong_td = "spiffe://b.td/ns/ns1/sa/app";
+    let s = ask(&f, "zt", wrong_td, Some(wrong_td)).await.unwrap_err();
+    assert!(s.message().contains("trust domain"), "{}", s.message());
+}
