@@ -2,6 +2,8 @@
 //! loopback, clients, and CSR builders.
 #![allow(dead_code)]
 
+pub mod fake_api;
+
 use meshroot::dev::{DevOptions, DevServer};
 use meshroot::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 use meshroot::pb::{IstioCertificateRequest, IstioCertificateResponse};
