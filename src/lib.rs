@@ -1,6 +1,7 @@
 //! meshroot: one certificate authority for every Istio mesh in a cluster and
 //! for cert-manager, so that all workloads chain to one root.
 
+pub mod api;
 pub mod ca;
 pub mod client;
 pub mod cmd;

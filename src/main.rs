@@ -33,6 +33,12 @@ enum Command {
     Dev(DevArgs),
     /// Request a workload certificate as pilot-agent does, and verify it.
     Request(RequestArgs),
+    /// Print meshroot's CRDs as YAML, or write them into a directory.
+    Crds {
+        /// Write one file per CRD here instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Offline PKI tasks.
     Pki {
         #[command(subcommand)]
@@ -180,6 +186,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await?;
             print!("{}", cmd::request::summary(&outcome));
+            Ok(())
+        }
+        Command::Crds { out } => {
+            for (file, crd) in meshroot::api::crds() {
+                let yaml = meshroot::api::crd_yaml(&crd)?;
+                match &out {
+                    Some(dir) => {
+                        std::fs::create_dir_all(dir)?;
+                        std::fs::write(dir.join(&file), yaml)?;
+                        println!("wrote {}", dir.join(&file).display());
+                    }
+                    None => print!("{yaml}"),
+                }
+            }
             Ok(())
         }
         Command::Pki {

@@ -1,0 +1,76 @@
+//! `crds/` is generated from the Rust types and must not drift; the CRDs
+//! are served by the fake API and their defaults are what users get.
+
+mod support;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use meshroot::api::{Mesh, MeshMode};
+use serde_json::json;
+use std::path::Path;
+use support::fake_api::FakeApi;
+
+#[test]
+fn crds_directory_matches_the_rust_types() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let mut expected = Vec::new();
+    for (file, crd) in meshroot::api::crds() {
+        let want = meshroot::api::crd_yaml(&crd).unwrap();
+        let have = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+        assert!(have == want, "crds/{file} is stale: run `cargo run -- crds --out crds`");
+        expected.push(file);
+    }
+    let mut present: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    expected.sort();
+    assert_eq!(present, expected, "crds/ holds files no type generates");
+}
+
+#[test]
+fn a_minimal_mesh_gets_the_documented_defaults() {
+    let yaml = "apiVersion: meshroot.io/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  trustDomain: cluster.local\n  istiod:\n    namespace: istio-system\n";
+    let mesh: Mesh = serde_saphyr::from_str(yaml).unwrap();
+    assert_eq!(mesh.spec.mode, MeshMode::External);
+    assert_eq!(mesh.spec.istiod.service_account, "istiod");
+    assert_eq!(mesh.spec.intermediate.duration, "8760h");
+    assert_eq!(mesh.spec.workload_certificates.default_ttl, "24h");
+    assert_eq!(mesh.spec.workload_certificates.max_ttl, "2160h");
+    assert_eq!(mesh.spec.root_config_map_name, "istio-ca-root-cert");
+    let plugin: Mesh = serde_json::from_value(json!({
+        "apiVersion": "meshroot.io/v1alpha1", "kind": "Mesh", "metadata": {"name": "gateway"},
+        "spec": {"trustDomain": "cluster.local", "mode": "PluginCA", "istiod": {"namespace": "openshift-ingress"}}
+    }))
+    .unwrap();
+    assert_eq!(plugin.spec.mode, MeshMode::PluginCa);
+    assert!(
+        serde_json::from_value::<Mesh>(json!({
+            "apiVersion": "meshroot.io/v1alpha1", "kind": "Mesh", "metadata": {"name": "x"},
+            "spec": {"trustDomain": "cluster.local", "mode": "Sidecar", "istiod": {"namespace": "a"}}
+        }))
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn meshes_are_cluster_scoped_with_a_status_subresource() {
+    let fake = FakeApi::new();
+    let meshes: Api<Mesh> = Api::all(fake.client());
+    let mesh: Mesh = serde_json::from_value(json!({
+        "apiVersion": "meshroot.io/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
+        "spec": {"trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"}}
+    }))
+    .unwrap();
+    let created = meshes.create(&PostParams::default(), &mesh).await.unwrap();
+    assert!(created.metadata.namespace.is_none());
+    let patched = meshes
+        .patch_status(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": 1, "namespaces": 3}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status.unwrap().namespaces, Some(3));
+}
