@@ -61,6 +61,9 @@ pub struct Caller {
     pub service_account: String,
     pub pod: Option<PodRef>,
     pub cluster_id: String,
+    /// The trust domain the credential itself binds (a client certificate's
+    /// SPIFFE ID), which must then be the mesh's.
+    pub trust_domain: Option<String>,
     /// Which authenticator recognised the caller (for audit).
     pub authenticated_by: &'static str,
 }
@@ -72,7 +75,7 @@ impl Caller {
     }
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum AuthError {
     /// The credentials are wrong. Never retried by Istio clients.
     #[error("{0}")]

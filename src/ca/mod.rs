@@ -8,6 +8,7 @@ pub mod server;
 pub mod service;
 pub mod static_tokens;
 pub mod tls;
+pub mod tokenreview;
 
 #[cfg(test)]
 mod service_tests;

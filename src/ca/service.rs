@@ -152,6 +152,14 @@ impl CertificateService {
     ) -> Result<(WorkloadIdentity, Arc<Mesh>), Failure> {
         let Some(requested) = impersonated_identity(metadata)? else {
             let mesh = self.route(&caller.namespace)?;
+            if let Some(td) = &caller.trust_domain
+                && *td != mesh.trust_domain
+            {
+                return Err(Failure::Forbidden(format!(
+                    "the credential is for trust domain {td:?}, but mesh {} is {:?}",
+                    mesh.name, mesh.trust_domain
+                )));
+            }
             let identity = WorkloadIdentity::new(&mesh.trust_domain, &caller.namespace, &caller.service_account)
                 .map_err(|e| Failure::Internal(format!("cannot form the caller's identity: {e}")))?;
             return Ok((identity, mesh));

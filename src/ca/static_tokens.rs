@@ -113,6 +113,7 @@ impl Authenticator for StaticTokenAuthenticator {
                 service_account: a.service_account.clone(),
                 pod: None,
                 cluster_id: credentials.cluster_id.clone(),
+                trust_domain: None,
                 authenticated_by: self.name(),
             })),
             None => Err(AuthError::Rejected("the bearer token is not recognised".into())),

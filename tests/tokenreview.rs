@@ -1,0 +1,197 @@
+//! The TokenReview authenticator against the fake API server: answers,
+//! caching (TTL, token expiry, bound, single flight) and outages.
+
+mod support;
+
+use meshroot::ca::auth::{AuthError, Authenticator, BearerToken, Credentials, PodRef};
+use meshroot::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use support::fake_api::FakeApi;
+use support::fake_api::store::TokenAnswer;
+
+fn creds(token: &str) -> Credentials {
+    Credentials {
+        bearer_token: Some(BearerToken::new(token.into())),
+        cluster_id: "Kubernetes".into(),
+        ..Default::default()
+    }
+}
+
+fn authenticator(fake: &FakeApi, config: TokenReviewConfig) -> TokenReviewAuthenticator {
+    TokenReviewAuthenticator::new(fake.client(), config)
+}
+
+/// A JWT-shaped token whose payload says it expires `secs` from now.
+fn jwt_expiring_in(secs: u64) -> String {
+    use base64::Engine as _;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs;
+    let enc = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.sig",
+        enc(serde_json::json!({"alg": "RS256"})),
+        enc(serde_json::json!({"exp": exp}))
+    )
+}
+
+#[tokio::test]
+async fn a_bound_service_account_token_names_the_caller_and_pod() {
+    let fake = FakeApi::new();
+    fake.add_service_account_token(
+        "t1",
+        "bookinfo",
+        "reviews",
+        Some(("reviews-v1-abc", "pod-uid-1")),
+        &["istio-ca"],
+    );
+    let a = authenticator(&fake, TokenReviewConfig::default());
+    let caller = a.authenticate(&creds("t1")).await.unwrap().unwrap();
+    assert_eq!(
+        (caller.namespace.as_str(), caller.service_account.as_str()),
+        ("bookinfo", "reviews")
+    );
+    assert_eq!(
+        caller.pod,
+        Some(PodRef {
+            name: "reviews-v1-abc".into(),
+            uid: "pod-uid-1".into()
+        })
+    );
+    assert_eq!(caller.cluster_id, "Kubernetes");
+    // Cached: a second request makes no second TokenReview.
+    a.authenticate(&creds("t1")).await.unwrap().unwrap();
+    assert_eq!(fake.token_reviews(), 1);
+    assert_eq!(a.authenticate(&Credentials::default()).await, Ok(None));
+}
+
+#[tokio::test]
+async fn rejections_are_not_cached_and_name_the_reason() {
+    let fake = FakeApi::new();
+    fake.add_service_account_token("wrong-aud", "ns", "sa", None, &["other-audience"]);
+    fake.add_token(
+        "admin",
+        TokenAnswer {
+            username: "kubernetes-admin".into(),
+            uid: "u".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+            extra: Default::default(),
+            audiences: vec![],
+        },
+    );
+    fake.add_token(
+        "bad-name",
+        TokenAnswer {
+            username: "system:serviceaccount:only-ns".into(),
+            uid: "u".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            extra: Default::default(),
+            audiences: vec![],
+        },
+    );
+    let a = authenticator(&fake, TokenReviewConfig::default());
+    for (token, why) in [
+        ("nope", "invalid bearer token"),
+        ("wrong-aud", "audiences"),
+        ("admin", "not a service account"),
+        ("bad-name", "not a service account"),
+    ] {
+        match a.authenticate(&creds(token)).await {
+            Err(AuthError::Rejected(m)) => assert!(m.contains(why), "{token}: {m}"),
+            other => panic!("{token}: {other:?}"),
+        }
+    }
+    a.authenticate(&creds("nope")).await.unwrap_err();
+    assert_eq!(fake.token_reviews(), 5, "rejections are asked again");
+    assert_eq!(a.cached(), 0);
+}
+
+#[tokio::test]
+async fn results_expire_after_the_ttl_and_never_outlive_the_token() {
+    let fake = FakeApi::new();
+    fake.add_service_account_token("short", "ns", "sa", None, &[]);
+    let a = authenticator(
+        &fake,
+        TokenReviewConfig {
+            cache_ttl: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    a.authenticate(&creds("short")).await.unwrap();
+    a.authenticate(&creds("short")).await.unwrap();
+    assert_eq!(fake.token_reviews(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.authenticate(&creds("short")).await.unwrap();
+    assert_eq!(fake.token_reviews(), 2, "re-reviewed after the TTL");
+
+    // A token expiring in one second is not trusted from cache after that,
+    // even with a 60 s TTL.
+    let jwt = jwt_expiring_in(1);
+    fake.add_service_account_token(&jwt, "ns", "sa", None, &[]);
+    let a = authenticator(&fake, TokenReviewConfig::default());
+    a.authenticate(&creds(&jwt)).await.unwrap();
+    a.authenticate(&creds(&jwt)).await.unwrap();
+    assert_eq!(fake.token_reviews(), 3);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    a.authenticate(&creds(&jwt)).await.unwrap();
+    assert_eq!(fake.token_reviews(), 4);
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded() {
+    let fake = FakeApi::new();
+    for i in 0..10 {
+        fake.add_service_account_token(&format!("t{i}"), "ns", &format!("sa{i}"), None, &[]);
+    }
+    let a = authenticator(
+        &fake,
+        TokenReviewConfig {
+            max_entries: 3,
+            ..Default::default()
+        },
+    );
+    for i in 0..10 {
+        a.authenticate(&creds(&format!("t{i}"))).await.unwrap();
+        assert!(a.cached() <= 3, "{} entries", a.cached());
+    }
+}
+
+#[tokio::test]
+async fn a_storm_of_one_token_makes_one_token_review() {
+    let fake = FakeApi::new();
+    fake.add_service_account_token("storm", "ns", "sa", None, &[]);
+    let a = Arc::new(authenticator(&fake, TokenReviewConfig::default()));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.authenticate(&creds("storm")).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(fake.token_reviews(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_api_is_unavailable_and_cached_callers_keep_working() {
+    let fake = FakeApi::new();
+    fake.add_service_account_token("known", "ns", "sa", None, &[]);
+    fake.add_service_account_token("new", "ns", "sa2", None, &[]);
+    let a = authenticator(&fake, TokenReviewConfig::default());
+    a.authenticate(&creds("known")).await.unwrap();
+    fake.set_outage(true);
+    assert!(
+        a.authenticate(&creds("known")).await.unwrap().is_some(),
+        "cached caller still served"
+    );
+    match a.authenticate(&creds("new")).await {
+        Err(AuthError::Unavailable(m)) => assert!(m.contains("503") && !m.contains("new"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    fake.set_outage(false);
+    assert!(a.authenticate(&creds("new")).await.unwrap().is_some());
+}
