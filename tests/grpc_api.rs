@@ -335,3 +335,72 @@ async fn http_get(url: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test]
+async fn a_workload_renews_with_its_current_certificate_and_no_token() {
+    let ca = start_ca().await;
+    let (key, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
+    let first = call(&ca, request(&csr, 3600, None, &hdrs(&ok_headers())))
+        .await
+        .unwrap();
+    let chain_pem = first.cert_chain[..first.cert_chain.len() - 1].concat();
+    let mut renewing = client_with_identity(&ca, &chain_pem, &key.to_pem()).await.unwrap();
+    let (_, new_csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
+    let renewed = renewing
+        .create_certificate(request(&new_csr, 3600, None, &[("clusterid", "Kubernetes")]))
+        .await
+        .unwrap()
+        .into_inner();
+    verify_response(&renewed, &ca.bundle(), DEFAULT_ID).unwrap();
+    // The certificate authenticates only its own identity.
+    let (_, other_csr) = csr_for("spiffe://cluster.local/ns/other/sa/sa1", KeyAlgorithm::EcdsaP256);
+    let s = renewing
+        .create_certificate(request(&other_csr, 0, None, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn client_certificates_from_elsewhere_are_refused() {
+    let ca = start_ca().await;
+    // A certificate from an unrelated root: the handshake itself fails.
+    let other = meshroot::pki::Authority::new_root(
+        &meshroot::pki::CaSpec::root(time::Duration::days(1)),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let leaf = meshroot::pki::profile::issue_workload(
+        &other,
+        &key.spki_der(),
+        DEFAULT_ID,
+        time::Duration::hours(1),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let (_, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
+    let refused = match client_with_identity(&ca, &leaf.pem, &key.to_pem()).await {
+        Err(_) => true,
+        Ok(mut c) => c.create_certificate(request(&csr, 0, None, &[])).await.is_err(),
+    };
+    assert!(refused, "a foreign client certificate must not authenticate");
+    // The server's own serving certificate chains to the root but has no URI SAN.
+    let serving = std::fs::read_to_string(ca.path("state/serving/tls.crt")).unwrap();
+    let serving_key = std::fs::read_to_string(ca.path("state/serving/tls.key")).unwrap();
+    let outcome = match client_with_identity(&ca, &serving, &serving_key).await {
+        Err(_) => None,
+        Ok(mut c) => Some(c.create_certificate(request(&csr, 0, None, &[])).await),
+    };
+    // Refused either in the handshake (it lacks the clientAuth usage; tonic
+    // reports that as Unknown or Unavailable) or by the authenticator.
+    if let Some(result) = outcome {
+        let code = result
+            .expect_err("the serving certificate must not authenticate a workload")
+            .code();
+        assert!(
+            matches!(code, Code::Unauthenticated | Code::Unknown | Code::Unavailable),
+            "{code:?}"
+        );
+    }
+}

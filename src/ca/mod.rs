@@ -2,6 +2,7 @@
 //! shaping, error mapping, TLS and the server loop.
 
 pub mod auth;
+pub mod client_cert;
 pub mod error;
 pub mod node;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The gRPC server: concurrent TLS handshakes feeding tonic.
 
 use super::service::{CertificateService, MAX_REQUEST_BYTES};
+use super::tls::ServerTls;
 use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
 use std::future::Future;
 use std::sync::Arc;
@@ -32,13 +33,12 @@ impl Default for ServerOptions {
 /// lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<ServerTls>,
     service: CertificateService,
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let acceptor = TlsAcceptor::from(tls);
     let handshake_timeout = options.handshake_timeout;
     // Each handshake runs in its own task, so a slow client cannot hold up
     // the others.
@@ -53,7 +53,7 @@ pub async fn serve(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {

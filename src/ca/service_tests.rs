@@ -162,3 +162,50 @@ async fn impersonation_is_routed_by_the_target_and_needs_that_meshs_trust() {
     let s = ask(&f, "zt", wrong_td, Some(wrong_td)).await.unwrap_err();
     assert!(s.message().contains("trust domain"), "{}", s.message());
 }
+
+/// An authenticator that recognises every request as one fixed caller.
+#[derive(Debug)]
+struct Fixed(crate::ca::auth::Caller);
+
+#[async_trait::async_trait]
+impl crate::ca::auth::Authenticator for Fixed {
+    fn name(&self) -> &'static str {
+        "fixed"
+    }
+    async fn authenticate(
+        &self,
+        _: &crate::ca::auth::Credentials,
+    ) -> Result<Option<crate::ca::auth::Caller>, crate::ca::auth::AuthError> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
+#[tokio::test]
+async fn a_credential_bound_to_another_trust_domain_is_refused() {
+    let f = fixture();
+    for (td, ok) in [("a.td", true), ("b.td", false)] {
+        let caller = crate::ca::auth::Caller {
+            namespace: "ns1".into(),
+            service_account: "app".into(),
+            pod: None,
+            cluster_id: "Kubernetes".into(),
+            trust_domain: Some(td.into()),
+            authenticated_by: "fixed",
+        };
+        let service = CertificateService::new(
+            ServiceConfig::default(),
+            AuthenticatorChain::new(vec![Arc::new(Fixed(caller))]),
+            f.registry.clone(),
+            Metrics::new(),
+        );
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let csr = build_workload_csr(&key, "spiffe://a.td/ns/ns1/sa/app").unwrap();
+        let req = tonic::Request::new(IstioCertificateRequest {
+            csr,
+            validity_duration: 0,
+            metadata: None,
+        });
+        let outcome = service.create_certificate(req).await;
+        assert_eq!(outcome.is_ok(), ok, "{td}: {:?}", outcome.err());
+    }
+}

@@ -2,11 +2,11 @@
 //! (what pilot-agent's FIPS 140-2 policy offers), ALPN `h2`, and a serving
 //! certificate that can be replaced without dropping connections.
 
-use crate::pki::PrivateKey;
+use crate::pki::{PrivateKey, TrustBundle};
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{self as provider, cipher_suite};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 use std::fmt;
@@ -68,12 +68,73 @@ impl ResolvesServerCert for ServingCertificate {
     }
 }
 
-/// The rustls server configuration for the gRPC port.
-pub fn server_config(cert: Arc<ServingCertificate>) -> Result<rustls::ServerConfig, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(crypto_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
+/// The gRPC port's TLS configuration: the serving certificate plus, when
+/// client-certificate authentication is on, the roots client certificates
+/// must chain to. Both can change at run time; new handshakes see the change
+/// and established connections keep going.
+pub struct ServerTls {
+    serving: Arc<ServingCertificate>,
+    config: ArcSwap<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").field("serving", &self.serving).finish()
+    }
+}
+
+impl ServerTls {
+    /// `client_roots`: verify client certificates against these roots when a
+    /// client presents one (clients without one still connect).
+    pub fn new(
+        serving: Arc<ServingCertificate>,
+        client_roots: Option<&TrustBundle>,
+    ) -> Result<Arc<Self>, rustls::Error> {
+        let config = server_config(serving.clone(), client_roots)?;
+        Ok(Arc::new(Self {
+            serving,
+            config: ArcSwap::from_pointee(config),
+        }))
+    }
+
+    pub fn serving(&self) -> &Arc<ServingCertificate> {
+        &self.serving
+    }
+
+    pub fn set_client_roots(&self, client_roots: Option<&TrustBundle>) -> Result<(), rustls::Error> {
+        self.config
+            .store(Arc::new(server_config(self.serving.clone(), client_roots)?));
+        Ok(())
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config.load_full()
+    }
+}
+
+fn server_config(
+    cert: Arc<ServingCertificate>,
+    client_roots: Option<&TrustBundle>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = Arc::new(crypto_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_roots {
+        Some(bundle) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for root in bundle.roots() {
+                roots.add(root.clone())?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| rustls::Error::General(format!("client certificate verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(cert);
     // grpc-go refuses servers that do not negotiate h2.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)

@@ -4,11 +4,12 @@
 pub mod state;
 
 use crate::ca::auth::AuthenticatorChain;
+use crate::ca::client_cert::ClientCertificateAuthenticator;
 use crate::ca::node::TrustedAccountOnly;
 use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::static_tokens::StaticTokenAuthenticator;
-use crate::ca::tls::{ServingCertificate, server_config};
+use crate::ca::tls::{ServerTls, ServingCertificate};
 use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
 use crate::pki::spiffe::validate_trust_domain;
 use crate::telemetry::Metrics;
@@ -118,12 +119,12 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
             cluster_id: opts.cluster_id.clone(),
             cluster_aliases: Vec::new(),
         },
-        AuthenticatorChain::new(vec![Arc::new(tokens)]),
+        AuthenticatorChain::new(vec![Arc::new(ClientCertificateAuthenticator), Arc::new(tokens)]),
         registry,
         metrics.clone(),
     );
     let serving = ServingCertificate::new(state.serving_chain.clone(), &state.serving_key)?;
-    let tls = Arc::new(server_config(serving)?);
+    let tls = ServerTls::new(serving, Some(chain.bundle()))?;
 
     let grpc_listener = TcpListener::bind(opts.listen)
         .await

@@ -117,3 +117,22 @@ pub async fn call(
 pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/fixtures/openssl/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
+
+/// A client presenting `chain_pem` + `key_pem` as its TLS client certificate.
+pub async fn client_with_identity(
+    ca: &TestCa,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<IstioCertificateServiceClient<Channel>, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.root_pem()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(chain_pem, key_pem));
+    let channel = Endpoint::from_shared(format!("https://{}", ca.addr()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(IstioCertificateServiceClient::new(channel))
+}
