@@ -17,3 +17,4 @@ pub mod pb {
 }
 pub mod dev;
 pub mod fsutil;
+pub mod k8s;

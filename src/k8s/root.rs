@@ -1,0 +1,143 @@
+//! The root: read from a Secret holding `tls.crt`, `tls.key` and optional
+//! `ca.crt` (extra trusted roots, for rotation), exactly what
+//! `kubectl create secret tls NAME --cert root-cert.pem --key root-key.pem`
+//! makes. It can be generated into that Secret on first start, or be
+//! offline (no `tls.key`: nothing is signed by the root online).
+
+use super::{FIELD_MANAGER, error_summary, managed_labels, secret_data, secret_value};
+use crate::pki::{Authority, CaSpec, PkiError, TrustBundle, pem};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+use thiserror::Error;
+use time::{Duration, OffsetDateTime};
+
+pub const TLS_CERT: &str = "tls.crt";
+pub const TLS_KEY: &str = "tls.key";
+pub const CA_CERT: &str = "ca.crt";
+pub const GENERATED_ROOT_LIFETIME: Duration = Duration::days(3650);
+
+#[derive(Debug, Error)]
+pub enum RootError {
+    #[error(
+        "root Secret {namespace}/{name} does not exist; create it (kubectl -n {namespace} create secret tls {name} --cert root-cert.pem --key root-key.pem) or let meshroot generate one"
+    )]
+    Missing { namespace: String, name: String },
+    #[error("root Secret {0} has no {TLS_CERT}")]
+    NoCertificate(String),
+    #[error("root Secret {secret}: {error}")]
+    Invalid { secret: String, error: PkiError },
+    #[error("root Secret {0}: {TLS_CERT} is not a self-signed root CA")]
+    NotRoot(String),
+    #[error("Kubernetes API: {0}")]
+    Api(String),
+}
+
+/// The root as loaded: the signing authority when its key is online, and
+/// the trust bundle (the root plus any extra roots).
+#[derive(Debug)]
+pub struct Root {
+    pub authority: Option<Authority>,
+    pub bundle: TrustBundle,
+    /// The Secret's resourceVersion, to notice changes.
+    pub resource_version: Option<String>,
+}
+
+impl Root {
+    pub fn is_offline(&self) -> bool {
+        self.authority.is_none()
+    }
+}
+
+/// Parses a root Secret. A corrupt Secret is an error, never replaced.
+pub fn parse_root_secret(secret: &Secret) -> Result<Root, RootError> {
+    let id = format!(
+        "{}/{}",
+        secret.metadata.namespace.as_deref().unwrap_or_default(),
+        secret.metadata.name.as_deref().unwrap_or_default()
+    );
+    let invalid = |error| RootError::Invalid {
+        secret: id.clone(),
+        error,
+    };
+    let cert_pem = secret_value(secret, TLS_CERT).ok_or_else(|| RootError::NoCertificate(id.clone()))?;
+    let mut certs = pem::decode_certificates(cert_pem, crate::pki::authority::MAX_CERT_PEM_BYTES).map_err(invalid)?;
+    let root_cert = certs.remove(0);
+    let authority = match secret_value(secret, TLS_KEY) {
+        Some(key_pem) => {
+            let authority =
+                Authority::from_pem(pem::encode_certificate(&root_cert).as_bytes(), key_pem).map_err(invalid)?;
+            if !authority.is_self_signed() {
+                return Err(RootError::NotRoot(id));
+            }
+            Some(authority)
+        }
+        None => None,
+    };
+    let mut roots = vec![root_cert];
+    if let Some(extra) = secret_value(secret, CA_CERT) {
+        roots.extend(pem::decode_certificates(extra, crate::pki::authority::MAX_CERT_PEM_BYTES).map_err(invalid)?);
+    }
+    let bundle = TrustBundle::new(roots).map_err(invalid)?;
+    Ok(Root {
+        authority,
+        bundle,
+        resource_version: secret.metadata.resource_version.clone(),
+    })
+}
+
+/// Loads the root Secret, generating it first when `generate` is set and it
+/// does not exist. Generation is create-only: when several replicas race,
+/// one creates the Secret and the others read that one.
+pub async fn load_or_generate(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    generate: bool,
+) -> Result<Root, RootError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let api_err = |e: kube::Error| RootError::Api(error_summary(&e));
+    if let Some(secret) = api.get_opt(name).await.map_err(api_err)? {
+        return parse_root_secret(&secret);
+    }
+    if !generate {
+        return Err(RootError::Missing {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
+    }
+    let root =
+        Authority::new_root(&CaSpec::root(GENERATED_ROOT_LIFETIME), OffsetDateTime::now_utc()).map_err(|error| {
+            RootError::Invalid {
+                secret: format!("{namespace}/{name}"),
+                error,
+            }
+        })?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(managed_labels()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(secret_data(&[
+            (TLS_CERT, root.certificate_pem().as_bytes()),
+            (TLS_KEY, root.key().to_pem().as_bytes()),
+        ])),
+        ..Default::default()
+    };
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, &secret).await {
+        Ok(created) => {
+            tracing::info!(secret = %format!("{namespace}/{name}"), "generated a new root CA");
+            parse_root_secret(&created)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let secret = api.get(name).await.map_err(api_err)?;
+            parse_root_secret(&secret)
+        }
+        Err(e) => Err(api_err(e)),
+    }
+}
