@@ -1,5 +1,6 @@
 //! Kubernetes plumbing shared by `meshroot serve`'s parts.
 
+pub mod intermediates;
 pub mod root;
 
 use k8s_openapi::ByteString;

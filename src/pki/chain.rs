@@ -131,7 +131,16 @@ impl SigningChain {
     /// Assembles and proves a chain: a probe certificate signed by the
     /// authority must verify against the bundle through the intermediates.
     pub fn new(authority: Authority, intermediates: Vec<CertificateDer<'static>>, bundle: TrustBundle) -> Result<Self> {
-        let now = OffsetDateTime::now_utc();
+        Self::new_at(authority, intermediates, bundle, OffsetDateTime::now_utc())
+    }
+
+    /// As [`SigningChain::new`], proving the chain at `now`.
+    pub fn new_at(
+        authority: Authority,
+        intermediates: Vec<CertificateDer<'static>>,
+        bundle: TrustBundle,
+        now: OffsetDateTime,
+    ) -> Result<Self> {
         authority.check_valid_at(now)?;
         let signer_is_root = bundle.roots().contains(authority.certificate());
         let mut path: Vec<CertificateDer<'static>> = Vec::new();
