@@ -89,8 +89,11 @@ impl CertificateService {
 
         let ttl = mesh.ttl_for(body.validity_duration);
         record.ttl_seconds = Some(ttl.whole_seconds());
-        let issued = mesh
-            .chain
+        let chain = mesh
+            .signer
+            .as_ref()
+            .map_err(|why| Failure::NotReady(format!("mesh {} cannot sign yet: {why}", mesh.name)))?;
+        let issued = chain
             .issue_workload(csr.spki_der(), &identity_uri, ttl, OffsetDateTime::now_utc())
             .map_err(|e| match e {
                 PkiError::Expired { .. } => Failure::NotReady(format!(
@@ -101,7 +104,7 @@ impl CertificateService {
             })?;
         record.not_after = Some(issued.not_after.unix_timestamp());
         record.serial = Some(issued.serial_hex);
-        let cert_chain = mesh.chain.response_chain(issued.pem);
+        let cert_chain = chain.response_chain(issued.pem);
         Ok((IstioCertificateResponse { cert_chain }, mesh))
     }
 

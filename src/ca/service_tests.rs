@@ -42,7 +42,7 @@ fn mesh(
         name: name.into(),
         trust_domain: td.into(),
         scope: NamespaceScope::Only(namespaces.iter().map(|s| s.to_string()).collect()),
-        chain: Arc::new(SigningChain::new(int, vec![], bundle.clone()).unwrap()),
+        signer: Ok(Arc::new(SigningChain::new(int, vec![], bundle.clone()).unwrap())),
         default_ttl: Duration::hours(24),
         max_ttl: Duration::days(90),
         trusted_node_accounts: trusted.iter().map(|s| s.to_string()).collect(),
@@ -109,6 +109,10 @@ async fn ask(
     f.service.create_certificate(req).await.map(|r| r.into_inner())
 }
 
+fn signer_of(m: &Mesh) -> &SigningChain {
+    m.signer.as_ref().unwrap()
+}
+
 fn issuer_of(resp: &crate::pb::IstioCertificateResponse) -> String {
     resp.cert_chain[1].clone()
 }
@@ -118,10 +122,10 @@ async fn each_namespace_is_signed_by_its_own_mesh_in_its_trust_domain() {
     let f = fixture();
     let a = ask(&f, "t1", "spiffe://a.td/ns/ns1/sa/app", None).await.unwrap();
     verify_response(&a, &f.bundle, "spiffe://a.td/ns/ns1/sa/app").unwrap();
-    assert_eq!(issuer_of(&a), f.meshes[0].chain.authority().certificate_pem());
+    assert_eq!(issuer_of(&a), signer_of(&f.meshes[0]).authority().certificate_pem());
     let b = ask(&f, "t2", "spiffe://b.td/ns/ns2/sa/app", None).await.unwrap();
     verify_response(&b, &f.bundle, "spiffe://b.td/ns/ns2/sa/app").unwrap();
-    assert_eq!(issuer_of(&b), f.meshes[1].chain.authority().certificate_pem());
+    assert_eq!(issuer_of(&b), signer_of(&f.meshes[1]).authority().certificate_pem());
     // The trust domain is the mesh's, not the caller's choice.
     let s = ask(&f, "t1", "spiffe://b.td/ns/ns1/sa/app", None).await.unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
@@ -147,7 +151,7 @@ async fn impersonation_is_routed_by_the_target_and_needs_that_meshs_trust() {
     let target = "spiffe://a.td/ns/ns1/sa/app";
     let ok = ask(&f, "zt", target, Some(target)).await.unwrap();
     verify_response(&ok, &f.bundle, target).unwrap();
-    assert_eq!(issuer_of(&ok), f.meshes[0].chain.authority().certificate_pem());
+    assert_eq!(issuer_of(&ok), signer_of(&f.meshes[0]).authority().certificate_pem());
     // Mesh b does not trust the node account.
     let other = "spiffe://b.td/ns/ns2/sa/app";
     let s = ask(&f, "zt", other, Some(other)).await.unwrap_err();

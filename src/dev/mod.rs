@@ -103,7 +103,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
         name: DEV_MESH.into(),
         trust_domain: opts.trust_domain.clone(),
         scope: NamespaceScope::All,
-        chain: chain.clone(),
+        signer: Ok(chain.clone()),
         default_ttl: opts.default_ttl,
         max_ttl: opts.max_ttl,
         trusted_node_accounts: opts.trusted_node_accounts.iter().cloned().collect::<BTreeSet<_>>(),

@@ -1,7 +1,9 @@
 //! Kubernetes plumbing shared by `meshroot serve`'s parts.
 
 pub mod intermediates;
+pub mod registry;
 pub mod root;
+pub mod selector;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;

@@ -32,7 +32,9 @@ pub struct Mesh {
     pub name: String,
     pub trust_domain: String,
     pub scope: NamespaceScope,
-    pub chain: Arc<SigningChain>,
+    /// The mesh's signing chain, or why it has none yet (its namespaces
+    /// then get `Unavailable`, which clients retry).
+    pub signer: Result<Arc<SigningChain>, String>,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     /// `namespace/serviceaccount` entries allowed to impersonate (ztunnel).
@@ -94,7 +96,8 @@ impl MeshRegistry {
         };
         let rest: Vec<&Arc<Mesh>> = matching.collect();
         if !rest.is_empty() {
-            let names: Vec<&str> = std::iter::once(first).chain(rest).map(|m| m.name.as_str()).collect();
+            let mut names: Vec<&str> = std::iter::once(first).chain(rest).map(|m| m.name.as_str()).collect();
+            names.sort_unstable();
             return Err(RouteError::Ambiguous {
                 namespace: namespace.to_string(),
                 meshes: names.join(", "),

@@ -1,0 +1,255 @@
+//! Every replica's view of the meshes: built from watches of `Mesh`
+//! objects, the intermediate Secrets and namespaces, and swapped into the
+//! [`MeshRegistry`] whenever any of them (or the trust bundle) changes. A
+//! renewed intermediate or a newly labelled namespace takes effect without a
+//! restart.
+
+use super::intermediates::{parse_duration, parse_secret, secret_name};
+use super::selector;
+use crate::api::{Mesh as MeshResource, MeshMode};
+use crate::ca::node::NodeAuthorizer;
+use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use crate::names::{is_dns1123_label, is_dns1123_subdomain};
+use crate::pki::chain::sha256_hex;
+use crate::pki::spiffe::validate_trust_domain;
+use crate::pki::{SigningChain, TrustBundle};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// Parsed signing chains, by Secret resourceVersion and bundle, so a rebuild
+/// does not re-parse (and re-prove) unchanged intermediates.
+#[derive(Default)]
+pub struct ChainCache {
+    chains: Mutex<HashMap<(String, String, String), Arc<SigningChain>>>,
+}
+
+/// What one rebuild produced.
+#[derive(Debug, Default)]
+pub struct Built {
+    pub meshes: Vec<Arc<Mesh>>,
+    /// Per mesh name: why it is left out or cannot sign yet.
+    pub problems: BTreeMap<String, String>,
+}
+
+/// Builds the routable meshes from the watched objects. Pure: no I/O.
+pub fn build(
+    resources: &[Arc<MeshResource>],
+    secrets: &[Arc<Secret>],
+    namespaces: &[Arc<Namespace>],
+    bundle: &TrustBundle,
+    node_authorizer: &Arc<dyn NodeAuthorizer>,
+    cache: &ChainCache,
+    now: OffsetDateTime,
+) -> Built {
+    let mut built = Built::default();
+    let secrets: HashMap<&str, &Secret> = secrets
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref().map(|n| (n, s.as_ref())))
+        .collect();
+    let bundle_id = bundle.fingerprints().join(",");
+    let mut fresh = HashMap::new();
+    for r in resources {
+        let Some(name) = r.metadata.name.clone() else { continue };
+        if r.spec.mode != MeshMode::External {
+            continue;
+        }
+        match mesh_from(
+            r,
+            &name,
+            &secrets,
+            namespaces,
+            bundle,
+            &bundle_id,
+            node_authorizer,
+            cache,
+            &mut fresh,
+            now,
+        ) {
+            Ok(mesh) => {
+                if let Err(why) = &mesh.signer {
+                    built.problems.insert(name.clone(), why.clone());
+                }
+                built.meshes.push(Arc::new(mesh));
+            }
+            Err(why) => {
+                built.problems.insert(name, why);
+            }
+        }
+    }
+    // Keep only what this build used, so the cache cannot grow without bound.
+    if let Ok(mut chains) = cache.chains.lock() {
+        *chains = fresh;
+    }
+    built
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mesh_from(
+    r: &MeshResource,
+    name: &str,
+    secrets: &HashMap<&str, &Secret>,
+    namespaces: &[Arc<Namespace>],
+    bundle: &TrustBundle,
+    bundle_id: &str,
+    node_authorizer: &Arc<dyn NodeAuthorizer>,
+    cache: &ChainCache,
+    fresh: &mut HashMap<(String, String, String), Arc<SigningChain>>,
+    now: OffsetDateTime,
+) -> Result<Mesh, String> {
+    let spec = &r.spec;
+    validate_trust_domain(&spec.trust_domain).map_err(|e| format!("spec.trustDomain: {e}"))?;
+    let default_ttl = parse_duration(
+        "workloadCertificates.defaultTTL",
+        &spec.workload_certificates.default_ttl,
+    )?;
+    let max_ttl = parse_duration("workloadCertificates.maxTTL", &spec.workload_certificates.max_ttl)?;
+    for account in &spec.trusted_node_accounts {
+        let ok = account
+            .split_once('/')
+            .is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa));
+        if !ok {
+            return Err(format!(
+                "trustedNodeAccounts: {account:?} is not NAMESPACE/SERVICEACCOUNT"
+            ));
+        }
+    }
+    let scope = match &spec.namespace_selector {
+        None => NamespaceScope::All,
+        Some(sel) => {
+            selector::validate(sel).map_err(|e| format!("namespaceSelector: {e}"))?;
+            let empty = BTreeMap::new();
+            NamespaceScope::Only(
+                namespaces
+                    .iter()
+                    .filter(|n| selector::matches(sel, n.metadata.labels.as_ref().unwrap_or(&empty)))
+                    .filter_map(|n| n.metadata.name.clone())
+                    .collect::<BTreeSet<_>>(),
+            )
+        }
+    };
+    let secret_name = secret_name(name);
+    let signer = match secrets.get(secret_name.as_str()) {
+        None => Err(format!("waiting for the intermediate in Secret {secret_name}")),
+        Some(secret) => {
+            let key = (
+                secret_name.clone(),
+                secret.metadata.resource_version.clone().unwrap_or_default(),
+                bundle_id.to_string(),
+            );
+            let cached = cache.chains.lock().ok().and_then(|c| c.get(&key).cloned());
+            match cached {
+                Some(chain) => Ok(chain),
+                None => parse_secret(secret, bundle, now)
+                    .map(Arc::new)
+                    .map_err(|e| format!("intermediate Secret {secret_name}: {e}")),
+            }
+            .inspect(|chain| {
+                fresh.insert(key, chain.clone());
+            })
+        }
+    };
+    Ok(Mesh {
+        name: name.to_string(),
+        trust_domain: spec.trust_domain.clone(),
+        scope,
+        signer,
+        default_ttl,
+        max_ttl,
+        trusted_node_accounts: spec.trusted_node_accounts.iter().cloned().collect(),
+        node_authorizer: node_authorizer.clone(),
+    })
+}
+
+/// Shared with the Mesh status controller: the latest problems per mesh.
+pub type Problems = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// Watches `Mesh` objects, Secrets in meshroot's namespace and namespaces,
+/// and rebuilds `registry` after every change (debounced), until the
+/// returned task is dropped or aborted.
+pub fn spawn(
+    client: kube::Client,
+    namespace: &str,
+    registry: Arc<MeshRegistry>,
+    mut bundle: watch::Receiver<Arc<TrustBundle>>,
+    node_authorizer: Arc<dyn NodeAuthorizer>,
+    problems: Problems,
+) -> tokio::task::JoinHandle<()> {
+    let (meshes, meshes_w) = reflector::store::<MeshResource>();
+    let (secrets, secrets_w) = reflector::store::<Secret>();
+    let (namespaces, namespaces_w) = reflector::store::<Namespace>();
+    let config = watcher::Config::default();
+    let changes = futures::stream::select_all([
+        reflector(
+            meshes_w,
+            watcher(Api::<MeshResource>::all(client.clone()), config.clone()),
+        )
+        .default_backoff()
+        .map(|r| r.err().map(|e| e.to_string()))
+        .boxed(),
+        reflector(
+            secrets_w,
+            watcher(Api::<Secret>::namespaced(client.clone(), namespace), config.clone()),
+        )
+        .default_backoff()
+        .map(|r| r.err().map(|e| e.to_string()))
+        .boxed(),
+        reflector(namespaces_w, watcher(Api::<Namespace>::all(client), config))
+            .default_backoff()
+            .map(|r| r.err().map(|e| e.to_string()))
+            .boxed(),
+    ]);
+    let cache = ChainCache::default();
+    tokio::spawn(async move {
+        let mut changes = std::pin::pin!(changes);
+        let mut last_problems = BTreeMap::new();
+        loop {
+            tokio::select! {
+                change = changes.next() => match change {
+                    None => return,
+                    Some(Some(e)) => { tracing::warn!(error = %e, "watch error; retrying"); continue; }
+                    Some(None) => {}
+                },
+                changed = bundle.changed() => if changed.is_err() { return },
+            }
+            // Let a burst of events settle, then rebuild once.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Some(Some(Some(e))) = changes.next().now_or_never() {
+                tracing::warn!(error = %e, "watch error; retrying");
+            }
+            let stores_ready = meshes.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+                && secrets.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+                && namespaces.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+            if !stores_ready {
+                continue;
+            }
+            let current_bundle = bundle.borrow().clone();
+            let built = build(
+                &meshes.state(),
+                &secrets.state(),
+                &namespaces.state(),
+                &current_bundle,
+                &node_authorizer,
+                &cache,
+                OffsetDateTime::now_utc(),
+            );
+            if built.problems != last_problems {
+                for (mesh, why) in &built.problems {
+                    tracing::warn!(mesh, problem = %why, "mesh cannot serve");
+                }
+                last_problems = built.problems.clone();
+            }
+            if let Ok(mut p) = problems.lock() {
+                *p = built.problems;
+            }
+            tracing::debug!(meshes = built.meshes.len(), bundle = %sha256_hex(current_bundle.pem().as_bytes()), "mesh registry rebuilt");
+            registry.replace(built.meshes);
+        }
+    })
+}

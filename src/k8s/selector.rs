@@ -1,0 +1,78 @@
+//! Kubernetes `LabelSelector` matching (matchLabels and matchExpressions).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use std::collections::BTreeMap;
+
+/// Checks a selector's operators, so a bad one is reported, not ignored.
+pub fn validate(selector: &LabelSelector) -> Result<(), String> {
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(format!("matchExpressions: {} {} needs values", e.key, e.operator));
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(format!("matchExpressions: {} {} takes no values", e.key, e.operator));
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => return Err(format!("matchExpressions: unknown operator {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `labels` satisfy `selector`. An empty selector matches everything.
+pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sel(v: serde_json::Value) -> LabelSelector {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn match_labels_and_expressions() {
+        let labels: BTreeMap<String, String> =
+            [("mesh".into(), "default".into()), ("env".into(), "prod".into())].into();
+        assert!(matches(&sel(json!({})), &labels));
+        assert!(matches(&sel(json!({"matchLabels": {"mesh": "default"}})), &labels));
+        assert!(!matches(&sel(json!({"matchLabels": {"mesh": "gateway"}})), &labels));
+        let expr = |op: &str, values: serde_json::Value| {
+            sel(json!({"matchExpressions": [{"key": "env", "operator": op, "values": values}]}))
+        };
+        assert!(matches(&expr("In", json!(["prod", "dev"])), &labels));
+        assert!(!matches(&expr("NotIn", json!(["prod"])), &labels));
+        assert!(matches(
+            &sel(json!({"matchExpressions": [{"key": "env", "operator": "Exists"}]})),
+            &labels
+        ));
+        assert!(!matches(
+            &sel(json!({"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}]})),
+            &labels
+        ));
+        assert!(validate(&expr("Near", json!(["x"]))).is_err());
+        assert!(validate(&expr("In", json!([]))).is_err());
+        assert!(validate(&expr("In", json!(["a"]))).is_ok());
+    }
+}
