@@ -5,6 +5,7 @@ pub mod api;
 pub mod ca;
 pub mod client;
 pub mod cmd;
+pub mod controllers;
 pub mod mesh;
 pub mod names;
 pub mod pki;

@@ -1,0 +1,3 @@
+//! Kubernetes reconcilers. They run on the elected leader only.
+
+pub mod root_configmaps;
