@@ -1,6 +1,7 @@
 //! Kubernetes plumbing shared by `meshroot serve`'s parts.
 
 pub mod intermediates;
+pub mod leader;
 pub mod registry;
 pub mod root;
 pub mod selector;

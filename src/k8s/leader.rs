@@ -1,0 +1,172 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, with optimistic
+//! concurrency: every write carries the resourceVersion read, so two
+//! replicas can never both believe they hold the Lease after a write.
+//! Controllers run on the leader only; every replica serves gRPC.
+
+use super::error_summary;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+    /// How long a Lease stays held without renewal.
+    pub lease_duration: Duration,
+    /// How often the holder renews, and others retry.
+    pub retry_period: Duration,
+}
+
+impl LeaseConfig {
+    pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A running election. `is_leader` follows leadership; `stop` releases the
+/// Lease so another replica takes over at once.
+pub struct Election {
+    pub is_leader: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Election {
+    fn drop(&mut self) {
+        // Dropped without stop(): behave like a crash (no release).
+        self.task.abort();
+    }
+}
+
+impl Election {
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+fn expired(spec: &LeaseSpec, at: Timestamp) -> bool {
+    let Some(MicroTime(renewed)) = spec.renew_time.as_ref() else {
+        return true;
+    };
+    let secs = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+    let until = renewed.as_second().saturating_add(secs);
+    at.as_second() > until
+}
+
+/// One attempt to acquire or renew. Returns whether we hold the Lease.
+async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+    let at = now();
+    let ours = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
+        holder_identity: Some(cfg.identity.clone()),
+        lease_duration_seconds: Some(cfg.lease_duration.as_secs() as i32),
+        acquire_time: acquired.or(Some(MicroTime(at))),
+        renew_time: Some(MicroTime(at)),
+        lease_transitions: Some(transitions),
+        ..Default::default()
+    };
+    let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(cfg.name.clone()),
+                labels: Some(super::managed_labels()),
+                ..Default::default()
+            },
+            spec: Some(ours(0, None)),
+        };
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        };
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    let transitions = spec.lease_transitions.unwrap_or(0);
+    let new_spec = if holder == cfg.identity {
+        ours(transitions, spec.acquire_time.clone())
+    } else if holder.is_empty() || expired(&spec, at) {
+        ours(transitions + 1, None)
+    } else {
+        return Ok(false);
+    };
+    lease.spec = Some(new_spec);
+    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives the Lease up if we hold it.
+async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
+    let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await else {
+        return;
+    };
+    let Some(spec) = lease.spec.as_mut() else { return };
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    if let Err(e) = api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        tracing::warn!(error = %error_summary(&e), "could not release the leader Lease");
+    }
+}
+
+/// Starts campaigning. Leadership is lost when renewals fail for longer
+/// than the lease duration (the Lease may then be taken by another replica).
+pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> Election {
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    let (leader_tx, is_leader) = watch::channel(false);
+    let (stop, mut stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut last_success = tokio::time::Instant::now();
+        loop {
+            match try_acquire(&api, &cfg).await {
+                Ok(held) => {
+                    if held {
+                        last_success = tokio::time::Instant::now();
+                    }
+                    if *leader_tx.borrow() != held {
+                        tracing::info!(identity = %cfg.identity, leader = held, "leadership changed");
+                    }
+                    leader_tx.send_replace(held);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %error_summary(&e), "leader election: cannot reach the Lease");
+                    // Step down before another replica may take over.
+                    if *leader_tx.borrow() && last_success.elapsed() >= cfg.lease_duration.mul_f32(0.8) {
+                        tracing::warn!("stepping down: the Lease could not be renewed in time");
+                        leader_tx.send_replace(false);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.retry_period) => {}
+                _ = stop_rx.changed() => {
+                    leader_tx.send_replace(false);
+                    release(&api, &cfg).await;
+                    return;
+                }
+            }
+        }
+    });
+    Election { is_leader, stop, task }
+}
