@@ -7,7 +7,7 @@ mod support;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use meshroot::api::mesh::IntermediateSpec;
-use meshroot::k8s::intermediates::{IntermediateError, IntermediatePolicy, ensure, secret_name};
+use meshroot::k8s::intermediates::{IntermediateError, IntermediatePolicy, IntermediateSecret, ensure, secret_name};
 use meshroot::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, TrustBundle};
 use serde_json::json;
 use support::fake_api::FakeApi;
@@ -51,18 +51,32 @@ fn now() -> OffsetDateTime {
 #[tokio::test]
 async fn issues_once_then_reuses_without_writing() {
     let s = setup();
-    let first = ensure(&s.api, "default", &s.policy, Some(&s.root), &s.bundle, now())
-        .await
-        .unwrap();
+    let first = ensure(
+        &s.api,
+        &IntermediateSecret::external("default"),
+        &s.policy,
+        Some(&s.root),
+        &s.bundle,
+        now(),
+    )
+    .await
+    .unwrap();
     assert!(first.issued);
     let secret = s.api.get(&secret_name("default")).await.unwrap();
     let labels = secret.metadata.labels.unwrap();
     assert_eq!(labels["meshroot.io/mesh"], "default");
     assert_eq!(secret.data.as_ref().unwrap()["ca.crt"].0, s.bundle.pem().as_bytes());
     s.fake.clear_requests();
-    let again = ensure(&s.api, "default", &s.policy, Some(&s.root), &s.bundle, now())
-        .await
-        .unwrap();
+    let again = ensure(
+        &s.api,
+        &IntermediateSecret::external("default"),
+        &s.policy,
+        Some(&s.root),
+        &s.bundle,
+        now(),
+    )
+    .await
+    .unwrap();
     assert!(!again.issued);
     assert_eq!(
         again.chain.authority().serial_hex(),
@@ -74,9 +88,16 @@ async fn issues_once_then_reuses_without_writing() {
 #[tokio::test]
 async fn renews_before_expiry_and_old_leaves_keep_verifying() {
     let s = setup();
-    let first = ensure(&s.api, "default", &s.policy, Some(&s.root), &s.bundle, now())
-        .await
-        .unwrap();
+    let first = ensure(
+        &s.api,
+        &IntermediateSecret::external("default"),
+        &s.policy,
+        Some(&s.root),
+        &s.bundle,
+        now(),
+    )
+    .await
+    .unwrap();
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let old_leaf = first
         .chain
@@ -84,9 +105,16 @@ async fn renews_before_expiry_and_old_leaves_keep_verifying() {
         .unwrap();
     // Forty-one minutes on, less than twenty are left: renew.
     let later = now() + Duration::minutes(41);
-    let renewed = ensure(&s.api, "default", &s.policy, Some(&s.root), &s.bundle, later)
-        .await
-        .unwrap();
+    let renewed = ensure(
+        &s.api,
+        &IntermediateSecret::external("default"),
+        &s.policy,
+        Some(&s.root),
+        &s.bundle,
+        later,
+    )
+    .await
+    .unwrap();
     assert!(renewed.issued);
     assert_ne!(
         renewed.chain.authority().serial_hex(),
@@ -107,20 +135,41 @@ async fn renews_before_expiry_and_old_leaves_keep_verifying() {
 #[tokio::test]
 async fn a_new_root_gets_a_new_intermediate_and_a_new_key_algorithm_too() {
     let s = setup();
-    ensure(&s.api, "default", &s.policy, Some(&s.root), &s.bundle, now())
-        .await
-        .unwrap();
+    ensure(
+        &s.api,
+        &IntermediateSecret::external("default"),
+        &s.policy,
+        Some(&s.root),
+        &s.bundle,
+        now(),
+    )
+    .await
+    .unwrap();
     let new_root = Authority::new_root(&CaSpec::root(Duration::days(3650)), now()).unwrap();
     let new_bundle = TrustBundle::new(vec![new_root.certificate().clone()]).unwrap();
-    let e = ensure(&s.api, "default", &s.policy, Some(&new_root), &new_bundle, now())
-        .await
-        .unwrap();
+    let e = ensure(
+        &s.api,
+        &IntermediateSecret::external("default"),
+        &s.policy,
+        Some(&new_root),
+        &new_bundle,
+        now(),
+    )
+    .await
+    .unwrap();
     assert!(e.issued);
     let mut p384 = s.policy;
     p384.key_algorithm = KeyAlgorithm::EcdsaP384;
-    let e = ensure(&s.api, "default", &p384, Some(&new_root), &new_bundle, now())
-        .await
-        .unwrap();
+    let e = ensure(
+        &s.api,
+        &IntermediateSecret::external("default"),
+        &p384,
+        Some(&new_root),
+        &new_bundle,
+        now(),
+    )
+    .await
+    .unwrap();
     assert!(e.issued);
     assert_eq!(e.chain.authority().key_kind().to_string(), "ecdsa-p384");
 }
@@ -128,9 +177,10 @@ async fn a_new_root_gets_a_new_intermediate_and_a_new_key_algorithm_too() {
 #[tokio::test]
 async fn racing_leaders_end_with_one_intermediate() {
     let s = setup();
+    let target = IntermediateSecret::external("default");
     let (a, b) = tokio::join!(
-        ensure(&s.api, "default", &s.policy, Some(&s.root), &s.bundle, now()),
-        ensure(&s.api, "default", &s.policy, Some(&s.root), &s.bundle, now())
+        ensure(&s.api, &target, &s.policy, Some(&s.root), &s.bundle, now()),
+        ensure(&s.api, &target, &s.policy, Some(&s.root), &s.bundle, now())
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let stored = s.api.get(&secret_name("default")).await.unwrap();
@@ -156,13 +206,27 @@ async fn corrupt_and_foreign_secrets_are_never_overwritten() {
         json!({"metadata": {"name": secret_name("foreign")}, "stringData": {"tls.crt": "x"}}),
     );
     s.fake.clear_requests();
-    let e = ensure(&s.api, "corrupt", &s.policy, Some(&s.root), &s.bundle, now())
-        .await
-        .unwrap_err();
+    let e = ensure(
+        &s.api,
+        &IntermediateSecret::external("corrupt"),
+        &s.policy,
+        Some(&s.root),
+        &s.bundle,
+        now(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, IntermediateError::Corrupt { .. }), "{e}");
-    let e = ensure(&s.api, "foreign", &s.policy, Some(&s.root), &s.bundle, now())
-        .await
-        .unwrap_err();
+    let e = ensure(
+        &s.api,
+        &IntermediateSecret::external("foreign"),
+        &s.policy,
+        Some(&s.root),
+        &s.bundle,
+        now(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, IntermediateError::NotOwned(_)), "{e}");
     assert!(s.fake.writes().is_empty());
 }
@@ -170,9 +234,16 @@ async fn corrupt_and_foreign_secrets_are_never_overwritten() {
 #[tokio::test]
 async fn an_offline_root_uses_a_supplied_intermediate_and_never_writes() {
     let s = setup();
-    let missing = ensure(&s.api, "default", &s.policy, None, &s.bundle, now())
-        .await
-        .unwrap_err();
+    let missing = ensure(
+        &s.api,
+        &IntermediateSecret::external("default"),
+        &s.policy,
+        None,
+        &s.bundle,
+        now(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(missing, IntermediateError::OfflineRoot(_)), "{missing}");
     // The operator supplies one made offline (meshroot pki init), unlabelled.
     let int = s
@@ -187,15 +258,22 @@ async fn an_offline_root_uses_a_supplied_intermediate_and_never_writes() {
                "stringData": {"tls.crt": int.certificate_pem(), "tls.key": int.key().to_pem().to_string()}}),
     );
     s.fake.clear_requests();
-    let used = ensure(&s.api, "default", &s.policy, None, &s.bundle, now())
-        .await
-        .unwrap();
+    let used = ensure(
+        &s.api,
+        &IntermediateSecret::external("default"),
+        &s.policy,
+        None,
+        &s.bundle,
+        now(),
+    )
+    .await
+    .unwrap();
     assert!(!used.issued && used.warning.is_none());
     assert_eq!(used.chain.authority().serial_hex(), int.serial_hex());
     // Due for renewal: still used, with a warning, and still not written.
     let due = ensure(
         &s.api,
-        "default",
+        &IntermediateSecret::external("default"),
         &s.policy,
         None,
         &s.bundle,
@@ -228,4 +306,78 @@ fn policies_parse_durations_and_refuse_nonsense() {
     );
     assert!(IntermediatePolicy::from_spec(&bad("soon", "1h")).is_err());
     assert!(IntermediatePolicy::from_spec(&bad("0s", "1h")).is_err());
+}
+
+#[tokio::test]
+async fn plugin_ca_meshes_get_istio_cacerts_and_bundle_changes_are_written_through() {
+    let s = setup();
+    s.fake.namespace("openshift-ingress", json!({}));
+    let api: Api<Secret> = Api::namespaced(s.fake.client(), "openshift-ingress");
+    let target = IntermediateSecret::cacerts("gateway");
+    let first = ensure(&api, &target, &s.policy, Some(&s.root), &s.bundle, now())
+        .await
+        .unwrap();
+    assert!(first.issued);
+    let secret = api.get("cacerts").await.unwrap();
+    let data = secret.data.unwrap();
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    assert_eq!(text("ca-cert.pem"), first.chain.authority().certificate_pem());
+    assert_eq!(
+        text("cert-chain.pem"),
+        format!(
+            "{}{}",
+            first.chain.authority().certificate_pem(),
+            s.root.certificate_pem()
+        )
+    );
+    assert_eq!(text("root-cert.pem"), s.bundle.pem());
+    // istiod loads it as its plug-in CA: key matches, CA certificate.
+    let int = Authority::from_pem(text("ca-cert.pem").as_bytes(), text("ca-key.pem").as_bytes()).unwrap();
+    assert_eq!(int.serial_hex(), first.chain.authority().serial_hex());
+
+    // A second root joins the bundle (rotation): the same intermediate, new root-cert.pem.
+    let next_root = Authority::new_root(&CaSpec::root(Duration::days(3650)), now()).unwrap();
+    let rotated = TrustBundle::new(vec![s.root.certificate().clone(), next_root.certificate().clone()]).unwrap();
+    let second = ensure(&api, &target, &s.policy, Some(&s.root), &rotated, now())
+        .await
+        .unwrap();
+    assert!(!second.issued);
+    assert_eq!(
+        second.chain.authority().serial_hex(),
+        first.chain.authority().serial_hex()
+    );
+    let data = api.get("cacerts").await.unwrap().data.unwrap();
+    assert_eq!(data["root-cert.pem"].0, rotated.pem().as_bytes());
+}
+
+#[tokio::test]
+async fn a_cacerts_meshroot_does_not_own_is_reported_not_overwritten() {
+    let s = setup();
+    s.fake.namespace("istio-system", json!({}));
+    // Someone's own plug-in CA from another root.
+    let theirs = Authority::new_root(&CaSpec::root(Duration::days(30)), now()).unwrap();
+    let int = theirs
+        .new_intermediate(&CaSpec::intermediate("x", Duration::days(10)), now())
+        .unwrap();
+    s.fake.create(
+        "v1",
+        "secrets",
+        "istio-system",
+        json!({"metadata": {"name": "cacerts"}, "stringData": {"ca-cert.pem": int.certificate_pem(), "ca-key.pem": int.key().to_pem().to_string(),
+            "root-cert.pem": theirs.certificate_pem(), "cert-chain.pem": int.certificate_pem()}}),
+    );
+    s.fake.clear_requests();
+    let api: Api<Secret> = Api::namespaced(s.fake.client(), "istio-system");
+    let e = ensure(
+        &api,
+        &IntermediateSecret::cacerts("m"),
+        &s.policy,
+        Some(&s.root),
+        &s.bundle,
+        now(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, IntermediateError::NotOwned(_)), "{e}");
+    assert!(s.fake.writes().is_empty());
 }

@@ -5,7 +5,7 @@ mod support;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use meshroot::ca::node::{NodeAuthorizer, TrustedAccountOnly};
-use meshroot::k8s::intermediates::{IntermediatePolicy, ensure};
+use meshroot::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure};
 use meshroot::k8s::registry::{self, Problems};
 use meshroot::mesh::{MeshRegistry, RouteError};
 use meshroot::pki::{Authority, CaSpec, KeyAlgorithm, TrustBundle};
@@ -81,9 +81,16 @@ async fn issue(w: &World, name: &str, key_algorithm: KeyAlgorithm) -> String {
         lifetime: time::Duration::hours(2),
         renew_before: time::Duration::hours(1),
     };
-    let ensured = ensure(&api, name, &policy, Some(&w.root), &w.bundle, OffsetDateTime::now_utc())
-        .await
-        .unwrap();
+    let ensured = ensure(
+        &api,
+        &IntermediateSecret::external(name),
+        &policy,
+        Some(&w.root),
+        &w.bundle,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     ensured.chain.authority().serial_hex().to_string()
 }
 

@@ -22,6 +22,93 @@ pub fn secret_name(mesh: &str) -> String {
     format!("{SECRET_PREFIX}{mesh}")
 }
 
+/// Istio's plug-in CA Secret name in istiod's namespace.
+pub const CACERTS: &str = "cacerts";
+
+/// How an intermediate is laid out in its Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `tls.crt`, `tls.key`, `ca.crt` (the bundle): External meshes.
+    KubernetesTls,
+    /// Istio's `cacerts`: `ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`
+    /// (intermediate + root), `root-cert.pem` (the bundle): PluginCA meshes.
+    IstioCacerts,
+}
+
+impl Layout {
+    fn cert_key(self) -> &'static str {
+        match self {
+            Layout::KubernetesTls => TLS_CERT,
+            Layout::IstioCacerts => "ca-cert.pem",
+        }
+    }
+    fn key_key(self) -> &'static str {
+        match self {
+            Layout::KubernetesTls => TLS_KEY,
+            Layout::IstioCacerts => "ca-key.pem",
+        }
+    }
+    fn bundle_key(self) -> &'static str {
+        match self {
+            Layout::KubernetesTls => CA_CERT,
+            Layout::IstioCacerts => "root-cert.pem",
+        }
+    }
+
+    fn encode(
+        self,
+        chain: &SigningChain,
+        root_pem: &str,
+    ) -> std::collections::BTreeMap<String, k8s_openapi::ByteString> {
+        let a = chain.authority();
+        let key = a.key().to_pem();
+        let bundle = chain.bundle().pem();
+        match self {
+            Layout::KubernetesTls => secret_data(&[
+                (TLS_CERT, a.certificate_pem().as_bytes()),
+                (TLS_KEY, key.as_bytes()),
+                (CA_CERT, bundle.as_bytes()),
+            ]),
+            Layout::IstioCacerts => {
+                let cert_chain = format!("{}{root_pem}", a.certificate_pem());
+                secret_data(&[
+                    ("ca-cert.pem", a.certificate_pem().as_bytes()),
+                    ("ca-key.pem", key.as_bytes()),
+                    ("cert-chain.pem", cert_chain.as_bytes()),
+                    ("root-cert.pem", bundle.as_bytes()),
+                ])
+            }
+        }
+    }
+}
+
+/// Where a mesh's intermediate lives.
+#[derive(Clone, Debug)]
+pub struct IntermediateSecret {
+    pub mesh: String,
+    pub name: String,
+    pub layout: Layout,
+}
+
+impl IntermediateSecret {
+    /// An External mesh's intermediate, in meshroot's namespace.
+    pub fn external(mesh: &str) -> Self {
+        Self {
+            mesh: mesh.into(),
+            name: secret_name(mesh),
+            layout: Layout::KubernetesTls,
+        }
+    }
+    /// A PluginCA mesh's `cacerts`, in istiod's namespace.
+    pub fn cacerts(mesh: &str) -> Self {
+        Self {
+            mesh: mesh.into(),
+            name: CACERTS.into(),
+            layout: Layout::IstioCacerts,
+        }
+    }
+}
+
 /// Parses a Go-style or humantime duration such as `8760h` or `30d`.
 pub fn parse_duration(field: &str, value: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(value).map_err(|e| format!("{field}: {value:?}: {e}"))?;
@@ -77,12 +164,25 @@ pub enum IntermediateError {
     Issue(PkiError),
     #[error("Kubernetes API: {0}")]
     Api(String),
+    #[error("the Secret changed while meshroot wrote it")]
+    Conflict,
 }
 
-/// Reads an intermediate Secret into a signing chain under `bundle`.
+/// Reads an intermediate Secret (`tls.crt`/`tls.key` layout) into a
+/// signing chain under `bundle`.
 pub fn parse_secret(secret: &Secret, bundle: &TrustBundle, now: OffsetDateTime) -> Result<SigningChain, PkiError> {
-    let cert = secret_value(secret, TLS_CERT).ok_or_else(|| PkiError::Invalid(format!("no {TLS_CERT}")))?;
-    let key = secret_value(secret, TLS_KEY).ok_or_else(|| PkiError::Invalid(format!("no {TLS_KEY}")))?;
+    parse_layout(secret, Layout::KubernetesTls, bundle, now)
+}
+
+pub fn parse_layout(
+    secret: &Secret,
+    layout: Layout,
+    bundle: &TrustBundle,
+    now: OffsetDateTime,
+) -> Result<SigningChain, PkiError> {
+    let missing = |k: &str| PkiError::Invalid(format!("no {k}"));
+    let cert = secret_value(secret, layout.cert_key()).ok_or_else(|| missing(layout.cert_key()))?;
+    let key = secret_value(secret, layout.key_key()).ok_or_else(|| missing(layout.key_key()))?;
     SigningChain::new_at(Authority::from_pem(cert, key)?, Vec::new(), bundle.clone(), now)
 }
 
@@ -124,21 +224,30 @@ pub struct Ensured {
 /// cannot both replace it.
 pub async fn ensure(
     api: &Api<Secret>,
-    mesh: &str,
+    target: &IntermediateSecret,
     policy: &IntermediatePolicy,
     root: Option<&Authority>,
     bundle: &TrustBundle,
     now: OffsetDateTime,
 ) -> Result<Ensured, IntermediateError> {
-    let name = secret_name(mesh);
-    let id = || format!("{}/{name}", api_namespace(api));
+    let mesh = target.mesh.as_str();
+    let name = target.name.clone();
+    let layout = target.layout;
+    let id = || format!("{}/{}", api_namespace(api), target.name);
     let api_err = |e: kube::Error| IntermediateError::Api(error_summary(&e));
     let existing = api.get_opt(&name).await.map_err(api_err)?;
     if let Some(secret) = &existing {
         let owned = is_managed(secret.metadata.labels.as_ref());
-        match parse_secret(secret, bundle, now) {
+        match parse_layout(secret, layout, bundle, now) {
             Ok(chain) => {
                 let Some(why) = replacement_reason(&chain, policy, now) else {
+                    let stored_bundle = secret_value(secret, layout.bundle_key());
+                    if owned && stored_bundle != Some(bundle.pem().as_bytes()) {
+                        // Same intermediate, new bundle (a root added or removed).
+                        let rv = secret.metadata.resource_version.clone();
+                        write(api, &name, mesh, layout, &chain, root, rv).await?;
+                        tracing::info!(mesh, secret = %id(), "updated the trust bundle beside the intermediate");
+                    }
                     return Ok(Ensured {
                         chain,
                         issued: false,
@@ -173,35 +282,20 @@ pub async fn ensure(
     spec.key_algorithm = policy.key_algorithm;
     let int = root.new_intermediate(&spec, now).map_err(IntermediateError::Issue)?;
     let chain = SigningChain::new_at(int, Vec::new(), bundle.clone(), now).map_err(IntermediateError::Issue)?;
-    let a = chain.authority();
-    let mut labels = managed_labels();
-    labels.insert(MESH_LABEL.into(), mesh.into());
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            labels: Some(labels),
-            resource_version: existing.as_ref().and_then(|s| s.metadata.resource_version.clone()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(secret_data(&[
-            (TLS_CERT, a.certificate_pem().as_bytes()),
-            (TLS_KEY, a.key().to_pem().as_bytes()),
-            (CA_CERT, bundle.pem().as_bytes()),
-        ])),
-        ..Default::default()
-    };
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    let written = match existing {
-        None => api.create(&params, &secret).await,
-        Some(_) => api.replace(&name, &params, &secret).await,
-    };
+    let written = write(
+        api,
+        &name,
+        mesh,
+        layout,
+        &chain,
+        Some(root),
+        existing.and_then(|s| s.metadata.resource_version),
+    )
+    .await;
     match written {
-        Ok(_) => {
-            tracing::info!(mesh, serial = a.serial_hex(), not_after = %a.not_after(), "issued the mesh intermediate");
+        Ok(()) => {
+            let a = chain.authority();
+            tracing::info!(mesh, secret = %id(), serial = a.serial_hex(), not_after = %a.not_after(), "issued the mesh intermediate");
             Ok(Ensured {
                 chain,
                 issued: true,
@@ -210,9 +304,9 @@ pub async fn ensure(
         }
         // Someone else wrote it first (another leader term, or a restart):
         // use theirs rather than issuing a second one.
-        Err(kube::Error::Api(s)) if s.code == 409 => {
+        Err(IntermediateError::Conflict) => {
             let secret = api.get(&name).await.map_err(api_err)?;
-            let chain = parse_secret(&secret, bundle, now)
+            let chain = parse_layout(&secret, layout, bundle, now)
                 .map_err(|error| IntermediateError::Corrupt { secret: id(), error })?;
             Ok(Ensured {
                 chain,
@@ -220,7 +314,51 @@ pub async fn ensure(
                 warning: None,
             })
         }
-        Err(e) => Err(api_err(e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates (no resourceVersion) or replaces (with the one read) the Secret.
+async fn write(
+    api: &Api<Secret>,
+    name: &str,
+    mesh: &str,
+    layout: Layout,
+    chain: &SigningChain,
+    root: Option<&Authority>,
+    resource_version: Option<String>,
+) -> Result<(), IntermediateError> {
+    let mut labels = managed_labels();
+    labels.insert(MESH_LABEL.into(), mesh.into());
+    let root_pem = root.map(|r| r.certificate_pem().to_string()).unwrap_or_default();
+    let creating = resource_version.is_none();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels),
+            resource_version,
+            ..Default::default()
+        },
+        type_: Some(match layout {
+            Layout::KubernetesTls => "kubernetes.io/tls".into(),
+            Layout::IstioCacerts => "Opaque".into(),
+        }),
+        data: Some(layout.encode(chain, &root_pem)),
+        ..Default::default()
+    };
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let result = if creating {
+        api.create(&params, &secret).await.map(|_| ())
+    } else {
+        api.replace(name, &params, &secret).await.map(|_| ())
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(IntermediateError::Conflict),
+        Err(e) => Err(IntermediateError::Api(error_summary(&e))),
     }
 }
 
