@@ -29,9 +29,7 @@ pub enum ClientError {
 /// host part of `addr`, as pilot-agent does.
 pub async fn connect(addr: &str, root_pem: &[u8]) -> Result<IstioCertificateServiceClient<Channel>, ClientError> {
     let host = host_of(addr).ok_or_else(|| ClientError::Address(addr.to_string()))?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(root_pem))
-        .domain_name(host);
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root_pem)).domain_name(host);
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|_| ClientError::Address(addr.to_string()))?
         .tls_config(tls)?;
@@ -59,9 +57,7 @@ pub fn request(
             .map_err(|_| ClientError::Response("the token is not printable ASCII".into()))?;
         req.metadata_mut().insert("authorization", value);
     }
-    let cluster = cluster_id
-        .parse()
-        .map_err(|_| ClientError::Address(cluster_id.to_string()))?;
+    let cluster = cluster_id.parse().map_err(|_| ClientError::Address(cluster_id.to_string()))?;
     req.metadata_mut().insert("clusterid", cluster);
     Ok(req)
 }
@@ -90,10 +86,7 @@ pub fn verify_response(
     let bad = |m: String| ClientError::Response(m);
     let chain = &response.cert_chain;
     if chain.len() < 2 {
-        return Err(bad(format!(
-            "cert_chain has {} element(s); at least 2 are required",
-            chain.len()
-        )));
+        return Err(bad(format!("cert_chain has {} element(s); at least 2 are required", chain.len())));
     }
     let mut single = Vec::with_capacity(chain.len() - 1);
     for (i, element) in chain[..chain.len() - 1].iter().enumerate() {
@@ -103,10 +96,7 @@ pub fn verify_response(
         let mut certs =
             pem::decode_certificates(element.as_bytes(), 1 << 20).map_err(|e| bad(format!("element {i}: {e}")))?;
         if certs.len() != 1 {
-            return Err(bad(format!(
-                "element {i} holds {} certificates; exactly one is required",
-                certs.len()
-            )));
+            return Err(bad(format!("element {i} holds {} certificates; exactly one is required", certs.len())));
         }
         single.push(certs.remove(0));
     }
@@ -114,9 +104,7 @@ pub fn verify_response(
         TrustBundle::from_pem(chain[chain.len() - 1].as_bytes()).map_err(|e| bad(format!("root bundle: {e}")))?;
     let leaf = single.remove(0);
     let now = OffsetDateTime::now_utc();
-    trusted
-        .verify(&leaf, &single, now)
-        .map_err(|e| bad(format!("leaf does not chain to the trusted root: {e}")))?;
+    trusted.verify(&leaf, &single, now).map_err(|e| bad(format!("leaf does not chain to the trusted root: {e}")))?;
     let parsed = parse_certificate(&leaf).map_err(|e| bad(e.to_string()))?;
     let mut uris: Vec<String> = parsed
         .subject_alternative_name()
@@ -134,19 +122,11 @@ pub fn verify_response(
         })
         .unwrap_or_default();
     if uris.len() != 1 || uris[0] != identity {
-        return Err(bad(format!(
-            "leaf URI SANs are {uris:?}; expected exactly [{identity:?}]"
-        )));
+        return Err(bad(format!("leaf URI SANs are {uris:?}; expected exactly [{identity:?}]")));
     }
     let not_after = parsed.validity().not_after.to_datetime();
     drop(parsed);
-    Ok(VerifiedResponse {
-        intermediates: single,
-        bundle,
-        not_after,
-        uri_san: uris.remove(0),
-        leaf,
-    })
+    Ok(VerifiedResponse { intermediates: single, bundle, not_after, uri_san: uris.remove(0), leaf })
 }
 
 #[cfg(test)]

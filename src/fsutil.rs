@@ -26,13 +26,8 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32, existing: Existing) -
             format!("{} already exists; refusing to overwrite it", path.display()),
         ));
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tmp: PathBuf = dir.join(format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id()));

@@ -11,11 +11,7 @@ use std::process::ExitCode;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
-#[command(
-    name = "meshroot",
-    version,
-    about = "One certificate authority for every Istio mesh and cert-manager"
-)]
+#[command(name = "meshroot", version, about = "One certificate authority for every Istio mesh and cert-manager")]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "text", env = "MESHROOT_LOG_FORMAT")]
@@ -202,9 +198,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Pki {
-            command: PkiCommand::Init(a),
-        } => {
+        Command::Pki { command: PkiCommand::Init(a) } => {
             let outcome = cmd::pki_init::run(&cmd::pki_init::PkiInitOptions {
                 out: a.out,
                 root_cert: a.root_cert,

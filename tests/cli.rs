@@ -35,15 +35,7 @@ fn start_dev_logging(cwd: &Path, log: Option<&Path>) -> Dev {
         None => Stdio::null(),
     };
     let mut child = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--log-format", "json", "dev", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .current_dir(cwd)
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -84,33 +76,18 @@ fn openssl_verify(root: &Path, untrusted: &Path, cert: &Path) {
         .arg(cert)
         .output()
         .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl verify: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
 fn request_against_dev_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let dev = start_dev(dir.path());
-    assert!(
-        dev.banner.iter().any(|l| l.starts_with("created root CA")),
-        "{:?}",
-        dev.banner
-    );
-    let out = Command::new(BIN)
-        .args(request_args(&dev))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    assert!(dev.banner.iter().any(|l| l.starts_with("created root CA")), "{:?}", dev.banner);
+    let out = Command::new(BIN).args(request_args(&dev)).current_dir(dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        stdout.contains("SAN:     spiffe://cluster.local/ns/default/sa/default"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("SAN:     spiffe://cluster.local/ns/default/sa/default"), "{stdout}");
     assert!(stdout.contains("(in 23h 59m)"), "{stdout}");
     let w = dir.path().join("workload");
     assert_eq!(mode(&w.join("key.pem")), 0o600);
@@ -119,11 +96,7 @@ fn request_against_dev_end_to_end() {
     assert_eq!(mode(&dir.path().join(".meshroot/serving/tls.key")), 0o600);
     assert_eq!(mode(&dir.path().join(".meshroot/tokens")), 0o600);
     // An independent verifier agrees with the chain.
-    openssl_verify(
-        &dir.path().join(".meshroot/root-cert.pem"),
-        &w.join("cert-chain.pem"),
-        &w.join("cert-chain.pem"),
-    );
+    openssl_verify(&dir.path().join(".meshroot/root-cert.pem"), &w.join("cert-chain.pem"), &w.join("cert-chain.pem"));
 
     // The key written matches the certificate.
     let key = meshroot::pki::PrivateKey::from_pem(&std::fs::read(w.join("key.pem")).unwrap()).unwrap();
@@ -140,25 +113,15 @@ fn request_against_dev_end_to_end() {
     let out = Command::new(BIN).args(&args).current_dir(dir.path()).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("Unauthenticated") && stderr.contains("not authorized"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("Unauthenticated") && stderr.contains("not authorized"), "{stderr}");
     drop(dev);
 
     // A restart reuses the same root and creates nothing.
     let root_before = std::fs::read(dir.path().join(".meshroot/root/ca.crt")).unwrap();
     let dev = start_dev(dir.path());
     assert!(!dev.banner.iter().any(|l| l.starts_with("created")), "{:?}", dev.banner);
-    assert_eq!(
-        std::fs::read(dir.path().join(".meshroot/root/ca.crt")).unwrap(),
-        root_before
-    );
-    let out = Command::new(BIN)
-        .args(request_args(&dev))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    assert_eq!(std::fs::read(dir.path().join(".meshroot/root/ca.crt")).unwrap(), root_before);
+    let out = Command::new(BIN).args(request_args(&dev)).current_dir(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -167,11 +130,7 @@ fn one_audit_line_per_request_and_no_secret_in_any_log() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("dev.log");
     let dev = start_dev_logging(dir.path(), Some(&log));
-    let ok = Command::new(BIN)
-        .args(request_args(&dev))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let ok = Command::new(BIN).args(request_args(&dev)).current_dir(dir.path()).output().unwrap();
     assert!(ok.status.success());
     let mut args = request_args(&dev);
     let i = args.iter().position(|a| a == "--token-file").unwrap();
@@ -201,11 +160,7 @@ fn one_audit_line_per_request_and_no_secret_in_any_log() {
     let token = std::fs::read_to_string(dir.path().join(".meshroot/default.token")).unwrap();
     assert!(!text.contains(token.trim()) && !text.contains("not-a-valid-token-4242"));
     assert!(!text.contains("PRIVATE KEY"));
-    for key in [
-        ".meshroot/root/ca.key",
-        ".meshroot/meshes/default/ca-key.pem",
-        "workload/key.pem",
-    ] {
+    for key in [".meshroot/root/ca.key", ".meshroot/meshes/default/ca-key.pem", "workload/key.pem"] {
         let pem = std::fs::read_to_string(dir.path().join(key)).unwrap();
         let body = pem.lines().nth(1).unwrap();
         assert!(!text.contains(body), "{key} leaked into the logs");
@@ -225,10 +180,7 @@ fn dev_refuses_partial_state_instead_of_replacing_it() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("incomplete state") && stderr.contains("ca.key"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("incomplete state") && stderr.contains("ca.key"), "{stderr}");
     assert!(!key.exists(), "a new root key must not have been generated");
 }
 
@@ -243,22 +195,12 @@ fn pki_init(out: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 fn check_cacerts(dir: &Path) {
-    for f in [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "cert-chain.pem",
-        "root-cert.pem",
-        "cacerts-secret.yaml",
-    ] {
+    for f in ["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem", "cacerts-secret.yaml"] {
         assert!(dir.join(f).exists(), "{f}");
     }
     assert_eq!(mode(&dir.join("ca-key.pem")), 0o600);
     assert_eq!(mode(&dir.join("cacerts-secret.yaml")), 0o600);
-    openssl_verify(
-        &dir.join("root-cert.pem"),
-        &dir.join("ca-cert.pem"),
-        &dir.join("ca-cert.pem"),
-    );
+    openssl_verify(&dir.join("root-cert.pem"), &dir.join("ca-cert.pem"), &dir.join("ca-cert.pem"));
     // istiod's plug-in CA: the key loads, matches, and chains; ca-cert is a CA.
     let int = meshroot::pki::Authority::from_pem(
         &std::fs::read(dir.join("ca-cert.pem")).unwrap(),
@@ -306,23 +248,12 @@ fn pki_init_imports_an_openssl_rsa4096_root_in_either_encoding() {
         let cert = fixtures.join("rsa4096-root-cert.pem");
         let out = pki_init(
             &out_dir,
-            &[
-                "--root-cert",
-                cert.to_str().unwrap(),
-                "--root-key",
-                fixtures.join(key).to_str().unwrap(),
-            ],
+            &["--root-cert", cert.to_str().unwrap(), "--root-key", fixtures.join(key).to_str().unwrap()],
         );
         assert!(out.status.success(), "{key}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("imported root"), "{key}");
-        assert!(
-            !out_dir.join("root-key.pem").exists(),
-            "an imported root key is not copied"
-        );
-        assert_eq!(
-            std::fs::read(out_dir.join("root-cert.pem")).unwrap(),
-            std::fs::read(&cert).unwrap()
-        );
+        assert!(!out_dir.join("root-key.pem").exists(), "an imported root key is not copied");
+        assert_eq!(std::fs::read(out_dir.join("root-cert.pem")).unwrap(), std::fs::read(&cert).unwrap());
         check_cacerts(&out_dir.join("default"));
     }
     // A key that does not match the certificate is refused.

@@ -19,10 +19,8 @@ fn crds_directory_matches_the_rust_types() {
         assert!(have == want, "crds/{file} is stale: run `cargo run -- crds --out crds`");
         expected.push(file);
     }
-    let mut present: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut present: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     present.sort();
     expected.sort();
     assert_eq!(present, expected, "crds/ holds files no type generates");

@@ -33,11 +33,7 @@ async fn crud_with_resource_versions_conflicts_and_status_bodies() {
     let rv1 = created.metadata.resource_version.clone().unwrap();
     assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
     assert_eq!(
-        api_err(
-            cms.create(&PostParams::default(), &cm("a", json!({})))
-                .await
-                .unwrap_err()
-        ),
+        api_err(cms.create(&PostParams::default(), &cm("a", json!({}))).await.unwrap_err()),
         (409, "AlreadyExists".into())
     );
     assert_eq!(api_err(cms.get("missing").await.unwrap_err()), (404, "NotFound".into()));
@@ -47,10 +43,7 @@ async fn crud_with_resource_versions_conflicts_and_status_bodies() {
     next.data = Some([("k".to_string(), "v2".to_string())].into());
     let updated = cms.replace("a", &PostParams::default(), &next).await.unwrap();
     assert_ne!(updated.metadata.resource_version.as_deref(), Some(rv1.as_str()));
-    assert_eq!(
-        api_err(cms.replace("a", &PostParams::default(), &next).await.unwrap_err()),
-        (409, "Conflict".into())
-    );
+    assert_eq!(api_err(cms.replace("a", &PostParams::default(), &next).await.unwrap_err()), (409, "Conflict".into()));
 
     // A write that changes nothing does not bump the resourceVersion.
     let same = cms.replace("a", &PostParams::default(), &updated).await.unwrap();
@@ -58,16 +51,7 @@ async fn crud_with_resource_versions_conflicts_and_status_bodies() {
 
     // Namespaced objects need their namespace.
     let other: Api<ConfigMap> = Api::namespaced(fake.client(), "nope");
-    assert_eq!(
-        api_err(
-            other
-                .create(&PostParams::default(), &cm("a", json!({})))
-                .await
-                .unwrap_err()
-        )
-        .0,
-        404
-    );
+    assert_eq!(api_err(other.create(&PostParams::default(), &cm("a", json!({}))).await.unwrap_err()).0, 404);
 
     // generateName.
     let generated: ConfigMap = serde_json::from_value(json!({"metadata": {"generateName": "x-"}})).unwrap();
@@ -96,28 +80,13 @@ async fn patches_apply_and_secret_string_data() {
         .await
         .unwrap();
     assert_eq!(applied.data.unwrap()["x"], "1");
-    let merged = cms
-        .patch("b", &PatchParams::default(), &Patch::Merge(json!({"data": {"y": "2"}})))
-        .await
-        .unwrap();
+    let merged = cms.patch("b", &PatchParams::default(), &Patch::Merge(json!({"data": {"y": "2"}}))).await.unwrap();
     assert_eq!(merged.data.as_ref().unwrap().len(), 2);
-    let removed = cms
-        .patch(
-            "b",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"x": null}})),
-        )
-        .await
-        .unwrap();
+    let removed = cms.patch("b", &PatchParams::default(), &Patch::Merge(json!({"data": {"x": null}}))).await.unwrap();
     assert_eq!(removed.data.unwrap().keys().collect::<Vec<_>>(), vec!["y"]);
     // Apply without a field manager is refused, as by the real server.
     assert_eq!(
-        api_err(
-            cms.patch("b", &PatchParams::default(), &Patch::Apply(json!({"data": {}})))
-                .await
-                .unwrap_err()
-        )
-        .0,
+        api_err(cms.patch("b", &PatchParams::default(), &Patch::Apply(json!({"data": {}}))).await.unwrap_err()).0,
         400
     );
     // A merge patch carrying a stale resourceVersion is a conflict.
@@ -159,10 +128,7 @@ async fn status_subresource_is_isolated_and_generation_tracks_spec() {
         .await
         .unwrap();
     assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"));
-    assert!(
-        p.spec.unwrap().node_name.is_none(),
-        "a status write does not touch spec"
-    );
+    assert!(p.spec.unwrap().node_name.is_none(), "a status write does not touch spec");
     assert_eq!(p.metadata.generation, Some(1));
     let p = pods
         .patch(
@@ -172,11 +138,7 @@ async fn status_subresource_is_isolated_and_generation_tracks_spec() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        p.status.unwrap().phase.as_deref(),
-        Some("Running"),
-        "a main write does not touch status"
-    );
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"), "a main write does not touch status");
     assert_eq!(p.metadata.generation, Some(2));
 }
 
@@ -191,13 +153,7 @@ async fn finalizers_hold_deletion_until_removed() {
     cms.delete("f", &DeleteParams::default()).await.unwrap();
     let held = cms.get("f").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
-    cms.patch(
-        "f",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    cms.patch("f", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
     assert_eq!(api_err(cms.get("f").await.unwrap_err()).0, 404);
 }
 
@@ -209,46 +165,17 @@ async fn label_and_field_selectors_filter_lists() {
     fake.namespace("c", json!({}));
     let nss: Api<Namespace> = Api::all(fake.client());
     let names = |l: Vec<Namespace>| l.into_iter().map(|n| n.metadata.name.unwrap()).collect::<Vec<_>>();
-    assert_eq!(
-        names(nss.list(&ListParams::default().labels("mesh=one")).await.unwrap().items),
-        vec!["a"]
-    );
-    assert_eq!(
-        names(nss.list(&ListParams::default().labels("mesh")).await.unwrap().items),
-        vec!["a", "b"]
-    );
-    assert_eq!(
-        names(nss.list(&ListParams::default().labels("!mesh")).await.unwrap().items),
-        vec!["c"]
-    );
-    assert_eq!(
-        names(
-            nss.list(&ListParams::default().fields("metadata.name!=a"))
-                .await
-                .unwrap()
-                .items
-        ),
-        vec!["b", "c"]
-    );
-    assert_eq!(
-        api_err(
-            nss.list(&ListParams::default().labels("mesh in one"))
-                .await
-                .unwrap_err()
-        )
-        .0,
-        400
-    );
+    assert_eq!(names(nss.list(&ListParams::default().labels("mesh=one")).await.unwrap().items), vec!["a"]);
+    assert_eq!(names(nss.list(&ListParams::default().labels("mesh")).await.unwrap().items), vec!["a", "b"]);
+    assert_eq!(names(nss.list(&ListParams::default().labels("!mesh")).await.unwrap().items), vec!["c"]);
+    assert_eq!(names(nss.list(&ListParams::default().fields("metadata.name!=a")).await.unwrap().items), vec!["b", "c"]);
+    assert_eq!(api_err(nss.list(&ListParams::default().labels("mesh in one")).await.unwrap_err()).0, 400);
 }
 
 async fn next_event(
     s: &mut futures::stream::BoxStream<'static, kube::Result<kube::api::WatchEvent<ConfigMap>>>,
 ) -> kube::api::WatchEvent<ConfigMap> {
-    tokio::time::timeout(Duration::from_secs(5), s.try_next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
+    tokio::time::timeout(Duration::from_secs(5), s.try_next()).await.unwrap().unwrap().unwrap()
 }
 
 #[tokio::test]
@@ -258,42 +185,24 @@ async fn watches_replay_stream_and_follow_selectors() {
     let cms: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
     let list = cms.list(&ListParams::default()).await.unwrap();
     let rv = list.metadata.resource_version.unwrap();
-    cms.create(&PostParams::default(), &cm("before", json!({"sel": "yes"})))
-        .await
-        .unwrap();
-    let mut stream = cms
-        .watch(&kube::api::WatchParams::default().labels("sel=yes"), &rv)
-        .await
-        .unwrap()
-        .boxed();
+    cms.create(&PostParams::default(), &cm("before", json!({"sel": "yes"}))).await.unwrap();
+    let mut stream = cms.watch(&kube::api::WatchParams::default().labels("sel=yes"), &rv).await.unwrap().boxed();
     use kube::api::WatchEvent::*;
     assert!(
         matches!(next_event(&mut stream).await, Added(c) if c.metadata.name.as_deref() == Some("before")),
         "replayed"
     );
-    cms.create(&PostParams::default(), &cm("live", json!({"sel": "yes"})))
-        .await
-        .unwrap();
+    cms.create(&PostParams::default(), &cm("live", json!({"sel": "yes"}))).await.unwrap();
     assert!(matches!(next_event(&mut stream).await, Added(c) if c.metadata.name.as_deref() == Some("live")));
-    cms.create(&PostParams::default(), &cm("ignored", json!({})))
+    cms.create(&PostParams::default(), &cm("ignored", json!({}))).await.unwrap();
+    // Leaving the selection is a deletion to this watcher; entering it, an addition.
+    cms.patch("live", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"sel": "no"}}})))
         .await
         .unwrap();
-    // Leaving the selection is a deletion to this watcher; entering it, an addition.
-    cms.patch(
-        "live",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"sel": "no"}}})),
-    )
-    .await
-    .unwrap();
     assert!(matches!(next_event(&mut stream).await, Deleted(c) if c.metadata.name.as_deref() == Some("live")));
-    cms.patch(
-        "ignored",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"sel": "yes"}}})),
-    )
-    .await
-    .unwrap();
+    cms.patch("ignored", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"sel": "yes"}}})))
+        .await
+        .unwrap();
     assert!(matches!(next_event(&mut stream).await, Added(c) if c.metadata.name.as_deref() == Some("ignored")));
 }
 
@@ -303,9 +212,7 @@ async fn kube_runtime_watcher_over_loopback_kubeconfig() {
     fake.namespace("ns1", json!({}));
     let served = fake.serve().await;
     let kubeconfig = kube::config::Kubeconfig::read_from(&served.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
     let client = kube::Client::try_from(config).unwrap();
     assert_eq!(client.apiserver_version().await.unwrap().minor, "33");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "ns1");
@@ -314,11 +221,7 @@ async fn kube_runtime_watcher_over_loopback_kubeconfig() {
     let mut seen = Vec::new();
     let mut created_two = false;
     while seen.len() < 2 {
-        let ev = tokio::time::timeout(Duration::from_secs(5), events.try_next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap().unwrap().unwrap();
         match ev {
             watcher::Event::InitApply(c) | watcher::Event::Apply(c) => seen.push(c.metadata.name.unwrap()),
             watcher::Event::InitDone if !created_two => {
@@ -345,10 +248,7 @@ async fn custom_resources_from_crd_files_are_served() {
     }))
     .unwrap();
     let created = crs.create(&PostParams::default(), &cr).await.unwrap();
-    assert!(
-        created.data.get("status").is_none(),
-        "CertificateRequest has a status subresource"
-    );
+    assert!(created.data.get("status").is_none(), "CertificateRequest has a status subresource");
     let s = crs
         .patch_status(
             "cr1",
@@ -363,13 +263,7 @@ async fn custom_resources_from_crd_files_are_served() {
 #[tokio::test]
 async fn token_reviews_and_outages() {
     let fake = FakeApi::new();
-    fake.add_service_account_token(
-        "tok",
-        "bookinfo",
-        "reviews",
-        Some(("reviews-1", "uid-1")),
-        &["istio-ca"],
-    );
+    fake.add_service_account_token("tok", "bookinfo", "reviews", Some(("reviews-1", "uid-1")), &["istio-ca"]);
     let client = fake.client();
     let review = |token: &str, aud: &[&str]| {
         let r: k8s_openapi::api::authentication::v1::TokenReview = serde_json::from_value(json!({
@@ -387,23 +281,9 @@ async fn token_reviews_and_outages() {
     assert_eq!(ok.authenticated, Some(true));
     let user = ok.user.unwrap();
     assert_eq!(user.username.as_deref(), Some("system:serviceaccount:bookinfo:reviews"));
-    assert_eq!(
-        user.extra.unwrap()["authentication.kubernetes.io/pod-name"],
-        vec!["reviews-1".to_string()]
-    );
-    assert_eq!(
-        review("tok", &["other"]).await.unwrap().status.unwrap().authenticated,
-        Some(false)
-    );
-    assert_eq!(
-        review("bad", &["istio-ca"])
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .authenticated,
-        Some(false)
-    );
+    assert_eq!(user.extra.unwrap()["authentication.kubernetes.io/pod-name"], vec!["reviews-1".to_string()]);
+    assert_eq!(review("tok", &["other"]).await.unwrap().status.unwrap().authenticated, Some(false));
+    assert_eq!(review("bad", &["istio-ca"]).await.unwrap().status.unwrap().authenticated, Some(false));
     assert_eq!(fake.token_reviews(), 3);
     fake.set_outage(true);
     assert_eq!(api_err(review("tok", &["istio-ca"]).await.unwrap_err()).0, 503);

@@ -14,10 +14,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 fn leaf_validity(resp: &meshroot::pb::IstioCertificateResponse) -> (i64, i64) {
     let der = meshroot::pki::pem::decode_certificates(resp.cert_chain[0].as_bytes(), 1 << 16).unwrap();
     let (_, cert) = X509Certificate::from_der(&der[0]).unwrap();
-    (
-        cert.validity().not_before.timestamp(),
-        cert.validity().not_after.timestamp(),
-    )
+    (cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp())
 }
 
 fn ok_headers() -> Vec<(&'static str, String)> {
@@ -36,18 +33,13 @@ async fn every_csr_kind_real_clients_send_is_signed() {
         ("pilot-agent RSA-2048, O= subject", fixture("csr-rsa2048-sha256.pem")),
         ("RSA-PSS", fixture("csr-rsa2048-pss.pem")),
         ("ztunnel P-256, empty subject", fixture("csr-p256-empty-subject.pem")),
-        (
-            "older ztunnel, non-critical SAN",
-            fixture("csr-p256-noncritical-san.pem"),
-        ),
+        ("older ztunnel, non-critical SAN", fixture("csr-p256-noncritical-san.pem")),
         ("P-384", fixture("csr-p384.pem")),
         ("Ed25519", fixture("csr-ed25519.pem")),
     ];
     for (name, csr) in cases {
         let meta = metadata(&[("CertSigner", Kind::StringValue(String::new()))]);
-        let resp = call(&ca, request(&csr, 0, meta, &hdrs(&h)))
-            .await
-            .unwrap_or_else(|s| panic!("{name}: {s:?}"));
+        let resp = call(&ca, request(&csr, 0, meta, &hdrs(&h))).await.unwrap_or_else(|s| panic!("{name}: {s:?}"));
         let v = verify_response(&resp, &ca.bundle(), DEFAULT_ID).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(resp.cert_chain.len(), 3, "{name}: [leaf, intermediate, bundle]");
         assert_eq!(v.intermediates.len(), 1);
@@ -73,15 +65,8 @@ async fn ttl_defaults_clamps_and_follows_requests() {
         let resp = call(&ca, request(&csr, requested, None, &hdrs(&h))).await.unwrap();
         let after = OffsetDateTime::now_utc().unix_timestamp();
         let (nb, na) = leaf_validity(&resp);
-        assert!(
-            na - expected >= before && na - expected <= after,
-            "ttl {requested}: lifetime {}",
-            na - nb - 120
-        );
-        assert!(
-            nb + 120 >= before && nb + 120 <= after,
-            "NotBefore is back-dated two minutes"
-        );
+        assert!(na - expected >= before && na - expected <= after, "ttl {requested}: lifetime {}", na - nb - 120);
+        assert!(nb + 120 >= before && nb + 120 <= after, "NotBefore is back-dated two minutes");
     }
 }
 
@@ -90,19 +75,12 @@ async fn cluster_id_may_be_absent_empty_or_the_local_one() {
     let ca = start_ca().await;
     let (_, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
     let t = bearer(DEV_TOKEN);
-    for headers in [
-        vec![("authorization", t.as_str())],
-        vec![("authorization", t.as_str()), ("clusterid", "")],
-    ] {
+    for headers in [vec![("authorization", t.as_str())], vec![("authorization", t.as_str()), ("clusterid", "")]] {
         call(&ca, request(&csr, 0, None, &headers)).await.unwrap();
     }
     for bad in [
         vec![("authorization", t.as_str()), ("clusterid", "remote-1")],
-        vec![
-            ("authorization", t.as_str()),
-            ("clusterid", "Kubernetes"),
-            ("clusterid", "Kubernetes"),
-        ],
+        vec![("authorization", t.as_str()), ("clusterid", "Kubernetes"), ("clusterid", "Kubernetes")],
     ] {
         let s = call(&ca, request(&csr, 0, None, &bad)).await.unwrap_err();
         assert_eq!(s.code(), Code::Unauthenticated, "{bad:?}: {s:?}");
@@ -114,27 +92,18 @@ async fn authentication_failures_are_unauthenticated_and_never_echo_the_token() 
     let ca = start_ca().await;
     let (_, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
     let wrong = bearer("wrong-token-value-123");
-    let two = [
-        ("authorization", bearer(DEV_TOKEN)),
-        ("authorization", bearer(DEV_TOKEN)),
-    ];
+    let two = [("authorization", bearer(DEV_TOKEN)), ("authorization", bearer(DEV_TOKEN))];
     let cases: Vec<(&str, Vec<(&'static str, &str)>)> = vec![
         ("no token", vec![]),
         ("unknown token", vec![("authorization", wrong.as_str())]),
         ("Basic scheme", vec![("authorization", "Basic dXNlcjpwYXNz")]),
         ("empty bearer", vec![("authorization", "Bearer ")]),
-        (
-            "two authorization headers",
-            two.iter().map(|(k, v)| (*k, v.as_str())).collect(),
-        ),
+        ("two authorization headers", two.iter().map(|(k, v)| (*k, v.as_str())).collect()),
     ];
     for (name, headers) in cases {
         let s = call(&ca, request(&csr, 0, None, &headers)).await.unwrap_err();
         assert_eq!(s.code(), Code::Unauthenticated, "{name}: {s:?}");
-        assert!(
-            !s.message().contains("wrong-token-value-123") && !s.message().contains(DEV_TOKEN),
-            "{name}"
-        );
+        assert!(!s.message().contains("wrong-token-value-123") && !s.message().contains(DEV_TOKEN), "{name}");
     }
     // Authentication comes first: an unauthenticated caller learns nothing about its CSR.
     let s = call(&ca, request("garbage", 0, None, &[])).await.unwrap_err();
@@ -145,14 +114,10 @@ fn csr_with_names(uris: &[&str], dns: &[&str]) -> String {
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let mut params = rcgen::CertificateParams::default();
     for u in uris {
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        params.subject_alt_names.push(rcgen::SanType::URI((*u).try_into().unwrap()));
     }
     for d in dns {
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::DnsName((*d).try_into().unwrap()));
+        params.subject_alt_names.push(rcgen::SanType::DnsName((*d).try_into().unwrap()));
     }
     let pair = rcgen::KeyPair::from_pem(&key.to_pem()).unwrap();
     params.serialize_request(&pair).unwrap().pem().unwrap()
@@ -165,14 +130,8 @@ async fn the_csr_must_ask_for_exactly_the_callers_identity() {
     let other = "spiffe://cluster.local/ns/other/sa/sa1";
     let cases = [
         ("another identity", csr_with_names(&[other], &[])),
-        (
-            "another trust domain",
-            csr_with_names(&["spiffe://evil.example/ns/default/sa/default"], &[]),
-        ),
-        (
-            "identity plus a DNS name",
-            csr_with_names(&[DEFAULT_ID], &["evil.example"]),
-        ),
+        ("another trust domain", csr_with_names(&["spiffe://evil.example/ns/default/sa/default"], &[])),
+        ("identity plus a DNS name", csr_with_names(&[DEFAULT_ID], &["evil.example"])),
         ("two URIs", csr_with_names(&[DEFAULT_ID, other], &[])),
         ("no SAN", csr_with_names(&[], &[])),
         ("a CA request with extra SANs", fixture("csr-p256-wants-ca.pem")),
@@ -184,9 +143,7 @@ async fn the_csr_must_ask_for_exactly_the_callers_identity() {
     }
     // The other caller gets its own identity.
     let (_, csr) = csr_for(other, KeyAlgorithm::EcdsaP256);
-    let resp = call(&ca, request(&csr, 0, None, &[("authorization", &bearer(OTHER_TOKEN))]))
-        .await
-        .unwrap();
+    let resp = call(&ca, request(&csr, 0, None, &[("authorization", &bearer(OTHER_TOKEN))])).await.unwrap();
     verify_response(&resp, &ca.bundle(), other).unwrap();
 }
 
@@ -213,11 +170,7 @@ async fn malformed_csrs_are_invalid_argument_with_a_clear_message() {
     for (name, csr, mention) in cases {
         let s = call(&ca, request(&csr, 0, None, &hdrs(&h))).await.unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument, "{name}: {s:?}");
-        assert!(
-            s.message().starts_with("invalid CSR: ") && s.message().contains(mention),
-            "{name}: {}",
-            s.message()
-        );
+        assert!(s.message().starts_with("invalid CSR: ") && s.message().contains(mention), "{name}: {}", s.message());
     }
     // A message over the transport limit is refused without reaching the handler.
     let huge = "A".repeat(200 * 1024);
@@ -230,10 +183,7 @@ async fn malformed_csrs_are_invalid_argument_with_a_clear_message() {
 #[tokio::test]
 async fn trusted_node_accounts_may_impersonate_within_the_trust_domain() {
     let ca = start_ca().await;
-    let zt = [
-        ("authorization", bearer(ZTUNNEL_TOKEN)),
-        ("clusterid", "Kubernetes".into()),
-    ];
+    let zt = [("authorization", bearer(ZTUNNEL_TOKEN)), ("clusterid", "Kubernetes".into())];
     let (_, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
     let imp = |id: &str| metadata(&[("ImpersonatedIdentity", Kind::StringValue(id.into()))]);
     let resp = call(&ca, request(&csr, 0, imp(DEFAULT_ID), &hdrs(&zt))).await.unwrap();
@@ -258,18 +208,8 @@ async fn trusted_node_accounts_may_impersonate_within_the_trust_domain() {
             imp("spiffe://other.td/ns/default/sa/default"),
             Code::Unauthenticated,
         ),
-        (
-            "not an Istio identity",
-            csr.clone(),
-            imp("spiffe://cluster.local/foo"),
-            Code::Unauthenticated,
-        ),
-        (
-            "not a SPIFFE ID",
-            csr.clone(),
-            imp("https://cluster.local/ns/a/sa/b"),
-            Code::Unauthenticated,
-        ),
+        ("not an Istio identity", csr.clone(), imp("spiffe://cluster.local/foo"), Code::Unauthenticated),
+        ("not a SPIFFE ID", csr.clone(), imp("https://cluster.local/ns/a/sa/b"), Code::Unauthenticated),
         (
             "non-string metadata",
             csr.clone(),
@@ -282,9 +222,7 @@ async fn trusted_node_accounts_may_impersonate_within_the_trust_domain() {
         assert_eq!(s.code(), code, "{name}: {s:?}");
     }
     // A caller that is not a trusted node account may not impersonate at all.
-    let s = call(&ca, request(&csr, 0, imp(DEFAULT_ID), &hdrs(&ok_headers())))
-        .await
-        .unwrap_err();
+    let s = call(&ca, request(&csr, 0, imp(DEFAULT_ID), &hdrs(&ok_headers()))).await.unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
     assert!(s.message().contains("may not impersonate"), "{}", s.message());
 }
@@ -295,9 +233,7 @@ async fn metrics_count_requests_the_way_istiod_does() {
     let (_, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
     call(&ca, request(&csr, 0, None, &hdrs(&ok_headers()))).await.unwrap();
     call(&ca, request(&csr, 0, None, &[])).await.unwrap_err();
-    call(&ca, request("junk", 0, None, &hdrs(&ok_headers())))
-        .await
-        .unwrap_err();
+    call(&ca, request("junk", 0, None, &hdrs(&ok_headers()))).await.unwrap_err();
     let m = &ca.server.metrics;
     assert_eq!(m.csr_count.get(), 3);
     assert_eq!(m.success_cert_issuance_count.get(), 1);
@@ -306,20 +242,9 @@ async fn metrics_count_requests_the_way_istiod_does() {
     let url = format!("http://{}/metrics", ca.server.ops_addr);
     let text = http_get(&url).await;
     assert!(text.contains("citadel_server_csr_count 3"), "{text}");
-    assert!(
-        text.contains("citadel_server_csr_sign_err_count{error=\"CSR_ERROR\"} 1"),
-        "{text}"
-    );
-    assert!(
-        http_get(&format!("http://{}/readyz", ca.server.ops_addr))
-            .await
-            .contains("ready")
-    );
-    assert!(
-        http_get(&format!("http://{}/healthz", ca.server.ops_addr))
-            .await
-            .contains("ok")
-    );
+    assert!(text.contains("citadel_server_csr_sign_err_count{error=\"CSR_ERROR\"} 1"), "{text}");
+    assert!(http_get(&format!("http://{}/readyz", ca.server.ops_addr)).await.contains("ready"));
+    assert!(http_get(&format!("http://{}/healthz", ca.server.ops_addr)).await.contains("ok"));
 }
 
 /// A minimal HTTP/1.1 GET, so the test needs no HTTP client crate.
@@ -328,9 +253,7 @@ async fn http_get(url: &str) -> String {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -340,9 +263,7 @@ async fn http_get(url: &str) -> String {
 async fn a_workload_renews_with_its_current_certificate_and_no_token() {
     let ca = start_ca().await;
     let (key, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
-    let first = call(&ca, request(&csr, 3600, None, &hdrs(&ok_headers())))
-        .await
-        .unwrap();
+    let first = call(&ca, request(&csr, 3600, None, &hdrs(&ok_headers()))).await.unwrap();
     let chain_pem = first.cert_chain[..first.cert_chain.len() - 1].concat();
     let mut renewing = client_with_identity(&ca, &chain_pem, &key.to_pem()).await.unwrap();
     let (_, new_csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
@@ -354,10 +275,7 @@ async fn a_workload_renews_with_its_current_certificate_and_no_token() {
     verify_response(&renewed, &ca.bundle(), DEFAULT_ID).unwrap();
     // The certificate authenticates only its own identity.
     let (_, other_csr) = csr_for("spiffe://cluster.local/ns/other/sa/sa1", KeyAlgorithm::EcdsaP256);
-    let s = renewing
-        .create_certificate(request(&other_csr, 0, None, &[]))
-        .await
-        .unwrap_err();
+    let s = renewing.create_certificate(request(&other_csr, 0, None, &[])).await.unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
 }
 
@@ -395,12 +313,7 @@ async fn client_certificates_from_elsewhere_are_refused() {
     // Refused either in the handshake (it lacks the clientAuth usage; tonic
     // reports that as Unknown or Unavailable) or by the authenticator.
     if let Some(result) = outcome {
-        let code = result
-            .expect_err("the serving certificate must not authenticate a workload")
-            .code();
-        assert!(
-            matches!(code, Code::Unauthenticated | Code::Unknown | Code::Unavailable),
-            "{code:?}"
-        );
+        let code = result.expect_err("the serving certificate must not authenticate a workload").code();
+        assert!(matches!(code, Code::Unauthenticated | Code::Unknown | Code::Unavailable), "{code:?}");
     }
 }

@@ -35,13 +35,7 @@ fn setup() -> Setup {
         lifetime: Duration::hours(1),
         renew_before: Duration::minutes(20),
     };
-    Setup {
-        fake,
-        api,
-        root,
-        bundle,
-        policy,
-    }
+    Setup { fake, api, root, bundle, policy }
 }
 
 fn now() -> OffsetDateTime {
@@ -51,125 +45,60 @@ fn now() -> OffsetDateTime {
 #[tokio::test]
 async fn issues_once_then_reuses_without_writing() {
     let s = setup();
-    let first = ensure(
-        &s.api,
-        &IntermediateSecret::external("default"),
-        &s.policy,
-        Some(&s.root),
-        &s.bundle,
-        now(),
-    )
-    .await
-    .unwrap();
+    let first = ensure(&s.api, &IntermediateSecret::external("default"), &s.policy, Some(&s.root), &s.bundle, now())
+        .await
+        .unwrap();
     assert!(first.issued);
     let secret = s.api.get(&secret_name("default")).await.unwrap();
     let labels = secret.metadata.labels.unwrap();
     assert_eq!(labels["meshroot.io/mesh"], "default");
     assert_eq!(secret.data.as_ref().unwrap()["ca.crt"].0, s.bundle.pem().as_bytes());
     s.fake.clear_requests();
-    let again = ensure(
-        &s.api,
-        &IntermediateSecret::external("default"),
-        &s.policy,
-        Some(&s.root),
-        &s.bundle,
-        now(),
-    )
-    .await
-    .unwrap();
+    let again = ensure(&s.api, &IntermediateSecret::external("default"), &s.policy, Some(&s.root), &s.bundle, now())
+        .await
+        .unwrap();
     assert!(!again.issued);
-    assert_eq!(
-        again.chain.authority().serial_hex(),
-        first.chain.authority().serial_hex()
-    );
+    assert_eq!(again.chain.authority().serial_hex(), first.chain.authority().serial_hex());
     assert!(s.fake.writes().is_empty(), "{:?}", s.fake.writes());
 }
 
 #[tokio::test]
 async fn renews_before_expiry_and_old_leaves_keep_verifying() {
     let s = setup();
-    let first = ensure(
-        &s.api,
-        &IntermediateSecret::external("default"),
-        &s.policy,
-        Some(&s.root),
-        &s.bundle,
-        now(),
-    )
-    .await
-    .unwrap();
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let old_leaf = first
-        .chain
-        .issue_workload(&key.spki_der(), ID, Duration::minutes(50), now())
+    let first = ensure(&s.api, &IntermediateSecret::external("default"), &s.policy, Some(&s.root), &s.bundle, now())
+        .await
         .unwrap();
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let old_leaf = first.chain.issue_workload(&key.spki_der(), ID, Duration::minutes(50), now()).unwrap();
     // Forty-one minutes on, less than twenty are left: renew.
     let later = now() + Duration::minutes(41);
-    let renewed = ensure(
-        &s.api,
-        &IntermediateSecret::external("default"),
-        &s.policy,
-        Some(&s.root),
-        &s.bundle,
-        later,
-    )
-    .await
-    .unwrap();
+    let renewed = ensure(&s.api, &IntermediateSecret::external("default"), &s.policy, Some(&s.root), &s.bundle, later)
+        .await
+        .unwrap();
     assert!(renewed.issued);
-    assert_ne!(
-        renewed.chain.authority().serial_hex(),
-        first.chain.authority().serial_hex()
-    );
+    assert_ne!(renewed.chain.authority().serial_hex(), first.chain.authority().serial_hex());
     // Overlap: the old leaf still verifies through the old intermediate
     // under the same bundle, and a new leaf through the new one.
-    s.bundle
-        .verify(&old_leaf.der, &[first.chain.authority().certificate().clone()], later)
-        .unwrap();
-    let new_leaf = renewed
-        .chain
-        .issue_workload(&key.spki_der(), ID, Duration::minutes(5), later)
-        .unwrap();
+    s.bundle.verify(&old_leaf.der, &[first.chain.authority().certificate().clone()], later).unwrap();
+    let new_leaf = renewed.chain.issue_workload(&key.spki_der(), ID, Duration::minutes(5), later).unwrap();
     s.bundle.verify(&new_leaf.der, &renewed.chain.ca_path(), later).unwrap();
 }
 
 #[tokio::test]
 async fn a_new_root_gets_a_new_intermediate_and_a_new_key_algorithm_too() {
     let s = setup();
-    ensure(
-        &s.api,
-        &IntermediateSecret::external("default"),
-        &s.policy,
-        Some(&s.root),
-        &s.bundle,
-        now(),
-    )
-    .await
-    .unwrap();
+    ensure(&s.api, &IntermediateSecret::external("default"), &s.policy, Some(&s.root), &s.bundle, now()).await.unwrap();
     let new_root = Authority::new_root(&CaSpec::root(Duration::days(3650)), now()).unwrap();
     let new_bundle = TrustBundle::new(vec![new_root.certificate().clone()]).unwrap();
-    let e = ensure(
-        &s.api,
-        &IntermediateSecret::external("default"),
-        &s.policy,
-        Some(&new_root),
-        &new_bundle,
-        now(),
-    )
-    .await
-    .unwrap();
+    let e = ensure(&s.api, &IntermediateSecret::external("default"), &s.policy, Some(&new_root), &new_bundle, now())
+        .await
+        .unwrap();
     assert!(e.issued);
     let mut p384 = s.policy;
     p384.key_algorithm = KeyAlgorithm::EcdsaP384;
-    let e = ensure(
-        &s.api,
-        &IntermediateSecret::external("default"),
-        &p384,
-        Some(&new_root),
-        &new_bundle,
-        now(),
-    )
-    .await
-    .unwrap();
+    let e = ensure(&s.api, &IntermediateSecret::external("default"), &p384, Some(&new_root), &new_bundle, now())
+        .await
+        .unwrap();
     assert!(e.issued);
     assert_eq!(e.chain.authority().key_kind().to_string(), "ecdsa-p384");
 }
@@ -206,27 +135,13 @@ async fn corrupt_and_foreign_secrets_are_never_overwritten() {
         json!({"metadata": {"name": secret_name("foreign")}, "stringData": {"tls.crt": "x"}}),
     );
     s.fake.clear_requests();
-    let e = ensure(
-        &s.api,
-        &IntermediateSecret::external("corrupt"),
-        &s.policy,
-        Some(&s.root),
-        &s.bundle,
-        now(),
-    )
-    .await
-    .unwrap_err();
+    let e = ensure(&s.api, &IntermediateSecret::external("corrupt"), &s.policy, Some(&s.root), &s.bundle, now())
+        .await
+        .unwrap_err();
     assert!(matches!(e, IntermediateError::Corrupt { .. }), "{e}");
-    let e = ensure(
-        &s.api,
-        &IntermediateSecret::external("foreign"),
-        &s.policy,
-        Some(&s.root),
-        &s.bundle,
-        now(),
-    )
-    .await
-    .unwrap_err();
+    let e = ensure(&s.api, &IntermediateSecret::external("foreign"), &s.policy, Some(&s.root), &s.bundle, now())
+        .await
+        .unwrap_err();
     assert!(matches!(e, IntermediateError::NotOwned(_)), "{e}");
     assert!(s.fake.writes().is_empty());
 }
@@ -234,22 +149,11 @@ async fn corrupt_and_foreign_secrets_are_never_overwritten() {
 #[tokio::test]
 async fn an_offline_root_uses_a_supplied_intermediate_and_never_writes() {
     let s = setup();
-    let missing = ensure(
-        &s.api,
-        &IntermediateSecret::external("default"),
-        &s.policy,
-        None,
-        &s.bundle,
-        now(),
-    )
-    .await
-    .unwrap_err();
+    let missing =
+        ensure(&s.api, &IntermediateSecret::external("default"), &s.policy, None, &s.bundle, now()).await.unwrap_err();
     assert!(matches!(missing, IntermediateError::OfflineRoot(_)), "{missing}");
     // The operator supplies one made offline (meshroot pki init), unlabelled.
-    let int = s
-        .root
-        .new_intermediate(&CaSpec::intermediate("default", Duration::hours(1)), now())
-        .unwrap();
+    let int = s.root.new_intermediate(&CaSpec::intermediate("default", Duration::hours(1)), now()).unwrap();
     s.fake.create(
         "v1",
         "secrets",
@@ -258,16 +162,8 @@ async fn an_offline_root_uses_a_supplied_intermediate_and_never_writes() {
                "stringData": {"tls.crt": int.certificate_pem(), "tls.key": int.key().to_pem().to_string()}}),
     );
     s.fake.clear_requests();
-    let used = ensure(
-        &s.api,
-        &IntermediateSecret::external("default"),
-        &s.policy,
-        None,
-        &s.bundle,
-        now(),
-    )
-    .await
-    .unwrap();
+    let used =
+        ensure(&s.api, &IntermediateSecret::external("default"), &s.policy, None, &s.bundle, now()).await.unwrap();
     assert!(!used.issued && used.warning.is_none());
     assert_eq!(used.chain.authority().serial_hex(), int.serial_hex());
     // Due for renewal: still used, with a warning, and still not written.
@@ -282,10 +178,7 @@ async fn an_offline_root_uses_a_supplied_intermediate_and_never_writes() {
     .await
     .unwrap();
     let warning = due.warning.expect("a warning that it cannot be renewed");
-    assert!(
-        warning.contains("should be replaced") && warning.contains("does not own"),
-        "{warning}"
-    );
+    assert!(warning.contains("should be replaced") && warning.contains("does not own"), "{warning}");
     assert!(s.fake.writes().is_empty());
 }
 
@@ -294,16 +187,8 @@ fn policies_parse_durations_and_refuse_nonsense() {
     let p = IntermediatePolicy::from_spec(&IntermediateSpec::default()).unwrap();
     assert_eq!(p.lifetime, Duration::hours(8760));
     assert_eq!(p.renew_before, Duration::hours(720));
-    let bad = |d: &str, r: &str| IntermediateSpec {
-        duration: d.into(),
-        renew_before: r.into(),
-        ..Default::default()
-    };
-    assert!(
-        IntermediatePolicy::from_spec(&bad("1h", "2h"))
-            .unwrap_err()
-            .contains("shorter")
-    );
+    let bad = |d: &str, r: &str| IntermediateSpec { duration: d.into(), renew_before: r.into(), ..Default::default() };
+    assert!(IntermediatePolicy::from_spec(&bad("1h", "2h")).unwrap_err().contains("shorter"));
     assert!(IntermediatePolicy::from_spec(&bad("soon", "1h")).is_err());
     assert!(IntermediatePolicy::from_spec(&bad("0s", "1h")).is_err());
 }
@@ -314,9 +199,7 @@ async fn plugin_ca_meshes_get_istio_cacerts_and_bundle_changes_are_written_throu
     s.fake.namespace("openshift-ingress", json!({}));
     let api: Api<Secret> = Api::namespaced(s.fake.client(), "openshift-ingress");
     let target = IntermediateSecret::cacerts("gateway");
-    let first = ensure(&api, &target, &s.policy, Some(&s.root), &s.bundle, now())
-        .await
-        .unwrap();
+    let first = ensure(&api, &target, &s.policy, Some(&s.root), &s.bundle, now()).await.unwrap();
     assert!(first.issued);
     let secret = api.get("cacerts").await.unwrap();
     let data = secret.data.unwrap();
@@ -324,11 +207,7 @@ async fn plugin_ca_meshes_get_istio_cacerts_and_bundle_changes_are_written_throu
     assert_eq!(text("ca-cert.pem"), first.chain.authority().certificate_pem());
     assert_eq!(
         text("cert-chain.pem"),
-        format!(
-            "{}{}",
-            first.chain.authority().certificate_pem(),
-            s.root.certificate_pem()
-        )
+        format!("{}{}", first.chain.authority().certificate_pem(), s.root.certificate_pem())
     );
     assert_eq!(text("root-cert.pem"), s.bundle.pem());
     // istiod loads it as its plug-in CA: key matches, CA certificate.
@@ -338,14 +217,9 @@ async fn plugin_ca_meshes_get_istio_cacerts_and_bundle_changes_are_written_throu
     // A second root joins the bundle (rotation): the same intermediate, new root-cert.pem.
     let next_root = Authority::new_root(&CaSpec::root(Duration::days(3650)), now()).unwrap();
     let rotated = TrustBundle::new(vec![s.root.certificate().clone(), next_root.certificate().clone()]).unwrap();
-    let second = ensure(&api, &target, &s.policy, Some(&s.root), &rotated, now())
-        .await
-        .unwrap();
+    let second = ensure(&api, &target, &s.policy, Some(&s.root), &rotated, now()).await.unwrap();
     assert!(!second.issued);
-    assert_eq!(
-        second.chain.authority().serial_hex(),
-        first.chain.authority().serial_hex()
-    );
+    assert_eq!(second.chain.authority().serial_hex(), first.chain.authority().serial_hex());
     let data = api.get("cacerts").await.unwrap().data.unwrap();
     assert_eq!(data["root-cert.pem"].0, rotated.pem().as_bytes());
 }
@@ -356,9 +230,7 @@ async fn a_cacerts_meshroot_does_not_own_is_reported_not_overwritten() {
     s.fake.namespace("istio-system", json!({}));
     // Someone's own plug-in CA from another root.
     let theirs = Authority::new_root(&CaSpec::root(Duration::days(30)), now()).unwrap();
-    let int = theirs
-        .new_intermediate(&CaSpec::intermediate("x", Duration::days(10)), now())
-        .unwrap();
+    let int = theirs.new_intermediate(&CaSpec::intermediate("x", Duration::days(10)), now()).unwrap();
     s.fake.create(
         "v1",
         "secrets",
@@ -368,16 +240,8 @@ async fn a_cacerts_meshroot_does_not_own_is_reported_not_overwritten() {
     );
     s.fake.clear_requests();
     let api: Api<Secret> = Api::namespaced(s.fake.client(), "istio-system");
-    let e = ensure(
-        &api,
-        &IntermediateSecret::cacerts("m"),
-        &s.policy,
-        Some(&s.root),
-        &s.bundle,
-        now(),
-    )
-    .await
-    .unwrap_err();
+    let e =
+        ensure(&api, &IntermediateSecret::cacerts("m"), &s.policy, Some(&s.root), &s.bundle, now()).await.unwrap_err();
     assert!(matches!(e, IntermediateError::NotOwned(_)), "{e}");
     assert!(s.fake.writes().is_empty());
 }

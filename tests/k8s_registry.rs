@@ -44,15 +44,7 @@ async fn world() -> World {
     let (bundle_tx, rx) = tokio::sync::watch::channel(Arc::new(bundle.clone()));
     let authorizer: Arc<dyn NodeAuthorizer> = Arc::new(TrustedAccountOnly);
     let task = registry::spawn(fake.client(), NS, registry.clone(), rx, authorizer, problems.clone());
-    World {
-        fake,
-        registry,
-        problems,
-        root,
-        bundle,
-        _bundle_tx: bundle_tx,
-        _task: task,
-    }
+    World { fake, registry, problems, root, bundle, _bundle_tx: bundle_tx, _task: task }
 }
 
 fn mesh(name: &str, selector: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
@@ -81,25 +73,16 @@ async fn issue(w: &World, name: &str, key_algorithm: KeyAlgorithm) -> String {
         lifetime: time::Duration::hours(2),
         renew_before: time::Duration::hours(1),
     };
-    let ensured = ensure(
-        &api,
-        &IntermediateSecret::external(name),
-        &policy,
-        Some(&w.root),
-        &w.bundle,
-        OffsetDateTime::now_utc(),
-    )
-    .await
-    .unwrap();
+    let ensured =
+        ensure(&api, &IntermediateSecret::external(name), &policy, Some(&w.root), &w.bundle, OffsetDateTime::now_utc())
+            .await
+            .unwrap();
     ensured.chain.authority().serial_hex().to_string()
 }
 
 fn serial_for(registry: &MeshRegistry, ns: &str) -> Option<String> {
     let mesh = registry.route(ns).ok()?;
-    mesh.signer
-        .as_ref()
-        .ok()
-        .map(|c| c.authority().serial_hex().to_string())
+    mesh.signer.as_ref().ok().map(|c| c.authority().serial_hex().to_string())
 }
 
 #[tokio::test]
@@ -112,20 +95,14 @@ async fn namespaces_route_to_the_mesh_that_selects_them() {
         mesh("default", json!({"matchLabels": {"mesh": "default"}}), json!({})),
     );
     // Before its intermediate exists, the mesh routes but cannot sign.
-    let why = eventually("the mesh to appear", || {
-        w.registry.route("bookinfo").ok().and_then(|m| m.signer.clone().err())
-    })
-    .await;
+    let why =
+        eventually("the mesh to appear", || w.registry.route("bookinfo").ok().and_then(|m| m.signer.clone().err()))
+            .await;
     assert!(why.contains("waiting for the intermediate"), "{why}");
     let serial = issue(&w, "default", KeyAlgorithm::EcdsaP256).await;
-    eventually("the intermediate", || {
-        (serial_for(&w.registry, "bookinfo") == Some(serial.clone())).then_some(())
-    })
-    .await;
-    assert!(matches!(
-        w.registry.route("openshift-ingress"),
-        Err(RouteError::NoMesh(_))
-    ));
+    eventually("the intermediate", || (serial_for(&w.registry, "bookinfo") == Some(serial.clone())).then_some(()))
+        .await;
+    assert!(matches!(w.registry.route("openshift-ingress"), Err(RouteError::NoMesh(_))));
 
     // A namespace labelled later joins within moments, and leaves when unlabelled.
     w.fake.namespace("reviews", json!({"mesh": "default"}));
@@ -138,10 +115,7 @@ async fn namespaces_route_to_the_mesh_that_selects_them() {
     )
     .await
     .unwrap();
-    eventually("the namespace to leave", || {
-        w.registry.route("reviews").is_err().then_some(())
-    })
-    .await;
+    eventually("the namespace to leave", || w.registry.route("reviews").is_err().then_some(())).await;
 }
 
 #[tokio::test]
@@ -154,17 +128,13 @@ async fn a_renewed_intermediate_is_used_without_a_restart() {
         mesh("default", json!({"matchLabels": {"mesh": "default"}}), json!({})),
     );
     let first = issue(&w, "default", KeyAlgorithm::EcdsaP256).await;
-    eventually("the first intermediate", || {
-        (serial_for(&w.registry, "bookinfo") == Some(first.clone())).then_some(())
-    })
-    .await;
+    eventually("the first intermediate", || (serial_for(&w.registry, "bookinfo") == Some(first.clone())).then_some(()))
+        .await;
     // The leader replaces it (here because the mesh now asks for P-384).
     let second = issue(&w, "default", KeyAlgorithm::EcdsaP384).await;
     assert_ne!(first, second);
-    let seen = eventually("the renewed intermediate", || {
-        serial_for(&w.registry, "bookinfo").filter(|s| *s != first)
-    })
-    .await;
+    let seen =
+        eventually("the renewed intermediate", || serial_for(&w.registry, "bookinfo").filter(|s| *s != first)).await;
     assert_eq!(seen, second);
 }
 
@@ -175,21 +145,13 @@ async fn invalid_meshes_are_reported_and_overlaps_refused() {
         "meshroot.io/v1alpha1",
         "meshes",
         "",
-        mesh(
-            "bad-ttl",
-            json!({"matchLabels": {"x": "y"}}),
-            json!({"workloadCertificates": {"defaultTTL": "soon"}}),
-        ),
+        mesh("bad-ttl", json!({"matchLabels": {"x": "y"}}), json!({"workloadCertificates": {"defaultTTL": "soon"}})),
     );
     w.fake.create(
         "meshroot.io/v1alpha1",
         "meshes",
         "",
-        mesh(
-            "bad-account",
-            json!({"matchLabels": {"x": "y"}}),
-            json!({"trustedNodeAccounts": ["ztunnel"]}),
-        ),
+        mesh("bad-account", json!({"matchLabels": {"x": "y"}}), json!({"trustedNodeAccounts": ["ztunnel"]})),
     );
     w.fake.create(
         "meshroot.io/v1alpha1",
@@ -201,35 +163,20 @@ async fn invalid_meshes_are_reported_and_overlaps_refused() {
         "meshroot.io/v1alpha1",
         "meshes",
         "",
-        mesh(
-            "b",
-            json!({"matchExpressions": [{"key": "mesh", "operator": "Exists"}]}),
-            json!({}),
-        ),
+        mesh("b", json!({"matchExpressions": [{"key": "mesh", "operator": "Exists"}]}), json!({})),
     );
     // PluginCA meshes are not routed: their istiod signs.
-    w.fake.create(
-        "meshroot.io/v1alpha1",
-        "meshes",
-        "",
-        mesh("gw", json!({}), json!({"mode": "PluginCA"})),
-    );
+    w.fake.create("meshroot.io/v1alpha1", "meshes", "", mesh("gw", json!({}), json!({"mode": "PluginCA"})));
     let problems = eventually("problems to be reported", || {
         let p = w.problems.lock().unwrap().clone();
         (p.contains_key("bad-ttl") && p.contains_key("bad-account")).then_some(p)
     })
     .await;
     assert!(problems["bad-ttl"].contains("defaultTTL"), "{problems:?}");
-    assert!(
-        problems["bad-account"].contains("NAMESPACE/SERVICEACCOUNT"),
-        "{problems:?}"
-    );
+    assert!(problems["bad-account"].contains("NAMESPACE/SERVICEACCOUNT"), "{problems:?}");
     assert!(!problems.contains_key("gw"));
     let err = eventually("the overlap", || {
-        w.registry
-            .route("bookinfo")
-            .err()
-            .filter(|e| matches!(e, RouteError::Ambiguous { .. }))
+        w.registry.route("bookinfo").err().filter(|e| matches!(e, RouteError::Ambiguous { .. }))
     })
     .await;
     assert!(err.to_string().contains("a, b"), "{err}");

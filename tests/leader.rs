@@ -45,13 +45,8 @@ async fn exactly_one_leader_and_a_fast_handover_on_release() {
     let started = std::time::Instant::now();
     leader.stop().await;
     eventually("the follower to take over", || *follower.is_leader.borrow()).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "released, so no need to wait for expiry"
-    );
-    let lease = fake
-        .get("coordination.k8s.io/v1", "leases", "meshroot", "meshroot-leader")
-        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1500), "released, so no need to wait for expiry");
+    let lease = fake.get("coordination.k8s.io/v1", "leases", "meshroot", "meshroot-leader").unwrap();
     assert!(lease["spec"]["leaseTransitions"].as_i64().unwrap() >= 1);
     follower.stop().await;
 }

@@ -30,8 +30,7 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn root_pem(fake: &FakeApi, ns: &str) -> Option<String> {
-    fake.get("v1", "configmaps", ns, CM)
-        .and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(String::from))
+    fake.get("v1", "configmaps", ns, CM).and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(String::from))
 }
 
 struct World {
@@ -61,12 +60,7 @@ fn world(bundle: &TrustBundle) -> World {
     let (bundle_tx, rx) = tokio::sync::watch::channel(Arc::new(bundle.clone()));
     let coverage = Coverage::default();
     let task = root_configmaps::spawn(fake.client(), rx, Duration::from_secs(3600), coverage.clone());
-    World {
-        fake,
-        bundle_tx,
-        coverage,
-        _task: task,
-    }
+    World { fake, bundle_tx, coverage, _task: task }
 }
 
 #[tokio::test]
@@ -74,9 +68,7 @@ async fn distributes_the_bundle_and_repairs_drift() {
     let b = bundle();
     let w = world(&b);
     eventually("ConfigMaps in every covered namespace", || {
-        ["istio-system", "ztunnel", "bookinfo"]
-            .iter()
-            .all(|ns| root_pem(&w.fake, ns).as_deref() == Some(b.pem()))
+        ["istio-system", "ztunnel", "bookinfo"].iter().all(|ns| root_pem(&w.fake, ns).as_deref() == Some(b.pem()))
     })
     .await;
     assert!(root_pem(&w.fake, "other").is_none());
@@ -92,22 +84,12 @@ async fn distributes_the_bundle_and_repairs_drift() {
 
     // An edit is reverted; a deletion is undone.
     let cms: Api<ConfigMap> = Api::namespaced(w.fake.client(), "bookinfo");
-    cms.patch(
-        CM,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"root-cert.pem": "tampered"}})),
-    )
-    .await
-    .unwrap();
-    eventually("the edit to be repaired", || {
-        root_pem(&w.fake, "bookinfo").as_deref() == Some(b.pem())
-    })
-    .await;
+    cms.patch(CM, &PatchParams::default(), &Patch::Merge(json!({"data": {"root-cert.pem": "tampered"}})))
+        .await
+        .unwrap();
+    eventually("the edit to be repaired", || root_pem(&w.fake, "bookinfo").as_deref() == Some(b.pem())).await;
     cms.delete(CM, &DeleteParams::default()).await.unwrap();
-    eventually("the deletion to be repaired", || {
-        root_pem(&w.fake, "bookinfo").as_deref() == Some(b.pem())
-    })
-    .await;
+    eventually("the deletion to be repaired", || root_pem(&w.fake, "bookinfo").as_deref() == Some(b.pem())).await;
 }
 
 #[tokio::test]
@@ -116,10 +98,7 @@ async fn follows_namespaces_in_and_out_and_never_deletes_what_it_does_not_own() 
     let w = world(&b);
     eventually("initial ConfigMaps", || root_pem(&w.fake, "bookinfo").is_some()).await;
     w.fake.namespace("reviews", json!({"mesh": "default"}));
-    eventually("the new namespace", || {
-        root_pem(&w.fake, "reviews").as_deref() == Some(b.pem())
-    })
-    .await;
+    eventually("the new namespace", || root_pem(&w.fake, "reviews").as_deref() == Some(b.pem())).await;
     // A ConfigMap someone else made in a namespace outside the mesh stays.
     w.fake.create(
         "v1",
@@ -128,13 +107,9 @@ async fn follows_namespaces_in_and_out_and_never_deletes_what_it_does_not_own() 
         json!({"metadata": {"name": CM, "labels": {"istio.io/config": "true"}}, "data": {"root-cert.pem": "theirs"}}),
     );
     let nss: Api<Namespace> = Api::all(w.fake.client());
-    nss.patch(
-        "reviews",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"mesh": null}}})),
-    )
-    .await
-    .unwrap();
+    nss.patch("reviews", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"mesh": null}}})))
+        .await
+        .unwrap();
     eventually("the owned ConfigMap to go", || root_pem(&w.fake, "reviews").is_none()).await;
     assert_eq!(root_pem(&w.fake, "other").as_deref(), Some("theirs"));
 }
@@ -148,13 +123,9 @@ async fn a_new_bundle_reaches_every_namespace_and_stale_istiod_configmaps_are_ta
     w.fake.namespace("legacy", json!({}));
     w.fake.create("v1", "configmaps", "legacy", json!({"metadata": {"name": CM, "labels": {"istio.io/config": "true"}}, "data": {"root-cert.pem": "istiod self-signed root"}}));
     let nss: Api<Namespace> = Api::all(w.fake.client());
-    nss.patch(
-        "legacy",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"labels": {"mesh": "default"}}})),
-    )
-    .await
-    .unwrap();
+    nss.patch("legacy", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"mesh": "default"}}})))
+        .await
+        .unwrap();
     let rotated = TrustBundle::new([old.roots(), bundle().roots()].concat()).unwrap();
     w.bundle_tx.send(Arc::new(rotated.clone())).unwrap();
     eventually("the rotated bundle everywhere", || {

@@ -63,29 +63,23 @@ async fn negotiates_h2_over_tls13_by_default() {
 #[tokio::test]
 async fn refuses_clients_that_cannot_speak_h2() {
     let ca = start_ca().await;
-    let tls = ClientTls {
-        alpn: vec![b"http/1.1".to_vec()],
-        ..Default::default()
-    };
+    let tls = ClientTls { alpn: vec![b"http/1.1".to_vec()], ..Default::default() };
     assert!(handshake(&ca, "localhost", tls).await.is_err());
 }
 
 #[tokio::test]
 async fn tls12_fips_suites_on_p256_work_and_others_do_not() {
     let ca = start_ca().await;
-    for suite in [
-        cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-    ] {
+    for suite in
+        [cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]
+    {
         let tls = ClientTls {
             versions: vec![&rustls::version::TLS12],
             suites: vec![suite],
             groups: vec![kx_group::SECP256R1],
             ..Default::default()
         };
-        let s = handshake(&ca, "localhost", tls)
-            .await
-            .unwrap_or_else(|e| panic!("{suite:?}: {e}"));
+        let s = handshake(&ca, "localhost", tls).await.unwrap_or_else(|e| panic!("{suite:?}: {e}"));
         let (_, conn) = s.get_ref();
         assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
         assert_eq!(conn.negotiated_cipher_suite(), Some(suite));
@@ -103,15 +97,9 @@ async fn tls12_fips_suites_on_p256_work_and_others_do_not() {
 async fn serving_certificate_names_what_clients_dial() {
     let ca = start_ca_with(|o| o.serving_names = vec!["meshroot.example".into()]).await;
     for name in ["localhost", "127.0.0.1", "::1", "meshroot.example"] {
-        handshake(&ca, name, ClientTls::default())
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        handshake(&ca, name, ClientTls::default()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    assert!(
-        handshake(&ca, "istiod.istio-system.svc", ClientTls::default())
-            .await
-            .is_err()
-    );
+    assert!(handshake(&ca, "istiod.istio-system.svc", ClientTls::default()).await.is_err());
 }
 
 #[tokio::test]
@@ -141,8 +129,7 @@ async fn keepalive_pings_without_data_are_answered_not_refused() {
         .unwrap();
     let (resp, mut send) = client.send_request(req, false).unwrap();
     // An empty gRPC message: no CSR and no token, so Unauthenticated (16).
-    send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
-        .unwrap();
+    send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
     let resp = resp.await.unwrap();
     assert_eq!(resp.status(), 200);
     let status = match resp.headers().get("grpc-status") {
@@ -150,15 +137,7 @@ async fn keepalive_pings_without_data_are_answered_not_refused() {
         None => {
             let mut body = resp.into_body();
             while body.data().await.is_some() {}
-            body.trailers()
-                .await
-                .unwrap()
-                .unwrap()
-                .get("grpc-status")
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_string()
+            body.trailers().await.unwrap().unwrap().get("grpc-status").unwrap().to_str().unwrap().to_string()
         }
     };
     assert_eq!(status, "16");

@@ -25,42 +25,19 @@ fn authenticator(fake: &FakeApi, config: TokenReviewConfig) -> TokenReviewAuthen
 /// A JWT-shaped token whose payload says it expires `secs` from now.
 fn jwt_expiring_in(secs: u64) -> String {
     use base64::Engine as _;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + secs;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + secs;
     let enc = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    format!(
-        "{}.{}.sig",
-        enc(serde_json::json!({"alg": "RS256"})),
-        enc(serde_json::json!({"exp": exp}))
-    )
+    format!("{}.{}.sig", enc(serde_json::json!({"alg": "RS256"})), enc(serde_json::json!({"exp": exp})))
 }
 
 #[tokio::test]
 async fn a_bound_service_account_token_names_the_caller_and_pod() {
     let fake = FakeApi::new();
-    fake.add_service_account_token(
-        "t1",
-        "bookinfo",
-        "reviews",
-        Some(("reviews-v1-abc", "pod-uid-1")),
-        &["istio-ca"],
-    );
+    fake.add_service_account_token("t1", "bookinfo", "reviews", Some(("reviews-v1-abc", "pod-uid-1")), &["istio-ca"]);
     let a = authenticator(&fake, TokenReviewConfig::default());
     let caller = a.authenticate(&creds("t1")).await.unwrap().unwrap();
-    assert_eq!(
-        (caller.namespace.as_str(), caller.service_account.as_str()),
-        ("bookinfo", "reviews")
-    );
-    assert_eq!(
-        caller.pod,
-        Some(PodRef {
-            name: "reviews-v1-abc".into(),
-            uid: "pod-uid-1".into()
-        })
-    );
+    assert_eq!((caller.namespace.as_str(), caller.service_account.as_str()), ("bookinfo", "reviews"));
+    assert_eq!(caller.pod, Some(PodRef { name: "reviews-v1-abc".into(), uid: "pod-uid-1".into() }));
     assert_eq!(caller.cluster_id, "Kubernetes");
     // Cached: a second request makes no second TokenReview.
     a.authenticate(&creds("t1")).await.unwrap().unwrap();
@@ -113,13 +90,7 @@ async fn rejections_are_not_cached_and_name_the_reason() {
 async fn results_expire_after_the_ttl_and_never_outlive_the_token() {
     let fake = FakeApi::new();
     fake.add_service_account_token("short", "ns", "sa", None, &[]);
-    let a = authenticator(
-        &fake,
-        TokenReviewConfig {
-            cache_ttl: Duration::from_millis(200),
-            ..Default::default()
-        },
-    );
+    let a = authenticator(&fake, TokenReviewConfig { cache_ttl: Duration::from_millis(200), ..Default::default() });
     a.authenticate(&creds("short")).await.unwrap();
     a.authenticate(&creds("short")).await.unwrap();
     assert_eq!(fake.token_reviews(), 1);
@@ -146,13 +117,7 @@ async fn the_cache_is_bounded() {
     for i in 0..10 {
         fake.add_service_account_token(&format!("t{i}"), "ns", &format!("sa{i}"), None, &[]);
     }
-    let a = authenticator(
-        &fake,
-        TokenReviewConfig {
-            max_entries: 3,
-            ..Default::default()
-        },
-    );
+    let a = authenticator(&fake, TokenReviewConfig { max_entries: 3, ..Default::default() });
     for i in 0..10 {
         a.authenticate(&creds(&format!("t{i}"))).await.unwrap();
         assert!(a.cached() <= 3, "{} entries", a.cached());
@@ -184,10 +149,7 @@ async fn an_unreachable_api_is_unavailable_and_cached_callers_keep_working() {
     let a = authenticator(&fake, TokenReviewConfig::default());
     a.authenticate(&creds("known")).await.unwrap();
     fake.set_outage(true);
-    assert!(
-        a.authenticate(&creds("known")).await.unwrap().is_some(),
-        "cached caller still served"
-    );
+    assert!(a.authenticate(&creds("known")).await.unwrap().is_some(), "cached caller still served");
     match a.authenticate(&creds("new")).await {
         Err(AuthError::Unavailable(m)) => assert!(m.contains("503") && !m.contains("new"), "{m}"),
         other => panic!("{other:?}"),

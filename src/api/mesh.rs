@@ -114,10 +114,7 @@ pub struct WorkloadCertificatesSpec {
 
 impl Default for WorkloadCertificatesSpec {
     fn default() -> Self {
-        Self {
-            default_ttl: default_workload_ttl(),
-            max_ttl: default_workload_max_ttl(),
-        }
+        Self { default_ttl: default_workload_ttl(), max_ttl: default_workload_max_ttl() }
     }
 }
 

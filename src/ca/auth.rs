@@ -123,8 +123,6 @@ impl AuthenticatorChain {
         if let Some(m) = unavailable {
             return Err(AuthError::Unavailable(m));
         }
-        Err(AuthError::Rejected(
-            rejected.unwrap_or_else(|| "no credentials were presented".into()),
-        ))
+        Err(AuthError::Rejected(rejected.unwrap_or_else(|| "no credentials were presented".into())))
     }
 }

@@ -69,12 +69,7 @@ impl Failure {
 
     /// Counts the failure the way istiod does.
     pub fn record(&self, metrics: &Metrics) {
-        let sign_err = |error| {
-            metrics
-                .csr_sign_err_count
-                .get_or_create(&SignErrorLabels { error })
-                .inc()
-        };
+        let sign_err = |error| metrics.csr_sign_err_count.get_or_create(&SignErrorLabels { error }).inc();
         match self {
             Failure::Unauthenticated(_) => metrics.authentication_failure_count.inc(),
             Failure::Forbidden(_) => metrics.id_extraction_err_count.inc(),
@@ -94,11 +89,7 @@ impl Failure {
 /// of control characters.
 pub fn quote_input(s: &str) -> String {
     const MAX: usize = 200;
-    let mut out: String = s
-        .chars()
-        .take(MAX)
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect();
+    let mut out: String = s.chars().take(MAX).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
     if s.chars().count() > MAX {
         out.push('…');
     }

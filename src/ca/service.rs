@@ -31,10 +31,7 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        Self {
-            cluster_id: "Kubernetes".into(),
-            cluster_aliases: Vec::new(),
-        }
+        Self { cluster_id: "Kubernetes".into(), cluster_aliases: Vec::new() }
     }
 }
 
@@ -52,12 +49,7 @@ impl CertificateService {
         registry: Arc<MeshRegistry>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self {
-            config,
-            authenticators,
-            registry,
-            metrics,
-        }
+        Self { config, authenticators, registry, metrics }
     }
 
     async fn handle(
@@ -67,14 +59,10 @@ impl CertificateService {
     ) -> Result<(IstioCertificateResponse, Arc<Mesh>), Failure> {
         record.peer = request.remote_addr().map(|a| a.to_string());
         let credentials = self.credentials(&request)?;
-        let caller = self
-            .authenticators
-            .authenticate(&credentials)
-            .await
-            .map_err(|e| match e {
-                AuthError::Rejected(m) => Failure::Unauthenticated(m),
-                AuthError::Unavailable(m) => Failure::Unavailable(m),
-            })?;
+        let caller = self.authenticators.authenticate(&credentials).await.map_err(|e| match e {
+            AuthError::Rejected(m) => Failure::Unauthenticated(m),
+            AuthError::Unavailable(m) => Failure::Unavailable(m),
+        })?;
         record.caller = Some(caller.account());
 
         let body = request.into_inner();
@@ -93,15 +81,14 @@ impl CertificateService {
             .signer
             .as_ref()
             .map_err(|why| Failure::NotReady(format!("mesh {} cannot sign yet: {why}", mesh.name)))?;
-        let issued = chain
-            .issue_workload(csr.spki_der(), &identity_uri, ttl, OffsetDateTime::now_utc())
-            .map_err(|e| match e {
-                PkiError::Expired { .. } => Failure::NotReady(format!(
-                    "the signing certificate of mesh {} is not valid now: {e}",
-                    mesh.name
-                )),
+        let issued = chain.issue_workload(csr.spki_der(), &identity_uri, ttl, OffsetDateTime::now_utc()).map_err(
+            |e| match e {
+                PkiError::Expired { .. } => {
+                    Failure::NotReady(format!("the signing certificate of mesh {} is not valid now: {e}", mesh.name))
+                }
                 other => Failure::Internal(other.to_string()),
-            })?;
+            },
+        )?;
         record.not_after = Some(issued.not_after.unix_timestamp());
         record.serial = Some(issued.serial_hex);
         let cert_chain = chain.response_chain(issued.pem);
@@ -114,12 +101,7 @@ impl CertificateService {
         let cluster_id = self.cluster_id(md)?;
         let bearer_token = bearer_token(md)?;
         let peer_certificates = request.peer_certs();
-        Ok(Credentials {
-            bearer_token,
-            cluster_id,
-            peer_certificates,
-            remote_addr: request.remote_addr(),
-        })
+        Ok(Credentials { bearer_token, cluster_id, peer_certificates, remote_addr: request.remote_addr() })
     }
 
     fn cluster_id(&self, md: &MetadataMap) -> Result<String, Failure> {
@@ -185,13 +167,10 @@ impl CertificateService {
                 target.trust_domain, mesh.name, mesh.trust_domain
             )));
         }
-        mesh.node_authorizer
-            .authorize(caller, &target)
-            .await
-            .map_err(|e| match e {
-                AuthError::Rejected(m) => Failure::Unauthenticated(format!("impersonation refused: {m}")),
-                AuthError::Unavailable(m) => Failure::Unavailable(m),
-            })?;
+        mesh.node_authorizer.authorize(caller, &target).await.map_err(|e| match e {
+            AuthError::Rejected(m) => Failure::Unauthenticated(format!("impersonation refused: {m}")),
+            AuthError::Unavailable(m) => Failure::Unavailable(m),
+        })?;
         Ok((target, mesh))
     }
 
@@ -216,9 +195,7 @@ fn bearer_token(md: &MetadataMap) -> Result<Option<BearerToken>, Failure> {
     let token = match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
         _ => {
-            return Err(Failure::Unauthenticated(
-                "the authorization header is not a Bearer token".into(),
-            ));
+            return Err(Failure::Unauthenticated("the authorization header is not a Bearer token".into()));
         }
     };
     if token.is_empty() {
@@ -240,9 +217,7 @@ fn impersonated_identity(metadata: Option<&prost_types::Struct>) -> Result<Optio
         None | Some(Kind::NullValue(_)) => Ok(None),
         Some(Kind::StringValue(s)) if s.is_empty() => Ok(None),
         Some(Kind::StringValue(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Failure::BadRequest(format!(
-            "metadata {IMPERSONATED_IDENTITY} must be a string"
-        ))),
+        Some(_) => Err(Failure::BadRequest(format!("metadata {IMPERSONATED_IDENTITY} must be a string"))),
     }
 }
 
@@ -274,9 +249,7 @@ fn check_requested_names(csr: &CertificateSigningRequest, identity: &str) -> Res
             "the CSR asks for {} but the caller may only have {identity}",
             quote_input(only)
         ))),
-        [] => Err(Failure::Forbidden(format!(
-            "the CSR has no URI SAN; it must ask for {identity}"
-        ))),
+        [] => Err(Failure::Forbidden(format!("the CSR has no URI SAN; it must ask for {identity}"))),
         many => Err(Failure::Forbidden(format!(
             "the CSR asks for {} URI SANs; exactly one ({identity}) is allowed",
             many.len()
@@ -329,20 +302,8 @@ mod tests {
     #[test]
     fn bearer_token_forms() {
         assert!(bearer_token(&md(&[])).unwrap().is_none());
-        assert_eq!(
-            bearer_token(&md(&[("authorization", "Bearer abc")]))
-                .unwrap()
-                .unwrap()
-                .expose(),
-            "abc"
-        );
-        assert_eq!(
-            bearer_token(&md(&[("authorization", "bearer abc")]))
-                .unwrap()
-                .unwrap()
-                .expose(),
-            "abc"
-        );
+        assert_eq!(bearer_token(&md(&[("authorization", "Bearer abc")])).unwrap().unwrap().expose(), "abc");
+        assert_eq!(bearer_token(&md(&[("authorization", "bearer abc")])).unwrap().unwrap().expose(), "abc");
         for bad in ["Basic abc", "Bearer ", "Bearer", "abc"] {
             assert!(bearer_token(&md(&[("authorization", bad)])).is_err(), "{bad}");
         }
@@ -352,38 +313,17 @@ mod tests {
 
     #[test]
     fn impersonation_metadata_forms() {
-        let s = |kind| Struct {
-            fields: [(IMPERSONATED_IDENTITY.to_string(), Value { kind: Some(kind) })].into(),
-        };
+        let s = |kind| Struct { fields: [(IMPERSONATED_IDENTITY.to_string(), Value { kind: Some(kind) })].into() };
         assert_eq!(impersonated_identity(None), Ok(None));
-        assert_eq!(
-            impersonated_identity(Some(&s(Kind::StringValue(String::new())))),
-            Ok(None)
-        );
-        assert_eq!(
-            impersonated_identity(Some(&s(Kind::StringValue("x".into())))),
-            Ok(Some("x".into()))
-        );
-        assert!(matches!(
-            impersonated_identity(Some(&s(Kind::NumberValue(1.0)))),
-            Err(Failure::BadRequest(_))
-        ));
+        assert_eq!(impersonated_identity(Some(&s(Kind::StringValue(String::new())))), Ok(None));
+        assert_eq!(impersonated_identity(Some(&s(Kind::StringValue("x".into())))), Ok(Some("x".into())));
+        assert!(matches!(impersonated_identity(Some(&s(Kind::NumberValue(1.0)))), Err(Failure::BadRequest(_))));
         let many = Struct {
             fields: (0..=MAX_METADATA_FIELDS)
-                .map(|i| {
-                    (
-                        format!("k{i}"),
-                        Value {
-                            kind: Some(Kind::BoolValue(true)),
-                        },
-                    )
-                })
+                .map(|i| (format!("k{i}"), Value { kind: Some(Kind::BoolValue(true)) }))
                 .collect(),
         };
-        assert!(matches!(
-            impersonated_identity(Some(&many)),
-            Err(Failure::BadRequest(_))
-        ));
+        assert!(matches!(impersonated_identity(Some(&many)), Err(Failure::BadRequest(_))));
     }
 
     #[test]

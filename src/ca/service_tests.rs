@@ -32,12 +32,8 @@ fn mesh(
     namespaces: &[&str],
     trusted: &[&str],
 ) -> Arc<Mesh> {
-    let int = root
-        .new_intermediate(
-            &CaSpec::intermediate(name, Duration::days(30)),
-            OffsetDateTime::now_utc(),
-        )
-        .unwrap();
+    let int =
+        root.new_intermediate(&CaSpec::intermediate(name, Duration::days(30)), OffsetDateTime::now_utc()).unwrap();
     Arc::new(Mesh {
         name: name.into(),
         trust_domain: td.into(),
@@ -54,14 +50,7 @@ fn fixture() -> Fixture {
     let root = Authority::new_root(&CaSpec::root(Duration::days(365)), OffsetDateTime::now_utc()).unwrap();
     let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
     let meshes = vec![
-        mesh(
-            &root,
-            &bundle,
-            "a",
-            "a.td",
-            &["ns1", "shared", "istio-system"],
-            &["istio-system/ztunnel"],
-        ),
+        mesh(&root, &bundle, "a", "a.td", &["ns1", "shared", "istio-system"], &["istio-system/ztunnel"]),
         mesh(&root, &bundle, "b", "b.td", &["ns2", "shared"], &[]),
     ];
     let registry = Arc::new(MeshRegistry::new(meshes.clone()));
@@ -74,12 +63,7 @@ fn fixture() -> Fixture {
         registry.clone(),
         Metrics::new(),
     );
-    Fixture {
-        service,
-        registry,
-        bundle,
-        meshes,
-    }
+    Fixture { service, registry, bundle, meshes }
 }
 
 async fn ask(
@@ -91,21 +75,10 @@ async fn ask(
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let csr = build_workload_csr(&key, identity).unwrap();
     let metadata = impersonate.map(|id| Struct {
-        fields: [(
-            IMPERSONATED_IDENTITY.to_string(),
-            Value {
-                kind: Some(Kind::StringValue(id.into())),
-            },
-        )]
-        .into(),
+        fields: [(IMPERSONATED_IDENTITY.to_string(), Value { kind: Some(Kind::StringValue(id.into())) })].into(),
     });
-    let mut req = tonic::Request::new(IstioCertificateRequest {
-        csr,
-        validity_duration: 0,
-        metadata,
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut req = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     f.service.create_certificate(req).await.map(|r| r.into_inner())
 }
 
@@ -156,11 +129,7 @@ async fn impersonation_is_routed_by_the_target_and_needs_that_meshs_trust() {
     let other = "spiffe://b.td/ns/ns2/sa/app";
     let s = ask(&f, "zt", other, Some(other)).await.unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
-    assert!(
-        s.message().contains("not a trusted node account of mesh b"),
-        "{}",
-        s.message()
-    );
+    assert!(s.message().contains("not a trusted node account of mesh b"), "{}", s.message());
     // Right namespace, wrong trust domain.
     let wrong_td = "spiffe://b.td/ns/ns1/sa/app";
     let s = ask(&f, "zt", wrong_td, Some(wrong_td)).await.unwrap_err();
@@ -204,11 +173,7 @@ async fn a_credential_bound_to_another_trust_domain_is_refused() {
         );
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let csr = build_workload_csr(&key, "spiffe://a.td/ns/ns1/sa/app").unwrap();
-        let req = tonic::Request::new(IstioCertificateRequest {
-            csr,
-            validity_duration: 0,
-            metadata: None,
-        });
+        let req = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata: None });
         let outcome = service.create_certificate(req).await;
         assert_eq!(outcome.is_ok(), ok, "{td}: {:?}", outcome.err());
     }

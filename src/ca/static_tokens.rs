@@ -28,9 +28,7 @@ pub struct StaticTokenAuthenticator {
 
 impl fmt::Debug for StaticTokenAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StaticTokenAuthenticator")
-            .field("tokens", &self.accounts.len())
-            .finish()
+        f.debug_struct("StaticTokenAuthenticator").field("tokens", &self.accounts.len()).finish()
     }
 }
 
@@ -53,10 +51,7 @@ impl StaticTokenAuthenticator {
                 });
             };
             if !is_dns1123_label(namespace) {
-                return Err(TokenFileError {
-                    line,
-                    message: format!("{namespace:?} is not a valid namespace name"),
-                });
+                return Err(TokenFileError { line, message: format!("{namespace:?} is not a valid namespace name") });
             }
             if !is_dns1123_subdomain(service_account) {
                 return Err(TokenFileError {
@@ -66,24 +61,15 @@ impl StaticTokenAuthenticator {
             }
             let digest = super::auth::BearerToken::new((*token).to_string()).digest();
             if let Some(first) = first_line.insert(digest, line) {
-                return Err(TokenFileError {
-                    line,
-                    message: format!("duplicate token (first on line {first})"),
-                });
+                return Err(TokenFileError { line, message: format!("duplicate token (first on line {first})") });
             }
             accounts.insert(
                 digest,
-                Account {
-                    namespace: (*namespace).to_string(),
-                    service_account: (*service_account).to_string(),
-                },
+                Account { namespace: (*namespace).to_string(), service_account: (*service_account).to_string() },
             );
         }
         if accounts.is_empty() {
-            return Err(TokenFileError {
-                line: 0,
-                message: "the file holds no tokens".into(),
-            });
+            return Err(TokenFileError { line: 0, message: "the file holds no tokens".into() });
         }
         Ok(Self { accounts })
     }
@@ -142,17 +128,11 @@ mod tests {
         .unwrap();
         assert_eq!(a.len(), 2);
         let c = a.authenticate(&creds("secret-one")).await.unwrap().unwrap();
-        assert_eq!(
-            (c.namespace.as_str(), c.service_account.as_str()),
-            ("default", "default")
-        );
+        assert_eq!((c.namespace.as_str(), c.service_account.as_str()), ("default", "default"));
         assert_eq!(c.cluster_id, "Kubernetes");
         let z = a.authenticate(&creds("s2")).await.unwrap().unwrap();
         assert_eq!(z.account(), "istio-system/ztunnel");
-        assert!(matches!(
-            a.authenticate(&creds("nope")).await,
-            Err(AuthError::Rejected(_))
-        ));
+        assert!(matches!(a.authenticate(&creds("nope")).await, Err(AuthError::Rejected(_))));
         assert_eq!(a.authenticate(&Credentials::default()).await, Ok(None));
     }
 

@@ -35,18 +35,14 @@ pub struct ServingCertificate {
 
 impl fmt::Debug for ServingCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServingCertificate")
-            .field("chain_len", &self.current.load().cert.len())
-            .finish()
+        f.debug_struct("ServingCertificate").field("chain_len", &self.current.load().cert.len()).finish()
     }
 }
 
 impl ServingCertificate {
     /// `chain` is the leaf followed by its intermediates.
     pub fn new(chain: Vec<CertificateDer<'static>>, key: &PrivateKey) -> Result<Arc<Self>, rustls::Error> {
-        Ok(Arc::new(Self {
-            current: ArcSwap::from_pointee(certified_key(chain, key)?),
-        }))
+        Ok(Arc::new(Self { current: ArcSwap::from_pointee(certified_key(chain, key)?) }))
     }
 
     pub fn replace(&self, chain: Vec<CertificateDer<'static>>, key: &PrivateKey) -> Result<(), rustls::Error> {
@@ -91,10 +87,7 @@ impl ServerTls {
         client_roots: Option<&TrustBundle>,
     ) -> Result<Arc<Self>, rustls::Error> {
         let config = server_config(serving.clone(), client_roots)?;
-        Ok(Arc::new(Self {
-            serving,
-            config: ArcSwap::from_pointee(config),
-        }))
+        Ok(Arc::new(Self { serving, config: ArcSwap::from_pointee(config) }))
     }
 
     pub fn serving(&self) -> &Arc<ServingCertificate> {
@@ -102,8 +95,7 @@ impl ServerTls {
     }
 
     pub fn set_client_roots(&self, client_roots: Option<&TrustBundle>) -> Result<(), rustls::Error> {
-        self.config
-            .store(Arc::new(server_config(self.serving.clone(), client_roots)?));
+        self.config.store(Arc::new(server_config(self.serving.clone(), client_roots)?));
         Ok(())
     }
 

@@ -72,19 +72,13 @@ pub struct TokenReviewAuthenticator {
 
 impl fmt::Debug for TokenReviewAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenReviewAuthenticator")
-            .field("config", &self.config)
-            .finish()
+        f.debug_struct("TokenReviewAuthenticator").field("config", &self.config).finish()
     }
 }
 
 impl TokenReviewAuthenticator {
     pub fn new(client: kube::Client, config: TokenReviewConfig) -> Self {
-        Self {
-            client,
-            config,
-            cache: Arc::default(),
-        }
+        Self { client, config, cache: Arc::default() }
     }
 
     /// Entries currently cached (ready or in flight).
@@ -100,9 +94,7 @@ impl TokenReviewAuthenticator {
             Some(Slot::Pending(review)) => return Err(review.clone()),
             _ => {}
         }
-        let review = review_token(self.client.clone(), token.to_string(), self.config.clone())
-            .boxed()
-            .shared();
+        let review = review_token(self.client.clone(), token.to_string(), self.config.clone()).boxed().shared();
         cache.insert(digest, Slot::Pending(review.clone()), self.config.max_entries);
         Err(review)
     }
@@ -118,10 +110,7 @@ impl TokenReviewAuthenticator {
                 if let Some(left) = token_lifetime_left(token) {
                     ttl = ttl.min(left);
                 }
-                let slot = Slot::Ready {
-                    reviewed: reviewed.clone(),
-                    expires: Instant::now() + ttl,
-                };
+                let slot = Slot::Ready { reviewed: reviewed.clone(), expires: Instant::now() + ttl };
                 cache.slots.insert(digest, slot);
             }
             // Failures are not cached: the next request asks again.
@@ -136,8 +125,7 @@ impl Cache {
     fn insert(&mut self, digest: [u8; 32], slot: Slot, max: usize) {
         if self.slots.len() >= max {
             let now = Instant::now();
-            self.slots
-                .retain(|_, s| !matches!(s, Slot::Ready { expires, .. } if *expires <= now));
+            self.slots.retain(|_, s| !matches!(s, Slot::Ready { expires, .. } if *expires <= now));
             self.order.retain(|k| self.slots.contains_key(k));
             while self.slots.len() >= max.max(1) {
                 let Some(oldest) = self.order.pop_front() else { break };
@@ -154,9 +142,7 @@ impl Cache {
 fn token_lifetime_left(token: &str) -> Option<Duration> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_u64()?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -165,18 +151,13 @@ fn token_lifetime_left(token: &str) -> Option<Duration> {
 
 async fn review_token(client: kube::Client, token: String, config: TokenReviewConfig) -> Result<Reviewed, AuthError> {
     let review = TokenReview {
-        spec: TokenReviewSpec {
-            token: Some(token),
-            audiences: Some(config.audiences.clone()),
-        },
+        spec: TokenReviewSpec { token: Some(token), audiences: Some(config.audiences.clone()) },
         ..Default::default()
     };
     let api: Api<TokenReview> = Api::all(client);
     let answer = match tokio::time::timeout(config.timeout, api.create(&PostParams::default(), &review)).await {
         Err(_) => {
-            return Err(AuthError::Unavailable(
-                "the Kubernetes API did not answer the TokenReview in time".into(),
-            ));
+            return Err(AuthError::Unavailable("the Kubernetes API did not answer the TokenReview in time".into()));
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "TokenReview failed");
@@ -189,10 +170,7 @@ async fn review_token(client: kube::Client, token: String, config: TokenReviewCo
     };
     let status = answer.status.unwrap_or_default();
     if status.authenticated != Some(true) {
-        let why = status
-            .error
-            .filter(|e| !e.is_empty())
-            .unwrap_or_else(|| "the token is not valid".into());
+        let why = status.error.filter(|e| !e.is_empty()).unwrap_or_else(|| "the token is not valid".into());
         return Err(AuthError::Rejected(format!("TokenReview: {why}")));
     }
     let user = status.user.unwrap_or_default();
@@ -212,11 +190,7 @@ async fn review_token(client: kube::Client, token: String, config: TokenReviewCo
         (Some(name), Some(uid)) => Some(PodRef { name, uid }),
         _ => None,
     };
-    Ok(Reviewed {
-        namespace: namespace.to_string(),
-        service_account: service_account.to_string(),
-        pod,
-    })
+    Ok(Reviewed { namespace: namespace.to_string(), service_account: service_account.to_string(), pod })
 }
 
 /// Status code and reason, never the request (which holds the token).

@@ -18,20 +18,13 @@ pub fn banner(server: &DevServer, opts: &DevOptions) -> String {
     let _ = writeln!(out, "  trust bundle    {}", s.bundle_path.display());
     let _ = writeln!(out, "  token file      {}", s.tokens_path.display());
     let _ = writeln!(out, "  mesh cacerts    {}", s.dir.join("meshes/default").display());
-    let _ = writeln!(
-        out,
-        "  metrics, health http://{}/metrics  /healthz  /readyz",
-        server.ops_addr
-    );
+    let _ = writeln!(out, "  metrics, health http://{}/metrics  /healthz  /readyz", server.ops_addr);
     let token_arg = match &s.default_token_path {
         Some(p) => format!("--token-file {}", p.display()),
         None => "--token <a token from the token file>".to_string(),
     };
-    let host = if server.grpc_addr.ip().is_loopback() {
-        "localhost".to_string()
-    } else {
-        server.grpc_addr.ip().to_string()
-    };
+    let host =
+        if server.grpc_addr.ip().is_loopback() { "localhost".to_string() } else { server.grpc_addr.ip().to_string() };
     let _ = writeln!(out, "\nRequest a workload certificate:");
     let _ = writeln!(
         out,

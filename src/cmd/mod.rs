@@ -37,10 +37,7 @@ mod tests {
         assert_eq!(parse_duration("90d").unwrap(), time::Duration::days(90));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
-        assert_eq!(
-            human_duration(time::Duration::hours(24) - time::Duration::minutes(1)),
-            "23h 59m"
-        );
+        assert_eq!(human_duration(time::Duration::hours(24) - time::Duration::minutes(1)), "23h 59m");
         assert_eq!(human_duration(time::Duration::days(90)), "90d 0h");
     }
 }

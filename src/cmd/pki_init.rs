@@ -24,15 +24,10 @@ impl std::str::FromStr for MeshArg {
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, td) = s.split_once('=').unwrap_or((s, "cluster.local"));
         if !is_dns1123_label(name) {
-            return Err(format!(
-                "mesh name {name:?} must be a DNS-1123 label (lowercase letters, digits, '-')"
-            ));
+            return Err(format!("mesh name {name:?} must be a DNS-1123 label (lowercase letters, digits, '-')"));
         }
         validate_trust_domain(td).map_err(|e| format!("mesh {name}: {e}"))?;
-        Ok(Self {
-            name: name.to_string(),
-            trust_domain: td.to_string(),
-        })
+        Ok(Self { name: name.to_string(), trust_domain: td.to_string() })
     }
 }
 
@@ -98,26 +93,14 @@ pub fn run(opts: &PkiInitOptions) -> anyhow::Result<PkiInitOutcome> {
             let mut spec = CaSpec::root(opts.root_lifetime);
             spec.key_algorithm = opts.key_type;
             let root = Authority::new_root(&spec, now)?;
-            fsutil::write_private(
-                &opts.out.join("root-key.pem"),
-                root.key().to_pem().as_bytes(),
-                Existing::Refuse,
-            )?;
-            lines.push(format!(
-                "created root {} ({}), key in root-key.pem",
-                root.subject(),
-                root.key_kind()
-            ));
+            fsutil::write_private(&opts.out.join("root-key.pem"), root.key().to_pem().as_bytes(), Existing::Refuse)?;
+            lines.push(format!("created root {} ({}), key in root-key.pem", root.subject(), root.key_kind()));
             root
         }
         _ => bail!("--root-cert and --root-key go together"),
     };
     let bundle = TrustBundle::new(vec![root.certificate().clone()])?;
-    fsutil::write_public(
-        &opts.out.join("root-cert.pem"),
-        root.certificate_pem().as_bytes(),
-        Existing::Refuse,
-    )?;
+    fsutil::write_public(&opts.out.join("root-cert.pem"), root.certificate_pem().as_bytes(), Existing::Refuse)?;
 
     for mesh in &opts.meshes {
         let dir = opts.out.join(&mesh.name);
@@ -160,10 +143,7 @@ fn secret_manifest(int: &Authority, root: &Authority, bundle: &TrustBundle, mesh
         string_data: [
             ("ca-cert.pem", int.certificate_pem().to_string()),
             ("ca-key.pem", int.key().to_pem().to_string()),
-            (
-                "cert-chain.pem",
-                format!("{}{}", int.certificate_pem(), root.certificate_pem()),
-            ),
+            ("cert-chain.pem", format!("{}{}", int.certificate_pem(), root.certificate_pem())),
             ("root-cert.pem", bundle.pem().to_string()),
         ]
         .into(),

@@ -53,29 +53,15 @@ pub async fn run(opts: &RequestOptions) -> anyhow::Result<RequestOutcome> {
 
     let key = PrivateKey::generate(opts.key_type)?;
     let csr = build_workload_csr(&key, &opts.identity)?;
-    let metadata = Struct {
-        fields: [(
-            "CertSigner".to_string(),
-            Value {
-                kind: Some(Kind::StringValue(String::new())),
-            },
-        )]
-        .into(),
-    };
-    let body = IstioCertificateRequest {
-        csr,
-        validity_duration: opts.ttl.whole_seconds(),
-        metadata: Some(metadata),
-    };
+    let metadata =
+        Struct { fields: [("CertSigner".to_string(), Value { kind: Some(Kind::StringValue(String::new())) })].into() };
+    let body = IstioCertificateRequest { csr, validity_duration: opts.ttl.whole_seconds(), metadata: Some(metadata) };
 
     let mut ca = client::connect(&opts.ca_addr, &root_pem).await?;
     let response = ca
         .create_certificate(client::request(body, Some(&token), &opts.cluster_id)?)
         .await
-        .map_err(|s| client::ClientError::Refused {
-            code: s.code(),
-            message: s.message().to_string(),
-        })?
+        .map_err(|s| client::ClientError::Refused { code: s.code(), message: s.message().to_string() })?
         .into_inner();
     let verified = client::verify_response(&response, &trusted, &opts.identity)?;
 
@@ -90,10 +76,7 @@ pub async fn run(opts: &RequestOptions) -> anyhow::Result<RequestOutcome> {
     fsutil::write_private(&key_path, key.to_pem().as_bytes(), Existing::Replace)?;
     fsutil::write_public(&chain_path, chain.as_bytes(), Existing::Replace)?;
     fsutil::write_public(&root_path, verified.bundle.pem().as_bytes(), Existing::Replace)?;
-    Ok(RequestOutcome {
-        response: verified,
-        files: vec![key_path, chain_path, root_path],
-    })
+    Ok(RequestOutcome { response: verified, files: vec![key_path, chain_path, root_path] })
 }
 
 pub fn summary(outcome: &RequestOutcome) -> String {
@@ -103,9 +86,7 @@ pub fn summary(outcome: &RequestOutcome) -> String {
     format!(
         "SAN:     {}\nexpires: {} (in {})\nchain:   leaf + {} intermediate(s), {} trusted root(s); verified against the root file\nwrote:   {}\n",
         r.uri_san,
-        r.not_after
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| r.not_after.to_string()),
+        r.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| r.not_after.to_string()),
         human_duration(left),
         r.intermediates.len(),
         r.bundle.roots().len(),

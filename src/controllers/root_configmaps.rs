@@ -67,11 +67,8 @@ pub fn desired(
         };
         // istiod's and ztunnel's namespaces need the bundle too.
         targets.insert(spec.istiod.namespace.clone());
-        targets.extend(
-            spec.trusted_node_accounts
-                .iter()
-                .filter_map(|a| a.split_once('/').map(|(ns, _)| ns.to_string())),
-        );
+        targets
+            .extend(spec.trusted_node_accounts.iter().filter_map(|a| a.split_once('/').map(|(ns, _)| ns.to_string())));
         targets.retain(|ns| existing.contains(ns.as_str()));
         counts.insert(mesh_name, targets.len() as u32);
         want.extend(targets.into_iter().map(|ns| (ns, spec.root_config_map_name.clone())));
@@ -81,13 +78,8 @@ pub fn desired(
 
 fn holds_bundle(cm: &ConfigMap, bundle_pem: &str) -> bool {
     let labels = cm.metadata.labels.as_ref();
-    cm.data
-        .as_ref()
-        .and_then(|d| d.get(ROOT_CERT_KEY))
-        .is_some_and(|v| v == bundle_pem)
-        && labels
-            .and_then(|l| l.get(ISTIO_CONFIG_LABEL))
-            .is_some_and(|v| v == "true")
+    cm.data.as_ref().and_then(|d| d.get(ROOT_CERT_KEY)).is_some_and(|v| v == bundle_pem)
+        && labels.and_then(|l| l.get(ISTIO_CONFIG_LABEL)).is_some_and(|v| v == "true")
         && is_managed(labels)
 }
 
@@ -101,19 +93,13 @@ pub fn plan(want: &BTreeSet<(String, String)>, observed: &[Arc<ConfigMap>], bund
     for (namespace, name) in want {
         let current = observed.get(&(namespace.clone(), name.clone()));
         if !current.is_some_and(|cm| holds_bundle(cm, bundle_pem)) {
-            actions.push(Action::Apply {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            });
+            actions.push(Action::Apply { namespace: namespace.clone(), name: name.clone() });
         }
     }
     for ((namespace, name), cm) in &observed {
         let unwanted = !want.contains(&(namespace.clone(), name.clone()));
         if unwanted && is_managed(cm.metadata.labels.as_ref()) && cm.metadata.deletion_timestamp.is_none() {
-            actions.push(Action::Delete {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            });
+            actions.push(Action::Delete { namespace: namespace.clone(), name: name.clone() });
         }
     }
     actions
@@ -132,9 +118,7 @@ pub async fn execute(client: &kube::Client, actions: &[Action], bundle: &TrustBu
                     "metadata": {"name": name, "labels": {ISTIO_CONFIG_LABEL: "true", MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
                     "data": {ROOT_CERT_KEY: bundle.pem()},
                 });
-                api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-                    .await
-                    .map(|_| ())
+                api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await.map(|_| ())
             }
             Action::Delete { namespace, name } => {
                 let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
@@ -148,11 +132,7 @@ pub async fn execute(client: &kube::Client, actions: &[Action], bundle: &TrustBu
             failures.push(format!("{action:?}: {}", error_summary(&e)));
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
+    if failures.is_empty() { Ok(()) } else { Err(failures.join("; ")) }
 }
 
 /// How many namespaces each mesh covers, for the Mesh status.
@@ -178,21 +158,15 @@ pub fn spawn(
             .default_backoff()
             .map(|_| ())
             .boxed(),
-        reflector(
-            namespaces_w,
-            watcher(Api::<Namespace>::all(client.clone()), config.clone()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
+        reflector(namespaces_w, watcher(Api::<Namespace>::all(client.clone()), config.clone()))
+            .default_backoff()
+            .map(|_| ())
+            .boxed(),
         // Istio's root ConfigMaps carry istio.io/config=true, istiod's
         // leftovers included; the periodic re-sync covers the rest.
         reflector(
             configmaps_w,
-            watcher(
-                Api::<ConfigMap>::all(client.clone()),
-                config.labels(&format!("{ISTIO_CONFIG_LABEL}=true")),
-            ),
+            watcher(Api::<ConfigMap>::all(client.clone()), config.labels(&format!("{ISTIO_CONFIG_LABEL}=true"))),
         )
         .default_backoff()
         .map(|_| ())
@@ -285,10 +259,7 @@ mod tests {
                 json!({"trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"},
                 "namespaceSelector": {"matchLabels": {"mesh": "default"}}, "trustedNodeAccounts": ["ztunnel/ztunnel"]}),
             ),
-            mesh(
-                "gw",
-                json!({"trustDomain": "cluster.local", "mode": "PluginCA", "istiod": {"namespace": "other"}}),
-            ),
+            mesh("gw", json!({"trustDomain": "cluster.local", "mode": "PluginCA", "istiod": {"namespace": "other"}})),
         ];
         let (want, counts) = desired(&meshes, &namespaces);
         let names: Vec<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
@@ -309,10 +280,8 @@ mod tests {
 
     #[test]
     fn plans_only_the_differences() {
-        let want: BTreeSet<(String, String)> = [("a", "x"), ("b", "x"), ("c", "x")]
-            .iter()
-            .map(|(n, c)| (n.to_string(), c.to_string()))
-            .collect();
+        let want: BTreeSet<(String, String)> =
+            [("a", "x"), ("b", "x"), ("c", "x")].iter().map(|(n, c)| (n.to_string(), c.to_string())).collect();
         let observed = vec![
             cm("a", "x", "BUNDLE", true),  // current
             cm("b", "x", "OLD", true),     // drifted
@@ -324,25 +293,12 @@ mod tests {
         assert_eq!(
             actions,
             vec![
-                Action::Apply {
-                    namespace: "b".into(),
-                    name: "x".into()
-                },
-                Action::Apply {
-                    namespace: "c".into(),
-                    name: "x".into()
-                },
-                Action::Delete {
-                    namespace: "d".into(),
-                    name: "x".into()
-                },
+                Action::Apply { namespace: "b".into(), name: "x".into() },
+                Action::Apply { namespace: "c".into(), name: "x".into() },
+                Action::Delete { namespace: "d".into(), name: "x".into() },
             ]
         );
-        let converged = vec![
-            cm("a", "x", "BUNDLE", true),
-            cm("b", "x", "BUNDLE", true),
-            cm("c", "x", "BUNDLE", true),
-        ];
+        let converged = vec![cm("a", "x", "BUNDLE", true), cm("b", "x", "BUNDLE", true), cm("c", "x", "BUNDLE", true)];
         assert!(plan(&want, &converged, "BUNDLE").is_empty());
     }
 }

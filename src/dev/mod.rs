@@ -115,10 +115,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     metrics.set_expiries(root_expiry, chain.authority().not_after().unix_timestamp());
 
     let service = CertificateService::new(
-        ServiceConfig {
-            cluster_id: opts.cluster_id.clone(),
-            cluster_aliases: Vec::new(),
-        },
+        ServiceConfig { cluster_id: opts.cluster_id.clone(), cluster_aliases: Vec::new() },
         AuthenticatorChain::new(vec![Arc::new(ClientCertificateAuthenticator), Arc::new(tokens)]),
         registry,
         metrics.clone(),
@@ -126,9 +123,8 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     let serving = ServingCertificate::new(state.serving_chain.clone(), &state.serving_key)?;
     let tls = ServerTls::new(serving, Some(chain.bundle()))?;
 
-    let grpc_listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("binding the gRPC port {}", opts.listen))?;
+    let grpc_listener =
+        TcpListener::bind(opts.listen).await.with_context(|| format!("binding the gRPC port {}", opts.listen))?;
     let ops_listener = TcpListener::bind(opts.ops_listen)
         .await
         .with_context(|| format!("binding the metrics/health port {}", opts.ops_listen))?;
@@ -144,33 +140,15 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
         ServerOptions::default(),
         wait_for(shutdown_rx.clone()),
     ));
-    let ops = tokio::spawn(ops::serve(
-        ops_listener,
-        metrics.clone(),
-        readiness.clone(),
-        wait_for(shutdown_rx),
-    ));
+    let ops = tokio::spawn(ops::serve(ops_listener, metrics.clone(), readiness.clone(), wait_for(shutdown_rx)));
     readiness.set(true);
-    Ok(DevServer {
-        grpc_addr,
-        ops_addr,
-        state,
-        metrics,
-        readiness,
-        shutdown,
-        grpc,
-        ops,
-    })
+    Ok(DevServer { grpc_addr, ops_addr, state, metrics, readiness, shutdown, grpc, ops })
 }
 
 fn chain_min_expiry(roots: &[rustls_pki_types::CertificateDer<'static>]) -> i64 {
     roots
         .iter()
-        .filter_map(|r| {
-            crate::pki::authority::parse_certificate(r)
-                .ok()
-                .map(|c| c.validity().not_after.timestamp())
-        })
+        .filter_map(|r| crate::pki::authority::parse_certificate(r).ok().map(|c| c.validity().not_after.timestamp()))
         .min()
         .unwrap_or(0)
 }

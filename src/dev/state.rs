@@ -40,10 +40,7 @@ pub enum StateError {
 }
 
 fn pki_err(path: &Path) -> impl FnOnce(PkiError) -> StateError + '_ {
-    move |error| StateError::Pki {
-        path: path.to_path_buf(),
-        error,
-    }
+    move |error| StateError::Pki { path: path.to_path_buf(), error }
 }
 
 /// Everything dev mode needs, loaded or created.
@@ -82,13 +79,7 @@ impl DevState {
 
         let mesh_dir = dir.join("meshes").join(DEV_MESH);
         fsutil::create_private_dir(&mesh_dir)?;
-        let chain = Arc::new(load_or_create_intermediate(
-            &mesh_dir,
-            &root,
-            &bundle,
-            now,
-            &mut created,
-        )?);
+        let chain = Arc::new(load_or_create_intermediate(&mesh_dir, &root, &bundle, now, &mut created)?);
 
         let serving_dir = dir.join("serving");
         fsutil::create_private_dir(&serving_dir)?;
@@ -134,14 +125,8 @@ fn existing_pair(a: &Path, b: &Path) -> Result<bool, StateError> {
     match (a.exists(), b.exists()) {
         (true, true) => Ok(true),
         (false, false) => Ok(false),
-        (true, false) => Err(StateError::Partial {
-            present: a.into(),
-            missing: b.into(),
-        }),
-        (false, true) => Err(StateError::Partial {
-            present: b.into(),
-            missing: a.into(),
-        }),
+        (true, false) => Err(StateError::Partial { present: a.into(), missing: b.into() }),
+        (false, true) => Err(StateError::Partial { present: b.into(), missing: a.into() }),
     }
 }
 
@@ -188,9 +173,8 @@ fn load_or_create_intermediate(
     } else {
         created.push(format!("intermediate for mesh {DEV_MESH} {}", cert.display()));
     }
-    let int = root
-        .new_intermediate(&CaSpec::intermediate(DEV_MESH, INTERMEDIATE_LIFETIME), now)
-        .map_err(pki_err(&cert))?;
+    let int =
+        root.new_intermediate(&CaSpec::intermediate(DEV_MESH, INTERMEDIATE_LIFETIME), now).map_err(pki_err(&cert))?;
     write_cacerts(dir, &int, root, bundle, Existing::Replace)?;
     SigningChain::new(int, vec![], bundle.clone()).map_err(pki_err(&cert))
 }

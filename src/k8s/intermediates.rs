@@ -93,19 +93,11 @@ pub struct IntermediateSecret {
 impl IntermediateSecret {
     /// An External mesh's intermediate, in meshroot's namespace.
     pub fn external(mesh: &str) -> Self {
-        Self {
-            mesh: mesh.into(),
-            name: secret_name(mesh),
-            layout: Layout::KubernetesTls,
-        }
+        Self { mesh: mesh.into(), name: secret_name(mesh), layout: Layout::KubernetesTls }
     }
     /// A PluginCA mesh's `cacerts`, in istiod's namespace.
     pub fn cacerts(mesh: &str) -> Self {
-        Self {
-            mesh: mesh.into(),
-            name: CACERTS.into(),
-            layout: Layout::IstioCacerts,
-        }
+        Self { mesh: mesh.into(), name: CACERTS.into(), layout: Layout::IstioCacerts }
     }
 }
 
@@ -137,11 +129,7 @@ impl IntermediatePolicy {
                 spec.renew_before, spec.duration
             ));
         }
-        Ok(Self {
-            key_algorithm: spec.key_algorithm.into(),
-            lifetime,
-            renew_before,
-        })
+        Ok(Self { key_algorithm: spec.key_algorithm.into(), lifetime, renew_before })
     }
 
     /// When an intermediate issued under this policy should be replaced.
@@ -190,18 +178,10 @@ pub fn parse_layout(
 fn replacement_reason(chain: &SigningChain, policy: &IntermediatePolicy, now: OffsetDateTime) -> Option<String> {
     let a = chain.authority();
     if now >= policy.renew_at(a.not_after()) {
-        return Some(format!(
-            "it expires at {} (renewing {} before)",
-            a.not_after(),
-            policy.renew_before
-        ));
+        return Some(format!("it expires at {} (renewing {} before)", a.not_after(), policy.renew_before));
     }
     if a.key_kind().to_string() != policy.key_algorithm.name() {
-        return Some(format!(
-            "its key is {}, the mesh asks for {}",
-            a.key_kind(),
-            policy.key_algorithm
-        ));
+        return Some(format!("its key is {}, the mesh asks for {}", a.key_kind(), policy.key_algorithm));
     }
     None
 }
@@ -248,24 +228,12 @@ pub async fn ensure(
                         write(api, &name, mesh, layout, &chain, root, rv).await?;
                         tracing::info!(mesh, secret = %id(), "updated the trust bundle beside the intermediate");
                     }
-                    return Ok(Ensured {
-                        chain,
-                        issued: false,
-                        warning: None,
-                    });
+                    return Ok(Ensured { chain, issued: false, warning: None });
                 };
                 if !owned || root.is_none() {
-                    let who = if owned {
-                        "the root is offline"
-                    } else {
-                        "meshroot does not own the Secret"
-                    };
+                    let who = if owned { "the root is offline" } else { "meshroot does not own the Secret" };
                     let warning = format!("the intermediate in {} should be replaced ({why}), but {who}", id());
-                    return Ok(Ensured {
-                        chain,
-                        issued: false,
-                        warning: Some(warning),
-                    });
+                    return Ok(Ensured { chain, issued: false, warning: Some(warning) });
                 }
                 tracing::info!(mesh, reason = %why, "renewing the mesh intermediate");
             }
@@ -282,25 +250,13 @@ pub async fn ensure(
     spec.key_algorithm = policy.key_algorithm;
     let int = root.new_intermediate(&spec, now).map_err(IntermediateError::Issue)?;
     let chain = SigningChain::new_at(int, Vec::new(), bundle.clone(), now).map_err(IntermediateError::Issue)?;
-    let written = write(
-        api,
-        &name,
-        mesh,
-        layout,
-        &chain,
-        Some(root),
-        existing.and_then(|s| s.metadata.resource_version),
-    )
-    .await;
+    let written =
+        write(api, &name, mesh, layout, &chain, Some(root), existing.and_then(|s| s.metadata.resource_version)).await;
     match written {
         Ok(()) => {
             let a = chain.authority();
             tracing::info!(mesh, secret = %id(), serial = a.serial_hex(), not_after = %a.not_after(), "issued the mesh intermediate");
-            Ok(Ensured {
-                chain,
-                issued: true,
-                warning: None,
-            })
+            Ok(Ensured { chain, issued: true, warning: None })
         }
         // Someone else wrote it first (another leader term, or a restart):
         // use theirs rather than issuing a second one.
@@ -308,11 +264,7 @@ pub async fn ensure(
             let secret = api.get(&name).await.map_err(api_err)?;
             let chain = parse_layout(&secret, layout, bundle, now)
                 .map_err(|error| IntermediateError::Corrupt { secret: id(), error })?;
-            Ok(Ensured {
-                chain,
-                issued: false,
-                warning: None,
-            })
+            Ok(Ensured { chain, issued: false, warning: None })
         }
         Err(e) => Err(e),
     }
@@ -333,12 +285,7 @@ async fn write(
     let root_pem = root.map(|r| r.certificate_pem().to_string()).unwrap_or_default();
     let creating = resource_version.is_none();
     let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(labels),
-            resource_version,
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels), resource_version, ..Default::default() },
         type_: Some(match layout {
             Layout::KubernetesTls => "kubernetes.io/tls".into(),
             Layout::IstioCacerts => "Opaque".into(),
@@ -346,10 +293,7 @@ async fn write(
         data: Some(layout.encode(chain, &root_pem)),
         ..Default::default()
     };
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let result = if creating {
         api.create(&params, &secret).await.map(|_| ())
     } else {

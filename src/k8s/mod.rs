@@ -20,26 +20,16 @@ pub fn managed_labels() -> BTreeMap<String, String> {
 }
 
 pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
-    labels
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .is_some_and(|v| v == MANAGED_BY_VALUE)
+    labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY_VALUE)
 }
 
 /// A Secret's value, if present.
 pub fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
-    secret
-        .data
-        .as_ref()?
-        .get(key)
-        .map(|b| b.0.as_slice())
-        .filter(|b| !b.is_empty())
+    secret.data.as_ref()?.get(key).map(|b| b.0.as_slice()).filter(|b| !b.is_empty())
 }
 
 pub fn secret_data(entries: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {
-    entries
-        .iter()
-        .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
-        .collect()
+    entries.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()
 }
 
 /// `kube::Error` as status code and reason, never with request bodies.

@@ -49,10 +49,8 @@ pub fn build(
     now: OffsetDateTime,
 ) -> Built {
     let mut built = Built::default();
-    let secrets: HashMap<&str, &Secret> = secrets
-        .iter()
-        .filter_map(|s| s.metadata.name.as_deref().map(|n| (n, s.as_ref())))
-        .collect();
+    let secrets: HashMap<&str, &Secret> =
+        secrets.iter().filter_map(|s| s.metadata.name.as_deref().map(|n| (n, s.as_ref()))).collect();
     let bundle_id = bundle.fingerprints().join(",");
     let mut fresh = HashMap::new();
     for r in resources {
@@ -60,18 +58,7 @@ pub fn build(
         if r.spec.mode != MeshMode::External {
             continue;
         }
-        match mesh_from(
-            r,
-            &name,
-            &secrets,
-            namespaces,
-            bundle,
-            &bundle_id,
-            node_authorizer,
-            cache,
-            &mut fresh,
-            now,
-        ) {
+        match mesh_from(r, &name, &secrets, namespaces, bundle, &bundle_id, node_authorizer, cache, &mut fresh, now) {
             Ok(mesh) => {
                 if let Err(why) = &mesh.signer {
                     built.problems.insert(name.clone(), why.clone());
@@ -105,19 +92,12 @@ fn mesh_from(
 ) -> Result<Mesh, String> {
     let spec = &r.spec;
     validate_trust_domain(&spec.trust_domain).map_err(|e| format!("spec.trustDomain: {e}"))?;
-    let default_ttl = parse_duration(
-        "workloadCertificates.defaultTTL",
-        &spec.workload_certificates.default_ttl,
-    )?;
+    let default_ttl = parse_duration("workloadCertificates.defaultTTL", &spec.workload_certificates.default_ttl)?;
     let max_ttl = parse_duration("workloadCertificates.maxTTL", &spec.workload_certificates.max_ttl)?;
     for account in &spec.trusted_node_accounts {
-        let ok = account
-            .split_once('/')
-            .is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa));
+        let ok = account.split_once('/').is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa));
         if !ok {
-            return Err(format!(
-                "trustedNodeAccounts: {account:?} is not NAMESPACE/SERVICEACCOUNT"
-            ));
+            return Err(format!("trustedNodeAccounts: {account:?} is not NAMESPACE/SERVICEACCOUNT"));
         }
     }
     let scope = match &spec.namespace_selector {
@@ -186,20 +166,14 @@ pub fn spawn(
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
     let config = watcher::Config::default();
     let changes = futures::stream::select_all([
-        reflector(
-            meshes_w,
-            watcher(Api::<MeshResource>::all(client.clone()), config.clone()),
-        )
-        .default_backoff()
-        .map(|r| r.err().map(|e| e.to_string()))
-        .boxed(),
-        reflector(
-            secrets_w,
-            watcher(Api::<Secret>::namespaced(client.clone(), namespace), config.clone()),
-        )
-        .default_backoff()
-        .map(|r| r.err().map(|e| e.to_string()))
-        .boxed(),
+        reflector(meshes_w, watcher(Api::<MeshResource>::all(client.clone()), config.clone()))
+            .default_backoff()
+            .map(|r| r.err().map(|e| e.to_string()))
+            .boxed(),
+        reflector(secrets_w, watcher(Api::<Secret>::namespaced(client.clone(), namespace), config.clone()))
+            .default_backoff()
+            .map(|r| r.err().map(|e| e.to_string()))
+            .boxed(),
         reflector(namespaces_w, watcher(Api::<Namespace>::all(client), config))
             .default_backoff()
             .map(|r| r.err().map(|e| e.to_string()))

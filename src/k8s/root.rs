@@ -55,10 +55,7 @@ pub fn parse_root_secret(secret: &Secret) -> Result<Root, RootError> {
         secret.metadata.namespace.as_deref().unwrap_or_default(),
         secret.metadata.name.as_deref().unwrap_or_default()
     );
-    let invalid = |error| RootError::Invalid {
-        secret: id.clone(),
-        error,
-    };
+    let invalid = |error| RootError::Invalid { secret: id.clone(), error };
     let cert_pem = secret_value(secret, TLS_CERT).ok_or_else(|| RootError::NoCertificate(id.clone()))?;
     let mut certs = pem::decode_certificates(cert_pem, crate::pki::authority::MAX_CERT_PEM_BYTES).map_err(invalid)?;
     let root_cert = certs.remove(0);
@@ -78,11 +75,7 @@ pub fn parse_root_secret(secret: &Secret) -> Result<Root, RootError> {
         roots.extend(pem::decode_certificates(extra, crate::pki::authority::MAX_CERT_PEM_BYTES).map_err(invalid)?);
     }
     let bundle = TrustBundle::new(roots).map_err(invalid)?;
-    Ok(Root {
-        authority,
-        bundle,
-        resource_version: secret.metadata.resource_version.clone(),
-    })
+    Ok(Root { authority, bundle, resource_version: secret.metadata.resource_version.clone() })
 }
 
 /// Loads the root Secret, generating it first when `generate` is set and it
@@ -100,24 +93,12 @@ pub async fn load_or_generate(
         return parse_root_secret(&secret);
     }
     if !generate {
-        return Err(RootError::Missing {
-            namespace: namespace.into(),
-            name: name.into(),
-        });
+        return Err(RootError::Missing { namespace: namespace.into(), name: name.into() });
     }
-    let root =
-        Authority::new_root(&CaSpec::root(GENERATED_ROOT_LIFETIME), OffsetDateTime::now_utc()).map_err(|error| {
-            RootError::Invalid {
-                secret: format!("{namespace}/{name}"),
-                error,
-            }
-        })?;
+    let root = Authority::new_root(&CaSpec::root(GENERATED_ROOT_LIFETIME), OffsetDateTime::now_utc())
+        .map_err(|error| RootError::Invalid { secret: format!("{namespace}/{name}"), error })?;
     let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(managed_labels()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(name.into()), labels: Some(managed_labels()), ..Default::default() },
         type_: Some("kubernetes.io/tls".into()),
         data: Some(secret_data(&[
             (TLS_CERT, root.certificate_pem().as_bytes()),
@@ -125,10 +106,7 @@ pub async fn load_or_generate(
         ])),
         ..Default::default()
     };
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     match api.create(&params, &secret).await {
         Ok(created) => {
             tracing::info!(secret = %format!("{namespace}/{name}"), "generated a new root CA");

@@ -23,11 +23,7 @@ pub fn validate(selector: &LabelSelector) -> Result<(), String> {
 
 /// Whether `labels` satisfy `selector`. An empty selector matches everything.
 pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_labels = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
     let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
         let values = e.values.as_deref().unwrap_or_default();
         let value = labels.get(&e.key);
@@ -63,14 +59,8 @@ mod tests {
         };
         assert!(matches(&expr("In", json!(["prod", "dev"])), &labels));
         assert!(!matches(&expr("NotIn", json!(["prod"])), &labels));
-        assert!(matches(
-            &sel(json!({"matchExpressions": [{"key": "env", "operator": "Exists"}]})),
-            &labels
-        ));
-        assert!(!matches(
-            &sel(json!({"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}]})),
-            &labels
-        ));
+        assert!(matches(&sel(json!({"matchExpressions": [{"key": "env", "operator": "Exists"}]})), &labels));
+        assert!(!matches(&sel(json!({"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}]})), &labels));
         assert!(validate(&expr("Near", json!(["x"]))).is_err());
         assert!(validate(&expr("In", json!([]))).is_err());
         assert!(validate(&expr("In", json!(["a"]))).is_ok());

@@ -71,9 +71,7 @@ pub struct MeshRegistry {
 
 impl MeshRegistry {
     pub fn new(meshes: Vec<Arc<Mesh>>) -> Self {
-        Self {
-            meshes: ArcSwap::from_pointee(meshes),
-        }
+        Self { meshes: ArcSwap::from_pointee(meshes) }
     }
 
     pub fn replace(&self, meshes: Vec<Arc<Mesh>>) {
@@ -98,10 +96,7 @@ impl MeshRegistry {
         if !rest.is_empty() {
             let mut names: Vec<&str> = std::iter::once(first).chain(rest).map(|m| m.name.as_str()).collect();
             names.sort_unstable();
-            return Err(RouteError::Ambiguous {
-                namespace: namespace.to_string(),
-                meshes: names.join(", "),
-            });
+            return Err(RouteError::Ambiguous { namespace: namespace.to_string(), meshes: names.join(", ") });
         }
         Ok(first.clone())
     }

@@ -172,9 +172,7 @@ impl Authority {
         let probe = parse_certificate(&probe)?;
         let ca = parse_certificate(&self.cert)?;
         if probe.issuer().as_raw() != ca.subject().as_raw() {
-            return Err(PkiError::SelfCheck(
-                "issued certificates would not name this CA as issuer".into(),
-            ));
+            return Err(PkiError::SelfCheck("issued certificates would not name this CA as issuer".into()));
         }
         probe
             .verify_signature(Some(ca.public_key()))
@@ -267,19 +265,13 @@ pub(crate) fn parse_certificate<'a>(der: &'a CertificateDer<'_>) -> Result<X509C
 fn check_is_ca(cert: &X509Certificate<'_>) -> Result<()> {
     let bc = cert.basic_constraints().map_err(|e| PkiError::Der(e.to_string()))?;
     if !bc.is_some_and(|bc| bc.value.ca) {
-        return Err(PkiError::NotCa(format!(
-            "{} lacks basicConstraints CA:TRUE",
-            cert.subject()
-        )));
+        return Err(PkiError::NotCa(format!("{} lacks basicConstraints CA:TRUE", cert.subject())));
     }
     let ku = cert.key_usage().map_err(|e| PkiError::Der(e.to_string()))?;
     if let Some(ku) = ku
         && !ku.value.key_cert_sign()
     {
-        return Err(PkiError::NotCa(format!(
-            "{} lacks the keyCertSign key usage",
-            cert.subject()
-        )));
+        return Err(PkiError::NotCa(format!("{} lacks the keyCertSign key usage", cert.subject())));
     }
     Ok(())
 }

@@ -24,10 +24,7 @@ impl TrustBundle {
         for root in roots {
             let cert = parse_certificate(&root)?;
             if !cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca) {
-                return Err(PkiError::NotCa(format!(
-                    "trust bundle entry {} is not a CA",
-                    cert.subject()
-                )));
+                return Err(PkiError::NotCa(format!("trust bundle entry {} is not a CA", cert.subject())));
             }
             if !unique.contains(&root) {
                 unique.push(root);
@@ -165,12 +162,7 @@ impl SigningChain {
         let mut response_tail: Vec<String> = path.iter().map(|c| pem::encode_certificate(c)).collect();
         response_tail.push(bundle.pem().to_string());
         let intermediates = path.into_iter().skip(usize::from(!signer_is_root)).collect();
-        Ok(Self {
-            authority,
-            intermediates,
-            bundle,
-            response_tail,
-        })
+        Ok(Self { authority, intermediates, bundle, response_tail })
     }
 
     pub fn authority(&self) -> &Authority {

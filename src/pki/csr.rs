@@ -57,10 +57,7 @@ impl CertificateSigningRequest {
     /// Parses and verifies a DER CSR.
     pub fn from_der(der: &[u8]) -> Result<Self> {
         if der.len() > MAX_CSR_PEM_BYTES {
-            return Err(PkiError::TooLarge {
-                size: der.len(),
-                limit: MAX_CSR_PEM_BYTES,
-            });
+            return Err(PkiError::TooLarge { size: der.len(), limit: MAX_CSR_PEM_BYTES });
         }
         let (rest, csr) =
             X509CertificationRequest::from_der(der).map_err(|e| PkiError::Der(format!("not a PKCS#10 CSR: {e}")))?;
@@ -70,8 +67,7 @@ impl CertificateSigningRequest {
         let info = &csr.certification_request_info;
         let key_kind = classify_spki(&info.subject_pki)?;
         check_signature_algorithm(&csr, key_kind)?;
-        csr.verify_signature()
-            .map_err(|e| PkiError::CsrSignature(e.to_string()))?;
+        csr.verify_signature().map_err(|e| PkiError::CsrSignature(e.to_string()))?;
 
         let mut names = RequestedNames::default();
         let mut san_critical = None;
@@ -209,9 +205,7 @@ fn check_signature_algorithm(csr: &X509CertificationRequest<'_>, key: PublicKeyK
         other => return Err(PkiError::UnsupportedSignature(other.to_string())),
     };
     if !key_matches {
-        return Err(PkiError::UnsupportedSignature(format!(
-            "{oid} does not match a {key} key"
-        )));
+        return Err(PkiError::UnsupportedSignature(format!("{oid} does not match a {key} key")));
     }
     Ok(())
 }
@@ -221,9 +215,8 @@ fn check_signature_algorithm(csr: &X509CertificationRequest<'_>, key: PublicKeyK
 pub fn build_workload_csr(key: &super::PrivateKey, identity: &str) -> Result<String> {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names =
-        vec![rcgen::SanType::URI(identity.try_into().map_err(|_| {
-            PkiError::Invalid("the identity is not an ASCII URI".into())
-        })?)];
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        identity.try_into().map_err(|_| PkiError::Invalid("the identity is not an ASCII URI".into()))?,
+    )];
     Ok(params.serialize_request(key)?.pem()?)
 }

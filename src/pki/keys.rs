@@ -159,10 +159,7 @@ pub struct PrivateKey {
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrivateKey")
-            .field("kind", &self.kind)
-            .field("key", &"[redacted]")
-            .finish()
+        f.debug_struct("PrivateKey").field("kind", &self.kind).field("key", &"[redacted]").finish()
     }
 }
 
@@ -195,28 +192,18 @@ impl PrivateKey {
         }
         let block = blocks.remove(0);
         let (der, encoding) = match block.label.as_str() {
-            "PRIVATE KEY" => (
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(block.der.as_slice())),
-                KeyEncoding::Pkcs8,
-            ),
-            "RSA PRIVATE KEY" => (
-                PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(block.der.as_slice())),
-                KeyEncoding::Pkcs1,
-            ),
-            "EC PRIVATE KEY" => (
-                PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(block.der.as_slice())),
-                KeyEncoding::Sec1,
-            ),
+            "PRIVATE KEY" => (PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(block.der.as_slice())), KeyEncoding::Pkcs8),
+            "RSA PRIVATE KEY" => {
+                (PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(block.der.as_slice())), KeyEncoding::Pkcs1)
+            }
+            "EC PRIVATE KEY" => (PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(block.der.as_slice())), KeyEncoding::Sec1),
             "ENCRYPTED PRIVATE KEY" => {
                 return Err(PkiError::UnsupportedKey(
                     "encrypted private keys are not supported; decrypt it first (openssl pkey)".into(),
                 ));
             }
             other => {
-                return Err(PkiError::PemLabel {
-                    expected: "PRIVATE KEY",
-                    found: other.to_string(),
-                });
+                return Err(PkiError::PemLabel { expected: "PRIVATE KEY", found: other.to_string() });
             }
         };
         let pair = load_pair(&der, encoding)?;
@@ -277,10 +264,7 @@ fn load_pair(der: &PrivateKeyDer<'_>, encoding: KeyEncoding) -> Result<KeyPair> 
             return KeyPair::try_from(der).map_err(|_| PkiError::KeyLoad);
         }
     };
-    candidates
-        .iter()
-        .find_map(|alg| KeyPair::from_der_and_sign_algo(der, alg).ok())
-        .ok_or(PkiError::KeyLoad)
+    candidates.iter().find_map(|alg| KeyPair::from_der_and_sign_algo(der, alg).ok()).ok_or(PkiError::KeyLoad)
 }
 
 #[cfg(test)]
@@ -325,15 +309,9 @@ mod tests {
     #[test]
     fn refuses_non_keys_and_encrypted_keys() {
         let cert = pem::encode("CERTIFICATE", &[1, 2, 3]);
-        assert!(matches!(
-            PrivateKey::from_pem(cert.as_bytes()),
-            Err(PkiError::PemLabel { .. })
-        ));
+        assert!(matches!(PrivateKey::from_pem(cert.as_bytes()), Err(PkiError::PemLabel { .. })));
         let enc = pem::encode("ENCRYPTED PRIVATE KEY", &[1, 2, 3]);
-        assert!(matches!(
-            PrivateKey::from_pem(enc.as_bytes()),
-            Err(PkiError::UnsupportedKey(_))
-        ));
+        assert!(matches!(PrivateKey::from_pem(enc.as_bytes()), Err(PkiError::UnsupportedKey(_))));
         let junk = pem::encode("PRIVATE KEY", &[1, 2, 3]);
         assert!(matches!(PrivateKey::from_pem(junk.as_bytes()), Err(PkiError::KeyLoad)));
     }

@@ -17,10 +17,7 @@ pub struct PemBlock {
 /// Decodes every PEM block in `input`, refusing input over `limit` bytes.
 pub fn decode_all(input: &[u8], limit: usize) -> Result<Vec<PemBlock>> {
     if input.len() > limit {
-        return Err(PkiError::TooLarge {
-            size: input.len(),
-            limit,
-        });
+        return Err(PkiError::TooLarge { size: input.len(), limit });
     }
     let blocks = pem::parse_many(input).map_err(|e| PkiError::Pem(e.to_string()))?;
     if blocks.is_empty() {
@@ -28,10 +25,7 @@ pub fn decode_all(input: &[u8], limit: usize) -> Result<Vec<PemBlock>> {
     }
     let blocks: Vec<PemBlock> = blocks
         .into_iter()
-        .map(|p| PemBlock {
-            label: p.tag().to_string(),
-            der: Zeroizing::new(p.into_contents()),
-        })
+        .map(|p| PemBlock { label: p.tag().to_string(), der: Zeroizing::new(p.into_contents()) })
         .collect();
     if blocks.iter().any(|b| b.der.is_empty()) {
         return Err(PkiError::Pem("empty PEM block".into()));
@@ -47,10 +41,7 @@ pub fn decode_one(input: &[u8], label: &'static str, limit: usize) -> Result<Zer
     }
     let block = blocks.remove(0);
     if block.label != label {
-        return Err(PkiError::PemLabel {
-            expected: label,
-            found: block.label,
-        });
+        return Err(PkiError::PemLabel { expected: label, found: block.label });
     }
     Ok(block.der)
 }
@@ -63,10 +54,7 @@ pub fn decode_certificates(input: &[u8], limit: usize) -> Result<Vec<Certificate
             if b.label == CERTIFICATE {
                 Ok(CertificateDer::from(b.der.to_vec()))
             } else {
-                Err(PkiError::PemLabel {
-                    expected: CERTIFICATE,
-                    found: b.label,
-                })
+                Err(PkiError::PemLabel { expected: CERTIFICATE, found: b.label })
             }
         })
         .collect()
@@ -109,19 +97,9 @@ mod tests {
     #[test]
     fn refuses_wrong_label_and_several_blocks() {
         let a = encode("PUBLIC KEY", &[1, 2, 3]);
-        assert!(matches!(
-            decode_one(a.as_bytes(), CERTIFICATE_REQUEST, 1000),
-            Err(PkiError::PemLabel { .. })
-        ));
-        let two = format!(
-            "{}{}",
-            encode(CERTIFICATE_REQUEST, &[1]),
-            encode(CERTIFICATE_REQUEST, &[2])
-        );
-        assert!(matches!(
-            decode_one(two.as_bytes(), CERTIFICATE_REQUEST, 1000),
-            Err(PkiError::PemCount(2))
-        ));
+        assert!(matches!(decode_one(a.as_bytes(), CERTIFICATE_REQUEST, 1000), Err(PkiError::PemLabel { .. })));
+        let two = format!("{}{}", encode(CERTIFICATE_REQUEST, &[1]), encode(CERTIFICATE_REQUEST, &[2]));
+        assert!(matches!(decode_one(two.as_bytes(), CERTIFICATE_REQUEST, 1000), Err(PkiError::PemCount(2))));
         let mixed = format!("{}{}", encode(CERTIFICATE, &[1]), encode("PRIVATE KEY", &[2]));
         assert!(decode_certificates(mixed.as_bytes(), 1000).is_err());
     }

@@ -35,11 +35,8 @@ pub fn issue_workload(
     ttl: Duration,
     now: OffsetDateTime,
 ) -> Result<IssuedCertificate> {
-    let san = SanType::URI(
-        identity
-            .try_into()
-            .map_err(|_| PkiError::Invalid("the identity is not an ASCII URI".into()))?,
-    );
+    let san =
+        SanType::URI(identity.try_into().map_err(|_| PkiError::Invalid("the identity is not an ASCII URI".into()))?);
     issue_leaf(
         authority,
         spki_der,
@@ -60,27 +57,16 @@ pub fn issue_server(
     now: OffsetDateTime,
 ) -> Result<IssuedCertificate> {
     if dns_names.is_empty() && ips.is_empty() {
-        return Err(PkiError::Invalid(
-            "a server certificate needs at least one DNS name or IP".into(),
-        ));
+        return Err(PkiError::Invalid("a server certificate needs at least one DNS name or IP".into()));
     }
     let mut sans = Vec::with_capacity(dns_names.len() + ips.len());
     for name in dns_names {
         sans.push(SanType::DnsName(
-            name.as_str()
-                .try_into()
-                .map_err(|_| PkiError::Invalid(format!("DNS name {name:?} is not ASCII")))?,
+            name.as_str().try_into().map_err(|_| PkiError::Invalid(format!("DNS name {name:?} is not ASCII")))?,
         ));
     }
     sans.extend(ips.iter().copied().map(SanType::IpAddress));
-    issue_leaf(
-        authority,
-        spki_der,
-        sans,
-        &[ExtendedKeyUsagePurpose::ServerAuth],
-        lifetime,
-        now,
-    )
+    issue_leaf(authority, spki_der, sans, &[ExtendedKeyUsagePurpose::ServerAuth], lifetime, now)
 }
 
 fn issue_leaf(
@@ -95,15 +81,10 @@ fn issue_leaf(
         return Err(PkiError::Invalid("the lifetime must be positive".into()));
     }
     // X.509 times have whole seconds; truncate so what we report is exact.
-    let now = now
-        .replace_nanosecond(0)
-        .map_err(|e| PkiError::Invalid(e.to_string()))?;
+    let now = now.replace_nanosecond(0).map_err(|e| PkiError::Invalid(e.to_string()))?;
     authority.check_valid_at(now)?;
     let not_before = now - CLOCK_SKEW_GRACE;
-    let not_after = now
-        .checked_add(ttl)
-        .unwrap_or(authority.not_after())
-        .min(authority.not_after());
+    let not_after = now.checked_add(ttl).unwrap_or(authority.not_after()).min(authority.not_after());
     let (serial, serial_hex) = random_serial()?;
 
     let mut params = CertificateParams::default();
@@ -118,11 +99,5 @@ fn issue_leaf(
     params.use_authority_key_identifier_extension = true;
 
     let der = authority.sign(&params, spki_der)?;
-    Ok(IssuedCertificate {
-        pem: pem::encode_certificate(&der),
-        der,
-        serial_hex,
-        not_before,
-        not_after,
-    })
+    Ok(IssuedCertificate { pem: pem::encode_certificate(&der), der, serial_hex, not_before, not_after })
 }

@@ -27,10 +27,7 @@ impl SpiffeId {
         };
         validate_trust_domain(td)?;
         validate_path(path)?;
-        Ok(Self {
-            trust_domain: td.to_string(),
-            path: path.to_string(),
-        })
+        Ok(Self { trust_domain: td.to_string(), path: path.to_string() })
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -54,14 +51,9 @@ pub fn validate_trust_domain(td: &str) -> Result<()> {
         return Err(err("trust domain is empty"));
     }
     if td.len() > MAX_TRUST_DOMAIN_BYTES {
-        return Err(err(format!(
-            "trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes"
-        )));
+        return Err(err(format!("trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")));
     }
-    if let Some(c) = td
-        .chars()
-        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_'))
-    {
+    if let Some(c) = td.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_')) {
         let what = match c {
             ':' => "a port".to_string(),
             '@' => "userinfo".to_string(),
@@ -89,10 +81,7 @@ fn validate_path(path: &str) -> Result<()> {
             "." | ".." => return Err(err("path has a dot segment")),
             _ => {}
         }
-        if let Some(c) = segment
-            .chars()
-            .find(|c| !matches!(c, 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_'))
-        {
+        if let Some(c) = segment.chars().find(|c| !matches!(c, 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_')) {
             let what = match c {
                 '?' => "a query".to_string(),
                 '#' => "a fragment".to_string(),
@@ -137,20 +126,14 @@ impl WorkloadIdentity {
                 namespace: ns.to_string(),
                 service_account: sa.to_string(),
             }),
-            _ => Err(err(
-                "an Istio identity has the form spiffe://<trust domain>/ns/<namespace>/sa/<service account>",
-            )),
+            _ => Err(err("an Istio identity has the form spiffe://<trust domain>/ns/<namespace>/sa/<service account>")),
         }
     }
 }
 
 impl fmt::Display for WorkloadIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
     }
 }
 
@@ -201,14 +184,8 @@ mod tests {
     #[test]
     fn workload_identity_requires_istio_shape() {
         let w = WorkloadIdentity::parse("spiffe://cluster.local/ns/default/sa/bookinfo").unwrap();
-        assert_eq!(
-            (w.namespace.as_str(), w.service_account.as_str()),
-            ("default", "bookinfo")
-        );
-        assert_eq!(
-            WorkloadIdentity::new("cluster.local", "default", "bookinfo").unwrap(),
-            w
-        );
+        assert_eq!((w.namespace.as_str(), w.service_account.as_str()), ("default", "bookinfo"));
+        assert_eq!(WorkloadIdentity::new("cluster.local", "default", "bookinfo").unwrap(), w);
         for bad in [
             "spiffe://cluster.local/ns/default",
             "spiffe://cluster.local/ns/default/sa/b/extra",

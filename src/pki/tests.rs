@@ -61,9 +61,7 @@ fn root_is_a_self_signed_ca_with_critical_key_usage() {
 #[test]
 fn intermediate_has_path_len_zero_and_key_identifiers() {
     let root = root();
-    let int = root
-        .new_intermediate(&CaSpec::intermediate("m", Duration::days(365)), now())
-        .unwrap();
+    let int = root.new_intermediate(&CaSpec::intermediate("m", Duration::days(365)), now()).unwrap();
     let cert = parse(int.certificate());
     let bc = cert.basic_constraints().unwrap().unwrap();
     assert!(bc.critical && bc.value.ca);
@@ -73,17 +71,14 @@ fn intermediate_has_path_len_zero_and_key_identifiers() {
     assert_eq!(aki(&cert), ski(&parse(root.certificate())));
     assert!(!ski(&cert).is_empty());
     assert_eq!(cert.issuer().as_raw(), parse(root.certificate()).subject().as_raw());
-    cert.verify_signature(Some(parse(root.certificate()).public_key()))
-        .unwrap();
+    cert.verify_signature(Some(parse(root.certificate()).public_key())).unwrap();
     assert!(!int.is_self_signed());
 }
 
 #[test]
 fn intermediate_never_outlives_its_root() {
     let root = Authority::new_root(&CaSpec::root(Duration::days(30)), now()).unwrap();
-    let int = root
-        .new_intermediate(&CaSpec::intermediate("m", Duration::days(365)), now())
-        .unwrap();
+    let int = root.new_intermediate(&CaSpec::intermediate("m", Duration::days(365)), now()).unwrap();
     assert_eq!(int.not_after(), root.not_after());
 }
 
@@ -154,25 +149,13 @@ fn every_csr_key_type_gets_the_workload_profile() {
     let root = root();
     let chain = chain_under(&root, KeyAlgorithm::EcdsaP256, Duration::days(365));
     for (name, pem, kind) in [
-        (
-            "rsa2048",
-            fixture!("csr-rsa2048-sha256.pem"),
-            PublicKeyKind::Rsa { bits: 2048 },
-        ),
-        (
-            "rsa-pss",
-            fixture!("csr-rsa2048-pss.pem"),
-            PublicKeyKind::Rsa { bits: 2048 },
-        ),
+        ("rsa2048", fixture!("csr-rsa2048-sha256.pem"), PublicKeyKind::Rsa { bits: 2048 }),
+        ("rsa-pss", fixture!("csr-rsa2048-pss.pem"), PublicKeyKind::Rsa { bits: 2048 }),
         ("p256", fixture!("csr-p256.pem"), PublicKeyKind::EcdsaP256),
         ("p256/sha384", fixture!("csr-p256-sha384.pem"), PublicKeyKind::EcdsaP256),
         ("p384", fixture!("csr-p384.pem"), PublicKeyKind::EcdsaP384),
         ("ed25519", fixture!("csr-ed25519.pem"), PublicKeyKind::Ed25519),
-        (
-            "ztunnel",
-            fixture!("csr-p256-empty-subject.pem"),
-            PublicKeyKind::EcdsaP256,
-        ),
+        ("ztunnel", fixture!("csr-p256-empty-subject.pem"), PublicKeyKind::EcdsaP256),
     ] {
         let csr = CertificateSigningRequest::from_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(csr.key_kind(), kind, "{name}");
@@ -196,18 +179,13 @@ fn every_signer_key_type_signs_verifiable_leaves() {
 #[test]
 fn openssl_rsa4096_root_works_as_signer_in_pkcs1_and_pkcs8() {
     let csr = CertificateSigningRequest::from_pem(fixture!("csr-rsa2048-sha256.pem").as_bytes()).unwrap();
-    for key in [
-        fixture!("rsa4096-root-key.pkcs8.pem"),
-        fixture!("rsa4096-root-key.pkcs1.pem"),
-    ] {
+    for key in [fixture!("rsa4096-root-key.pkcs8.pem"), fixture!("rsa4096-root-key.pkcs1.pem")] {
         let root = Authority::from_pem(fixture!("rsa4096-root-cert.pem").as_bytes(), key.as_bytes()).unwrap();
         assert_eq!(root.key_kind(), PublicKeyKind::Rsa { bits: 4096 });
         assert!(root.is_self_signed());
         // Signing directly with the root, and through an intermediate under it.
         let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
-        let int = root
-            .new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now())
-            .unwrap();
+        let int = root.new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now()).unwrap();
         let direct = SigningChain::new(root, vec![], bundle.clone()).unwrap();
         check_workload_leaf(&direct, &csr);
         let via_int = SigningChain::new(int, vec![], bundle).unwrap();
@@ -228,11 +206,7 @@ fn openssl_sec1_ec_roots_work_as_signers() {
             fixture!("ec-prime256v1-root-key.sec1.pem"),
             PublicKeyKind::EcdsaP256,
         ),
-        (
-            fixture!("ec-secp384r1-root-cert.pem"),
-            fixture!("ec-secp384r1-root-key.sec1.pem"),
-            PublicKeyKind::EcdsaP384,
-        ),
+        (fixture!("ec-secp384r1-root-cert.pem"), fixture!("ec-secp384r1-root-key.sec1.pem"), PublicKeyKind::EcdsaP384),
     ] {
         let root = Authority::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
         assert_eq!(root.key_kind(), kind);
@@ -243,11 +217,9 @@ fn openssl_sec1_ec_roots_work_as_signers() {
 
 #[test]
 fn refuses_mismatched_keys_and_non_ca_certificates() {
-    let err = Authority::from_pem(
-        fixture!("rsa4096-root-cert.pem").as_bytes(),
-        fixture!("other-p256-key.pem").as_bytes(),
-    )
-    .unwrap_err();
+    let err =
+        Authority::from_pem(fixture!("rsa4096-root-cert.pem").as_bytes(), fixture!("other-p256-key.pem").as_bytes())
+            .unwrap_err();
     assert!(matches!(err, PkiError::KeyMismatch), "{err}");
     let err = Authority::from_pem(
         fixture!("not-ca-cert.pem").as_bytes(),
@@ -255,11 +227,7 @@ fn refuses_mismatched_keys_and_non_ca_certificates() {
     )
     .unwrap_err();
     assert!(matches!(err, PkiError::NotCa(_)), "{err}");
-    let two = format!(
-        "{}{}",
-        fixture!("rsa4096-root-cert.pem"),
-        fixture!("ec-prime256v1-root-cert.pem")
-    );
+    let two = format!("{}{}", fixture!("rsa4096-root-cert.pem"), fixture!("ec-prime256v1-root-cert.pem"));
     let err = Authority::from_pem(two.as_bytes(), fixture!("rsa4096-root-key.pkcs8.pem").as_bytes()).unwrap_err();
     assert!(matches!(err, PkiError::PemCount(2)), "{err}");
 }
@@ -274,9 +242,7 @@ fn csr_refusals_name_the_problem() {
         ("key instead of csr", fixture!("k-p256.pem"), "expected PEM label"),
     ];
     for (name, pem, expect) in cases {
-        let err = CertificateSigningRequest::from_pem(pem.as_bytes())
-            .unwrap_err()
-            .to_string();
+        let err = CertificateSigningRequest::from_pem(pem.as_bytes()).unwrap_err().to_string();
         assert!(err.contains(expect), "{name}: {err}");
     }
 }
@@ -296,20 +262,11 @@ fn csr_with_a_tampered_body_or_signature_is_refused() {
     tampered[last] ^= 0x01;
     assert!(CertificateSigningRequest::from_der(&tampered).is_err());
     // Truncated and trailing garbage.
-    assert!(matches!(
-        CertificateSigningRequest::from_der(&der[..der.len() - 10]),
-        Err(PkiError::Der(_))
-    ));
+    assert!(matches!(CertificateSigningRequest::from_der(&der[..der.len() - 10]), Err(PkiError::Der(_))));
     let mut trailing = der.to_vec();
     trailing.push(0);
-    assert!(matches!(
-        CertificateSigningRequest::from_der(&trailing),
-        Err(PkiError::Der(_))
-    ));
-    assert!(matches!(
-        CertificateSigningRequest::from_der(b"\x30\x03\x02\x01\x00"),
-        Err(PkiError::Der(_))
-    ));
+    assert!(matches!(CertificateSigningRequest::from_der(&trailing), Err(PkiError::Der(_))));
+    assert!(matches!(CertificateSigningRequest::from_der(b"\x30\x03\x02\x01\x00"), Err(PkiError::Der(_))));
 }
 
 #[test]
@@ -346,18 +303,11 @@ fn leaf_not_after_is_clamped_to_the_signer() {
     let root = root();
     let chain = chain_under(&root, KeyAlgorithm::EcdsaP256, Duration::hours(1));
     let csr = CertificateSigningRequest::from_pem(fixture!("csr-p256.pem").as_bytes()).unwrap();
-    let issued = chain
-        .issue_workload(csr.spki_der(), IDENTITY, Duration::hours(24), now())
-        .unwrap();
+    let issued = chain.issue_workload(csr.spki_der(), IDENTITY, Duration::hours(24), now()).unwrap();
     assert_eq!(issued.not_after, chain.authority().not_after());
-    assert_eq!(
-        parse(&issued.der).validity().not_after.timestamp(),
-        chain.authority().not_after().unix_timestamp()
-    );
+    assert_eq!(parse(&issued.der).validity().not_after.timestamp(), chain.authority().not_after().unix_timestamp());
     // A TTL that overflows the calendar is clamped too, not an error.
-    let issued = chain
-        .issue_workload(csr.spki_der(), IDENTITY, Duration::MAX, now())
-        .unwrap();
+    let issued = chain.issue_workload(csr.spki_der(), IDENTITY, Duration::MAX, now()).unwrap();
     assert_eq!(issued.not_after, chain.authority().not_after());
 }
 
@@ -367,38 +317,25 @@ fn an_expired_signer_refuses_to_sign() {
     let root = Authority::new_root(&CaSpec::root(Duration::days(1)), long_ago).unwrap();
     assert!(matches!(root.check_valid_at(now()), Err(PkiError::Expired { .. })));
     let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
-    assert!(matches!(
-        SigningChain::new(root, vec![], bundle),
-        Err(PkiError::Expired { .. })
-    ));
+    assert!(matches!(SigningChain::new(root, vec![], bundle), Err(PkiError::Expired { .. })));
 }
 
 #[test]
 fn a_chain_that_does_not_reach_the_bundle_is_refused() {
     let root = root();
     let other = Authority::new_root(&CaSpec::root(Duration::days(30)), now()).unwrap();
-    let int = root
-        .new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now())
-        .unwrap();
+    let int = root.new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now()).unwrap();
     let wrong = TrustBundle::new(vec![other.certificate().clone()]).unwrap();
-    assert!(matches!(
-        SigningChain::new(int, vec![], wrong),
-        Err(PkiError::SelfCheck(_))
-    ));
+    assert!(matches!(SigningChain::new(int, vec![], wrong), Err(PkiError::SelfCheck(_))));
 }
 
 #[test]
 fn response_chain_has_one_certificate_per_element_then_the_bundle() {
     let root = root();
     let next_root = Authority::new_root(&CaSpec::root(Duration::days(30)), now()).unwrap();
-    let int = root
-        .new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now())
-        .unwrap();
+    let int = root.new_intermediate(&CaSpec::intermediate("m", Duration::days(30)), now()).unwrap();
     let bundle = TrustBundle::new(vec![root.certificate().clone(), next_root.certificate().clone()]).unwrap();
-    assert_eq!(
-        bundle.fingerprints(),
-        vec![sha256_hex(root.certificate()), sha256_hex(next_root.certificate())]
-    );
+    assert_eq!(bundle.fingerprints(), vec![sha256_hex(root.certificate()), sha256_hex(next_root.certificate())]);
     let int_pem = int.certificate_pem().to_string();
     // A chain file that repeats the root (Istio's cert-chain.pem layout) does not repeat it in responses.
     let chain = SigningChain::new(int, vec![root.certificate().clone()], bundle.clone()).unwrap();
@@ -406,10 +343,7 @@ fn response_chain_has_one_certificate_per_element_then_the_bundle() {
     assert_eq!(response.len(), 3);
     assert_eq!(response[1], int_pem);
     assert_eq!(response[2], bundle.pem());
-    assert_eq!(
-        pem::decode_certificates(response[2].as_bytes(), 100_000).unwrap().len(),
-        2
-    );
+    assert_eq!(pem::decode_certificates(response[2].as_bytes(), 100_000).unwrap().len(), 2);
     assert!(response.iter().all(|e| e.ends_with('\n')));
     assert!(chain.intermediates().is_empty());
 

@@ -69,9 +69,7 @@ pub struct Metrics {
 
 fn latency_histogram() -> Histogram {
     // 50 µs to ~0.8 s: signing is sub-millisecond, TokenReview misses are not.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.00005, 2.0, 15,
-    ))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 15))
 }
 
 impl Metrics {
@@ -93,11 +91,7 @@ impl Metrics {
             chain_expiry: AtomicI64::new(0),
             registry: Registry::default(),
         };
-        registry.register(
-            "citadel_server_csr_count",
-            "The number of CSRs received",
-            m.csr_count.clone(),
-        );
+        registry.register("citadel_server_csr_count", "The number of CSRs received", m.csr_count.clone());
         registry.register(
             "citadel_server_authentication_failure_count",
             "The number of authentication failures",
@@ -160,17 +154,13 @@ impl Metrics {
     }
 
     pub fn record_duration(&self, code: &'static str, seconds: f64) {
-        self.request_duration
-            .get_or_create(&OutcomeLabels { code })
-            .observe(seconds);
+        self.request_duration.get_or_create(&OutcomeLabels { code }).observe(seconds);
     }
 
     /// Renders the OpenMetrics text, refreshing time-relative gauges first.
     pub fn render(&self, now_unix: i64) -> String {
-        self.root_cert_expiry_seconds
-            .set(self.root_expiry.load(Ordering::Relaxed) - now_unix);
-        self.cert_chain_expiry_seconds
-            .set(self.chain_expiry.load(Ordering::Relaxed) - now_unix);
+        self.root_cert_expiry_seconds.set(self.root_expiry.load(Ordering::Relaxed) - now_unix);
+        self.cert_chain_expiry_seconds.set(self.chain_expiry.load(Ordering::Relaxed) - now_unix);
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -187,32 +177,15 @@ mod tests {
         let m = Metrics::new();
         m.csr_count.inc();
         m.csr_count.inc();
-        m.csr_sign_err_count
-            .get_or_create(&SignErrorLabels { error: "CSR_ERROR" })
-            .inc();
+        m.csr_sign_err_count.get_or_create(&SignErrorLabels { error: "CSR_ERROR" }).inc();
         m.set_expiries(2_000, 1_500);
         m.record_duration("OK", 0.0002);
         let text = m.render(1_000);
         assert!(text.lines().any(|l| l == "citadel_server_csr_count 2"), "{text}");
-        assert!(
-            text.lines()
-                .any(|l| l == "citadel_server_csr_sign_err_count{error=\"CSR_ERROR\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.lines()
-                .any(|l| l == "citadel_server_root_cert_expiry_seconds 1000"),
-            "{text}"
-        );
-        assert!(
-            text.lines()
-                .any(|l| l == "citadel_server_cert_chain_expiry_timestamp 1500"),
-            "{text}"
-        );
-        assert!(
-            text.contains("meshroot_create_certificate_duration_seconds_count{code=\"OK\"} 1"),
-            "{text}"
-        );
+        assert!(text.lines().any(|l| l == "citadel_server_csr_sign_err_count{error=\"CSR_ERROR\"} 1"), "{text}");
+        assert!(text.lines().any(|l| l == "citadel_server_root_cert_expiry_seconds 1000"), "{text}");
+        assert!(text.lines().any(|l| l == "citadel_server_cert_chain_expiry_timestamp 1500"), "{text}");
+        assert!(text.contains("meshroot_create_certificate_duration_seconds_count{code=\"OK\"} 1"), "{text}");
         assert!(!text.contains("citadel_server_csr_count_total"));
         assert!(text.ends_with("# EOF\n"));
     }

@@ -77,12 +77,7 @@ pub fn csr_for(identity: &str, alg: KeyAlgorithm) -> (PrivateKey, String) {
 }
 
 pub fn metadata(pairs: &[(&str, Kind)]) -> Option<Struct> {
-    Some(Struct {
-        fields: pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value { kind: Some(v.clone()) }))
-            .collect(),
-    })
+    Some(Struct { fields: pairs.iter().map(|(k, v)| (k.to_string(), Value { kind: Some(v.clone()) })).collect() })
 }
 
 /// A request with the given headers (each may repeat).
@@ -92,11 +87,8 @@ pub fn request(
     meta: Option<Struct>,
     headers: &[(&'static str, &str)],
 ) -> tonic::Request<IstioCertificateRequest> {
-    let mut req = tonic::Request::new(IstioCertificateRequest {
-        csr: csr.to_string(),
-        validity_duration: ttl,
-        metadata: meta,
-    });
+    let mut req =
+        tonic::Request::new(IstioCertificateRequest { csr: csr.to_string(), validity_duration: ttl, metadata: meta });
     for (k, v) in headers {
         req.metadata_mut().append(*k, v.parse().unwrap());
     }
@@ -129,10 +121,6 @@ pub async fn client_with_identity(
         .ca_certificate(Certificate::from_pem(ca.root_pem()))
         .domain_name("localhost")
         .identity(Identity::from_pem(chain_pem, key_pem));
-    let channel = Endpoint::from_shared(format!("https://{}", ca.addr()))
-        .unwrap()
-        .tls_config(tls)?
-        .connect()
-        .await?;
+    let channel = Endpoint::from_shared(format!("https://{}", ca.addr())).unwrap().tls_config(tls)?.connect().await?;
     Ok(IstioCertificateServiceClient::new(channel))
 }

@@ -65,18 +65,8 @@ impl Drop for Served {
 }
 
 enum Target {
-    Collection {
-        key: ResourceKey,
-        version: String,
-        ns: Option<String>,
-    },
-    Object {
-        key: ResourceKey,
-        version: String,
-        ns: String,
-        name: String,
-        sub: Option<String>,
-    },
+    Collection { key: ResourceKey, version: String, ns: Option<String> },
+    Object { key: ResourceKey, version: String, ns: String, name: String, sub: Option<String> },
     TokenReview,
     Version,
 }
@@ -119,10 +109,7 @@ impl FakeApi {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
             let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             paths.sort();
-            for path in paths
-                .iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-            {
+            for path in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")) {
                 let text = std::fs::read_to_string(path).unwrap();
                 for doc in text.split("\n---").filter(|d| d.contains("CustomResourceDefinition")) {
                     let crd: Value = serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -167,12 +154,7 @@ impl FakeApi {
             ),
         )
         .unwrap();
-        Served {
-            addr,
-            kubeconfig,
-            _dir: dir,
-            task,
-        }
+        Served { addr, kubeconfig, _dir: dir, task }
     }
 
     /// While on, every request fails with 503, as when the API server is unreachable.
@@ -181,12 +163,7 @@ impl FakeApi {
     }
 
     pub fn add_token(&self, token: &str, answer: TokenAnswer) {
-        self.inner
-            .store
-            .lock()
-            .unwrap()
-            .tokens
-            .insert(token.to_string(), answer);
+        self.inner.store.lock().unwrap().tokens.insert(token.to_string(), answer);
     }
 
     /// A bound service-account token, as kubelet projects them for pods.
@@ -200,14 +177,8 @@ impl FakeApi {
     ) {
         let mut extra = BTreeMap::new();
         if let Some((name, uid)) = pod {
-            extra.insert(
-                "authentication.kubernetes.io/pod-name".to_string(),
-                vec![name.to_string()],
-            );
-            extra.insert(
-                "authentication.kubernetes.io/pod-uid".to_string(),
-                vec![uid.to_string()],
-            );
+            extra.insert("authentication.kubernetes.io/pod-name".to_string(), vec![name.to_string()]);
+            extra.insert("authentication.kubernetes.io/pod-uid".to_string(), vec![uid.to_string()]);
         }
         self.add_token(
             token,
@@ -239,67 +210,32 @@ impl FakeApi {
 
     /// Requests that change state (not GET, not TokenReview).
     pub fn writes(&self) -> Vec<Recorded> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.method != "GET" && !r.path.ends_with("/tokenreviews"))
-            .collect()
+        self.requests().into_iter().filter(|r| r.method != "GET" && !r.path.ends_with("/tokenreviews")).collect()
     }
 
     /// Creates an object directly (test setup); panics on an API error.
     pub fn create(&self, api_version: &str, plural: &str, ns: &str, obj: Value) -> Value {
         let (group, version) = split_api_version(api_version);
-        let key = ResourceKey {
-            group,
-            plural: plural.into(),
-        };
+        let key = ResourceKey { group, plural: plural.into() };
         let mut s = self.inner.store.lock().unwrap();
-        let (obj, ev) = s
-            .create(&key, &version, ns, obj)
-            .unwrap_or_else(|e| panic!("create {plural}: {}", e.message));
+        let (obj, ev) = s.create(&key, &version, ns, obj).unwrap_or_else(|e| panic!("create {plural}: {}", e.message));
         let _ = self.inner.events.send(ev);
         obj
     }
 
     pub fn namespace(&self, name: &str, labels: Value) -> Value {
-        self.create(
-            "v1",
-            "namespaces",
-            "",
-            json!({"metadata": {"name": name, "labels": labels}}),
-        )
+        self.create("v1", "namespaces", "", json!({"metadata": {"name": name, "labels": labels}}))
     }
 
     pub fn get(&self, api_version: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
         let (group, _) = split_api_version(api_version);
-        self.inner
-            .store
-            .lock()
-            .unwrap()
-            .get(
-                &ResourceKey {
-                    group,
-                    plural: plural.into(),
-                },
-                ns,
-                name,
-            )
-            .ok()
+        self.inner.store.lock().unwrap().get(&ResourceKey { group, plural: plural.into() }, ns, name).ok()
     }
 
     pub fn list(&self, api_version: &str, plural: &str) -> Vec<Value> {
         let (group, _) = split_api_version(api_version);
-        let opts = ListOptions {
-            namespace: None,
-            labels: LabelSelector::default(),
-            fields: FieldSelector::default(),
-        };
-        self.inner.store.lock().unwrap().list(
-            &ResourceKey {
-                group,
-                plural: plural.into(),
-            },
-            &opts,
-        )
+        let opts = ListOptions { namespace: None, labels: LabelSelector::default(), fields: FieldSelector::default() };
+        self.inner.store.lock().unwrap().list(&ResourceKey { group, plural: plural.into() }, &opts)
     }
 
     fn record(&self, method: &Method, uri: &Uri) {
@@ -334,10 +270,7 @@ fn register_crd(store: &mut Store, crd: &Value) {
         plural,
         ResourceInfo {
             kind: spec["names"]["kind"].as_str().unwrap_or_default().to_string(),
-            versions: versions
-                .iter()
-                .filter_map(|v| v["name"].as_str().map(String::from))
-                .collect(),
+            versions: versions.iter().filter_map(|v| v["name"].as_str().map(String::from)).collect(),
             namespaced: spec["scope"] == "Namespaced",
             status_subresource: versions.iter().any(|v| v.pointer("/subresources/status").is_some()),
         },
@@ -345,10 +278,7 @@ fn register_crd(store: &mut Store, crd: &Value) {
 }
 
 fn status_response(e: &ApiError) -> Response<Body> {
-    json_response(
-        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &e.body(),
-    )
+    json_response(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.body())
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
@@ -368,29 +298,16 @@ fn parse_target(store: &Store, path: &str) -> Result<Target, ApiError> {
         ["apis", g, v, rest @ ..] => (g.to_string(), v.to_string(), rest),
         _ => return Err(ApiError::new(404, "NotFound", format!("no route for {path}"))),
     };
-    let key = |plural: &str| ResourceKey {
-        group: group.clone(),
-        plural: plural.to_string(),
-    };
+    let key = |plural: &str| ResourceKey { group: group.clone(), plural: plural.to_string() };
     let namespaced = |plural: &str| store.resources.get(&key(plural)).is_some_and(|i| i.namespaced);
     let target = match rest {
-        [plural] => Target::Collection {
-            key: key(plural),
-            version,
-            ns: None,
-        },
-        ["namespaces", ns, plural] if namespaced(plural) => Target::Collection {
-            key: key(plural),
-            version,
-            ns: Some(ns.to_string()),
-        },
-        ["namespaces", ns, plural, name] if namespaced(plural) => Target::Object {
-            key: key(plural),
-            version,
-            ns: ns.to_string(),
-            name: name.to_string(),
-            sub: None,
-        },
+        [plural] => Target::Collection { key: key(plural), version, ns: None },
+        ["namespaces", ns, plural] if namespaced(plural) => {
+            Target::Collection { key: key(plural), version, ns: Some(ns.to_string()) }
+        }
+        ["namespaces", ns, plural, name] if namespaced(plural) => {
+            Target::Object { key: key(plural), version, ns: ns.to_string(), name: name.to_string(), sub: None }
+        }
         ["namespaces", ns, plural, name, sub] if namespaced(plural) => Target::Object {
             key: key(plural),
             version,
@@ -398,13 +315,9 @@ fn parse_target(store: &Store, path: &str) -> Result<Target, ApiError> {
             name: name.to_string(),
             sub: Some(sub.to_string()),
         },
-        [plural, name] => Target::Object {
-            key: key(plural),
-            version,
-            ns: String::new(),
-            name: name.to_string(),
-            sub: None,
-        },
+        [plural, name] => {
+            Target::Object { key: key(plural), version, ns: String::new(), name: name.to_string(), sub: None }
+        }
         [plural, name, sub] => Target::Object {
             key: key(plural),
             version,
@@ -419,19 +332,13 @@ fn parse_target(store: &Store, path: &str) -> Result<Target, ApiError> {
     };
     let info = store.info(key)?;
     if !info.versions.contains(version) {
-        return Err(ApiError::new(
-            404,
-            "NotFound",
-            format!("{} is not served at version {version}", key.plural),
-        ));
+        return Err(ApiError::new(404, "NotFound", format!("{} is not served at version {version}", key.plural)));
     }
     Ok(target)
 }
 
 fn query_map(uri: &Uri) -> BTreeMap<String, String> {
-    form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
+    form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
 async fn handle(
@@ -526,20 +433,8 @@ fn dispatch(
             api.publish(evs);
             Ok(json_response(StatusCode::OK, &obj))
         }
-        (
-            Method::PATCH,
-            Target::Object {
-                key,
-                version,
-                ns,
-                name,
-                sub,
-            },
-        ) => {
-            let content_type = headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
+        (Method::PATCH, Target::Object { key, version, ns, name, sub }) => {
+            let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
             let patch = parse_body(body)?;
             let current = store.get(&key, &ns, &name);
             let patched = match content_type {
@@ -550,11 +445,7 @@ fn dispatch(
                 }
                 "application/apply-patch+yaml" => {
                     if q.get("fieldManager").is_none_or(|m| m.is_empty()) {
-                        return Err(ApiError::new(
-                            400,
-                            "BadRequest",
-                            "PATCH with apply requires a fieldManager",
-                        ));
+                        return Err(ApiError::new(400, "BadRequest", "PATCH with apply requires a fieldManager"));
                     }
                     match current {
                         Ok(mut cur) => {
@@ -592,26 +483,13 @@ fn dispatch(
             api.publish(evs);
             Ok(json_response(StatusCode::OK, &obj))
         }
-        (
-            Method::DELETE,
-            Target::Object {
-                key,
-                ns,
-                name,
-                sub: None,
-                ..
-            },
-        ) => {
+        (Method::DELETE, Target::Object { key, ns, name, sub: None, .. }) => {
             let (obj, evs) = store.delete(&key, &ns, &name)?;
             drop(store);
             api.publish(evs);
             Ok(json_response(StatusCode::OK, &obj))
         }
-        (m, _) => Err(ApiError::new(
-            405,
-            "MethodNotAllowed",
-            format!("{m} is not supported here"),
-        )),
+        (m, _) => Err(ApiError::new(405, "MethodNotAllowed", format!("{m} is not supported here"))),
     }
 }
 
@@ -658,16 +536,10 @@ fn watch(
             }
             store.rv
         }
-        n => n
-            .parse()
-            .map_err(|_| ApiError::new(400, "BadRequest", format!("invalid resourceVersion {n:?}")))?,
+        n => n.parse().map_err(|_| ApiError::new(400, "BadRequest", format!("invalid resourceVersion {n:?}")))?,
     };
     if from < store.oldest_rv {
-        let gone = ApiError::new(
-            410,
-            "Expired",
-            format!("too old resource version: {from} ({})", store.oldest_rv),
-        );
+        let gone = ApiError::new(410, "Expired", format!("too old resource version: {from} ({})", store.oldest_rv));
         initial.push(line("ERROR", &gone.body()));
     } else {
         for e in store.log.iter().filter(|e| e.rv > from) {

@@ -66,15 +66,8 @@ fn valid_key(k: &str) -> Result<String, String> {
 
 fn parse_set(s: &str) -> Result<Vec<String>, String> {
     let s = s.trim();
-    let inner = s
-        .strip_prefix('(')
-        .and_then(|s| s.strip_suffix(')'))
-        .ok_or_else(|| format!("invalid set {s:?}"))?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect())
+    let inner = s.strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(|| format!("invalid set {s:?}"))?;
+    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
 /// Splits on commas that are not inside parentheses.

@@ -25,11 +25,7 @@ pub struct ResourceInfo {
 
 impl ResourceInfo {
     pub fn api_version(&self, version: &str, group: &str) -> String {
-        if group.is_empty() {
-            version.to_string()
-        } else {
-            format!("{group}/{version}")
-        }
+        if group.is_empty() { version.to_string() } else { format!("{group}/{version}") }
     }
 }
 
@@ -44,12 +40,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason,
-            message: message.into(),
-            details: Value::Null,
-        }
+        Self { code, reason, message: message.into(), details: Value::Null }
     }
     pub fn not_found(key: &ResourceKey, name: &str) -> Self {
         Self {
@@ -72,11 +63,7 @@ impl ApiError {
 }
 
 fn group_suffix(group: &str) -> String {
-    if group.is_empty() {
-        String::new()
-    } else {
-        format!(".{group}")
-    }
+    if group.is_empty() { String::new() } else { format!(".{group}") }
 }
 
 #[derive(Clone, Debug)]
@@ -186,22 +173,12 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 
 impl Store {
     pub fn register(&mut self, group: &str, plural: &str, info: ResourceInfo) {
-        self.resources.insert(
-            ResourceKey {
-                group: group.into(),
-                plural: plural.into(),
-            },
-            info,
-        );
+        self.resources.insert(ResourceKey { group: group.into(), plural: plural.into() }, info);
     }
 
     pub fn info(&self, key: &ResourceKey) -> Result<&ResourceInfo, ApiError> {
         self.resources.get(key).ok_or_else(|| {
-            ApiError::new(
-                404,
-                "NotFound",
-                format!("the server could not find the requested resource ({})", key.plural),
-            )
+            ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({})", key.plural))
         })
     }
 
@@ -219,14 +196,7 @@ impl Store {
         old: Option<Value>,
     ) -> Event {
         let rv = self.rv;
-        let event = Event {
-            key: key.clone(),
-            namespace: namespace.to_string(),
-            rv,
-            kind,
-            object,
-            old,
-        };
+        let event = Event { key: key.clone(), namespace: namespace.to_string(), rv, kind, object, old };
         self.log.push_back(event.clone());
         while self.log.len() > EVENT_LOG_CAPACITY {
             if let Some(e) = self.log.pop_front() {
@@ -245,26 +215,17 @@ impl Store {
     }
 
     pub fn list(&self, key: &ResourceKey, opts: &ListOptions) -> Vec<Value> {
-        self.objects
-            .get(key)
-            .map(|m| m.values().filter(|o| opts.matches(o)).cloned().collect())
-            .unwrap_or_default()
+        self.objects.get(key).map(|m| m.values().filter(|o| opts.matches(o)).cloned().collect()).unwrap_or_default()
     }
 
     fn namespace_exists(&self, ns: &str) -> bool {
         self.objects
-            .get(&ResourceKey {
-                group: String::new(),
-                plural: "namespaces".into(),
-            })
+            .get(&ResourceKey { group: String::new(), plural: "namespaces".into() })
             .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())))
     }
 
     fn put(&mut self, key: &ResourceKey, ns: &str, name: &str, obj: Value) {
-        self.objects
-            .entry(key.clone())
-            .or_default()
-            .insert((ns.to_string(), name.to_string()), obj);
+        self.objects.entry(key.clone()).or_default().insert((ns.to_string(), name.to_string()), obj);
     }
 
     /// Server-side normalisation of writes: Secret `stringData` becomes `data`.
@@ -272,11 +233,7 @@ impl Store {
         if key.group.is_empty() && key.plural == "secrets" {
             use base64::Engine as _;
             if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
-                let data = obj
-                    .as_object_mut()
-                    .expect("object")
-                    .entry("data")
-                    .or_insert_with(|| json!({}));
+                let data = obj.as_object_mut().expect("object").entry("data").or_insert_with(|| json!({}));
                 for (k, v) in sd {
                     let s = v.as_str().unwrap_or_default();
                     data[k] = Value::String(base64::engine::general_purpose::STANDARD.encode(s));
@@ -317,20 +274,10 @@ impl Store {
             name = format!("{prefix}{:05x}", self.uid);
         }
         if !is_subdomain(&name) {
-            return Err(ApiError::new(
-                422,
-                "Invalid",
-                format!("metadata.name: Invalid value: {name:?}"),
-            ));
+            return Err(ApiError::new(422, "Invalid", format!("metadata.name: Invalid value: {name:?}")));
         }
         if info.namespaced && !self.namespace_exists(ns) {
-            return Err(ApiError::not_found(
-                &ResourceKey {
-                    group: String::new(),
-                    plural: "namespaces".into(),
-                },
-                ns,
-            ));
+            return Err(ApiError::not_found(&ResourceKey { group: String::new(), plural: "namespaces".into() }, ns));
         }
         if self.get(key, ns, &name).is_ok() {
             let mut e = ApiError::new(
@@ -351,10 +298,7 @@ impl Store {
         let rv = self.next_rv();
         self.uid += 1;
         let o = obj.as_object_mut().expect("object");
-        o.insert(
-            "apiVersion".into(),
-            Value::String(info.api_version(version, &key.group)),
-        );
+        o.insert("apiVersion".into(), Value::String(info.api_version(version, &key.group)));
         o.insert("kind".into(), Value::String(info.kind.clone()));
         let m = o.entry("metadata").or_insert_with(|| json!({}));
         m["name"] = Value::String(name.clone());
@@ -394,11 +338,7 @@ impl Store {
         if let Some(body_name) = meta(&new, "name")
             && body_name != name
         {
-            return Err(ApiError::new(
-                400,
-                "BadRequest",
-                "the name of the object does not match the name on the URL",
-            ));
+            return Err(ApiError::new(400, "BadRequest", "the name of the object does not match the name on the URL"));
         }
         if let Some(rv) = meta(&new, "resourceVersion")
             && !rv.is_empty()
@@ -430,11 +370,7 @@ impl Store {
                 s
             }
             Some(other) => {
-                return Err(ApiError::new(
-                    404,
-                    "NotFound",
-                    format!("subresource {other} is not served"),
-                ));
+                return Err(ApiError::new(404, "NotFound", format!("subresource {other} is not served")));
             }
             None => {
                 let mut s = new.clone();
@@ -450,14 +386,7 @@ impl Store {
             }
         };
         // Server-owned metadata survives every write.
-        for field in [
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "namespace",
-            "name",
-            "generation",
-        ] {
+        for field in ["uid", "creationTimestamp", "deletionTimestamp", "namespace", "name", "generation"] {
             match old.pointer(&format!("/metadata/{field}")) {
                 Some(v) => stored["metadata"][field] = v.clone(),
                 None => {
@@ -479,14 +408,10 @@ impl Store {
         let rv = self.next_rv();
         stored["metadata"]["resourceVersion"] = Value::String(rv.to_string());
         let deleting = stored.pointer("/metadata/deletionTimestamp").is_some();
-        let finalizers_left = stored
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+        let finalizers_left =
+            stored.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
         if deleting && !finalizers_left {
-            self.objects
-                .get_mut(key)
-                .map(|m| m.remove(&(ns.to_string(), name.to_string())));
+            self.objects.get_mut(key).map(|m| m.remove(&(ns.to_string(), name.to_string())));
             let e = self.emit(key, ns, "DELETED", stored.clone(), Some(old));
             return Ok((stored, vec![e]));
         }
@@ -497,10 +422,8 @@ impl Store {
 
     pub fn delete(&mut self, key: &ResourceKey, ns: &str, name: &str) -> Result<(Value, Vec<Event>), ApiError> {
         let old = self.get(key, ns, name)?;
-        let has_finalizers = old
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+        let has_finalizers =
+            old.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
         if has_finalizers {
             if old.pointer("/metadata/deletionTimestamp").is_some() {
                 return Ok((old, Vec::new()));
@@ -551,10 +474,7 @@ impl Store {
     /// Answers a TokenReview as the API server would for the configured tokens.
     pub fn review_token(&mut self, review: &Value) -> Value {
         self.token_reviews += 1;
-        let token = review
-            .pointer("/spec/token")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let token = review.pointer("/spec/token").and_then(Value::as_str).unwrap_or_default();
         let requested: Vec<String> = review
             .pointer("/spec/audiences")
             .and_then(Value::as_array)
@@ -595,8 +515,7 @@ fn is_subdomain(s: &str) -> bool {
         && s.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
