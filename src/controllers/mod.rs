@@ -1,3 +1,4 @@
 //! Kubernetes reconcilers. They run on the elected leader only.
 
+pub mod istiod_tls;
 pub mod root_configmaps;

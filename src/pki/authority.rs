@@ -253,7 +253,8 @@ fn ca_params(spec: &CaSpec, not_before: OffsetDateTime, not_after: OffsetDateTim
     Ok(params)
 }
 
-pub(crate) fn parse_certificate<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>> {
+/// Parses one DER certificate, refusing trailing bytes.
+pub fn parse_certificate<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>> {
     let (rest, cert) =
         X509Certificate::from_der(der.as_ref()).map_err(|e| PkiError::Der(format!("certificate: {e}")))?;
     if !rest.is_empty() {

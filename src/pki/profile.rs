@@ -69,6 +69,29 @@ pub fn issue_server(
     issue_leaf(authority, spki_der, sans, &[ExtendedKeyUsagePurpose::ServerAuth], lifetime, now)
 }
 
+/// Signs istiod's serving certificate: DNS names plus istiod's SPIFFE ID,
+/// usable for serving and as a client (EKU serverAuth + clientAuth).
+pub fn issue_istiod(
+    authority: &Authority,
+    spki_der: &[u8],
+    dns_names: &[String],
+    identity: &str,
+    lifetime: Duration,
+    now: OffsetDateTime,
+) -> Result<IssuedCertificate> {
+    let mut sans = Vec::with_capacity(dns_names.len() + 1);
+    for name in dns_names {
+        sans.push(SanType::DnsName(
+            name.as_str().try_into().map_err(|_| PkiError::Invalid(format!("DNS name {name:?} is not ASCII")))?,
+        ));
+    }
+    sans.push(SanType::URI(
+        identity.try_into().map_err(|_| PkiError::Invalid("the identity is not an ASCII URI".into()))?,
+    ));
+    let ekus = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    issue_leaf(authority, spki_der, sans, &ekus, lifetime, now)
+}
+
 fn issue_leaf(
     authority: &Authority,
     spki_der: &[u8],
