@@ -2,6 +2,7 @@
 
 pub mod intermediates;
 pub mod leader;
+pub mod node_authz;
 pub mod registry;
 pub mod root;
 pub mod selector;

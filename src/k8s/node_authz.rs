@@ -1,0 +1,174 @@
+//! Node authorization for ztunnel's impersonation, from a pod watch: the
+//! caller's pod must exist with the uid and service account its token names,
+//! and a pod (not Failed) of the impersonated service account must run on
+//! the caller's node. Pods are indexed by node and service account, keeping
+//! only the fields this needs.
+
+use crate::ca::auth::{AuthError, Caller};
+use crate::ca::node::NodeAuthorizer;
+use crate::pki::WorkloadIdentity;
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PodFacts {
+    uid: String,
+    service_account: String,
+    node: Option<String>,
+    failed: bool,
+}
+
+#[derive(Default)]
+struct Index {
+    /// (namespace, name) → facts.
+    pods: HashMap<(String, String), PodFacts>,
+    /// (node, namespace, service account) → pods running there that are not Failed.
+    by_node: HashMap<(String, String, String), HashSet<(String, String)>>,
+}
+
+impl Index {
+    fn insert(&mut self, key: (String, String), facts: PodFacts) {
+        self.remove(&key);
+        if let (Some(node), false) = (&facts.node, facts.failed) {
+            self.by_node
+                .entry((node.clone(), key.0.clone(), facts.service_account.clone()))
+                .or_default()
+                .insert(key.clone());
+        }
+        self.pods.insert(key, facts);
+    }
+
+    fn remove(&mut self, key: &(String, String)) {
+        let Some(old) = self.pods.remove(key) else { return };
+        if let Some(node) = old.node {
+            let slot = (node, key.0.clone(), old.service_account);
+            if let Some(set) = self.by_node.get_mut(&slot) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_node.remove(&slot);
+                }
+            }
+        }
+    }
+}
+
+fn facts(pod: &Pod) -> Option<((String, String), PodFacts)> {
+    let key = (pod.metadata.namespace.clone()?, pod.metadata.name.clone()?);
+    let spec = pod.spec.as_ref();
+    Some((
+        key,
+        PodFacts {
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            service_account: spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into()),
+            node: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+            failed: pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"),
+        },
+    ))
+}
+
+#[derive(Default)]
+struct Shared {
+    index: Index,
+    synced: bool,
+}
+
+/// The Kubernetes node authorizer. Until its pod watch has synced it
+/// answers `Unavailable` (retryable), never a wrong decision.
+pub struct PodNodeAuthorizer {
+    shared: Arc<RwLock<Shared>>,
+}
+
+impl std::fmt::Debug for PodNodeAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PodNodeAuthorizer")
+    }
+}
+
+impl PodNodeAuthorizer {
+    /// Starts the pod watch. The task ends when the returned handle is aborted.
+    pub fn spawn(client: kube::Client) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let shared: Arc<RwLock<Shared>> = Arc::default();
+        let writer = shared.clone();
+        let task = tokio::spawn(async move {
+            let mut pending = Index::default();
+            let events = watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pod watch error; retrying");
+                        continue;
+                    }
+                };
+                let Ok(mut s) = writer.write() else { return };
+                match event {
+                    watcher::Event::Init => pending = Index::default(),
+                    watcher::Event::InitApply(pod) => {
+                        if let Some((k, f)) = facts(&pod) {
+                            pending.insert(k, f);
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        s.index = std::mem::take(&mut pending);
+                        s.synced = true;
+                    }
+                    watcher::Event::Apply(pod) => {
+                        if let Some((k, f)) = facts(&pod) {
+                            s.index.insert(k, f);
+                        }
+                    }
+                    watcher::Event::Delete(pod) => {
+                        if let Some((k, _)) = facts(&pod) {
+                            s.index.remove(&k);
+                        }
+                    }
+                }
+            }
+        });
+        (Arc::new(Self { shared }), task)
+    }
+}
+
+#[async_trait]
+impl NodeAuthorizer for PodNodeAuthorizer {
+    async fn authorize(&self, caller: &Caller, target: &WorkloadIdentity) -> Result<(), AuthError> {
+        let shared = self.shared.read().map_err(|_| AuthError::Unavailable("pod cache unavailable".into()))?;
+        if !shared.synced {
+            return Err(AuthError::Unavailable("the pod cache has not synced yet".into()));
+        }
+        let pod_ref = caller.pod.as_ref().ok_or_else(|| {
+            AuthError::Rejected("the caller's credential names no pod; node authorization needs a bound token".into())
+        })?;
+        let key = (caller.namespace.clone(), pod_ref.name.clone());
+        let pod = shared
+            .index
+            .pods
+            .get(&key)
+            .ok_or_else(|| AuthError::Rejected(format!("the caller's pod {}/{} does not exist", key.0, key.1)))?;
+        if pod.uid != pod_ref.uid {
+            return Err(AuthError::Rejected(format!("the caller's pod {}/{} has another uid", key.0, key.1)));
+        }
+        if pod.service_account != caller.service_account {
+            return Err(AuthError::Rejected(format!(
+                "the caller's pod {}/{} runs as another service account",
+                key.0, key.1
+            )));
+        }
+        let node = pod.node.as_ref().ok_or_else(|| AuthError::Rejected("the caller's pod is not on a node".into()))?;
+        let slot = (node.clone(), target.namespace.clone(), target.service_account.clone());
+        if shared.index.by_node.get(&slot).is_some_and(|pods| !pods.is_empty()) {
+            Ok(())
+        } else {
+            Err(AuthError::Rejected(format!(
+                "no running pod of {}/{} is on node {node}",
+                target.namespace, target.service_account
+            )))
+        }
+    }
+}
