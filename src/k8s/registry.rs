@@ -91,19 +91,10 @@ fn mesh_from(
     now: OffsetDateTime,
 ) -> Result<Mesh, String> {
     let spec = &r.spec;
-    validate_trust_domain(&spec.trust_domain).map_err(|e| format!("spec.trustDomain: {e}"))?;
-    let default_ttl = parse_duration("workloadCertificates.defaultTTL", &spec.workload_certificates.default_ttl)?;
-    let max_ttl = parse_duration("workloadCertificates.maxTTL", &spec.workload_certificates.max_ttl)?;
-    for account in &spec.trusted_node_accounts {
-        let ok = account.split_once('/').is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa));
-        if !ok {
-            return Err(format!("trustedNodeAccounts: {account:?} is not NAMESPACE/SERVICEACCOUNT"));
-        }
-    }
+    let ValidSpec { default_ttl, max_ttl } = validate_spec(spec)?;
     let scope = match &spec.namespace_selector {
         None => NamespaceScope::All,
         Some(sel) => {
-            selector::validate(sel).map_err(|e| format!("namespaceSelector: {e}"))?;
             let empty = BTreeMap::new();
             NamespaceScope::Only(
                 namespaces
@@ -145,6 +136,33 @@ fn mesh_from(
         trusted_node_accounts: spec.trusted_node_accounts.iter().cloned().collect(),
         node_authorizer: node_authorizer.clone(),
     })
+}
+
+/// What validation derives from a Mesh spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValidSpec {
+    pub default_ttl: time::Duration,
+    pub max_ttl: time::Duration,
+}
+
+/// Checks a Mesh spec: trust domain, workload TTLs, node accounts, selector.
+pub fn validate_spec(spec: &crate::api::MeshSpec) -> Result<ValidSpec, String> {
+    validate_trust_domain(&spec.trust_domain).map_err(|e| format!("spec.trustDomain: {e}"))?;
+    let default_ttl = parse_duration("workloadCertificates.defaultTTL", &spec.workload_certificates.default_ttl)?;
+    let max_ttl = parse_duration("workloadCertificates.maxTTL", &spec.workload_certificates.max_ttl)?;
+    for account in &spec.trusted_node_accounts {
+        let ok = account.split_once('/').is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa));
+        if !ok {
+            return Err(format!("trustedNodeAccounts: {account:?} is not NAMESPACE/SERVICEACCOUNT"));
+        }
+    }
+    if let Some(sel) = &spec.namespace_selector {
+        selector::validate(sel).map_err(|e| format!("namespaceSelector: {e}"))?;
+    }
+    if !is_dns1123_label(&spec.istiod.namespace) {
+        return Err(format!("istiod.namespace: {:?} is not a namespace name", spec.istiod.namespace));
+    }
+    Ok(ValidSpec { default_ttl, max_ttl })
 }
 
 /// Shared with the Mesh status controller: the latest problems per mesh.

@@ -1,0 +1,257 @@
+//! The leader's per-mesh reconciler: the intermediate (External: in
+//! meshroot's namespace, then istiod's serving certificate; PluginCA:
+//! istiod's `cacerts`), and the Mesh status. Runs on every Mesh change, root
+//! change, and every `resync` (renewals and drift of Secrets in istiod's
+//! namespace, which it does not watch, so it needs no cluster-wide Secret access).
+
+use super::istiod_tls;
+use super::root_configmaps::Coverage;
+use crate::api::mesh::IntermediateStatus;
+use crate::api::{Mesh, MeshMode, MeshStatus};
+use crate::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure};
+use crate::k8s::registry::validate_spec;
+use crate::k8s::{error_summary, selector};
+use crate::pki::{Authority, TrustBundle};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// The root as the leader sees it.
+#[derive(Clone, Debug)]
+pub struct RootState {
+    pub authority: Option<Arc<Authority>>,
+    pub bundle: Arc<TrustBundle>,
+}
+
+/// What reconciling one mesh found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// Condition reason and message when the mesh is not ready.
+    pub problem: Option<(&'static str, String)>,
+    pub intermediate: Option<IntermediateStatus>,
+    /// A warning that does not stop the mesh (for example an intermediate
+    /// that is due but cannot be renewed).
+    pub warning: Option<String>,
+}
+
+/// Brings one mesh's Secrets to the desired state.
+pub async fn reconcile(
+    client: &kube::Client,
+    namespace: &str,
+    mesh: &Mesh,
+    root: &RootState,
+    now: OffsetDateTime,
+) -> Outcome {
+    let name = mesh.metadata.name.clone().unwrap_or_default();
+    let spec = &mesh.spec;
+    if let Err(why) = validate_spec(spec) {
+        return Outcome { problem: Some(("InvalidSpec", why)), ..Default::default() };
+    }
+    let policy = match IntermediatePolicy::from_spec(&spec.intermediate) {
+        Ok(p) => p,
+        Err(why) => return Outcome { problem: Some(("InvalidSpec", why)), ..Default::default() },
+    };
+    let (api, target) = match spec.mode {
+        MeshMode::External => {
+            (Api::<Secret>::namespaced(client.clone(), namespace), IntermediateSecret::external(&name))
+        }
+        MeshMode::PluginCa => {
+            (Api::<Secret>::namespaced(client.clone(), &spec.istiod.namespace), IntermediateSecret::cacerts(&name))
+        }
+    };
+    let ensured = match ensure(&api, &target, &policy, root.authority.as_deref(), &root.bundle, now).await {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = match e {
+                crate::k8s::intermediates::IntermediateError::NotOwned(_) if spec.mode == MeshMode::PluginCa => {
+                    "CacertsNotOwned"
+                }
+                _ => "IntermediateUnavailable",
+            };
+            return Outcome { problem: Some((reason, e.to_string())), ..Default::default() };
+        }
+    };
+    let a = ensured.chain.authority();
+    let intermediate = Some(IntermediateStatus {
+        serial: a.serial_hex().to_string(),
+        not_after: a.not_after().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    });
+    let mut outcome = Outcome { problem: None, intermediate, warning: ensured.warning };
+    if spec.mode == MeshMode::External {
+        let istiod_api = Api::<Secret>::namespaced(client.clone(), &spec.istiod.namespace);
+        if let Err(e) = istiod_tls::ensure(&istiod_api, spec, &ensured.chain, now).await {
+            outcome.problem = Some(("IstiodCertificateFailed", e.to_string()));
+        }
+    }
+    outcome
+}
+
+/// Namespaces selected by more than one External mesh, per mesh.
+pub fn overlaps(meshes: &[Arc<Mesh>], namespaces: &[Arc<Namespace>]) -> BTreeMap<String, String> {
+    let empty = BTreeMap::new();
+    let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in meshes.iter().filter(|m| m.spec.mode == MeshMode::External) {
+        let Some(name) = m.metadata.name.clone() else { continue };
+        for ns in namespaces {
+            let labels = ns.metadata.labels.as_ref().unwrap_or(&empty);
+            let selected = m.spec.namespace_selector.as_ref().is_none_or(|s| selector::matches(s, labels));
+            if let (true, Some(ns_name)) = (selected, ns.metadata.name.clone()) {
+                by_namespace.entry(ns_name).or_default().push(name.clone());
+            }
+        }
+    }
+    let mut per_mesh: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    for (ns, owners) in by_namespace.into_iter().filter(|(_, o)| o.len() > 1) {
+        for o in &owners {
+            let entry = per_mesh.entry(o.clone()).or_default();
+            entry.0.insert(ns.clone());
+            entry.1.extend(owners.iter().filter(|x| *x != o).cloned());
+        }
+    }
+    per_mesh
+        .into_iter()
+        .map(|(mesh, (nss, others))| {
+            let shown: Vec<String> = nss.iter().take(5).cloned().collect();
+            let more = if nss.len() > 5 { format!(" and {} more", nss.len() - 5) } else { String::new() };
+            let others: Vec<String> = others.into_iter().collect();
+            (
+                mesh,
+                format!(
+                    "namespaces {}{more} are also selected by {}; their requests are refused",
+                    shown.join(", "),
+                    others.join(", ")
+                ),
+            )
+        })
+        .collect()
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    previous: &[Condition],
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_string();
+    // The transition time changes only when the status does.
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: last,
+    }
+}
+
+/// The status for a mesh from its outcome.
+pub fn status(
+    mesh: &Mesh,
+    outcome: &Outcome,
+    overlap: Option<&String>,
+    bundle: &TrustBundle,
+    namespaces: Option<u32>,
+) -> MeshStatus {
+    let generation = mesh.metadata.generation;
+    let previous = mesh.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let (ready, reason, message) = match (&outcome.problem, overlap) {
+        (Some((reason, why)), _) => (false, *reason, why.clone()),
+        (None, Some(why)) => (false, "NamespacesOverlap", why.clone()),
+        (None, None) => {
+            (true, "Ready", outcome.warning.clone().unwrap_or_else(|| "the mesh's certificates are current".into()))
+        }
+    };
+    let mut conditions = vec![condition("Ready", ready, reason, &message, generation, &previous)];
+    let int_ok = outcome.intermediate.is_some();
+    let (int_reason, int_msg) = match (&outcome.intermediate, &outcome.problem) {
+        (Some(i), _) => ("Issued", format!("serial {} valid until {}", i.serial, i.not_after)),
+        (None, Some((r, why))) => (*r, why.clone()),
+        (None, None) => ("Pending", String::new()),
+    };
+    conditions.push(condition("IntermediateReady", int_ok, int_reason, &int_msg, generation, &previous));
+    if mesh.spec.mode == MeshMode::External {
+        let (reason, msg) = match overlap {
+            Some(why) => ("Overlap", why.clone()),
+            None => ("NoOverlap", "no namespace is selected by another mesh".to_string()),
+        };
+        conditions.push(condition("NamespacesOverlap", overlap.is_some(), reason, &msg, generation, &previous));
+    }
+    MeshStatus {
+        observed_generation: generation,
+        conditions,
+        intermediate: outcome.intermediate.clone(),
+        root_fingerprints: bundle.fingerprints(),
+        namespaces,
+    }
+}
+
+/// Runs the mesh controller until the task is aborted.
+pub fn spawn(
+    client: kube::Client,
+    namespace: String,
+    mut root: watch::Receiver<RootState>,
+    coverage: Coverage,
+    resync: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (meshes, meshes_w) = reflector::store::<Mesh>();
+    let (namespaces, namespaces_w) = reflector::store::<Namespace>();
+    let changes = futures::stream::select_all([
+        reflector(meshes_w, watcher(Api::<Mesh>::all(client.clone()), watcher::Config::default()))
+            .default_backoff()
+            .map(|_| ())
+            .boxed(),
+        reflector(namespaces_w, watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default()))
+            .default_backoff()
+            .map(|_| ())
+            .boxed(),
+    ]);
+    tokio::spawn(async move {
+        let mut changes = std::pin::pin!(changes);
+        let mut ticker = tokio::time::interval(resync);
+        loop {
+            tokio::select! {
+                c = changes.next() => if c.is_none() { return },
+                r = root.changed() => if r.is_err() { return },
+                _ = ticker.tick() => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Some(Some(())) = changes.next().now_or_never() {}
+            let ready = meshes.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+                && namespaces.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+            if !ready {
+                continue;
+            }
+            let current_root = root.borrow().clone();
+            let all = meshes.state();
+            let overlap = overlaps(&all, &namespaces.state());
+            for mesh in &all {
+                let Some(name) = mesh.metadata.name.clone() else { continue };
+                let outcome = reconcile(&client, &namespace, mesh, &current_root, OffsetDateTime::now_utc()).await;
+                let covered = coverage.lock().ok().and_then(|c| c.get(&name).copied());
+                let new = status(mesh, &outcome, overlap.get(&name), &current_root.bundle, covered);
+                if mesh.status.as_ref() == Some(&new) {
+                    continue;
+                }
+                let api: Api<Mesh> = Api::all(client.clone());
+                let patch = Patch::Merge(serde_json::json!({ "status": new }));
+                if let Err(e) = api.patch_status(&name, &PatchParams::default(), &patch).await {
+                    tracing::warn!(mesh = %name, error = %error_summary(&e), "could not write the Mesh status");
+                }
+            }
+        }
+    })
+}
