@@ -9,6 +9,7 @@ pub mod controllers;
 pub mod mesh;
 pub mod names;
 pub mod pki;
+pub mod serve;
 pub mod telemetry;
 
 /// Generated from `proto/istio/v1/auth/ca.proto`.

@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the CA locally with no cluster: state in a directory, static tokens.
     Dev(DevArgs),
+    /// Run in Kubernetes: TokenReview, several meshes, root distribution.
+    Serve(ServeArgs),
     /// Request a workload certificate as pilot-agent does, and verify it.
     Request(RequestArgs),
     /// Print meshroot's CRDs as YAML, or write them into a directory.
@@ -73,6 +75,59 @@ struct DevArgs {
     /// Extra DNS name or IP for the serving certificate. Repeatable.
     #[arg(long = "serving-name")]
     serving_names: Vec<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// meshroot's namespace; default: the pod's (service account namespace file).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// This replica's name, for leader election; default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    #[arg(long, env = "MESHROOT_LISTEN", default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    #[arg(long, env = "MESHROOT_METRICS_LISTEN", default_value = "0.0.0.0:15014")]
+    metrics_listen: SocketAddr,
+    /// Secret holding the root (tls.crt, tls.key, optional ca.crt).
+    #[arg(long, env = "MESHROOT_ROOT_SECRET", default_value = "meshroot-root-ca")]
+    root_secret: String,
+    /// Generate the root into that Secret if it does not exist (ECDSA P-256).
+    #[arg(long, env = "MESHROOT_GENERATE_ROOT")]
+    generate_root: bool,
+    /// The local cluster id (`clusterid` header).
+    #[arg(long, env = "MESHROOT_CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// Other names for the local cluster. Repeatable.
+    #[arg(long = "cluster-alias", env = "MESHROOT_CLUSTER_ALIASES", value_delimiter = ',')]
+    cluster_aliases: Vec<String>,
+    /// TokenReview audiences. Repeatable.
+    #[arg(
+        long = "token-audience",
+        env = "MESHROOT_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "istio-ca"
+    )]
+    token_audiences: Vec<String>,
+    /// How long a TokenReview result is reused (never past the token's expiry).
+    #[arg(long, env = "MESHROOT_TOKEN_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    token_cache_ttl: time::Duration,
+    #[arg(long, env = "MESHROOT_TOKEN_CACHE_SIZE", default_value = "10000")]
+    token_cache_size: usize,
+    /// The Service that fronts meshroot (serving certificate names).
+    #[arg(long, env = "MESHROOT_SERVICE_NAME", default_value = "meshroot")]
+    service_name: String,
+    /// Extra DNS names or IPs for the serving certificate. Repeatable.
+    #[arg(long = "serving-name", env = "MESHROOT_SERVING_NAMES", value_delimiter = ',')]
+    serving_names: Vec<String>,
+    #[arg(long, env = "MESHROOT_LEASE_NAME", default_value = "meshroot-leader")]
+    lease_name: String,
+    /// Periodic re-sync of controllers (renewals, drift in istiod namespaces).
+    #[arg(long, env = "MESHROOT_RESYNC", default_value = "60s", value_parser = parse_duration)]
+    resync: time::Duration,
+    /// How long readiness is down before shutting the listeners.
+    #[arg(long, env = "MESHROOT_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    drain_delay: time::Duration,
 }
 
 #[derive(Args)]
@@ -132,6 +187,33 @@ struct PkiInitArgs {
     intermediate_lifetime: time::Duration,
 }
 
+impl ServeArgs {
+    fn into_options(self) -> anyhow::Result<meshroot::serve::ServeOptions> {
+        let std_duration = |d: time::Duration| std::time::Duration::try_from(d).unwrap_or_default();
+        Ok(meshroot::serve::ServeOptions {
+            namespace: meshroot::serve::own_namespace(self.namespace)?,
+            pod_name: self.pod_name.unwrap_or_else(cmd::serve::host_name),
+            listen: self.listen,
+            ops_listen: self.metrics_listen,
+            root_secret: self.root_secret,
+            generate_root: self.generate_root,
+            cluster_id: self.cluster_id,
+            cluster_aliases: self.cluster_aliases,
+            token: meshroot::ca::tokenreview::TokenReviewConfig {
+                audiences: self.token_audiences,
+                cache_ttl: std_duration(self.token_cache_ttl),
+                max_entries: self.token_cache_size,
+                ..Default::default()
+            },
+            service_name: self.service_name,
+            serving_names: self.serving_names,
+            lease_name: self.lease_name,
+            resync: std_duration(self.resync),
+            drain_delay: std_duration(self.drain_delay),
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
@@ -168,6 +250,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Serve(a) => cmd::serve::run(a.into_options()?).await,
         Command::Request(a) => {
             let outcome = cmd::request::run(&cmd::request::RequestOptions {
                 ca_addr: a.ca_addr,

@@ -43,7 +43,8 @@ async fn world() -> World {
     let problems = Problems::default();
     let (bundle_tx, rx) = tokio::sync::watch::channel(Arc::new(bundle.clone()));
     let authorizer: Arc<dyn NodeAuthorizer> = Arc::new(TrustedAccountOnly);
-    let task = registry::spawn(fake.client(), NS, registry.clone(), rx, authorizer, problems.clone());
+    let (synced, _) = tokio::sync::watch::channel(false);
+    let task = registry::spawn(fake.client(), NS, registry.clone(), rx, authorizer, problems.clone(), synced);
     World { fake, registry, problems, root, bundle, _bundle_tx: bundle_tx, _task: task }
 }
 

@@ -45,7 +45,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     server.shutdown().await
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

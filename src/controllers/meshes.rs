@@ -10,8 +10,9 @@ use crate::api::mesh::IntermediateStatus;
 use crate::api::{Mesh, MeshMode, MeshStatus};
 use crate::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure};
 use crate::k8s::registry::validate_spec;
+pub use crate::k8s::root::RootState;
 use crate::k8s::{error_summary, selector};
-use crate::pki::{Authority, TrustBundle};
+use crate::pki::TrustBundle;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -22,13 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
-
-/// The root as the leader sees it.
-#[derive(Clone, Debug)]
-pub struct RootState {
-    pub authority: Option<Arc<Authority>>,
-    pub bundle: Arc<TrustBundle>,
-}
 
 /// What reconciling one mesh found.
 #[derive(Debug, Default, PartialEq)]

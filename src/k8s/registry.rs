@@ -170,7 +170,8 @@ pub type Problems = Arc<Mutex<BTreeMap<String, String>>>;
 
 /// Watches `Mesh` objects, Secrets in meshroot's namespace and namespaces,
 /// and rebuilds `registry` after every change (debounced), until the
-/// returned task is dropped or aborted.
+/// returned task is dropped or aborted. `synced` turns true after the
+/// first build from fully listed watches.
 pub fn spawn(
     client: kube::Client,
     namespace: &str,
@@ -178,6 +179,7 @@ pub fn spawn(
     mut bundle: watch::Receiver<Arc<TrustBundle>>,
     node_authorizer: Arc<dyn NodeAuthorizer>,
     problems: Problems,
+    synced: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (meshes, meshes_w) = reflector::store::<MeshResource>();
     let (secrets, secrets_w) = reflector::store::<Secret>();
@@ -242,6 +244,7 @@ pub fn spawn(
             }
             tracing::debug!(meshes = built.meshes.len(), bundle = %sha256_hex(current_bundle.pem().as_bytes()), "mesh registry rebuilt");
             registry.replace(built.meshes);
+            synced.send_replace(true);
         }
     })
 }

@@ -119,3 +119,65 @@ pub async fn load_or_generate(
         Err(e) => Err(api_err(e)),
     }
 }
+
+/// The current root, shared by every part of a replica.
+#[derive(Clone, Debug)]
+pub struct RootState {
+    pub authority: Option<std::sync::Arc<Authority>>,
+    pub bundle: std::sync::Arc<TrustBundle>,
+}
+
+impl From<Root> for RootState {
+    fn from(r: Root) -> Self {
+        Self { authority: r.authority.map(std::sync::Arc::new), bundle: std::sync::Arc::new(r.bundle) }
+    }
+}
+
+/// Follows the root Secret: a valid change is published; an invalid one, or
+/// a deletion, is reported and the last good root kept (fail safe: nothing
+/// that was trusted stops being trusted by accident).
+pub fn spawn_watch(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    root: tokio::sync::watch::Sender<RootState>,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let id = format!("{namespace}/{name}");
+    tokio::spawn(async move {
+        let mut last_rv = None;
+        let events = watcher(api, config).default_backoff().applied_objects();
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let secret = match event {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "root Secret watch error; retrying");
+                    continue;
+                }
+            };
+            if secret.metadata.resource_version == last_rv {
+                continue;
+            }
+            last_rv = secret.metadata.resource_version.clone();
+            match parse_root_secret(&secret) {
+                Ok(new) => {
+                    let new = RootState::from(new);
+                    if new.bundle.pem() != root.borrow().bundle.pem()
+                        || new.authority.as_ref().map(|a| a.serial_hex().to_string())
+                            != root.borrow().authority.as_ref().map(|a| a.serial_hex().to_string())
+                    {
+                        tracing::info!(secret = %id, roots = new.bundle.roots().len(), offline = new.authority.is_none(), "root changed");
+                        root.send_replace(new);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(secret = %id, error = %e, "the root Secret changed and is invalid; keeping the last good root")
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,204 @@
+//! `meshroot serve` as a binary, against the fake API over loopback through
+//! a kubeconfig: two replicas, TokenReview, impersonation, root ConfigMaps,
+//! leader-only writes and a graceful handover.
+
+mod support;
+
+use meshroot::client::verify_response;
+use meshroot::pb::IstioCertificateRequest;
+use meshroot::pki::{KeyAlgorithm, PrivateKey, TrustBundle};
+use prost_types::{Struct, Value as PbValue, value::Kind};
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::fake_api::FakeApi;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshroot");
+
+struct Replica {
+    child: Child,
+    grpc: u16,
+    ops: u16,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(kubeconfig: &std::path::Path, name: &str) -> Replica {
+    let kubeconfig = kubeconfig.to_path_buf();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || start_blocking(&kubeconfig, &name)).await.unwrap()
+}
+
+fn start_blocking(kubeconfig: &std::path::Path, name: &str) -> Replica {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--namespace", "meshroot", "--pod-name", name, "--generate-root", "--listen", "127.0.0.1:0"])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--serving-name",
+            "localhost",
+            "--drain-delay",
+            "200ms",
+            "--resync",
+            "2s",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.strip_prefix("meshroot serve: Istio CA API on 127.0.0.1:") {
+            let grpc = rest.split(',').next().unwrap().parse().unwrap();
+            let ops = rest.split("health on 127.0.0.1:").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+            return Replica { child, grpc, ops };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("meshroot serve did not start");
+}
+
+fn root_pem(fake: &FakeApi) -> Vec<u8> {
+    use base64::Engine as _;
+    let s = fake.get("v1", "secrets", "meshroot", "meshroot-root-ca").unwrap();
+    base64::engine::general_purpose::STANDARD.decode(s["data"]["tls.crt"].as_str().unwrap()).unwrap()
+}
+
+async fn request(
+    fake: &FakeApi,
+    port: u16,
+    token: &str,
+    identity: &str,
+    impersonate: Option<&str>,
+) -> Result<meshroot::pb::IstioCertificateResponse, tonic::Status> {
+    let mut client = meshroot::client::connect(&format!("localhost:{port}"), &root_pem(fake)).await.unwrap();
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = meshroot::pki::csr::build_workload_csr(&key, identity).unwrap();
+    let metadata = impersonate.map(|id| Struct {
+        fields: [("ImpersonatedIdentity".to_string(), PbValue { kind: Some(Kind::StringValue(id.into())) })].into(),
+    });
+    let req = meshroot::client::request(
+        IstioCertificateRequest { csr, validity_duration: 3600, metadata },
+        Some(token),
+        "Kubernetes",
+    )
+    .unwrap();
+    client.create_certificate(req).await.map(|r| r.into_inner())
+}
+
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn ready(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out.starts_with("HTTP/1.1 200")
+}
+
+fn pod(fake: &FakeApi, ns: &str, name: &str, sa: &str, node: &str) -> String {
+    let p = fake.create("v1", "pods", ns, json!({"metadata": {"name": name}, "spec": {"serviceAccountName": sa, "nodeName": node, "containers": [{"name": "c", "image": "i"}]}}));
+    p["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
+    let fake = FakeApi::new();
+    for (ns, labels) in [
+        ("meshroot", json!({})),
+        ("istio-system", json!({"mesh": "default"})),
+        ("bookinfo", json!({"mesh": "default"})),
+    ] {
+        fake.namespace(ns, labels);
+    }
+    fake.create(
+        "meshroot.io/v1alpha1",
+        "meshes",
+        "",
+        json!({"metadata": {"name": "default"}, "spec": {
+        "trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"},
+        "namespaceSelector": {"matchLabels": {"mesh": "default"}}, "trustedNodeAccounts": ["istio-system/ztunnel"]}}),
+    );
+    let z_uid = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", "node-1");
+    let r_uid = pod(&fake, "bookinfo", "reviews-1", "reviews", "node-1");
+    pod(&fake, "bookinfo", "ratings-1", "ratings", "node-2");
+    fake.add_service_account_token("tok-reviews", "bookinfo", "reviews", Some(("reviews-1", &r_uid)), &["istio-ca"]);
+    fake.add_service_account_token(
+        "tok-ztunnel",
+        "istio-system",
+        "ztunnel",
+        Some(("ztunnel-a", &z_uid)),
+        &["istio-ca"],
+    );
+    let served = fake.serve().await;
+
+    let r1 = start(&served.kubeconfig, "replica-1").await;
+    eventually("replica-1 ready", async || ready(r1.ops).await.then_some(())).await;
+    let reviews = "spiffe://cluster.local/ns/bookinfo/sa/reviews";
+    let resp =
+        eventually("a certificate", async || request(&fake, r1.grpc, "tok-reviews", reviews, None).await.ok()).await;
+    let bundle = TrustBundle::from_pem(&root_pem(&fake)).unwrap();
+    verify_response(&resp, &bundle, reviews).unwrap();
+
+    // ztunnel on node-1 may act for reviews (node-1), not for ratings (node-2).
+    let imp = request(&fake, r1.grpc, "tok-ztunnel", reviews, Some(reviews)).await.unwrap();
+    verify_response(&imp, &bundle, reviews).unwrap();
+    let ratings = "spiffe://cluster.local/ns/bookinfo/sa/ratings";
+    let s = request(&fake, r1.grpc, "tok-ztunnel", ratings, Some(ratings)).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    let s = request(&fake, r1.grpc, "not-a-token", reviews, None).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated);
+
+    // The leader distributed the root and istiod's certificate.
+    let cm = eventually("bookinfo's root ConfigMap", async || {
+        fake.get("v1", "configmaps", "bookinfo", "istio-ca-root-cert")
+    })
+    .await;
+    assert_eq!(cm["data"]["root-cert.pem"].as_str().unwrap().as_bytes(), bundle.pem().as_bytes());
+    assert!(fake.get("v1", "secrets", "istio-system", "istiod-tls").is_some());
+
+    // A second replica serves but, not leading, writes nothing.
+    let r2 = start(&served.kubeconfig, "replica-2").await;
+    eventually("replica-2 ready", async || ready(r2.ops).await.then_some(())).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fake.clear_requests();
+    let resp = request(&fake, r2.grpc, "tok-reviews", reviews, None).await.unwrap();
+    verify_response(&resp, &bundle, reviews).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes: Vec<_> = fake.writes().into_iter().filter(|w| !w.path.contains("/leases/")).collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    let lease = fake.get("coordination.k8s.io/v1", "leases", "meshroot", "meshroot-leader").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-1");
+
+    // SIGTERM: replica-1 exits cleanly and replica-2 takes over at once.
+    let status = Command::new("kill").args(["-TERM", &r1.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut r1 = r1;
+    let exit = eventually("replica-1 to exit", async || r1.child.try_wait().unwrap()).await;
+    assert!(exit.success(), "{exit:?}");
+    eventually("replica-2 to lead", async || {
+        let lease = fake.get("coordination.k8s.io/v1", "leases", "meshroot", "meshroot-leader")?;
+        (lease["spec"]["holderIdentity"] == "replica-2").then_some(())
+    })
+    .await;
+}
