@@ -128,9 +128,18 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
         ("meshroot", json!({})),
         ("istio-system", json!({"mesh": "default"})),
         ("bookinfo", json!({"mesh": "default"})),
+        ("openshift-ingress", json!({})),
     ] {
         fake.namespace(ns, labels);
     }
+    // OpenShift's Gateway API istiod cannot be repointed: it gets cacerts.
+    fake.create(
+        "meshroot.io/v1alpha1",
+        "meshes",
+        "",
+        json!({"metadata": {"name": "gateway"}, "spec": {"trustDomain": "cluster.local", "mode": "PluginCA",
+            "istiod": {"namespace": "openshift-ingress", "revisions": ["openshift-gateway"]}}}),
+    );
     fake.create(
         "meshroot.io/v1alpha1",
         "meshes",
@@ -176,6 +185,38 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     .await;
     assert_eq!(cm["data"]["root-cert.pem"].as_str().unwrap().as_bytes(), bundle.pem().as_bytes());
     assert!(fake.get("v1", "secrets", "istio-system", "istiod-tls").is_some());
+
+    // The gateway istiod's plug-in CA is under the same root: a gateway leaf
+    // it signs verifies against bookinfo's root ConfigMap, and the bookinfo
+    // leaf verifies against the root the gateway istiod publishes.
+    let text = |ns: &str, name: &str, key: &str| -> Option<String> {
+        use base64::Engine as _;
+        let s = fake.get("v1", "secrets", ns, name)?;
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["data"][key].as_str()?).ok()?).ok()
+    };
+    let (ca_cert, ca_key) = eventually("openshift-ingress/cacerts", async || {
+        Some((
+            text("openshift-ingress", "cacerts", "ca-cert.pem")?,
+            text("openshift-ingress", "cacerts", "ca-key.pem")?,
+        ))
+    })
+    .await;
+    let gateway_ca = meshroot::pki::Authority::from_pem(ca_cert.as_bytes(), ca_key.as_bytes()).unwrap();
+    let gw_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let gw_leaf = meshroot::pki::profile::issue_workload(
+        &gateway_ca,
+        &gw_key.spki_der(),
+        "spiffe://cluster.local/ns/openshift-ingress/sa/gateway",
+        time::Duration::hours(1),
+        now,
+    )
+    .unwrap();
+    let bookinfo_bundle = TrustBundle::from_pem(cm["data"]["root-cert.pem"].as_str().unwrap().as_bytes()).unwrap();
+    bookinfo_bundle.verify(&gw_leaf.der, &[gateway_ca.certificate().clone()], now).unwrap();
+    let gateway_roots =
+        TrustBundle::from_pem(text("openshift-ingress", "cacerts", "root-cert.pem").unwrap().as_bytes()).unwrap();
+    verify_response(&resp, &gateway_roots, reviews).unwrap();
 
     // A second replica serves but, not leading, writes nothing.
     let r2 = start(&served.kubeconfig, "replica-2").await;

@@ -235,6 +235,9 @@ pub fn spawn(
             for mesh in &all {
                 let Some(name) = mesh.metadata.name.clone() else { continue };
                 let outcome = reconcile(&client, &namespace, mesh, &current_root, OffsetDateTime::now_utc()).await;
+                if let Some((reason, why)) = &outcome.problem {
+                    tracing::warn!(mesh = %name, reason, problem = %why, "mesh is not ready");
+                }
                 let covered = coverage.lock().ok().and_then(|c| c.get(&name).copied());
                 let new = status(mesh, &outcome, overlap.get(&name), &current_root.bundle, covered);
                 if mesh.status.as_ref() == Some(&new) {
