@@ -118,8 +118,81 @@ async fn keepalive_pings_without_data_are_answered_not_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(!conn_task.is_finished(), "the server closed the connection");
-    // The same connection still carries a request.
-    client = client.ready().await.unwrap();
+    // The same connection still carries a request (no credentials: Unauthenticated, 16).
+    assert_eq!(grpc_status(&mut client).await, "16");
+}
+
+/// A bare gRPC server with a swappable serving certificate and no meshes.
+struct Bare {
+    addr: std::net::SocketAddr,
+    root: meshroot::pki::Authority,
+    tls: Arc<meshroot::ca::tls::ServerTls>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn serving_cert(
+    root: &meshroot::pki::Authority,
+) -> (Vec<rustls::pki_types::CertificateDer<'static>>, meshroot::pki::PrivateKey, String) {
+    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
+    let issued = meshroot::pki::profile::issue_server(
+        root,
+        &key.spki_der(),
+        &["localhost".into()],
+        &[],
+        time::Duration::hours(1),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    (vec![issued.der], key, issued.serial_hex)
+}
+
+async fn bare() -> (Bare, String) {
+    use meshroot::ca::{
+        auth::AuthenticatorChain,
+        service::{CertificateService, ServiceConfig},
+        tls::{ServerTls, ServingCertificate},
+    };
+    let root = meshroot::pki::Authority::new_root(
+        &meshroot::pki::CaSpec::root(time::Duration::days(1)),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let (chain, key, serial) = serving_cert(&root);
+    let tls = ServerTls::new(ServingCertificate::new(chain, &key).unwrap(), None).unwrap();
+    let service = CertificateService::new(
+        ServiceConfig::default(),
+        AuthenticatorChain::default(),
+        Arc::new(meshroot::mesh::MeshRegistry::default()),
+        meshroot::telemetry::Metrics::new(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(meshroot::ca::server::serve(listener, tls.clone(), service, Default::default(), async {
+        let _ = rx.await;
+    }));
+    (Bare { addr, root, tls, _stop: stop }, serial)
+}
+
+async fn bare_handshake(b: &Bare) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(b.root.certificate().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(b.addr).await.unwrap();
+    TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+}
+
+fn peer_serial(s: &tokio_rustls::client::TlsStream<TcpStream>) -> String {
+    let leaf = &s.get_ref().1.peer_certificates().unwrap()[0];
+    meshroot::pki::authority::parse_certificate(leaf).unwrap().raw_serial_as_string().replace(':', "")
+}
+
+async fn grpc_status(client: &mut h2::client::SendRequest<bytes::Bytes>) -> String {
     let req = http::Request::builder()
         .method("POST")
         .uri("https://localhost/istio.v1.auth.IstioCertificateService/CreateCertificate")
@@ -127,18 +200,33 @@ async fn keepalive_pings_without_data_are_answered_not_refused() {
         .header("te", "trailers")
         .body(())
         .unwrap();
-    let (resp, mut send) = client.send_request(req, false).unwrap();
-    // An empty gRPC message: no CSR and no token, so Unauthenticated (16).
+    let (resp, mut send) = client.clone().ready().await.unwrap().send_request(req, false).unwrap();
     send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
     let resp = resp.await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let status = match resp.headers().get("grpc-status") {
-        Some(v) => v.to_str().unwrap().to_string(),
-        None => {
-            let mut body = resp.into_body();
-            while body.data().await.is_some() {}
-            body.trailers().await.unwrap().unwrap().get("grpc-status").unwrap().to_str().unwrap().to_string()
-        }
-    };
-    assert_eq!(status, "16");
+    if let Some(v) = resp.headers().get("grpc-status") {
+        return v.to_str().unwrap().to_string();
+    }
+    let mut body = resp.into_body();
+    while body.data().await.is_some() {}
+    body.trailers().await.unwrap().unwrap().get("grpc-status").unwrap().to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn rotating_the_serving_certificate_keeps_open_connections() {
+    let (b, first_serial) = bare().await;
+    let tls = bare_handshake(&b).await;
+    assert_eq!(peer_serial(&tls), first_serial);
+    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(connection);
+    // No credentials: Unauthenticated (16), but a gRPC answer on this connection.
+    assert_eq!(grpc_status(&mut client).await, "16");
+
+    let (chain, key, second_serial) = serving_cert(&b.root);
+    b.tls.serving().replace(chain, &key).unwrap();
+    // The open connection keeps working ...
+    assert_eq!(grpc_status(&mut client).await, "16");
+    assert!(!conn.is_finished());
+    // ... and a new handshake gets the new certificate.
+    assert_eq!(peer_serial(&bare_handshake(&b).await), second_serial);
+    assert_ne!(first_serial, second_serial);
 }
