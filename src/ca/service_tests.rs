@@ -178,3 +178,24 @@ async fn a_credential_bound_to_another_trust_domain_is_refused() {
         assert_eq!(outcome.is_ok(), ok, "{td}: {:?}", outcome.err());
     }
 }
+
+#[tokio::test]
+async fn cluster_aliases_are_the_local_cluster_and_others_are_refused() {
+    let f = fixture();
+    let tokens = StaticTokenAuthenticator::parse("t1 ns1 app\n").unwrap();
+    let service = CertificateService::new(
+        ServiceConfig { cluster_id: "east".into(), cluster_aliases: vec!["Kubernetes".into(), "east-alias".into()] },
+        AuthenticatorChain::new(vec![Arc::new(tokens)]),
+        f.registry.clone(),
+        Metrics::new(),
+    );
+    for (cluster, ok) in [("east", true), ("Kubernetes", true), ("east-alias", true), ("", true), ("west", false)] {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let csr = build_workload_csr(&key, "spiffe://a.td/ns/ns1/sa/app").unwrap();
+        let mut req = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata: None });
+        req.metadata_mut().insert("authorization", "Bearer t1".parse().unwrap());
+        req.metadata_mut().insert("clusterid", cluster.parse().unwrap());
+        let outcome = service.create_certificate(req).await;
+        assert_eq!(outcome.is_ok(), ok, "{cluster}: {:?}", outcome.err());
+    }
+}

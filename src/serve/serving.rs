@@ -13,7 +13,8 @@ use time::{Duration, OffsetDateTime};
 
 pub const LIFETIME: Duration = Duration::days(30);
 
-/// A serving certificate with its key and validity.
+/// A serving certificate with its key (redacted in `Debug`) and validity.
+#[derive(Debug)]
 pub struct Serving {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKey,
@@ -83,4 +84,47 @@ pub fn issue(
         not_after: issued.not_after,
         issuer_serial: signer.authority().serial_hex().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::node::TrustedAccountOnly;
+    use crate::mesh::{Mesh, NamespaceScope};
+    use crate::pki::{Authority, CaSpec, SigningChain, TrustBundle};
+    use std::sync::Arc;
+
+    #[test]
+    fn online_roots_sign_directly_and_offline_roots_use_a_mesh_intermediate() {
+        let now = OffsetDateTime::now_utc();
+        let root = Authority::new_root(&CaSpec::root(Duration::days(365)), now).unwrap();
+        let bundle = Arc::new(TrustBundle::new(vec![root.certificate().clone()]).unwrap());
+        let names = names("meshroot", "meshroot", &["localhost".into()]);
+        assert_eq!(names[..2], ["meshroot.meshroot.svc", "meshroot.meshroot.svc.cluster.local"]);
+        let int = root.new_intermediate(&CaSpec::intermediate("b-mesh", Duration::days(30)), now).unwrap();
+        let chain = Arc::new(SigningChain::new(int, vec![], (*bundle).clone()).unwrap());
+        let registry = MeshRegistry::default();
+
+        let offline = RootState { authority: None, bundle: bundle.clone() };
+        assert!(issue(&offline, &registry, &names, now).unwrap_err().contains("offline"));
+        registry.replace(vec![Arc::new(Mesh {
+            name: "b-mesh".into(),
+            trust_domain: "cluster.local".into(),
+            scope: NamespaceScope::All,
+            signer: Ok(chain.clone()),
+            default_ttl: Duration::hours(24),
+            max_ttl: Duration::days(90),
+            trusted_node_accounts: Default::default(),
+            node_authorizer: Arc::new(TrustedAccountOnly),
+        })]);
+        let via_mesh = issue(&offline, &registry, &names, now).unwrap();
+        assert_eq!(via_mesh.chain.len(), 2, "leaf + intermediate");
+        bundle.verify_server(&via_mesh.chain[0], &via_mesh.chain[1..], now).unwrap();
+
+        let online = RootState { authority: Some(Arc::new(root)), bundle: bundle.clone() };
+        let direct = issue(&online, &registry, &names, now).unwrap();
+        assert_eq!(direct.chain.len(), 1);
+        bundle.verify_server(&direct.chain[0], &[], now).unwrap();
+        assert!(!direct.due(now) && direct.due(now + Duration::days(21)));
+    }
 }
