@@ -4,13 +4,12 @@
 
 use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::pki::authority::parse_certificate;
+use crate::pki::authority::{parse_certificate, uri_sans};
 use crate::pki::{TrustBundle, pem};
 use rustls_pki_types::CertificateDer;
 use thiserror::Error;
 use time::OffsetDateTime;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use x509_parser::extensions::GeneralName;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -106,21 +105,7 @@ pub fn verify_response(
     let now = OffsetDateTime::now_utc();
     trusted.verify(&leaf, &single, now).map_err(|e| bad(format!("leaf does not chain to the trusted root: {e}")))?;
     let parsed = parse_certificate(&leaf).map_err(|e| bad(e.to_string()))?;
-    let mut uris: Vec<String> = parsed
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some((*u).to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut uris: Vec<String> = uri_sans(&parsed).into_iter().map(String::from).collect();
     if uris.len() != 1 || uris[0] != identity {
         return Err(bad(format!("leaf URI SANs are {uris:?}; expected exactly [{identity:?}]")));
     }

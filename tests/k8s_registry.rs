@@ -11,7 +11,7 @@ use meshroot::mesh::{MeshRegistry, RouteError};
 use meshroot::pki::{Authority, CaSpec, KeyAlgorithm, TrustBundle};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
+use support::eventually;
 use support::fake_api::FakeApi;
 use time::OffsetDateTime;
 
@@ -55,16 +55,6 @@ fn mesh(name: &str, selector: serde_json::Value, extra: serde_json::Value) -> se
         s.extend(e.clone());
     }
     json!({"apiVersion": "meshroot.io/v1alpha1", "kind": "Mesh", "metadata": {"name": name}, "spec": spec})
-}
-
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..100 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn issue(w: &World, name: &str, key_algorithm: KeyAlgorithm) -> String {

@@ -6,6 +6,7 @@ use meshroot::k8s::leader::{self, LeaseConfig};
 use serde_json::json;
 use std::time::Duration;
 use support::fake_api::FakeApi;
+use support::until;
 
 fn cfg(identity: &str) -> LeaseConfig {
     LeaseConfig {
@@ -13,16 +14,6 @@ fn cfg(identity: &str) -> LeaseConfig {
         retry_period: Duration::from_millis(100),
         ..LeaseConfig::new("meshroot", "meshroot-leader", identity)
     }
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn setup() -> FakeApi {
@@ -36,7 +27,7 @@ async fn exactly_one_leader_and_a_fast_handover_on_release() {
     let fake = setup();
     let a = leader::spawn(fake.client(), cfg("replica-a"));
     let b = leader::spawn(fake.client(), cfg("replica-b"));
-    eventually("a leader", || *a.is_leader.borrow() || *b.is_leader.borrow()).await;
+    until("a leader", || *a.is_leader.borrow() || *b.is_leader.borrow()).await;
     for _ in 0..50 {
         assert!(!(*a.is_leader.borrow() && *b.is_leader.borrow()), "two leaders at once");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -44,7 +35,7 @@ async fn exactly_one_leader_and_a_fast_handover_on_release() {
     let (leader, follower) = if *a.is_leader.borrow() { (a, b) } else { (b, a) };
     let started = std::time::Instant::now();
     leader.stop().await;
-    eventually("the follower to take over", || *follower.is_leader.borrow()).await;
+    until("the follower to take over", || *follower.is_leader.borrow()).await;
     assert!(started.elapsed() < Duration::from_millis(1500), "released, so no need to wait for expiry");
     let lease = fake.get("coordination.k8s.io/v1", "leases", "meshroot", "meshroot-leader").unwrap();
     assert!(lease["spec"]["leaseTransitions"].as_i64().unwrap() >= 1);
@@ -55,13 +46,13 @@ async fn exactly_one_leader_and_a_fast_handover_on_release() {
 async fn a_crashed_leader_is_replaced_after_the_lease_expires() {
     let fake = setup();
     let a = leader::spawn(fake.client(), cfg("replica-a"));
-    eventually("a to lead", || *a.is_leader.borrow()).await;
+    until("a to lead", || *a.is_leader.borrow()).await;
     let b = leader::spawn(fake.client(), cfg("replica-b"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!*b.is_leader.borrow(), "b must wait while a renews");
     // A crash: the task dies without releasing.
     drop(a);
-    eventually("b to take over after expiry", || *b.is_leader.borrow()).await;
+    until("b to take over after expiry", || *b.is_leader.borrow()).await;
     b.stop().await;
 }
 
@@ -69,10 +60,10 @@ async fn a_crashed_leader_is_replaced_after_the_lease_expires() {
 async fn a_leader_that_cannot_renew_steps_down() {
     let fake = setup();
     let a = leader::spawn(fake.client(), cfg("replica-a"));
-    eventually("a to lead", || *a.is_leader.borrow()).await;
+    until("a to lead", || *a.is_leader.borrow()).await;
     fake.set_outage(true);
-    eventually("a to step down", || !*a.is_leader.borrow()).await;
+    until("a to step down", || !*a.is_leader.borrow()).await;
     fake.set_outage(false);
-    eventually("a to lead again", || *a.is_leader.borrow()).await;
+    until("a to lead again", || *a.is_leader.borrow()).await;
     a.stop().await;
 }

@@ -9,6 +9,7 @@ use meshroot::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, TrustBundle, pe
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
+use support::eventually;
 use support::fake_api::FakeApi;
 use time::OffsetDateTime;
 
@@ -53,16 +54,6 @@ fn world() -> World {
 
 fn mesh(fake: &FakeApi, name: &str, spec: Value) {
     fake.create("meshroot.io/v1alpha1", "meshes", "", json!({"metadata": {"name": name}, "spec": spec}));
-}
-
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..200 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn condition(fake: &FakeApi, mesh: &str, type_: &str) -> Option<(String, String, String)> {

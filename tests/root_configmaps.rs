@@ -10,6 +10,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use support::fake_api::FakeApi;
+use support::until;
 use time::OffsetDateTime;
 
 const CM: &str = "istio-ca-root-cert";
@@ -17,16 +18,6 @@ const CM: &str = "istio-ca-root-cert";
 fn bundle() -> TrustBundle {
     let root = Authority::new_root(&CaSpec::root(time::Duration::days(30)), OffsetDateTime::now_utc()).unwrap();
     TrustBundle::new(vec![root.certificate().clone()]).unwrap()
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn root_pem(fake: &FakeApi, ns: &str) -> Option<String> {
@@ -67,7 +58,7 @@ fn world(bundle: &TrustBundle) -> World {
 async fn distributes_the_bundle_and_repairs_drift() {
     let b = bundle();
     let w = world(&b);
-    eventually("ConfigMaps in every covered namespace", || {
+    until("ConfigMaps in every covered namespace", || {
         ["istio-system", "ztunnel", "bookinfo"].iter().all(|ns| root_pem(&w.fake, ns).as_deref() == Some(b.pem()))
     })
     .await;
@@ -87,18 +78,18 @@ async fn distributes_the_bundle_and_repairs_drift() {
     cms.patch(CM, &PatchParams::default(), &Patch::Merge(json!({"data": {"root-cert.pem": "tampered"}})))
         .await
         .unwrap();
-    eventually("the edit to be repaired", || root_pem(&w.fake, "bookinfo").as_deref() == Some(b.pem())).await;
+    until("the edit to be repaired", || root_pem(&w.fake, "bookinfo").as_deref() == Some(b.pem())).await;
     cms.delete(CM, &DeleteParams::default()).await.unwrap();
-    eventually("the deletion to be repaired", || root_pem(&w.fake, "bookinfo").as_deref() == Some(b.pem())).await;
+    until("the deletion to be repaired", || root_pem(&w.fake, "bookinfo").as_deref() == Some(b.pem())).await;
 }
 
 #[tokio::test]
 async fn follows_namespaces_in_and_out_and_never_deletes_what_it_does_not_own() {
     let b = bundle();
     let w = world(&b);
-    eventually("initial ConfigMaps", || root_pem(&w.fake, "bookinfo").is_some()).await;
+    until("initial ConfigMaps", || root_pem(&w.fake, "bookinfo").is_some()).await;
     w.fake.namespace("reviews", json!({"mesh": "default"}));
-    eventually("the new namespace", || root_pem(&w.fake, "reviews").as_deref() == Some(b.pem())).await;
+    until("the new namespace", || root_pem(&w.fake, "reviews").as_deref() == Some(b.pem())).await;
     // A ConfigMap someone else made in a namespace outside the mesh stays.
     w.fake.create(
         "v1",
@@ -110,7 +101,7 @@ async fn follows_namespaces_in_and_out_and_never_deletes_what_it_does_not_own() 
     nss.patch("reviews", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"mesh": null}}})))
         .await
         .unwrap();
-    eventually("the owned ConfigMap to go", || root_pem(&w.fake, "reviews").is_none()).await;
+    until("the owned ConfigMap to go", || root_pem(&w.fake, "reviews").is_none()).await;
     assert_eq!(root_pem(&w.fake, "other").as_deref(), Some("theirs"));
 }
 
@@ -118,7 +109,7 @@ async fn follows_namespaces_in_and_out_and_never_deletes_what_it_does_not_own() 
 async fn a_new_bundle_reaches_every_namespace_and_stale_istiod_configmaps_are_taken_over() {
     let old = bundle();
     let w = world(&old);
-    eventually("initial ConfigMaps", || root_pem(&w.fake, "bookinfo").is_some()).await;
+    until("initial ConfigMaps", || root_pem(&w.fake, "bookinfo").is_some()).await;
     // A leftover from istiod's own CA, in a namespace that then joins the mesh.
     w.fake.namespace("legacy", json!({}));
     w.fake.create("v1", "configmaps", "legacy", json!({"metadata": {"name": CM, "labels": {"istio.io/config": "true"}}, "data": {"root-cert.pem": "istiod self-signed root"}}));
@@ -128,7 +119,7 @@ async fn a_new_bundle_reaches_every_namespace_and_stale_istiod_configmaps_are_ta
         .unwrap();
     let rotated = TrustBundle::new([old.roots(), bundle().roots()].concat()).unwrap();
     w.bundle_tx.send(Arc::new(rotated.clone())).unwrap();
-    eventually("the rotated bundle everywhere", || {
+    until("the rotated bundle everywhere", || {
         ["istio-system", "ztunnel", "bookinfo", "legacy"]
             .iter()
             .all(|ns| root_pem(&w.fake, ns).as_deref() == Some(rotated.pem()))

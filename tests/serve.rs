@@ -12,6 +12,7 @@ use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::eventually_async;
 use support::fake_api::FakeApi;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshroot");
@@ -97,16 +98,6 @@ async fn request(
     client.create_certificate(req).await.map(|r| r.into_inner())
 }
 
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 async fn ready(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
@@ -162,10 +153,11 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     let served = fake.serve().await;
 
     let r1 = start(&served.kubeconfig, "replica-1").await;
-    eventually("replica-1 ready", async || ready(r1.ops).await.then_some(())).await;
+    eventually_async("replica-1 ready", async || ready(r1.ops).await.then_some(())).await;
     let reviews = "spiffe://cluster.local/ns/bookinfo/sa/reviews";
     let resp =
-        eventually("a certificate", async || request(&fake, r1.grpc, "tok-reviews", reviews, None).await.ok()).await;
+        eventually_async("a certificate", async || request(&fake, r1.grpc, "tok-reviews", reviews, None).await.ok())
+            .await;
     let bundle = TrustBundle::from_pem(&root_pem(&fake)).unwrap();
     verify_response(&resp, &bundle, reviews).unwrap();
 
@@ -179,7 +171,7 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     assert_eq!(s.code(), tonic::Code::Unauthenticated);
 
     // The leader distributed the root and istiod's certificate.
-    let cm = eventually("bookinfo's root ConfigMap", async || {
+    let cm = eventually_async("bookinfo's root ConfigMap", async || {
         fake.get("v1", "configmaps", "bookinfo", "istio-ca-root-cert")
     })
     .await;
@@ -194,7 +186,7 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
         let s = fake.get("v1", "secrets", ns, name)?;
         String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["data"][key].as_str()?).ok()?).ok()
     };
-    let (ca_cert, ca_key) = eventually("openshift-ingress/cacerts", async || {
+    let (ca_cert, ca_key) = eventually_async("openshift-ingress/cacerts", async || {
         Some((
             text("openshift-ingress", "cacerts", "ca-cert.pem")?,
             text("openshift-ingress", "cacerts", "ca-key.pem")?,
@@ -220,7 +212,7 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
 
     // A second replica serves but, not leading, writes nothing.
     let r2 = start(&served.kubeconfig, "replica-2").await;
-    eventually("replica-2 ready", async || ready(r2.ops).await.then_some(())).await;
+    eventually_async("replica-2 ready", async || ready(r2.ops).await.then_some(())).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     fake.clear_requests();
     let resp = request(&fake, r2.grpc, "tok-reviews", reviews, None).await.unwrap();
@@ -235,9 +227,9 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     let status = Command::new("kill").args(["-TERM", &r1.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let mut r1 = r1;
-    let exit = eventually("replica-1 to exit", async || r1.child.try_wait().unwrap()).await;
+    let exit = eventually_async("replica-1 to exit", async || r1.child.try_wait().unwrap()).await;
     assert!(exit.success(), "{exit:?}");
-    eventually("replica-2 to lead", async || {
+    eventually_async("replica-2 to lead", async || {
         let lease = fake.get("coordination.k8s.io/v1", "leases", "meshroot", "meshroot-leader")?;
         (lease["spec"]["holderIdentity"] == "replica-2").then_some(())
     })

@@ -5,9 +5,8 @@
 
 use super::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::pki::WorkloadIdentity;
-use crate::pki::authority::parse_certificate;
+use crate::pki::authority::{parse_certificate, uri_sans};
 use async_trait::async_trait;
-use x509_parser::extensions::GeneralName;
 
 #[derive(Debug, Default)]
 pub struct ClientCertificateAuthenticator;
@@ -23,21 +22,7 @@ impl Authenticator for ClientCertificateAuthenticator {
             return Ok(None);
         };
         let cert = parse_certificate(leaf).map_err(|e| AuthError::Rejected(format!("client certificate: {e}")))?;
-        let uris: Vec<&str> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::URI(u) => Some(*u),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let uris = uri_sans(&cert);
         let [uri] = uris.as_slice() else {
             return Err(AuthError::Rejected(format!(
                 "a client certificate must carry exactly one URI SAN, this one has {}",

@@ -11,13 +11,14 @@ use crate::api::{Mesh, MeshMode, MeshStatus};
 use crate::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure};
 use crate::k8s::registry::validate_spec;
 pub use crate::k8s::root::RootState;
+use crate::k8s::watch as kwatch;
 use crate::k8s::{error_summary, selector};
 use crate::pki::TrustBundle;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{reflector, watcher};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,18 +204,11 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let (meshes, meshes_w) = reflector::store::<Mesh>();
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
-    let changes = futures::stream::select_all([
-        reflector(meshes_w, watcher(Api::<Mesh>::all(client.clone()), watcher::Config::default()))
-            .default_backoff()
-            .map(|_| ())
-            .boxed(),
-        reflector(namespaces_w, watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default()))
-            .default_backoff()
-            .map(|_| ())
-            .boxed(),
+    let mut changes = futures::stream::select_all([
+        kwatch::changes(meshes_w, Api::<Mesh>::all(client.clone()), watcher::Config::default()),
+        kwatch::changes(namespaces_w, Api::<Namespace>::all(client.clone()), watcher::Config::default()),
     ]);
     tokio::spawn(async move {
-        let mut changes = std::pin::pin!(changes);
         let mut ticker = tokio::time::interval(resync);
         loop {
             tokio::select! {
@@ -222,11 +216,8 @@ pub fn spawn(
                 r = root.changed() => if r.is_err() { return },
                 _ = ticker.tick() => {}
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            while let Some(Some(())) = changes.next().now_or_never() {}
-            let ready = meshes.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
-                && namespaces.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
-            if !ready {
+            kwatch::settle(&mut changes, Duration::from_millis(100)).await;
+            if !(kwatch::synced(&meshes) && kwatch::synced(&namespaces)) {
                 continue;
             }
             let current_root = root.borrow().clone();

@@ -147,33 +147,22 @@ pub fn spawn(
     resync: std::time::Duration,
     coverage: Coverage,
 ) -> tokio::task::JoinHandle<()> {
-    use futures::{FutureExt, StreamExt};
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use crate::k8s::watch as kwatch;
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher};
     let (meshes, meshes_w) = reflector::store::<Mesh>();
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
     let (configmaps, configmaps_w) = reflector::store::<ConfigMap>();
     let config = watcher::Config::default();
-    let changes = futures::stream::select_all([
-        reflector(meshes_w, watcher(Api::<Mesh>::all(client.clone()), config.clone()))
-            .default_backoff()
-            .map(|_| ())
-            .boxed(),
-        reflector(namespaces_w, watcher(Api::<Namespace>::all(client.clone()), config.clone()))
-            .default_backoff()
-            .map(|_| ())
-            .boxed(),
-        // Istio's root ConfigMaps carry istio.io/config=true, istiod's
-        // leftovers included; the periodic re-sync covers the rest.
-        reflector(
-            configmaps_w,
-            watcher(Api::<ConfigMap>::all(client.clone()), config.labels(&format!("{ISTIO_CONFIG_LABEL}=true"))),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
+    // Istio's root ConfigMaps carry istio.io/config=true, istiod's leftovers
+    // included; the periodic re-sync covers the rest.
+    let root_configmaps = config.clone().labels(&format!("{ISTIO_CONFIG_LABEL}=true"));
+    let mut changes = futures::stream::select_all([
+        kwatch::changes(meshes_w, Api::<Mesh>::all(client.clone()), config.clone()),
+        kwatch::changes(namespaces_w, Api::<Namespace>::all(client.clone()), config),
+        kwatch::changes(configmaps_w, Api::<ConfigMap>::all(client.clone()), root_configmaps),
     ]);
     tokio::spawn(async move {
-        let mut changes = std::pin::pin!(changes);
         let mut ticker = tokio::time::interval(resync);
         let mut backoff = std::time::Duration::from_millis(500);
         loop {
@@ -182,12 +171,8 @@ pub fn spawn(
                 changed = bundle.changed() => if changed.is_err() { return },
                 _ = ticker.tick() => {}
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            while let Some(Some(())) = changes.next().now_or_never() {}
-            let ready = meshes.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
-                && namespaces.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
-                && configmaps.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
-            if !ready {
+            kwatch::settle(&mut changes, std::time::Duration::from_millis(100)).await;
+            if !(kwatch::synced(&meshes) && kwatch::synced(&namespaces) && kwatch::synced(&configmaps)) {
                 continue;
             }
             let current = bundle.borrow().clone();

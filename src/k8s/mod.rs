@@ -6,6 +6,7 @@ pub mod node_authz;
 pub mod registry;
 pub mod root;
 pub mod selector;
+pub mod watch;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;

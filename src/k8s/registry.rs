@@ -6,6 +6,7 @@
 
 use super::intermediates::{parse_duration, parse_secret, secret_name};
 use super::selector;
+use super::watch as kwatch;
 use crate::api::{Mesh as MeshResource, MeshMode};
 use crate::ca::node::NodeAuthorizer;
 use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
@@ -13,10 +14,10 @@ use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 use crate::pki::chain::sha256_hex;
 use crate::pki::spiffe::validate_trust_domain;
 use crate::pki::{SigningChain, TrustBundle};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{reflector, watcher};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -185,42 +186,22 @@ pub fn spawn(
     let (secrets, secrets_w) = reflector::store::<Secret>();
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
     let config = watcher::Config::default();
-    let changes = futures::stream::select_all([
-        reflector(meshes_w, watcher(Api::<MeshResource>::all(client.clone()), config.clone()))
-            .default_backoff()
-            .map(|r| r.err().map(|e| e.to_string()))
-            .boxed(),
-        reflector(secrets_w, watcher(Api::<Secret>::namespaced(client.clone(), namespace), config.clone()))
-            .default_backoff()
-            .map(|r| r.err().map(|e| e.to_string()))
-            .boxed(),
-        reflector(namespaces_w, watcher(Api::<Namespace>::all(client), config))
-            .default_backoff()
-            .map(|r| r.err().map(|e| e.to_string()))
-            .boxed(),
+    let mut changes = futures::stream::select_all([
+        kwatch::changes(meshes_w, Api::<MeshResource>::all(client.clone()), config.clone()),
+        kwatch::changes(secrets_w, Api::<Secret>::namespaced(client.clone(), namespace), config.clone()),
+        kwatch::changes(namespaces_w, Api::<Namespace>::all(client), config),
     ]);
     let cache = ChainCache::default();
     tokio::spawn(async move {
-        let mut changes = std::pin::pin!(changes);
         let mut last_problems = BTreeMap::new();
         loop {
             tokio::select! {
-                change = changes.next() => match change {
-                    None => return,
-                    Some(Some(e)) => { tracing::warn!(error = %e, "watch error; retrying"); continue; }
-                    Some(None) => {}
-                },
+                change = changes.next() => if change.is_none() { return },
                 changed = bundle.changed() => if changed.is_err() { return },
             }
             // Let a burst of events settle, then rebuild once.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            while let Some(Some(Some(e))) = changes.next().now_or_never() {
-                tracing::warn!(error = %e, "watch error; retrying");
-            }
-            let stores_ready = meshes.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
-                && secrets.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
-                && namespaces.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
-            if !stores_ready {
+            kwatch::settle(&mut changes, Duration::from_millis(50)).await;
+            if !(kwatch::synced(&meshes) && kwatch::synced(&secrets) && kwatch::synced(&namespaces)) {
                 continue;
             }
             let current_bundle = bundle.borrow().clone();

@@ -277,6 +277,20 @@ fn check_is_ca(cert: &X509Certificate<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The URI subject alternative names of a certificate, in order.
+pub fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(crate) fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
     use x509_parser::extensions::ParsedExtension;
     cert.extensions().iter().find_map(|e| match e.parsed_extension() {

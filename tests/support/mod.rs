@@ -124,3 +124,30 @@ pub async fn client_with_identity(
     let channel = Endpoint::from_shared(format!("https://{}", ca.addr())).unwrap().tls_config(tls)?.connect().await?;
     Ok(IstioCertificateServiceClient::new(channel))
 }
+
+/// Polls `f` every 50 ms until it holds (at most 15 s).
+pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    eventually(what, || f().then_some(())).await
+}
+
+/// Polls `f` every 50 ms until it yields a value (at most 15 s).
+pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// As [`eventually`], for checks that are themselves asynchronous (at most 30 s).
+pub async fn eventually_async<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
