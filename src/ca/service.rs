@@ -153,6 +153,7 @@ impl CertificateService {
         record.identity = Some(quote_input(&requested));
         let target = WorkloadIdentity::parse(&requested)
             .map_err(|e| Failure::Unauthenticated(format!("impersonated identity {}: {e}", quote_input(&requested))))?;
+        record.identity = Some(target.to_string());
         let mesh = self.route(&target.namespace)?;
         if !mesh.trusted_node_accounts.contains(&caller.account()) {
             return Err(Failure::Unauthenticated(format!(

@@ -74,8 +74,8 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::default();
-        let m = Self {
+        let mut m = Self {
+            registry: Registry::default(),
             csr_count: IstioCounter::default(),
             authentication_failure_count: IstioCounter::default(),
             csr_parsing_err_count: IstioCounter::default(),
@@ -89,60 +89,61 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             root_expiry: AtomicI64::new(0),
             chain_expiry: AtomicI64::new(0),
-            registry: Registry::default(),
         };
-        registry.register("citadel_server_csr_count", "The number of CSRs received", m.csr_count.clone());
-        registry.register(
+        // Registered clones share state with the fields (they are Arc-backed).
+        let r = &mut m.registry;
+        r.register("citadel_server_csr_count", "The number of CSRs received", m.csr_count.clone());
+        r.register(
             "citadel_server_authentication_failure_count",
             "The number of authentication failures",
             m.authentication_failure_count.clone(),
         );
-        registry.register(
+        r.register(
             "citadel_server_csr_parsing_err_count",
             "The number of CSRs that could not be parsed or verified",
             m.csr_parsing_err_count.clone(),
         );
-        registry.register(
+        r.register(
             "citadel_server_id_extraction_err_count",
             "The number of CSRs whose identities the caller may not have",
             m.id_extraction_err_count.clone(),
         );
-        registry.register(
+        r.register(
             "citadel_server_csr_sign_err_count",
             "The number of CSR signing errors, by error",
             m.csr_sign_err_count.clone(),
         );
-        registry.register(
+        r.register(
             "citadel_server_success_cert_issuance_count",
             "The number of certificates issued",
             m.success_cert_issuance_count.clone(),
         );
-        registry.register(
+        r.register(
             "citadel_server_root_cert_expiry_timestamp",
             "Unix time at which the earliest trusted root expires",
             m.root_cert_expiry_timestamp.clone(),
         );
-        registry.register(
+        r.register(
             "citadel_server_root_cert_expiry_seconds",
             "Seconds until the earliest trusted root expires",
             m.root_cert_expiry_seconds.clone(),
         );
-        registry.register(
+        r.register(
             "citadel_server_cert_chain_expiry_timestamp",
             "Unix time at which the earliest signing chain expires",
             m.cert_chain_expiry_timestamp.clone(),
         );
-        registry.register(
+        r.register(
             "citadel_server_cert_chain_expiry_seconds",
             "Seconds until the earliest signing chain expires",
             m.cert_chain_expiry_seconds.clone(),
         );
-        registry.register(
+        r.register(
             "meshroot_create_certificate_duration_seconds",
             "CreateCertificate latency, by gRPC status code",
             m.request_duration.clone(),
         );
-        Arc::new(Self { registry, ..m })
+        Arc::new(m)
     }
 
     /// Records the earliest root and signing-chain expiry, in Unix seconds.
