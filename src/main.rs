@@ -85,8 +85,10 @@ struct ServeArgs {
     /// This replica's name, for leader election; default: the host name.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// gRPC (Istio CA API) listen address.
     #[arg(long, env = "MESHROOT_LISTEN", default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
+    /// Metrics, /healthz and /readyz listen address.
     #[arg(long, env = "MESHROOT_METRICS_LISTEN", default_value = "0.0.0.0:15014")]
     metrics_listen: SocketAddr,
     /// Secret holding the root (tls.crt, tls.key, optional ca.crt).
@@ -112,6 +114,7 @@ struct ServeArgs {
     /// How long a TokenReview result is reused (never past the token's expiry).
     #[arg(long, env = "MESHROOT_TOKEN_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
     token_cache_ttl: time::Duration,
+    /// Most TokenReview results kept at once.
     #[arg(long, env = "MESHROOT_TOKEN_CACHE_SIZE", default_value = "10000")]
     token_cache_size: usize,
     /// The Service that fronts meshroot (serving certificate names).
@@ -120,6 +123,7 @@ struct ServeArgs {
     /// Extra DNS names or IPs for the serving certificate. Repeatable.
     #[arg(long = "serving-name", env = "MESHROOT_SERVING_NAMES", value_delimiter = ',')]
     serving_names: Vec<String>,
+    /// The Lease used to elect the replica that runs the controllers.
     #[arg(long, env = "MESHROOT_LEASE_NAME", default_value = "meshroot-leader")]
     lease_name: String,
     /// Periodic re-sync of controllers (renewals, drift in istiod namespaces).
