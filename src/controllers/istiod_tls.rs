@@ -69,7 +69,7 @@ fn current(secret: &Secret, names: &BTreeSet<String>, id: &str, chain: &SigningC
         return false;
     }
     let (nb, na) = (cert.validity().not_before.to_datetime(), cert.validity().not_after.to_datetime());
-    if now >= nb + (na - nb) * 2 / 3 {
+    if profile::renewal_due(nb, na, now) {
         return false;
     }
     let Ok(Some(san)) = cert.subject_alternative_name() else { return false };

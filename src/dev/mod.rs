@@ -111,7 +111,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     };
     let registry = Arc::new(MeshRegistry::new(vec![Arc::new(mesh)]));
     let metrics = Metrics::new();
-    let root_expiry = chain_min_expiry(chain.bundle().roots());
+    let root_expiry = chain.bundle().earliest_expiry();
     metrics.set_expiries(root_expiry, chain.authority().not_after().unix_timestamp());
 
     let service = CertificateService::new(
@@ -143,14 +143,6 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     let ops = tokio::spawn(ops::serve(ops_listener, metrics.clone(), readiness.clone(), wait_for(shutdown_rx)));
     readiness.set(true);
     Ok(DevServer { grpc_addr, ops_addr, state, metrics, readiness, shutdown, grpc, ops })
-}
-
-fn chain_min_expiry(roots: &[rustls_pki_types::CertificateDer<'static>]) -> i64 {
-    roots
-        .iter()
-        .filter_map(|r| crate::pki::authority::parse_certificate(r).ok().map(|c| c.validity().not_after.timestamp()))
-        .min()
-        .unwrap_or(0)
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

@@ -151,11 +151,6 @@ fn load_or_create_root(
     Ok(root)
 }
 
-/// True when less than a third of the lifetime is left.
-fn due_for_renewal(not_before: OffsetDateTime, not_after: OffsetDateTime, now: OffsetDateTime) -> bool {
-    now >= not_after - (not_after - not_before) / 3
-}
-
 fn load_or_create_intermediate(
     dir: &Path,
     root: &Authority,
@@ -166,7 +161,7 @@ fn load_or_create_intermediate(
     let (cert, key) = (dir.join("ca-cert.pem"), dir.join("ca-key.pem"));
     if existing_pair(&cert, &key)? {
         let int = Authority::from_pem(&fsutil::read(&cert)?, &fsutil::read(&key)?).map_err(pki_err(&cert))?;
-        if !due_for_renewal(int.not_before(), int.not_after(), now) {
+        if !profile::renewal_due(int.not_before(), int.not_after(), now) {
             return SigningChain::new(int, vec![], bundle.clone()).map_err(pki_err(&cert));
         }
         created.push(format!("renewed intermediate {} (it was due)", cert.display()));
@@ -254,7 +249,7 @@ fn serving_is_reusable(
         return false;
     }
     let v = cert.validity();
-    if due_for_renewal(v.not_before.to_datetime(), v.not_after.to_datetime(), now) {
+    if profile::renewal_due(v.not_before.to_datetime(), v.not_after.to_datetime(), now) {
         return false;
     }
     let Ok(Some(san)) = cert.subject_alternative_name() else {

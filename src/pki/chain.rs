@@ -50,6 +50,15 @@ impl TrustBundle {
         &self.pem
     }
 
+    /// Unix time at which the first of the roots expires.
+    pub fn earliest_expiry(&self) -> i64 {
+        self.roots
+            .iter()
+            .filter_map(|r| parse_certificate(r).ok().map(|c| c.validity().not_after.timestamp()))
+            .min()
+            .unwrap_or(0)
+    }
+
     /// SHA-256 fingerprints of the roots, lowercase hex.
     pub fn fingerprints(&self) -> Vec<String> {
         self.roots.iter().map(|r| sha256_hex(r)).collect()

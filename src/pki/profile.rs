@@ -13,6 +13,12 @@ use time::{Duration, OffsetDateTime};
 /// How far NotBefore is back-dated, for clients with skewed clocks (istiod uses 2 minutes).
 pub const CLOCK_SKEW_GRACE: Duration = Duration::minutes(2);
 
+/// Whether a certificate valid from `not_before` to `not_after` should be
+/// renewed at `now`: once two thirds of its life have passed.
+pub fn renewal_due(not_before: OffsetDateTime, not_after: OffsetDateTime, now: OffsetDateTime) -> bool {
+    now >= not_before + (not_after - not_before) * 2 / 3
+}
+
 /// A freshly signed certificate and the facts callers report about it.
 #[derive(Clone, Debug)]
 pub struct IssuedCertificate {

@@ -406,3 +406,13 @@ fn every_generated_key_type_works_as_signer_and_as_csr_key() {
         }
     }
 }
+
+#[test]
+fn bundle_reports_its_earliest_root_expiry() {
+    let long = Authority::new_root(&CaSpec::root(Duration::days(3650)), now()).unwrap();
+    let short = Authority::new_root(&CaSpec::root(Duration::days(30)), now()).unwrap();
+    let b = TrustBundle::new(vec![long.certificate().clone(), short.certificate().clone()]).unwrap();
+    assert_eq!(b.earliest_expiry(), short.not_after().unix_timestamp());
+    assert!(profile::renewal_due(now(), now() + Duration::days(30), now() + Duration::days(21)));
+    assert!(!profile::renewal_due(now(), now() + Duration::days(30), now() + Duration::days(19)));
+}

@@ -129,7 +129,7 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
     };
     let serving_cert = ServingCertificate::new(first.chain.clone(), &first.key)?;
     let tls = ServerTls::new(serving_cert.clone(), Some(&initial_root.bundle))?;
-    metrics.set_expiries(earliest_root_expiry(&initial_root), 0);
+    metrics.set_expiries(initial_root.bundle.earliest_expiry(), 0);
     tasks.push(spawn_rotation(
         root_rx.clone(),
         bundle_tx,
@@ -167,15 +167,6 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
     Ok(Server { grpc_addr, ops_addr, readiness, shutdown, grpc, ops, election, tasks, drain_delay: opts.drain_delay })
 }
 
-fn earliest_root_expiry(root: &RootState) -> i64 {
-    root.bundle
-        .roots()
-        .iter()
-        .filter_map(|r| crate::pki::authority::parse_certificate(r).ok().map(|c| c.validity().not_after.timestamp()))
-        .min()
-        .unwrap_or(0)
-}
-
 /// Re-issues the serving certificate when due or when the root changes, and
 /// keeps client-certificate roots and metrics in step with the bundle.
 fn spawn_rotation(
@@ -207,7 +198,7 @@ fn spawn_rotation(
                 .filter_map(|m| m.signer.as_ref().ok().map(|c| c.authority().not_after().unix_timestamp()))
                 .min()
                 .unwrap_or(0);
-            metrics.set_expiries(earliest_root_expiry(&state), chain_expiry);
+            metrics.set_expiries(state.bundle.earliest_expiry(), chain_expiry);
             let issuer_changed = state.authority.as_ref().is_some_and(|a| a.serial_hex() != current.issuer_serial);
             if !(current.due(OffsetDateTime::now_utc()) || issuer_changed) {
                 continue;

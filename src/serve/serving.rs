@@ -26,7 +26,7 @@ pub struct Serving {
 
 impl Serving {
     pub fn due(&self, now: OffsetDateTime) -> bool {
-        now >= self.not_before + (self.not_after - self.not_before) * 2 / 3
+        profile::renewal_due(self.not_before, self.not_after, now)
     }
 }
 
