@@ -6,6 +6,7 @@ pub mod ca;
 pub mod client;
 pub mod cmd;
 pub mod controllers;
+pub mod issuer;
 pub mod mesh;
 pub mod names;
 pub mod pki;

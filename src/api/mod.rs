@@ -1,8 +1,11 @@
 //! meshroot's custom resources (group `meshroot.io`, version `v1alpha1`).
 //! The YAML in `crds/` is generated from these types (`meshroot crds`).
 
+pub mod cert_manager;
+pub mod issuer;
 pub mod mesh;
 
+pub use issuer::{ClusterIssuer, Issuer};
 pub use mesh::{Mesh, MeshMode, MeshSpec, MeshStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -10,7 +13,7 @@ use kube::CustomResourceExt;
 
 /// Every CRD meshroot defines, with the file name it has in `crds/`.
 pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
-    let all = [Mesh::crd()];
+    let all = [Mesh::crd(), Issuer::crd(), ClusterIssuer::crd()];
     all.into_iter()
         .map(|crd| {
             let file = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());

@@ -7,6 +7,8 @@
 use super::error::{PkiError, Result};
 use super::keys::{PublicKeyKind, classify_spki};
 use super::pem;
+use super::usage::{KeyUsage, extended_from_x509};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
@@ -44,6 +46,12 @@ pub struct CertificateSigningRequest {
     san_critical: Option<bool>,
     requests_ca: bool,
     subject: String,
+    subject_der: Vec<u8>,
+    common_names: Vec<String>,
+    san_der: Option<Vec<u8>>,
+    basic_constraints_ca: Option<bool>,
+    key_usage: Option<BTreeSet<KeyUsage>>,
+    extended_key_usage: Option<BTreeSet<String>>,
     extension_oids: Vec<String>,
 }
 
@@ -71,16 +79,20 @@ impl CertificateSigningRequest {
 
         let mut names = RequestedNames::default();
         let mut san_critical = None;
-        let mut requests_ca = false;
+        let mut san_der = None;
+        let mut basic_constraints_ca = None;
+        let mut key_usage = None;
+        let mut extended_key_usage = None;
         let mut extension_oids = Vec::new();
         if let Some(extensions) = requested_extensions(&csr)? {
             for ext in extensions {
                 let oid = ext.oid.to_id_string();
                 if oid == OID_SAN {
-                    if san_critical.is_some() {
-                        return Err(PkiError::Invalid("the CSR repeats the SAN extension".into()));
-                    }
                     san_critical = Some(ext.critical);
+                    san_der = Some(ext.value.to_vec());
+                }
+                if extension_oids.contains(&oid) {
+                    return Err(PkiError::Invalid(format!("the CSR repeats extension {oid}")));
                 }
                 match ext.parsed_extension() {
                     ParsedExtension::SubjectAlternativeName(san) => {
@@ -88,7 +100,9 @@ impl CertificateSigningRequest {
                             collect_name(name, &mut names)?;
                         }
                     }
-                    ParsedExtension::BasicConstraints(bc) => requests_ca |= bc.ca,
+                    ParsedExtension::BasicConstraints(bc) => basic_constraints_ca = Some(bc.ca),
+                    ParsedExtension::KeyUsage(ku) => key_usage = Some(KeyUsage::from_x509(ku)),
+                    ParsedExtension::ExtendedKeyUsage(eku) => extended_key_usage = Some(extended_from_x509(eku)),
                     ParsedExtension::ParseError { error } => {
                         return Err(PkiError::Der(format!("extension {oid}: {error}")));
                     }
@@ -102,8 +116,20 @@ impl CertificateSigningRequest {
             key_kind,
             names,
             san_critical,
-            requests_ca,
+            requests_ca: basic_constraints_ca == Some(true),
             subject: info.subject.to_string(),
+            subject_der: info.subject.as_raw().to_vec(),
+            common_names: info
+                .subject
+                .iter_common_name()
+                .map(|cn| {
+                    cn.as_str().map(str::to_string).map_err(|_| PkiError::Invalid("a common name is not a string".into()))
+                })
+                .collect::<Result<_>>()?,
+            san_der,
+            basic_constraints_ca,
+            key_usage,
+            extended_key_usage,
             extension_oids,
         })
     }
@@ -134,6 +160,42 @@ impl CertificateSigningRequest {
     /// The requested subject, in RFC 4514 form (for logs and policy).
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+
+    /// The requested subject exactly as encoded (DER Name).
+    pub fn subject_der(&self) -> &[u8] {
+        &self.subject_der
+    }
+
+    /// Whether the subject has no RDNs.
+    pub fn subject_is_empty(&self) -> bool {
+        // DER of an empty SEQUENCE.
+        self.subject_der == [0x30, 0x00]
+    }
+
+    /// The subject's common names.
+    pub fn common_names(&self) -> &[String] {
+        &self.common_names
+    }
+
+    /// The requested SubjectAltName extension value (DER GeneralNames).
+    pub fn san_der(&self) -> Option<&[u8]> {
+        self.san_der.as_deref()
+    }
+
+    /// The CA flag of a requested BasicConstraints extension.
+    pub fn basic_constraints_ca(&self) -> Option<bool> {
+        self.basic_constraints_ca
+    }
+
+    /// The bits of a requested KeyUsage extension.
+    pub fn key_usage(&self) -> Option<&BTreeSet<KeyUsage>> {
+        self.key_usage.as_ref()
+    }
+
+    /// The OIDs of a requested ExtendedKeyUsage extension.
+    pub fn extended_key_usage(&self) -> Option<&BTreeSet<String>> {
+        self.extended_key_usage.as_ref()
     }
 
     /// OIDs of every requested extension, in order.

@@ -11,6 +11,8 @@ pub mod pem;
 pub mod profile;
 pub mod serial;
 pub mod spiffe;
+pub mod template;
+pub mod usage;
 
 pub use authority::{Authority, CaSpec};
 pub use chain::{SigningChain, TrustBundle};

@@ -1,0 +1,156 @@
+//! `Issuer` (namespaced) and `ClusterIssuer`: cert-manager external issuers
+//! that sign `CertificateRequest`s (and Kubernetes CSRs) under meshroot's root.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which CA signs. Set exactly one of `root` and `mesh`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignerRef {
+    /// Sign with the root itself. Needs the root's key online.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub root: bool,
+    /// Sign with this External `Mesh`'s intermediate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<String>,
+}
+
+/// What an issuer will sign. A list that is absent allows anything of its
+/// kind; an empty list allows nothing of its kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuancePolicy {
+    /// Whether requests with `isCA: true` are signed, for example an
+    /// intermediate for Istio `cacerts`.
+    #[serde(default, rename = "allowCA")]
+    pub allow_ca: bool,
+    /// pathLenConstraint of issued CA certificates (default 0: they may
+    /// sign only leaf certificates, which is what istiod does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_path_length: Option<u8>,
+    /// Longest lifetime issued, such as `2160h`; longer requests are
+    /// shortened, and the request's status says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<String>,
+    /// DNS name patterns: `*` matches within one label (`*.example.com`),
+    /// a leading `**` label matches one or more labels (`**.example.com`).
+    #[serde(default, rename = "allowedDNSNames", skip_serializing_if = "Option::is_none")]
+    pub allowed_dns_names: Option<Vec<String>>,
+    /// URI patterns: `*` matches within one path segment
+    /// (`spiffe://cluster.local/ns/*/sa/*`), `**` matches anything.
+    #[serde(default, rename = "allowedURIs", skip_serializing_if = "Option::is_none")]
+    pub allowed_uris: Option<Vec<String>>,
+    /// CIDR ranges, such as `10.0.0.0/8` or `fd00::/8`.
+    #[serde(default, rename = "allowedIPRanges", skip_serializing_if = "Option::is_none")]
+    pub allowed_ip_ranges: Option<Vec<String>>,
+    /// Email patterns: `*` matches within the local part or one domain label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_emails: Option<Vec<String>>,
+    /// Common name patterns (`*` matches anything). When absent and
+    /// `allowedDNSNames` is set, a common name must match a DNS pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_common_names: Option<Vec<String>>,
+    /// Usages that may be requested, by cert-manager's names
+    /// (`digital signature`, `server auth`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_usages: Option<Vec<String>>,
+}
+
+/// A namespaced issuer: signs requests in its own namespace only.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "meshroot.io",
+    version = "v1alpha1",
+    kind = "Issuer",
+    plural = "issuers",
+    namespaced,
+    status = "IssuerStatus",
+    category = "meshroot",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Mesh","type":"string","jsonPath":".spec.signer.mesh"}"#,
+    printcolumn = r#"{"name":"Signer Expiry","type":"date","jsonPath":".status.signer.notAfter"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerSpec {
+    pub signer: SignerRef,
+    #[serde(default)]
+    pub policy: IssuancePolicy,
+}
+
+/// A cluster-scoped issuer: signs requests in every namespace.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "meshroot.io",
+    version = "v1alpha1",
+    kind = "ClusterIssuer",
+    plural = "clusterissuers",
+    status = "IssuerStatus",
+    category = "meshroot",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Mesh","type":"string","jsonPath":".spec.signer.mesh"}"#,
+    printcolumn = r#"{"name":"Signer Expiry","type":"date","jsonPath":".status.signer.notAfter"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterIssuerSpec {
+    pub signer: SignerRef,
+    #[serde(default)]
+    pub policy: IssuancePolicy,
+}
+
+/// The CA an issuer signs with, as last checked.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignerStatus {
+    pub subject: String,
+    /// RFC 3339; issued certificates never outlive it.
+    pub not_after: String,
+    /// SHA-256 fingerprint of the root the signer chains to (`ca.crt`).
+    pub root_fingerprint: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<SignerStatus>,
+}
+
+/// What both issuer kinds have in common, for the controllers.
+pub trait IssuerResource {
+    fn signer(&self) -> &SignerRef;
+    fn policy(&self) -> &IssuancePolicy;
+    fn issuer_status(&self) -> Option<&IssuerStatus>;
+}
+
+impl IssuerResource for Issuer {
+    fn signer(&self) -> &SignerRef {
+        &self.spec.signer
+    }
+    fn policy(&self) -> &IssuancePolicy {
+        &self.spec.policy
+    }
+    fn issuer_status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl IssuerResource for ClusterIssuer {
+    fn signer(&self) -> &SignerRef {
+        &self.spec.signer
+    }
+    fn policy(&self) -> &IssuancePolicy {
+        &self.spec.policy
+    }
+    fn issuer_status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+}

@@ -1,0 +1,130 @@
+//! Certificates issued from a CSR the way cert-manager's CA issuer does:
+//! the requested subject verbatim, the requested SANs, the usages and CA
+//! flag from the request's spec (never from CSR extensions), a random
+//! serial, and a lifetime clamped to the signer's.
+
+use super::authority::{Authority, parse_certificate};
+use super::csr::CertificateSigningRequest;
+use super::error::{PkiError, Result};
+use super::pem;
+use super::profile::IssuedCertificate;
+use super::serial::random_serial;
+use super::usage::Usages;
+use der::asn1::{Any, BitString};
+use der::{Decode, Encode};
+use rcgen::{BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, IsCa, SigningKey};
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+
+const OID_SAN: &[u64] = &[2, 5, 29, 17];
+
+/// What to issue for a verified CSR.
+#[derive(Clone, Debug)]
+pub struct CertificateTemplate<'a> {
+    pub csr: &'a CertificateSigningRequest,
+    pub is_ca: bool,
+    /// pathLenConstraint of an issued CA certificate; `None` leaves it out.
+    pub max_path_length: Option<u8>,
+    pub usages: &'a Usages,
+    pub lifetime: Duration,
+}
+
+/// Signs `template` with `authority` at `now`. NotBefore is `now` (as
+/// cert-manager does, so NotAfter − NotBefore is the requested duration);
+/// NotAfter is clamped to the authority's own.
+pub fn issue_from_template(
+    authority: &Authority,
+    template: &CertificateTemplate<'_>,
+    now: OffsetDateTime,
+) -> Result<IssuedCertificate> {
+    if template.lifetime <= Duration::ZERO {
+        return Err(PkiError::Invalid("the duration must be positive".into()));
+    }
+    let now = now.replace_nanosecond(0).map_err(|e| PkiError::Invalid(e.to_string()))?;
+    authority.check_valid_at(now)?;
+    let not_after = now.checked_add(template.lifetime).unwrap_or(authority.not_after()).min(authority.not_after());
+    let (serial, serial_hex) = random_serial()?;
+    let csr = template.csr;
+
+    let mut params = CertificateParams::default();
+    // rcgen cannot encode repeated attribute types or multi-valued RDNs, so
+    // the subject is written empty here and the requested one spliced in.
+    params.distinguished_name = DistinguishedName::new();
+    params.not_before = now;
+    params.not_after = not_after;
+    params.serial_number = Some(serial);
+    params.is_ca = if template.is_ca {
+        IsCa::Ca(template.max_path_length.map_or(BasicConstraints::Unconstrained, BasicConstraints::Constrained))
+    } else {
+        IsCa::ExplicitNoCa
+    };
+    params.key_usages = template.usages.rcgen_key_usages();
+    params.extended_key_usages = template.usages.rcgen_extended_key_usages();
+    params.use_authority_key_identifier_extension = true;
+    if let Some(san) = csr.san_der() {
+        // The requested SANs verbatim (otherName and all); critical exactly
+        // when the subject is empty (RFC 5280 4.2.1.6).
+        let mut ext = CustomExtension::from_oid_content(OID_SAN, san.to_vec());
+        ext.set_criticality(csr.subject_is_empty());
+        params.custom_extensions.push(ext);
+    }
+
+    let mut der = authority.sign(&params, csr.spki_der())?;
+    if !csr.subject_is_empty() {
+        der = with_subject(&der, csr.subject_der(), authority)?;
+    }
+    check_issued(&der, authority, template)?;
+    Ok(IssuedCertificate { pem: pem::encode_certificate(&der), der, serial_hex, not_before: now, not_after })
+}
+
+/// Replaces the (empty) subject of a certificate meshroot just signed and
+/// signs it again with the same key and algorithm.
+fn with_subject(cert: &CertificateDer<'_>, subject: &[u8], authority: &Authority) -> Result<CertificateDer<'static>> {
+    let der_err = |e: der::Error| PkiError::Signing(format!("re-encoding the certificate: {e}"));
+    let parts: Vec<Any> = Vec::from_der(cert.as_ref()).map_err(der_err)?;
+    let [tbs, algorithm, _signature] = parts.as_slice() else {
+        return Err(PkiError::Signing("unexpected certificate structure".into()));
+    };
+    let mut fields: Vec<Any> = Vec::from_der(&tbs.to_der().map_err(der_err)?).map_err(der_err)?;
+    // TBSCertificate: [0] version, serial, signature, issuer, validity, subject, ...
+    const SUBJECT: usize = 5;
+    let version_present = fields.first().and_then(|f| f.to_der().ok()).is_some_and(|d| d.first() == Some(&0xa0));
+    let placeholder = fields.get(SUBJECT).and_then(|f| f.to_der().ok());
+    if !version_present || placeholder.as_deref() != Some([0x30, 0x00].as_slice()) {
+        return Err(PkiError::Signing("unexpected TBSCertificate layout".into()));
+    }
+    fields[SUBJECT] = Any::from_der(subject).map_err(der_err)?;
+    let tbs = fields.to_der().map_err(der_err)?;
+    let signature = authority.key().sign(&tbs)?;
+    let cert = vec![
+        Any::from_der(&tbs).map_err(der_err)?,
+        algorithm.clone(),
+        Any::encode_from(&BitString::from_bytes(&signature).map_err(der_err)?).map_err(der_err)?,
+    ];
+    Ok(CertificateDer::from(cert.to_der().map_err(der_err)?))
+}
+
+/// Proves what was issued: signed by the authority, for the CSR's key and
+/// subject, with the requested CA flag, and not already expired.
+fn check_issued(der: &CertificateDer<'_>, authority: &Authority, template: &CertificateTemplate<'_>) -> Result<()> {
+    let issued = parse_certificate(der)?;
+    let ca = parse_certificate(authority.certificate())?;
+    let fail = |what: &str| Err(PkiError::SelfCheck(format!("the issued certificate {what}")));
+    if issued.verify_signature(Some(ca.public_key())).is_err() {
+        return fail("does not verify with the signer's key");
+    }
+    if issued.issuer().as_raw() != ca.subject().as_raw() {
+        return fail("does not name the signer as its issuer");
+    }
+    if issued.public_key().raw != template.csr.spki_der() {
+        return fail("does not carry the CSR's public key");
+    }
+    if issued.subject().as_raw() != template.csr.subject_der() {
+        return fail("does not carry the requested subject");
+    }
+    let is_ca = issued.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    if is_ca != template.is_ca {
+        return fail("has the wrong CA flag");
+    }
+    Ok(())
+}
