@@ -132,6 +132,12 @@ struct ServeArgs {
     /// How long readiness is down before shutting the listeners.
     #[arg(long, env = "MESHROOT_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
     drain_delay: time::Duration,
+    /// Sign cert-manager CertificateRequests for meshroot's Issuers and ClusterIssuers.
+    #[arg(long, env = "MESHROOT_CERT_MANAGER_ISSUER", default_value_t = true, action = clap::ArgAction::Set)]
+    cert_manager_issuer: bool,
+    /// Sign Kubernetes CertificateSigningRequests for meshroot's signer names.
+    #[arg(long, env = "MESHROOT_KUBERNETES_CSR_SIGNER", default_value_t = true, action = clap::ArgAction::Set)]
+    kubernetes_csr_signer: bool,
 }
 
 #[derive(Args)]
@@ -214,6 +220,8 @@ impl ServeArgs {
             lease_name: self.lease_name,
             resync: std_duration(self.resync),
             drain_delay: std_duration(self.drain_delay),
+            cert_manager_issuer: self.cert_manager_issuer,
+            kubernetes_csr_signer: self.kubernetes_csr_signer,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! change, and every `resync` (renewals and drift of Secrets in istiod's
 //! namespace, which it does not watch, so it needs no cluster-wide Secret access).
 
+use super::conditions::condition;
 use super::istiod_tls;
 use super::root_configmaps::Coverage;
 use crate::api::mesh::IntermediateStatus;
@@ -16,7 +17,6 @@ use crate::k8s::{error_summary, selector};
 use crate::pki::TrustBundle;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{reflector, watcher};
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,31 +126,6 @@ pub fn overlaps(meshes: &[Arc<Mesh>], namespaces: &[Arc<Namespace>]) -> BTreeMap
             )
         })
         .collect()
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-    previous: &[Condition],
-) -> Condition {
-    let status = if ok { "True" } else { "False" }.to_string();
-    // The transition time changes only when the status does.
-    let last = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: last,
-    }
 }
 
 /// The status for a mesh from its outcome.

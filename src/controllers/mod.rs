@@ -1,5 +1,10 @@
 //! Kubernetes reconcilers. They run on the elected leader only.
 
+pub mod certificate_requests;
+pub mod conditions;
+pub mod events;
+pub mod issuers;
 pub mod istiod_tls;
+pub mod kube_csrs;
 pub mod meshes;
 pub mod root_configmaps;

@@ -49,6 +49,9 @@ pub enum SignError {
     /// The request can never be signed as it is.
     #[error("{0}")]
     Invalid(String),
+    /// The issuer's policy does not allow what the request asks for.
+    #[error("{0}")]
+    Policy(String),
     /// The signer cannot sign right now; retry.
     #[error("{0}")]
     Unavailable(String),
@@ -77,7 +80,7 @@ pub fn sign(req: &SigningRequest<'_>, policy: &Policy, ca: &IssuingCa, now: Offs
     }
     policy
         .check(&Asked { names, common_names: csr.common_names(), is_ca: req.is_ca, usages: &usages })
-        .map_err(|why| SignError::Invalid(format!("denied by the issuer's policy: {why}")))?;
+        .map_err(|why| SignError::Policy(format!("denied by the issuer's policy: {why}")))?;
     let max_path_length = if req.is_ca {
         match ca.ca_allowance() {
             CaAllowance::Forbidden => {

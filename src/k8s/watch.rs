@@ -34,7 +34,9 @@ pub async fn settle<S: Stream<Item = ()> + Unpin>(changes: &mut S, debounce: Dur
     while let Some(Some(())) = changes.next().now_or_never() {}
 }
 
-/// Whether a store has completed its initial list.
+/// Whether a store has completed its initial list. Only for polling from
+/// one task: kube-runtime 5's `wait_until_ready` keeps a single waker, so
+/// concurrent waiters (or a poll from here) can leave another waiter asleep.
 pub fn synced<K>(store: &Store<K>) -> bool
 where
     K: Resource + Clone + 'static,

@@ -64,18 +64,32 @@ pub enum RouteError {
     Ambiguous { namespace: String, meshes: String },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MeshRegistry {
     meshes: ArcSwap<Vec<Arc<Mesh>>>,
+    /// Counts replacements, so other parts can follow changes.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for MeshRegistry {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 impl MeshRegistry {
     pub fn new(meshes: Vec<Arc<Mesh>>) -> Self {
-        Self { meshes: ArcSwap::from_pointee(meshes) }
+        Self { meshes: ArcSwap::from_pointee(meshes), generation: tokio::sync::watch::Sender::new(0) }
     }
 
     pub fn replace(&self, meshes: Vec<Arc<Mesh>>) {
         self.meshes.store(Arc::new(meshes));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Notified after every replacement.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn meshes(&self) -> Arc<Vec<Arc<Mesh>>> {

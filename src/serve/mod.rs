@@ -10,7 +10,7 @@ use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::tls::{ServerTls, ServingCertificate};
 use crate::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
-use crate::controllers::{meshes, root_configmaps};
+use crate::controllers::{certificate_requests, issuers, kube_csrs, meshes, root_configmaps};
 use crate::k8s::node_authz::PodNodeAuthorizer;
 use crate::k8s::root::{self, RootState};
 use crate::k8s::{leader, registry};
@@ -48,6 +48,10 @@ pub struct ServeOptions {
     /// How long readiness is down before the listeners close, so endpoints
     /// stop sending traffic first.
     pub drain_delay: Duration,
+    /// Run the cert-manager external issuer (CertificateRequests).
+    pub cert_manager_issuer: bool,
+    /// Run the Kubernetes CSR signer.
+    pub kubernetes_csr_signer: bool,
 }
 
 /// A running replica.
@@ -155,7 +159,7 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
 
     let election =
         leader::spawn(client.clone(), leader::LeaseConfig::new(&opts.namespace, &opts.lease_name, &opts.pod_name));
-    tasks.push(spawn_controllers(client.clone(), opts.clone(), election.is_leader.clone(), root_rx));
+    tasks.push(spawn_controllers(client.clone(), opts.clone(), election.is_leader.clone(), root_rx, registry.clone()));
 
     let ready = readiness.clone();
     tasks.push(tokio::spawn(async move {
@@ -223,6 +227,7 @@ fn spawn_controllers(
     opts: ServeOptions,
     mut is_leader: watch::Receiver<bool>,
     root: watch::Receiver<RootState>,
+    registry: Arc<MeshRegistry>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut running: Vec<JoinHandle<()>> = Vec::new();
@@ -247,6 +252,33 @@ fn spawn_controllers(
                     coverage,
                     opts.resync,
                 ));
+                let (issuer_cache, issuer_task) = issuers::IssuerCache::spawn(client.clone());
+                running.push(issuer_task);
+                running.push(issuers::spawn(
+                    client.clone(),
+                    issuer_cache.clone(),
+                    root.clone(),
+                    registry.clone(),
+                    opts.resync,
+                ));
+                if opts.cert_manager_issuer {
+                    running.push(certificate_requests::spawn(
+                        client.clone(),
+                        issuer_cache.clone(),
+                        root.clone(),
+                        registry.clone(),
+                        opts.pod_name.clone(),
+                    ));
+                }
+                if opts.kubernetes_csr_signer {
+                    running.push(kube_csrs::spawn(
+                        client.clone(),
+                        issuer_cache,
+                        root.clone(),
+                        registry.clone(),
+                        opts.pod_name.clone(),
+                    ));
+                }
             } else if !leading && !running.is_empty() {
                 tracing::info!("not leading: stopping controllers");
                 for t in running.drain(..) {

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod issuers;
+pub mod openssl;
 
 use meshroot::dev::{DevOptions, DevServer};
 use meshroot::pb::istio_certificate_service_client::IstioCertificateServiceClient;

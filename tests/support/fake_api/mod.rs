@@ -8,7 +8,10 @@
 //! label and field selectors, watch with replay, 410 Gone and objects
 //! entering or leaving a selector, merge/strategic/apply/JSON patches,
 //! Secret `stringData`, namespaced objects requiring their namespace,
-//! TokenReview answers configured per test, and an outage switch.
+//! TokenReview answers configured per test, SubjectAccessReviews answered
+//! from configured grants, field selectors limited to the fields each
+//! resource declares, CertificateSigningRequests with their /approval
+//! subresource, and an outage switch.
 //!
 //! Not modelled: admission and CRD schema validation, field managers and
 //! apply conflicts (apply merges), strategic merge by list keys (treated as
@@ -68,6 +71,7 @@ enum Target {
     Collection { key: ResourceKey, version: String, ns: Option<String> },
     Object { key: ResourceKey, version: String, ns: String, name: String, sub: Option<String> },
     TokenReview,
+    SubjectAccessReview,
     Version,
 }
 
@@ -77,15 +81,23 @@ fn builtin(store: &mut Store) {
         versions: versions.iter().map(|v| v.to_string()).collect(),
         namespaced,
         status_subresource: status,
+        selectable_fields: Vec::new(),
     };
-    store.register("", "namespaces", r("Namespace", &["v1"], false, true));
+    let with_fields = |mut info: ResourceInfo, fields: &[&str]| {
+        info.selectable_fields = fields.iter().map(|f| f.to_string()).collect();
+        info
+    };
+    store.register("", "namespaces", with_fields(r("Namespace", &["v1"], false, true), &["status.phase"]));
     store.register("", "configmaps", r("ConfigMap", &["v1"], true, false));
-    store.register("", "secrets", r("Secret", &["v1"], true, false));
-    store.register("", "pods", r("Pod", &["v1"], true, true));
+    store.register("", "secrets", with_fields(r("Secret", &["v1"], true, false), &["type"]));
+    let pod_fields = ["spec.nodeName", "spec.serviceAccountName", "spec.restartPolicy", "status.phase", "status.podIP"];
+    store.register("", "pods", with_fields(r("Pod", &["v1"], true, true), &pod_fields));
     store.register("", "serviceaccounts", r("ServiceAccount", &["v1"], true, false));
     store.register("", "events", r("Event", &["v1"], true, false));
     store.register("events.k8s.io", "events", r("Event", &["v1"], true, false));
     store.register("coordination.k8s.io", "leases", r("Lease", &["v1"], true, false));
+    let csr = r("CertificateSigningRequest", &["v1"], false, true);
+    store.register("certificates.k8s.io", "certificatesigningrequests", with_fields(csr, &["spec.signerName"]));
 }
 
 impl Default for FakeApi {
@@ -208,9 +220,41 @@ impl FakeApi {
         self.inner.requests.lock().unwrap().clear();
     }
 
-    /// Requests that change state (not GET, not TokenReview).
+    /// Requests that change state (not GET, not the reviews).
     pub fn writes(&self) -> Vec<Recorded> {
-        self.requests().into_iter().filter(|r| r.method != "GET" && !r.path.ends_with("/tokenreviews")).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r.method != "GET" && !r.path.ends_with("/tokenreviews") && !r.path.ends_with("/subjectaccessreviews")
+            })
+            .collect()
+    }
+
+    /// Grants `subject` (a user or group) `verb` on `group`/`resource` in
+    /// `namespace`, for one `name` or (with `None`) every name.
+    pub fn grant(&self, subject: &str, verb: &str, group: &str, resource: &str, namespace: &str, name: Option<&str>) {
+        self.inner.store.lock().unwrap().grants.push(store::Grant {
+            subject: subject.into(),
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.map(String::from),
+        });
+    }
+
+    /// Replaces an object's status directly, as another controller (an
+    /// approver) would through the status subresource; panics on an API error.
+    pub fn set_status(&self, api_version: &str, plural: &str, ns: &str, name: &str, status: Value) {
+        let (group, _) = split_api_version(api_version);
+        let key = ResourceKey { group, plural: plural.into() };
+        let mut s = self.inner.store.lock().unwrap();
+        let mut obj = s.get(&key, ns, name).unwrap_or_else(|e| panic!("get {plural}/{name}: {}", e.message));
+        obj["status"] = status;
+        let (_, evs) = s.update(&key, ns, name, obj, Some("status")).unwrap_or_else(|e| panic!("{}", e.message));
+        for ev in evs {
+            let _ = self.inner.events.send(ev);
+        }
     }
 
     /// Creates an object directly (test setup); panics on an API error.
@@ -273,6 +317,11 @@ fn register_crd(store: &mut Store, crd: &Value) {
             versions: versions.iter().filter_map(|v| v["name"].as_str().map(String::from)).collect(),
             namespaced: spec["scope"] == "Namespaced",
             status_subresource: versions.iter().any(|v| v.pointer("/subresources/status").is_some()),
+            selectable_fields: versions
+                .iter()
+                .flat_map(|v| v["selectableFields"].as_array().cloned().unwrap_or_default())
+                .filter_map(|f| f["jsonPath"].as_str().map(|p| p.trim_start_matches('.').to_string()))
+                .collect(),
         },
     );
 }
@@ -294,6 +343,7 @@ fn parse_target(store: &Store, path: &str) -> Result<Target, ApiError> {
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Target::Version),
         ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => return Ok(Target::TokenReview),
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] => return Ok(Target::SubjectAccessReview),
         ["api", v, rest @ ..] => (String::new(), v.to_string(), rest),
         ["apis", g, v, rest @ ..] => (g.to_string(), v.to_string(), rest),
         _ => return Err(ApiError::new(404, "NotFound", format!("no route for {path}"))),
@@ -387,6 +437,10 @@ fn dispatch(
             let review = parse_body(body)?;
             Ok(json_response(StatusCode::CREATED, &store.review_token(&review)))
         }
+        (Method::POST, Target::SubjectAccessReview) => {
+            let review = parse_body(body)?;
+            Ok(json_response(StatusCode::CREATED, &store.review_access(&review)))
+        }
         (Method::GET, Target::Collection { key, version, ns }) => {
             let opts = ListOptions {
                 namespace: ns,
@@ -395,6 +449,18 @@ fn dispatch(
                 fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default())
                     .map_err(|e| ApiError::new(400, "BadRequest", e))?,
             };
+            let info = store.info(&key)?;
+            for path in opts.fields.paths() {
+                if !matches!(path, "metadata.name" | "metadata.namespace")
+                    && !info.selectable_fields.iter().any(|f| f == path)
+                {
+                    return Err(ApiError::new(
+                        400,
+                        "BadRequest",
+                        format!("field label not supported: {path}"),
+                    ));
+                }
+            }
             if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
                 let timeout = q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(1800u64);
                 return watch(

@@ -112,6 +112,11 @@ impl FieldSelector {
         Ok(Self(reqs))
     }
 
+    /// The field paths the selector tests.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(path, _, _)| path.as_str())
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, value)| {
             let pointer = format!("/{}", path.replace('.', "/"));

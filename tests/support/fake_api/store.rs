@@ -21,6 +21,8 @@ pub struct ResourceInfo {
     pub versions: Vec<String>,
     pub namespaced: bool,
     pub status_subresource: bool,
+    /// Field selector paths beyond `metadata.name` and `metadata.namespace`.
+    pub selectable_fields: Vec<String>,
 }
 
 impl ResourceInfo {
@@ -100,6 +102,20 @@ pub struct Store {
     pub tokens: HashMap<String, TokenAnswer>,
     pub token_reviews: u64,
     pub uid: u64,
+    pub grants: Vec<Grant>,
+}
+
+/// One RBAC permission, as SubjectAccessReviews see it. `name: None`
+/// grants every name (a rule without `resourceNames`).
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// A user name, or a group name.
+    pub subject: String,
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: Option<String>,
 }
 
 pub struct ListOptions {
@@ -369,6 +385,12 @@ impl Store {
                 }
                 s
             }
+            Some("approval") if key.group == "certificates.k8s.io" && key.plural == "certificatesigningrequests" => {
+                // Only the approval conditions change through /approval.
+                let mut s = old.clone();
+                s["status"]["conditions"] = new.pointer("/status/conditions").cloned().unwrap_or(Value::Null);
+                s
+            }
             Some(other) => {
                 return Err(ApiError::new(404, "NotFound", format!("subresource {other} is not served")));
             }
@@ -469,6 +491,28 @@ impl Store {
         old["metadata"]["resourceVersion"] = Value::String(rv.to_string());
         let e = self.emit(key, ns, "DELETED", old.clone(), None);
         Ok((old, vec![e]))
+    }
+
+    /// Answers a SubjectAccessReview from the configured grants.
+    pub fn review_access(&self, review: &Value) -> Value {
+        let spec = &review["spec"];
+        let attrs = &spec["resourceAttributes"];
+        let mut subjects: Vec<String> = spec["user"].as_str().map(String::from).into_iter().collect();
+        subjects.extend(spec["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str().map(String::from)));
+        let field = |k: &str| attrs[k].as_str().unwrap_or_default().to_string();
+        let allowed = self.grants.iter().any(|g| {
+            subjects.contains(&g.subject)
+                && g.verb == field("verb")
+                && g.group == field("group")
+                && g.resource == field("resource")
+                && g.namespace == field("namespace")
+                && g.name.as_ref().is_none_or(|n| *n == field("name"))
+        });
+        let mut out = review.clone();
+        out["apiVersion"] = json!("authorization.k8s.io/v1");
+        out["kind"] = json!("SubjectAccessReview");
+        out["status"] = json!({ "allowed": allowed });
+        out
     }
 
     /// Answers a TokenReview as the API server would for the configured tokens.

@@ -1,0 +1,353 @@
+//! Signs cert-manager `CertificateRequest`s whose `issuerRef` names a
+//! meshroot `Issuer` or `ClusterIssuer` (group `meshroot.io`), following
+//! cert-manager's external-issuer contract: nothing is written before the
+//! request is approved or denied; finished requests are never touched;
+//! every terminal state is one status write with its `failureTime`.
+
+use super::events::{EventSink, note};
+use super::issuers::{IssuerCache, IssuerName, signer_changes};
+use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, RequestCondition};
+use crate::api::issuer::IssuerResource;
+use crate::issuer::sign::{SignError, Signed, SigningRequest, sign};
+use crate::issuer::{SignerProblem, prepare};
+use crate::k8s::intermediates::parse_duration;
+use crate::k8s::root::RootState;
+use crate::k8s::error_summary;
+use crate::mesh::MeshRegistry;
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// The API group of meshroot's issuers, as `issuerRef.group` names it.
+pub const ISSUER_GROUP: &str = "meshroot.io";
+
+pub const READY: &str = "Ready";
+pub const INVALID_REQUEST: &str = "InvalidRequest";
+pub const APPROVED: &str = "Approved";
+pub const DENIED: &str = "Denied";
+pub const REASON_PENDING: &str = "Pending";
+pub const REASON_FAILED: &str = "Failed";
+pub const REASON_ISSUED: &str = "Issued";
+pub const REASON_DENIED: &str = "Denied";
+
+/// What a request's current state calls for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Not ours, not yet approved or denied, or already finished.
+    Ignore,
+    Deny,
+    /// Ours, but of a kind meshroot does not have.
+    UnknownKind(String),
+    Sign(IssuerName),
+}
+
+/// Decides from the request alone (no I/O).
+pub fn decide(cr: &CertificateRequest) -> Decision {
+    let issuer_ref = &cr.spec.issuer_ref;
+    // An empty group is cert-manager's own (cert-manager.io): never ours.
+    if issuer_ref.group.as_deref() != Some(ISSUER_GROUP) {
+        return Decision::Ignore;
+    }
+    if is_finished(cr) {
+        return Decision::Ignore;
+    }
+    if cr.is_true(DENIED) {
+        return Decision::Deny;
+    }
+    if !cr.is_true(APPROVED) {
+        return Decision::Ignore;
+    }
+    match issuer_ref.kind.as_deref().unwrap_or("Issuer") {
+        "" | "Issuer" => Decision::Sign(IssuerName::Namespaced {
+            namespace: cr.namespace().unwrap_or_default(),
+            name: issuer_ref.name.clone(),
+        }),
+        "ClusterIssuer" => Decision::Sign(IssuerName::Cluster(issuer_ref.name.clone())),
+        other => Decision::UnknownKind(other.to_string()),
+    }
+}
+
+/// Issued, failed or denied: terminal states are final.
+pub fn is_finished(cr: &CertificateRequest) -> bool {
+    let Some(status) = &cr.status else { return false };
+    if status.certificate.as_ref().is_some_and(|c| !c.0.is_empty()) || cr.is_true(INVALID_REQUEST) {
+        return true;
+    }
+    cr.condition(READY).and_then(|c| c.reason.as_deref()).is_some_and(|r| {
+        r == REASON_ISSUED || r == REASON_FAILED || r == REASON_DENIED
+    })
+}
+
+/// The result of working on a request.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Issued(Signed),
+    /// Waiting for something that will change (the issuer, the signer).
+    Pending(String),
+    /// The request can never be signed: `InvalidRequest` with this reason.
+    Failed { reason: &'static str, message: String },
+    Denied,
+}
+
+/// The request's new status for `outcome`: the existing conditions (the
+/// approver's among them) kept, ours set; `failureTime` set once.
+pub fn next_status(cr: &CertificateRequest, outcome: &Outcome, now: OffsetDateTime) -> CertificateRequestStatus {
+    let mut status = cr.status.clone().unwrap_or_default();
+    let time = Time(k8s_openapi::jiff::Timestamp::from_second(now.unix_timestamp()).unwrap_or_default());
+    match outcome {
+        Outcome::Issued(signed) => {
+            let message = match &signed.shortened {
+                Some(why) => format!("Certificate issued; {why}"),
+                None => "Certificate issued".to_string(),
+            };
+            set_condition(&mut status.conditions, READY, "True", REASON_ISSUED, &message, &time);
+            status.certificate = Some(ByteString(signed.chain_pem.clone().into_bytes()));
+            status.ca = Some(ByteString(signed.ca_pem.clone().into_bytes()));
+        }
+        Outcome::Pending(message) => {
+            set_condition(&mut status.conditions, READY, "False", REASON_PENDING, message, &time);
+        }
+        Outcome::Failed { reason, message } => {
+            set_condition(&mut status.conditions, INVALID_REQUEST, "True", reason, message, &time);
+            let message = format!("Failed permanently to sign the CertificateRequest: {message}");
+            set_condition(&mut status.conditions, READY, "False", REASON_FAILED, &message, &time);
+            status.failure_time.get_or_insert(time);
+        }
+        Outcome::Denied => {
+            let message = "The CertificateRequest was denied by an approval controller";
+            set_condition(&mut status.conditions, READY, "False", REASON_DENIED, message, &time);
+            status.failure_time.get_or_insert(time);
+        }
+    }
+    status
+}
+
+fn set_condition(conditions: &mut Vec<RequestCondition>, type_: &str, status: &str, reason: &str, message: &str, now: &Time) {
+    let new = |last: Option<Time>| RequestCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: last,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            let last = if existing.status == status { existing.last_transition_time.clone() } else { None };
+            *existing = new(last.or_else(|| Some(now.clone())));
+        }
+        None => conditions.push(new(Some(now.clone()))),
+    }
+}
+
+/// Signs (or refuses) one approved request.
+pub fn work(
+    cr: &CertificateRequest,
+    issuer_name: &IssuerName,
+    issuer: Option<&dyn IssuerResource>,
+    root: &RootState,
+    registry: &MeshRegistry,
+    now: OffsetDateTime,
+) -> Outcome {
+    let Some(issuer) = issuer else {
+        return Outcome::Pending(format!("{issuer_name} not found; waiting for it to be created"));
+    };
+    let ready = match prepare(issuer, root, registry) {
+        Ok(r) => r,
+        Err(SignerProblem::Invalid(why) | SignerProblem::Unavailable(why)) => {
+            return Outcome::Pending(format!("waiting for {issuer_name} to become ready: {why}"));
+        }
+    };
+    let duration = match cr.spec.duration.as_deref().map(|d| parse_duration("spec.duration", d)).transpose() {
+        Ok(d) => d,
+        Err(why) => return Outcome::Failed { reason: "InvalidDuration", message: why },
+    };
+    let usages = cr.spec.usages.clone().unwrap_or_default();
+    let request = SigningRequest {
+        csr_pem: &cr.spec.request.0,
+        is_ca: cr.spec.is_ca.unwrap_or(false),
+        usages: &usages,
+        duration,
+        csr_extensions_must_match: true,
+    };
+    match sign(&request, &ready.policy, &ready.ca, now) {
+        Ok(signed) => Outcome::Issued(signed),
+        Err(SignError::Invalid(message)) => Outcome::Failed { reason: "InvalidRequest", message },
+        Err(SignError::Policy(message)) => Outcome::Failed { reason: "PolicyViolation", message },
+        Err(SignError::Unavailable(message)) => Outcome::Pending(message),
+    }
+}
+
+struct Context {
+    client: kube::Client,
+    root: watch::Receiver<RootState>,
+    registry: Arc<MeshRegistry>,
+    issuers: IssuerCache,
+    events: EventSink,
+    /// Consecutive pending reconciles per request, for backoff.
+    attempts: Mutex<HashMap<ObjectRef<CertificateRequest>, u32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReconcileError {
+    #[error("writing the status: {0}")]
+    Write(String),
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let key = ObjectRef::from_obj(cr.as_ref());
+    tracing::debug!(request = %key, decision = ?decide(&cr), "reconciling a CertificateRequest");
+    let outcome = match decide(&cr) {
+        Decision::Ignore => {
+            ctx.attempts.lock().map(|mut a| a.remove(&key)).ok();
+            return Ok(Action::await_change());
+        }
+        Decision::Deny => Outcome::Denied,
+        Decision::UnknownKind(kind) => Outcome::Failed {
+            reason: "UnknownIssuerKind",
+            message: format!("issuerRef.kind {kind:?} is not a meshroot.io kind; use Issuer or ClusterIssuer"),
+        },
+        Decision::Sign(name) => {
+            let root = ctx.root.borrow().clone();
+            let issuer = ctx.issuers.get(&name);
+            let issuer = issuer.as_deref().map(|i| i as &dyn IssuerResource);
+            work(&cr, &name, issuer, &root, &ctx.registry, OffsetDateTime::now_utc())
+        }
+    };
+    let new = next_status(&cr, &outcome, OffsetDateTime::now_utc());
+    if cr.status.as_ref() != Some(&new) {
+        let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+        // The resourceVersion makes this a compare-and-swap: the approver's
+        // conditions are never overwritten with a stale list.
+        let patch = Patch::Merge(serde_json::json!({
+            "metadata": { "resourceVersion": cr.resource_version() },
+            "status": new,
+        }));
+        api.patch_status(&cr.name_any(), &PatchParams::default(), &patch)
+            .await
+            .map_err(|e| ReconcileError::Write(error_summary(&e)))?;
+        announce(&ctx.events, cr.as_ref(), &outcome).await;
+    }
+    match outcome {
+        Outcome::Pending(why) => {
+            let n = ctx.attempts.lock().map(|mut a| {
+                let n = a.entry(key).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            });
+            let delay = backoff(n.unwrap_or(1));
+            tracing::info!(request = %format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()), reason = %why, retry_in = ?delay, "CertificateRequest pending");
+            Ok(Action::requeue(delay))
+        }
+        _ => {
+            ctx.attempts.lock().map(|mut a| a.remove(&key)).ok();
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s, ... up to five minutes.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(9)).min(MAX_BACKOFF)
+}
+
+async fn announce(events: &EventSink, cr: &CertificateRequest, outcome: &Outcome) {
+    let reference = cr.object_ref(&());
+    match outcome {
+        Outcome::Issued(signed) => {
+            events
+                .publish(
+                    &reference,
+                    EventType::Normal,
+                    "Issued",
+                    note(format!("Certificate issued: serial {}, valid until {}", signed.serial_hex, signed.not_after)),
+                )
+                .await;
+            if let Some(why) = &signed.shortened {
+                events.publish(&reference, EventType::Warning, "DurationShortened", note(why.clone())).await;
+            }
+        }
+        Outcome::Pending(why) => events.publish(&reference, EventType::Normal, "Pending", note(why.clone())).await,
+        Outcome::Failed { reason, message } => events.publish(&reference, EventType::Warning, reason, note(message.clone())).await,
+        Outcome::Denied => {
+            events.publish(&reference, EventType::Normal, "Denied", note("denied by an approval controller".into())).await
+        }
+    }
+}
+
+fn error_policy(cr: Arc<CertificateRequest>, error: &ReconcileError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(request = %cr.name_any(), error = %error, "CertificateRequest reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// Waits until CertificateRequests are served (cert-manager may be
+/// installed after meshroot), then says whether they can be selected by
+/// issuer group (cert-manager 1.20 and later declare `selectableFields`).
+async fn wait_for_certificate_requests(api: &Api<CertificateRequest>) -> bool {
+    let params = ListParams::default().fields(&format!("spec.issuerRef.group={ISSUER_GROUP}")).limit(1);
+    let mut told = false;
+    loop {
+        match api.list_metadata(&params).await {
+            Ok(_) => return true,
+            Err(kube::Error::Api(s)) if s.code == 400 => return false,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                if !told {
+                    tracing::info!("cert-manager's CertificateRequest resource is not installed; waiting for it");
+                    told = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %error_summary(&e), "cannot list CertificateRequests; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+}
+
+/// Runs the CertificateRequest controller until the task is aborted.
+pub fn spawn(
+    client: kube::Client,
+    issuers: IssuerCache,
+    root: watch::Receiver<RootState>,
+    registry: Arc<MeshRegistry>,
+    reporter: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let api: Api<CertificateRequest> = Api::all(client.clone());
+        let mut config = watcher::Config::default();
+        let selectable = wait_for_certificate_requests(&api).await;
+        tracing::debug!(selectable, "CertificateRequests are served");
+        if selectable {
+            config = config.fields(&format!("spec.issuerRef.group={ISSUER_GROUP}"));
+        } else {
+            tracing::info!("CertificateRequests cannot be selected by issuer group here; filtering them in meshroot");
+        }
+        // Before the issuers are known, every request would look orphaned.
+        issuers.wait_synced().await;
+        tracing::debug!("issuers synced; starting the CertificateRequest controller");
+        let triggers = signer_changes(&issuers, &root, &registry);
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            root,
+            registry,
+            issuers,
+            events: EventSink::new(client.clone(), reporter),
+            attempts: Mutex::new(HashMap::new()),
+        });
+        Controller::new(api, config)
+            .reconcile_all_on(triggers)
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| async {})
+            .await;
+    })
+}

@@ -1,0 +1,299 @@
+//! Signs approved Kubernetes `CertificateSigningRequest`s
+//! (certificates.k8s.io/v1) whose signerName is
+//! `clusterissuers.meshroot.io/<name>` or `issuers.meshroot.io/<namespace>.<name>`,
+//! with cert-manager's annotations for duration and CA requests. This also
+//! serves istiod's RA mode (`EXTERNAL_CA=ISTIOD_RA_KUBERNETES_API`).
+
+use super::events::{EventSink, note};
+use super::issuers::{IssuerCache, IssuerName, signer_changes};
+use crate::api::issuer::IssuerResource;
+use crate::issuer::sign::{SignError, Signed, SigningRequest, sign};
+use crate::issuer::{SignerProblem, prepare};
+use crate::k8s::error_summary;
+use crate::k8s::intermediates::parse_duration;
+use crate::k8s::root::RootState;
+use crate::mesh::MeshRegistry;
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+pub const CLUSTER_ISSUER_SIGNER_PREFIX: &str = "clusterissuers.meshroot.io/";
+pub const ISSUER_SIGNER_PREFIX: &str = "issuers.meshroot.io/";
+/// cert-manager's annotations for what the CSR API has no field for.
+pub const DURATION_ANNOTATION: &str = "experimental.cert-manager.io/request-duration";
+pub const IS_CA_ANNOTATION: &str = "experimental.cert-manager.io/request-is-ca";
+
+/// The issuer a signerName names, if it is one of meshroot's.
+pub fn issuer_for_signer(signer_name: &str) -> Option<IssuerName> {
+    if let Some(name) = signer_name.strip_prefix(CLUSTER_ISSUER_SIGNER_PREFIX) {
+        return (!name.is_empty() && !name.contains('/')).then(|| IssuerName::Cluster(name.to_string()));
+    }
+    let rest = signer_name.strip_prefix(ISSUER_SIGNER_PREFIX)?;
+    // Namespaces cannot contain dots, so the first one separates.
+    let (namespace, name) = rest.split_once('.')?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
+        .then(|| IssuerName::Namespaced { namespace: namespace.to_string(), name: name.to_string() })
+}
+
+fn has_condition(csr: &CertificateSigningRequest, type_: &str) -> bool {
+    csr.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// Whether meshroot should sign this CSR now: ours, approved, not denied,
+/// failed or already signed.
+pub fn wants_signing(csr: &CertificateSigningRequest) -> Option<IssuerName> {
+    let issuer = issuer_for_signer(&csr.spec.signer_name)?;
+    let signed = csr.status.as_ref().and_then(|s| s.certificate.as_ref()).is_some_and(|c| !c.0.is_empty());
+    if signed || has_condition(csr, "Failed") || has_condition(csr, "Denied") || !has_condition(csr, "Approved") {
+        return None;
+    }
+    Some(issuer)
+}
+
+/// The result of working on one CSR.
+#[derive(Debug)]
+pub enum CsrOutcome {
+    Issued(Signed),
+    Pending(String),
+    Failed { reason: &'static str, message: String },
+}
+
+/// Signs (or refuses) one approved CSR. `may_reference` is whether the
+/// requester may use a namespaced issuer (ignored for cluster issuers).
+pub fn work(
+    csr: &CertificateSigningRequest,
+    issuer_name: &IssuerName,
+    issuer: Option<&dyn IssuerResource>,
+    may_reference: bool,
+    root: &RootState,
+    registry: &MeshRegistry,
+    now: OffsetDateTime,
+) -> CsrOutcome {
+    if matches!(issuer_name, IssuerName::Namespaced { .. }) && !may_reference {
+        return CsrOutcome::Failed {
+            reason: "DeniedReference",
+            message: format!(
+                "the requester may not reference {issuer_name} (needs verb reference on signers.meshroot.io in its namespace)"
+            ),
+        };
+    }
+    let Some(issuer) = issuer else {
+        return CsrOutcome::Pending(format!("{issuer_name} not found; waiting for it to be created"));
+    };
+    let ready = match prepare(issuer, root, registry) {
+        Ok(r) => r,
+        Err(SignerProblem::Invalid(why) | SignerProblem::Unavailable(why)) => {
+            return CsrOutcome::Pending(format!("waiting for {issuer_name} to become ready: {why}"));
+        }
+    };
+    let annotations = csr.annotations();
+    let duration = match annotations.get(DURATION_ANNOTATION) {
+        Some(d) => match parse_duration(DURATION_ANNOTATION, d) {
+            Ok(d) => Some(d),
+            Err(why) => return CsrOutcome::Failed { reason: "InvalidDuration", message: why },
+        },
+        None => csr.spec.expiration_seconds.map(|s| time::Duration::seconds(i64::from(s))),
+    };
+    let is_ca = match annotations.get(IS_CA_ANNOTATION).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return CsrOutcome::Failed {
+                reason: "InvalidRequest",
+                message: format!("{IS_CA_ANNOTATION} must be \"true\" or \"false\", not {other:?}"),
+            };
+        }
+    };
+    let usages = csr.spec.usages.clone().unwrap_or_default();
+    let request = SigningRequest {
+        csr_pem: &csr.spec.request.0,
+        is_ca,
+        usages: &usages,
+        duration,
+        csr_extensions_must_match: false,
+    };
+    match sign(&request, &ready.policy, &ready.ca, now) {
+        Ok(signed) => CsrOutcome::Issued(signed),
+        Err(SignError::Invalid(message)) => CsrOutcome::Failed { reason: "InvalidRequest", message },
+        Err(SignError::Policy(message)) => CsrOutcome::Failed { reason: "PolicyViolation", message },
+        Err(SignError::Unavailable(message)) => CsrOutcome::Pending(message),
+    }
+}
+
+struct Context {
+    client: kube::Client,
+    root: watch::Receiver<RootState>,
+    registry: Arc<MeshRegistry>,
+    issuers: IssuerCache,
+    events: EventSink,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Api(String),
+}
+
+/// cert-manager's check: may the requester `reference` the namespaced
+/// issuer (by name, or `*`)?
+async fn may_reference(client: &kube::Client, csr: &CertificateSigningRequest, namespace: &str, name: &str) -> Result<bool, ReconcileError> {
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    for resource_name in [name, "*"] {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: csr.spec.username.clone(),
+                groups: csr.spec.groups.clone(),
+                extra: csr.spec.extra.clone(),
+                uid: csr.spec.uid.clone(),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(super::certificate_requests::ISSUER_GROUP.into()),
+                    resource: Some("signers".into()),
+                    verb: Some("reference".into()),
+                    namespace: Some(namespace.into()),
+                    name: Some(resource_name.into()),
+                    version: Some("*".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer =
+            api.create(&PostParams::default(), &review).await.map_err(|e| ReconcileError::Api(error_summary(&e)))?;
+        if answer.status.is_some_and(|s| s.allowed) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let Some(issuer_name) = wants_signing(&csr) else { return Ok(Action::await_change()) };
+    let allowed = match &issuer_name {
+        IssuerName::Namespaced { namespace, name } => may_reference(&ctx.client, &csr, namespace, name).await?,
+        IssuerName::Cluster(_) => true,
+    };
+    let root = ctx.root.borrow().clone();
+    let issuer = ctx.issuers.get(&issuer_name);
+    let issuer = issuer.as_deref().map(|i| i as &dyn IssuerResource);
+    let outcome = work(&csr, &issuer_name, issuer, allowed, &root, &ctx.registry, OffsetDateTime::now_utc());
+    let name = csr.name_any();
+    let reference = csr.object_ref(&());
+    let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = match &outcome {
+        CsrOutcome::Pending(why) => {
+            // The CSR API has no pending state; an Event says why it waits.
+            tracing::info!(csr = %name, reason = %why, "CertificateSigningRequest pending");
+            ctx.events.publish(&reference, EventType::Normal, "Pending", note(why.clone())).await;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+        CsrOutcome::Issued(signed) => serde_json::json!({ "certificate": ByteString(signed.chain_pem.clone().into_bytes()) }),
+        CsrOutcome::Failed { reason, message } => {
+            let mut conditions = csr.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+            conditions.push(CertificateSigningRequestCondition {
+                type_: "Failed".into(),
+                status: "True".into(),
+                reason: Some((*reason).into()),
+                message: Some(message.clone()),
+                last_transition_time: Some(now.clone()),
+                last_update_time: Some(now),
+            });
+            serde_json::json!({ "conditions": conditions })
+        }
+    };
+    let patch = Patch::Merge(serde_json::json!({
+        "metadata": { "resourceVersion": csr.resource_version() },
+        "status": status,
+    }));
+    api.patch_status(&name, &PatchParams::default(), &patch).await.map_err(|e| ReconcileError::Api(error_summary(&e)))?;
+    match outcome {
+        CsrOutcome::Issued(signed) => {
+            let text = format!("Certificate issued: serial {}, valid until {}", signed.serial_hex, signed.not_after);
+            ctx.events.publish(&reference, EventType::Normal, "Issued", note(text)).await;
+            if let Some(why) = signed.shortened {
+                ctx.events.publish(&reference, EventType::Warning, "DurationShortened", note(why)).await;
+            }
+        }
+        CsrOutcome::Failed { reason, message } => {
+            ctx.events.publish(&reference, EventType::Warning, reason, note(message)).await;
+        }
+        CsrOutcome::Pending(_) => {}
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(csr: Arc<CertificateSigningRequest>, error: &ReconcileError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(csr = %csr.name_any(), error = %error, "CertificateSigningRequest reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Runs the Kubernetes CSR signer until the task is aborted.
+pub fn spawn(
+    client: kube::Client,
+    issuers: IssuerCache,
+    root: watch::Receiver<RootState>,
+    registry: Arc<MeshRegistry>,
+    reporter: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        issuers.wait_synced().await;
+        let triggers = signer_changes(&issuers, &root, &registry);
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            root,
+            registry,
+            issuers,
+            events: EventSink::new(client.clone(), reporter),
+        });
+        // signerName is a selectable field of CSRs, but one selector cannot
+        // name two prefixes, so the filtering happens here.
+        Controller::new(Api::<CertificateSigningRequest>::all(client), watcher::Config::default())
+            .reconcile_all_on(triggers)
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| async {})
+            .await;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signer_names() {
+        assert_eq!(issuer_for_signer("clusterissuers.meshroot.io/root"), Some(IssuerName::Cluster("root".into())));
+        assert_eq!(
+            issuer_for_signer("issuers.meshroot.io/istio-system.mesh-ca"),
+            Some(IssuerName::Namespaced { namespace: "istio-system".into(), name: "mesh-ca".into() })
+        );
+        assert_eq!(
+            issuer_for_signer("issuers.meshroot.io/ns.name.with.dots"),
+            Some(IssuerName::Namespaced { namespace: "ns".into(), name: "name.with.dots".into() })
+        );
+        for other in [
+            "kubernetes.io/kube-apiserver-client",
+            "clusterissuers.cert-manager.io/ca",
+            "clusterissuers.meshroot.io/",
+            "issuers.meshroot.io/no-namespace",
+            "issuers.meshroot.io/.name",
+            "clusterissuers.meshroot.io/a/b",
+        ] {
+            assert_eq!(issuer_for_signer(other), None, "{other}");
+        }
+    }
+}

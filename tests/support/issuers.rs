@@ -1,0 +1,176 @@
+//! A leader's issuer controllers (issuer status, CertificateRequests,
+//! Kubernetes CSRs) running against the fake API with an in-memory root.
+#![allow(dead_code)]
+
+use super::fake_api::FakeApi;
+use base64::Engine as _;
+use meshroot::ca::node::TrustedAccountOnly;
+use meshroot::controllers::{certificate_requests, issuers, kube_csrs};
+use meshroot::k8s::root::RootState;
+use meshroot::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use meshroot::pki::{Authority, CaSpec, SigningChain, TrustBundle};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+pub const CR_API: &str = "cert-manager.io/v1";
+pub const ISSUER_API: &str = "meshroot.io/v1alpha1";
+pub const CSR_API: &str = "certificates.k8s.io/v1";
+
+pub struct IssuerWorld {
+    pub fake: FakeApi,
+    pub root: Arc<Authority>,
+    pub bundle: Arc<TrustBundle>,
+    pub registry: Arc<MeshRegistry>,
+    pub root_tx: watch::Sender<RootState>,
+    pub dir: tempfile::TempDir,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for IssuerWorld {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl IssuerWorld {
+    pub fn start() -> Self {
+        Self::start_with(FakeApi::new())
+    }
+
+    pub fn start_with(fake: FakeApi) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "meshroot=info,kube=warn".into()))
+            .try_init();
+        for ns in ["meshroot", "istio-system", "openshift-ingress", "apps"] {
+            fake.namespace(ns, json!({}));
+        }
+        let root = Arc::new(
+            Authority::new_root(&CaSpec::root(time::Duration::days(3650)), OffsetDateTime::now_utc()).unwrap(),
+        );
+        let bundle = Arc::new(TrustBundle::new(vec![root.certificate().clone()]).unwrap());
+        let (root_tx, root_rx) = watch::channel(RootState { authority: Some(root.clone()), bundle: bundle.clone() });
+        let registry = Arc::new(MeshRegistry::default());
+        let client = fake.client();
+        let (cache, cache_task) = issuers::IssuerCache::spawn(client.clone());
+        let tasks = vec![
+            cache_task,
+            issuers::spawn(client.clone(), cache.clone(), root_rx.clone(), registry.clone(), Duration::from_secs(3600)),
+            certificate_requests::spawn(client.clone(), cache.clone(), root_rx.clone(), registry.clone(), "test".into()),
+            kube_csrs::spawn(client, cache, root_rx, registry.clone(), "test".into()),
+        ];
+        Self { fake, root, bundle, registry, root_tx, dir: tempfile::tempdir().unwrap(), tasks }
+    }
+
+    pub fn root_pem(&self) -> String {
+        self.root.certificate_pem().to_string()
+    }
+
+    /// Adds an External mesh with a fresh intermediate under the root.
+    pub fn add_mesh(&self, name: &str) -> Arc<SigningChain> {
+        let intermediate = self
+            .root
+            .new_intermediate(&CaSpec::intermediate(name, time::Duration::days(365)), OffsetDateTime::now_utc())
+            .unwrap();
+        let chain = Arc::new(SigningChain::new(intermediate, Vec::new(), (*self.bundle).clone()).unwrap());
+        let mut meshes: Vec<Arc<Mesh>> = self.registry.meshes().iter().cloned().collect();
+        meshes.push(Arc::new(Mesh {
+            name: name.into(),
+            trust_domain: "cluster.local".into(),
+            scope: NamespaceScope::All,
+            signer: Ok(chain.clone()),
+            default_ttl: time::Duration::hours(24),
+            max_ttl: time::Duration::days(90),
+            trusted_node_accounts: Default::default(),
+            node_authorizer: Arc::new(TrustedAccountOnly),
+        }));
+        self.registry.replace(meshes);
+        chain
+    }
+
+    pub fn cluster_issuer(&self, name: &str, spec: Value) {
+        self.fake.create(ISSUER_API, "clusterissuers", "", json!({"metadata": {"name": name}, "spec": spec}));
+    }
+
+    pub fn issuer(&self, ns: &str, name: &str, spec: Value) {
+        self.fake.create(ISSUER_API, "issuers", ns, json!({"metadata": {"name": name}, "spec": spec}));
+    }
+
+    /// Creates a CertificateRequest for `csr_pem`; `extra` is merged into its spec.
+    pub fn request(&self, ns: &str, name: &str, csr_pem: &str, issuer_ref: Value, extra: Value) {
+        let mut spec = json!({
+            "request": base64::engine::general_purpose::STANDARD.encode(csr_pem),
+            "issuerRef": issuer_ref,
+        });
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                spec[k] = v;
+            }
+        }
+        self.fake.create(CR_API, "certificaterequests", ns, json!({"metadata": {"name": name}, "spec": spec}));
+    }
+
+    /// Sets `Approved=True` (or `Denied=True`) as an approver would.
+    pub fn decide(&self, ns: &str, name: &str, approve: bool) {
+        let (type_, verb) = if approve { ("Approved", "approved") } else { ("Denied", "denied") };
+        let mut status = self.cr(ns, name)["status"].clone();
+        if !status.is_object() {
+            status = json!({});
+        }
+        let mut conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+        conditions.push(json!({
+            "type": type_, "status": "True", "reason": "cert-manager.io",
+            "message": format!("Certificate request has been {verb} by cert-manager.io"),
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }));
+        status["conditions"] = Value::Array(conditions);
+        self.fake.set_status(CR_API, "certificaterequests", ns, name, status);
+    }
+
+    pub fn cr(&self, ns: &str, name: &str) -> Value {
+        self.fake.get(CR_API, "certificaterequests", ns, name).expect("the CertificateRequest exists")
+    }
+
+    /// Waits until the request's Ready condition has `reason`; returns the request.
+    pub async fn wait_ready_reason(&self, ns: &str, name: &str, reason: &str) -> Value {
+        for _ in 0..400 {
+            let cr = self.cr(ns, name);
+            if condition(&cr, "Ready").is_some_and(|c| c["reason"] == reason) {
+                return cr;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{ns}/{name} never reached Ready reason {reason}; its status: {}", self.cr(ns, name)["status"]);
+    }
+
+    /// How many writes touched the named object (any subresource).
+    pub fn writes_to(&self, plural: &str, name: &str) -> usize {
+        self.fake
+            .writes()
+            .iter()
+            .filter(|w| w.path.contains(&format!("/{plural}/{name}")) && !w.path.contains("/events"))
+            .count()
+    }
+}
+
+pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+pub fn decode_b64(v: &Value) -> String {
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default()).unwrap())
+        .unwrap()
+}
+
+pub fn cluster_ref(name: &str) -> Value {
+    json!({"name": name, "kind": "ClusterIssuer", "group": "meshroot.io"})
+}
+
+pub fn issuer_ref(name: &str) -> Value {
+    json!({"name": name, "kind": "Issuer", "group": "meshroot.io"})
+}
