@@ -148,6 +148,41 @@ impl IssuerWorld {
         panic!("{ns}/{name} never reached Ready reason {reason}; its status: {}", self.cr(ns, name)["status"]);
     }
 
+    /// Waits until the request satisfies `check`; returns it.
+    pub async fn wait_until(&self, ns: &str, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..400 {
+            let cr = self.cr(ns, name);
+            if check(&cr) {
+                return cr;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{ns}/{name} never got the expected status; its status: {}", self.cr(ns, name)["status"]);
+    }
+
+    /// An Issuer (`ns` set) or ClusterIssuer (`ns` empty).
+    pub fn issuer_object(&self, ns: &str, name: &str) -> Value {
+        let plural = if ns.is_empty() { "clusterissuers" } else { "issuers" };
+        self.fake.get(ISSUER_API, plural, ns, name).expect("the issuer exists")
+    }
+
+    /// Waits until the issuer satisfies `check`; returns it.
+    pub async fn wait_issuer_until(&self, ns: &str, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..400 {
+            let issuer = self.issuer_object(ns, name);
+            if check(&issuer) {
+                return issuer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("issuer {ns}/{name} never got the expected status: {}", self.issuer_object(ns, name)["status"]);
+    }
+
+    /// Waits until the issuer's Ready condition has `status` ("True"/"False").
+    pub async fn wait_issuer_ready(&self, ns: &str, name: &str, status: &str) -> Value {
+        self.wait_issuer_until(ns, name, |i| condition(i, "Ready").is_some_and(|c| c["status"] == status)).await
+    }
+
     /// How many writes touched the named object (any subresource).
     pub fn writes_to(&self, plural: &str, name: &str) -> usize {
         self.fake
