@@ -95,7 +95,12 @@ fn cases() -> Vec<Case> {
             dns: &["distinct.example.com"],
             ..case("distinct-cn-and-dns", "rsa2048")
         },
-        Case { dns: &["long.example.com"], spec: json!({"duration": "896h0m0s"}), seconds: 896 * 3600, ..case("duration-896h", "rsa2048") },
+        Case {
+            dns: &["long.example.com"],
+            spec: json!({"duration": "896h0m0s"}),
+            seconds: 896 * 3600,
+            ..case("duration-896h", "rsa2048")
+        },
         Case { dns: &["*.wild.example.com"], ..case("wildcard", "rsa2048") },
         Case { dns: &["*.apex.example.com", "apex.example.com"], ..case("wildcard-and-apex", "rsa2048") },
         Case { dns: long_dns, ..case("63-char-label", "rsa2048") },

@@ -111,23 +111,79 @@ async fn invalid_requests_fail_permanently_with_a_clear_message() {
     );
     let dir = world.dir.path();
     let key = openssl::key(dir, "p256");
-    let ku_csr = openssl::csr(dir, &key, "/", &["subjectAltName=DNS:x.apps.example.com", "keyUsage=digitalSignature"], false);
-    let ca_csr = openssl::csr(dir, &key, "/", &["subjectAltName=DNS:x.apps.example.com", "basicConstraints=CA:TRUE"], false);
+    let ku_csr =
+        openssl::csr(dir, &key, "/", &["subjectAltName=DNS:x.apps.example.com", "keyUsage=digitalSignature"], false);
+    let ca_csr =
+        openssl::csr(dir, &key, "/", &["subjectAltName=DNS:x.apps.example.com", "basicConstraints=CA:TRUE"], false);
     let empty_csr = openssl::csr(dir, &key, "/", &[], false);
     let bad_dns = openssl::csr(dir, &key, "/", &["subjectAltName=DNS:bad..name"], false);
     let cases: Vec<(&str, String, Value, &str, &str)> = vec![
-        ("garbage", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into(), json!({}), "InvalidRequest", "the CSR is invalid"),
+        (
+            "garbage",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into(),
+            json!({}),
+            "InvalidRequest",
+            "the CSR is invalid",
+        ),
         ("not-pem", "hello".into(), json!({}), "InvalidRequest", "the CSR is invalid"),
-        ("outside-policy", dns_csr(&world, "evil.example.org"), json!({}), "PolicyViolation", "DNS name \"evil.example.org\" is not allowed by policy.allowedDNSNames"),
-        ("usage-not-allowed", dns_csr(&world, "y.apps.example.com"), json!({"usages": ["client auth"]}), "PolicyViolation", "usages client auth are not in policy.allowedUsages"),
-        ("ca-not-allowed", dns_csr(&world, "z.apps.example.com"), json!({"isCA": true}), "PolicyViolation", "isCA is not allowed"),
-        ("usages-contradict-csr", ku_csr, json!({}), "InvalidRequest", "the CSR's key usages (digital signature) do not match the requested ones (digital signature, key encipherment)"),
-        ("isca-contradicts-csr", ca_csr, json!({}), "InvalidRequest", "the CSR's basicConstraints say CA:TRUE but spec.isCA is false"),
+        (
+            "outside-policy",
+            dns_csr(&world, "evil.example.org"),
+            json!({}),
+            "PolicyViolation",
+            "DNS name \"evil.example.org\" is not allowed by policy.allowedDNSNames",
+        ),
+        (
+            "usage-not-allowed",
+            dns_csr(&world, "y.apps.example.com"),
+            json!({"usages": ["client auth"]}),
+            "PolicyViolation",
+            "usages client auth are not in policy.allowedUsages",
+        ),
+        (
+            "ca-not-allowed",
+            dns_csr(&world, "z.apps.example.com"),
+            json!({"isCA": true}),
+            "PolicyViolation",
+            "isCA is not allowed",
+        ),
+        (
+            "usages-contradict-csr",
+            ku_csr,
+            json!({}),
+            "InvalidRequest",
+            "the CSR's key usages (digital signature) do not match the requested ones (digital signature, key encipherment)",
+        ),
+        (
+            "isca-contradicts-csr",
+            ca_csr,
+            json!({}),
+            "InvalidRequest",
+            "the CSR's basicConstraints say CA:TRUE but spec.isCA is false",
+        ),
         ("no-names", empty_csr, json!({}), "InvalidRequest", "neither a subject nor subject alternative names"),
         ("bad-dns", bad_dns, json!({}), "InvalidRequest", "DNS name \"bad..name\" is not a valid host name"),
-        ("bad-duration", dns_csr(&world, "d.apps.example.com"), json!({"duration": "forever"}), "InvalidDuration", "spec.duration"),
-        ("too-short", dns_csr(&world, "e.apps.example.com"), json!({"duration": "5m"}), "InvalidRequest", "shorter than the minimum"),
-        ("bad-usage-name", dns_csr(&world, "f.apps.example.com"), json!({"usages": ["flying"]}), "InvalidRequest", "unknown usage \"flying\""),
+        (
+            "bad-duration",
+            dns_csr(&world, "d.apps.example.com"),
+            json!({"duration": "forever"}),
+            "InvalidDuration",
+            "spec.duration",
+        ),
+        (
+            "too-short",
+            dns_csr(&world, "e.apps.example.com"),
+            json!({"duration": "5m"}),
+            "InvalidRequest",
+            "shorter than the minimum",
+        ),
+        (
+            "bad-usage-name",
+            dns_csr(&world, "f.apps.example.com"),
+            json!({"usages": ["flying"]}),
+            "InvalidRequest",
+            "unknown usage \"flying\"",
+        ),
     ];
     for (name, csr, extra, _, _) in &cases {
         world.request("apps", name, csr, cluster_ref("strict"), extra.clone());
@@ -147,7 +203,13 @@ async fn invalid_requests_fail_permanently_with_a_clear_message() {
 async fn a_longer_duration_than_the_policy_allows_is_shortened_and_says_so() {
     let world = IssuerWorld::start();
     world.cluster_issuer("short", json!({"signer": {"root": true}, "policy": {"maxDuration": "720h"}}));
-    world.request("apps", "long", &dns_csr(&world, "a.example.com"), cluster_ref("short"), json!({"duration": "2160h"}));
+    world.request(
+        "apps",
+        "long",
+        &dns_csr(&world, "a.example.com"),
+        cluster_ref("short"),
+        json!({"duration": "2160h"}),
+    );
     world.decide("apps", "long", true);
     let cr = world.wait_ready_reason("apps", "long", "Issued").await;
     assert!(message(&cr).contains("because the issuer's maxDuration is 30days"), "{}", message(&cr));
@@ -200,7 +262,8 @@ async fn an_offline_root_keeps_root_signed_requests_pending() {
 /// API server refuses the field selector and meshroot must filter itself.
 fn fake_without_selectable_fields(dir: &std::path::Path) -> support::fake_api::FakeApi {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let crd = std::fs::read_to_string(root.join("tests/fixtures/crds/cert-manager.io_certificaterequests.yaml")).unwrap();
+    let crd =
+        std::fs::read_to_string(root.join("tests/fixtures/crds/cert-manager.io_certificaterequests.yaml")).unwrap();
     let start = crd.find("    selectableFields:").expect("the fixture declares selectableFields");
     let end = start + crd[start..].find("    served:").unwrap();
     std::fs::write(dir.join("crs.yaml"), format!("{}{}", &crd[..start], &crd[end..])).unwrap();
@@ -258,7 +321,13 @@ async fn kinds_and_namespaces_resolve_as_cert_manager_defines_them() {
     let cr = world.wait_ready_reason("istio-system", "elsewhere", "Pending").await;
     assert!(message(&cr).contains("Issuer istio-system/local not found"), "{}", message(&cr));
     // A kind meshroot does not have fails with the kinds it does.
-    world.request("apps", "odd-kind", &csr, json!({"name": "local", "kind": "Signer", "group": "meshroot.io"}), json!({}));
+    world.request(
+        "apps",
+        "odd-kind",
+        &csr,
+        json!({"name": "local", "kind": "Signer", "group": "meshroot.io"}),
+        json!({}),
+    );
     world.decide("apps", "odd-kind", true);
     let cr = world.wait_ready_reason("apps", "odd-kind", "Failed").await;
     assert_eq!(reason(&cr, "InvalidRequest").as_deref(), Some("UnknownIssuerKind"));
@@ -276,7 +345,10 @@ async fn issuer_status_reports_readiness_with_observed_generation_and_signer() {
     let c = condition(&ready, "Ready").unwrap();
     assert_eq!(c["reason"], "Checked");
     assert_eq!(c["observedGeneration"], ready["metadata"]["generation"]);
-    assert_eq!(ready["status"]["signer"]["rootFingerprint"], meshroot::pki::chain::sha256_hex(world.root.certificate()));
+    assert_eq!(
+        ready["status"]["signer"]["rootFingerprint"],
+        meshroot::pki::chain::sha256_hex(world.root.certificate())
+    );
     assert!(ready["status"]["signer"]["notAfter"].as_str().unwrap().ends_with('Z'));
 
     let both = world.wait_issuer_ready("", "both", "False").await;
@@ -289,7 +361,12 @@ async fn issuer_status_reports_readiness_with_observed_generation_and_signer() {
     assert_eq!(condition(&pending, "Ready").unwrap()["reason"], "Pending");
     world.add_mesh("istio-system");
     let now_ready = world.wait_issuer_ready("apps", "mesh", "True").await;
-    assert!(condition(&now_ready, "Ready").unwrap()["message"].as_str().unwrap().contains("mesh istio-system's intermediate"));
+    assert!(
+        condition(&now_ready, "Ready").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("mesh istio-system's intermediate")
+    );
 
     // A spec change is re-checked: observedGeneration follows the generation.
     let mut obj = world.fake.get(ISSUER_API, "clusterissuers", "", "root").unwrap();
@@ -321,10 +398,8 @@ async fn without_selectable_fields_requests_are_filtered_in_meshroot() {
     assert_eq!(status_writes(&world, "theirs"), 0);
     let selected = world.fake.requests().iter().any(|r| r.query.contains("fieldSelector=spec.issuerRef.group"));
     assert!(selected, "meshroot tried the field selector first");
-    let watched_all = world
-        .fake
-        .requests()
-        .iter()
-        .any(|r| r.path.ends_with("/certificaterequests") && r.query.contains("watch=true") && !r.query.contains("fieldSelector"));
+    let watched_all = world.fake.requests().iter().any(|r| {
+        r.path.ends_with("/certificaterequests") && r.query.contains("watch=true") && !r.query.contains("fieldSelector")
+    });
     assert!(watched_all, "then watched every request");
 }

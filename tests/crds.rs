@@ -72,3 +72,23 @@ async fn meshes_are_cluster_scoped_with_a_status_subresource() {
         .unwrap();
     assert_eq!(patched.status.unwrap().namespaces, Some(3));
 }
+
+#[test]
+fn the_approval_rbac_names_both_issuer_kinds_by_their_signer_names() {
+    use kube::Resource;
+    use meshroot::api::{ClusterIssuer, Issuer};
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cert-manager-approval.yaml"))
+        .unwrap();
+    let role: serde_json::Value = serde_saphyr::from_str(text.split("\n---\n").next().unwrap()).unwrap();
+    assert_eq!(role["kind"], "ClusterRole");
+    let rule = &role["rules"][0];
+    assert_eq!(rule["apiGroups"], json!(["cert-manager.io"]));
+    assert_eq!(rule["resources"], json!(["signers"]));
+    assert_eq!(rule["verbs"], json!(["approve"]));
+    // cert-manager's webhook checks `<plural>.<group>/*`, so the names must follow the CRDs.
+    let names = [
+        format!("{}.{}/*", Issuer::plural(&()), Issuer::group(&())),
+        format!("{}.{}/*", ClusterIssuer::plural(&()), ClusterIssuer::group(&())),
+    ];
+    assert_eq!(rule["resourceNames"], json!(names));
+}

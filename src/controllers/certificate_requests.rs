@@ -10,9 +10,9 @@ use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, Req
 use crate::api::issuer::IssuerResource;
 use crate::issuer::sign::{SignError, Signed, SigningRequest, sign};
 use crate::issuer::{SignerProblem, prepare};
+use crate::k8s::error_summary;
 use crate::k8s::intermediates::parse_duration;
 use crate::k8s::root::RootState;
-use crate::k8s::error_summary;
 use crate::mesh::MeshRegistry;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -84,9 +84,9 @@ pub fn is_finished(cr: &CertificateRequest) -> bool {
     if status.certificate.as_ref().is_some_and(|c| !c.0.is_empty()) || cr.is_true(INVALID_REQUEST) {
         return true;
     }
-    cr.condition(READY).and_then(|c| c.reason.as_deref()).is_some_and(|r| {
-        r == REASON_ISSUED || r == REASON_FAILED || r == REASON_DENIED
-    })
+    cr.condition(READY)
+        .and_then(|c| c.reason.as_deref())
+        .is_some_and(|r| r == REASON_ISSUED || r == REASON_FAILED || r == REASON_DENIED)
 }
 
 /// The result of working on a request.
@@ -96,7 +96,10 @@ pub enum Outcome {
     /// Waiting for something that will change (the issuer, the signer).
     Pending(String),
     /// The request can never be signed: `InvalidRequest` with this reason.
-    Failed { reason: &'static str, message: String },
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
     Denied,
 }
 
@@ -133,7 +136,14 @@ pub fn next_status(cr: &CertificateRequest, outcome: &Outcome, now: OffsetDateTi
     status
 }
 
-fn set_condition(conditions: &mut Vec<RequestCondition>, type_: &str, status: &str, reason: &str, message: &str, now: &Time) {
+fn set_condition(
+    conditions: &mut Vec<RequestCondition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: &Time,
+) {
     let new = |last: Option<Time>| RequestCondition {
         type_: type_.into(),
         status: status.into(),
@@ -280,9 +290,13 @@ async fn announce(events: &EventSink, cr: &CertificateRequest, outcome: &Outcome
             }
         }
         Outcome::Pending(why) => events.publish(&reference, EventType::Normal, "Pending", note(why.clone())).await,
-        Outcome::Failed { reason, message } => events.publish(&reference, EventType::Warning, reason, note(message.clone())).await,
+        Outcome::Failed { reason, message } => {
+            events.publish(&reference, EventType::Warning, reason, note(message.clone())).await
+        }
         Outcome::Denied => {
-            events.publish(&reference, EventType::Normal, "Denied", note("denied by an approval controller".into())).await
+            events
+                .publish(&reference, EventType::Normal, "Denied", note("denied by an approval controller".into()))
+                .await
         }
     }
 }

@@ -134,9 +134,10 @@ impl IssuerCache {
 
     pub fn get(&self, name: &IssuerName) -> Option<Arc<dyn IssuerResource + Send + Sync>> {
         match name {
-            IssuerName::Namespaced { namespace, name } => {
-                self.issuers.get(&ObjectRef::new(name).within(namespace)).map(|i| i as Arc<dyn IssuerResource + Send + Sync>)
-            }
+            IssuerName::Namespaced { namespace, name } => self
+                .issuers
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|i| i as Arc<dyn IssuerResource + Send + Sync>),
             IssuerName::Cluster(name) => {
                 self.cluster_issuers.get(&ObjectRef::new(name)).map(|i| i as Arc<dyn IssuerResource + Send + Sync>)
             }

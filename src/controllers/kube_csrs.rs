@@ -150,7 +150,12 @@ enum ReconcileError {
 
 /// cert-manager's check: may the requester `reference` the namespaced
 /// issuer (by name, or `*`)?
-async fn may_reference(client: &kube::Client, csr: &CertificateSigningRequest, namespace: &str, name: &str) -> Result<bool, ReconcileError> {
+async fn may_reference(
+    client: &kube::Client,
+    csr: &CertificateSigningRequest,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, ReconcileError> {
     let api: Api<SubjectAccessReview> = Api::all(client.clone());
     for resource_name in [name, "*"] {
         let review = SubjectAccessReview {
@@ -202,7 +207,9 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
             ctx.events.publish(&reference, EventType::Normal, "Pending", note(why.clone())).await;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
-        CsrOutcome::Issued(signed) => serde_json::json!({ "certificate": ByteString(signed.chain_pem.clone().into_bytes()) }),
+        CsrOutcome::Issued(signed) => {
+            serde_json::json!({ "certificate": ByteString(signed.chain_pem.clone().into_bytes()) })
+        }
         CsrOutcome::Failed { reason, message } => {
             let mut conditions = csr.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
             conditions.push(CertificateSigningRequestCondition {
@@ -220,7 +227,9 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
         "metadata": { "resourceVersion": csr.resource_version() },
         "status": status,
     }));
-    api.patch_status(&name, &PatchParams::default(), &patch).await.map_err(|e| ReconcileError::Api(error_summary(&e)))?;
+    api.patch_status(&name, &PatchParams::default(), &patch)
+        .await
+        .map_err(|e| ReconcileError::Api(error_summary(&e)))?;
     match outcome {
         CsrOutcome::Issued(signed) => {
             let text = format!("Certificate issued: serial {}, valid until {}", signed.serial_hex, signed.not_after);

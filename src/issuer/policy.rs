@@ -57,7 +57,8 @@ impl Policy {
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
-        let lowercase = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.iter().map(|p| p.to_ascii_lowercase()).collect());
+        let lowercase =
+            |v: &Option<Vec<String>>| v.as_ref().map(|v| v.iter().map(|p| p.to_ascii_lowercase()).collect());
         Ok(Self {
             allow_ca: spec.allow_ca,
             max_path_length: spec.max_path_length.unwrap_or(0),
@@ -126,7 +127,10 @@ impl Policy {
             if !denied.is_empty() {
                 let shown = Usages {
                     key: denied.iter().filter_map(|u| if let Usage::Key(k) = u { Some(*k) } else { None }).collect(),
-                    extended: denied.iter().filter_map(|u| if let Usage::Extended(e) = u { Some(*e) } else { None }).collect(),
+                    extended: denied
+                        .iter()
+                        .filter_map(|u| if let Usage::Extended(e) = u { Some(*e) } else { None })
+                        .collect(),
                 };
                 violations.push(format!("usages {} are not in policy.allowedUsages", shown.describe()));
             }
@@ -139,13 +143,7 @@ fn patterns_match(patterns: &Option<Vec<String>>, name: &str, separators: &[char
     patterns.as_ref().is_none_or(|ps| ps.iter().any(|p| glob::matches(p, name, separators)))
 }
 
-fn check_each(
-    violations: &mut Vec<String>,
-    what: &str,
-    list: &str,
-    values: &[String],
-    allowed: impl Fn(&str) -> bool,
-) {
+fn check_each(violations: &mut Vec<String>, what: &str, list: &str, values: &[String], allowed: impl Fn(&str) -> bool) {
     for v in values {
         if !allowed(v) {
             violations.push(format!("{what} {v:?} is not allowed by policy.{list}"));
@@ -192,9 +190,12 @@ mod tests {
             "allowedDNSNames: ['*.apps.example.com']\nallowedURIs: ['spiffe://cluster.local/ns/*/sa/*']\n\
              allowedIPRanges: ['10.0.0.0/8', 'fd00::/8']\nallowedEmails: ['*@example.com']",
         );
-        let good = names(&["web.apps.example.com"], &["spiffe://cluster.local/ns/a/sa/b"], &["10.1.2.3", "fd00::1"], &[
-            "ops@example.com",
-        ]);
+        let good = names(
+            &["web.apps.example.com"],
+            &["spiffe://cluster.local/ns/a/sa/b"],
+            &["10.1.2.3", "fd00::1"],
+            &["ops@example.com"],
+        );
         assert_eq!(check(&p, &good, &["web.apps.example.com"], false, &[]), Ok(()));
         let bad = names(&["evil.com"], &["spiffe://other/ns/a/sa/b"], &["192.168.0.1"], &["x@evil.com"]);
         let e = check(&p, &bad, &["not-a-host"], false, &[]).unwrap_err();

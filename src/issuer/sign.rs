@@ -57,7 +57,12 @@ pub enum SignError {
     Unavailable(String),
 }
 
-pub fn sign(req: &SigningRequest<'_>, policy: &Policy, ca: &IssuingCa, now: OffsetDateTime) -> Result<Signed, SignError> {
+pub fn sign(
+    req: &SigningRequest<'_>,
+    policy: &Policy,
+    ca: &IssuingCa,
+    now: OffsetDateTime,
+) -> Result<Signed, SignError> {
     let invalid = |m: String| Err(SignError::Invalid(m));
     let csr = CertificateSigningRequest::from_pem(req.csr_pem)
         .map_err(|e| SignError::Invalid(format!("the CSR is invalid: {e}")))?;
@@ -102,7 +107,8 @@ pub fn sign(req: &SigningRequest<'_>, policy: &Policy, ca: &IssuingCa, now: Offs
         effective = max;
         shortened = Some(format!("the issuer's maxDuration is {}", human(max)));
     }
-    let template = CertificateTemplate { csr: &csr, is_ca: req.is_ca, max_path_length, usages: &usages, lifetime: effective };
+    let template =
+        CertificateTemplate { csr: &csr, is_ca: req.is_ca, max_path_length, usages: &usages, lifetime: effective };
     let issued = issue_from_template(ca.authority(), &template, now).map_err(|e| match e {
         PkiError::Expired { .. } | PkiError::SelfCheck(_) | PkiError::Signing(_) => {
             SignError::Unavailable(format!("{} cannot sign: {e}", ca.description()))
@@ -122,7 +128,8 @@ pub fn sign(req: &SigningRequest<'_>, policy: &Policy, ca: &IssuingCa, now: Offs
         ca_pem: ca.root_pem(),
         not_after: issued.not_after,
         serial_hex: issued.serial_hex,
-        shortened: shortened.map(|why| format!("valid until {} instead of {requested_end} because {why}", issued.not_after)),
+        shortened: shortened
+            .map(|why| format!("valid until {} instead of {requested_end} because {why}", issued.not_after)),
     })
 }
 
@@ -180,7 +187,70 @@ fn human(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::is_dns_name;
+    use super::*;
+    use crate::api::issuer::SignerRef;
+    use crate::issuer::signer::{CaAllowance, resolve};
+    use crate::k8s::root::RootState;
+    use crate::mesh::MeshRegistry;
+    use crate::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, TrustBundle};
+    use std::sync::Arc;
+
+    fn root_state(lifetime: Duration) -> RootState {
+        let root = Authority::new_root(&CaSpec::root(lifetime), OffsetDateTime::now_utc()).unwrap();
+        let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+        RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle) }
+    }
+
+    fn dns_csr(name: &str) -> String {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    fn request<'a>(csr: &'a str, duration: Option<Duration>, is_ca: bool) -> SigningRequest<'a> {
+        SigningRequest { csr_pem: csr.as_bytes(), is_ca, usages: &[], duration, csr_extensions_must_match: true }
+    }
+
+    #[test]
+    fn not_after_is_clamped_to_the_signer_and_the_reason_given() {
+        let root = root_state(Duration::days(30));
+        let ca = resolve(&SignerRef { root: true, mesh: None }, &root, &MeshRegistry::default()).unwrap();
+        let csr = dns_csr("a.example.com");
+        let now = OffsetDateTime::now_utc();
+        let signed = sign(&request(&csr, None, false), &Policy::default(), &ca, now).unwrap();
+        assert_eq!(signed.not_after, ca.authority().not_after());
+        let why = signed.shortened.unwrap();
+        assert!(why.contains("because the root expires at"), "{why}");
+        let short = sign(&request(&csr, Some(Duration::days(1)), false), &Policy::default(), &ca, now).unwrap();
+        assert!(short.shortened.is_none());
+        assert_eq!(short.not_after, now.replace_nanosecond(0).unwrap() + Duration::days(1));
+    }
+
+    #[test]
+    fn an_expired_signer_is_unavailable_not_invalid() {
+        let root = root_state(Duration::days(1));
+        let ca = resolve(&SignerRef { root: true, mesh: None }, &root, &MeshRegistry::default()).unwrap();
+        let csr = dns_csr("a.example.com");
+        let later = OffsetDateTime::now_utc() + Duration::days(2);
+        let e = sign(&request(&csr, None, false), &Policy::default(), &ca, later).unwrap_err();
+        assert!(matches!(e, SignError::Unavailable(_)), "{e:?}");
+    }
+
+    #[test]
+    fn path_length_allowance_follows_the_chain() {
+        let root = root_state(Duration::days(30));
+        let by_root = resolve(&SignerRef { root: true, mesh: None }, &root, &MeshRegistry::default()).unwrap();
+        assert_eq!(by_root.ca_allowance(), CaAllowance::Unlimited);
+        let spec =
+            crate::api::issuer::IssuancePolicy { allow_ca: true, max_path_length: Some(2), ..Default::default() };
+        let policy = Policy::from_spec(&spec).unwrap();
+        let csr = dns_csr("ca.example.com");
+        let signed = sign(&request(&csr, None, true), &policy, &by_root, OffsetDateTime::now_utc()).unwrap();
+        let der = crate::pki::pem::decode_certificates(signed.chain_pem.as_bytes(), 1 << 20).unwrap();
+        let cert = crate::pki::authority::parse_certificate(&der[0]).unwrap();
+        assert_eq!(cert.basic_constraints().unwrap().unwrap().value.path_len_constraint, Some(2));
+    }
 
     #[test]
     fn host_names() {

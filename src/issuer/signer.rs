@@ -133,7 +133,8 @@ pub fn resolve(signer: &SignerRef, root: &RootState, registry: &MeshRegistry) ->
                     "Mesh {name:?} is not an External mesh meshroot signs for (missing, PluginCA, or invalid)"
                 )));
             };
-            let chain = mesh.signer.clone().map_err(|why| SignerProblem::Unavailable(format!("Mesh {name:?}: {why}")))?;
+            let chain =
+                mesh.signer.clone().map_err(|why| SignerProblem::Unavailable(format!("Mesh {name:?}: {why}")))?;
             let path = chain.ca_path();
             let top = path.last().cloned().unwrap_or_else(|| chain.authority().certificate().clone());
             let root = issuing_root(&top, chain.bundle()).ok_or_else(|| {

@@ -123,7 +123,9 @@ impl CertificateSigningRequest {
                 .subject
                 .iter_common_name()
                 .map(|cn| {
-                    cn.as_str().map(str::to_string).map_err(|_| PkiError::Invalid("a common name is not a string".into()))
+                    cn.as_str()
+                        .map(str::to_string)
+                        .map_err(|_| PkiError::Invalid("a common name is not a string".into()))
                 })
                 .collect::<Result<_>>()?,
             san_der,

@@ -204,7 +204,8 @@ pub fn extended_from_x509(eku: &x509_parser::extensions::ExtendedKeyUsage) -> BT
         (eku.ocsp_signing, EKU_OCSP_SIGNING),
     ]
     .into_iter()
-    .filter_map(|(set, oid)| set.then(|| oid.to_string()))
+    .filter(|(set, _)| *set)
+    .map(|(_, oid)| oid.to_string())
     .collect();
     set.extend(eku.other.iter().map(|oid| oid.to_id_string()));
     set

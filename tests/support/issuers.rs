@@ -47,7 +47,7 @@ impl IssuerWorld {
             .with_test_writer()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "meshroot=info,kube=warn".into()))
             .try_init();
-        for ns in ["meshroot", "istio-system", "openshift-ingress", "apps"] {
+        for ns in ["default", "meshroot", "istio-system", "openshift-ingress", "apps"] {
             fake.namespace(ns, json!({}));
         }
         let root = Arc::new(
@@ -61,7 +61,13 @@ impl IssuerWorld {
         let tasks = vec![
             cache_task,
             issuers::spawn(client.clone(), cache.clone(), root_rx.clone(), registry.clone(), Duration::from_secs(3600)),
-            certificate_requests::spawn(client.clone(), cache.clone(), root_rx.clone(), registry.clone(), "test".into()),
+            certificate_requests::spawn(
+                client.clone(),
+                cache.clone(),
+                root_rx.clone(),
+                registry.clone(),
+                "test".into(),
+            ),
             kube_csrs::spawn(client, cache, root_rx, registry.clone(), "test".into()),
         ];
         Self { fake, root, bundle, registry, root_tx, dir: tempfile::tempdir().unwrap(), tasks }

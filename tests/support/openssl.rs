@@ -52,7 +52,11 @@ pub fn csr(dir: &Path, key: &Path, subj: &str, exts: &[&str], multivalue: bool) 
 /// `openssl verify` of `leaf` against `root`, with `untrusted` intermediates.
 pub fn verify(dir: &Path, root: &str, untrusted: &str, leaf: &str) -> Result<(), String> {
     let tag = rand_suffix();
-    let (r, u, l) = (dir.join(format!("root-{tag}.pem")), dir.join(format!("chain-{tag}.pem")), dir.join(format!("leaf-{tag}.pem")));
+    let (r, u, l) = (
+        dir.join(format!("root-{tag}.pem")),
+        dir.join(format!("chain-{tag}.pem")),
+        dir.join(format!("leaf-{tag}.pem")),
+    );
     std::fs::write(&r, root).unwrap();
     std::fs::write(&u, untrusted).unwrap();
     std::fs::write(&l, leaf).unwrap();
@@ -78,10 +82,24 @@ pub fn sign_leaf(dir: &Path, ca_cert: &str, ca_key: &str, key: &Path, san: &str)
     std::fs::write(&k, ca_key).unwrap();
     std::fs::write(&csr_path, csr(dir, key, "/", &[], false)).unwrap();
     std::fs::write(&ext, format!("subjectAltName=critical,{san}\n")).unwrap();
-    run(dir, &[
-        "x509", "-req", "-in", csr_path.to_str().unwrap(), "-CA", c.to_str().unwrap(), "-CAkey", k.to_str().unwrap(),
-        "-CAcreateserial", "-days", "1", "-extfile", ext.to_str().unwrap(),
-    ])
+    run(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            csr_path.to_str().unwrap(),
+            "-CA",
+            c.to_str().unwrap(),
+            "-CAkey",
+            k.to_str().unwrap(),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            ext.to_str().unwrap(),
+        ],
+    )
     .unwrap()
 }
 

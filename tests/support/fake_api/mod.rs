@@ -454,11 +454,7 @@ fn dispatch(
                 if !matches!(path, "metadata.name" | "metadata.namespace")
                     && !info.selectable_fields.iter().any(|f| f == path)
                 {
-                    return Err(ApiError::new(
-                        400,
-                        "BadRequest",
-                        format!("field label not supported: {path}"),
-                    ));
+                    return Err(ApiError::new(400, "BadRequest", format!("field label not supported: {path}")));
                 }
             }
             if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
