@@ -5,11 +5,10 @@
 //! every terminal state is one status write with its `failureTime`.
 
 use super::events::{EventSink, note};
-use super::issuers::{IssuerCache, IssuerName, signer_changes};
+use super::issuers::{IssuerCache, IssuerName, Outcome, sign_with_issuer, signer_changes};
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, RequestCondition};
 use crate::api::issuer::IssuerResource;
-use crate::issuer::sign::{SignError, Signed, SigningRequest, sign};
-use crate::issuer::{SignerProblem, prepare};
+use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;
 use crate::k8s::intermediates::parse_duration;
 use crate::k8s::root::RootState;
@@ -89,20 +88,6 @@ pub fn is_finished(cr: &CertificateRequest) -> bool {
         .is_some_and(|r| r == REASON_ISSUED || r == REASON_FAILED || r == REASON_DENIED)
 }
 
-/// The result of working on a request.
-#[derive(Clone, Debug)]
-pub enum Outcome {
-    Issued(Signed),
-    /// Waiting for something that will change (the issuer, the signer).
-    Pending(String),
-    /// The request can never be signed: `InvalidRequest` with this reason.
-    Failed {
-        reason: &'static str,
-        message: String,
-    },
-    Denied,
-}
-
 /// The request's new status for `outcome`: the existing conditions (the
 /// approver's among them) kept, ours set; `failureTime` set once.
 pub fn next_status(cr: &CertificateRequest, outcome: &Outcome, now: OffsetDateTime) -> CertificateRequestStatus {
@@ -169,33 +154,22 @@ pub fn work(
     registry: &MeshRegistry,
     now: OffsetDateTime,
 ) -> Outcome {
-    let Some(issuer) = issuer else {
-        return Outcome::Pending(format!("{issuer_name} not found; waiting for it to be created"));
-    };
-    let ready = match prepare(issuer, root, registry) {
-        Ok(r) => r,
-        Err(SignerProblem::Invalid(why) | SignerProblem::Unavailable(why)) => {
-            return Outcome::Pending(format!("waiting for {issuer_name} to become ready: {why}"));
-        }
-    };
-    let duration = match cr.spec.duration.as_deref().map(|d| parse_duration("spec.duration", d)).transpose() {
-        Ok(d) => d,
-        Err(why) => return Outcome::Failed { reason: "InvalidDuration", message: why },
-    };
     let usages = cr.spec.usages.clone().unwrap_or_default();
-    let request = SigningRequest {
-        csr_pem: &cr.spec.request.0,
-        is_ca: cr.spec.is_ca.unwrap_or(false),
-        usages: &usages,
-        duration,
-        csr_extensions_must_match: true,
-    };
-    match sign(&request, &ready.policy, &ready.ca, now) {
-        Ok(signed) => Outcome::Issued(signed),
-        Err(SignError::Invalid(message)) => Outcome::Failed { reason: "InvalidRequest", message },
-        Err(SignError::Policy(message)) => Outcome::Failed { reason: "PolicyViolation", message },
-        Err(SignError::Unavailable(message)) => Outcome::Pending(message),
-    }
+    let request = cr
+        .spec
+        .duration
+        .as_deref()
+        .map(|d| parse_duration("spec.duration", d))
+        .transpose()
+        .map(|duration| SigningRequest {
+            csr_pem: &cr.spec.request.0,
+            is_ca: cr.spec.is_ca.unwrap_or(false),
+            usages: &usages,
+            duration,
+            csr_extensions_must_match: true,
+        })
+        .map_err(|why| ("InvalidDuration", why));
+    sign_with_issuer(issuer_name, issuer, root, registry, request, now)
 }
 
 struct Context {

@@ -5,10 +5,9 @@
 //! serves istiod's RA mode (`EXTERNAL_CA=ISTIOD_RA_KUBERNETES_API`).
 
 use super::events::{EventSink, note};
-use super::issuers::{IssuerCache, IssuerName, signer_changes};
+use super::issuers::{IssuerCache, IssuerName, Outcome, sign_with_issuer, signer_changes};
 use crate::api::issuer::IssuerResource;
-use crate::issuer::sign::{SignError, Signed, SigningRequest, sign};
-use crate::issuer::{SignerProblem, prepare};
+use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;
 use crate::k8s::intermediates::parse_duration;
 use crate::k8s::root::RootState;
@@ -64,14 +63,6 @@ pub fn wants_signing(csr: &CertificateSigningRequest) -> Option<IssuerName> {
     Some(issuer)
 }
 
-/// The result of working on one CSR.
-#[derive(Debug)]
-pub enum CsrOutcome {
-    Issued(Signed),
-    Pending(String),
-    Failed { reason: &'static str, message: String },
-}
-
 /// Signs (or refuses) one approved CSR. `may_reference` is whether the
 /// requester may use a namespaced issuer (ignored for cluster issuers).
 pub fn work(
@@ -82,56 +73,42 @@ pub fn work(
     root: &RootState,
     registry: &MeshRegistry,
     now: OffsetDateTime,
-) -> CsrOutcome {
+) -> Outcome {
     if matches!(issuer_name, IssuerName::Namespaced { .. }) && !may_reference {
-        return CsrOutcome::Failed {
+        return Outcome::Failed {
             reason: "DeniedReference",
             message: format!(
                 "the requester may not reference {issuer_name} (needs verb reference on signers.meshroot.io in its namespace)"
             ),
         };
     }
-    let Some(issuer) = issuer else {
-        return CsrOutcome::Pending(format!("{issuer_name} not found; waiting for it to be created"));
-    };
-    let ready = match prepare(issuer, root, registry) {
-        Ok(r) => r,
-        Err(SignerProblem::Invalid(why) | SignerProblem::Unavailable(why)) => {
-            return CsrOutcome::Pending(format!("waiting for {issuer_name} to become ready: {why}"));
-        }
-    };
+    let usages = csr.spec.usages.clone().unwrap_or_default();
+    let request = requested_terms(csr).map(|(duration, is_ca)| SigningRequest {
+        csr_pem: &csr.spec.request.0,
+        is_ca,
+        usages: &usages,
+        duration,
+        csr_extensions_must_match: false,
+    });
+    sign_with_issuer(issuer_name, issuer, root, registry, request, now)
+}
+
+/// The duration and CA flag a CSR asks for, from cert-manager's
+/// annotations and `expirationSeconds`.
+fn requested_terms(csr: &CertificateSigningRequest) -> Result<(Option<time::Duration>, bool), (&'static str, String)> {
     let annotations = csr.annotations();
     let duration = match annotations.get(DURATION_ANNOTATION) {
-        Some(d) => match parse_duration(DURATION_ANNOTATION, d) {
-            Ok(d) => Some(d),
-            Err(why) => return CsrOutcome::Failed { reason: "InvalidDuration", message: why },
-        },
+        Some(d) => Some(parse_duration(DURATION_ANNOTATION, d).map_err(|why| ("InvalidDuration", why))?),
         None => csr.spec.expiration_seconds.map(|s| time::Duration::seconds(i64::from(s))),
     };
     let is_ca = match annotations.get(IS_CA_ANNOTATION).map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
-            return CsrOutcome::Failed {
-                reason: "InvalidRequest",
-                message: format!("{IS_CA_ANNOTATION} must be \"true\" or \"false\", not {other:?}"),
-            };
+            return Err(("InvalidRequest", format!("{IS_CA_ANNOTATION} must be \"true\" or \"false\", not {other:?}")));
         }
     };
-    let usages = csr.spec.usages.clone().unwrap_or_default();
-    let request = SigningRequest {
-        csr_pem: &csr.spec.request.0,
-        is_ca,
-        usages: &usages,
-        duration,
-        csr_extensions_must_match: false,
-    };
-    match sign(&request, &ready.policy, &ready.ca, now) {
-        Ok(signed) => CsrOutcome::Issued(signed),
-        Err(SignError::Invalid(message)) => CsrOutcome::Failed { reason: "InvalidRequest", message },
-        Err(SignError::Policy(message)) => CsrOutcome::Failed { reason: "PolicyViolation", message },
-        Err(SignError::Unavailable(message)) => CsrOutcome::Pending(message),
-    }
+    Ok((duration, is_ca))
 }
 
 struct Context {
@@ -201,16 +178,18 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let status = match &outcome {
-        CsrOutcome::Pending(why) => {
+        Outcome::Pending(why) => {
             // The CSR API has no pending state; an Event says why it waits.
             tracing::info!(csr = %name, reason = %why, "CertificateSigningRequest pending");
             ctx.events.publish(&reference, EventType::Normal, "Pending", note(why.clone())).await;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
-        CsrOutcome::Issued(signed) => {
+        // Denied CSRs are skipped before signing; nothing to write.
+        Outcome::Denied => return Ok(Action::await_change()),
+        Outcome::Issued(signed) => {
             serde_json::json!({ "certificate": ByteString(signed.chain_pem.clone().into_bytes()) })
         }
-        CsrOutcome::Failed { reason, message } => {
+        Outcome::Failed { reason, message } => {
             let mut conditions = csr.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
             conditions.push(CertificateSigningRequestCondition {
                 type_: "Failed".into(),
@@ -231,17 +210,17 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
         .await
         .map_err(|e| ReconcileError::Api(error_summary(&e)))?;
     match outcome {
-        CsrOutcome::Issued(signed) => {
+        Outcome::Issued(signed) => {
             let text = format!("Certificate issued: serial {}, valid until {}", signed.serial_hex, signed.not_after);
             ctx.events.publish(&reference, EventType::Normal, "Issued", note(text)).await;
             if let Some(why) = signed.shortened {
                 ctx.events.publish(&reference, EventType::Warning, "DurationShortened", note(why)).await;
             }
         }
-        CsrOutcome::Failed { reason, message } => {
+        Outcome::Failed { reason, message } => {
             ctx.events.publish(&reference, EventType::Warning, reason, note(message)).await;
         }
-        CsrOutcome::Pending(_) => {}
+        Outcome::Pending(_) | Outcome::Denied => {}
     }
     Ok(Action::await_change())
 }
