@@ -216,7 +216,8 @@ fn check_case(world: &IssuerWorld, c: &Case, csr_pem: &str, cr: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_conformance_case_is_issued_correctly_for_issuer_and_cluster_issuer() {
     let world = IssuerWorld::start();
-    let spec = json!({"signer": {"root": true}, "policy": {"allowCA": true}});
+    let spec = json!({"signer": {"root": true}, "policy": {
+        "allowCA": true, "allowedURIs": ["spiffe://cluster.local/ns/sandbox/**"]}});
     world.cluster_issuer("root", spec.clone());
     world.issuer("apps", "root", spec);
     let cases = cases();

@@ -403,3 +403,21 @@ async fn without_selectable_fields_requests_are_filtered_in_meshroot() {
     });
     assert!(watched_all, "then watched every request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identities_are_only_minted_for_listed_patterns() {
+    let world = IssuerWorld::start();
+    world.cluster_issuer("open", json!({"signer": {"root": true}}));
+    let key = openssl::key(world.dir.path(), "p256");
+    let istiod = "spiffe://cluster.local/ns/istio-system/sa/istiod";
+    let csr = openssl::csr(world.dir.path(), &key, "/", &[&format!("subjectAltName=URI:{istiod}")], false);
+    world.request("apps", "impersonation", &csr, cluster_ref("open"), json!({}));
+    world.decide("apps", "impersonation", true);
+    let cr = world.wait_ready_reason("apps", "impersonation", "Failed").await;
+    assert_eq!(reason(&cr, "InvalidRequest").as_deref(), Some("PolicyViolation"));
+    assert!(
+        message(&cr).contains(&format!("URI \"{istiod}\" is not allowed by policy.allowedURIs")),
+        "{}",
+        message(&cr)
+    );
+}

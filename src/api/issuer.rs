@@ -40,7 +40,8 @@ pub struct IssuancePolicy {
     #[serde(default, rename = "allowedDNSNames", skip_serializing_if = "Option::is_none")]
     pub allowed_dns_names: Option<Vec<String>>,
     /// URI patterns: `*` matches within one path segment
-    /// (`spiffe://cluster.local/ns/*/sa/*`), `**` matches anything.
+    /// (`spiffe://cluster.local/ns/*/sa/*`), `**` matches anything. When
+    /// absent, any URI except `spiffe://` workload identities.
     #[serde(default, rename = "allowedURIs", skip_serializing_if = "Option::is_none")]
     pub allowed_uris: Option<Vec<String>>,
     /// CIDR ranges, such as `10.0.0.0/8` or `fd00::/8`.

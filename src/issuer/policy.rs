@@ -81,7 +81,12 @@ impl Policy {
         let names = asked.names;
         let dns_ok = |n: &str| patterns_match(&self.dns_names, &n.to_ascii_lowercase(), &['.']);
         check_each(&mut violations, "DNS name", "allowedDNSNames", &names.dns, dns_ok);
-        check_each(&mut violations, "URI", "allowedURIs", &names.uris, |u| patterns_match(&self.uris, u, &['/']));
+        check_each(&mut violations, "URI", "allowedURIs", &names.uris, |u| match &self.uris {
+            Some(patterns) => patterns.iter().any(|p| glob::matches(p, u, &['/'])),
+            // SPIFFE IDs are the meshes' workload identities: an issuer mints
+            // them only when its policy names which ones.
+            None => !is_spiffe(u),
+        });
         check_each(&mut violations, "email", "allowedEmails", &names.emails, |e| {
             patterns_match(&self.emails, &e.to_ascii_lowercase(), &['@'])
         });
@@ -139,6 +144,10 @@ impl Policy {
     }
 }
 
+fn is_spiffe(uri: &str) -> bool {
+    uri.get(..9).is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe://"))
+}
+
 fn patterns_match(patterns: &Option<Vec<String>>, name: &str, separators: &[char]) -> bool {
     patterns.as_ref().is_none_or(|ps| ps.iter().any(|p| glob::matches(p, name, separators)))
 }
@@ -178,7 +187,7 @@ mod tests {
     #[test]
     fn an_empty_policy_allows_everything_but_ca() {
         let p = policy("{}");
-        let n = names(&["a.example.com"], &["spiffe://td/x"], &["10.0.0.1"], &["a@b.c"]);
+        let n = names(&["a.example.com"], &["urn:example:x"], &["10.0.0.1"], &["a@b.c"]);
         assert_eq!(check(&p, &n, &["anything"], false, &["code signing"]), Ok(()));
         let e = check(&p, &n, &[], true, &[]).unwrap_err();
         assert!(e.contains("isCA is not allowed"), "{e}");
@@ -208,6 +217,21 @@ mod tests {
         ] {
             assert!(e.contains(part), "missing {part:?} in {e}");
         }
+    }
+
+    #[test]
+    fn spiffe_ids_need_an_explicit_uri_policy() {
+        let n = names(&[], &["SPIFFE://cluster.local/ns/istio-system/sa/istiod"], &[], &[]);
+        let e = check(&policy("{}"), &n, &[], false, &[]).unwrap_err();
+        assert!(e.contains("is not allowed by policy.allowedURIs"), "{e}");
+        let other = names(&[], &["https://example.com/id"], &[], &[]);
+        assert_eq!(check(&policy("{}"), &other, &[], false, &[]), Ok(()));
+        let allowed = policy("allowedURIs: ['spiffe://cluster.local/ns/istio-system/**']");
+        // Patterns match case-sensitively.
+        let e = check(&allowed, &n, &[], false, &[]).unwrap_err();
+        assert_eq!(e, "URI \"SPIFFE://cluster.local/ns/istio-system/sa/istiod\" is not allowed by policy.allowedURIs");
+        let n = names(&[], &["spiffe://cluster.local/ns/istio-system/sa/istiod"], &[], &[]);
+        assert_eq!(check(&allowed, &n, &[], false, &[]), Ok(()));
     }
 
     #[test]
