@@ -86,7 +86,7 @@ pub fn summary(outcome: &RequestOutcome) -> String {
     format!(
         "SAN:     {}\nexpires: {} (in {})\nchain:   leaf + {} intermediate(s), {} trusted root(s); verified against the root file\nwrote:   {}\n",
         r.uri_san,
-        r.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| r.not_after.to_string()),
+        crate::pki::rfc3339(r.not_after),
         human_duration(left),
         r.intermediates.len(),
         r.bundle.roots().len(),

@@ -189,6 +189,7 @@ enum ReconcileError {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const MAX_TRACKED_ATTEMPTS: usize = 10_000;
 
 async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let key = ObjectRef::from_obj(cr.as_ref());
@@ -227,6 +228,10 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
     match outcome {
         Outcome::Pending(why) => {
             let n = ctx.attempts.lock().map(|mut a| {
+                // Requests deleted while pending leave entries; keep the map bounded.
+                if a.len() >= MAX_TRACKED_ATTEMPTS && !a.contains_key(&key) {
+                    a.clear();
+                }
                 let n = a.entry(key).or_insert(0);
                 *n = n.saturating_add(1);
                 *n
@@ -256,7 +261,11 @@ async fn announce(events: &EventSink, cr: &CertificateRequest, outcome: &Outcome
                     &reference,
                     EventType::Normal,
                     "Issued",
-                    note(format!("Certificate issued: serial {}, valid until {}", signed.serial_hex, signed.not_after)),
+                    note(format!(
+                        "Certificate issued: serial {}, valid until {}",
+                        signed.serial_hex,
+                        crate::pki::rfc3339(signed.not_after)
+                    )),
                 )
                 .await;
             if let Some(why) = &signed.shortened {

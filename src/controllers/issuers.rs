@@ -11,6 +11,7 @@ use crate::k8s::error_summary;
 use crate::k8s::root::RootState;
 use crate::k8s::watch as kwatch;
 use crate::mesh::MeshRegistry;
+use crate::pki::rfc3339;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
@@ -41,7 +42,7 @@ pub fn desired_status(
                 "signs with {} ({}), valid until {}",
                 ready.ca.description(),
                 authority.subject(),
-                authority.not_after()
+                rfc3339(authority.not_after())
             );
             IssuerStatus {
                 conditions: vec![condition("Ready", true, REASON_CHECKED, &message, generation, previous)],
@@ -63,10 +64,6 @@ pub fn desired_status(
             }
         }
     }
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// Which issuer a request names.

@@ -211,7 +211,11 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
         .map_err(|e| ReconcileError::Api(error_summary(&e)))?;
     match outcome {
         Outcome::Issued(signed) => {
-            let text = format!("Certificate issued: serial {}, valid until {}", signed.serial_hex, signed.not_after);
+            let text = format!(
+                "Certificate issued: serial {}, valid until {}",
+                signed.serial_hex,
+                crate::pki::rfc3339(signed.not_after)
+            );
             ctx.events.publish(&reference, EventType::Normal, "Issued", note(text)).await;
             if let Some(why) = signed.shortened {
                 ctx.events.publish(&reference, EventType::Warning, "DurationShortened", note(why)).await;

@@ -74,10 +74,8 @@ pub async fn reconcile(
         }
     };
     let a = ensured.chain.authority();
-    let intermediate = Some(IntermediateStatus {
-        serial: a.serial_hex().to_string(),
-        not_after: a.not_after().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-    });
+    let intermediate =
+        Some(IntermediateStatus { serial: a.serial_hex().to_string(), not_after: crate::pki::rfc3339(a.not_after()) });
     let mut outcome = Outcome { problem: None, intermediate, warning: ensured.warning };
     if spec.mode == MeshMode::External {
         let istiod_api = Api::<Secret>::namespaced(client.clone(), &spec.istiod.namespace);

@@ -6,7 +6,7 @@ use super::policy::{Asked, Policy};
 use super::signer::{CaAllowance, IssuingCa};
 use crate::pki::template::{CertificateTemplate, issue_from_template};
 use crate::pki::usage::Usages;
-use crate::pki::{CertificateSigningRequest, PkiError, pem};
+use crate::pki::{CertificateSigningRequest, PkiError, pem, rfc3339};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
@@ -117,7 +117,7 @@ pub fn sign(
     })?;
     let requested_end = now.replace_nanosecond(0).unwrap_or(now) + effective;
     if issued.not_after < requested_end {
-        shortened = Some(format!("{} expires at {}", ca.description(), issued.not_after));
+        shortened = Some(format!("{} expires at {}", ca.description(), rfc3339(issued.not_after)));
     }
     let mut chain_pem = issued.pem.clone();
     for cert in ca.path() {
@@ -128,8 +128,9 @@ pub fn sign(
         ca_pem: ca.root_pem(),
         not_after: issued.not_after,
         serial_hex: issued.serial_hex,
-        shortened: shortened
-            .map(|why| format!("valid until {} instead of {requested_end} because {why}", issued.not_after)),
+        shortened: shortened.map(|why| {
+            format!("valid until {} instead of {} because {why}", rfc3339(issued.not_after), rfc3339(requested_end))
+        }),
     })
 }
 

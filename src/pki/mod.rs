@@ -24,3 +24,8 @@ pub use spiffe::{SpiffeId, WorkloadIdentity};
 
 #[cfg(test)]
 mod tests;
+
+/// A time as RFC 3339 (`2026-11-22T01:43:52Z`), for statuses and messages.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
