@@ -178,6 +178,42 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     assert_eq!(cm["data"]["root-cert.pem"].as_str().unwrap().as_bytes(), bundle.pem().as_bytes());
     assert!(fake.get("v1", "secrets", "istio-system", "istiod-tls").is_some());
 
+    // The leader is also the cert-manager issuer: a Certificate's request
+    // for a ClusterIssuer is signed under the same root.
+    fake.create(
+        "meshroot.io/v1alpha1",
+        "clusterissuers",
+        "",
+        json!({"metadata": {"name": "mesh-root"}, "spec": {"signer": {"root": true}}}),
+    );
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    fake.create(
+        "cert-manager.io/v1",
+        "certificaterequests",
+        "bookinfo",
+        json!({"metadata": {"name": "shop"}, "spec": {
+            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr_pem),
+            "issuerRef": {"group": "meshroot.io", "kind": "ClusterIssuer", "name": "mesh-root"}}}),
+    );
+    fake.set_status(
+        "cert-manager.io/v1",
+        "certificaterequests",
+        "bookinfo",
+        "shop",
+        json!({"conditions": [
+        {"type": "Approved", "status": "True", "reason": "cert-manager.io", "message": "approved"}]}),
+    );
+    let ca = eventually_async("the CertificateRequest to be issued", async || {
+        let cr = fake.get("cert-manager.io/v1", "certificaterequests", "bookinfo", "shop")?;
+        cr["status"]["ca"].as_str().map(String::from)
+    })
+    .await;
+    let ca = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca).unwrap();
+    assert_eq!(ca, root_pem(&fake), "status.ca is the root");
+
     // The gateway istiod's plug-in CA is under the same root: a gateway leaf
     // it signs verifies against bookinfo's root ConfigMap, and the bookinfo
     // leaf verifies against the root the gateway istiod publishes.
