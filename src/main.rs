@@ -138,6 +138,10 @@ struct ServeArgs {
     /// Sign Kubernetes CertificateSigningRequests for meshroot's signer names.
     #[arg(long, env = "MESHROOT_KUBERNETES_CSR_SIGNER", default_value_t = true, action = clap::ArgAction::Set)]
     kubernetes_csr_signer: bool,
+    /// Check the flags and environment, print the effective settings, and exit
+    /// without contacting the cluster.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Args)]
@@ -261,6 +265,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 serving_names: a.serving_names,
             })
             .await
+        }
+        Command::Serve(a) if a.check_config => {
+            print!("{}", cmd::serve::describe(&a.into_options()?));
+            Ok(())
         }
         Command::Serve(a) => cmd::serve::run(a.into_options()?).await,
         Command::Request(a) => {

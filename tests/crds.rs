@@ -11,19 +11,28 @@ use support::fake_api::FakeApi;
 
 #[test]
 fn crds_directory_matches_the_rust_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    check_generated_crds("crds");
+}
+
+#[test]
+fn the_charts_crds_are_the_same_generated_files() {
+    check_generated_crds("charts/meshroot/crds");
+}
+
+fn check_generated_crds(relative: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let mut expected = Vec::new();
     for (file, crd) in meshroot::api::crds() {
         let want = meshroot::api::crd_yaml(&crd).unwrap();
         let have = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
-        assert!(have == want, "crds/{file} is stale: run `cargo run -- crds --out crds`");
+        assert!(have == want, "{relative}/{file} is stale: run `cargo run -- crds --out {relative}`");
         expected.push(file);
     }
     let mut present: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     present.sort();
     expected.sort();
-    assert_eq!(present, expected, "crds/ holds files no type generates");
+    assert_eq!(present, expected, "{relative}/ holds files no type generates");
 }
 
 #[test]

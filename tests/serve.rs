@@ -250,6 +250,7 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     let r2 = start(&served.kubeconfig, "replica-2").await;
     eventually_async("replica-2 ready", async || ready(r2.ops).await.then_some(())).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut requests = fake.requests();
     fake.clear_requests();
     let resp = request(&fake, r2.grpc, "tok-reviews", reviews, None).await.unwrap();
     verify_response(&resp, &bundle, reviews).unwrap();
@@ -270,4 +271,29 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
         (lease["spec"]["holderIdentity"] == "replica-2").then_some(())
     })
     .await;
+
+    // The chart's RBAC allows every request the replicas made.
+    requests.extend(fake.requests());
+    let docs = support::helm::template(&["-f", support::helm::openshift_values().to_str().unwrap()]).unwrap();
+    let granted = support::rbac::Granted::for_service_account(&docs, "meshroot", "mr-meshroot");
+    let mut denied: Vec<String> = requests
+        .iter()
+        .flat_map(support::rbac::checks)
+        .filter(|a| !granted.allows(a))
+        .map(|a| format!("{a:?}"))
+        .collect();
+    denied.dedup();
+    assert!(denied.is_empty(), "the chart's RBAC would refuse: {denied:#?}");
+    let kinds: std::collections::BTreeSet<String> =
+        requests.iter().flat_map(support::rbac::checks).map(|a| format!("{} {}", a.verb, a.resource)).collect();
+    for must in [
+        "create tokenreviews",
+        "watch pods",
+        "create secrets",
+        "patch configmaps",
+        "patch certificaterequests/status",
+        "update leases",
+    ] {
+        assert!(kinds.contains(must), "the run made no {must:?} request, so the check above proves less: {kinds:?}");
+    }
 }

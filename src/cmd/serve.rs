@@ -16,6 +16,33 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     server.shutdown().await
 }
 
+/// The effective settings, one `name: value` line each, for `--check-config`.
+pub fn describe(opts: &ServeOptions) -> String {
+    let lines = [
+        ("namespace", opts.namespace.clone()),
+        ("pod name", opts.pod_name.clone()),
+        ("listen", opts.listen.to_string()),
+        ("metrics listen", opts.ops_listen.to_string()),
+        ("root secret", opts.root_secret.clone()),
+        ("generate root", opts.generate_root.to_string()),
+        ("cluster id", opts.cluster_id.clone()),
+        ("cluster aliases", opts.cluster_aliases.join(",")),
+        ("token audiences", opts.token.audiences.join(",")),
+        ("service name", opts.service_name.clone()),
+        ("serving names", opts.serving_names.join(",")),
+        ("lease name", opts.lease_name.clone()),
+        ("resync", humantime::format_duration(opts.resync).to_string()),
+        ("drain delay", humantime::format_duration(opts.drain_delay).to_string()),
+        ("cert-manager issuer", opts.cert_manager_issuer.to_string()),
+        ("kubernetes csr signer", opts.kubernetes_csr_signer.to_string()),
+    ];
+    let mut out = String::from("meshroot serve: configuration is valid\n");
+    for (name, value) in lines {
+        out.push_str(&format!("{name}: {value}\n"));
+    }
+    out
+}
+
 /// The host name, as a replica identity outside a pod.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

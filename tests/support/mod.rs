@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod helm;
 pub mod issuers;
 pub mod openssl;
+pub mod rbac;
 
 use meshroot::dev::{DevOptions, DevServer};
 use meshroot::pb::istio_certificate_service_client::IstioCertificateServiceClient;

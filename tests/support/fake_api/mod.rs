@@ -39,6 +39,7 @@ pub struct Recorded {
     pub method: String,
     pub path: String,
     pub query: String,
+    pub content_type: String,
 }
 
 struct Inner {
@@ -282,11 +283,12 @@ impl FakeApi {
         self.inner.store.lock().unwrap().list(&ResourceKey { group, plural: plural.into() }, &opts)
     }
 
-    fn record(&self, method: &Method, uri: &Uri) {
+    fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap) {
         self.inner.requests.lock().unwrap().push(Recorded {
             method: method.to_string(),
             path: uri.path().to_string(),
             query: uri.query().unwrap_or_default().to_string(),
+            content_type: headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
         });
     }
 
@@ -398,7 +400,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    api.record(&method, &uri);
+    api.record(&method, &uri, &headers);
     if api.inner.outage.load(Ordering::SeqCst) {
         return status_response(&ApiError::new(
             503,
