@@ -49,6 +49,8 @@ fn the_deployment_runs_hardened_with_arguments_the_binary_accepts() {
         let pod = &deploy["spec"]["template"]["spec"];
         assert_eq!(pod["serviceAccountName"], "mr-meshroot");
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        // A fixed UID by default; none on OpenShift, where the SCC assigns it.
+        assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), if values.is_empty() { Some(65532) } else { None });
         assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
         let anti = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
         assert_eq!(anti["podAffinityTerm"]["topologyKey"], "kubernetes.io/hostname");
@@ -330,6 +332,8 @@ fn invalid_values_are_refused_at_install_time_with_the_field_named() {
         (&["--set", "service.metricsPort=15012"], "/service/metricsPort"),
         (&["--set", "extraArgs[0]=serve"], "/extraArgs/0"),
         (&["--set", "unknownSetting=1"], "unknownSetting"),
+        (&["--set", "podSecurityContext.runAsNonRoot=false"], "/podSecurityContext/runAsNonRoot"),
+        (&["--set", "podSecurityContext.runAsUser=0"], "/podSecurityContext/runAsUser"),
     ];
     for (args, field) in cases {
         let err = template(args).expect_err(&format!("{args:?} was accepted"));
