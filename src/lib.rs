@@ -2,6 +2,7 @@
 //! for cert-manager, so that all workloads chain to one root.
 
 pub mod api;
+pub mod bench;
 pub mod ca;
 pub mod client;
 pub mod cmd;

@@ -42,6 +42,38 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// Measure CreateCertificate under load against the crypto ceiling (use a release build).
+    Bench(BenchArgs),
+    /// The benchmark's server process (started by `bench`).
+    #[command(hide = true)]
+    BenchServer {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Pin the process to this core.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Length of each measured phase.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: time::Duration,
+    /// Concurrent connections, one request in flight on each.
+    #[arg(long, default_value = "64")]
+    connections: usize,
+    /// Distinct identities requesting at once in the burst (0: no burst).
+    #[arg(long, default_value = "10000")]
+    burst: usize,
+    #[arg(long, default_value = "100")]
+    burst_connections: usize,
+    /// Intermediate key types to measure. Repeatable.
+    #[arg(long = "signer", default_values = ["ecdsa-p256", "rsa-4096"])]
+    signers: Vec<KeyAlgorithm>,
+    /// Do not pin the server to core 0 and the load to core 1.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 #[derive(Args)]
@@ -232,7 +264,19 @@ impl ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, &cli.log_level);
+    // Threads inherit the CPU set, so pin before the runtime starts any.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    match &cli.command {
+        Command::BenchServer { cpu: Some(id), .. } => pin(*id),
+        Command::Bench(a) if !a.no_pin && cores >= 2 => pin(1),
+        _ => {}
+    }
+    if matches!(cli.command, Command::Bench(_)) {
+        // Only the server process's audit lines matter; keep the report clean.
+        logging::init(cli.log_format, "warn");
+    } else {
+        logging::init(cli.log_format, &cli.log_level);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -240,7 +284,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cores)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -249,8 +293,31 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+fn pin(id: usize) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+        eprintln!("warning: could not pin to core {id}; figures may be noisier");
+    }
+}
+
+async fn run(command: Command, cores: usize) -> anyhow::Result<()> {
     match command {
+        Command::Bench(a) => {
+            if cfg!(debug_assertions) {
+                eprintln!("warning: this is a debug build; run `cargo run --release -- bench` for real figures");
+            }
+            let opts = meshroot::bench::BenchOptions {
+                duration: std::time::Duration::try_from(a.duration)?,
+                connections: a.connections.max(1),
+                burst: a.burst,
+                burst_connections: a.burst_connections.max(1),
+                signers: a.signers,
+                server_core: (!a.no_pin).then_some(0),
+                cores,
+            };
+            print!("{}", meshroot::bench::run(&opts).await?);
+            Ok(())
+        }
+        Command::BenchServer { dir, .. } => meshroot::bench::server::run(dir).await,
         Command::Dev(a) => {
             cmd::dev::run(DevOptions {
                 listen: a.listen,

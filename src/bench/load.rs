@@ -1,0 +1,151 @@
+//! The load generator: gRPC clients over TLS, as pilot-agent and ztunnel
+//! connect, sending CreateCertificate with bearer tokens.
+
+use super::fixture::token;
+use crate::client::{connect, request, verify_response};
+use crate::pb::IstioCertificateRequest;
+use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
+use crate::pki::TrustBundle;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub type Client = IstioCertificateServiceClient<Channel>;
+
+/// What one phase measured on the client side.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub latencies: Vec<Duration>,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn completed(&self) -> u64 {
+        self.latencies.len() as u64
+    }
+
+    pub fn throughput(&self) -> f64 {
+        self.completed() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Opens `n` connections (each its own TLS session and HTTP/2 connection).
+pub async fn connect_all(addr: &str, root_pem: &[u8], n: usize) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(connect(addr, root_pem).await?);
+    }
+    Ok(clients)
+}
+
+async fn call(client: &mut Client, csrs: &[String], i: usize) -> Result<(), tonic::Status> {
+    let body = IstioCertificateRequest { csr: csrs[i].clone(), validity_duration: 3600, metadata: None };
+    let req = request(body, Some(&token(i)), "Kubernetes").map_err(|e| tonic::Status::internal(e.to_string()))?;
+    client.create_certificate(req).await.map(|_| ())
+}
+
+/// Checks one full response against the root, as pilot-agent would, so a
+/// benchmark can never measure a server that answers wrongly.
+pub async fn check_one(client: &mut Client, csrs: &[String], root: &TrustBundle) -> anyhow::Result<()> {
+    let body = IstioCertificateRequest { csr: csrs[0].clone(), validity_duration: 3600, metadata: None };
+    let resp = client.create_certificate(request(body, Some(&token(0)), "Kubernetes")?).await?.into_inner();
+    verify_response(&resp, root, &super::fixture::identity(0))?;
+    Ok(())
+}
+
+/// Every connection sends back to back, one request in flight each, for
+/// `duration`.
+pub async fn closed_loop(clients: &[Client], csrs: Arc<Vec<String>>, duration: Duration) -> Outcome {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let n = clients.len();
+    let mut tasks = Vec::with_capacity(n);
+    for (c, client) in clients.iter().cloned().enumerate() {
+        let csrs = csrs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut out = Outcome::default();
+            let mut k = 0usize;
+            while Instant::now() < deadline {
+                let i = (c + k * n) % csrs.len();
+                k += 1;
+                let sent = Instant::now();
+                match call(&mut client, &csrs, i).await {
+                    Ok(()) => out.latencies.push(sent.elapsed()),
+                    Err(_) => out.errors += 1,
+                }
+            }
+            out
+        }));
+    }
+    gather(tasks, start).await
+}
+
+/// Paced load: `rate` requests per second in all, spread evenly over the
+/// connections. Latency counts from when a request was due, so a server
+/// that falls behind cannot hide it (no coordinated omission).
+pub async fn open_loop(clients: &[Client], csrs: Arc<Vec<String>>, rate: f64, duration: Duration) -> Outcome {
+    let start = Instant::now();
+    let n = clients.len();
+    let interval = Duration::from_secs_f64(n as f64 / rate.max(1.0));
+    let per_connection = (duration.as_secs_f64() / interval.as_secs_f64()) as usize;
+    let mut tasks = Vec::with_capacity(n);
+    for (c, client) in clients.iter().cloned().enumerate() {
+        let csrs = csrs.clone();
+        // Stagger the connections across one interval.
+        let offset = interval.mul_f64(c as f64 / n as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut out = Outcome::default();
+            for k in 0..per_connection {
+                let due = start + offset + interval * k as u32;
+                tokio::time::sleep_until(due.into()).await;
+                let i = (c + k * n) % csrs.len();
+                match call(&mut client, &csrs, i).await {
+                    Ok(()) => out.latencies.push(due.elapsed()),
+                    Err(_) => out.errors += 1,
+                }
+            }
+            out
+        }));
+    }
+    gather(tasks, start).await
+}
+
+/// Every identity at once: each connection sends its share of `csrs`
+/// concurrently (HTTP/2 streams), as the proxies of a restarted node do.
+pub async fn burst(clients: &[Client], csrs: Arc<Vec<String>>) -> Outcome {
+    let start = Instant::now();
+    let n = clients.len();
+    let mut tasks = Vec::with_capacity(csrs.len());
+    for i in 0..csrs.len() {
+        let mut client = clients[i % n].clone();
+        let csrs = csrs.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let mut out = Outcome::default();
+            match call(&mut client, &csrs, i).await {
+                Ok(()) => out.latencies.push(sent.elapsed()),
+                Err(_) => out.errors += 1,
+            }
+            out
+        }));
+    }
+    gather(tasks, start).await
+}
+
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Outcome>>, start: Instant) -> Outcome {
+    let mut all = Outcome::default();
+    for t in tasks {
+        match t.await {
+            Ok(o) => {
+                all.latencies.extend(o.latencies);
+                all.errors += o.errors;
+            }
+            Err(_) => all.errors += 1,
+        }
+    }
+    all.elapsed = start.elapsed();
+    all
+}

@@ -1,0 +1,218 @@
+//! `meshroot bench`: CreateCertificate under load, over TLS, against the
+//! production server stack in its own process (pinned to one core), with
+//! the crypto ceiling measured in the same run.
+
+pub mod ceiling;
+pub mod fixture;
+pub mod load;
+pub mod server;
+pub mod stats;
+
+use crate::pki::{KeyAlgorithm, TrustBundle};
+use anyhow::{Context, bail};
+use stats::{Percentiles, ProcessUsage, human, process_usage};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Length of each measured phase.
+    pub duration: Duration,
+    /// Concurrent connections, one request in flight each.
+    pub connections: usize,
+    /// Distinct identities in the burst.
+    pub burst: usize,
+    pub burst_connections: usize,
+    pub signers: Vec<KeyAlgorithm>,
+    /// Core for the server process and the ceiling; the load runs on the others.
+    pub server_core: Option<usize>,
+    /// The machine's cores (counted before anything was pinned).
+    pub cores: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(10),
+            connections: 64,
+            burst: 10_000,
+            burst_connections: 100,
+            signers: vec![KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa4096],
+            server_core: Some(0),
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        }
+    }
+}
+
+/// Distinct identities in the steady phases (each has its own CSR).
+const POOL: usize = 256;
+
+/// The server process; it exits when its stdin closes.
+struct ServerProcess {
+    child: Child,
+    addr: String,
+}
+
+impl ServerProcess {
+    fn start(dir: &Path, core: Option<usize>) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the meshroot binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["--log-level", "info", "bench-server", "--dir"]).arg(dir);
+        if let Some(core) = core {
+            cmd.args(["--cpu", &core.to_string()]);
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let ready = dir.join("ready");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(port) = std::fs::read_to_string(&ready)
+                && !port.is_empty()
+            {
+                return Ok(Self { child, addr: format!("localhost:{}", port.trim()) });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("the bench server exited: {status}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("the bench server did not start within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn usage(&self) -> ProcessUsage {
+        process_usage(self.child.id()).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the bench server exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One phase's figures, as printed.
+struct Phase {
+    outcome: load::Outcome,
+    percentiles: Percentiles,
+    server_cpu: Duration,
+}
+
+impl Phase {
+    fn line(&self, label: &str) -> String {
+        let p = &self.percentiles;
+        let per_cert = self.server_cpu.as_secs_f64() * 1e6 / (self.outcome.completed().max(1) as f64);
+        format!(
+            "  {label}: {:.0} certs/s, {} errors; latency p50 {} p90 {} p99 {} p99.9 {}; server CPU {per_cert:.0} µs/cert",
+            self.outcome.throughput(),
+            self.outcome.errors,
+            human(p.p50),
+            human(p.p90),
+            human(p.p99),
+            human(p.p999)
+        )
+    }
+}
+
+async fn measured(server: &ServerProcess, run: impl Future<Output = load::Outcome>) -> Phase {
+    let before = server.usage();
+    let mut outcome = run.await;
+    let after = server.usage();
+    let percentiles = Percentiles::of(&mut outcome.latencies);
+    Phase { outcome, percentiles, server_cpu: after.cpu.saturating_sub(before.cpu) }
+}
+
+/// Runs every scenario and returns the report.
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
+    let cores = opts.cores;
+    let server_core = opts.server_core.filter(|_| cores >= 2);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "meshroot bench: {cores} cores; server {}; {} connections; {} s phases",
+        match server_core {
+            Some(c) => format!("pinned to core {c}, load generator on the others"),
+            None => "unpinned (fewer than 2 cores)".to_string(),
+        },
+        opts.connections,
+        opts.duration.as_secs_f64()
+    );
+    let identities: Arc<Vec<String>> = Arc::new((0..opts.burst.max(POOL)).map(fixture::identity).collect());
+    let rsa_csrs = Arc::new(fixture::csrs(KeyAlgorithm::Rsa2048, POOL)?);
+    let p256_csrs = Arc::new(fixture::csrs(KeyAlgorithm::EcdsaP256, POOL)?);
+    for (n, signer) in opts.signers.iter().enumerate() {
+        let dir = tempfile::Builder::new().prefix("meshroot-bench-").tempdir()?;
+        let (files, chain, root_pem) = fixture::create(dir.path(), *signer, opts.burst.max(POOL))?;
+        let _ = writeln!(out, "\nsigner: {signer} intermediate");
+        let ceiling = ceiling::measure_on(
+            server_core,
+            chain.clone(),
+            rsa_csrs.clone(),
+            identities.clone(),
+            Duration::from_secs(3).min(opts.duration),
+        )?;
+        let _ = writeln!(
+            out,
+            "  crypto ceiling, 1 core (parse + verify an RSA-2048 CSR, sign and encode the leaf): {ceiling:.0} certs/s ({} each)",
+            human(Duration::from_secs_f64(1.0 / ceiling.max(1e-9)))
+        );
+
+        let server = ServerProcess::start(&files.dir, server_core)?;
+        let mut clients = load::connect_all(&server.addr, root_pem.as_bytes(), opts.connections).await?;
+        load::check_one(&mut clients[0], &rsa_csrs, &TrustBundle::from_pem(root_pem.as_bytes())?).await?;
+        load::closed_loop(&clients, rsa_csrs.clone(), Duration::from_secs(1).min(opts.duration)).await;
+
+        let peak = measured(&server, load::closed_loop(&clients, rsa_csrs.clone(), opts.duration)).await;
+        let _ = writeln!(out, "{}", peak.line("steady, RSA-2048 CSRs (pilot-agent)"));
+        let served = peak.outcome.throughput();
+        let _ = writeln!(
+            out,
+            "  ratio: served {served:.0} certs/s on 1 server core = {:.0}% of the 1-core crypto ceiling ({ceiling:.0} certs/s)",
+            100.0 * served / ceiling.max(1e-9)
+        );
+        let half_rate = served / 2.0;
+        let half = measured(&server, load::open_loop(&clients, rsa_csrs.clone(), half_rate, opts.duration)).await;
+        let _ = writeln!(out, "{}", half.line(&format!("half of peak, paced at {half_rate:.0}/s")));
+        let p256 = measured(&server, load::closed_loop(&clients, p256_csrs.clone(), opts.duration / 2)).await;
+        let _ = writeln!(out, "{}", p256.line("steady, P-256 CSRs (ztunnel)"));
+
+        // The burst runs once, with the default signer.
+        if n == 0 && opts.burst > 0 {
+            let burst_csrs = Arc::new(fixture::csrs(KeyAlgorithm::EcdsaP256, opts.burst)?);
+            let burst_clients = load::connect_all(&server.addr, root_pem.as_bytes(), opts.burst_connections).await?;
+            let b = measured(&server, load::burst(&burst_clients, burst_csrs)).await;
+            let _ = writeln!(
+                out,
+                "  burst: {} identities at once over {} connections: drained in {}, {} errors; latency p50 {} p99 {} max {}",
+                opts.burst,
+                opts.burst_connections,
+                human(b.outcome.elapsed),
+                b.outcome.errors,
+                human(b.percentiles.p50),
+                human(b.percentiles.p99),
+                human(b.percentiles.max)
+            );
+        }
+        let usage = server.usage();
+        let _ = writeln!(out, "  server peak RSS: {:.1} MiB", usage.peak_rss_kib as f64 / 1024.0);
+        drop(clients);
+        server.stop()?;
+    }
+    Ok(out)
+}

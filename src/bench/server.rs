@@ -1,0 +1,58 @@
+//! The server side of `meshroot bench`: the production service, TLS and
+//! gRPC stack over the benchmark's PKI, in its own process so its CPU time
+//! and memory can be read from /proc. It exits when its stdin closes.
+
+use super::fixture::{self, Files, TRUST_DOMAIN};
+use crate::ca::auth::AuthenticatorChain;
+use crate::ca::client_cert::ClientCertificateAuthenticator;
+use crate::ca::node::TrustedAccountOnly;
+use crate::ca::server::{self, ServerOptions};
+use crate::ca::service::{CertificateService, ServiceConfig};
+use crate::ca::static_tokens::StaticTokenAuthenticator;
+use crate::ca::tls::{ServerTls, ServingCertificate};
+use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use crate::telemetry::Metrics;
+use anyhow::Context;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
+    let files = Files { dir };
+    let chain = Arc::new(fixture::load_signer(&files)?);
+    let tokens_text = std::fs::read_to_string(files.tokens()).context("reading the token file")?;
+    let tokens = StaticTokenAuthenticator::parse(&tokens_text)?;
+    let mesh = Mesh {
+        name: "bench".into(),
+        trust_domain: TRUST_DOMAIN.into(),
+        scope: NamespaceScope::All,
+        signer: Ok(chain.clone()),
+        default_ttl: time::Duration::hours(24),
+        max_ttl: time::Duration::days(1),
+        trusted_node_accounts: Default::default(),
+        node_authorizer: Arc::new(TrustedAccountOnly),
+    };
+    let service = CertificateService::new(
+        ServiceConfig { cluster_id: "Kubernetes".into(), cluster_aliases: Vec::new() },
+        AuthenticatorChain::new(vec![Arc::new(ClientCertificateAuthenticator), Arc::new(tokens)]),
+        Arc::new(MeshRegistry::new(vec![Arc::new(mesh)])),
+        Metrics::new(),
+    );
+    let (serving_chain, serving_key) = fixture::load_serving(&files)?;
+    let tls = ServerTls::new(ServingCertificate::new(serving_chain, &serving_key)?, Some(chain.bundle()))?;
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let port = listener.local_addr()?.port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::serve(listener, tls, service, ServerOptions::default(), async move {
+        let _ = stop_rx.await;
+    }));
+    std::fs::write(files.ready(), port.to_string()).context("writing the ready file")?;
+    // The parent keeps our stdin open for as long as it wants us.
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while stdin.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    let _ = stop_tx.send(());
+    serving.await.context("server task")?.context("server")?;
+    Ok(())
+}

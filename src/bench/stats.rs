@@ -1,0 +1,86 @@
+//! Latency percentiles and what /proc says about a process.
+
+use std::time::Duration;
+
+/// Latency percentiles of one phase.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Percentiles {
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub p999: Duration,
+    pub max: Duration,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles; empty input gives zeros.
+    pub fn of(samples: &mut [Duration]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[rank - 1]
+        };
+        Self { p50: at(0.50), p90: at(0.90), p99: at(0.99), p999: at(0.999), max: samples[samples.len() - 1] }
+    }
+}
+
+/// CPU time and peak memory of a process, from /proc.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessUsage {
+    pub cpu: Duration,
+    pub peak_rss_kib: u64,
+}
+
+/// USER_HZ: the unit of /proc's CPU times, 100 on every Linux ABI.
+const TICKS_PER_SECOND: u64 = 100;
+
+pub fn process_usage(pid: u32) -> std::io::Result<ProcessUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let cpu_ticks = ticks(11) + ticks(12);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(ProcessUsage { cpu: Duration::from_millis(cpu_ticks * 1000 / TICKS_PER_SECOND), peak_rss_kib })
+}
+
+/// Durations in the unit that reads best: µs below 10 ms, else ms.
+pub fn human(d: Duration) -> String {
+    let us = d.as_micros();
+    if us < 10_000 { format!("{us} µs") } else { format!("{:.1} ms", d.as_secs_f64() * 1000.0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut samples: Vec<Duration> = (1..=1000).map(Duration::from_micros).collect();
+        samples.reverse();
+        let p = Percentiles::of(&mut samples);
+        assert_eq!(p.p50, Duration::from_micros(500));
+        assert_eq!(p.p90, Duration::from_micros(900));
+        assert_eq!(p.p99, Duration::from_micros(990));
+        assert_eq!(p.p999, Duration::from_micros(999));
+        assert_eq!(p.max, Duration::from_micros(1000));
+        assert_eq!(Percentiles::of(&mut []).p99, Duration::ZERO);
+    }
+
+    #[test]
+    fn this_process_has_usage() {
+        let u = process_usage(std::process::id()).unwrap();
+        assert!(u.peak_rss_kib > 0);
+    }
+}
