@@ -270,3 +270,28 @@ fn pki_init_imports_an_openssl_rsa4096_root_in_either_encoding() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
 }
+
+/// The benchmark runs end to end (a debug build gives no meaningful
+/// figures; this only proves it works and reports what it should).
+#[test]
+fn bench_runs_every_scenario_and_prints_the_ratio() {
+    let out = Command::new(BIN)
+        .args(["bench", "--duration", "1s", "--connections", "2", "--burst", "40", "--burst-connections", "2"])
+        .args(["--signer", "ecdsa-p256"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        "crypto ceiling, 1 core",
+        "steady, RSA-2048 CSRs (pilot-agent):",
+        "ratio: served",
+        "half of peak, paced at",
+        "steady, P-256 CSRs (ztunnel):",
+        "burst: 40 identities at once over 2 connections",
+        "server peak RSS:",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(text.matches(", 0 errors").count(), 4, "every phase without errors:\n{text}");
+}

@@ -1,7 +1,8 @@
 //! Bounded PEM decoding and LF-only encoding, on top of the `pem` crate.
 
 use super::error::{PkiError, Result};
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use zeroize::Zeroizing;
 
 pub const CERTIFICATE: &str = "CERTIFICATE";
@@ -35,6 +36,19 @@ pub fn decode_all(input: &[u8], limit: usize) -> Result<Vec<PemBlock>> {
 
 /// Decodes exactly one PEM block with the given label.
 pub fn decode_one(input: &[u8], label: &'static str, limit: usize) -> Result<Zeroizing<Vec<u8>>> {
+    if input.len() > limit {
+        return Err(PkiError::TooLarge { size: input.len(), limit });
+    }
+    // CSRs are decoded on every request: a single CSR block takes
+    // rustls-pki-types' decoder, several times faster than the general
+    // path below, which gives the precise errors for everything else.
+    if label == CERTIFICATE_REQUEST
+        && count(input, b"-----BEGIN ") == 1
+        && let Ok(der) = <CertificateSigningRequestDer<'static> as PemObject>::from_pem_slice(input)
+        && !der.as_ref().is_empty()
+    {
+        return Ok(Zeroizing::new(der.as_ref().to_vec()));
+    }
     let mut blocks = decode_all(input, limit)?;
     if blocks.len() != 1 {
         return Err(PkiError::PemCount(blocks.len()));
@@ -44,6 +58,10 @@ pub fn decode_one(input: &[u8], label: &'static str, limit: usize) -> Result<Zer
         return Err(PkiError::PemLabel { expected: label, found: block.label });
     }
     Ok(block.der)
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 /// Decodes one or more certificates; any other block is an error.
@@ -102,6 +120,24 @@ mod tests {
         assert!(matches!(decode_one(two.as_bytes(), CERTIFICATE_REQUEST, 1000), Err(PkiError::PemCount(2))));
         let mixed = format!("{}{}", encode(CERTIFICATE, &[1]), encode("PRIVATE KEY", &[2]));
         assert!(decode_certificates(mixed.as_bytes(), 1000).is_err());
+    }
+
+    #[test]
+    fn the_csr_fast_path_agrees_with_the_general_path() {
+        let one = encode(CERTIFICATE_REQUEST, &[7; 300]);
+        assert_eq!(*decode_one(one.as_bytes(), CERTIFICATE_REQUEST, 10_000).unwrap(), vec![7; 300]);
+        let crlf = one.replace('\n', "\r\n");
+        assert_eq!(*decode_one(crlf.as_bytes(), CERTIFICATE_REQUEST, 10_000).unwrap(), vec![7; 300]);
+        // Whatever the fast path does not take falls back to the precise errors.
+        let two = format!("{one}{one}");
+        assert!(matches!(decode_one(two.as_bytes(), CERTIFICATE_REQUEST, 10_000), Err(PkiError::PemCount(2))));
+        let key = encode("PRIVATE KEY", &[1; 10]);
+        assert!(matches!(decode_one(key.as_bytes(), CERTIFICATE_REQUEST, 10_000), Err(PkiError::PemLabel { .. })));
+        let bad = "-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n";
+        assert!(decode_one(bad.as_bytes(), CERTIFICATE_REQUEST, 10_000).is_err());
+        let empty = "-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----\n";
+        assert!(decode_one(empty.as_bytes(), CERTIFICATE_REQUEST, 10_000).is_err());
+        assert!(matches!(decode_one(one.as_bytes(), CERTIFICATE_REQUEST, 100), Err(PkiError::TooLarge { .. })));
     }
 
     #[test]
