@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::fake_api::FakeApi;
 
-const NAMESPACES: usize = 10_000;
+fn namespaces() -> usize {
+    std::env::var("MESHROOT_BENCH_NAMESPACES").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000)
+}
 
 fn configmap_writes(fake: &FakeApi) -> usize {
     fake.writes().iter().filter(|w| w.path.contains("/configmaps")).count()
@@ -25,7 +27,7 @@ fn configmap_writes(fake: &FakeApi) -> usize {
 
 async fn root_distribution() {
     let fake = FakeApi::new();
-    for i in 0..NAMESPACES {
+    for i in 0..namespaces() {
         fake.namespace(&format!("ns-{i}"), json!({}));
     }
     fake.namespace("istio-system", json!({}));
@@ -41,7 +43,7 @@ async fn root_distribution() {
     let resync = Duration::from_millis(500);
     let start = Instant::now();
     let task = root_configmaps::spawn(fake.client(), bundle_rx, resync, Coverage::default());
-    let expected = NAMESPACES + 1;
+    let expected = namespaces() + 1;
     loop {
         let have = fake.list("v1", "configmaps").len();
         if have >= expected {

@@ -128,3 +128,34 @@ async fn a_new_bundle_reaches_every_namespace_and_stale_istiod_configmaps_are_ta
     let taken = w.fake.get("v1", "configmaps", "legacy", CM).unwrap();
     assert_eq!(taken["metadata"]["labels"]["app.kubernetes.io/managed-by"], "meshroot");
 }
+
+/// After thousands of writes the watch lags behind them; the controller must
+/// read its own writes before deciding again, not redo them from a stale cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_rollout_is_written_once_and_resyncs_write_nothing() {
+    let fake = FakeApi::new();
+    const N: usize = 1500;
+    for i in 0..N {
+        fake.namespace(&format!("ns-{i}"), json!({}));
+    }
+    fake.namespace("istio-system", json!({}));
+    fake.create(
+        "meshroot.io/v1alpha1",
+        "meshes",
+        "",
+        json!({"metadata": {"name": "all"}, "spec": {"trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"}}}),
+    );
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(bundle()));
+    let resync = Duration::from_millis(300);
+    let _task = root_configmaps::spawn(fake.client(), rx, resync, Coverage::default());
+    for _ in 0..600 {
+        if fake.list("v1", "configmaps").len() > N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.list("v1", "configmaps").len(), N + 1);
+    tokio::time::sleep(resync * 5).await;
+    let writes = fake.writes().iter().filter(|w| w.path.contains("/configmaps")).count();
+    assert_eq!(writes, N + 1, "each ConfigMap written once, and re-syncs write nothing");
+}

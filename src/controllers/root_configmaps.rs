@@ -105,10 +105,19 @@ pub fn plan(want: &BTreeSet<(String, String)>, observed: &[Arc<ConfigMap>], bund
     actions
 }
 
+/// What a batch of writes left behind: each applied ConfigMap's
+/// resourceVersion (so the caller can wait for its cache to see them), and
+/// the failures.
+#[derive(Debug, Default)]
+pub struct Executed {
+    pub applied: Vec<((String, String), String)>,
+    pub failures: Vec<String>,
+}
+
 /// Performs the actions. Applies are server-side applies that also take
 /// over a ConfigMap of the same name that istiod left behind.
-pub async fn execute(client: &kube::Client, actions: &[Action], bundle: &TrustBundle) -> Result<(), String> {
-    let mut failures = Vec::new();
+pub async fn execute(client: &kube::Client, actions: &[Action], bundle: &TrustBundle) -> Executed {
+    let mut done = Executed::default();
     for action in actions {
         let result = match action {
             Action::Apply { namespace, name } => {
@@ -118,7 +127,11 @@ pub async fn execute(client: &kube::Client, actions: &[Action], bundle: &TrustBu
                     "metadata": {"name": name, "labels": {ISTIO_CONFIG_LABEL: "true", MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
                     "data": {ROOT_CERT_KEY: bundle.pem()},
                 });
-                api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await.map(|_| ())
+                api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await.map(|cm| {
+                    if let Some(rv) = cm.metadata.resource_version {
+                        done.applied.push(((namespace.clone(), name.clone()), rv));
+                    }
+                })
             }
             Action::Delete { namespace, name } => {
                 let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
@@ -129,10 +142,29 @@ pub async fn execute(client: &kube::Client, actions: &[Action], bundle: &TrustBu
             }
         };
         if let Err(e) = result {
-            failures.push(format!("{action:?}: {}", error_summary(&e)));
+            done.failures.push(format!("{action:?}: {}", error_summary(&e)));
         }
     }
-    if failures.is_empty() { Ok(()) } else { Err(failures.join("; ")) }
+    done
+}
+
+/// How long the cache may take to show meshroot's own writes before the
+/// next decision is made anyway.
+const CACHE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the cache shows every applied ConfigMap at (at least) the
+/// version the write returned, so the next plan does not redo writes from
+/// a stale view (after thousands of writes the watch lags behind them).
+fn caught_up(store: &kube::runtime::reflector::Store<ConfigMap>, applied: &[((String, String), String)]) -> bool {
+    use kube::runtime::reflector::ObjectRef;
+    applied.iter().all(|((namespace, name), rv)| {
+        store.get(&ObjectRef::new(name).within(namespace)).is_some_and(|cm| {
+            // resourceVersions are opaque, but the fake's and etcd's grow;
+            // equality is the common case, a larger number a later change.
+            let seen = cm.metadata.resource_version.as_deref().unwrap_or_default();
+            seen == rv || seen.parse::<u64>().ok().zip(rv.parse::<u64>().ok()).is_some_and(|(s, w)| s > w)
+        })
+    })
 }
 
 /// How many namespaces each mesh covers, for the Mesh status.
@@ -185,15 +217,22 @@ pub fn spawn(
                 continue;
             }
             tracing::info!(writes = actions.len(), "converging root ConfigMaps");
-            match execute(&client, &actions, &current).await {
-                Ok(()) => backoff = std::time::Duration::from_millis(500),
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "root ConfigMap writes failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-                    // Make the next loop retry even if nothing else changes.
-                    ticker.reset_immediately();
+            let done = execute(&client, &actions, &current).await;
+            // Read our own writes before deciding again.
+            let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
+            while !caught_up(&configmaps, &done.applied) && tokio::time::Instant::now() < deadline {
+                if let Ok(None) = tokio::time::timeout_at(deadline, changes.next()).await {
+                    return;
                 }
+            }
+            if done.failures.is_empty() {
+                backoff = std::time::Duration::from_millis(500);
+            } else {
+                tracing::warn!(error = %done.failures.join("; "), retry_in = ?backoff, "root ConfigMap writes failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                // Make the next loop retry even if nothing else changes.
+                ticker.reset_immediately();
             }
         }
     })
