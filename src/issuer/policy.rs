@@ -35,6 +35,14 @@ pub struct Asked<'a> {
 impl Policy {
     pub fn from_spec(spec: &IssuancePolicy) -> Result<Self, String> {
         let max_duration = spec.max_duration.as_deref().map(|d| parse_duration("policy.maxDuration", d)).transpose()?;
+        if let Some(max) = max_duration
+            && max < super::sign::MIN_DURATION
+        {
+            return Err(format!(
+                "policy.maxDuration {:?} is shorter than the shortest certificate meshroot issues (10m)",
+                spec.max_duration.as_deref().unwrap_or_default()
+            ));
+        }
         let ip_ranges = spec
             .allowed_ip_ranges
             .as_ref()
@@ -268,6 +276,7 @@ mod tests {
             ("allowedUsages: ['fly']", "allowedUsages"),
             ("maxDuration: 'soon'", "maxDuration"),
             ("maxDuration: '0s'", "maxDuration"),
+            ("maxDuration: '5m'", "maxDuration"),
         ] {
             let e = Policy::from_spec(&serde_saphyr::from_str(yaml).unwrap()).unwrap_err();
             assert!(e.contains(field), "{yaml}: {e}");
