@@ -12,7 +12,6 @@ use meshroot::ca::auth::{Authenticator, BearerToken, Credentials};
 use meshroot::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
 use meshroot::controllers::root_configmaps::{self, Coverage};
 use meshroot::pki::{Authority, CaSpec, TrustBundle};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::fake_api::FakeApi;
@@ -27,16 +26,7 @@ fn configmap_writes(fake: &FakeApi) -> usize {
 
 async fn root_distribution() {
     let fake = FakeApi::new();
-    for i in 0..namespaces() {
-        fake.namespace(&format!("ns-{i}"), json!({}));
-    }
-    fake.namespace("istio-system", json!({}));
-    fake.create(
-        "meshroot.io/v1alpha1",
-        "meshes",
-        "",
-        json!({"metadata": {"name": "default"}, "spec": {"trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"}}}),
-    );
+    fake.namespaces_with_one_mesh(namespaces());
     let root = Authority::new_root(&CaSpec::root(time::Duration::days(365)), time::OffsetDateTime::now_utc()).unwrap();
     let bundle = Arc::new(TrustBundle::new(vec![root.certificate().clone()]).unwrap());
     let (_bundle_tx, bundle_rx) = tokio::sync::watch::channel(bundle);

@@ -135,16 +135,7 @@ async fn a_new_bundle_reaches_every_namespace_and_stale_istiod_configmaps_are_ta
 async fn a_large_rollout_is_written_once_and_resyncs_write_nothing() {
     let fake = FakeApi::new();
     const N: usize = 1500;
-    for i in 0..N {
-        fake.namespace(&format!("ns-{i}"), json!({}));
-    }
-    fake.namespace("istio-system", json!({}));
-    fake.create(
-        "meshroot.io/v1alpha1",
-        "meshes",
-        "",
-        json!({"metadata": {"name": "all"}, "spec": {"trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"}}}),
-    );
+    fake.namespaces_with_one_mesh(N);
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(bundle()));
     let resync = Duration::from_millis(300);
     let _task = root_configmaps::spawn(fake.client(), rx, resync, Coverage::default());

@@ -258,6 +258,21 @@ impl FakeApi {
         }
     }
 
+    /// `n` namespaces `ns-0`.. plus `istio-system`, and one External Mesh
+    /// covering all of them (root distribution at scale).
+    pub fn namespaces_with_one_mesh(&self, n: usize) {
+        for i in 0..n {
+            self.namespace(&format!("ns-{i}"), json!({}));
+        }
+        self.namespace("istio-system", json!({}));
+        self.create(
+            "meshroot.io/v1alpha1",
+            "meshes",
+            "",
+            json!({"metadata": {"name": "all"}, "spec": {"trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"}}}),
+        );
+    }
+
     /// Creates an object directly (test setup); panics on an API error.
     pub fn create(&self, api_version: &str, plural: &str, ns: &str, obj: Value) -> Value {
         let (group, version) = split_api_version(api_version);
