@@ -5,7 +5,8 @@
 //! every terminal state is one status write with its `failureTime`.
 
 use super::events::{EventSink, note};
-use super::issuers::{IssuerCache, IssuerName, Outcome, sign_with_issuer, signer_changes};
+use super::issuer_cache::{IssuerCache, IssuerName, signer_changes};
+use super::signing::{Outcome, sign_with_issuer};
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, RequestCondition};
 use crate::api::issuer::IssuerResource;
 use crate::issuer::sign::SigningRequest;

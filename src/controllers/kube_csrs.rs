@@ -5,7 +5,8 @@
 //! serves istiod's RA mode (`EXTERNAL_CA=ISTIOD_RA_KUBERNETES_API`).
 
 use super::events::{EventSink, note};
-use super::issuers::{IssuerCache, IssuerName, Outcome, sign_with_issuer, signer_changes};
+use super::issuer_cache::{IssuerCache, IssuerName, signer_changes};
+use super::signing::{Outcome, sign_with_issuer};
 use crate::api::issuer::IssuerResource;
 use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;

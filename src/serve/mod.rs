@@ -10,7 +10,7 @@ use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::tls::{ServerTls, ServingCertificate};
 use crate::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
-use crate::controllers::{certificate_requests, issuers, kube_csrs, meshes, root_configmaps};
+use crate::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs, meshes, root_configmaps};
 use crate::k8s::node_authz::PodNodeAuthorizer;
 use crate::k8s::root::{self, RootState};
 use crate::k8s::{leader, registry};
@@ -252,7 +252,7 @@ fn spawn_controllers(
                     coverage,
                     opts.resync,
                 ));
-                let (issuer_cache, issuer_task) = issuers::IssuerCache::spawn(client.clone());
+                let (issuer_cache, issuer_task) = issuer_cache::IssuerCache::spawn(client.clone());
                 running.push(issuer_task);
                 running.push(issuers::spawn(
                     client.clone(),

@@ -5,7 +5,7 @@
 use super::fake_api::FakeApi;
 use base64::Engine as _;
 use meshroot::ca::node::TrustedAccountOnly;
-use meshroot::controllers::{certificate_requests, issuers, kube_csrs};
+use meshroot::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs};
 use meshroot::k8s::root::RootState;
 use meshroot::mesh::{Mesh, MeshRegistry, NamespaceScope};
 use meshroot::pki::{Authority, CaSpec, SigningChain, TrustBundle};
@@ -57,7 +57,7 @@ impl IssuerWorld {
         let (root_tx, root_rx) = watch::channel(RootState { authority: Some(root.clone()), bundle: bundle.clone() });
         let registry = Arc::new(MeshRegistry::default());
         let client = fake.client();
-        let (cache, cache_task) = issuers::IssuerCache::spawn(client.clone());
+        let (cache, cache_task) = issuer_cache::IssuerCache::spawn(client.clone());
         let tasks = vec![
             cache_task,
             issuers::spawn(client.clone(), cache.clone(), root_rx.clone(), registry.clone(), Duration::from_secs(3600)),

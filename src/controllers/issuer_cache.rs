@@ -1,0 +1,118 @@
+//! The leader's one view of every `Issuer` and `ClusterIssuer`, shared by
+//! the issuer status, CertificateRequest and Kubernetes CSR controllers,
+//! and the changes that can make an issuer able (or unable) to sign.
+
+use crate::api::issuer::{ClusterIssuer, Issuer, IssuerResource};
+use crate::k8s::root::RootState;
+use crate::k8s::watch as kwatch;
+use crate::mesh::MeshRegistry;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{reflector, watcher};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Which issuer a request names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IssuerName {
+    Namespaced { namespace: String, name: String },
+    Cluster(String),
+}
+
+impl std::fmt::Display for IssuerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IssuerName::Namespaced { namespace, name } => write!(f, "Issuer {namespace}/{name}"),
+            IssuerName::Cluster(name) => write!(f, "ClusterIssuer {name}"),
+        }
+    }
+}
+
+/// The leader's one view of every issuer, shared by the controllers.
+#[derive(Clone)]
+pub struct IssuerCache {
+    issuers: Store<Issuer>,
+    cluster_issuers: Store<ClusterIssuer>,
+    changes: watch::Receiver<u64>,
+    synced: watch::Receiver<bool>,
+}
+
+impl IssuerCache {
+    /// Starts watching both issuer kinds.
+    pub fn spawn(client: kube::Client) -> (Self, tokio::task::JoinHandle<()>) {
+        let (issuers, issuers_w) = reflector::store::<Issuer>();
+        let (cluster_issuers, cluster_w) = reflector::store::<ClusterIssuer>();
+        let mut changes = futures::stream::select_all([
+            kwatch::changes(issuers_w, Api::<Issuer>::all(client.clone()), watcher::Config::default()),
+            kwatch::changes(cluster_w, Api::<ClusterIssuer>::all(client), watcher::Config::default()),
+        ]);
+        let (tx, rx) = watch::channel(0u64);
+        let (synced_tx, synced) = watch::channel(false);
+        let (i, c) = (issuers.clone(), cluster_issuers.clone());
+        let task = tokio::spawn(async move {
+            while changes.next().await.is_some() {
+                if !*synced_tx.borrow() && kwatch::synced(&i) && kwatch::synced(&c) {
+                    synced_tx.send_replace(true);
+                }
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        (Self { issuers, cluster_issuers, changes: rx, synced }, task)
+    }
+
+    /// Waits until both issuer kinds have been listed once. (Not through
+    /// `Store::wait_until_ready`: in kube-runtime 5 concurrent waiters on
+    /// one store can miss the wake-up.)
+    pub async fn wait_synced(&self) {
+        let _ = self.synced.clone().wait_for(|s| *s).await;
+    }
+
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Every namespaced Issuer, as cached.
+    pub fn issuers(&self) -> Vec<Arc<Issuer>> {
+        self.issuers.state()
+    }
+
+    /// Every ClusterIssuer, as cached.
+    pub fn cluster_issuers(&self) -> Vec<Arc<ClusterIssuer>> {
+        self.cluster_issuers.state()
+    }
+
+    /// Notified after every change of any issuer.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    pub fn get(&self, name: &IssuerName) -> Option<Arc<dyn IssuerResource + Send + Sync>> {
+        match name {
+            IssuerName::Namespaced { namespace, name } => self
+                .issuers
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|i| i as Arc<dyn IssuerResource + Send + Sync>),
+            IssuerName::Cluster(name) => {
+                self.cluster_issuers.get(&ObjectRef::new(name)).map(|i| i as Arc<dyn IssuerResource + Send + Sync>)
+            }
+        }
+    }
+}
+
+/// Everything that can change whether an issuer can sign: the issuers, the
+/// root, the meshes. Yields `()` per change.
+pub fn signer_changes(
+    cache: &IssuerCache,
+    root: &watch::Receiver<RootState>,
+    registry: &MeshRegistry,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    use tokio_stream::wrappers::WatchStream;
+    futures::stream::select(
+        WatchStream::from_changes(cache.subscribe()).map(|_| ()),
+        futures::stream::select(
+            WatchStream::from_changes(root.clone()).map(|_| ()),
+            WatchStream::from_changes(registry.subscribe()).map(|_| ()),
+        ),
+    )
+}

@@ -1,0 +1,56 @@
+//! Signing one request (a CertificateRequest or a Kubernetes CSR) with the
+//! issuer it names, and what came of it.
+
+use super::issuer_cache::IssuerName;
+use crate::api::issuer::IssuerResource;
+use crate::issuer::sign::{SignError, Signed, SigningRequest, sign};
+use crate::issuer::{SignerProblem, prepare};
+use crate::k8s::root::RootState;
+use crate::mesh::MeshRegistry;
+
+/// The result of working on one request (CertificateRequest or CSR).
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Issued(Signed),
+    /// Waiting for something that will change (the issuer, the signer).
+    Pending(String),
+    /// The request can never be signed, for this reason.
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+    /// An approver denied the request.
+    Denied,
+}
+
+/// Signs `request` with the named issuer once it is there and ready; a
+/// request that could not be read (`Err((reason, message))`) fails only
+/// after that, as cert-manager's own issuers do.
+pub fn sign_with_issuer(
+    issuer_name: &IssuerName,
+    issuer: Option<&dyn IssuerResource>,
+    root: &RootState,
+    registry: &MeshRegistry,
+    request: Result<SigningRequest<'_>, (&'static str, String)>,
+    now: time::OffsetDateTime,
+) -> Outcome {
+    let Some(issuer) = issuer else {
+        return Outcome::Pending(format!("{issuer_name} not found; waiting for it to be created"));
+    };
+    let ready = match prepare(issuer, root, registry) {
+        Ok(r) => r,
+        Err(SignerProblem::Invalid(why) | SignerProblem::Unavailable(why)) => {
+            return Outcome::Pending(format!("waiting for {issuer_name} to become ready: {why}"));
+        }
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err((reason, message)) => return Outcome::Failed { reason, message },
+    };
+    match sign(&request, &ready.policy, &ready.ca, now) {
+        Ok(signed) => Outcome::Issued(signed),
+        Err(SignError::Invalid(message)) => Outcome::Failed { reason: "InvalidRequest", message },
+        Err(SignError::Policy(message)) => Outcome::Failed { reason: "PolicyViolation", message },
+        Err(SignError::Unavailable(message)) => Outcome::Pending(message),
+    }
+}
