@@ -213,12 +213,13 @@ async fn a_longer_duration_than_the_policy_allows_is_shortened_and_says_so() {
     world.decide("apps", "long", true);
     let cr = world.wait_ready_reason("apps", "long", "Issued").await;
     assert!(message(&cr).contains("because the issuer's maxDuration is 30days"), "{}", message(&cr));
-    let events = world.fake.list("events.k8s.io/v1", "events");
-    assert!(
-        events.iter().any(|e| e["reason"] == "DurationShortened" && e["type"] == "Warning"),
-        "a Warning event says the duration was shortened"
-    );
-    assert!(events.iter().any(|e| e["reason"] == "Issued" && e["regarding"]["name"] == "long"));
+    // Events follow the status write.
+    support::until("a Warning event saying the duration was shortened, and an Issued event", || {
+        let events = world.fake.list("events.k8s.io/v1", "events");
+        events.iter().any(|e| e["reason"] == "DurationShortened" && e["type"] == "Warning")
+            && events.iter().any(|e| e["reason"] == "Issued" && e["regarding"]["name"] == "long")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

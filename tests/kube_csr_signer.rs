@@ -117,8 +117,14 @@ async fn approved_csrs_for_a_cluster_issuer_are_signed_with_the_requested_durati
         let leaf = pem::encode_certificate(&pem::decode_certificates(chain.as_bytes(), 1 << 20).unwrap()[0]);
         openssl::verify(dir, &world.root_pem(), "", &leaf).unwrap();
     }
-    let events = world.fake.list("events.k8s.io/v1", "events");
-    assert!(events.iter().any(|e| e["reason"] == "Issued" && e["regarding"]["name"] == "rsa-dns"));
+    support::until("an Issued event for rsa-dns", || {
+        world
+            .fake
+            .list("events.k8s.io/v1", "events")
+            .iter()
+            .any(|e| e["reason"] == "Issued" && e["regarding"]["name"] == "rsa-dns")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,8 +213,14 @@ async fn bad_requests_fail_with_a_reason_and_missing_issuers_wait() {
     approve(&world, "later", "Approved");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(csr_object(&world, "later")["status"]["certificate"].is_null());
-    let events = world.fake.list("events.k8s.io/v1", "events");
-    assert!(events.iter().any(|e| e["reason"] == "Pending" && e["regarding"]["name"] == "later"));
+    support::until("a Pending event for later", || {
+        world
+            .fake
+            .list("events.k8s.io/v1", "events")
+            .iter()
+            .any(|e| e["reason"] == "Pending" && e["regarding"]["name"] == "later")
+    })
+    .await;
     world.cluster_issuer("later", json!({"signer": {"root": true}}));
     wait_signed(&world, "later").await;
 }

@@ -5,15 +5,12 @@
 //! every terminal state is one status write with its `failureTime`.
 
 use super::events::{EventSink, note};
-use super::issuer_cache::{IssuerCache, IssuerName, signer_changes};
-use super::signing::{Outcome, sign_with_issuer};
+use super::issuer_cache::IssuerName;
+use super::signing::{Outcome, Signers};
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, RequestCondition};
-use crate::api::issuer::IssuerResource;
 use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;
 use crate::k8s::intermediates::parse_duration;
-use crate::k8s::root::RootState;
-use crate::mesh::MeshRegistry;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,7 +24,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::watch;
 
 /// The API group of meshroot's issuers, as `issuerRef.group` names it.
 pub const ISSUER_GROUP: &str = "meshroot.io";
@@ -146,18 +142,13 @@ fn set_condition(
     }
 }
 
-/// Signs (or refuses) one approved request.
-pub fn work(
-    cr: &CertificateRequest,
-    issuer_name: &IssuerName,
-    issuer: Option<&dyn IssuerResource>,
-    root: &RootState,
-    registry: &MeshRegistry,
-    now: OffsetDateTime,
-) -> Outcome {
-    let usages = cr.spec.usages.clone().unwrap_or_default();
-    let request = cr
-        .spec
+/// What an approved request asks to have signed: its CSR and spec, or why
+/// they cannot be read.
+fn signing_request<'a>(
+    cr: &'a CertificateRequest,
+    usages: &'a [String],
+) -> Result<SigningRequest<'a>, (&'static str, String)> {
+    cr.spec
         .duration
         .as_deref()
         .map(|d| parse_duration("spec.duration", d))
@@ -165,19 +156,22 @@ pub fn work(
         .map(|duration| SigningRequest {
             csr_pem: &cr.spec.request.0,
             is_ca: cr.spec.is_ca.unwrap_or(false),
-            usages: &usages,
+            usages,
             duration,
             csr_extensions_must_match: true,
         })
-        .map_err(|why| ("InvalidDuration", why));
-    sign_with_issuer(issuer_name, issuer, root, registry, request, now)
+        .map_err(|why| ("InvalidDuration", why))
+}
+
+/// Signs (or refuses) one approved request.
+fn work(cr: &CertificateRequest, issuer_name: &IssuerName, signers: &Signers, now: OffsetDateTime) -> Outcome {
+    let usages = cr.spec.usages.clone().unwrap_or_default();
+    signers.sign(issuer_name, signing_request(cr, &usages), now)
 }
 
 struct Context {
     client: kube::Client,
-    root: watch::Receiver<RootState>,
-    registry: Arc<MeshRegistry>,
-    issuers: IssuerCache,
+    signers: Signers,
     events: EventSink,
     /// Consecutive pending reconciles per request, for backoff.
     attempts: Mutex<HashMap<ObjectRef<CertificateRequest>, u32>>,
@@ -205,12 +199,7 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
             reason: "UnknownIssuerKind",
             message: format!("issuerRef.kind {kind:?} is not a meshroot.io kind; use Issuer or ClusterIssuer"),
         },
-        Decision::Sign(name) => {
-            let root = ctx.root.borrow().clone();
-            let issuer = ctx.issuers.get(&name);
-            let issuer = issuer.as_deref().map(|i| i as &dyn IssuerResource);
-            work(&cr, &name, issuer, &root, &ctx.registry, OffsetDateTime::now_utc())
-        }
+        Decision::Sign(name) => work(&cr, &name, &ctx.signers, OffsetDateTime::now_utc()),
     };
     let new = next_status(&cr, &outcome, OffsetDateTime::now_utc());
     if cr.status.as_ref() != Some(&new) {
@@ -313,13 +302,7 @@ async fn wait_for_certificate_requests(api: &Api<CertificateRequest>) -> bool {
 }
 
 /// Runs the CertificateRequest controller until the task is aborted.
-pub fn spawn(
-    client: kube::Client,
-    issuers: IssuerCache,
-    root: watch::Receiver<RootState>,
-    registry: Arc<MeshRegistry>,
-    reporter: String,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn(client: kube::Client, signers: Signers, reporter: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let api: Api<CertificateRequest> = Api::all(client.clone());
         let mut config = watcher::Config::default();
@@ -331,14 +314,12 @@ pub fn spawn(
             tracing::info!("CertificateRequests cannot be selected by issuer group here; filtering them in meshroot");
         }
         // Before the issuers are known, every request would look orphaned.
-        issuers.wait_synced().await;
+        signers.issuers.wait_synced().await;
         tracing::debug!("issuers synced; starting the CertificateRequest controller");
-        let triggers = signer_changes(&issuers, &root, &registry);
+        let triggers = signers.changes();
         let ctx = Arc::new(Context {
             client: client.clone(),
-            root,
-            registry,
-            issuers,
+            signers,
             events: EventSink::new(client.clone(), reporter),
             attempts: Mutex::new(HashMap::new()),
         });

@@ -4,7 +4,7 @@
 //! (so expiry shows up without any event).
 
 use super::conditions::condition;
-use super::issuer_cache::{IssuerCache, signer_changes};
+use super::signing::Signers;
 use crate::api::issuer::{ClusterIssuer, Issuer, IssuerResource, IssuerStatus, SignerStatus};
 use crate::issuer::{SignerProblem, prepare};
 use crate::k8s::error_summary;
@@ -16,9 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// The `Ready` reasons, compatible with cert-manager's issuer-lib.
 pub const REASON_CHECKED: &str = "Checked";
@@ -65,14 +63,9 @@ pub fn desired_status(
 }
 
 /// Runs the issuer status controller until the task is aborted.
-pub fn spawn(
-    client: kube::Client,
-    cache: IssuerCache,
-    root: watch::Receiver<RootState>,
-    registry: Arc<MeshRegistry>,
-    resync: Duration,
-) -> tokio::task::JoinHandle<()> {
-    let mut changes = signer_changes(&cache, &root, &registry).boxed();
+pub fn spawn(client: kube::Client, signers: Signers, resync: Duration) -> tokio::task::JoinHandle<()> {
+    let mut changes = signers.changes().boxed();
+    let Signers { issuers: cache, root, registry } = signers;
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(resync);
         loop {

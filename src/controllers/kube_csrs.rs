@@ -5,14 +5,11 @@
 //! serves istiod's RA mode (`EXTERNAL_CA=ISTIOD_RA_KUBERNETES_API`).
 
 use super::events::{EventSink, note};
-use super::issuer_cache::{IssuerCache, IssuerName, signer_changes};
-use super::signing::{Outcome, sign_with_issuer};
-use crate::api::issuer::IssuerResource;
+use super::issuer_cache::IssuerName;
+use super::signing::{Outcome, Signers};
 use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;
 use crate::k8s::intermediates::parse_duration;
-use crate::k8s::root::RootState;
-use crate::mesh::MeshRegistry;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
@@ -26,7 +23,6 @@ use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::watch;
 
 pub const CLUSTER_ISSUER_SIGNER_PREFIX: &str = "clusterissuers.meshroot.io/";
 pub const ISSUER_SIGNER_PREFIX: &str = "issuers.meshroot.io/";
@@ -66,13 +62,11 @@ pub fn wants_signing(csr: &CertificateSigningRequest) -> Option<IssuerName> {
 
 /// Signs (or refuses) one approved CSR. `may_reference` is whether the
 /// requester may use a namespaced issuer (ignored for cluster issuers).
-pub fn work(
+fn work(
     csr: &CertificateSigningRequest,
     issuer_name: &IssuerName,
-    issuer: Option<&dyn IssuerResource>,
     may_reference: bool,
-    root: &RootState,
-    registry: &MeshRegistry,
+    signers: &Signers,
     now: OffsetDateTime,
 ) -> Outcome {
     if matches!(issuer_name, IssuerName::Namespaced { .. }) && !may_reference {
@@ -91,7 +85,7 @@ pub fn work(
         duration,
         csr_extensions_must_match: false,
     });
-    sign_with_issuer(issuer_name, issuer, root, registry, request, now)
+    signers.sign(issuer_name, request, now)
 }
 
 /// The duration and CA flag a CSR asks for, from cert-manager's
@@ -114,9 +108,7 @@ fn requested_terms(csr: &CertificateSigningRequest) -> Result<(Option<time::Dura
 
 struct Context {
     client: kube::Client,
-    root: watch::Receiver<RootState>,
-    registry: Arc<MeshRegistry>,
-    issuers: IssuerCache,
+    signers: Signers,
     events: EventSink,
 }
 
@@ -170,10 +162,7 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
         IssuerName::Namespaced { namespace, name } => may_reference(&ctx.client, &csr, namespace, name).await?,
         IssuerName::Cluster(_) => true,
     };
-    let root = ctx.root.borrow().clone();
-    let issuer = ctx.issuers.get(&issuer_name);
-    let issuer = issuer.as_deref().map(|i| i as &dyn IssuerResource);
-    let outcome = work(&csr, &issuer_name, issuer, allowed, &root, &ctx.registry, OffsetDateTime::now_utc());
+    let outcome = work(&csr, &issuer_name, allowed, &ctx.signers, OffsetDateTime::now_utc());
     let name = csr.name_any();
     let reference = csr.object_ref(&());
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
@@ -236,23 +225,12 @@ fn error_policy(csr: Arc<CertificateSigningRequest>, error: &ReconcileError, _ct
 }
 
 /// Runs the Kubernetes CSR signer until the task is aborted.
-pub fn spawn(
-    client: kube::Client,
-    issuers: IssuerCache,
-    root: watch::Receiver<RootState>,
-    registry: Arc<MeshRegistry>,
-    reporter: String,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn(client: kube::Client, signers: Signers, reporter: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        issuers.wait_synced().await;
-        let triggers = signer_changes(&issuers, &root, &registry);
-        let ctx = Arc::new(Context {
-            client: client.clone(),
-            root,
-            registry,
-            issuers,
-            events: EventSink::new(client.clone(), reporter),
-        });
+        signers.issuers.wait_synced().await;
+        let triggers = signers.changes();
+        let ctx =
+            Arc::new(Context { client: client.clone(), signers, events: EventSink::new(client.clone(), reporter) });
         // signerName is a selectable field of CSRs, but one selector cannot
         // name two prefixes, so the filtering happens here.
         Controller::new(Api::<CertificateSigningRequest>::all(client), watcher::Config::default())

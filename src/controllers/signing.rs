@@ -1,12 +1,44 @@
 //! Signing one request (a CertificateRequest or a Kubernetes CSR) with the
 //! issuer it names, and what came of it.
 
-use super::issuer_cache::IssuerName;
+use super::issuer_cache::{IssuerCache, IssuerName, signer_changes};
 use crate::api::issuer::IssuerResource;
 use crate::issuer::sign::{SignError, Signed, SigningRequest, sign};
 use crate::issuer::{SignerProblem, prepare};
 use crate::k8s::root::RootState;
 use crate::mesh::MeshRegistry;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// Everything signing a request needs from the leader: the issuers, the
+/// root and the meshes, as currently known.
+#[derive(Clone)]
+pub struct Signers {
+    pub issuers: IssuerCache,
+    pub root: watch::Receiver<RootState>,
+    pub registry: Arc<MeshRegistry>,
+}
+
+impl Signers {
+    /// Yields `()` whenever any of them changes.
+    pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        signer_changes(&self.issuers, &self.root, &self.registry)
+    }
+
+    /// Signs `request` with the named issuer, as [`sign_with_issuer`].
+    pub fn sign(
+        &self,
+        issuer_name: &IssuerName,
+        request: Result<SigningRequest<'_>, (&'static str, String)>,
+        now: OffsetDateTime,
+    ) -> Outcome {
+        let root = self.root.borrow().clone();
+        let issuer = self.issuers.get(issuer_name);
+        let issuer = issuer.as_deref().map(|i| i as &dyn IssuerResource);
+        sign_with_issuer(issuer_name, issuer, &root, &self.registry, request, now)
+    }
+}
 
 /// The result of working on one request (CertificateRequest or CSR).
 #[derive(Clone, Debug)]
@@ -32,7 +64,7 @@ pub fn sign_with_issuer(
     root: &RootState,
     registry: &MeshRegistry,
     request: Result<SigningRequest<'_>, (&'static str, String)>,
-    now: time::OffsetDateTime,
+    now: OffsetDateTime,
 ) -> Outcome {
     let Some(issuer) = issuer else {
         return Outcome::Pending(format!("{issuer_name} not found; waiting for it to be created"));

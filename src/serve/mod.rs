@@ -10,7 +10,7 @@ use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::tls::{ServerTls, ServingCertificate};
 use crate::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
-use crate::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs, meshes, root_configmaps};
+use crate::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs, meshes, root_configmaps, signing};
 use crate::k8s::node_authz::PodNodeAuthorizer;
 use crate::k8s::root::{self, RootState};
 use crate::k8s::{leader, registry};
@@ -254,30 +254,14 @@ fn spawn_controllers(
                 ));
                 let (issuer_cache, issuer_task) = issuer_cache::IssuerCache::spawn(client.clone());
                 running.push(issuer_task);
-                running.push(issuers::spawn(
-                    client.clone(),
-                    issuer_cache.clone(),
-                    root.clone(),
-                    registry.clone(),
-                    opts.resync,
-                ));
+                let signers =
+                    signing::Signers { issuers: issuer_cache, root: root.clone(), registry: registry.clone() };
+                running.push(issuers::spawn(client.clone(), signers.clone(), opts.resync));
                 if opts.cert_manager_issuer {
-                    running.push(certificate_requests::spawn(
-                        client.clone(),
-                        issuer_cache.clone(),
-                        root.clone(),
-                        registry.clone(),
-                        opts.pod_name.clone(),
-                    ));
+                    running.push(certificate_requests::spawn(client.clone(), signers.clone(), opts.pod_name.clone()));
                 }
                 if opts.kubernetes_csr_signer {
-                    running.push(kube_csrs::spawn(
-                        client.clone(),
-                        issuer_cache,
-                        root.clone(),
-                        registry.clone(),
-                        opts.pod_name.clone(),
-                    ));
+                    running.push(kube_csrs::spawn(client.clone(), signers, opts.pod_name.clone()));
                 }
             } else if !leading && !running.is_empty() {
                 tracing::info!("not leading: stopping controllers");

@@ -5,6 +5,7 @@
 use super::fake_api::FakeApi;
 use base64::Engine as _;
 use meshroot::ca::node::TrustedAccountOnly;
+use meshroot::controllers::signing::Signers;
 use meshroot::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs};
 use meshroot::k8s::root::RootState;
 use meshroot::mesh::{Mesh, MeshRegistry, NamespaceScope};
@@ -58,17 +59,12 @@ impl IssuerWorld {
         let registry = Arc::new(MeshRegistry::default());
         let client = fake.client();
         let (cache, cache_task) = issuer_cache::IssuerCache::spawn(client.clone());
+        let signers = Signers { issuers: cache, root: root_rx, registry: registry.clone() };
         let tasks = vec![
             cache_task,
-            issuers::spawn(client.clone(), cache.clone(), root_rx.clone(), registry.clone(), Duration::from_secs(3600)),
-            certificate_requests::spawn(
-                client.clone(),
-                cache.clone(),
-                root_rx.clone(),
-                registry.clone(),
-                "test".into(),
-            ),
-            kube_csrs::spawn(client, cache, root_rx, registry.clone(), "test".into()),
+            issuers::spawn(client.clone(), signers.clone(), Duration::from_secs(3600)),
+            certificate_requests::spawn(client.clone(), signers.clone(), "test".into()),
+            kube_csrs::spawn(client, signers, "test".into()),
         ];
         Self { fake, root, bundle, registry, root_tx, dir: tempfile::tempdir().unwrap(), tasks }
     }
