@@ -42,27 +42,29 @@ fn csr_object(world: &IssuerWorld, name: &str) -> Value {
     world.fake.get(CSR_API, "certificatesigningrequests", "", name).unwrap()
 }
 
-async fn wait_signed(world: &IssuerWorld, name: &str) -> String {
+/// Polls the CSR until `pick` finds what is awaited in it.
+async fn wait_for<T>(world: &IssuerWorld, name: &str, what: &str, pick: impl Fn(&Value) -> Option<T>) -> T {
     for _ in 0..300 {
-        let obj = csr_object(world, name);
-        if obj["status"]["certificate"].is_string() {
-            return decode_b64(&obj["status"]["certificate"]);
+        if let Some(found) = pick(&csr_object(world, name)) {
+            return found;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{name} was never signed: {}", csr_object(world, name)["status"]);
+    panic!("{name} was never {what}: {}", csr_object(world, name)["status"]);
+}
+
+async fn wait_signed(world: &IssuerWorld, name: &str) -> String {
+    wait_for(world, name, "signed", |obj| {
+        obj["status"]["certificate"].is_string().then(|| decode_b64(&obj["status"]["certificate"]))
+    })
+    .await
 }
 
 async fn wait_failed(world: &IssuerWorld, name: &str) -> Value {
-    for _ in 0..300 {
-        let obj = csr_object(world, name);
-        let failed = obj["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Failed");
-        if let Some(c) = failed {
-            return c.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{name} never failed: {}", csr_object(world, name)["status"]);
+    wait_for(world, name, "failed", |obj| {
+        obj["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Failed").cloned()
+    })
+    .await
 }
 
 fn lifetime_and_ca(chain_pem: &str) -> (i64, bool) {

@@ -140,14 +140,7 @@ impl IssuerWorld {
 
     /// Waits until the request's Ready condition has `reason`; returns the request.
     pub async fn wait_ready_reason(&self, ns: &str, name: &str, reason: &str) -> Value {
-        for _ in 0..400 {
-            let cr = self.cr(ns, name);
-            if condition(&cr, "Ready").is_some_and(|c| c["reason"] == reason) {
-                return cr;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{ns}/{name} never reached Ready reason {reason}; its status: {}", self.cr(ns, name)["status"]);
+        self.wait_until(ns, name, |cr| condition(cr, "Ready").is_some_and(|c| c["reason"] == reason)).await
     }
 
     /// Waits until the request satisfies `check`; returns it.
