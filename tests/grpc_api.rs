@@ -317,3 +317,35 @@ async fn client_certificates_from_elsewhere_are_refused() {
         assert!(matches!(code, Code::Unauthenticated | Code::Unknown | Code::Unavailable), "{code:?}");
     }
 }
+
+#[tokio::test]
+async fn an_identity_over_its_rate_limit_is_resource_exhausted_with_a_retry_hint() {
+    use meshroot::ca::rate_limit::{Limit, RateLimits};
+    let ca = start_ca_with(|o| {
+        o.rate_limits = RateLimits { identity: Limit { per_second: 1, burst: 3 }, node: Limit::OFF };
+    })
+    .await;
+    let h = ok_headers();
+    for _ in 0..3 {
+        let (_, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
+        call(&ca, request(&csr, 0, None, &hdrs(&h))).await.unwrap();
+    }
+    let (_, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
+    let s = call(&ca, request(&csr, 0, None, &hdrs(&h))).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(
+        s.message()
+            .starts_with(&format!("rate limited: identity {DEFAULT_ID} is over its rate limit of 1/s (burst 3)")),
+        "{}",
+        s.message()
+    );
+    let hint: u64 = s.metadata().get("grpc-retry-pushback-ms").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=1000).contains(&hint), "{hint}");
+    // Another identity is not held back by this one.
+    let (_, csr) = csr_for("spiffe://cluster.local/ns/other/sa/sa1", KeyAlgorithm::EcdsaP256);
+    call(&ca, request(&csr, 0, None, &[("authorization", &bearer(OTHER_TOKEN))])).await.unwrap();
+    // And after the hint, the identity is served again.
+    tokio::time::sleep(std::time::Duration::from_millis(hint + 50)).await;
+    let (_, csr) = csr_for(DEFAULT_ID, KeyAlgorithm::EcdsaP256);
+    call(&ca, request(&csr, 0, None, &hdrs(&h))).await.unwrap();
+}

@@ -28,6 +28,7 @@ fn ztunnel(name: &str, uid: &str) -> Caller {
         pod: Some(PodRef { name: name.into(), uid: uid.into() }),
         cluster_id: "Kubernetes".into(),
         trust_domain: None,
+        node: None,
         authenticated_by: "test",
     }
 }

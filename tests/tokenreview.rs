@@ -39,9 +39,12 @@ async fn a_bound_service_account_token_names_the_caller_and_pod() {
     assert_eq!((caller.namespace.as_str(), caller.service_account.as_str()), ("bookinfo", "reviews"));
     assert_eq!(caller.pod, Some(PodRef { name: "reviews-v1-abc".into(), uid: "pod-uid-1".into() }));
     assert_eq!(caller.cluster_id, "Kubernetes");
+    assert_eq!(caller.node, None, "this token names no node");
+    fake.add_node_bound_token("t2", "bookinfo", "reviews", ("reviews-v1-abc", "pod-uid-1"), "worker-3");
+    assert_eq!(a.authenticate(&creds("t2")).await.unwrap().unwrap().node.as_deref(), Some("worker-3"));
     // Cached: a second request makes no second TokenReview.
     a.authenticate(&creds("t1")).await.unwrap().unwrap();
-    assert_eq!(fake.token_reviews(), 1);
+    assert_eq!(fake.token_reviews(), 2, "one per token");
     assert_eq!(a.authenticate(&Credentials::default()).await, Ok(None));
 }
 

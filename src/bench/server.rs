@@ -6,6 +6,7 @@ use super::fixture::{self, Files, TRUST_DOMAIN};
 use crate::ca::auth::AuthenticatorChain;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
 use crate::ca::node::TrustedAccountOnly;
+use crate::ca::rate_limit::RateLimits;
 use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::static_tokens::StaticTokenAuthenticator;
@@ -34,7 +35,8 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         node_authorizer: Arc::new(TrustedAccountOnly),
     };
     let service = CertificateService::new(
-        ServiceConfig { cluster_id: "Kubernetes".into(), cluster_aliases: Vec::new() },
+        // The benchmark measures signing, so no rate limit stands in its way.
+        ServiceConfig { cluster_id: "Kubernetes".into(), cluster_aliases: Vec::new(), rate_limits: RateLimits::OFF },
         AuthenticatorChain::new(vec![Arc::new(ClientCertificateAuthenticator), Arc::new(tokens)]),
         Arc::new(MeshRegistry::new(vec![Arc::new(mesh)])),
         Metrics::new(),

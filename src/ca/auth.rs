@@ -60,6 +60,9 @@ pub struct Caller {
     pub namespace: String,
     pub service_account: String,
     pub pod: Option<PodRef>,
+    /// The node the caller runs on, when the credential names it (bound
+    /// tokens do from Kubernetes 1.30); the key of the per-node rate limit.
+    pub node: Option<String>,
     pub cluster_id: String,
     /// The trust domain the credential itself binds (a client certificate's
     /// SPIFFE ID), which must then be the mesh's.

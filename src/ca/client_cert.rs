@@ -36,6 +36,7 @@ impl Authenticator for ClientCertificateAuthenticator {
             pod: None,
             cluster_id: credentials.cluster_id.clone(),
             trust_domain: Some(id.trust_domain),
+            node: None,
             authenticated_by: self.name(),
         }))
     }

@@ -1,6 +1,7 @@
 //! Why a CreateCertificate failed, and how each failure maps to a gRPC
 //! status and to istiod's metrics.
 
+use super::rate_limit::Exceeded;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::SignErrorLabels;
 use tonic::{Code, Status};
@@ -21,7 +22,12 @@ pub enum Failure {
     NotReady(String),
     /// Signing failed unexpectedly.
     Internal(String),
+    /// Over a per-identity or per-node rate limit. Retryable, later.
+    RateLimited(Exceeded),
 }
+
+/// The gRPC retry-pushback header: how long a client should wait.
+pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
 impl Failure {
     pub fn code(&self) -> Code {
@@ -30,6 +36,7 @@ impl Failure {
             Failure::BadCsr(_) | Failure::BadRequest(_) => Code::InvalidArgument,
             Failure::Unavailable(_) | Failure::NotReady(_) => Code::Unavailable,
             Failure::Internal(_) => Code::Internal,
+            Failure::RateLimited(_) => Code::ResourceExhausted,
         }
     }
 
@@ -38,12 +45,13 @@ impl Failure {
             Code::Unauthenticated => "Unauthenticated",
             Code::InvalidArgument => "InvalidArgument",
             Code::Unavailable => "Unavailable",
+            Code::ResourceExhausted => "ResourceExhausted",
             _ => "Internal",
         }
     }
 
-    pub fn reason(&self) -> &str {
-        match self {
+    pub fn reason(&self) -> std::borrow::Cow<'_, str> {
+        let text = match self {
             Failure::Unauthenticated(m)
             | Failure::Forbidden(m)
             | Failure::BadCsr(m)
@@ -51,7 +59,9 @@ impl Failure {
             | Failure::Unavailable(m)
             | Failure::NotReady(m)
             | Failure::Internal(m) => m,
-        }
+            Failure::RateLimited(e) => return e.to_string().into(),
+        };
+        text.into()
     }
 
     pub fn to_status(&self) -> Status {
@@ -63,8 +73,16 @@ impl Failure {
             Failure::Unavailable(_) => "temporarily unavailable",
             Failure::NotReady(_) => "CA not ready",
             Failure::Internal(_) => "certificate signing failed",
+            Failure::RateLimited(_) => "rate limited",
         };
-        Status::new(self.code(), format!("{prefix}: {}", self.reason()))
+        let mut status = Status::new(self.code(), format!("{prefix}: {}", self.reason()));
+        if let Failure::RateLimited(e) = self {
+            let millis = e.retry_after.as_millis().max(1).to_string();
+            if let Ok(value) = millis.parse() {
+                status.metadata_mut().insert(RETRY_PUSHBACK_HEADER, value);
+            }
+        }
+        status
     }
 
     /// Counts the failure the way istiod does.
@@ -81,6 +99,7 @@ impl Failure {
             Failure::Unavailable(_) => sign_err("UNAVAILABLE"),
             Failure::NotReady(_) => sign_err("CA_NOT_READY"),
             Failure::Internal(_) => sign_err("CERT_GEN_ERROR"),
+            Failure::RateLimited(_) => sign_err("RATE_LIMITED"),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The Istio CA gRPC service: authentication, impersonation, response
-//! shaping, error mapping, TLS and the server loop.
+//! shaping, error mapping, rate limits, TLS and the server loop.
 
 pub mod auth;
 pub mod client_cert;
 pub mod error;
 pub mod node;
+pub mod rate_limit;
 pub mod server;
 pub mod service;
 pub mod static_tokens;

@@ -17,6 +17,8 @@ pub struct ServerOptions {
     /// Server-side deadline for one CreateCertificate.
     pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
+    /// Largest header block a request may send (a bearer token is a few KiB).
+    pub max_header_list_bytes: u32,
 }
 
 impl Default for ServerOptions {
@@ -25,6 +27,7 @@ impl Default for ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_concurrent_streams: 1024,
+            max_header_list_bytes: 64 * 1024,
         }
     }
 }
@@ -69,6 +72,7 @@ pub async fn serve(
     let grpc = IstioCertificateServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(options.max_concurrent_streams)
+        .http2_max_header_list_size(options.max_header_list_bytes)
         .timeout(options.request_timeout)
         .add_service(grpc)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)

@@ -2,6 +2,7 @@
 
 use super::auth::{AuthError, AuthenticatorChain, BearerToken, Caller, Credentials};
 use super::error::{Failure, quote_input};
+use super::rate_limit::{RateLimiter, RateLimits};
 use crate::mesh::{Mesh, MeshRegistry, RouteError};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
@@ -27,11 +28,12 @@ pub struct ServiceConfig {
     /// The local cluster id; `clusterid` must be empty, this, or an alias.
     pub cluster_id: String,
     pub cluster_aliases: Vec<String>,
+    pub rate_limits: RateLimits,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        Self { cluster_id: "Kubernetes".into(), cluster_aliases: Vec::new() }
+        Self { cluster_id: "Kubernetes".into(), cluster_aliases: Vec::new(), rate_limits: RateLimits::default() }
     }
 }
 
@@ -40,6 +42,7 @@ pub struct CertificateService {
     authenticators: AuthenticatorChain,
     registry: Arc<MeshRegistry>,
     metrics: Arc<Metrics>,
+    limiter: RateLimiter,
 }
 
 impl CertificateService {
@@ -49,7 +52,8 @@ impl CertificateService {
         registry: Arc<MeshRegistry>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { config, authenticators, registry, metrics }
+        let limiter = RateLimiter::new(config.rate_limits);
+        Self { config, authenticators, registry, metrics, limiter }
     }
 
     async fn handle(
@@ -64,11 +68,13 @@ impl CertificateService {
             AuthError::Unavailable(m) => Failure::Unavailable(m),
         })?;
         record.caller = Some(caller.account());
+        self.limiter.check_node(caller.node.as_deref()).map_err(Failure::RateLimited)?;
 
         let body = request.into_inner();
         let (identity, mesh) = self.identity_for(&caller, body.metadata.as_ref(), record).await?;
         let identity_uri = identity.to_string();
         record.identity = Some(identity_uri.clone());
+        self.limiter.check_identity(&identity_uri).map_err(Failure::RateLimited)?;
 
         let csr =
             CertificateSigningRequest::from_pem(body.csr.as_bytes()).map_err(|e| Failure::BadCsr(e.to_string()))?;
@@ -280,7 +286,7 @@ impl IstioCertificateService for CertificateService {
             Err(failure) => {
                 failure.record(&self.metrics);
                 self.metrics.record_duration(failure.code_name(), latency.as_secs_f64());
-                audit::denied(&record, failure.code_name(), failure.reason(), latency);
+                audit::denied(&record, failure.code_name(), &failure.reason(), latency);
                 Err(failure.to_status())
             }
         }

@@ -163,6 +163,7 @@ async fn a_credential_bound_to_another_trust_domain_is_refused() {
             pod: None,
             cluster_id: "Kubernetes".into(),
             trust_domain: Some(td.into()),
+            node: None,
             authenticated_by: "fixed",
         };
         let service = CertificateService::new(
@@ -184,7 +185,11 @@ async fn cluster_aliases_are_the_local_cluster_and_others_are_refused() {
     let f = fixture();
     let tokens = StaticTokenAuthenticator::parse("t1 ns1 app\n").unwrap();
     let service = CertificateService::new(
-        ServiceConfig { cluster_id: "east".into(), cluster_aliases: vec!["Kubernetes".into(), "east-alias".into()] },
+        ServiceConfig {
+            cluster_id: "east".into(),
+            cluster_aliases: vec!["Kubernetes".into(), "east-alias".into()],
+            ..Default::default()
+        },
         AuthenticatorChain::new(vec![Arc::new(tokens)]),
         f.registry.clone(),
         Metrics::new(),
@@ -198,4 +203,54 @@ async fn cluster_aliases_are_the_local_cluster_and_others_are_refused() {
         let outcome = service.create_certificate(req).await;
         assert_eq!(outcome.is_ok(), ok, "{cluster}: {:?}", outcome.err());
     }
+}
+
+#[tokio::test]
+async fn per_node_rate_limits_refuse_with_a_retry_hint_and_spare_other_nodes() {
+    use crate::ca::rate_limit::{Limit, RateLimits};
+    let f = fixture();
+    let caller = |node: &str| crate::ca::auth::Caller {
+        namespace: "ns1".into(),
+        service_account: "app".into(),
+        pod: None,
+        cluster_id: "Kubernetes".into(),
+        trust_domain: None,
+        node: Some(node.into()),
+        authenticated_by: "fixed",
+    };
+    let limits = RateLimits { identity: Limit::OFF, node: Limit { per_second: 1, burst: 2 } };
+    let service_on = |node: &str| {
+        CertificateService::new(
+            ServiceConfig { rate_limits: limits, ..Default::default() },
+            AuthenticatorChain::new(vec![Arc::new(Fixed(caller(node)))]),
+            f.registry.clone(),
+            Metrics::new(),
+        )
+    };
+    let ask = async |service: &CertificateService| {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let csr = build_workload_csr(&key, "spiffe://a.td/ns/ns1/sa/app").unwrap();
+        service
+            .create_certificate(tonic::Request::new(IstioCertificateRequest {
+                csr,
+                validity_duration: 0,
+                metadata: None,
+            }))
+            .await
+    };
+    let n1 = service_on("n1");
+    ask(&n1).await.unwrap();
+    ask(&n1).await.unwrap();
+    let refused = ask(&n1).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().starts_with("rate limited: node n1 is over its rate limit of 1/s (burst 2)"),
+        "{}",
+        refused.message()
+    );
+    let hint: u64 =
+        refused.metadata().get(crate::ca::error::RETRY_PUSHBACK_HEADER).unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=1000).contains(&hint), "{hint}");
+    // Each service has its own limiter; within one, another node is not affected.
+    ask(&service_on("n2")).await.unwrap();
 }

@@ -100,6 +100,7 @@ impl Authenticator for StaticTokenAuthenticator {
                 pod: None,
                 cluster_id: credentials.cluster_id.clone(),
                 trust_domain: None,
+                node: None,
                 authenticated_by: self.name(),
             })),
             None => Err(AuthError::Rejected("the bearer token is not recognised".into())),

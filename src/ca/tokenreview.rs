@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
 
 #[derive(Clone, Debug)]
@@ -48,6 +49,7 @@ struct Reviewed {
     namespace: String,
     service_account: String,
     pod: Option<PodRef>,
+    node: Option<String>,
 }
 
 type Review = Shared<BoxFuture<'static, Result<Reviewed, AuthError>>>;
@@ -190,7 +192,8 @@ async fn review_token(client: kube::Client, token: String, config: TokenReviewCo
         (Some(name), Some(uid)) => Some(PodRef { name, uid }),
         _ => None,
     };
-    Ok(Reviewed { namespace: namespace.to_string(), service_account: service_account.to_string(), pod })
+    let node = first(NODE_NAME_EXTRA).filter(|n| !n.is_empty());
+    Ok(Reviewed { namespace: namespace.to_string(), service_account: service_account.to_string(), pod, node })
 }
 
 /// Status code and reason, never the request (which holds the token).
@@ -224,6 +227,7 @@ impl Authenticator for TokenReviewAuthenticator {
             namespace: reviewed.namespace,
             service_account: reviewed.service_account,
             pod: reviewed.pod,
+            node: reviewed.node,
             cluster_id: credentials.cluster_id.clone(),
             trust_domain: None,
             authenticated_by: self.name(),

@@ -35,6 +35,8 @@ pub fn describe(opts: &ServeOptions) -> String {
         ("drain delay", humantime::format_duration(opts.drain_delay).to_string()),
         ("cert-manager issuer", opts.cert_manager_issuer.to_string()),
         ("kubernetes csr signer", opts.kubernetes_csr_signer.to_string()),
+        ("identity rate limit", opts.rate_limits.identity.to_string()),
+        ("node rate limit", opts.rate_limits.node.to_string()),
     ];
     let mut out = String::from("meshroot serve: configuration is valid\n");
     for (name, value) in lines {

@@ -6,6 +6,7 @@ pub mod state;
 use crate::ca::auth::AuthenticatorChain;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
 use crate::ca::node::TrustedAccountOnly;
+use crate::ca::rate_limit::RateLimits;
 use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::static_tokens::StaticTokenAuthenticator;
@@ -38,6 +39,7 @@ pub struct DevOptions {
     pub trusted_node_accounts: Vec<String>,
     /// Names the serving certificate carries besides localhost, 127.0.0.1 and ::1.
     pub serving_names: Vec<String>,
+    pub rate_limits: RateLimits,
 }
 
 impl Default for DevOptions {
@@ -53,6 +55,7 @@ impl Default for DevOptions {
             max_ttl: Duration::days(90),
             trusted_node_accounts: vec!["istio-system/ztunnel".into()],
             serving_names: Vec::new(),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -115,7 +118,11 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     metrics.set_expiries(root_expiry, chain.authority().not_after().unix_timestamp());
 
     let service = CertificateService::new(
-        ServiceConfig { cluster_id: opts.cluster_id.clone(), cluster_aliases: Vec::new() },
+        ServiceConfig {
+            cluster_id: opts.cluster_id.clone(),
+            cluster_aliases: Vec::new(),
+            rate_limits: opts.rate_limits,
+        },
         AuthenticatorChain::new(vec![Arc::new(ClientCertificateAuthenticator), Arc::new(tokens)]),
         registry,
         metrics.clone(),

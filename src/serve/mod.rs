@@ -52,6 +52,7 @@ pub struct ServeOptions {
     pub cert_manager_issuer: bool,
     /// Run the Kubernetes CSR signer.
     pub kubernetes_csr_signer: bool,
+    pub rate_limits: crate::ca::rate_limit::RateLimits,
 }
 
 /// A running replica.
@@ -149,7 +150,11 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
         Arc::new(TokenReviewAuthenticator::new(client.clone(), opts.token.clone())),
     ]);
     let service = CertificateService::new(
-        ServiceConfig { cluster_id: opts.cluster_id.clone(), cluster_aliases: opts.cluster_aliases.clone() },
+        ServiceConfig {
+            cluster_id: opts.cluster_id.clone(),
+            cluster_aliases: opts.cluster_aliases.clone(),
+            rate_limits: opts.rate_limits,
+        },
         authenticators,
         registry.clone(),
         metrics.clone(),

@@ -209,6 +209,15 @@ impl FakeApi {
         );
     }
 
+    /// A bound token that also names its node, as Kubernetes 1.30+ issues them.
+    pub fn add_node_bound_token(&self, token: &str, ns: &str, sa: &str, pod: (&str, &str), node: &str) {
+        self.add_service_account_token(token, ns, sa, Some(pod), &["istio-ca"]);
+        let mut store = self.inner.store.lock().unwrap();
+        if let Some(answer) = store.tokens.get_mut(token) {
+            answer.extra.insert("authentication.kubernetes.io/node-name".into(), vec![node.into()]);
+        }
+    }
+
     pub fn token_reviews(&self) -> u64 {
         self.inner.store.lock().unwrap().token_reviews
     }

@@ -1,0 +1,227 @@
+//! Per-identity and per-node rate limits on CreateCertificate: token
+//! buckets keyed by the identity being certified and by the caller's node.
+//! A looping or compromised workload cannot flood the CA, the audit log or
+//! its node's neighbours; a refused request gets `ResourceExhausted`, which
+//! pilot-agent and ztunnel retry with backoff, plus a retry hint.
+//!
+//! The defaults are sized so that a node restart storm never trips them: a
+//! node runs at most a few hundred pods, each asking once or twice at start.
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use thiserror::Error;
+
+/// A sustained rate and the burst allowed on top of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Limit {
+    /// 0 turns the limit off.
+    pub const OFF: Limit = Limit { per_second: 0, burst: 0 };
+
+    fn quota(self) -> Option<Quota> {
+        let rate = NonZeroU32::new(self.per_second)?;
+        let burst = NonZeroU32::new(self.burst.max(self.per_second)).unwrap_or(rate);
+        Some(Quota::per_second(rate).allow_burst(burst))
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.per_second == 0 {
+            f.write_str("off")
+        } else {
+            write!(f, "{}/s (burst {})", self.per_second, self.burst.max(self.per_second))
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Per SPIFFE identity certified (a service account, across all its pods).
+    pub identity: Limit,
+    /// Per node the caller runs on, when its token names the node.
+    pub node: Limit,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self { identity: Limit { per_second: 50, burst: 1000 }, node: Limit { per_second: 100, burst: 1000 } }
+    }
+}
+
+impl RateLimits {
+    pub const OFF: RateLimits = RateLimits { identity: Limit::OFF, node: Limit::OFF };
+}
+
+/// Which limit refused a request, and when to try again.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("{scope} {key} is over its rate limit of {limit}; retry in {} ms", retry_after.as_millis().max(1))]
+pub struct Exceeded {
+    pub scope: &'static str,
+    pub key: String,
+    pub limit: Limit,
+    pub retry_after: Duration,
+}
+
+/// Forget idle keys after this many checks, so memory follows the active set.
+const SWEEP_EVERY: u64 = 4096;
+
+struct Bucket {
+    limit: Limit,
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+pub struct RateLimiter {
+    identity: Option<Bucket>,
+    node: Option<Bucket>,
+    checks: AtomicU64,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let limit = |b: &Option<Bucket>| b.as_ref().map_or(Limit::OFF, |b| b.limit);
+        f.debug_struct("RateLimiter")
+            .field("identity", &limit(&self.identity))
+            .field("node", &limit(&self.node))
+            .finish()
+    }
+}
+
+impl RateLimiter {
+    pub fn new(limits: RateLimits) -> Self {
+        let bucket = |limit: Limit| limit.quota().map(|q| Bucket { limit, limiter: governor::RateLimiter::keyed(q) });
+        Self { identity: bucket(limits.identity), node: bucket(limits.node), checks: AtomicU64::new(0) }
+    }
+
+    /// Takes one token for the caller's node (if known).
+    pub fn check_node(&self, node: Option<&str>) -> Result<(), Exceeded> {
+        match (node, &self.node) {
+            (Some(node), Some(bucket)) => self.take(bucket, "node", node),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes one token for the identity being certified.
+    pub fn check_identity(&self, identity: &str) -> Result<(), Exceeded> {
+        match &self.identity {
+            Some(bucket) => self.take(bucket, "identity", identity),
+            None => Ok(()),
+        }
+    }
+
+    fn take(&self, bucket: &Bucket, scope: &'static str, key: &str) -> Result<(), Exceeded> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            for b in [&self.identity, &self.node].into_iter().flatten() {
+                b.limiter.retain_recent();
+                b.limiter.shrink_to_fit();
+            }
+        }
+        bucket.limiter.check_key(&key.to_string()).map_err(|not_until| Exceeded {
+            scope,
+            key: key.to_string(),
+            limit: bucket.limit,
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        })
+    }
+}
+
+/// Parses `RATE[/s][,burst=N]`, for example `50/s,burst=1000`, or `0`/`off`.
+pub fn parse_limit(text: &str) -> Result<Limit, String> {
+    let text = text.trim();
+    if text == "0" || text.eq_ignore_ascii_case("off") {
+        return Ok(Limit::OFF);
+    }
+    let (rate, burst) = match text.split_once(',') {
+        Some((rate, burst)) => {
+            let burst = burst
+                .trim()
+                .strip_prefix("burst=")
+                .ok_or_else(|| format!("{text:?}: expected RATE/s,burst=N (for example 50/s,burst=1000)"))?;
+            (rate, Some(burst))
+        }
+        None => (text, None),
+    };
+    let rate = rate.trim().trim_end_matches("/s");
+    let per_second: u32 =
+        rate.parse().map_err(|_| format!("{text:?}: the rate {rate:?} is not a whole number per second"))?;
+    let burst = match burst {
+        Some(b) => b.parse().map_err(|_| format!("{text:?}: the burst {b:?} is not a whole number"))?,
+        None => per_second,
+    };
+    if per_second == 0 {
+        return Ok(Limit::OFF);
+    }
+    if burst < per_second {
+        return Err(format!("{text:?}: the burst ({burst}) must be at least the rate ({per_second})"));
+    }
+    Ok(Limit { per_second, burst })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_and_refuse_nonsense() {
+        assert_eq!(parse_limit("50/s,burst=1000"), Ok(Limit { per_second: 50, burst: 1000 }));
+        assert_eq!(parse_limit("20"), Ok(Limit { per_second: 20, burst: 20 }));
+        assert_eq!(parse_limit("off"), Ok(Limit::OFF));
+        assert_eq!(parse_limit("0"), Ok(Limit::OFF));
+        for bad in ["fast", "-1/s", "10/s,burst=5", "10/s,b=20", "10/s,burst=x", ""] {
+            assert!(parse_limit(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_burst_then_refusal_with_a_retry_hint_and_keys_are_independent() {
+        let limiter = RateLimiter::new(RateLimits { identity: Limit { per_second: 1, burst: 3 }, node: Limit::OFF });
+        for _ in 0..3 {
+            limiter.check_identity("a").unwrap();
+        }
+        let refused = limiter.check_identity("a").unwrap_err();
+        assert_eq!((refused.scope, refused.key.as_str()), ("identity", "a"));
+        assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(1));
+        assert!(refused.to_string().contains("1/s (burst 3)"), "{refused}");
+        limiter.check_identity("b").unwrap();
+        // No node limit configured, and no node known: never refused.
+        for _ in 0..10 {
+            limiter.check_node(Some("n1")).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_node_limit_applies_only_when_the_node_is_known() {
+        let limiter = RateLimiter::new(RateLimits { identity: Limit::OFF, node: Limit { per_second: 1, burst: 1 } });
+        limiter.check_node(Some("n1")).unwrap();
+        assert_eq!(limiter.check_node(Some("n1")).unwrap_err().scope, "node");
+        for _ in 0..10 {
+            limiter.check_node(None).unwrap();
+        }
+    }
+
+    #[test]
+    fn default_limits_absorb_a_node_restart_storm() {
+        // 250 pods on one node (above the default max-pods of 110), each
+        // asking twice, 100 of them under one service account.
+        let limiter = RateLimiter::new(RateLimits::default());
+        for pod in 0..250 {
+            for _ in 0..2 {
+                limiter.check_node(Some("worker-1")).unwrap();
+                let sa = if pod < 100 {
+                    "spiffe://td/ns/a/sa/big".to_string()
+                } else {
+                    format!("spiffe://td/ns/a/sa/s{pod}")
+                };
+                limiter.check_identity(&sa).unwrap();
+            }
+        }
+    }
+}
