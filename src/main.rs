@@ -1,6 +1,8 @@
 //! The meshroot command line.
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use meshroot::ca::rate_limit;
 use meshroot::cmd::{self, parse_duration};
 use meshroot::dev::DevOptions;
 use meshroot::pki::KeyAlgorithm;
@@ -37,6 +39,8 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Show or drive a zero-downtime root rotation (docs/rotation.md).
+    Root(RootArgs),
     /// Offline PKI tasks.
     Pki {
         #[command(subcommand)]
@@ -107,6 +111,25 @@ struct DevArgs {
     /// Extra DNS name or IP for the serving certificate. Repeatable.
     #[arg(long = "serving-name")]
     serving_names: Vec<String>,
+    #[command(flatten)]
+    rate_limits: RateLimitArgs,
+}
+
+/// CreateCertificate rate limits: `RATE/s,burst=N`, or `off`.
+#[derive(Args)]
+struct RateLimitArgs {
+    /// Per identity certified (all pods of one service account).
+    #[arg(long, env = "MESHROOT_IDENTITY_RATE_LIMIT", default_value = "50/s,burst=1000", value_parser = rate_limit::parse_limit)]
+    identity_rate_limit: rate_limit::Limit,
+    /// Per node the caller runs on (when its token names the node).
+    #[arg(long, env = "MESHROOT_NODE_RATE_LIMIT", default_value = "100/s,burst=1000", value_parser = rate_limit::parse_limit)]
+    node_rate_limit: rate_limit::Limit,
+}
+
+impl RateLimitArgs {
+    fn limits(&self) -> rate_limit::RateLimits {
+        rate_limit::RateLimits { identity: self.identity_rate_limit, node: self.node_rate_limit }
+    }
 }
 
 #[derive(Args)]
@@ -170,6 +193,8 @@ struct ServeArgs {
     /// Sign Kubernetes CertificateSigningRequests for meshroot's signer names.
     #[arg(long, env = "MESHROOT_KUBERNETES_CSR_SIGNER", default_value_t = true, action = clap::ArgAction::Set)]
     kubernetes_csr_signer: bool,
+    #[command(flatten)]
+    rate_limits: RateLimitArgs,
     /// Check the flags and environment, print the effective settings, and exit
     /// without contacting the cluster.
     #[arg(long)]
@@ -202,6 +227,55 @@ struct RequestArgs {
     /// Output directory for key.pem, cert-chain.pem and root-cert.pem.
     #[arg(long, default_value = ".")]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct RootArgs {
+    /// meshroot's namespace, where the root Secret is.
+    #[arg(long, short = 'n', env = "POD_NAMESPACE", default_value = "meshroot")]
+    namespace: String,
+    /// The root Secret.
+    #[arg(long, env = "MESHROOT_ROOT_SECRET", default_value = "meshroot-root-ca")]
+    secret: String,
+    #[command(subcommand)]
+    step: RootStep,
+}
+
+#[derive(Subcommand)]
+enum RootStep {
+    /// Show the roots and the rotation stage.
+    Status,
+    /// Create a new root in files (root-cert.pem, root-key.pem 0600), for `add` and `switch`.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "ecdsa-p256")]
+        key_type: KeyAlgorithm,
+        #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+        lifetime: time::Duration,
+    },
+    /// Step 1: trust the new root beside the current one, everywhere.
+    Add {
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// Step 2: sign with the new root; intermediates are re-issued under it.
+    Switch {
+        #[arg(long)]
+        cert: PathBuf,
+        /// The new root's key; leave out for an offline root.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Step 3: stop trusting the old root, once no leaf of its chain is valid.
+    Finish {
+        /// The longest leaf lifetime issued under the old root.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        leaf_lifetime: time::Duration,
+        /// Skip the waiting and intermediate checks.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +332,7 @@ impl ServeArgs {
             drain_delay: std_duration(self.drain_delay),
             cert_manager_issuer: self.cert_manager_issuer,
             kubernetes_csr_signer: self.kubernetes_csr_signer,
+            rate_limits: self.rate_limits.limits(),
         })
     }
 }
@@ -330,6 +405,7 @@ async fn run(command: Command, cores: usize) -> anyhow::Result<()> {
                 max_ttl: a.max_ttl,
                 trusted_node_accounts: a.trusted_node_accounts,
                 serving_names: a.serving_names,
+                rate_limits: a.rate_limits.limits(),
             })
             .await
         }
@@ -366,6 +442,25 @@ async fn run(command: Command, cores: usize) -> anyhow::Result<()> {
                     None => print!("{yaml}"),
                 }
             }
+            Ok(())
+        }
+        Command::Root(a) => {
+            use cmd::root::RootAction;
+            let action = match a.step {
+                RootStep::Status => RootAction::Status,
+                RootStep::Generate { out, key_type, lifetime } => {
+                    RootAction::Generate { out, key_algorithm: key_type, lifetime }
+                }
+                RootStep::Add { cert } => RootAction::Add { cert },
+                RootStep::Switch { cert, key } => RootAction::Switch { cert, key },
+                RootStep::Finish { leaf_lifetime, force } => RootAction::Finish { leaf_lifetime, force },
+            };
+            let client = if matches!(action, RootAction::Generate { .. }) {
+                None
+            } else {
+                Some(kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG)")?)
+            };
+            print!("{}", cmd::root::run(client, &a.namespace, &a.secret, action).await?);
             Ok(())
         }
         Command::Pki { command: PkiCommand::Init(a) } => {

@@ -3,6 +3,7 @@
 pub mod dev;
 pub mod pki_init;
 pub mod request;
+pub mod root;
 pub mod serve;
 
 /// Parses durations such as `24h`, `90d` or `1h30m`.

@@ -51,7 +51,8 @@ pub fn identity(spec: &MeshSpec) -> String {
 }
 
 /// Whether the stored certificate can stay: ours, the wanted names, its key,
-/// chaining to the bundle, the bundle beside it, and under 2/3 of its life.
+/// issued by the current intermediate and chaining to the bundle, the bundle
+/// beside it, and under 2/3 of its life.
 fn current(secret: &Secret, names: &BTreeSet<String>, id: &str, chain: &SigningChain, now: OffsetDateTime) -> bool {
     let (Some(cert_pem), Some(key_pem)) = (secret_value(secret, TLS_CERT), secret_value(secret, TLS_KEY)) else {
         return false;
@@ -63,7 +64,10 @@ fn current(secret: &Secret, names: &BTreeSet<String>, id: &str, chain: &SigningC
     let Ok(key) = PrivateKey::from_pem(key_pem) else { return false };
     let Some(leaf) = certs.first() else { return false };
     let Ok(cert) = parse_certificate(leaf) else { return false };
+    // Issued by the mesh's current intermediate: after a renewal or a root
+    // switch, istiod moves along before the old chain stops being trusted.
     if cert.public_key().raw != key.spki_der().as_slice()
+        || !chain.authority().issued(leaf)
         || chain.bundle().verify_server(leaf, &certs[1..], now).is_err()
     {
         return false;

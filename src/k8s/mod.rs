@@ -5,6 +5,7 @@ pub mod leader;
 pub mod node_authz;
 pub mod registry;
 pub mod root;
+pub mod rotation;
 pub mod selector;
 pub mod watch;
 

@@ -238,6 +238,19 @@ impl Authority {
     pub fn is_self_signed(&self) -> bool {
         self.self_signed
     }
+
+    /// Whether `cert` was signed by this authority's key, under its name.
+    /// (During a root rotation both roots are trusted, and this tells which
+    /// one an intermediate is under.)
+    pub fn issued(&self, cert: &CertificateDer<'_>) -> bool {
+        issued_by(&self.cert, cert)
+    }
+}
+
+/// Whether `cert` names `issuer` as its issuer and carries its signature.
+pub fn issued_by(issuer: &CertificateDer<'_>, cert: &CertificateDer<'_>) -> bool {
+    let (Ok(issuer), Ok(cert)) = (parse_certificate(issuer), parse_certificate(cert)) else { return false };
+    cert.issuer().as_raw() == issuer.subject().as_raw() && cert.verify_signature(Some(issuer.public_key())).is_ok()
 }
 
 fn ca_params(spec: &CaSpec, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<CertificateParams> {

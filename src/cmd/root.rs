@@ -1,0 +1,112 @@
+//! `meshroot root`: show and drive a zero-downtime root rotation on the root
+//! Secret (`docs/rotation.md`).
+
+use crate::fsutil::{self, Existing};
+use crate::k8s::root::TLS_CERT;
+use crate::k8s::rotation::{self, RotationError};
+use crate::pki::{Authority, CaSpec, KeyAlgorithm, TrustBundle};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use std::path::{Path, PathBuf};
+use time::OffsetDateTime;
+
+#[derive(Clone, Debug)]
+pub enum RootAction {
+    Status,
+    /// Generate a new root into `out` (root-cert.pem, root-key.pem, 0600).
+    Generate {
+        out: PathBuf,
+        key_algorithm: KeyAlgorithm,
+        lifetime: time::Duration,
+    },
+    Add {
+        cert: PathBuf,
+    },
+    Switch {
+        cert: PathBuf,
+        key: Option<PathBuf>,
+    },
+    Finish {
+        leaf_lifetime: time::Duration,
+        force: bool,
+    },
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    Ok(fsutil::read(path)?)
+}
+
+/// Runs one action against Secret `namespace/name`; returns what to print.
+/// `client` may be `None` only for `Generate`, which needs no cluster.
+pub async fn run(
+    client: Option<kube::Client>,
+    namespace: &str,
+    name: &str,
+    action: RootAction,
+) -> anyhow::Result<String> {
+    let now = OffsetDateTime::now_utc();
+    if let RootAction::Generate { out, key_algorithm, lifetime } = &action {
+        let mut spec = CaSpec::root(*lifetime);
+        spec.key_algorithm = *key_algorithm;
+        let root = Authority::new_root(&spec, now)?;
+        fsutil::create_private_dir(out)?;
+        let cert_path = out.join("root-cert.pem");
+        let key_path = out.join("root-key.pem");
+        fsutil::write_public(&cert_path, root.certificate_pem().as_bytes(), Existing::Refuse)?;
+        fsutil::write_private(&key_path, root.key().to_pem().as_bytes(), Existing::Refuse)?;
+        let fp = TrustBundle::new(vec![root.certificate().clone()])?.fingerprints().remove(0);
+        return Ok(format!(
+            "new root {fp}\n  certificate: {}\n  key (0600): {}\nnext: meshroot root add --cert {}\n",
+            cert_path.display(),
+            key_path.display(),
+            cert_path.display()
+        ));
+    }
+    let client = client.ok_or_else(|| anyhow::anyhow!("this step needs the Kubernetes API"))?;
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = api
+        .get(name)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading Secret {namespace}/{name}: {}", crate::k8s::error_summary(&e)))?;
+    let updated = match action {
+        RootAction::Generate { .. } => unreachable!("handled above"),
+        RootAction::Status => {
+            let s = rotation::status(&secret)?;
+            let mut out = format!(
+                "root Secret {namespace}/{name}\nstage: {}\nsigning root: {} ({})\n",
+                s.stage(),
+                s.signing,
+                if s.online { "online" } else { "offline" }
+            );
+            for fp in &s.extra {
+                out.push_str(&format!("also trusted: {fp}\n"));
+            }
+            if let Some(at) = &s.switched_at {
+                out.push_str(&format!("switched at: {at}\n"));
+            }
+            return Ok(out);
+        }
+        RootAction::Add { cert } => rotation::add(&secret, &read(&cert)?, now)?,
+        RootAction::Switch { cert, key } => {
+            let key = key.as_deref().map(read).transpose()?;
+            rotation::switch(&secret, &read(&cert)?, key.as_deref(), now)?
+        }
+        RootAction::Finish { leaf_lifetime, force } => {
+            let signing = crate::k8s::secret_value(&secret, TLS_CERT)
+                .and_then(|c| crate::pki::pem::decode_certificates(c, 1 << 20).ok())
+                .and_then(|c| c.into_iter().next())
+                .ok_or_else(|| RotationError::Current("no tls.crt".into()))?;
+            let stale = rotation::stale_intermediates(&client, &signing).await?;
+            if !stale.is_empty() && !force {
+                anyhow::bail!(
+                    "these intermediates are not yet under the signing root, so their workloads still need the old one: {}; wait for meshroot to re-issue them (or pass --force)",
+                    stale.join(", ")
+                );
+            }
+            rotation::finish(&secret, leaf_lifetime, force, now)?
+        }
+    };
+    let written = rotation::write(&api, &updated).await?;
+    let s = rotation::status(&written)?;
+    Ok(format!("root Secret {namespace}/{name} updated\nstage: {}\nsigning root: {}\n", s.stage(), s.signing))
+}

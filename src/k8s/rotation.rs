@@ -1,0 +1,246 @@
+//! Zero-downtime root rotation, as three edits of the root Secret
+//! (`docs/rotation.md`):
+//!
+//! 1. **add**: the new root joins `ca.crt`, so every bundle meshroot
+//!    publishes trusts both roots while the old one still signs.
+//! 2. **switch**: the new root becomes `tls.crt`/`tls.key` and the old one
+//!    moves to `ca.crt`. meshroot re-issues every intermediate under the new
+//!    root; both roots stay trusted.
+//! 3. **finish**: once the longest-lived leaf of the old chain has expired,
+//!    the old root leaves `ca.crt` and the bundles.
+//!
+//! Each step refuses to run out of order, and every write is a
+//! compare-and-swap on the resourceVersion read.
+
+use super::intermediates::MESH_LABEL;
+use super::root::{CA_CERT, TLS_CERT, TLS_KEY, parse_root_secret};
+use super::{error_summary, is_managed, secret_value};
+use crate::pki::{Authority, PkiError, TrustBundle, pem};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, PostParams};
+use rustls_pki_types::CertificateDer;
+use thiserror::Error;
+use time::OffsetDateTime;
+
+/// When `switch` ran, so `finish` can tell whether old leaves have expired.
+pub const SWITCHED_AT_ANNOTATION: &str = "meshroot.io/root-switched-at";
+
+#[derive(Debug, Error)]
+pub enum RotationError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("the new root: {0}")]
+    NewRoot(PkiError),
+    #[error("the root Secret: {0}")]
+    Current(String),
+    #[error("Kubernetes API: {0}")]
+    Api(String),
+    #[error("the root Secret changed while this ran; run it again")]
+    Conflict,
+}
+
+/// What the root Secret says about a rotation in progress.
+#[derive(Debug)]
+pub struct RotationStatus {
+    /// SHA-256 fingerprint of the signing root (`tls.crt`).
+    pub signing: String,
+    pub online: bool,
+    /// Fingerprints of the other trusted roots (`ca.crt`).
+    pub extra: Vec<String>,
+    pub switched_at: Option<String>,
+}
+
+impl RotationStatus {
+    pub fn stage(&self) -> &'static str {
+        match (self.extra.is_empty(), self.switched_at.is_some()) {
+            (true, _) => "steady: one root",
+            (false, false) => "added: a new root is trusted, the old one signs (next: switch)",
+            (false, true) => "switched: the new root signs, the old one is still trusted (next: finish)",
+        }
+    }
+}
+
+fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    crate::pki::chain::sha256_hex(cert.as_ref())
+}
+
+fn current_roots(secret: &Secret) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>), RotationError> {
+    let root = parse_root_secret(secret).map_err(|e| RotationError::Current(e.to_string()))?;
+    let roots = root.bundle.roots().to_vec();
+    Ok((roots[0].clone(), roots[1..].to_vec()))
+}
+
+pub fn status(secret: &Secret) -> Result<RotationStatus, RotationError> {
+    let (signing, extra) = current_roots(secret)?;
+    Ok(RotationStatus {
+        signing: fingerprint(&signing),
+        online: secret_value(secret, TLS_KEY).is_some(),
+        extra: extra.iter().map(fingerprint).collect(),
+        switched_at: annotation(secret),
+    })
+}
+
+fn annotation(secret: &Secret) -> Option<String> {
+    secret.metadata.annotations.as_ref()?.get(SWITCHED_AT_ANNOTATION).cloned()
+}
+
+/// A self-signed CA certificate, valid now.
+fn new_root_certificate(pem_bytes: &[u8], now: OffsetDateTime) -> Result<CertificateDer<'static>, RotationError> {
+    let mut certs = pem::decode_certificates(pem_bytes, crate::pki::authority::MAX_CERT_PEM_BYTES)
+        .map_err(RotationError::NewRoot)?;
+    if certs.len() != 1 {
+        return Err(RotationError::NewRoot(PkiError::PemCount(certs.len())));
+    }
+    let cert = certs.remove(0);
+    // TrustBundle checks it is a self-signed CA, and the validity is checked here.
+    TrustBundle::new(vec![cert.clone()]).map_err(RotationError::NewRoot)?;
+    let parsed = crate::pki::authority::parse_certificate(&cert).map_err(RotationError::NewRoot)?;
+    let (nb, na) = (parsed.validity().not_before.to_datetime(), parsed.validity().not_after.to_datetime());
+    if now < nb || now >= na {
+        return Err(RotationError::Refused(format!("the new root is not valid now (valid {nb} to {na})")));
+    }
+    Ok(cert)
+}
+
+fn encode_roots(roots: &[CertificateDer<'_>]) -> Vec<u8> {
+    roots.iter().map(|c| pem::encode_certificate(c)).collect::<String>().into_bytes()
+}
+
+fn set(secret: &mut Secret, key: &str, value: Option<Vec<u8>>) {
+    let data = secret.data.get_or_insert_with(Default::default);
+    match value {
+        Some(v) => {
+            data.insert(key.into(), ByteString(v));
+        }
+        None => {
+            data.remove(key);
+        }
+    }
+}
+
+/// Step 1: trust `new_root_pem` beside the current root.
+pub fn add(secret: &Secret, new_root_pem: &[u8], now: OffsetDateTime) -> Result<Secret, RotationError> {
+    let (signing, mut extra) = current_roots(secret)?;
+    let new = new_root_certificate(new_root_pem, now)?;
+    if new == signing {
+        return Err(RotationError::Refused("that root already signs".into()));
+    }
+    if extra.contains(&new) {
+        return Err(RotationError::Refused("that root is already trusted (in ca.crt); next: switch".into()));
+    }
+    extra.push(new);
+    let mut out = secret.clone();
+    set(&mut out, CA_CERT, Some(encode_roots(&extra)));
+    Ok(out)
+}
+
+/// Step 2: the new root (already trusted by step 1) signs; the old one
+/// stays trusted. Without a key the new root is offline.
+pub fn switch(
+    secret: &Secret,
+    new_root_pem: &[u8],
+    new_key_pem: Option<&[u8]>,
+    now: OffsetDateTime,
+) -> Result<Secret, RotationError> {
+    let (signing, extra) = current_roots(secret)?;
+    let new = new_root_certificate(new_root_pem, now)?;
+    if new == signing {
+        return Err(RotationError::Refused("that root already signs; next: finish".into()));
+    }
+    if !extra.contains(&new) {
+        return Err(RotationError::Refused(
+            "the new root is not trusted yet: run `add` first and wait until every workload has the new bundle".into(),
+        ));
+    }
+    if let Some(key) = new_key_pem {
+        let authority = Authority::from_pem(new_root_pem, key).map_err(RotationError::NewRoot)?;
+        if !authority.is_self_signed() {
+            return Err(RotationError::Refused("the new root is not self-signed".into()));
+        }
+    }
+    let mut others: Vec<_> = extra.into_iter().filter(|c| *c != new).collect();
+    others.insert(0, signing);
+    let mut out = secret.clone();
+    set(&mut out, TLS_CERT, Some(pem::encode_certificate(&new).into_bytes()));
+    set(&mut out, TLS_KEY, new_key_pem.map(<[u8]>::to_vec));
+    set(&mut out, CA_CERT, Some(encode_roots(&others)));
+    out.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(SWITCHED_AT_ANNOTATION.into(), crate::pki::rfc3339(now));
+    Ok(out)
+}
+
+/// Step 3: drop every root but the signing one, once `leaf_lifetime` has
+/// passed since the switch (so no leaf of the old chain is still valid).
+pub fn finish(
+    secret: &Secret,
+    leaf_lifetime: time::Duration,
+    force: bool,
+    now: OffsetDateTime,
+) -> Result<Secret, RotationError> {
+    let (_, extra) = current_roots(secret)?;
+    if extra.is_empty() {
+        return Err(RotationError::Refused("only one root is trusted; nothing to finish".into()));
+    }
+    let Some(switched) = annotation(secret) else {
+        return Err(RotationError::Refused(
+            "the signing root was not switched by `switch`; run it first, or the old root would stop being trusted while it still signs".into(),
+        ));
+    };
+    if !force {
+        let at = OffsetDateTime::parse(&switched, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| RotationError::Current(format!("annotation {SWITCHED_AT_ANNOTATION}: {e}")))?;
+        if now < at + leaf_lifetime {
+            return Err(RotationError::Refused(format!(
+                "the switch was at {switched}; leaves of the old chain may be valid until {} (--leaf-lifetime {}); wait, or pass --force",
+                crate::pki::rfc3339(at + leaf_lifetime),
+                crate::cmd::human_duration(leaf_lifetime)
+            )));
+        }
+    }
+    let mut out = secret.clone();
+    set(&mut out, CA_CERT, None);
+    if let Some(a) = out.metadata.annotations.as_mut() {
+        a.remove(SWITCHED_AT_ANNOTATION);
+    }
+    Ok(out)
+}
+
+/// Intermediates meshroot manages that are not yet under the signing root:
+/// `finish` must not run while any remain.
+pub async fn stale_intermediates(
+    client: &kube::Client,
+    signing: &CertificateDer<'_>,
+) -> Result<Vec<String>, RotationError> {
+    let api: Api<Secret> = Api::all(client.clone());
+    let list =
+        api.list(&ListParams::default().labels(MESH_LABEL)).await.map_err(|e| RotationError::Api(error_summary(&e)))?;
+    let mut stale = Vec::new();
+    for s in list.items.iter().filter(|s| is_managed(s.metadata.labels.as_ref())) {
+        let cert = secret_value(s, TLS_CERT).or_else(|| secret_value(s, "ca-cert.pem"));
+        let issued = cert
+            .and_then(|c| pem::decode_certificates(c, 1 << 20).ok())
+            .and_then(|c| c.into_iter().next())
+            .is_some_and(|c| crate::pki::authority::issued_by(signing, &c));
+        if !issued {
+            stale.push(format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                s.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(stale)
+}
+
+/// Writes `updated` over the Secret it was made from (compare-and-swap).
+pub async fn write(api: &Api<Secret>, updated: &Secret) -> Result<Secret, RotationError> {
+    let name = updated.metadata.name.clone().unwrap_or_default();
+    let params = PostParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() };
+    api.replace(&name, &params, updated).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 409 => RotationError::Conflict,
+        other => RotationError::Api(error_summary(&other)),
+    })
+}
