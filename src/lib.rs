@@ -7,6 +7,8 @@ pub mod ca;
 pub mod client;
 pub mod cmd;
 pub mod controllers;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod issuer;
 pub mod mesh;
 pub mod names;
