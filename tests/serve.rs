@@ -30,13 +30,19 @@ impl Drop for Replica {
     }
 }
 
+/// Starts a replica whose log (at debug for meshroot) goes to `<kubeconfig dir>/<name>.log`.
 async fn start(kubeconfig: &std::path::Path, name: &str) -> Replica {
     let kubeconfig = kubeconfig.to_path_buf();
     let name = name.to_string();
     tokio::task::spawn_blocking(move || start_blocking(&kubeconfig, &name)).await.unwrap()
 }
 
+fn log_path(kubeconfig: &std::path::Path, name: &str) -> std::path::PathBuf {
+    kubeconfig.parent().unwrap().join(format!("{name}.log"))
+}
+
 fn start_blocking(kubeconfig: &std::path::Path, name: &str) -> Replica {
+    let log = std::fs::File::create(log_path(kubeconfig, name)).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--namespace", "meshroot", "--pod-name", name, "--generate-root", "--listen", "127.0.0.1:0"])
         .args([
@@ -50,9 +56,9 @@ fn start_blocking(kubeconfig: &std::path::Path, name: &str) -> Replica {
             "2s",
         ])
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,meshroot=debug")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -296,4 +302,31 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     ] {
         assert!(kinds.contains(must), "the run made no {must:?} request, so the check above proves less: {kinds:?}");
     }
+
+    // No token and no private key, of any Secret, in either replica's log.
+    drop(r2);
+    let logs: String = ["replica-1", "replica-2"]
+        .iter()
+        .map(|n| std::fs::read_to_string(log_path(&served.kubeconfig, n)).unwrap())
+        .collect();
+    assert!(logs.contains("certificate issued") && logs.contains("leading"), "the logs are not captured: {logs}");
+    for token in ["tok-reviews", "tok-ztunnel", "not-a-token"] {
+        assert!(!logs.contains(token), "token {token} is in the logs");
+    }
+    assert!(!logs.contains("PRIVATE KEY"));
+    let mut keys = 0;
+    for secret in fake.list("v1", "secrets") {
+        for (name, value) in secret["data"].as_object().into_iter().flatten() {
+            if name.ends_with("key") || name.ends_with("key.pem") {
+                use base64::Engine as _;
+                let pem = base64::engine::general_purpose::STANDARD.decode(value.as_str().unwrap()).unwrap();
+                let pem = String::from_utf8(pem).unwrap();
+                for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+                    assert!(!logs.contains(line), "a line of {} {name} is in the logs", secret["metadata"]["name"]);
+                }
+                keys += 1;
+            }
+        }
+    }
+    assert!(keys >= 4, "only {keys} keys were checked");
 }
