@@ -7,26 +7,17 @@
 mod support;
 
 use meshroot::cmd::root::{RootAction, run};
-use meshroot::pb::IstioCertificateRequest;
 use meshroot::pki::authority::issued_by;
 use meshroot::pki::{Authority, KeyAlgorithm, PrivateKey, TrustBundle, pem};
 use rustls_pki_types::CertificateDer;
-use serde_json::json;
 use std::time::Duration;
 use support::eventually_async;
 use support::fake_api::FakeApi;
+use support::replica::{NS, ROOT_SECRET, ask, secret_text, start, world};
 use time::OffsetDateTime;
 
-const NS: &str = "meshroot";
-const SECRET: &str = "meshroot-root-ca";
+const SECRET: &str = ROOT_SECRET;
 const WORKLOAD: &str = "spiffe://cluster.local/ns/bookinfo/sa/reviews";
-
-fn secret_text(fake: &FakeApi, ns: &str, name: &str, key: &str) -> Option<String> {
-    use base64::Engine as _;
-    let s = fake.get("v1", "secrets", ns, name)?;
-    let b = base64::engine::general_purpose::STANDARD.decode(s["data"][key].as_str()?).ok()?;
-    String::from_utf8(b).ok()
-}
 
 fn certs(pem_text: &str) -> Vec<CertificateDer<'static>> {
     pem::decode_certificates(pem_text.as_bytes(), 1 << 20).unwrap_or_default()
@@ -70,18 +61,7 @@ async fn published_bundles(fake: &FakeApi, port: u16) -> Vec<(String, Vec<Certif
 
 /// A workload certificate from the gRPC API, and the response's root bundle.
 async fn workload_leaf(fake: &FakeApi, port: u16) -> Option<(Leaf, Vec<CertificateDer<'static>>)> {
-    let trusted = secret_text(fake, NS, SECRET, "tls.crt").unwrap()
-        + &secret_text(fake, NS, SECRET, "ca.crt").unwrap_or_default();
-    let mut client = meshroot::client::connect(&format!("localhost:{port}"), trusted.as_bytes()).await.ok()?;
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let csr = meshroot::pki::csr::build_workload_csr(&key, WORKLOAD).unwrap();
-    let req = meshroot::client::request(
-        IstioCertificateRequest { csr, validity_duration: 3600, metadata: None },
-        Some("reviews-token"),
-        "Kubernetes",
-    )
-    .unwrap();
-    let response = client.create_certificate(req).await.ok()?.into_inner();
+    let response = ask(fake, port, "reviews-token", WORKLOAD).await.ok()?;
     let n = response.cert_chain.len();
     let chain: Vec<_> = response.cert_chain[..n - 1].iter().flat_map(|e| certs(e)).collect();
     let bundle = certs(&response.cert_chain[n - 1]);
@@ -153,50 +133,9 @@ fn check_all(leaves: &[Leaf], bundles: &[(String, Vec<CertificateDer<'static>>)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
     let fake = FakeApi::new();
-    for (ns, labels) in [
-        (NS, json!({})),
-        ("istio-system", json!({"mesh": "default"})),
-        ("bookinfo", json!({"mesh": "default"})),
-        ("openshift-ingress", json!({})),
-    ] {
-        fake.namespace(ns, labels);
-    }
-    fake.create(
-        "meshroot.io/v1alpha1",
-        "meshes",
-        "",
-        json!({"metadata": {"name": "default"}, "spec": {
-        "trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"},
-        "namespaceSelector": {"matchLabels": {"mesh": "default"}}}}),
-    );
-    fake.create(
-        "meshroot.io/v1alpha1",
-        "meshes",
-        "",
-        json!({"metadata": {"name": "gateway"}, "spec": {
-        "trustDomain": "cluster.local", "mode": "PluginCA", "istiod": {"namespace": "openshift-ingress"}}}),
-    );
+    world(&fake);
     fake.add_service_account_token("reviews-token", "bookinfo", "reviews", None, &["istio-ca"]);
-    let opts = meshroot::serve::ServeOptions {
-        namespace: NS.into(),
-        pod_name: "meshroot-0".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ops_listen: "127.0.0.1:0".parse().unwrap(),
-        root_secret: SECRET.into(),
-        generate_root: true,
-        cluster_id: "Kubernetes".into(),
-        cluster_aliases: vec![],
-        token: Default::default(),
-        service_name: "meshroot".into(),
-        serving_names: vec!["localhost".into()],
-        lease_name: "meshroot-leader".into(),
-        resync: Duration::from_secs(1),
-        drain_delay: Duration::ZERO,
-        cert_manager_issuer: false,
-        kubernetes_csr_signer: false,
-        rate_limits: Default::default(),
-    };
-    let server = meshroot::serve::start(fake.client(), opts).await.unwrap();
+    let server = start(&fake, "meshroot-0").await;
     let port = server.grpc_addr.port();
     let old_root =
         certs(&eventually_async("the generated root", async || secret_text(&fake, NS, SECRET, "tls.crt")).await)[0]

@@ -68,6 +68,7 @@ pub async fn reconcile(
                 crate::k8s::intermediates::IntermediateError::NotOwned(_) if spec.mode == MeshMode::PluginCa => {
                     "CacertsNotOwned"
                 }
+                crate::k8s::intermediates::IntermediateError::Corrupt { .. } => "IntermediateCorrupt",
                 _ => "IntermediateUnavailable",
             };
             return Outcome { problem: Some((reason, e.to_string())), ..Default::default() };

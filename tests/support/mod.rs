@@ -7,6 +7,7 @@ pub mod helm;
 pub mod issuers;
 pub mod openssl;
 pub mod rbac;
+pub mod replica;
 
 use meshroot::dev::{DevOptions, DevServer};
 use meshroot::pb::istio_certificate_service_client::IstioCertificateServiceClient;

@@ -11,7 +11,9 @@
 //! TokenReview answers configured per test, SubjectAccessReviews answered
 //! from configured grants, field selectors limited to the fields each
 //! resource declares, CertificateSigningRequests with their /approval
-//! subresource, and an outage switch.
+//! subresource, an outage switch that also cuts open watches, and one-shot
+//! faults on a write (refused before it applies, or applied with the
+//! response lost).
 //!
 //! Not modelled: admission and CRD schema validation, field managers and
 //! apply conflicts (apply merges), strategic merge by list keys (treated as
@@ -29,7 +31,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use store::{ApiError, Event, ListOptions, ResourceInfo, ResourceKey, Store, TokenAnswer};
 use tokio::sync::broadcast;
@@ -40,13 +41,26 @@ pub struct Recorded {
     pub path: String,
     pub query: String,
     pub content_type: String,
+    /// The HTTP status the fake answered with.
+    pub status: u16,
+}
+
+/// A one-shot failure of the next matching write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// 503 before anything is applied.
+    Refused,
+    /// The write is applied, then the client gets a 504 (a lost response).
+    ResponseLost,
 }
 
 struct Inner {
     store: Mutex<Store>,
     events: broadcast::Sender<Event>,
-    outage: AtomicBool,
+    outage: tokio::sync::watch::Sender<bool>,
     requests: Mutex<Vec<Recorded>>,
+    /// (method, path suffix, fault), each used once.
+    faults: Mutex<Vec<(Method, String, Fault)>>,
 }
 
 #[derive(Clone)]
@@ -135,8 +149,9 @@ impl FakeApi {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
                 events,
-                outage: AtomicBool::new(false),
+                outage: tokio::sync::watch::Sender::new(false),
                 requests: Mutex::new(Vec::new()),
+                faults: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -170,9 +185,16 @@ impl FakeApi {
         Served { addr, kubeconfig, _dir: dir, task }
     }
 
-    /// While on, every request fails with 503, as when the API server is unreachable.
+    /// While on, every request fails with 503 and open watches are cut, as
+    /// when the API server is unreachable.
     pub fn set_outage(&self, on: bool) {
-        self.inner.outage.store(on, Ordering::SeqCst);
+        self.inner.outage.send_replace(on);
+    }
+
+    /// The next `method` request whose path ends with `path_suffix` fails with `fault`.
+    pub fn inject(&self, method: &str, path_suffix: &str, fault: Fault) {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        self.inner.faults.lock().unwrap().push((method, path_suffix.to_string(), fault));
     }
 
     pub fn add_token(&self, token: &str, answer: TokenAnswer) {
@@ -307,13 +329,20 @@ impl FakeApi {
         self.inner.store.lock().unwrap().list(&ResourceKey { group, plural: plural.into() }, &opts)
     }
 
-    fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap) {
+    fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap, status: u16) {
         self.inner.requests.lock().unwrap().push(Recorded {
             method: method.to_string(),
             path: uri.path().to_string(),
             query: uri.query().unwrap_or_default().to_string(),
             content_type: headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+            status,
         });
+    }
+
+    fn take_fault(&self, method: &Method, path: &str) -> Option<Fault> {
+        let mut faults = self.inner.faults.lock().unwrap();
+        let i = faults.iter().position(|(m, suffix, _)| m == method && path.ends_with(suffix.as_str()))?;
+        Some(faults.remove(i).2)
     }
 
     fn publish(&self, events: Vec<Event>) {
@@ -424,18 +453,23 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    api.record(&method, &uri, &headers);
-    if api.inner.outage.load(Ordering::SeqCst) {
-        return status_response(&ApiError::new(
-            503,
-            "ServiceUnavailable",
-            "the server is currently unable to handle the request",
-        ));
-    }
-    match dispatch(&api, &method, &uri, &headers, &body) {
-        Ok(resp) => resp,
-        Err(e) => status_response(&e),
-    }
+    let unavailable =
+        || ApiError::new(503, "ServiceUnavailable", "the server is currently unable to handle the request");
+    let fault = api.take_fault(&method, uri.path());
+    let response = if *api.inner.outage.borrow() || fault == Some(Fault::Refused) {
+        status_response(&unavailable())
+    } else {
+        let applied = match dispatch(&api, &method, &uri, &headers, &body) {
+            Ok(resp) => resp,
+            Err(e) => status_response(&e),
+        };
+        match fault {
+            Some(Fault::ResponseLost) => status_response(&ApiError::new(504, "Timeout", "the response was lost")),
+            _ => applied,
+        }
+    };
+    api.record(&method, &uri, &headers, response.status().as_u16());
+    response
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
@@ -605,6 +639,18 @@ fn line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(v)
 }
 
+/// Resolves when the outage switch turns on.
+async fn went_down(outage: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *outage.borrow_and_update() {
+            return;
+        }
+        if outage.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 fn watch(
     api: &FakeApi,
     store: &mut Store,
@@ -638,6 +684,7 @@ fn watch(
     }
     let last_replayed = store.rv;
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1024);
+    let mut outage = api.inner.outage.subscribe();
     tokio::spawn(async move {
         for b in initial {
             if tx.send(Ok(b)).await.is_err() {
@@ -646,7 +693,14 @@ fn watch(
         }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
         loop {
-            let next = tokio::time::timeout_at(deadline, rx.recv()).await;
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, rx.recv()) => next,
+                _ = went_down(&mut outage) => {
+                    let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the API server went away");
+                    let _ = tx.send(Err(reset)).await;
+                    return;
+                }
+            };
             let event = match next {
                 Err(_) => return,
                 Ok(Ok(e)) => e,

@@ -1,0 +1,94 @@
+//! An in-process `meshroot serve` replica against the fake API, with the
+//! usual world: an External mesh `default` over istio-system and bookinfo,
+//! and a PluginCA mesh `gateway` in openshift-ingress.
+
+use super::fake_api::FakeApi;
+use meshroot::serve::{ServeOptions, Server};
+use serde_json::json;
+use std::time::Duration;
+
+pub const NS: &str = "meshroot";
+pub const ROOT_SECRET: &str = "meshroot-root-ca";
+
+pub fn world(fake: &FakeApi) {
+    for (ns, labels) in [
+        (NS, json!({})),
+        ("istio-system", json!({"mesh": "default"})),
+        ("bookinfo", json!({"mesh": "default"})),
+        ("openshift-ingress", json!({})),
+    ] {
+        fake.namespace(ns, labels);
+    }
+    fake.create(
+        "meshroot.io/v1alpha1",
+        "meshes",
+        "",
+        json!({"metadata": {"name": "default"}, "spec": {
+        "trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"},
+        "namespaceSelector": {"matchLabels": {"mesh": "default"}}}}),
+    );
+    fake.create(
+        "meshroot.io/v1alpha1",
+        "meshes",
+        "",
+        json!({"metadata": {"name": "gateway"}, "spec": {
+        "trustDomain": "cluster.local", "mode": "PluginCA", "istiod": {"namespace": "openshift-ingress"}}}),
+    );
+}
+
+pub fn options(pod_name: &str) -> ServeOptions {
+    ServeOptions {
+        namespace: NS.into(),
+        pod_name: pod_name.into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ops_listen: "127.0.0.1:0".parse().unwrap(),
+        root_secret: ROOT_SECRET.into(),
+        generate_root: true,
+        cluster_id: "Kubernetes".into(),
+        cluster_aliases: vec![],
+        token: Default::default(),
+        service_name: "meshroot".into(),
+        serving_names: vec!["localhost".into()],
+        lease_name: "meshroot-leader".into(),
+        resync: Duration::from_secs(1),
+        drain_delay: Duration::ZERO,
+        cert_manager_issuer: false,
+        kubernetes_csr_signer: false,
+        rate_limits: Default::default(),
+    }
+}
+
+pub async fn start(fake: &FakeApi, pod_name: &str) -> Server {
+    meshroot::serve::start(fake.client(), options(pod_name)).await.unwrap()
+}
+
+/// A Secret value as text.
+pub fn secret_text(fake: &FakeApi, ns: &str, name: &str, key: &str) -> Option<String> {
+    use base64::Engine as _;
+    let s = fake.get("v1", "secrets", ns, name)?;
+    let b = base64::engine::general_purpose::STANDARD.decode(s["data"][key].as_str()?).ok()?;
+    String::from_utf8(b).ok()
+}
+
+/// The root Secret's bundle (tls.crt then ca.crt), for clients to trust.
+pub fn trusted_roots(fake: &FakeApi) -> String {
+    secret_text(fake, NS, ROOT_SECRET, "tls.crt").unwrap_or_default()
+        + &secret_text(fake, NS, ROOT_SECRET, "ca.crt").unwrap_or_default()
+}
+
+/// Asks replica `port` for `identity` with `token`, as pilot-agent does.
+pub async fn ask(
+    fake: &FakeApi,
+    port: u16,
+    token: &str,
+    identity: &str,
+) -> Result<meshroot::pb::IstioCertificateResponse, tonic::Status> {
+    let mut client = meshroot::client::connect(&format!("localhost:{port}"), trusted_roots(fake).as_bytes())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = meshroot::pki::csr::build_workload_csr(&key, identity).unwrap();
+    let body = meshroot::pb::IstioCertificateRequest { csr, validity_duration: 3600, metadata: None };
+    let req = meshroot::client::request(body, Some(token), "Kubernetes").unwrap();
+    client.create_certificate(req).await.map(|r| r.into_inner())
+}
