@@ -140,7 +140,7 @@ async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
     let old_root =
         certs(&eventually_async("the generated root", async || secret_text(&fake, NS, SECRET, "tls.crt")).await)[0]
             .clone();
-    bundles_converge(&fake, port, &[old_root.clone()], "step 0: one root everywhere").await;
+    bundles_converge(&fake, port, std::slice::from_ref(&old_root), "step 0: one root everywhere").await;
     eventually_async("istiod-tls", async || secret_text(&fake, "istio-system", "istiod-tls", "tls.crt")).await;
     let mut old_leaves = vec![workload(&fake, port).await, gateway_leaf(&fake), istiod_leaf(&fake)];
     check_all(&old_leaves, &published_bundles(&fake, port).await, true, "step 0");
@@ -221,7 +221,7 @@ async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
             .await
             .unwrap();
     assert!(said.contains("stage: steady"), "{said}");
-    bundles_converge(&fake, port, &[new_root.clone()], "step 3: only the new root").await;
+    bundles_converge(&fake, port, std::slice::from_ref(&new_root), "step 3: only the new root").await;
     let step3 = published_bundles(&fake, port).await;
     check_all(&new_leaves, &step3, true, "step 3, new chain");
     // The old chain is no longer trusted: by now its leaves would have expired.
