@@ -78,6 +78,8 @@ fn the_deployment_runs_hardened_with_arguments_the_binary_accepts() {
         assert_eq!(setting("namespace"), NAMESPACE);
         assert_eq!(setting("service name"), "mr-meshroot", "the serving certificate names the Service");
         assert_eq!(setting("generate root"), "true");
+        assert_eq!(setting("identity rate limit"), "50/s (burst 1000)");
+        assert_eq!(setting("node rate limit"), "100/s (burst 1000)");
 
         // Ports and probes agree with the flags.
         let port = |name: &str| {
@@ -110,13 +112,16 @@ fn the_deployment_runs_hardened_with_arguments_the_binary_accepts() {
 
 #[test]
 fn an_imported_root_is_not_generated_and_extra_args_are_passed() {
-    let docs = template(&["--set", "root.mode=import", "--set", "extraArgs[0]=--resync=30s"]).unwrap();
+    let docs =
+        template(&["--set", "root.mode=import", "--set", "extraArgs[0]=--resync=30s", "--set", "rateLimits.node=off"])
+            .unwrap();
     let args = strings(&find(&docs, "Deployment", "mr-meshroot")["spec"]["template"]["spec"]["containers"][0]["args"]);
     assert!(!args.contains(&"--generate-root".to_string()));
     assert_eq!(args.last().unwrap(), "--resync=30s");
     let out = Command::new(BIN).args(&args).arg("--check-config").env("POD_NAMESPACE", "x").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("resync: 30s"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node rate limit: off"));
 }
 
 /// A rule flattened for comparison: (group, resource, verb, resourceNames).
@@ -280,6 +285,8 @@ fn invalid_values_are_refused_at_install_time_with_the_field_named() {
         (&["--set", "root.mode=bogus"], "/root/mode"),
         (&["--set", "replicaCount=0"], "/replicaCount"),
         (&["--set", "logFormat=xml"], "/logFormat"),
+        (&["--set", "rateLimits.identity=fast"], "/rateLimits/identity"),
+        (&["--set", "rateLimits.node=-5/s"], "/rateLimits/node"),
         (&["--set", "meshes[0].name=m", "--set", "meshes[0].istiod.namespace=istio-system"], "trustDomain"),
         (
             &[

@@ -607,3 +607,14 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 use x509_parser::prelude::FromDer;
+
+/// The server caps concurrent streams per connection (1024) and says so in its
+/// SETTINGS, so one client cannot open unbounded work on one connection.
+#[tokio::test]
+async fn concurrent_streams_per_connection_are_capped() {
+    let ca = start_ca().await;
+    let client = connect(&ca).await;
+    // SETTINGS arrive with the server's preface; one round trip makes sure they were read.
+    let _ = send(&client, app(&good_csr()), None).await.unwrap();
+    assert_eq!(client.current_max_send_streams(), 1024);
+}
