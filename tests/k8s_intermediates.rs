@@ -179,6 +179,15 @@ async fn an_offline_root_uses_a_supplied_intermediate_and_never_writes() {
     .unwrap();
     let warning = due.warning.expect("a warning that it cannot be renewed");
     assert!(warning.contains("should be replaced") && warning.contains("does not own"), "{warning}");
+    // A root rotation switched to a new offline root: the supplied intermediate
+    // still works (the old root is still trusted) but is flagged for replacement.
+    let new_root = Authority::new_root(&CaSpec::root(Duration::days(3650)), now()).unwrap();
+    let rotating = TrustBundle::new(vec![new_root.certificate().clone(), s.root.certificate().clone()]).unwrap();
+    let flagged =
+        ensure(&s.api, &IntermediateSecret::external("default"), &s.policy, None, &rotating, now()).await.unwrap();
+    assert_eq!(flagged.chain.authority().serial_hex(), int.serial_hex());
+    let warning = flagged.warning.expect("a warning that it is under the old root");
+    assert!(warning.contains("another root than the signing root"), "{warning}");
     assert!(s.fake.writes().is_empty());
 }
 

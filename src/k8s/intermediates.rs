@@ -175,18 +175,14 @@ pub fn parse_layout(
 }
 
 /// Why an existing intermediate must be replaced, if it must.
-fn replacement_reason(
-    chain: &SigningChain,
-    policy: &IntermediatePolicy,
-    root: Option<&Authority>,
-    now: OffsetDateTime,
-) -> Option<String> {
+fn replacement_reason(chain: &SigningChain, policy: &IntermediatePolicy, now: OffsetDateTime) -> Option<String> {
     let a = chain.authority();
-    // Step 2 of a root rotation: the new root signs, so intermediates move under it.
-    if let Some(root) = root
-        && !root.issued(a.certificate())
+    // Step 2 of a root rotation: the new root signs (it is first in the
+    // bundle, online or not), so intermediates move under it.
+    if let Some(signing_root) = chain.bundle().roots().first()
+        && !crate::pki::authority::issued_by(signing_root, a.certificate())
     {
-        return Some(format!("it was issued by another root than the signing root ({})", root.subject()));
+        return Some("it was issued by another root than the signing root".into());
     }
     if now >= policy.renew_at(a.not_after()) {
         return Some(format!("it expires at {} (renewing {} before)", a.not_after(), policy.renew_before));
@@ -231,7 +227,7 @@ pub async fn ensure(
         let owned = is_managed(secret.metadata.labels.as_ref());
         match parse_layout(secret, layout, bundle, now) {
             Ok(chain) => {
-                let Some(why) = replacement_reason(&chain, policy, root, now) else {
+                let Some(why) = replacement_reason(&chain, policy, now) else {
                     let stored_bundle = secret_value(secret, layout.bundle_key());
                     if owned && stored_bundle != Some(bundle.pem().as_bytes()) {
                         // Same intermediate, new bundle (a root added or removed).
