@@ -45,6 +45,7 @@ fn start_blocking(kubeconfig: &std::path::Path, name: &str) -> Replica {
     let log = std::fs::File::create(log_path(kubeconfig, name)).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--namespace", "meshroot", "--pod-name", name, "--generate-root", "--listen", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
         .args([
             "--metrics-listen",
             "127.0.0.1:0",
@@ -310,6 +311,20 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
         .map(|n| std::fs::read_to_string(log_path(&served.kubeconfig, n)).unwrap())
         .collect();
     assert!(logs.contains("certificate issued") && logs.contains("leading"), "the logs are not captured: {logs}");
+    // One audit line per decision, for the gRPC API and the issuer alike.
+    let audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "meshroot::audit")
+        .collect();
+    let shop: Vec<_> = audit.iter().filter(|a| a["request"] == "bookinfo/shop").collect();
+    assert_eq!(shop.len(), 1, "{shop:?}");
+    assert_eq!(shop[0]["source"], "CertificateRequest");
+    assert_eq!(shop[0]["outcome"], "issued");
+    assert_eq!(shop[0]["issuer"], "ClusterIssuer mesh-root");
+    assert_eq!(shop[0]["serial"].as_str().unwrap().len(), 40);
+    let grpc_denied = audit.iter().filter(|a| a["outcome"] == "denied" && a["code"] == "Unauthenticated").count();
+    assert!(grpc_denied >= 1, "the refused token left no audit line");
     for token in ["tok-reviews", "tok-ztunnel", "not-a-token"] {
         assert!(!logs.contains(token), "token {token} is in the logs");
     }
@@ -329,4 +344,16 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
         }
     }
     assert!(keys >= 4, "only {keys} keys were checked");
+    // Each Secret meshroot writes holds what its consumer reads, and nothing else.
+    for secret in fake.list("v1", "secrets") {
+        let name = secret["metadata"]["name"].as_str().unwrap();
+        let held: Vec<&str> = secret["data"].as_object().unwrap().keys().map(String::as_str).collect();
+        let expected: &[&str] = match name {
+            "meshroot-root-ca" => &["tls.crt", "tls.key"],
+            "cacerts" => &["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"],
+            n if n == "istiod-tls" || n.starts_with("meshroot-intermediate-") => &["ca.crt", "tls.crt", "tls.key"],
+            other => panic!("meshroot wrote an unexpected Secret {other}"),
+        };
+        assert_eq!(held, expected, "Secret {name}");
+    }
 }

@@ -11,6 +11,7 @@ use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, Req
 use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;
 use crate::k8s::intermediates::parse_duration;
+use crate::telemetry::audit;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -214,6 +215,7 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
             .await
             .map_err(|e| ReconcileError::Write(error_summary(&e)))?;
         announce(&ctx.events, cr.as_ref(), &outcome).await;
+        audit_decision(&cr, &outcome);
     }
     match outcome {
         Outcome::Pending(why) => {
@@ -234,6 +236,28 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
             ctx.attempts.lock().map(|mut a| a.remove(&key)).ok();
             Ok(Action::await_change())
         }
+    }
+}
+
+/// One audit line when a request is finished (issued, failed or denied).
+fn audit_decision(cr: &CertificateRequest, outcome: &Outcome) {
+    let decision = audit::RequestDecision {
+        source: "CertificateRequest",
+        request: format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()),
+        issuer: format!(
+            "{} {}",
+            cr.spec.issuer_ref.kind.as_deref().filter(|k| !k.is_empty()).unwrap_or("Issuer"),
+            cr.spec.issuer_ref.name
+        ),
+        requester: cr.spec.username.as_deref().unwrap_or_default(),
+    };
+    match outcome {
+        Outcome::Issued(signed) => {
+            audit::request_issued(&decision, &signed.serial_hex, signed.not_after.unix_timestamp())
+        }
+        Outcome::Failed { reason, message } => audit::request_denied(&decision, reason, message),
+        Outcome::Denied => audit::request_denied(&decision, "Denied", "denied by an approval controller"),
+        Outcome::Pending(_) => {}
     }
 }
 

@@ -10,6 +10,7 @@ use super::signing::{Outcome, Signers};
 use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;
 use crate::k8s::intermediates::parse_duration;
+use crate::telemetry::audit;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
@@ -199,8 +200,15 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
     api.patch_status(&name, &PatchParams::default(), &patch)
         .await
         .map_err(|e| ReconcileError::Api(error_summary(&e)))?;
+    let decision = audit::RequestDecision {
+        source: "CertificateSigningRequest",
+        request: name.clone(),
+        issuer: issuer_name.to_string(),
+        requester: csr.spec.username.as_deref().unwrap_or_default(),
+    };
     match outcome {
         Outcome::Issued(signed) => {
+            audit::request_issued(&decision, &signed.serial_hex, signed.not_after.unix_timestamp());
             let text = format!(
                 "Certificate issued: serial {}, valid until {}",
                 signed.serial_hex,
@@ -212,6 +220,7 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
             }
         }
         Outcome::Failed { reason, message } => {
+            audit::request_denied(&decision, reason, &message);
             ctx.events.publish(&reference, EventType::Warning, reason, note(message)).await;
         }
         Outcome::Pending(_) | Outcome::Denied => {}

@@ -57,3 +57,47 @@ pub fn denied(r: &AuditRecord<'_>, code: &'static str, reason: &str, latency: Du
         "certificate request denied"
     );
 }
+
+/// What meshroot decided for a cert-manager CertificateRequest or a
+/// Kubernetes CertificateSigningRequest, once written to its status.
+#[derive(Debug)]
+pub struct RequestDecision<'a> {
+    /// `CertificateRequest` or `CertificateSigningRequest`.
+    pub source: &'static str,
+    /// `namespace/name`, or the name of a cluster-scoped CSR.
+    pub request: String,
+    /// The issuer named, such as `ClusterIssuer mesh-ca`.
+    pub issuer: String,
+    /// Who created the request (`spec.username`).
+    pub requester: &'a str,
+}
+
+pub fn request_issued(d: &RequestDecision<'_>, serial: &str, not_after: i64) {
+    tracing::info!(
+        target: TARGET,
+        outcome = "issued",
+        code = "OK",
+        source = d.source,
+        request = d.request.as_str(),
+        issuer = d.issuer.as_str(),
+        requester = d.requester,
+        serial,
+        not_after,
+        "certificate issued"
+    );
+}
+
+/// `code` is the condition reason (`Denied`, `PolicyViolation`, ...).
+pub fn request_denied(d: &RequestDecision<'_>, code: &str, reason: &str) {
+    tracing::warn!(
+        target: TARGET,
+        outcome = "denied",
+        code,
+        reason,
+        source = d.source,
+        request = d.request.as_str(),
+        issuer = d.issuer.as_str(),
+        requester = d.requester,
+        "certificate request denied"
+    );
+}
