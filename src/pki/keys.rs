@@ -298,6 +298,35 @@ mod tests {
         assert!(!debug.contains(&body[..20]));
     }
 
+    /// Everything that holds a key redacts it, down to the derived Debug of
+    /// the structs that hold those (a signing chain, the root state).
+    #[test]
+    fn holders_of_keys_redact_them_in_debug_output() {
+        use crate::pki::{Authority, CaSpec, SigningChain, TrustBundle};
+        let now = time::OffsetDateTime::now_utc();
+        let root = Authority::new_root(&CaSpec::root(time::Duration::days(1)), now).unwrap();
+        let int = root.new_intermediate(&CaSpec::intermediate("m", time::Duration::hours(1)), now).unwrap();
+        // Full base64 lines of each key (the short last line could occur anywhere by chance).
+        let key_lines: Vec<String> = [root.key().to_pem(), int.key().to_pem()]
+            .iter()
+            .flat_map(|p| p.lines().filter(|l| l.len() == 64).map(String::from).collect::<Vec<_>>())
+            .collect();
+        let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+        let chain = SigningChain::new(int, vec![], bundle.clone()).unwrap();
+        let state = crate::k8s::root::RootState {
+            authority: Some(std::sync::Arc::new(root)),
+            bundle: std::sync::Arc::new(bundle),
+        };
+        let token = crate::ca::auth::BearerToken::new("eyJhbGciOiJSUzI1NiJ9.secret-token-value".into());
+        for debug in [format!("{chain:?}"), format!("{state:?}"), format!("{chain:#?}"), format!("{token:?}")] {
+            assert!(debug.contains("redacted"), "{debug}");
+            for line in &key_lines {
+                assert!(!debug.contains(line.as_str()), "a key line in {debug}");
+            }
+            assert!(!debug.contains("secret-token-value"));
+        }
+    }
+
     #[test]
     fn algorithm_names_round_trip() {
         for alg in KeyAlgorithm::ALL {
