@@ -239,24 +239,11 @@ async fn metrics_count_requests_the_way_istiod_does() {
     assert_eq!(m.success_cert_issuance_count.get(), 1);
     assert_eq!(m.authentication_failure_count.get(), 1);
     assert_eq!(m.csr_parsing_err_count.get(), 1);
-    let url = format!("http://{}/metrics", ca.server.ops_addr);
-    let text = http_get(&url).await;
+    let text = http_get(ca.server.ops_addr, "/metrics").await;
     assert!(text.contains("citadel_server_csr_count 3"), "{text}");
     assert!(text.contains("citadel_server_csr_sign_err_count{error=\"CSR_ERROR\"} 1"), "{text}");
-    assert!(http_get(&format!("http://{}/readyz", ca.server.ops_addr)).await.contains("ready"));
-    assert!(http_get(&format!("http://{}/healthz", ca.server.ops_addr)).await.contains("ok"));
-}
-
-/// A minimal HTTP/1.1 GET, so the test needs no HTTP client crate.
-async fn http_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    assert!(http_get(ca.server.ops_addr, "/readyz").await.contains("ready"));
+    assert!(http_get(ca.server.ops_addr, "/healthz").await.contains("ok"));
 }
 
 #[tokio::test]

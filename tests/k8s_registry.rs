@@ -29,14 +29,7 @@ struct World {
 
 async fn world() -> World {
     let fake = FakeApi::new();
-    for (ns, labels) in [
-        (NS, json!({})),
-        ("istio-system", json!({"mesh": "default"})),
-        ("bookinfo", json!({"mesh": "default"})),
-        ("openshift-ingress", json!({})),
-    ] {
-        fake.namespace(ns, labels);
-    }
+    support::replica::namespaces(&fake);
     let root = Authority::new_root(&CaSpec::root(time::Duration::days(365)), OffsetDateTime::now_utc()).unwrap();
     let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
     let registry = Arc::new(MeshRegistry::default());

@@ -31,14 +31,7 @@ impl Drop for World {
 
 fn world() -> World {
     let fake = FakeApi::new();
-    for (ns, labels) in [
-        ("meshroot", json!({})),
-        ("istio-system", json!({"mesh": "default"})),
-        ("bookinfo", json!({"mesh": "default"})),
-        ("openshift-ingress", json!({})),
-    ] {
-        fake.namespace(ns, labels);
-    }
+    support::replica::namespaces(&fake);
     let root = Authority::new_root(&CaSpec::root(time::Duration::days(3650)), OffsetDateTime::now_utc()).unwrap();
     let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
     let (root_tx, root_rx) =

@@ -122,14 +122,7 @@ fn pod(fake: &FakeApi, ns: &str, name: &str, sa: &str, node: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     let fake = FakeApi::new();
-    for (ns, labels) in [
-        ("meshroot", json!({})),
-        ("istio-system", json!({"mesh": "default"})),
-        ("bookinfo", json!({"mesh": "default"})),
-        ("openshift-ingress", json!({})),
-    ] {
-        fake.namespace(ns, labels);
-    }
+    support::replica::namespaces(&fake);
     // OpenShift's Gateway API istiod cannot be repointed: it gets cacerts.
     fake.create(
         "meshroot.io/v1alpha1",

@@ -156,3 +156,13 @@ pub async fn eventually_async<T>(what: &str, mut f: impl AsyncFnMut() -> Option<
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A minimal HTTP/1.1 GET (so the tests need no HTTP client crate): the whole response.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

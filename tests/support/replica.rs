@@ -10,7 +10,9 @@ use std::time::Duration;
 pub const NS: &str = "meshroot";
 pub const ROOT_SECRET: &str = "meshroot-root-ca";
 
-pub fn world(fake: &FakeApi) {
+/// meshroot's namespace, two labelled `mesh: default` (istio-system,
+/// bookinfo), and openshift-ingress.
+pub fn namespaces(fake: &FakeApi) {
     for (ns, labels) in [
         (NS, json!({})),
         ("istio-system", json!({"mesh": "default"})),
@@ -19,6 +21,10 @@ pub fn world(fake: &FakeApi) {
     ] {
         fake.namespace(ns, labels);
     }
+}
+
+pub fn world(fake: &FakeApi) {
+    namespaces(fake);
     fake.create(
         "meshroot.io/v1alpha1",
         "meshes",
