@@ -80,7 +80,7 @@ fn secret_writes(fake: &FakeApi, ns: &str, name: &str) -> usize {
     fake.requests()
         .iter()
         .filter(|r| r.status < 300 && r.method != "GET")
-        .filter(|r| r.path == one || (r.method == "POST" && r.path == collection && r.status == 201))
+        .filter(|r| r.path == one || (r.path == collection && r.created_name.as_deref() == Some(name)))
         .count()
 }
 
@@ -116,6 +116,34 @@ async fn split_brain_leaders_end_with_one_intermediate_per_mesh() {
         t.abort();
     }
     drop((tx_a, tx_b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_starting_together_elect_one_leader_and_share_one_intermediate() {
+    let fake = FakeApi::new();
+    replica::world(&fake);
+    fake.add_service_account_token("reviews", "bookinfo", "reviews", None, &["istio-ca"]);
+    let (a, b) = tokio::join!(replica::start(&fake, "replica-a"), replica::start(&fake, "replica-b"));
+    for mesh in ["default", "gateway"] {
+        eventually_async("Ready", async || mesh_condition(&fake, mesh).filter(|c| c.0 == "True")).await;
+    }
+    // Both serve, from the same intermediate.
+    let mut issuers = Vec::new();
+    for port in [a.grpc_addr.port(), b.grpc_addr.port()] {
+        let response =
+            eventually_async("a certificate", async || ask(&fake, port, "reviews", REVIEWS).await.ok()).await;
+        issuers.push(response.cert_chain[1].clone());
+    }
+    assert_eq!(issuers[0], issuers[1]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(secret_writes(&fake, NS, &secret_name("default")), 1, "one intermediate for mesh default");
+    assert_eq!(secret_writes(&fake, "openshift-ingress", "cacerts"), 1, "one cacerts for mesh gateway");
+    assert_eq!(secret_writes(&fake, NS, replica::ROOT_SECRET), 1, "one generated root");
+    let lease = fake.get("coordination.k8s.io/v1", "leases", NS, "meshroot-leader").unwrap();
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_string();
+    assert!(holder == "replica-a" || holder == "replica-b", "{holder}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 fn due_policy() -> IntermediatePolicy {

@@ -43,6 +43,8 @@ pub struct Recorded {
     pub content_type: String,
     /// The HTTP status the fake answered with.
     pub status: u16,
+    /// For a create, the name in the body (the path names only the collection).
+    pub created_name: Option<String>,
 }
 
 /// A one-shot failure of the next matching write.
@@ -329,8 +331,13 @@ impl FakeApi {
         self.inner.store.lock().unwrap().list(&ResourceKey { group, plural: plural.into() }, &opts)
     }
 
-    fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap, status: u16) {
+    fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes, status: u16) {
+        let created_name = (method == Method::POST)
+            .then(|| serde_json::from_slice::<Value>(body).ok())
+            .flatten()
+            .and_then(|v| v["metadata"]["name"].as_str().map(String::from));
         self.inner.requests.lock().unwrap().push(Recorded {
+            created_name,
             method: method.to_string(),
             path: uri.path().to_string(),
             query: uri.query().unwrap_or_default().to_string(),
@@ -468,7 +475,7 @@ async fn handle(
             _ => applied,
         }
     };
-    api.record(&method, &uri, &headers, response.status().as_u16());
+    api.record(&method, &uri, &headers, &body, response.status().as_u16());
     response
 }
 
