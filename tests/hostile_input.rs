@@ -222,6 +222,15 @@ fn cases() -> Vec<Case> {
         case("empty CSR", app(""), InvalidArgument, "invalid CSR: ", "PEM"),
         case("garbage text", app("hello, CA"), InvalidArgument, "invalid CSR: ", "PEM"),
         case("truncated PEM", app(&good[..good.len() / 2]), InvalidArgument, "invalid CSR: ", "PEM"),
+        // Found by the fuzzer: the mismatched label used to be echoed, newlines and all.
+        case(
+            "mismatched END label",
+            app(&good
+                .replace("-----END CERTIFICATE REQUEST", &format!("-----END CERTIFICATE REQU\n{}", "A".repeat(5000)))),
+            InvalidArgument,
+            "invalid CSR: ",
+            "mismatching BEGIN",
+        ),
         case("garbage DER", app(&pem_of(&[0x30, 0x03, 0x02, 0x01, 0x00])), InvalidArgument, "invalid CSR: ", ""),
         case("truncated DER", app(&pem_of(&der_body[..der_body.len() - 10])), InvalidArgument, "invalid CSR: ", ""),
         case(

@@ -20,7 +20,9 @@ pub fn decode_all(input: &[u8], limit: usize) -> Result<Vec<PemBlock>> {
     if input.len() > limit {
         return Err(PkiError::TooLarge { size: input.len(), limit });
     }
-    let blocks = pem::parse_many(input).map_err(|e| PkiError::Pem(e.to_string()))?;
+    // The pem crate quotes the input in some errors (mismatched labels): cut
+    // and clean it, since the message goes back to the client and the log.
+    let blocks = pem::parse_many(input).map_err(|e| PkiError::Pem(printable(&e.to_string(), 160)))?;
     if blocks.is_empty() {
         return Err(PkiError::Pem("no PEM block found".into()));
     }
@@ -55,9 +57,19 @@ pub fn decode_one(input: &[u8], label: &'static str, limit: usize) -> Result<Zer
     }
     let block = blocks.remove(0);
     if block.label != label {
-        return Err(PkiError::PemLabel { expected: label, found: block.label });
+        return Err(PkiError::PemLabel { expected: label, found: printable(&block.label, 64) });
     }
     Ok(block.der)
+}
+
+/// Text from the input made safe to echo: at most `max` characters, control
+/// characters (newlines included) replaced.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
@@ -72,7 +84,7 @@ pub fn decode_certificates(input: &[u8], limit: usize) -> Result<Vec<Certificate
             if b.label == CERTIFICATE {
                 Ok(CertificateDer::from(b.der.to_vec()))
             } else {
-                Err(PkiError::PemLabel { expected: CERTIFICATE, found: b.label })
+                Err(PkiError::PemLabel { expected: CERTIFICATE, found: printable(&b.label, 64) })
             }
         })
         .collect()
@@ -104,6 +116,20 @@ mod tests {
         assert_eq!(*blocks[0].der, vec![1, 2, 3, 4]);
         assert_eq!(*blocks[1].der, vec![5; 100]);
         assert!(b.lines().all(|l| l.len() <= 64));
+    }
+
+    /// Found by the handler fuzzer: a mismatched END label swallowed the
+    /// base64 after it, and the error echoed it, newlines and all.
+    #[test]
+    fn errors_never_echo_raw_input() {
+        let body = "MIIB\nAAAA\n".repeat(50);
+        let input = format!("-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQU{body}-----\n");
+        let e = decode_one(input.as_bytes(), CERTIFICATE_REQUEST, 1 << 16).err().unwrap().to_string();
+        assert!(!e.chars().any(char::is_control) && e.chars().count() < 300, "{e:?}");
+        let label =
+            format!("-----BEGIN X\u{7}{}-----\nAAAA\n-----END X\u{7}{}-----\n", "Y".repeat(500), "Y".repeat(500));
+        let e = decode_one(label.as_bytes(), CERTIFICATE_REQUEST, 1 << 16).err().unwrap().to_string();
+        assert!(!e.chars().any(char::is_control) && e.chars().count() < 300, "{e:?}");
     }
 
     #[test]
