@@ -54,8 +54,8 @@ class Ca:
         self.bundle_path = state / ".meshroot" / "root-cert.pem"
 
 
-@pytest.fixture(scope="session")
-def ca():
+def start_dev(*extra_args):
+    """`meshroot dev` on ephemeral ports, with the interop tokens; returns (Ca, stop)."""
     binary = (REPO / os.environ.get("MESHROOT_BIN", "target/debug/meshroot")).resolve()
     assert binary.exists(), f"{binary} not built; run cargo build first"
     state = Path(tempfile.mkdtemp(prefix="meshroot-interop-"))
@@ -65,7 +65,7 @@ def ca():
     )
     proc = subprocess.Popen(
         [str(binary), "dev", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-         "--token-file", str(tokens)],
+         "--token-file", str(tokens), *extra_args],
         cwd=state,
         stdout=subprocess.PIPE,
         stderr=open(state / "dev.log", "wb"),
@@ -82,6 +82,24 @@ def ca():
         if m := re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line):
             ops = int(m.group(1))
     assert port and ops, "meshroot dev did not start"
-    yield Ca(proc, state, port, ops)
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0, "meshroot dev did not shut down cleanly on SIGTERM"
+
+    def stop():
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, "meshroot dev did not shut down cleanly on SIGTERM"
+
+    return Ca(proc, state, port, ops), stop
+
+
+@pytest.fixture(scope="session")
+def ca():
+    server, stop = start_dev()
+    yield server
+    stop()
+
+
+@pytest.fixture(scope="session")
+def limited_ca():
+    """A CA that allows each identity a burst of 2, then 1 per second."""
+    server, stop = start_dev("--identity-rate-limit", "1/s,burst=2")
+    yield server
+    stop()

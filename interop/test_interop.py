@@ -4,6 +4,7 @@ play pilot-agent and ztunnel; openssl verifies chains and TLS settings."""
 import datetime
 import subprocess
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -207,3 +208,27 @@ def test_metrics_use_istiod_names(ca, pb):
     issued = [l for l in text.splitlines() if l.startswith("citadel_server_success_cert_issuance_count ")]
     assert issued and int(issued[0].split()[1]) >= 1, text
     assert urllib.request.urlopen(f"http://127.0.0.1:{ca.ops_port}/readyz", timeout=10).status == 200
+
+
+def test_rate_limited_callers_get_resource_exhausted_with_a_pushback_hint(pb, limited_ca):
+    """grpcio, not tonic, reads the status and the retry-pushback trailer."""
+    identity = "spiffe://cluster.local/ns/bookinfo/sa/reviews"
+    for _ in range(2):
+        _, csr = pilot_agent_csr(identity)
+        call(pb, limited_ca, csr, TOKENS["pilot"])
+    _, csr = pilot_agent_csr(identity)
+    with pytest.raises(grpc.RpcError) as refused:
+        call(pb, limited_ca, csr, TOKENS["pilot"])
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.details().startswith(f"rate limited: identity {identity} is over its rate limit")
+    trailers = dict(refused.value.trailing_metadata())
+    pushback = int(trailers["grpc-retry-pushback-ms"])
+    assert 1 <= pushback <= 1000
+    # Another identity is not held back.
+    zt = "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+    _, csr = ztunnel_csr(zt)
+    call(pb, limited_ca, csr, TOKENS["ztunnel"])
+    # After the hint, the identity is served again.
+    time.sleep(pushback / 1000 + 0.05)
+    _, csr = pilot_agent_csr(identity)
+    call(pb, limited_ca, csr, TOKENS["pilot"])
