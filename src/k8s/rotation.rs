@@ -93,8 +93,10 @@ fn new_root_certificate(pem_bytes: &[u8], now: OffsetDateTime) -> Result<Certifi
         return Err(RotationError::NewRoot(PkiError::PemCount(certs.len())));
     }
     let cert = certs.remove(0);
-    // TrustBundle checks it is a self-signed CA, and the validity is checked here.
     TrustBundle::new(vec![cert.clone()]).map_err(RotationError::NewRoot)?;
+    if !crate::pki::authority::issued_by(&cert, &cert) {
+        return Err(RotationError::Refused("the new root is not self-signed (is it an intermediate?)".into()));
+    }
     let parsed = crate::pki::authority::parse_certificate(&cert).map_err(RotationError::NewRoot)?;
     let (nb, na) = (parsed.validity().not_before.to_datetime(), parsed.validity().not_after.to_datetime());
     if now < nb || now >= na {
@@ -243,4 +245,64 @@ pub async fn write(api: &Api<Secret>, updated: &Secret) -> Result<Secret, Rotati
         kube::Error::Api(s) if s.code == 409 => RotationError::Conflict,
         other => RotationError::Api(error_summary(&other)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::CaSpec;
+    use k8s_openapi::api::core::v1::Secret;
+
+    fn root() -> Authority {
+        Authority::new_root(&CaSpec::root(time::Duration::days(30)), OffsetDateTime::now_utc()).unwrap()
+    }
+
+    fn secret(signing: &Authority) -> Secret {
+        let mut s = Secret::default();
+        s.metadata.name = Some("meshroot-root-ca".into());
+        set(&mut s, TLS_CERT, Some(signing.certificate_pem().as_bytes().to_vec()));
+        set(&mut s, TLS_KEY, Some(signing.key().to_pem().as_bytes().to_vec()));
+        s
+    }
+
+    fn refusal(r: Result<Secret, RotationError>) -> String {
+        r.err().expect("refused").to_string()
+    }
+
+    #[test]
+    fn each_step_refuses_to_run_out_of_order_or_with_the_wrong_root() {
+        let now = OffsetDateTime::now_utc();
+        let (old, new) = (root(), root());
+        let new_pem = new.certificate_pem().as_bytes();
+        let start = secret(&old);
+        assert_eq!(status(&start).unwrap().stage(), "steady: one root");
+        // Not a root, already signing, not trusted yet, nothing to finish.
+        let int = old.new_intermediate(&CaSpec::intermediate("m", time::Duration::days(1)), now).unwrap();
+        assert!(refusal(add(&start, int.certificate_pem().as_bytes(), now)).contains("not self-signed"));
+        assert!(refusal(add(&start, old.certificate_pem().as_bytes(), now)).contains("already signs"));
+        assert!(refusal(switch(&start, new_pem, None, now)).contains("run `add` first"));
+        assert!(refusal(finish(&start, time::Duration::ZERO, false, now)).contains("nothing to finish"));
+
+        let added = add(&start, new_pem, now).unwrap();
+        assert!(status(&added).unwrap().stage().starts_with("added"));
+        assert!(refusal(add(&added, new_pem, now)).contains("already trusted"));
+        assert!(refusal(finish(&added, time::Duration::ZERO, false, now)).contains("not switched"));
+        // The new root's certificate with another key.
+        let stranger = root();
+        let wrong_key = switch(&added, new_pem, Some(stranger.key().to_pem().as_bytes()), now);
+        assert!(matches!(wrong_key, Err(RotationError::NewRoot(PkiError::KeyMismatch))), "{wrong_key:?}");
+
+        let switched = switch(&added, new_pem, Some(new.key().to_pem().as_bytes()), now).unwrap();
+        let s = status(&switched).unwrap();
+        assert!(s.stage().starts_with("switched") && s.online, "{s:?}");
+        assert_eq!(s.extra, vec![crate::pki::chain::sha256_hex(old.certificate())]);
+        assert!(refusal(finish(&switched, time::Duration::hours(24), false, now)).contains("wait, or pass --force"));
+        let done = finish(&switched, time::Duration::hours(24), false, now + time::Duration::hours(25)).unwrap();
+        assert_eq!(status(&done).unwrap().stage(), "steady: one root");
+        assert!(secret_value(&done, CA_CERT).is_none() && annotation(&done).is_none());
+        // Rolling back after the switch is another switch, to the old root.
+        let back =
+            switch(&switched, old.certificate_pem().as_bytes(), Some(old.key().to_pem().as_bytes()), now).unwrap();
+        assert_eq!(status(&back).unwrap().signing, crate::pki::chain::sha256_hex(old.certificate()));
+    }
 }
