@@ -266,7 +266,7 @@ mod tests {
     }
 
     fn refusal(r: Result<Secret, RotationError>) -> String {
-        r.err().expect("refused").to_string()
+        r.expect_err("refused").to_string()
     }
 
     #[test]
