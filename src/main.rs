@@ -447,19 +447,16 @@ async fn run(command: Command, cores: usize) -> anyhow::Result<()> {
         Command::Root(a) => {
             use cmd::root::RootAction;
             let action = match a.step {
-                RootStep::Status => RootAction::Status,
                 RootStep::Generate { out, key_type, lifetime } => {
-                    RootAction::Generate { out, key_algorithm: key_type, lifetime }
+                    print!("{}", cmd::root::generate(&out, key_type, lifetime)?);
+                    return Ok(());
                 }
+                RootStep::Status => RootAction::Status,
                 RootStep::Add { cert } => RootAction::Add { cert },
                 RootStep::Switch { cert, key } => RootAction::Switch { cert, key },
                 RootStep::Finish { leaf_lifetime, force } => RootAction::Finish { leaf_lifetime, force },
             };
-            let client = if matches!(action, RootAction::Generate { .. }) {
-                None
-            } else {
-                Some(kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG)")?)
-            };
+            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG)")?;
             print!("{}", cmd::root::run(client, &a.namespace, &a.secret, action).await?);
             Ok(())
         }

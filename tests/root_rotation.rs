@@ -6,7 +6,7 @@
 
 mod support;
 
-use meshroot::cmd::root::{RootAction, run};
+use meshroot::cmd::root::{RootAction, generate, run};
 use meshroot::pki::authority::issued_by;
 use meshroot::pki::{Authority, KeyAlgorithm, PrivateKey, TrustBundle, pem};
 use rustls_pki_types::CertificateDer;
@@ -148,13 +148,12 @@ async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
     // The new root, made by the CLI into files (the key 0600).
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("next");
-    let client = || Some(fake.client());
-    let generate = RootAction::Generate {
-        out: out.clone(),
-        key_algorithm: KeyAlgorithm::EcdsaP256,
-        lifetime: time::Duration::days(3650),
-    };
-    run(None, NS, SECRET, generate).await.unwrap();
+    let client = || fake.client();
+    generate(&out, KeyAlgorithm::EcdsaP256, time::Duration::days(3650)).unwrap();
+    assert!(
+        generate(&out, KeyAlgorithm::EcdsaP256, time::Duration::days(3650)).is_err(),
+        "files are never overwritten"
+    );
     let (cert_path, key_path) = (out.join("root-cert.pem"), out.join("root-key.pem"));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);

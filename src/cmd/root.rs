@@ -13,63 +13,44 @@ use time::OffsetDateTime;
 #[derive(Clone, Debug)]
 pub enum RootAction {
     Status,
-    /// Generate a new root into `out` (root-cert.pem, root-key.pem, 0600).
-    Generate {
-        out: PathBuf,
-        key_algorithm: KeyAlgorithm,
-        lifetime: time::Duration,
-    },
-    Add {
-        cert: PathBuf,
-    },
-    Switch {
-        cert: PathBuf,
-        key: Option<PathBuf>,
-    },
-    Finish {
-        leaf_lifetime: time::Duration,
-        force: bool,
-    },
+    Add { cert: PathBuf },
+    Switch { cert: PathBuf, key: Option<PathBuf> },
+    Finish { leaf_lifetime: time::Duration, force: bool },
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(fsutil::read(path)?)
 }
 
-/// Runs one action against Secret `namespace/name`; returns what to print.
-/// `client` may be `None` only for `Generate`, which needs no cluster.
-pub async fn run(
-    client: Option<kube::Client>,
-    namespace: &str,
-    name: &str,
-    action: RootAction,
-) -> anyhow::Result<String> {
+/// Creates a new root in `out` (root-cert.pem, and root-key.pem with mode
+/// 0600) for `add` and `switch`. Needs no cluster and never overwrites a file.
+pub fn generate(out: &Path, key_algorithm: KeyAlgorithm, lifetime: time::Duration) -> anyhow::Result<String> {
+    let mut spec = CaSpec::root(lifetime);
+    spec.key_algorithm = key_algorithm;
+    let root = Authority::new_root(&spec, OffsetDateTime::now_utc())?;
+    fsutil::create_private_dir(out)?;
+    let cert_path = out.join("root-cert.pem");
+    let key_path = out.join("root-key.pem");
+    fsutil::write_public(&cert_path, root.certificate_pem().as_bytes(), Existing::Refuse)?;
+    fsutil::write_private(&key_path, root.key().to_pem().as_bytes(), Existing::Refuse)?;
+    let fp = TrustBundle::new(vec![root.certificate().clone()])?.fingerprints().remove(0);
+    Ok(format!(
+        "new root {fp}\n  certificate: {}\n  key (0600): {}\nnext: meshroot root add --cert {}\n",
+        cert_path.display(),
+        key_path.display(),
+        cert_path.display()
+    ))
+}
+
+/// Runs one step against the root Secret `namespace/name`; returns what to print.
+pub async fn run(client: kube::Client, namespace: &str, name: &str, action: RootAction) -> anyhow::Result<String> {
     let now = OffsetDateTime::now_utc();
-    if let RootAction::Generate { out, key_algorithm, lifetime } = &action {
-        let mut spec = CaSpec::root(*lifetime);
-        spec.key_algorithm = *key_algorithm;
-        let root = Authority::new_root(&spec, now)?;
-        fsutil::create_private_dir(out)?;
-        let cert_path = out.join("root-cert.pem");
-        let key_path = out.join("root-key.pem");
-        fsutil::write_public(&cert_path, root.certificate_pem().as_bytes(), Existing::Refuse)?;
-        fsutil::write_private(&key_path, root.key().to_pem().as_bytes(), Existing::Refuse)?;
-        let fp = TrustBundle::new(vec![root.certificate().clone()])?.fingerprints().remove(0);
-        return Ok(format!(
-            "new root {fp}\n  certificate: {}\n  key (0600): {}\nnext: meshroot root add --cert {}\n",
-            cert_path.display(),
-            key_path.display(),
-            cert_path.display()
-        ));
-    }
-    let client = client.ok_or_else(|| anyhow::anyhow!("this step needs the Kubernetes API"))?;
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = api
         .get(name)
         .await
         .map_err(|e| anyhow::anyhow!("reading Secret {namespace}/{name}: {}", crate::k8s::error_summary(&e)))?;
     let updated = match action {
-        RootAction::Generate { .. } => unreachable!("handled above"),
         RootAction::Status => {
             let s = rotation::status(&secret)?;
             let mut out = format!(
