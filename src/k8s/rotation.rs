@@ -186,12 +186,12 @@ pub fn finish(
     if extra.is_empty() {
         return Err(RotationError::Refused("only one root is trusted; nothing to finish".into()));
     }
-    let Some(switched) = annotation(secret) else {
-        return Err(RotationError::Refused(
-            "the signing root was not switched by `switch`; run it first, or the old root would stop being trusted while it still signs".into(),
-        ));
-    };
     if !force {
+        let Some(switched) = annotation(secret) else {
+            return Err(RotationError::Refused(
+                "the signing root was not switched by `switch`; run it first (or pass --force to drop roots trusted for another reason)".into(),
+            ));
+        };
         let at = OffsetDateTime::parse(&switched, &time::format_description::well_known::Rfc3339)
             .map_err(|e| RotationError::Current(format!("annotation {SWITCHED_AT_ANNOTATION}: {e}")))?;
         if now < at + leaf_lifetime {
@@ -301,6 +301,9 @@ mod tests {
         assert_eq!(status(&done).unwrap().stage(), "steady: one root");
         assert!(secret_value(&done, CA_CERT).is_none() && annotation(&done).is_none());
         // Rolling back after the switch is another switch, to the old root.
+        // Roots trusted for another reason (no switch) go only when forced.
+        let forced = finish(&added, time::Duration::ZERO, true, now).unwrap();
+        assert_eq!(status(&forced).unwrap().stage(), "steady: one root");
         let back =
             switch(&switched, old.certificate_pem().as_bytes(), Some(old.key().to_pem().as_bytes()), now).unwrap();
         assert_eq!(status(&back).unwrap().signing, crate::pki::chain::sha256_hex(old.certificate()));
