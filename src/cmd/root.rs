@@ -73,16 +73,18 @@ pub async fn run(client: kube::Client, namespace: &str, name: &str, action: Root
             rotation::switch(&secret, &read(&cert)?, key.as_deref(), now)?
         }
         RootAction::Finish { leaf_lifetime, force } => {
-            let signing = crate::k8s::secret_value(&secret, TLS_CERT)
-                .and_then(|c| crate::pki::pem::decode_certificates(c, 1 << 20).ok())
-                .and_then(|c| c.into_iter().next())
-                .ok_or_else(|| RotationError::Current("no tls.crt".into()))?;
-            let stale = rotation::stale_intermediates(&client, &signing).await?;
-            if !stale.is_empty() && !force {
-                anyhow::bail!(
-                    "these intermediates are not yet under the signing root, so their workloads still need the old one: {}; wait for meshroot to re-issue them (or pass --force)",
-                    stale.join(", ")
-                );
+            if !force {
+                let signing = crate::k8s::secret_value(&secret, TLS_CERT)
+                    .and_then(|c| crate::pki::pem::decode_certificates(c, 1 << 20).ok())
+                    .and_then(|c| c.into_iter().next())
+                    .ok_or_else(|| RotationError::Current("no tls.crt".into()))?;
+                let stale = rotation::stale_intermediates(&client, &signing).await?;
+                if !stale.is_empty() {
+                    anyhow::bail!(
+                        "these intermediates are not yet under the signing root, so their workloads still need the old one: {}; wait for meshroot to re-issue them (or pass --force)",
+                        stale.join(", ")
+                    );
+                }
             }
             rotation::finish(&secret, leaf_lifetime, force, now)?
         }
