@@ -12,17 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::eventually_async;
 use support::fake_api::{FakeApi, Fault};
-use support::replica::{self, NS, ask};
+use support::replica::{self, NS, ask, mesh_condition};
 use time::OffsetDateTime;
 use tonic::Code;
 
 const REVIEWS: &str = "spiffe://cluster.local/ns/bookinfo/sa/reviews";
-
-fn mesh_condition(fake: &FakeApi, mesh: &str) -> Option<(String, String, String)> {
-    let m = fake.get("meshroot.io/v1alpha1", "meshes", "", mesh)?;
-    let c = m["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
-    Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str()?.into()))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_outage_keeps_cached_callers_signing_and_everything_recovers() {
@@ -100,7 +94,7 @@ async fn split_brain_leaders_end_with_one_intermediate_per_mesh() {
         meshes::spawn(fake.client(), NS.into(), rx_b, Coverage::default(), Duration::from_millis(200)),
     ];
     for mesh in ["default", "gateway"] {
-        eventually_async("Ready", async || mesh_condition(&fake, mesh).filter(|c| c.0 == "True")).await;
+        eventually_async("Ready", async || mesh_condition(&fake, mesh, "Ready").filter(|c| c.0 == "True")).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(secret_writes(&fake, NS, &secret_name("default")), 1, "one intermediate for mesh default");
@@ -125,7 +119,7 @@ async fn two_replicas_starting_together_elect_one_leader_and_share_one_intermedi
     fake.add_service_account_token("reviews", "bookinfo", "reviews", None, &["istio-ca"]);
     let (a, b) = tokio::join!(replica::start(&fake, "replica-a"), replica::start(&fake, "replica-b"));
     for mesh in ["default", "gateway"] {
-        eventually_async("Ready", async || mesh_condition(&fake, mesh).filter(|c| c.0 == "True")).await;
+        eventually_async("Ready", async || mesh_condition(&fake, mesh, "Ready").filter(|c| c.0 == "True")).await;
     }
     // Both serve, from the same intermediate.
     let mut issuers = Vec::new();
@@ -260,7 +254,7 @@ async fn corrupt_intermediates_are_reported_never_used_and_never_replaced() {
     let server = replica::start(&fake, "meshroot-0").await;
     for (mesh, mention) in [("default", "could not load the private key"), ("gateway", "does not match")] {
         let c = eventually_async("IntermediateCorrupt", async || {
-            mesh_condition(&fake, mesh).filter(|c| c.1 == "IntermediateCorrupt")
+            mesh_condition(&fake, mesh, "Ready").filter(|c| c.1 == "IntermediateCorrupt")
         })
         .await;
         assert_eq!(c.0, "False");

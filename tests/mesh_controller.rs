@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::eventually;
 use support::fake_api::FakeApi;
+use support::replica::{mesh_condition as condition, secret_text};
 use time::OffsetDateTime;
 
 struct World {
@@ -47,19 +48,6 @@ fn world() -> World {
 
 fn mesh(fake: &FakeApi, name: &str, spec: Value) {
     fake.create("meshroot.io/v1alpha1", "meshes", "", json!({"metadata": {"name": name}, "spec": spec}));
-}
-
-fn condition(fake: &FakeApi, mesh: &str, type_: &str) -> Option<(String, String, String)> {
-    let m = fake.get("meshroot.io/v1alpha1", "meshes", "", mesh)?;
-    let c = m["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
-    Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str()?.into()))
-}
-
-fn secret_text(fake: &FakeApi, ns: &str, name: &str, key: &str) -> Option<String> {
-    use base64::Engine as _;
-    let s = fake.get("v1", "secrets", ns, name)?;
-    let b = base64::engine::general_purpose::STANDARD.decode(s["data"][key].as_str()?).ok()?;
-    String::from_utf8(b).ok()
 }
 
 fn default_spec() -> Value {

@@ -98,3 +98,10 @@ pub async fn ask(
     let req = meshroot::client::request(body, Some(token), "Kubernetes").unwrap();
     client.create_certificate(req).await.map(|r| r.into_inner())
 }
+
+/// A Mesh condition as (status, reason, message).
+pub fn mesh_condition(fake: &FakeApi, mesh: &str, type_: &str) -> Option<(String, String, String)> {
+    let m = fake.get("meshroot.io/v1alpha1", "meshes", "", mesh)?;
+    let c = m["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
+    Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str()?.into()))
+}
