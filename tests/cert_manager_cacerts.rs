@@ -48,7 +48,15 @@ fn as_istio_ca(c: &CaCerts) -> SigningChain {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intermediates_from_one_cluster_issuer_work_as_istio_cacerts_for_two_meshes() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("mesh-root", json!({"signer": {"root": true}, "policy": {"allowCA": true}}));
+    world.cluster_issuer(
+        "mesh-root",
+        json!({"signer": {"root": true}, "allowedNamespaces": ["istio-system", "openshift-ingress"], "policy": {
+            "allowCA": true,
+            "allowedURIs": ["spiffe://cluster.local"],
+            "allowedCommonNames": ["Intermediate CA *"],
+            "allowedSubjectAttributes": {"O": ["Istio"]},
+        }}),
+    );
     let system = issue_intermediate(&world, "istio-system").await;
     let ingress = issue_intermediate(&world, "openshift-ingress").await;
 
@@ -108,7 +116,11 @@ async fn intermediates_from_one_cluster_issuer_work_as_istio_cacerts_for_two_mes
 async fn a_mesh_intermediate_cannot_issue_further_intermediates() {
     let world = IssuerWorld::start();
     world.add_mesh("istio-system");
-    world.cluster_issuer("mesh-root", json!({"signer": {"mesh": "istio-system"}, "policy": {"allowCA": true}}));
+    world.cluster_issuer(
+        "mesh-root",
+        json!({"signer": {"mesh": "istio-system"}, "allowedNamespaces": ["apps"],
+               "policy": {"allowCA": true, "allowedCommonNames": ["sub-ca"]}}),
+    );
     let dir = world.dir.path();
     let key = openssl::key(dir, "p256");
     let csr = openssl::csr(dir, &key, "/CN=sub-ca", &[], false);

@@ -140,12 +140,18 @@ fn parse<'a>(der: &'a CertificateDer<'a>) -> X509Certificate<'a> {
     X509Certificate::from_der(der.as_ref()).unwrap().1
 }
 
-fn check_case(world: &IssuerWorld, c: &Case, csr_pem: &str, cr: &Value) {
+/// `by_mesh`: signed by the namespaced Issuer (the mesh intermediate),
+/// else by the ClusterIssuer (the root).
+fn check_case(world: &IssuerWorld, c: &Case, csr_pem: &str, cr: &Value, by_mesh: bool) {
     let chain_pem = decode_b64(&cr["status"]["certificate"]);
     let ca_pem = decode_b64(&cr["status"]["ca"]);
     let chain = pem::decode_certificates(chain_pem.as_bytes(), 1 << 20).unwrap();
     let cas = pem::decode_certificates(ca_pem.as_bytes(), 1 << 20).unwrap();
-    assert_eq!(chain.len(), 1, "{}: signed by the root, the chain is just the leaf", c.name);
+    if by_mesh {
+        assert_eq!(chain.len(), 2, "{}: signed by the mesh, the chain is the leaf and the intermediate", c.name);
+    } else {
+        assert_eq!(chain.len(), 1, "{}: signed by the root, the chain is just the leaf", c.name);
+    }
     assert_eq!(cas.len(), 1, "{}: ca is one certificate", c.name);
     assert_eq!(ca_pem, world.root_pem(), "{}: ca.crt is the root", c.name);
     let root = parse(&cas[0]);
@@ -209,17 +215,36 @@ fn check_case(world: &IssuerWorld, c: &Case, csr_pem: &str, cr: &Value) {
     }
     // The same chain, checked by openssl.
     let leaf = pem::encode_certificate(&chain[0]);
-    let verified = openssl::verify(world.dir.path(), &ca_pem, "", &leaf);
+    let intermediates: String = chain[1..].iter().map(|c| pem::encode_certificate(c)).collect();
+    let verified = openssl::verify(world.dir.path(), &ca_pem, &intermediates, &leaf);
     assert!(verified.is_ok(), "{}: {verified:?}", c.name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_conformance_case_is_issued_correctly_for_issuer_and_cluster_issuer() {
     let world = IssuerWorld::start();
-    let spec = json!({"signer": {"root": true}, "policy": {
-        "allowCA": true, "allowedURIs": ["spiffe://cluster.local/ns/sandbox/**"]}});
-    world.cluster_issuer("root", spec.clone());
-    world.issuer("apps", "root", spec);
+    // The mesh's trust domain makes the sandbox SPIFFE IDs protected: they
+    // are granted literally. The namespaced Issuer signs with the mesh's
+    // intermediate, which grants it to `apps`; only the ClusterIssuer may
+    // sign with the root and issue CAs.
+    world.add_mesh_granting("default", &["apps"]);
+    let policy = json!({
+        "allowedDNSNames": ["**.example.com", "*.literal.foo-long.bar.com"],
+        "allowedCommonNames": ["*"],
+        "allowedIPRanges": ["10.0.0.0/8", "fd00::/8", "192.0.2.0/24"],
+        "allowedEmails": ["*@example.com"],
+        "allowedURIs": ["spiffe://cluster.local/ns/sandbox/sa/foo", "spiffe://cluster.local/ns/sandbox/sa/bar"],
+        "allowedSubjectAttributes": {"O": ["*"], "OU": ["*"]},
+        "allowedUsages": ["digital signature", "key encipherment", "data encipherment", "server auth", "client auth"],
+    });
+    let mut cluster_policy = policy.clone();
+    cluster_policy["allowCA"] = json!(true);
+    cluster_policy["allowedURIs"].as_array_mut().unwrap().push(json!("spiffe://cluster.local"));
+    world.cluster_issuer(
+        "root",
+        json!({"signer": {"root": true}, "allowedNamespaces": ["apps"], "policy": cluster_policy}),
+    );
+    world.issuer("apps", "mesh", json!({"signer": {"mesh": "default"}, "policy": policy}));
     let cases = cases();
     let mut pending = Vec::new();
     for (i, c) in cases.iter().enumerate() {
@@ -228,15 +253,16 @@ async fn every_conformance_case_is_issued_correctly_for_issuer_and_cluster_issue
         exts.extend(c.exts.iter().cloned());
         let ext_refs: Vec<&str> = exts.iter().map(String::as_str).collect();
         let csr = openssl::csr(world.dir.path(), &key, c.subject, &ext_refs, c.multivalue);
-        // Alternate the two issuer kinds over the matrix.
-        let issuer = if i % 2 == 0 { cluster_ref("root") } else { issuer_ref("root") };
+        // Alternate the two issuer kinds over the matrix; CAs come from the ClusterIssuer.
+        let by_mesh = i % 2 == 1 && !c.is_ca;
+        let issuer = if by_mesh { issuer_ref("mesh") } else { cluster_ref("root") };
         world.request("apps", c.name, &csr, issuer, c.spec.clone());
         world.decide("apps", c.name, true);
-        pending.push((c, csr));
+        pending.push((c, csr, by_mesh));
     }
-    for (c, csr) in pending {
+    for (c, csr, by_mesh) in pending {
         let cr = world.wait_ready_reason("apps", c.name, "Issued").await;
-        check_case(&world, c, &csr, &cr);
+        check_case(&world, c, &csr, &cr, by_mesh);
     }
 }
 
@@ -244,7 +270,11 @@ async fn every_conformance_case_is_issued_correctly_for_issuer_and_cluster_issue
 async fn a_mesh_signer_returns_its_intermediate_in_the_chain_and_the_root_as_ca() {
     let world = IssuerWorld::start();
     let chain = world.add_mesh("istio-system");
-    world.cluster_issuer("mesh", json!({"signer": {"mesh": "istio-system"}}));
+    world.cluster_issuer(
+        "mesh",
+        json!({"signer": {"mesh": "istio-system"}, "allowedNamespaces": ["apps"],
+               "policy": {"allowedDNSNames": ["gw.example.com"]}}),
+    );
     let key = openssl::key(world.dir.path(), "p256");
     let csr = openssl::csr(world.dir.path(), &key, "/", &["subjectAltName=DNS:gw.example.com"], false);
     world.request("apps", "gw", &csr, cluster_ref("mesh"), json!({"duration": "24h"}));

@@ -26,6 +26,11 @@ fn message(cr: &Value) -> String {
     condition(cr, "Ready").and_then(|c| c["message"].as_str().map(String::from)).unwrap_or_default()
 }
 
+/// A ClusterIssuer that signs with the root for every namespace, names under example.com.
+fn open_root() -> Value {
+    json!({"signer": {"root": true}, "allowedNamespaces": ["*"], "policy": {"allowedDNSNames": ["**.example.com"]}})
+}
+
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(700)).await;
 }
@@ -33,7 +38,7 @@ async fn settle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_written_before_approval_and_success_is_one_write() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    world.cluster_issuer("root", open_root());
     let csr = dns_csr(&world, "a.example.com");
     world.request("apps", "waiting", &csr, cluster_ref("root"), json!({}));
     settle().await;
@@ -53,7 +58,7 @@ async fn nothing_is_written_before_approval_and_success_is_one_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_request_is_never_written_again() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    world.cluster_issuer("root", open_root());
     world.request("apps", "done", &dns_csr(&world, "a.example.com"), cluster_ref("root"), json!({}));
     world.decide("apps", "done", true);
     let issued = world.wait_ready_reason("apps", "done", "Issued").await;
@@ -66,7 +71,7 @@ async fn a_finished_request_is_never_written_again() {
     settle().await;
     world.fake.clear_requests();
     // Every signer change re-reconciles every request: a new issuer, a new mesh, a new root state.
-    world.cluster_issuer("other", json!({"signer": {"root": true}}));
+    world.cluster_issuer("other", open_root());
     world.add_mesh("istio-system");
     world.root_tx.send_modify(|_| {});
     settle().await;
@@ -79,7 +84,7 @@ async fn a_finished_request_is_never_written_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_requests_get_ready_denied_and_failure_time_in_one_write() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    world.cluster_issuer("root", open_root());
     world.request("apps", "denied", &dns_csr(&world, "a.example.com"), cluster_ref("root"), json!({}));
     world.decide("apps", "denied", false);
     let cr = world.wait_ready_reason("apps", "denied", "Denied").await;
@@ -105,7 +110,7 @@ async fn invalid_requests_fail_permanently_with_a_clear_message() {
     let world = IssuerWorld::start();
     world.cluster_issuer(
         "strict",
-        json!({"signer": {"root": true}, "policy": {
+        json!({"signer": {"root": true}, "allowedNamespaces": ["apps"], "policy": {
             "allowedDNSNames": ["*.apps.example.com"], "maxDuration": "720h",
             "allowedUsages": ["digital signature", "key encipherment", "server auth"]}}),
     );
@@ -202,7 +207,11 @@ async fn invalid_requests_fail_permanently_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_longer_duration_than_the_policy_allows_is_shortened_and_says_so() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("short", json!({"signer": {"root": true}, "policy": {"maxDuration": "720h"}}));
+    world.cluster_issuer(
+        "short",
+        json!({"signer": {"root": true}, "allowedNamespaces": ["apps"],
+               "policy": {"maxDuration": "720h", "allowedDNSNames": ["a.example.com"]}}),
+    );
     world.request(
         "apps",
         "long",
@@ -233,7 +242,11 @@ async fn transient_problems_stay_pending_and_recover_without_failing() {
     assert!(cr["status"]["failureTime"].is_null());
 
     // The issuer arrives, signing with a mesh that does not exist yet.
-    world.cluster_issuer("later", json!({"signer": {"mesh": "istio-system"}}));
+    world.cluster_issuer(
+        "later",
+        json!({"signer": {"mesh": "istio-system"}, "allowedNamespaces": ["apps"],
+               "policy": {"allowedDNSNames": ["a.example.com"]}}),
+    );
     let cr = world
         .wait_until("apps", "early", |cr| message(cr).contains("waiting for ClusterIssuer later to become ready"))
         .await;
@@ -250,7 +263,7 @@ async fn transient_problems_stay_pending_and_recover_without_failing() {
 async fn an_offline_root_keeps_root_signed_requests_pending() {
     let world = IssuerWorld::start();
     world.root_tx.send_modify(|r| r.authority = None);
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    world.cluster_issuer("root", open_root());
     world.request("apps", "r", &dns_csr(&world, "a.example.com"), cluster_ref("root"), json!({}));
     world.decide("apps", "r", true);
     let cr = world.wait_ready_reason("apps", "r", "Pending").await;
@@ -281,8 +294,13 @@ async fn requests_for_other_issuers_are_never_touched() {
 }
 
 async fn other_issuers_are_left_alone(world: IssuerWorld) {
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
-    world.issuer("apps", "root", json!({"signer": {"root": true}}));
+    world.cluster_issuer("root", open_root());
+    world.add_mesh_granting("default", &["apps"]);
+    world.issuer(
+        "apps",
+        "root",
+        json!({"signer": {"mesh": "default"}, "policy": {"allowedDNSNames": ["**.example.com"]}}),
+    );
     let csr = dns_csr(&world, "a.example.com");
     let refs = [
         ("empty-group", json!({"name": "root", "kind": "ClusterIssuer"})),
@@ -310,7 +328,12 @@ async fn other_issuers_are_left_alone(world: IssuerWorld) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kinds_and_namespaces_resolve_as_cert_manager_defines_them() {
     let world = IssuerWorld::start();
-    world.issuer("apps", "local", json!({"signer": {"root": true}}));
+    world.add_mesh_granting("default", &["apps", "istio-system"]);
+    world.issuer(
+        "apps",
+        "local",
+        json!({"signer": {"mesh": "default"}, "policy": {"allowedDNSNames": ["**.example.com"]}}),
+    );
     let csr = dns_csr(&world, "a.example.com");
     // An empty kind means Issuer.
     world.request("apps", "default-kind", &csr, json!({"name": "local", "group": "meshroot.io"}), json!({}));
@@ -337,9 +360,12 @@ async fn kinds_and_namespaces_resolve_as_cert_manager_defines_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_status_reports_readiness_with_observed_generation_and_signer() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
-    world.cluster_issuer("both", json!({"signer": {"root": true, "mesh": "x"}}));
-    world.cluster_issuer("bad-policy", json!({"signer": {"root": true}, "policy": {"allowedIPRanges": ["nonsense"]}}));
+    world.cluster_issuer("root", open_root());
+    world.cluster_issuer("both", json!({"signer": {"root": true, "mesh": "x"}, "allowedNamespaces": ["*"]}));
+    world.cluster_issuer(
+        "bad-policy",
+        json!({"signer": {"root": true}, "allowedNamespaces": ["*"], "policy": {"allowedIPRanges": ["nonsense"]}}),
+    );
     world.issuer("apps", "mesh", json!({"signer": {"mesh": "istio-system"}}));
 
     let ready = world.wait_issuer_ready("", "root", "True").await;
@@ -358,9 +384,10 @@ async fn issuer_status_reports_readiness_with_observed_generation_and_signer() {
     let bad = world.wait_issuer_ready("", "bad-policy", "False").await;
     assert!(condition(&bad, "Ready").unwrap()["message"].as_str().unwrap().contains("policy.allowedIPRanges"));
 
+    // No Mesh grants its intermediate to apps yet.
     let pending = world.wait_issuer_ready("apps", "mesh", "False").await;
-    assert_eq!(condition(&pending, "Ready").unwrap()["reason"], "Pending");
-    world.add_mesh("istio-system");
+    assert_eq!(condition(&pending, "Ready").unwrap()["reason"], "SignerNotGranted");
+    world.add_mesh_granting("istio-system", &["apps"]);
     let now_ready = world.wait_issuer_ready("apps", "mesh", "True").await;
     assert!(
         condition(&now_ready, "Ready").unwrap()["message"]
@@ -388,7 +415,7 @@ async fn issuer_status_reports_readiness_with_observed_generation_and_signer() {
 async fn without_selectable_fields_requests_are_filtered_in_meshroot() {
     let dir = tempfile::tempdir().unwrap();
     let world = IssuerWorld::start_with(fake_without_selectable_fields(dir.path()));
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    world.cluster_issuer("root", open_root());
     let csr = dns_csr(&world, "a.example.com");
     world.request("apps", "theirs", &csr, json!({"name": "ca", "kind": "ClusterIssuer"}), json!({}));
     world.decide("apps", "theirs", true);
@@ -408,7 +435,7 @@ async fn without_selectable_fields_requests_are_filtered_in_meshroot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_identities_are_only_minted_for_listed_patterns() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("open", json!({"signer": {"root": true}}));
+    world.cluster_issuer("open", open_root());
     let key = openssl::key(world.dir.path(), "p256");
     let istiod = "spiffe://cluster.local/ns/istio-system/sa/istiod";
     let csr = openssl::csr(world.dir.path(), &key, "/", &[&format!("subjectAltName=URI:{istiod}")], false);

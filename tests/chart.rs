@@ -219,9 +219,11 @@ fn rbac_grants_exactly_what_meshroot_uses_and_nothing_broader() {
         assert_eq!(subjects, &json!([{"kind": "ServiceAccount", "name": "mr-meshroot", "namespace": NAMESPACE}]));
     }
 
-    // cert-manager's approver may approve meshroot's signers, and only those.
+    // cert-manager's approver may approve the chart's issuers that have a policy, and only those.
     let approve = find(&docs, "ClusterRole", "mr-meshroot-cert-manager-approve");
-    assert_eq!(grants(approve), expect(&[("cert-manager.io", "signers", &["approve"], signers)]));
+    let approved: &[&str] =
+        &["clusterissuers.meshroot.io/ingress-certs", "issuers.meshroot.io/openshift-ingress.gateways"];
+    assert_eq!(grants(approve), expect(&[("cert-manager.io", "signers", &["approve"], approved)]));
     let binding = find(&docs, "ClusterRoleBinding", "mr-meshroot-cert-manager-approve");
     assert_eq!(
         binding["subjects"],
@@ -231,7 +233,12 @@ fn rbac_grants_exactly_what_meshroot_uses_and_nothing_broader() {
 
 #[test]
 fn approval_subjects_are_configurable_and_features_can_be_turned_off() {
+    // Without issuers that have a policy, nothing is auto-approved.
+    let docs = template(&[]).unwrap();
+    assert!(docs.iter().all(|d| d["metadata"]["name"] != "mr-meshroot-cert-manager-approve"));
     let docs = template(&[
+        "--set",
+        "certManager.approval.signerNames[0]=clusterissuers.meshroot.io/reviewed",
         "--set",
         "certManager.approval.subjects[0].kind=ServiceAccount",
         "--set",
@@ -242,6 +249,8 @@ fn approval_subjects_are_configurable_and_features_can_be_turned_off() {
     .unwrap();
     let binding = find(&docs, "ClusterRoleBinding", "mr-meshroot-cert-manager-approve");
     assert_eq!(binding["subjects"][0]["name"], "cert-manager-approver-policy");
+    let approve = find(&docs, "ClusterRole", "mr-meshroot-cert-manager-approve");
+    assert_eq!(strings(&approve["rules"][0]["resourceNames"]), ["clusterissuers.meshroot.io/reviewed"]);
 
     let docs = template(&["--set", "certManager.enabled=false", "--set", "kubernetesCSRSigner.enabled=false"]).unwrap();
     let cluster = grants(find(&docs, "ClusterRole", "mr-meshroot"));
@@ -266,9 +275,11 @@ fn meshes_and_issuers_deserialize_into_meshroots_types() {
         meshroot::k8s::registry::validate_spec(&mesh.spec).unwrap();
     }
     let cluster: meshroot::api::ClusterIssuer =
-        serde_json::from_value(find(&docs, "ClusterIssuer", "mesh-root").clone()).unwrap();
-    assert!(cluster.spec.signer.root);
-    meshroot::issuer::Policy::from_spec(&cluster.spec.policy).unwrap();
+        serde_json::from_value(find(&docs, "ClusterIssuer", "ingress-certs").clone()).unwrap();
+    assert_eq!(cluster.spec.signer.mesh.as_deref(), Some("service-mesh"));
+    assert_eq!(cluster.spec.allowed_namespaces, ["openshift-ingress"]);
+    let policy = meshroot::issuer::Policy::from_spec(&cluster.spec.policy).unwrap();
+    assert!(!policy.allow_ca, "no example issues CAs");
     let issuer: meshroot::api::Issuer = serde_json::from_value(find(&docs, "Issuer", "gateways").clone()).unwrap();
     assert_eq!(issuer.metadata.namespace.as_deref(), Some("openshift-ingress"));
     assert_eq!(issuer.spec.signer.mesh.as_deref(), Some("service-mesh"));
@@ -335,6 +346,39 @@ fn invalid_values_are_refused_at_install_time_with_the_field_named() {
                 "issuers[0].spec.signer.mesh=m",
             ],
             "/issuers/0/spec/signer",
+        ),
+        // A namespaced Issuer never signs with the root, issues CAs, or serves other namespaces.
+        (
+            &[
+                "--set",
+                "issuers[0].kind=Issuer",
+                "--set",
+                "issuers[0].name=x",
+                "--set",
+                "issuers[0].namespace=apps",
+                "--set",
+                "issuers[0].spec.signer.root=true",
+            ],
+            "/issuers/0/spec",
+        ),
+        (
+            &[
+                "--set",
+                "issuers[0].kind=Issuer",
+                "--set",
+                "issuers[0].name=x",
+                "--set",
+                "issuers[0].namespace=apps",
+                "--set",
+                "issuers[0].spec.signer.mesh=m",
+                "--set",
+                "issuers[0].spec.policy.allowCA=true",
+            ],
+            "/issuers/0/spec",
+        ),
+        (
+            &["--set", "certManager.approval.signerNames[0]=issuers.meshroot.io/*"],
+            "/certManager/approval/signerNames/0",
         ),
         (&["--set", "service.metricsPort=15012"], "/service/metricsPort"),
         (&["--set", "extraArgs[0]=serve"], "/extraArgs/0"),

@@ -67,6 +67,16 @@ async fn wait_failed(world: &IssuerWorld, name: &str) -> Value {
     .await
 }
 
+/// A ClusterIssuer with the root for every requester, names under example.com.
+fn open_root() -> Value {
+    json!({"signer": {"root": true}, "allowedNamespaces": ["*"], "policy": {"allowedDNSNames": ["**.example.com"]}})
+}
+
+/// A namespaced Issuer with the `default` mesh's intermediate.
+fn mesh_issuer() -> Value {
+    json!({"signer": {"mesh": "default"}, "policy": {"allowedDNSNames": ["**.example.com"]}})
+}
+
 fn lifetime_and_ca(chain_pem: &str) -> (i64, bool) {
     let certs = pem::decode_certificates(chain_pem.as_bytes(), 1 << 20).unwrap();
     let (_, cert) = X509Certificate::from_der(certs[0].as_ref()).unwrap();
@@ -80,7 +90,11 @@ fn lifetime_and_ca(chain_pem: &str) -> (i64, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approved_csrs_for_a_cluster_issuer_are_signed_with_the_requested_duration() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("root", json!({"signer": {"root": true}, "policy": {"allowCA": true}}));
+    world.cluster_issuer(
+        "root",
+        json!({"signer": {"root": true}, "allowedNamespaces": ["*"], "policy": {
+            "allowCA": true, "allowedDNSNames": ["**.example.com"], "allowedCommonNames": ["csr-test"]}}),
+    );
     let dir = world.dir.path();
     let signer = "clusterissuers.meshroot.io/root";
     let cases: Vec<(&str, &str, Value, Value, i64, bool)> = vec![
@@ -132,7 +146,7 @@ async fn approved_csrs_for_a_cluster_issuer_are_signed_with_the_requested_durati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unapproved_denied_and_foreign_csrs_are_left_alone() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    world.cluster_issuer("root", open_root());
     let dir = world.dir.path();
     let key = openssl::key(dir, "p256");
     let csr = openssl::csr(dir, &key, "/", &["subjectAltName=DNS:a.example.com"], false);
@@ -156,7 +170,8 @@ async fn unapproved_denied_and_foreign_csrs_are_left_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespaced_issuer_needs_the_reference_permission() {
     let world = IssuerWorld::start();
-    world.issuer("istio-system", "mesh-ca", json!({"signer": {"root": true}}));
+    world.add_mesh_granting("default", &["istio-system", "apps"]);
+    world.issuer("istio-system", "mesh-ca", mesh_issuer());
     let dir = world.dir.path();
     let key = openssl::key(dir, "p256");
     let csr = openssl::csr(dir, &key, "/", &["subjectAltName=DNS:a.example.com"], false);
@@ -174,7 +189,7 @@ async fn a_namespaced_issuer_needs_the_reference_permission() {
     wait_signed(&world, "by-name").await;
 
     // A grant in another namespace does not count.
-    world.issuer("apps", "local", json!({"signer": {"root": true}}));
+    world.issuer("apps", "local", mesh_issuer());
     create_csr(&world, "wrong-namespace", "issuers.meshroot.io/apps.local", &csr, json!({}), json!({}));
     approve(&world, "wrong-namespace", "Approved");
     assert_eq!(wait_failed(&world, "wrong-namespace").await["reason"], "DeniedReference");
@@ -189,7 +204,7 @@ async fn a_namespaced_issuer_needs_the_reference_permission() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_fail_with_a_reason_and_missing_issuers_wait() {
     let world = IssuerWorld::start();
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    world.cluster_issuer("root", open_root());
     let dir = world.dir.path();
     let key = openssl::key(dir, "p256");
     let csr = openssl::csr(dir, &key, "/", &["subjectAltName=DNS:a.example.com"], false);
@@ -223,6 +238,6 @@ async fn bad_requests_fail_with_a_reason_and_missing_issuers_wait() {
             .any(|e| e["reason"] == "Pending" && e["regarding"]["name"] == "later")
     })
     .await;
-    world.cluster_issuer("later", json!({"signer": {"root": true}}));
+    world.cluster_issuer("later", open_root());
     wait_signed(&world, "later").await;
 }

@@ -184,7 +184,9 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
         "meshroot.io/v1alpha1",
         "clusterissuers",
         "",
-        json!({"metadata": {"name": "mesh-root"}, "spec": {"signer": {"root": true}}}),
+        json!({"metadata": {"name": "mesh-root"}, "spec": {
+            "signer": {"root": true}, "allowedNamespaces": ["bookinfo"],
+            "policy": {"allowedDNSNames": ["*.example.com"]}}}),
     );
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()]).unwrap();

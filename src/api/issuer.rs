@@ -5,8 +5,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-/// Which CA signs. Set exactly one of `root` and `mesh`.
+/// Which CA signs. Set exactly one of `root` and `mesh`. Only a
+/// `ClusterIssuer` may sign with the root; a namespaced `Issuer` may sign
+/// with a mesh's intermediate only when that `Mesh` lists the Issuer's
+/// namespace in `spec.issuerNamespaces`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignerRef {
@@ -18,13 +22,18 @@ pub struct SignerRef {
     pub mesh: Option<String>,
 }
 
-/// What an issuer will sign. A list that is absent allows anything of its
-/// kind; an empty list allows nothing of its kind.
+/// What an issuer will sign. Deny by default: a list that is absent or
+/// empty allows nothing of its kind, and every SAN kind and subject
+/// attribute of a request must be allowed by a list. Protected names (every
+/// mesh's SPIFFE IDs, istiod's and meshroot's DNS names) are granted only by
+/// a literal entry, never by a pattern.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IssuancePolicy {
     /// Whether requests with `isCA: true` are signed, for example an
-    /// intermediate for Istio `cacerts`.
+    /// intermediate for Istio `cacerts`. ClusterIssuers only. Issued CAs
+    /// carry a pathLen and name constraints derived from this policy's
+    /// DNS, URI, IP and email lists.
     #[serde(default, rename = "allowCA")]
     pub allow_ca: bool,
     /// pathLenConstraint of issued CA certificates (default 0: they may
@@ -40,8 +49,9 @@ pub struct IssuancePolicy {
     #[serde(default, rename = "allowedDNSNames", skip_serializing_if = "Option::is_none")]
     pub allowed_dns_names: Option<Vec<String>>,
     /// URI patterns: `*` matches within one path segment
-    /// (`spiffe://cluster.local/ns/*/sa/*`), `**` matches anything. When
-    /// absent, any URI except `spiffe://` workload identities.
+    /// (`spiffe://cluster.local/ns/*/sa/*`), `**` matches anything. SPIFFE
+    /// IDs of a mesh's trust domain need a literal entry; for a CA,
+    /// `spiffe://<trust domain>` literally grants the whole trust domain.
     #[serde(default, rename = "allowedURIs", skip_serializing_if = "Option::is_none")]
     pub allowed_uris: Option<Vec<String>>,
     /// CIDR ranges, such as `10.0.0.0/8` or `fd00::/8`.
@@ -50,14 +60,22 @@ pub struct IssuancePolicy {
     /// Email patterns: `*` matches within the local part or one domain label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_emails: Option<Vec<String>>,
-    /// Common name patterns (`*` matches anything). When absent and
-    /// `allowedDNSNames` is set, a common name must match a DNS pattern.
+    /// Common name patterns (`*` matches anything). A common name is also
+    /// allowed when it matches `allowedDNSNames`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_common_names: Option<Vec<String>>,
     /// Usages that may be requested, by cert-manager's names
-    /// (`digital signature`, `server auth`, ...).
+    /// (`digital signature`, `server auth`, ...). When absent: `digital
+    /// signature`, `key encipherment`, `server auth` and `client auth`.
+    /// `any` and `ocsp signing` are never allowed unless listed here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_usages: Option<Vec<String>>,
+    /// Subject attributes other than the common name and emailAddress, by
+    /// short name (`C`, `ST`, `L`, `O`, `OU`, `street`, `postalCode`,
+    /// `serialNumber`) or dotted OID, each with value patterns (`*` matches
+    /// anything). Absent: a request may carry none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_subject_attributes: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// A namespaced issuer: signs requests in its own namespace only.
@@ -83,7 +101,7 @@ pub struct IssuerSpec {
     pub policy: IssuancePolicy,
 }
 
-/// A cluster-scoped issuer: signs requests in every namespace.
+/// A cluster-scoped issuer: signs requests from the namespaces it lists.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "meshroot.io",
@@ -103,6 +121,12 @@ pub struct ClusterIssuerSpec {
     pub signer: SignerRef,
     #[serde(default)]
     pub policy: IssuancePolicy,
+    /// Namespaces whose CertificateRequests this issuer signs, by literal
+    /// name; `*` means every namespace. Empty: none. Kubernetes CSRs are
+    /// signed for service accounts of these namespaces, and for other
+    /// requesters only with `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
 }
 
 /// The CA an issuer signs with, as last checked.
@@ -125,14 +149,27 @@ pub struct IssuerStatus {
     pub signer: Option<SignerStatus>,
 }
 
+/// Where an issuer lives, which decides what it may sign with and for whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssuerScope<'a> {
+    /// A namespaced `Issuer`: signs for its own namespace only.
+    Namespaced { namespace: &'a str },
+    /// A `ClusterIssuer`, with the namespaces it serves.
+    Cluster { allowed_namespaces: &'a [String] },
+}
+
 /// What both issuer kinds have in common, for the controllers.
 pub trait IssuerResource {
+    fn scope(&self) -> IssuerScope<'_>;
     fn signer(&self) -> &SignerRef;
     fn policy(&self) -> &IssuancePolicy;
     fn issuer_status(&self) -> Option<&IssuerStatus>;
 }
 
 impl IssuerResource for Issuer {
+    fn scope(&self) -> IssuerScope<'_> {
+        IssuerScope::Namespaced { namespace: self.metadata.namespace.as_deref().unwrap_or_default() }
+    }
     fn signer(&self) -> &SignerRef {
         &self.spec.signer
     }
@@ -145,6 +182,9 @@ impl IssuerResource for Issuer {
 }
 
 impl IssuerResource for ClusterIssuer {
+    fn scope(&self) -> IssuerScope<'_> {
+        IssuerScope::Cluster { allowed_namespaces: &self.spec.allowed_namespaces }
+    }
     fn signer(&self) -> &SignerRef {
         &self.spec.signer
     }

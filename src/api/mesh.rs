@@ -168,6 +168,11 @@ pub struct MeshSpec {
     /// The ConfigMap that carries the trust bundle (`global.trustBundleName`).
     #[serde(default = "default_root_config_map_name")]
     pub root_config_map_name: String,
+    /// Namespaces whose namespaced `Issuer`s may sign with this mesh's
+    /// intermediate (External meshes), by literal name. Empty: none; only
+    /// ClusterIssuers may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuer_namespaces: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

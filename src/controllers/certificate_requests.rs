@@ -160,6 +160,7 @@ fn signing_request<'a>(
             usages,
             duration,
             csr_extensions_must_match: true,
+            namespace: cr.metadata.namespace.as_deref(),
         })
         .map_err(|why| ("InvalidDuration", why))
 }

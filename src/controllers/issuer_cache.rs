@@ -3,6 +3,8 @@
 //! and the changes that can make an issuer able (or unable) to sign.
 
 use crate::api::issuer::{ClusterIssuer, Issuer, IssuerResource};
+use crate::api::mesh::Mesh;
+use crate::issuer::{OwnService, Tenancy};
 use crate::k8s::root::RootState;
 use crate::k8s::watch as kwatch;
 use crate::mesh::MeshRegistry;
@@ -29,39 +31,49 @@ impl std::fmt::Display for IssuerName {
     }
 }
 
-/// The leader's one view of every issuer, shared by the controllers.
+/// The leader's one view of every issuer, shared by the controllers, and of
+/// every Mesh, whose grants and protected names bound what issuers sign.
 #[derive(Clone)]
 pub struct IssuerCache {
     issuers: Store<Issuer>,
     cluster_issuers: Store<ClusterIssuer>,
+    meshes: Store<Mesh>,
     changes: watch::Receiver<u64>,
     synced: watch::Receiver<bool>,
 }
 
 impl IssuerCache {
-    /// Starts watching both issuer kinds.
+    /// Starts watching both issuer kinds and the meshes.
     pub fn spawn(client: kube::Client) -> (Self, tokio::task::JoinHandle<()>) {
         let (issuers, issuers_w) = reflector::store::<Issuer>();
         let (cluster_issuers, cluster_w) = reflector::store::<ClusterIssuer>();
+        let (meshes, meshes_w) = reflector::store::<Mesh>();
         let mut changes = futures::stream::select_all([
             kwatch::changes(issuers_w, Api::<Issuer>::all(client.clone()), watcher::Config::default()),
-            kwatch::changes(cluster_w, Api::<ClusterIssuer>::all(client), watcher::Config::default()),
+            kwatch::changes(cluster_w, Api::<ClusterIssuer>::all(client.clone()), watcher::Config::default()),
+            kwatch::changes(meshes_w, Api::<Mesh>::all(client), watcher::Config::default()),
         ]);
         let (tx, rx) = watch::channel(0u64);
         let (synced_tx, synced) = watch::channel(false);
-        let (i, c) = (issuers.clone(), cluster_issuers.clone());
+        let (i, c, m) = (issuers.clone(), cluster_issuers.clone(), meshes.clone());
         let task = tokio::spawn(async move {
             while changes.next().await.is_some() {
-                if !*synced_tx.borrow() && kwatch::synced(&i) && kwatch::synced(&c) {
+                if !*synced_tx.borrow() && kwatch::synced(&i) && kwatch::synced(&c) && kwatch::synced(&m) {
                     synced_tx.send_replace(true);
                 }
                 tx.send_modify(|n| *n += 1);
             }
         });
-        (Self { issuers, cluster_issuers, changes: rx, synced }, task)
+        (Self { issuers, cluster_issuers, meshes, changes: rx, synced }, task)
     }
 
-    /// Waits until both issuer kinds have been listed once. (Not through
+    /// The tenant boundary as every Mesh and meshroot's own Service draw it.
+    pub fn tenancy(&self, own: &OwnService) -> Tenancy {
+        let meshes = self.meshes.state();
+        Tenancy::new(meshes.iter().map(|m| (m.metadata.name.as_deref().unwrap_or_default(), &m.spec)), own)
+    }
+
+    /// Waits until both issuer kinds and the meshes have been listed once. (Not through
     /// `Store::wait_until_ready`: in kube-runtime 5 concurrent waiters on
     /// one store can miss the wake-up.)
     pub async fn wait_synced(&self) {

@@ -6,7 +6,7 @@
 use super::conditions::condition;
 use super::signing::Signers;
 use crate::api::issuer::{ClusterIssuer, Issuer, IssuerResource, IssuerStatus, SignerStatus};
-use crate::issuer::{SignerProblem, prepare};
+use crate::issuer::{SignerProblem, Tenancy, prepare};
 use crate::k8s::error_summary;
 use crate::k8s::root::RootState;
 use crate::k8s::watch as kwatch;
@@ -22,6 +22,8 @@ use std::time::Duration;
 pub const REASON_CHECKED: &str = "Checked";
 pub const REASON_PENDING: &str = "Pending";
 pub const REASON_FAILED: &str = "Failed";
+/// The issuer names a signer (or asks for CAs) its scope is not granted.
+pub const REASON_NOT_GRANTED: &str = "SignerNotGranted";
 
 /// The status an issuer should have now.
 pub fn desired_status(
@@ -29,13 +31,19 @@ pub fn desired_status(
     generation: Option<i64>,
     root: &RootState,
     registry: &MeshRegistry,
+    tenancy: &Tenancy,
 ) -> IssuerStatus {
     let previous: &[Condition] = issuer.issuer_status().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    match prepare(issuer, root, registry) {
+    match prepare(issuer, root, registry, tenancy) {
         Ok(ready) => {
             let authority = ready.ca.authority();
+            let serves = match &ready.namespaces {
+                Some(list) if list.iter().any(|n| n == "*") => "; serves every namespace".to_string(),
+                Some(list) => format!("; serves namespaces {}", list.join(", ")),
+                None => String::new(),
+            };
             let message = format!(
-                "signs with {} ({}), valid until {}",
+                "signs with {} ({}), valid until {}{serves}",
                 ready.ca.description(),
                 authority.subject(),
                 rfc3339(authority.not_after())
@@ -53,6 +61,7 @@ pub fn desired_status(
             let reason = match problem {
                 SignerProblem::Invalid(_) => REASON_FAILED,
                 SignerProblem::Unavailable(_) => REASON_PENDING,
+                SignerProblem::NotGranted(_) => REASON_NOT_GRANTED,
             };
             IssuerStatus {
                 conditions: vec![condition("Ready", false, reason, &problem.to_string(), generation, previous)],
@@ -65,7 +74,8 @@ pub fn desired_status(
 /// Runs the issuer status controller until the task is aborted.
 pub fn spawn(client: kube::Client, signers: Signers, resync: Duration) -> tokio::task::JoinHandle<()> {
     let mut changes = signers.changes().boxed();
-    let Signers { issuers: cache, root, registry } = signers;
+    let tenancy_source = signers.clone();
+    let Signers { issuers: cache, root, registry, .. } = signers;
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(resync);
         loop {
@@ -78,13 +88,16 @@ pub fn spawn(client: kube::Client, signers: Signers, resync: Duration) -> tokio:
                 continue;
             }
             let current_root = root.borrow().clone();
+            let tenancy = tenancy_source.tenancy();
             for issuer in cache.issuers() {
-                let status = desired_status(issuer.as_ref(), issuer.metadata.generation, &current_root, &registry);
+                let status =
+                    desired_status(issuer.as_ref(), issuer.metadata.generation, &current_root, &registry, &tenancy);
                 let api = Api::<Issuer>::namespaced(client.clone(), &issuer.namespace().unwrap_or_default());
                 write_status(&api, issuer.as_ref(), status).await;
             }
             for issuer in cache.cluster_issuers() {
-                let status = desired_status(issuer.as_ref(), issuer.metadata.generation, &current_root, &registry);
+                let status =
+                    desired_status(issuer.as_ref(), issuer.metadata.generation, &current_root, &registry, &tenancy);
                 write_status(&Api::<ClusterIssuer>::all(client.clone()), issuer.as_ref(), status).await;
             }
         }

@@ -85,8 +85,17 @@ fn work(
         usages: &usages,
         duration,
         csr_extensions_must_match: false,
+        namespace: requester_namespace(csr),
     });
     signers.sign(issuer_name, request, now)
+}
+
+/// The namespace of a CSR's requester when it is a service account
+/// (`system:serviceaccount:<namespace>:<name>`).
+fn requester_namespace(csr: &CertificateSigningRequest) -> Option<&str> {
+    let rest = csr.spec.username.as_deref()?.strip_prefix("system:serviceaccount:")?;
+    let (namespace, name) = rest.split_once(':')?;
+    (!namespace.is_empty() && !name.is_empty()).then_some(namespace)
 }
 
 /// The duration and CA flag a CSR asks for, from cert-manager's

@@ -4,7 +4,7 @@
 use super::issuer_cache::{IssuerCache, IssuerName, signer_changes};
 use crate::api::issuer::IssuerResource;
 use crate::issuer::sign::{SignError, Signed, SigningRequest, sign};
-use crate::issuer::{SignerProblem, prepare};
+use crate::issuer::{OwnService, SignerProblem, Tenancy, prepare};
 use crate::k8s::root::RootState;
 use crate::mesh::MeshRegistry;
 use std::sync::Arc;
@@ -18,12 +18,19 @@ pub struct Signers {
     pub issuers: IssuerCache,
     pub root: watch::Receiver<RootState>,
     pub registry: Arc<MeshRegistry>,
+    /// meshroot's own Service, whose names no issuer grants by pattern.
+    pub own: Arc<OwnService>,
 }
 
 impl Signers {
     /// Yields `()` whenever any of them changes.
     pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
         signer_changes(&self.issuers, &self.root, &self.registry)
+    }
+
+    /// The tenant boundary now.
+    pub fn tenancy(&self) -> Tenancy {
+        self.issuers.tenancy(&self.own)
     }
 
     /// Signs `request` with the named issuer, as [`sign_with_issuer`].
@@ -36,7 +43,8 @@ impl Signers {
         let root = self.root.borrow().clone();
         let issuer = self.issuers.get(issuer_name);
         let issuer = issuer.as_deref().map(|i| i as &dyn IssuerResource);
-        sign_with_issuer(issuer_name, issuer, &root, &self.registry, request, now)
+        let context = SigningContext { root: &root, registry: &self.registry, tenancy: &self.tenancy() };
+        sign_with_issuer(issuer_name, issuer, &context, request, now)
     }
 }
 
@@ -55,23 +63,30 @@ pub enum Outcome {
     Denied,
 }
 
+/// What signing needs besides the issuer and the request.
+#[derive(Clone, Copy)]
+pub struct SigningContext<'a> {
+    pub root: &'a RootState,
+    pub registry: &'a MeshRegistry,
+    pub tenancy: &'a Tenancy,
+}
+
 /// Signs `request` with the named issuer once it is there and ready; a
 /// request that could not be read (`Err((reason, message))`) fails only
 /// after that, as cert-manager's own issuers do.
 pub fn sign_with_issuer(
     issuer_name: &IssuerName,
     issuer: Option<&dyn IssuerResource>,
-    root: &RootState,
-    registry: &MeshRegistry,
+    context: &SigningContext<'_>,
     request: Result<SigningRequest<'_>, (&'static str, String)>,
     now: OffsetDateTime,
 ) -> Outcome {
     let Some(issuer) = issuer else {
         return Outcome::Pending(format!("{issuer_name} not found; waiting for it to be created"));
     };
-    let ready = match prepare(issuer, root, registry) {
+    let ready = match prepare(issuer, context.root, context.registry, context.tenancy) {
         Ok(r) => r,
-        Err(SignerProblem::Invalid(why) | SignerProblem::Unavailable(why)) => {
+        Err(SignerProblem::Invalid(why) | SignerProblem::Unavailable(why) | SignerProblem::NotGranted(why)) => {
             return Outcome::Pending(format!("waiting for {issuer_name} to become ready: {why}"));
         }
     };
@@ -79,7 +94,15 @@ pub fn sign_with_issuer(
         Ok(r) => r,
         Err((reason, message)) => return Outcome::Failed { reason, message },
     };
-    match sign(&request, &ready.policy, &ready.ca, now) {
+    if !ready.serves(request.namespace) {
+        let who =
+            request.namespace.map_or("a requester outside any namespace".to_string(), |n| format!("namespace {n:?}"));
+        return Outcome::Failed {
+            reason: "NamespaceNotAllowed",
+            message: format!("{issuer_name} does not serve {who} (its spec.allowedNamespaces does not list it)"),
+        };
+    }
+    match sign(&request, &ready.policy, &ready.ca, context.tenancy, now) {
         Ok(signed) => Outcome::Issued(signed),
         Err(SignError::Invalid(message)) => Outcome::Failed { reason: "InvalidRequest", message },
         Err(SignError::Policy(message)) => Outcome::Failed { reason: "PolicyViolation", message },

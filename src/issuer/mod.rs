@@ -1,16 +1,19 @@
 //! cert-manager external issuer logic, free of Kubernetes I/O: issuer
 //! policies, signer resolution, and signing one request.
 
+pub mod constraints;
 pub mod glob;
 pub mod policy;
 pub mod sign;
 pub mod signer;
+pub mod tenancy;
 
 pub use policy::Policy;
 pub use sign::{SignError, Signed, SigningRequest, sign};
 pub use signer::{IssuingCa, SignerProblem, resolve};
+pub use tenancy::{OwnService, Tenancy};
 
-use crate::api::issuer::IssuerResource;
+use crate::api::issuer::{IssuerResource, IssuerScope};
 use crate::k8s::root::RootState;
 use crate::mesh::MeshRegistry;
 
@@ -19,6 +22,20 @@ use crate::mesh::MeshRegistry;
 pub struct ReadyIssuer {
     pub policy: Policy,
     pub ca: IssuingCa,
+    /// For a ClusterIssuer, the namespaces it serves (`*`: all); `None`
+    /// for a namespaced Issuer, which serves its own namespace only.
+    pub namespaces: Option<Vec<String>>,
+}
+
+impl ReadyIssuer {
+    /// Whether this issuer signs for a requester in `namespace` (`None`: a
+    /// cluster-scoped requester that is no service account).
+    pub fn serves(&self, namespace: Option<&str>) -> bool {
+        match &self.namespaces {
+            None => true,
+            Some(list) => list.iter().any(|n| n == "*" || Some(n.as_str()) == namespace),
+        }
+    }
 }
 
 /// Validates an issuer's spec and resolves its signer. An invalid spec is
@@ -28,11 +45,33 @@ pub fn prepare(
     issuer: &dyn IssuerResource,
     root: &RootState,
     registry: &MeshRegistry,
+    tenancy: &Tenancy,
 ) -> Result<ReadyIssuer, SignerProblem> {
     let policy = Policy::from_spec(issuer.policy()).map_err(SignerProblem::Invalid)?;
-    let ca = resolve(issuer.signer(), root, registry)?;
+    let scope = issuer.scope();
+    let namespaces = match scope {
+        IssuerScope::Namespaced { .. } => None,
+        IssuerScope::Cluster { allowed_namespaces: [] } => {
+            return Err(SignerProblem::NotGranted(
+                "spec.allowedNamespaces is empty, so this ClusterIssuer serves no namespace; list them (or \"*\" \
+                 for every namespace)"
+                    .into(),
+            ));
+        }
+        IssuerScope::Cluster { allowed_namespaces } => Some(allowed_namespaces.to_vec()),
+    };
+    let resolved = resolve(issuer.signer(), scope, root, registry, tenancy);
+    let ca = if namespaces.is_none() && policy.allow_ca {
+        let no_ca = "policy.allowCA: a namespaced Issuer may not issue CA certificates; only a ClusterIssuer may";
+        return Err(SignerProblem::NotGranted(match resolved {
+            Err(SignerProblem::NotGranted(why)) => format!("{why}; {no_ca}"),
+            _ => no_ca.to_string(),
+        }));
+    } else {
+        resolved?
+    };
     ca.authority()
         .check_valid_at(time::OffsetDateTime::now_utc())
         .map_err(|e| SignerProblem::Unavailable(format!("{}: {e}", ca.description())))?;
-    Ok(ReadyIssuer { policy, ca })
+    Ok(ReadyIssuer { policy, ca, namespaces })
 }

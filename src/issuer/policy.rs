@@ -1,13 +1,42 @@
 //! An issuer's policy, validated once from its spec and applied to every
-//! request it signs.
+//! request it signs. Deny by default: every SAN kind and subject attribute
+//! must be allowed by a list, and protected names (see [`Tenancy`]) only
+//! by a literal entry.
 
 use super::glob;
+use super::tenancy::Tenancy;
 use crate::api::issuer::IssuancePolicy;
 use crate::k8s::intermediates::parse_duration;
-use crate::pki::csr::RequestedNames;
-use crate::pki::usage::{KeyUsage, Usage, Usages};
+use crate::pki::csr::{RequestedNames, SubjectAttribute};
+use crate::pki::pem::printable;
+use crate::pki::usage::{EKU_ANY, EKU_CLIENT_AUTH, EKU_OCSP_SIGNING, EKU_SERVER_AUTH, KeyUsage, Usage, Usages};
 use ipnet::IpNet;
+use std::collections::BTreeMap;
 use time::Duration;
+
+const OID_COMMON_NAME: &str = "2.5.4.3";
+const OID_EMAIL_ADDRESS: &str = "1.2.840.113549.1.9.1";
+
+/// Short names of subject attributes, as policies may name them.
+const ATTRIBUTE_NAMES: &[(&str, &str)] = &[
+    ("C", "2.5.4.6"),
+    ("ST", "2.5.4.8"),
+    ("L", "2.5.4.7"),
+    ("O", "2.5.4.10"),
+    ("OU", "2.5.4.11"),
+    ("street", "2.5.4.9"),
+    ("postalCode", "2.5.4.17"),
+    ("serialNumber", "2.5.4.5"),
+];
+
+/// Usages an issuer allows when its policy lists none: what a TLS server or
+/// client needs, nothing that signs for others.
+const DEFAULT_USAGES: &[Usage] = &[
+    Usage::Key(KeyUsage::DigitalSignature),
+    Usage::Key(KeyUsage::KeyEncipherment),
+    Usage::Extended(EKU_SERVER_AUTH),
+    Usage::Extended(EKU_CLIENT_AUTH),
+];
 
 /// A validated [`IssuancePolicy`].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -15,19 +44,21 @@ pub struct Policy {
     pub allow_ca: bool,
     pub max_path_length: u8,
     pub max_duration: Option<Duration>,
-    dns_names: Option<Vec<String>>,
-    uris: Option<Vec<String>>,
-    ip_ranges: Option<Vec<IpNet>>,
-    emails: Option<Vec<String>>,
-    common_names: Option<Vec<String>>,
+    pub(super) dns_names: Vec<String>,
+    pub(super) uris: Vec<String>,
+    pub(super) ip_ranges: Vec<IpNet>,
+    pub(super) emails: Vec<String>,
+    common_names: Vec<String>,
     usages: Option<Vec<Usage>>,
+    /// Attribute OID → value patterns.
+    subject_attributes: BTreeMap<String, Vec<String>>,
 }
 
 /// What a request asks for, as the policy sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Asked<'a> {
     pub names: &'a RequestedNames,
-    pub common_names: &'a [String],
+    pub subject: &'a [SubjectAttribute],
     pub is_ca: bool,
     pub usages: &'a Usages,
 }
@@ -45,16 +76,10 @@ impl Policy {
         }
         let ip_ranges = spec
             .allowed_ip_ranges
-            .as_ref()
-            .map(|ranges| {
-                ranges
-                    .iter()
-                    .map(|r| {
-                        r.parse::<IpNet>().map_err(|_| format!("policy.allowedIPRanges: {r:?} is not a CIDR range"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
+            .iter()
+            .flatten()
+            .map(|r| r.parse::<IpNet>().map_err(|_| format!("policy.allowedIPRanges: {r:?} is not a CIDR range")))
+            .collect::<Result<Vec<_>, _>>()?;
         let usages = spec
             .allowed_usages
             .as_ref()
@@ -65,112 +90,207 @@ impl Policy {
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
-        let lowercase =
-            |v: &Option<Vec<String>>| v.as_ref().map(|v| v.iter().map(|p| p.to_ascii_lowercase()).collect());
+        let mut subject_attributes = BTreeMap::new();
+        for (name, patterns) in spec.allowed_subject_attributes.iter().flatten() {
+            let oid = attribute_oid(name).ok_or_else(|| {
+                format!(
+                    "policy.allowedSubjectAttributes: unknown attribute {name:?} (use C, ST, L, O, OU, street, \
+                     postalCode, serialNumber or a dotted OID; the common name and email have their own lists)"
+                )
+            })?;
+            subject_attributes.insert(oid, patterns.clone());
+        }
+        let lowercase = |v: &Option<Vec<String>>| v.iter().flatten().map(|p| p.to_ascii_lowercase()).collect();
         Ok(Self {
             allow_ca: spec.allow_ca,
             max_path_length: spec.max_path_length.unwrap_or(0),
             max_duration,
             dns_names: lowercase(&spec.allowed_dns_names),
-            uris: spec.allowed_uris.clone(),
+            uris: spec.allowed_uris.clone().unwrap_or_default(),
             ip_ranges,
             emails: lowercase(&spec.allowed_emails),
-            common_names: spec.allowed_common_names.clone(),
+            common_names: spec.allowed_common_names.clone().unwrap_or_default(),
             usages,
+            subject_attributes,
         })
     }
 
-    /// Every way `asked` breaks the policy, or `Ok` when it breaks none.
-    pub fn check(&self, asked: &Asked<'_>) -> Result<(), String> {
+    /// Every way `asked` breaks the policy or touches a protected name, or
+    /// `Ok` when it does neither.
+    pub fn check(&self, asked: &Asked<'_>, tenancy: &Tenancy) -> Result<(), String> {
         let mut violations = Vec::new();
         if asked.is_ca && !self.allow_ca {
             violations.push("isCA is not allowed (policy.allowCA is false)".to_string());
         }
         let names = asked.names;
-        let dns_ok = |n: &str| patterns_match(&self.dns_names, &n.to_ascii_lowercase(), &['.']);
-        check_each(&mut violations, "DNS name", "allowedDNSNames", &names.dns, dns_ok);
-        check_each(&mut violations, "URI", "allowedURIs", &names.uris, |u| match &self.uris {
-            Some(patterns) => patterns.iter().any(|p| glob::matches(p, u, &['/'])),
-            // SPIFFE IDs are the meshes' workload identities: an issuer mints
-            // them only when its policy names which ones.
-            None => !is_spiffe(u),
-        });
-        check_each(&mut violations, "email", "allowedEmails", &names.emails, |e| {
-            patterns_match(&self.emails, &e.to_ascii_lowercase(), &['@'])
-        });
-        if let Some(ranges) = &self.ip_ranges {
-            for ip in &names.ips {
-                if !ranges.iter().any(|r| r.contains(ip)) {
-                    violations.push(format!("IP address {ip} is not in policy.allowedIPRanges"));
-                }
+        for dns in &names.dns {
+            self.check_dns(&mut violations, "DNS name", dns, false, tenancy);
+        }
+        for uri in &names.uris {
+            let allowed = self.uris.iter().any(|p| glob::matches(p, uri, &['/']));
+            match tenancy.protected_uri(uri) {
+                Some(why) if !self.grants_identity_literally(uri) => violations.push(format!(
+                    "URI {} is protected ({why}); only a literal entry in policy.allowedURIs grants it (the \
+                     identity itself, or its whole trust domain as spiffe://<trust domain>), not a pattern",
+                    shown(uri)
+                )),
+                _ if !allowed => violations.push(format!("URI {} is not allowed by policy.allowedURIs", shown(uri))),
+                _ => {}
             }
         }
-        let restricts_names = self.dns_names.is_some()
-            || self.uris.is_some()
-            || self.ip_ranges.is_some()
-            || self.emails.is_some()
-            || self.common_names.is_some();
-        if restricts_names && names.other > 0 {
+        for email in &names.emails {
+            self.check_email(&mut violations, "email", email);
+        }
+        for ip in &names.ips {
+            if !self.ip_ranges.iter().any(|r| r.contains(ip)) {
+                violations.push(format!("IP address {ip} is not in policy.allowedIPRanges"));
+            }
+        }
+        if names.other > 0 {
             violations.push(format!(
-                "{} SAN entries of other types (otherName, directoryName, ...) cannot be checked against the name policy",
+                "{} SAN entries of other types (otherName, directoryName, ...) are never issued",
                 names.other
             ));
         }
-        for cn in asked.common_names {
-            let ok = match (&self.common_names, &self.dns_names) {
-                (Some(patterns), _) => patterns.iter().any(|p| glob::matches(p, cn, &[])),
-                (None, Some(_)) => dns_ok(cn),
-                (None, None) => true,
-            };
+        for attribute in asked.subject {
+            self.check_attribute(&mut violations, attribute, tenancy);
+        }
+        self.check_usages(&mut violations, asked);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        // A request with thousands of names must not make a message as big.
+        let more = violations.len().saturating_sub(MAX_REPORTED);
+        violations.truncate(MAX_REPORTED);
+        if more > 0 {
+            violations.push(format!("and {more} more"));
+        }
+        Err(violations.join("; "))
+    }
+
+    /// Whether `allowedURIs` names the SPIFFE ID `uri` literally, or its
+    /// whole trust domain (`spiffe://<trust domain>`, for an istiod in RA
+    /// mode or a `cacerts` CA that signs for every workload of the mesh).
+    fn grants_identity_literally(&self, uri: &str) -> bool {
+        let domain = super::tenancy::spiffe_trust_domain(uri);
+        self.uris
+            .iter()
+            .any(|p| p == uri || domain.as_deref().is_some_and(|d| p.eq_ignore_ascii_case(&format!("spiffe://{d}"))))
+    }
+
+    /// A DNS name (or a common name, `is_cn`) against `allowedDNSNames`
+    /// (and `allowedCommonNames`), protected names literally only.
+    fn check_dns(&self, violations: &mut Vec<String>, what: &str, name: &str, is_cn: bool, tenancy: &Tenancy) {
+        let lower = name.to_ascii_lowercase();
+        let by_dns = self.dns_names.iter().any(|p| glob::matches(p, &lower, &['.']));
+        let by_cn = is_cn && self.common_names.iter().any(|p| glob::matches(p, name, &[]));
+        let literal = self.dns_names.contains(&lower)
+            || (is_cn && self.common_names.iter().any(|p| p.eq_ignore_ascii_case(name)));
+        let lists =
+            if is_cn { "policy.allowedCommonNames or policy.allowedDNSNames" } else { "policy.allowedDNSNames" };
+        match tenancy.protected_dns(name) {
+            Some(why) if !literal => violations.push(format!(
+                "{what} {} is protected ({why}); only a literal entry in {lists} grants it, not a pattern",
+                shown(name)
+            )),
+            _ if !(by_dns || by_cn) => violations.push(format!("{what} {} is not allowed by {lists}", shown(name))),
+            _ => {}
+        }
+    }
+
+    fn check_email(&self, violations: &mut Vec<String>, what: &str, email: &str) {
+        if !self.emails.iter().any(|p| glob::matches(p, &email.to_ascii_lowercase(), &['@'])) {
+            violations.push(format!("{what} {} is not allowed by policy.allowedEmails", shown(email)));
+        }
+    }
+
+    fn check_attribute(&self, violations: &mut Vec<String>, attribute: &SubjectAttribute, tenancy: &Tenancy) {
+        let name = attribute_name(&attribute.oid);
+        let Some(value) = &attribute.value else {
+            let ok = self.subject_attributes.get(&attribute.oid).is_some_and(|ps| ps.iter().any(|p| p == "*"));
             if !ok {
-                let list = if self.common_names.is_some() { "allowedCommonNames" } else { "allowedDNSNames" };
-                violations.push(format!("common name {cn:?} is not allowed by policy.{list}"));
+                violations.push(format!("subject attribute {name} has a non-string value, allowed only by \"*\""));
+            }
+            return;
+        };
+        match attribute.oid.as_str() {
+            OID_COMMON_NAME => self.check_dns(violations, "common name", value, true, tenancy),
+            OID_EMAIL_ADDRESS => self.check_email(violations, "subject emailAddress", value),
+            oid => {
+                let allowed =
+                    self.subject_attributes.get(oid).is_some_and(|ps| ps.iter().any(|p| glob::matches(p, value, &[])));
+                if !allowed {
+                    violations.push(format!(
+                        "subject attribute {name}={} is not allowed by policy.allowedSubjectAttributes",
+                        shown(value)
+                    ));
+                }
             }
         }
-        if let Some(allowed) = &self.usages {
-            let requested = asked
-                .usages
-                .key
-                .iter()
-                // An allowed CA gets cert sign implicitly; allowCA governs it.
-                .filter(|k| !(asked.is_ca && **k == KeyUsage::CertSign))
-                .map(|k| Usage::Key(*k))
-                .chain(asked.usages.extended.iter().map(|oid| Usage::Extended(oid)));
-            let denied: Vec<Usage> = requested.filter(|u| !allowed.contains(u)).collect();
-            if !denied.is_empty() {
-                let shown = Usages {
-                    key: denied.iter().filter_map(|u| if let Usage::Key(k) = u { Some(*k) } else { None }).collect(),
-                    extended: denied
-                        .iter()
-                        .filter_map(|u| if let Usage::Extended(e) = u { Some(*e) } else { None })
-                        .collect(),
-                };
-                violations.push(format!("usages {} are not in policy.allowedUsages", shown.describe()));
-            }
+    }
+
+    fn check_usages(&self, violations: &mut Vec<String>, asked: &Asked<'_>) {
+        let allowed = self.usages.as_deref().unwrap_or(DEFAULT_USAGES);
+        let requested = asked
+            .usages
+            .key
+            .iter()
+            // An allowed CA gets cert sign implicitly; allowCA governs it.
+            .filter(|k| !(asked.is_ca && **k == KeyUsage::CertSign))
+            .map(|k| Usage::Key(*k))
+            .chain(asked.usages.extended.iter().map(|oid| Usage::Extended(oid)));
+        let denied: Vec<Usage> = requested.filter(|u| !allowed.contains(u)).collect();
+        if denied.is_empty() {
+            return;
         }
-        if violations.is_empty() { Ok(()) } else { Err(violations.join("; ")) }
+        let shown = Usages {
+            key: denied.iter().filter_map(|u| if let Usage::Key(k) = u { Some(*k) } else { None }).collect(),
+            extended: denied.iter().filter_map(|u| if let Usage::Extended(e) = u { Some(*e) } else { None }).collect(),
+        };
+        let list = if self.usages.is_some() {
+            "policy.allowedUsages"
+        } else {
+            "the default usages (digital signature, key encipherment, server auth, client auth); list others in policy.allowedUsages"
+        };
+        let mut message = format!("usages {} are not in {list}", shown.describe());
+        if shown.extended.iter().any(|e| *e == EKU_ANY || *e == EKU_OCSP_SIGNING) {
+            message.push_str(" (any and ocsp signing are issued only when listed explicitly)");
+        }
+        violations.push(message);
     }
 }
 
-fn is_spiffe(uri: &str) -> bool {
-    uri.get(..9).is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe://"))
+/// At most this many violations are spelled out in one refusal.
+const MAX_REPORTED: usize = 8;
+
+/// Requested text echoed in a refusal: quoted, cut short, no control characters.
+fn shown(text: &str) -> String {
+    format!("{:?}", printable(text, 200))
 }
 
-fn patterns_match(patterns: &Option<Vec<String>>, name: &str, separators: &[char]) -> bool {
-    patterns.as_ref().is_none_or(|ps| ps.iter().any(|p| glob::matches(p, name, separators)))
+/// The OID a policy's attribute name stands for.
+fn attribute_oid(name: &str) -> Option<String> {
+    if let Some((_, oid)) = ATTRIBUTE_NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        return Some((*oid).to_string());
+    }
+    let dotted = name.split('.').count() >= 2
+        && name.split('.').all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()));
+    (dotted && name != OID_COMMON_NAME && name != OID_EMAIL_ADDRESS).then(|| name.to_string())
 }
 
-fn check_each(violations: &mut Vec<String>, what: &str, list: &str, values: &[String], allowed: impl Fn(&str) -> bool) {
-    for v in values {
-        if !allowed(v) {
-            violations.push(format!("{what} {v:?} is not allowed by policy.{list}"));
-        }
+/// The short name of an attribute OID, for messages.
+fn attribute_name(oid: &str) -> &str {
+    match oid {
+        OID_COMMON_NAME => "CN",
+        OID_EMAIL_ADDRESS => "emailAddress",
+        _ => ATTRIBUTE_NAMES.iter().find(|(_, o)| *o == oid).map_or(oid, |(n, _)| n),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::issuer::tenancy::{OwnService, Tenancy};
 
     fn policy(yaml: &str) -> Policy {
         Policy::from_spec(&serde_saphyr::from_str(yaml).unwrap()).unwrap()
@@ -186,87 +306,189 @@ mod tests {
         }
     }
 
-    fn check(p: &Policy, names: &RequestedNames, cns: &[&str], is_ca: bool, usages: &[&str]) -> Result<(), String> {
-        let cns: Vec<String> = cns.iter().map(|s| s.to_string()).collect();
+    fn tenancy() -> Tenancy {
+        let mesh: crate::api::mesh::MeshSpec =
+            serde_saphyr::from_str("trustDomain: cluster.local\nistiod: {namespace: istio-system}").unwrap();
+        let own = OwnService { namespace: "meshroot".into(), name: "meshroot".into(), extra_names: vec![] };
+        Tenancy::new([("default", &mesh)], &own)
+    }
+
+    fn attrs(pairs: &[(&str, &str)]) -> Vec<SubjectAttribute> {
+        pairs.iter().map(|(oid, v)| SubjectAttribute { oid: oid.to_string(), value: Some(v.to_string()) }).collect()
+    }
+
+    fn check_subject(
+        p: &Policy,
+        names: &RequestedNames,
+        subject: &[SubjectAttribute],
+        is_ca: bool,
+        usages: &[&str],
+    ) -> Result<(), String> {
         let usages = Usages::from_names(usages, is_ca).unwrap();
-        p.check(&Asked { names, common_names: &cns, is_ca, usages: &usages })
+        p.check(&Asked { names, subject, is_ca, usages: &usages }, &tenancy())
+    }
+
+    fn check(p: &Policy, names: &RequestedNames, cns: &[&str], is_ca: bool, usages: &[&str]) -> Result<(), String> {
+        let subject: Vec<SubjectAttribute> = cns
+            .iter()
+            .map(|cn| SubjectAttribute { oid: OID_COMMON_NAME.into(), value: Some(cn.to_string()) })
+            .collect();
+        check_subject(p, names, &subject, is_ca, usages)
     }
 
     #[test]
-    fn an_empty_policy_allows_everything_but_ca() {
+    fn an_empty_policy_allows_nothing() {
         let p = policy("{}");
         let n = names(&["a.example.com"], &["urn:example:x"], &["10.0.0.1"], &["a@b.c"]);
-        assert_eq!(check(&p, &n, &["anything"], false, &["code signing"]), Ok(()));
-        let e = check(&p, &n, &[], true, &[]).unwrap_err();
-        assert!(e.contains("isCA is not allowed"), "{e}");
+        let e = check(&p, &n, &["anything"], true, &["code signing"]).unwrap_err();
+        for part in [
+            "isCA is not allowed",
+            "DNS name \"a.example.com\" is not allowed by policy.allowedDNSNames",
+            "URI \"urn:example:x\" is not allowed by policy.allowedURIs",
+            "IP address 10.0.0.1 is not in policy.allowedIPRanges",
+            "email \"a@b.c\" is not allowed by policy.allowedEmails",
+            "common name \"anything\" is not allowed",
+            "usages code signing are not in the default usages",
+        ] {
+            assert!(e.contains(part), "missing {part:?} in {e}");
+        }
+        // A request with only an allowed name passes.
+        let p = policy("allowedDNSNames: ['a.example.com']");
+        assert_eq!(check(&p, &names(&["a.example.com"], &[], &[], &[]), &[], false, &["server auth"]), Ok(()));
+    }
+
+    #[test]
+    fn only_the_kinds_a_policy_lists_are_allowed() {
+        // The issue's case: DNS names and usages set, nothing else.
+        let p = policy("allowedDNSNames: ['*.apps.example.com']\nallowedUsages: ['digital signature', 'server auth']");
+        let n = names(&["web.apps.example.com"], &["https://evil.example/"], &["10.0.0.1"], &["x@example.com"]);
+        let e = check(&p, &n, &[], false, &["server auth"]).unwrap_err();
+        for part in ["URI \"https://evil.example/\"", "IP address 10.0.0.1", "email \"x@example.com\""] {
+            assert!(e.contains(part), "missing {part:?} in {e}");
+        }
     }
 
     #[test]
     fn names_outside_the_patterns_are_each_reported() {
         let p = policy(
-            "allowedDNSNames: ['*.apps.example.com']\nallowedURIs: ['spiffe://cluster.local/ns/*/sa/*']\n\
+            "allowedDNSNames: ['*.apps.example.com']\nallowedURIs: ['spiffe://other.domain/ns/*/sa/*']\n\
              allowedIPRanges: ['10.0.0.0/8', 'fd00::/8']\nallowedEmails: ['*@example.com']",
         );
         let good = names(
             &["web.apps.example.com"],
-            &["spiffe://cluster.local/ns/a/sa/b"],
+            &["spiffe://other.domain/ns/a/sa/b"],
             &["10.1.2.3", "fd00::1"],
             &["ops@example.com"],
         );
         assert_eq!(check(&p, &good, &["web.apps.example.com"], false, &[]), Ok(()));
-        let bad = names(&["evil.com"], &["spiffe://other/ns/a/sa/b"], &["192.168.0.1"], &["x@evil.com"]);
+        let bad = names(&["evil.com"], &["spiffe://third/ns/a/sa/b"], &["192.168.0.1"], &["x@evil.com"]);
         let e = check(&p, &bad, &["not-a-host"], false, &[]).unwrap_err();
         for part in [
             "DNS name \"evil.com\" is not allowed by policy.allowedDNSNames",
-            "URI \"spiffe://other/ns/a/sa/b\" is not allowed by policy.allowedURIs",
+            "URI \"spiffe://third/ns/a/sa/b\" is not allowed by policy.allowedURIs",
             "IP address 192.168.0.1 is not in policy.allowedIPRanges",
             "email \"x@evil.com\" is not allowed by policy.allowedEmails",
-            "common name \"not-a-host\" is not allowed by policy.allowedDNSNames",
+            "common name \"not-a-host\" is not allowed by policy.allowedCommonNames or policy.allowedDNSNames",
         ] {
             assert!(e.contains(part), "missing {part:?} in {e}");
         }
     }
 
     #[test]
-    fn spiffe_ids_need_an_explicit_uri_policy() {
-        let n = names(&[], &["SPIFFE://cluster.local/ns/istio-system/sa/istiod"], &[], &[]);
-        let e = check(&policy("{}"), &n, &[], false, &[]).unwrap_err();
-        assert!(e.contains("is not allowed by policy.allowedURIs"), "{e}");
-        let other = names(&[], &["https://example.com/id"], &[], &[]);
-        assert_eq!(check(&policy("{}"), &other, &[], false, &[]), Ok(()));
-        let allowed = policy("allowedURIs: ['spiffe://cluster.local/ns/istio-system/**']");
-        // Patterns match case-sensitively.
-        let e = check(&allowed, &n, &[], false, &[]).unwrap_err();
-        assert_eq!(e, "URI \"SPIFFE://cluster.local/ns/istio-system/sa/istiod\" is not allowed by policy.allowedURIs");
-        let n = names(&[], &["spiffe://cluster.local/ns/istio-system/sa/istiod"], &[], &[]);
-        assert_eq!(check(&allowed, &n, &[], false, &[]), Ok(()));
+    fn mesh_identities_need_a_literal_grant() {
+        let istiod = "spiffe://cluster.local/ns/istio-system/sa/istiod";
+        let n = names(&[], &[istiod], &[], &[]);
+        for glob in ["spiffe://cluster.local/**", "spiffe://cluster.local/ns/*/sa/*", "**"] {
+            let e = check(&policy(&format!("allowedURIs: ['{glob}']")), &n, &[], false, &[]).unwrap_err();
+            assert!(e.contains("is protected (it is a workload identity of mesh default)"), "{glob}: {e}");
+            assert!(e.contains("only a literal entry in policy.allowedURIs"), "{e}");
+        }
+        let literal = policy(&format!("allowedURIs: ['{istiod}']"));
+        assert_eq!(check(&literal, &n, &[], false, &[]), Ok(()));
+        // The whole trust domain, granted literally, with a pattern that matches (istiod's RA mode).
+        let domain = policy("allowedURIs: ['spiffe://cluster.local', 'spiffe://cluster.local/ns/*/sa/*']");
+        assert_eq!(check(&domain, &n, &[], false, &[]), Ok(()));
+        let e = check(&policy("allowedURIs: ['spiffe://cluster.local']"), &n, &[], false, &[]).unwrap_err();
+        assert!(e.contains("is not allowed by policy.allowedURIs"), "the grant is not a pattern: {e}");
+        // The scheme and trust domain are case-insensitive: no way around it.
+        let upper = names(&[], &["SPIFFE://Cluster.Local/ns/istio-system/sa/istiod"], &[], &[]);
+        let e = check(&policy("allowedURIs: ['**']"), &upper, &[], false, &[]).unwrap_err();
+        assert!(e.contains("is protected"), "{e}");
     }
 
     #[test]
-    fn an_empty_list_allows_none_of_its_kind() {
-        let p = policy("allowedIPRanges: []");
-        let e = check(&p, &names(&[], &[], &["10.0.0.1"], &[]), &[], false, &[]).unwrap_err();
-        assert!(e.contains("10.0.0.1"), "{e}");
-        assert_eq!(check(&p, &names(&["x.example"], &[], &[], &[]), &[], false, &[]), Ok(()));
+    fn istiod_and_meshroot_dns_names_need_a_literal_grant() {
+        let open = policy("allowedDNSNames: ['**.svc', '*.*.svc', '**']\nallowedCommonNames: ['*']");
+        for name in ["istiod.istio-system.svc", "meshroot.meshroot.svc", "*.istio-system.svc"] {
+            let e = check(&open, &names(&[name], &[], &[], &[]), &[], false, &[]).unwrap_err();
+            assert!(e.contains("is protected"), "{name}: {e}");
+            let e = check(&open, &names(&[], &[], &[], &[]), &[name], false, &[]).unwrap_err();
+            assert!(e.contains("common name") && e.contains("is protected"), "{name}: {e}");
+        }
+        let literal = policy("allowedDNSNames: ['istiod.istio-system.svc']");
+        assert_eq!(check(&literal, &names(&["ISTIOD.istio-system.svc"], &[], &[], &[]), &[], false, &[]), Ok(()));
+        assert_eq!(check(&open, &names(&["web.team-a.svc"], &[], &[], &[]), &[], false, &[]), Ok(()));
     }
 
     #[test]
-    fn unverifiable_san_types_are_refused_under_a_name_policy() {
+    fn subject_attributes_are_denied_unless_listed() {
+        let p = policy("allowedEmails: ['*@example.com']\nallowedSubjectAttributes: {O: ['Example Inc'], OU: ['*']}");
+        let none = names(&[], &[], &[], &[]);
+        let ok =
+            attrs(&[("2.5.4.10", "Example Inc"), ("2.5.4.11", "anything"), (OID_EMAIL_ADDRESS, "ops@example.com")]);
+        assert_eq!(check_subject(&p, &none, &ok, false, &[]), Ok(()));
+        let bad = attrs(&[("2.5.4.10", "Evil Corp"), ("2.5.4.6", "US"), (OID_EMAIL_ADDRESS, "ceo@evil.org")]);
+        let e = check_subject(&p, &none, &bad, false, &[]).unwrap_err();
+        for part in [
+            "subject attribute O=\"Evil Corp\" is not allowed",
+            "subject attribute C=\"US\" is not allowed",
+            "subject emailAddress \"ceo@evil.org\" is not allowed by policy.allowedEmails",
+        ] {
+            assert!(e.contains(part), "missing {part:?} in {e}");
+        }
+        let opaque = vec![SubjectAttribute { oid: "2.5.4.10".into(), value: None }];
+        let e = check_subject(&policy("allowedSubjectAttributes: {O: ['x']}"), &none, &opaque, false, &[]).unwrap_err();
+        assert!(e.contains("non-string value"), "{e}");
+    }
+
+    #[test]
+    fn refusals_stay_short_however_much_is_asked() {
+        let many: Vec<String> = (0..2000).map(|i| format!("host-{i}.evil.org")).collect();
+        let long = format!("{}.evil.org", "a".repeat(5000));
+        let mut n = names(&[], &[], &[], &[]);
+        n.dns = many;
+        n.dns.insert(0, long);
+        let e = check(&policy("allowedDNSNames: ['*.example.com']"), &n, &[], false, &[]).unwrap_err();
+        assert!(e.len() < 4096, "{} bytes", e.len());
+        assert!(e.ends_with("and 1993 more"), "{e}");
+        assert!(e.contains("aaaa…"), "a long name is cut: {e}");
+    }
+
+    #[test]
+    fn other_san_types_are_never_issued() {
         let mut n = names(&[], &[], &[], &[]);
         n.other = 2;
-        assert_eq!(check(&policy("{}"), &n, &[], false, &[]), Ok(()));
-        let e = check(&policy("allowedDNSNames: ['*']"), &n, &[], false, &[]).unwrap_err();
+        let e = check(&policy("allowedDNSNames: ['**']"), &n, &[], false, &[]).unwrap_err();
         assert!(e.contains("2 SAN entries of other types"), "{e}");
     }
 
     #[test]
     fn usages_are_compared_by_meaning_and_cert_sign_follows_allow_ca() {
         let p = policy("allowCA: true\nallowedUsages: ['signing', 'key encipherment', 'server auth']");
-        let n = names(&["a.b"], &[], &[], &[]);
+        let n = names(&[], &[], &[], &[]);
         assert_eq!(check(&p, &n, &[], true, &["digital signature", "server auth"]), Ok(()));
         assert_eq!(check(&p, &n, &[], false, &[]), Ok(()), "the defaults are allowed");
         let e = check(&p, &n, &[], false, &["client auth", "cert sign"]).unwrap_err();
         assert_eq!(e, "usages cert sign, client auth are not in policy.allowedUsages");
+    }
+
+    #[test]
+    fn any_and_ocsp_signing_need_explicit_listing() {
+        let n = names(&[], &[], &[], &[]);
+        let e = check(&policy("{}"), &n, &[], false, &["any", "ocsp signing"]).unwrap_err();
+        assert!(e.contains("any and ocsp signing are issued only when listed explicitly"), "{e}");
+        assert_eq!(check(&policy("{}"), &n, &[], false, &["server auth", "client auth"]), Ok(()));
+        assert_eq!(check(&policy("allowedUsages: ['any']"), &n, &[], false, &["any"]), Ok(()));
     }
 
     #[test]
@@ -277,6 +499,9 @@ mod tests {
             ("maxDuration: 'soon'", "maxDuration"),
             ("maxDuration: '0s'", "maxDuration"),
             ("maxDuration: '5m'", "maxDuration"),
+            ("maxDuration: '8000y'", "maxDuration"),
+            ("allowedSubjectAttributes: {Planet: ['x']}", "allowedSubjectAttributes"),
+            ("allowedSubjectAttributes: {'2.5.4.3': ['x']}", "allowedSubjectAttributes"),
         ] {
             let e = Policy::from_spec(&serde_saphyr::from_str(yaml).unwrap()).unwrap_err();
             assert!(e.contains(field), "{yaml}: {e}");

@@ -4,9 +4,13 @@
 
 use super::policy::{Asked, Policy};
 use super::signer::{CaAllowance, IssuingCa};
+use super::tenancy::Tenancy;
+use crate::k8s::intermediates::MAX_DURATION;
+use crate::pki::authority::parse_certificate;
 use crate::pki::template::{CertificateTemplate, issue_from_template};
-use crate::pki::usage::Usages;
+use crate::pki::usage::{KeyUsage, Usages};
 use crate::pki::{CertificateSigningRequest, PkiError, pem, rfc3339};
+use rustls_pki_types::CertificateDer;
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
@@ -29,6 +33,9 @@ pub struct SigningRequest<'a> {
     /// BasicConstraints extensions (if any) that agree with the spec.
     /// Kubernetes CSRs take usages from the spec alone.
     pub csr_extensions_must_match: bool,
+    /// The requester's namespace: a CertificateRequest's, or a Kubernetes
+    /// CSR requester's service account namespace (`None` for other users).
+    pub namespace: Option<&'a str>,
 }
 
 /// What a request's status gets.
@@ -61,6 +68,7 @@ pub fn sign(
     req: &SigningRequest<'_>,
     policy: &Policy,
     ca: &IssuingCa,
+    tenancy: &Tenancy,
     now: OffsetDateTime,
 ) -> Result<Signed, SignError> {
     let invalid = |m: String| Err(SignError::Invalid(m));
@@ -72,10 +80,15 @@ pub fn sign(
     }
     for dns in &names.dns {
         if !is_dns_name(dns) {
-            return invalid(format!("DNS name {dns:?} is not a valid host name"));
+            return invalid(format!("DNS name {:?} is not a valid host name", pem::printable(dns, 200)));
         }
     }
     let usages = Usages::from_names(req.usages, req.is_ca).map_err(|e| SignError::Invalid(e.to_string()))?;
+    if !req.is_ca && usages.key.contains(&KeyUsage::CertSign) {
+        return invalid(
+            "usage cert sign needs isCA: true (RFC 5280 4.2.1.3: keyCertSign only with CA:TRUE)".to_string(),
+        );
+    }
     if req.csr_extensions_must_match {
         check_csr_extensions(&csr, req.is_ca, &usages)?;
     }
@@ -83,9 +96,21 @@ pub fn sign(
     if lifetime < MIN_DURATION {
         return invalid(format!("the duration {} is shorter than the minimum of 10m", human(lifetime)));
     }
+    if lifetime > MAX_DURATION {
+        return invalid(format!("the duration {} is longer than the maximum of 100 years", human(lifetime)));
+    }
+    check_subject_is_not_a_signer(&csr, ca)?;
     policy
-        .check(&Asked { names, common_names: csr.common_names(), is_ca: req.is_ca, usages: &usages })
+        .check(&Asked { names, subject: csr.subject_attributes(), is_ca: req.is_ca, usages: &usages }, tenancy)
         .map_err(|why| SignError::Policy(format!("denied by the issuer's policy: {why}")))?;
+    let name_constraints = if req.is_ca {
+        Some(
+            super::constraints::for_ca(policy, tenancy)
+                .map_err(|why| SignError::Policy(format!("denied by the issuer's policy: {why}")))?,
+        )
+    } else {
+        None
+    };
     let max_path_length = if req.is_ca {
         match ca.ca_allowance() {
             CaAllowance::Forbidden => {
@@ -107,15 +132,21 @@ pub fn sign(
         effective = max;
         shortened = Some(format!("the issuer's maxDuration is {}", human(max)));
     }
-    let template =
-        CertificateTemplate { csr: &csr, is_ca: req.is_ca, max_path_length, usages: &usages, lifetime: effective };
+    let template = CertificateTemplate {
+        csr: &csr,
+        is_ca: req.is_ca,
+        max_path_length,
+        name_constraints: name_constraints.as_deref(),
+        usages: &usages,
+        lifetime: effective,
+    };
     let issued = issue_from_template(ca.authority(), &template, now).map_err(|e| match e {
         PkiError::Expired { .. } | PkiError::SelfCheck(_) | PkiError::Signing(_) => {
             SignError::Unavailable(format!("{} cannot sign: {e}", ca.description()))
         }
         other => SignError::Invalid(other.to_string()),
     })?;
-    let requested_end = now.replace_nanosecond(0).unwrap_or(now) + effective;
+    let requested_end = now.replace_nanosecond(0).unwrap_or(now).checked_add(effective).unwrap_or(issued.not_after);
     if issued.not_after < requested_end {
         shortened = Some(format!("{} expires at {}", ca.description(), rfc3339(issued.not_after)));
     }
@@ -132,6 +163,30 @@ pub fn sign(
             format!("valid until {} instead of {} because {why}", rfc3339(issued.not_after), rfc3339(requested_end))
         }),
     })
+}
+
+/// RFC 5280 forbids nothing here, but a certificate whose subject is its
+/// issuer's (or any CA's above it) name confuses path building and reads as
+/// that CA to people and tools that match names.
+fn check_subject_is_not_a_signer(csr: &CertificateSigningRequest, ca: &IssuingCa) -> Result<(), SignError> {
+    if csr.subject_is_empty() {
+        return Ok(());
+    }
+    let requested = csr.subject().to_ascii_lowercase();
+    let signers = std::iter::once(ca.authority().certificate()).chain(ca.path()).chain(std::iter::once(ca.root()));
+    for cert in signers {
+        let Ok(parsed) = parse_certificate(cert as &CertificateDer<'_>) else { continue };
+        let subject = parsed.subject();
+        if subject.as_raw() == csr.subject_der() || subject.to_string().to_ascii_lowercase() == requested {
+            return Err(SignError::Invalid(format!(
+                "the requested subject {:?} is the name of a CA in the signing chain ({}); a certificate may not \
+                 carry a signer's name",
+                pem::printable(csr.subject(), 200),
+                ca.description()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// cert-manager's rule: CSR extensions, where present, must say exactly
@@ -189,12 +244,15 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::issuer::SignerRef;
-    use crate::issuer::signer::{CaAllowance, resolve};
+    use crate::api::issuer::{IssuerScope, SignerRef};
+    use crate::issuer::signer::{CaAllowance, SignerProblem, resolve};
+    use crate::issuer::tenancy::{OwnService, Tenancy};
     use crate::k8s::root::RootState;
     use crate::mesh::MeshRegistry;
     use crate::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, TrustBundle};
     use std::sync::Arc;
+
+    const CLUSTER: IssuerScope<'static> = IssuerScope::Cluster { allowed_namespaces: &[] };
 
     fn root_state(lifetime: Duration) -> RootState {
         let root = Authority::new_root(&CaSpec::root(lifetime), OffsetDateTime::now_utc()).unwrap();
@@ -202,55 +260,188 @@ mod tests {
         RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle) }
     }
 
+    fn tenancy() -> Tenancy {
+        let mesh: crate::api::mesh::MeshSpec = serde_saphyr::from_str(
+            "trustDomain: cluster.local\nistiod: {namespace: istio-system}\nissuerNamespaces: [team-a]",
+        )
+        .unwrap();
+        let own = OwnService { namespace: "meshroot".into(), name: "meshroot".into(), extra_names: vec![] };
+        Tenancy::new([("default", &mesh)], &own)
+    }
+
+    fn by_root(root: &RootState) -> IssuingCa {
+        resolve(&SignerRef { root: true, mesh: None }, CLUSTER, root, &MeshRegistry::default(), &tenancy()).unwrap()
+    }
+
+    fn policy(yaml: &str) -> Policy {
+        Policy::from_spec(&serde_saphyr::from_str(yaml).unwrap()).unwrap()
+    }
+
+    fn open() -> Policy {
+        policy("allowedDNSNames: ['**.example.com']")
+    }
+
     fn dns_csr(name: &str) -> String {
+        csr_with(name, rcgen::DistinguishedName::new())
+    }
+
+    fn csr_with(name: &str, subject: rcgen::DistinguishedName) -> String {
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name = subject;
         params.serialize_request(&key).unwrap().pem().unwrap()
     }
 
     fn request<'a>(csr: &'a str, duration: Option<Duration>, is_ca: bool) -> SigningRequest<'a> {
-        SigningRequest { csr_pem: csr.as_bytes(), is_ca, usages: &[], duration, csr_extensions_must_match: true }
+        SigningRequest {
+            csr_pem: csr.as_bytes(),
+            is_ca,
+            usages: &[],
+            duration,
+            csr_extensions_must_match: true,
+            namespace: Some("team-a"),
+        }
+    }
+
+    fn leaf(signed: &Signed) -> Vec<u8> {
+        crate::pki::pem::decode_certificates(signed.chain_pem.as_bytes(), 1 << 20).unwrap()[0].to_vec()
     }
 
     #[test]
     fn not_after_is_clamped_to_the_signer_and_the_reason_given() {
         let root = root_state(Duration::days(30));
-        let ca = resolve(&SignerRef { root: true, mesh: None }, &root, &MeshRegistry::default()).unwrap();
+        let ca = by_root(&root);
         let csr = dns_csr("a.example.com");
         let now = OffsetDateTime::now_utc();
-        let signed = sign(&request(&csr, None, false), &Policy::default(), &ca, now).unwrap();
+        let signed = sign(&request(&csr, None, false), &open(), &ca, &tenancy(), now).unwrap();
         assert_eq!(signed.not_after, ca.authority().not_after());
         let why = signed.shortened.unwrap();
         assert!(why.contains("because the root expires at"), "{why}");
-        let short = sign(&request(&csr, Some(Duration::days(1)), false), &Policy::default(), &ca, now).unwrap();
+        let short = sign(&request(&csr, Some(Duration::days(1)), false), &open(), &ca, &tenancy(), now).unwrap();
         assert!(short.shortened.is_none());
         assert_eq!(short.not_after, now.replace_nanosecond(0).unwrap() + Duration::days(1));
     }
 
     #[test]
+    fn max_duration_shortens_the_certificate_itself() {
+        let root = root_state(Duration::days(365));
+        let ca = by_root(&root);
+        let csr = dns_csr("a.example.com");
+        let now = OffsetDateTime::now_utc();
+        let p = policy("allowedDNSNames: ['a.example.com']\nmaxDuration: 48h");
+        let signed = sign(&request(&csr, Some(Duration::days(30)), false), &p, &ca, &tenancy(), now).unwrap();
+        let der = rustls_pki_types::CertificateDer::from(leaf(&signed));
+        let cert = crate::pki::authority::parse_certificate(&der).unwrap();
+        let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert_eq!(lifetime, 48 * 3600, "NotAfter - NotBefore must be the issuer's maxDuration");
+        assert!(signed.shortened.unwrap().contains("maxDuration is 2days"));
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_without_panicking() {
+        let root = root_state(Duration::days(30));
+        let ca = by_root(&root);
+        let csr = dns_csr("a.example.com");
+        for years in [101i64, 8000, 1_000_000] {
+            let d = Duration::days(365 * years);
+            let e =
+                sign(&request(&csr, Some(d), false), &open(), &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
+            assert!(matches!(&e, SignError::Invalid(m) if m.contains("longer than the maximum of 100 years")), "{e:?}");
+        }
+        let e = sign(&request(&csr, Some(Duration::MAX), false), &open(), &ca, &tenancy(), OffsetDateTime::now_utc());
+        assert!(e.is_err());
+    }
+
+    #[test]
     fn an_expired_signer_is_unavailable_not_invalid() {
         let root = root_state(Duration::days(1));
-        let ca = resolve(&SignerRef { root: true, mesh: None }, &root, &MeshRegistry::default()).unwrap();
+        let ca = by_root(&root);
         let csr = dns_csr("a.example.com");
         let later = OffsetDateTime::now_utc() + Duration::days(2);
-        let e = sign(&request(&csr, None, false), &Policy::default(), &ca, later).unwrap_err();
+        let e = sign(&request(&csr, None, false), &open(), &ca, &tenancy(), later).unwrap_err();
         assert!(matches!(e, SignError::Unavailable(_)), "{e:?}");
     }
 
     #[test]
-    fn path_length_allowance_follows_the_chain() {
+    fn issued_cas_carry_a_path_length_and_name_constraints() {
         let root = root_state(Duration::days(30));
-        let by_root = resolve(&SignerRef { root: true, mesh: None }, &root, &MeshRegistry::default()).unwrap();
-        assert_eq!(by_root.ca_allowance(), CaAllowance::Unlimited);
-        let spec =
-            crate::api::issuer::IssuancePolicy { allow_ca: true, max_path_length: Some(2), ..Default::default() };
-        let policy = Policy::from_spec(&spec).unwrap();
-        let csr = dns_csr("ca.example.com");
-        let signed = sign(&request(&csr, None, true), &policy, &by_root, OffsetDateTime::now_utc()).unwrap();
-        let der = crate::pki::pem::decode_certificates(signed.chain_pem.as_bytes(), 1 << 20).unwrap();
-        let cert = crate::pki::authority::parse_certificate(&der[0]).unwrap();
+        let ca = by_root(&root);
+        assert_eq!(ca.ca_allowance(), CaAllowance::Unlimited);
+        let p = policy("allowCA: true\nmaxPathLength: 2\nallowedDNSNames: ['*.apps.example.com']");
+        let csr = dns_csr("ca.apps.example.com");
+        let signed = sign(&request(&csr, None, true), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap();
+        let der = rustls_pki_types::CertificateDer::from(leaf(&signed));
+        let cert = crate::pki::authority::parse_certificate(&der).unwrap();
         assert_eq!(cert.basic_constraints().unwrap().unwrap().value.path_len_constraint, Some(2));
+        let nc = cert.name_constraints().unwrap().unwrap();
+        assert!(nc.critical);
+        let permitted = nc.value.permitted_subtrees.as_ref().unwrap();
+        assert!(
+            permitted.iter().any(|s| s.base == x509_parser::extensions::GeneralName::DNSName("apps.example.com")),
+            "{permitted:?}"
+        );
+    }
+
+    #[test]
+    fn a_ca_that_could_sign_istiod_is_refused() {
+        let root = root_state(Duration::days(30));
+        let ca = by_root(&root);
+        let p = policy("allowCA: true\nallowedDNSNames: ['**.svc']");
+        let csr = dns_csr("ca.team-a.svc");
+        let e = sign(&request(&csr, None, true), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
+        assert!(matches!(&e, SignError::Policy(m) if m.contains("could sign istiod.istio-system.svc")), "{e:?}");
+    }
+
+    #[test]
+    fn cert_sign_on_a_leaf_is_refused() {
+        let root = root_state(Duration::days(30));
+        let ca = by_root(&root);
+        let csr = dns_csr("a.example.com");
+        let usages = ["cert sign".to_string(), "digital signature".to_string()];
+        let mut req = request(&csr, None, false);
+        req.usages = &usages;
+        req.csr_extensions_must_match = false;
+        let p = policy("allowedDNSNames: ['a.example.com']\nallowedUsages: ['cert sign', 'digital signature']");
+        let e = sign(&req, &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
+        assert!(matches!(&e, SignError::Invalid(m) if m.contains("keyCertSign only with CA:TRUE")), "{e:?}");
+    }
+
+    #[test]
+    fn a_subject_equal_to_a_signer_name_is_refused() {
+        let root = root_state(Duration::days(30));
+        let ca = by_root(&root);
+        let root_subject = crate::pki::authority::parse_certificate(ca.root()).unwrap().subject().to_string();
+        let cn = root_subject.strip_prefix("CN=").unwrap_or(&root_subject).to_string();
+        let mut dn = rcgen::DistinguishedName::new();
+        for part in root_subject.split(", ") {
+            match part.split_once('=') {
+                Some(("CN", v)) => dn.push(rcgen::DnType::CommonName, v),
+                Some(("O", v)) => dn.push(rcgen::DnType::OrganizationName, v),
+                _ => {}
+            }
+        }
+        let csr = csr_with("a.example.com", dn);
+        let p = policy(&format!(
+            "allowedDNSNames: ['a.example.com']\nallowedCommonNames: ['{cn}', '*']\nallowedSubjectAttributes: {{O: ['*']}}"
+        ));
+        let e = sign(&request(&csr, None, false), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
+        assert!(matches!(&e, SignError::Invalid(m) if m.contains("is the name of a CA in the signing chain")), "{e:?}");
+    }
+
+    #[test]
+    fn namespaced_issuers_never_sign_with_the_root_or_an_ungranted_mesh() {
+        let root = root_state(Duration::days(30));
+        let t = tenancy();
+        let registry = MeshRegistry::default();
+        let team_b = IssuerScope::Namespaced { namespace: "team-b" };
+        let e = resolve(&SignerRef { root: true, mesh: None }, team_b, &root, &registry, &t).unwrap_err();
+        assert!(matches!(&e, SignerProblem::NotGranted(m) if m.contains("may not sign with the root")), "{e:?}");
+        let mesh = SignerRef { root: false, mesh: Some("default".into()) };
+        let e = resolve(&mesh, team_b, &root, &registry, &t).unwrap_err();
+        assert!(matches!(&e, SignerProblem::NotGranted(m) if m.contains("team-b")), "{e:?}");
+        // team-a is granted: it gets past the grant (the mesh is not served here).
+        let e = resolve(&mesh, IssuerScope::Namespaced { namespace: "team-a" }, &root, &registry, &t).unwrap_err();
+        assert!(matches!(e, SignerProblem::Unavailable(_)), "{e:?}");
     }
 
     #[test]

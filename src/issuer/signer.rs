@@ -1,7 +1,8 @@
 //! The CA an issuer signs with: the root (when its key is online) or an
 //! External mesh's intermediate, with the chain up to the root.
 
-use crate::api::issuer::SignerRef;
+use super::tenancy::Tenancy;
+use crate::api::issuer::{IssuerScope, SignerRef};
 use crate::k8s::root::RootState;
 use crate::mesh::MeshRegistry;
 use crate::pki::authority::parse_certificate;
@@ -19,6 +20,9 @@ pub enum SignerProblem {
     /// The signer is not available yet (or any more); retried.
     #[error("{0}")]
     Unavailable(String),
+    /// The issuer names a signer its namespace is not granted.
+    #[error("{0}")]
+    NotGranted(String),
 }
 
 /// How deep a CA certificate issued by this signer may itself sign.
@@ -106,8 +110,31 @@ impl IssuingCa {
     }
 }
 
-/// Resolves `signer` against the current root and meshes.
-pub fn resolve(signer: &SignerRef, root: &RootState, registry: &MeshRegistry) -> Result<IssuingCa, SignerProblem> {
+/// Resolves `signer` for an issuer in `scope` against the current root and
+/// meshes. A namespaced Issuer may never sign with the root, and with a
+/// mesh's intermediate only when the Mesh grants its namespace.
+pub fn resolve(
+    signer: &SignerRef,
+    scope: IssuerScope<'_>,
+    root: &RootState,
+    registry: &MeshRegistry,
+    tenancy: &Tenancy,
+) -> Result<IssuingCa, SignerProblem> {
+    if let IssuerScope::Namespaced { namespace } = scope {
+        if signer.root {
+            return Err(SignerProblem::NotGranted(
+                "a namespaced Issuer may not sign with the root; only a ClusterIssuer may".into(),
+            ));
+        }
+        if let Some(mesh) = signer.mesh.as_deref()
+            && !tenancy.mesh_grants(mesh, namespace)
+        {
+            return Err(SignerProblem::NotGranted(format!(
+                "Mesh {mesh:?} does not grant its intermediate to namespace {namespace:?} (the Mesh's \
+                 spec.issuerNamespaces must list it)"
+            )));
+        }
+    }
     match (signer.root, signer.mesh.as_deref()) {
         (true, Some(_)) => Err(SignerProblem::Invalid("spec.signer: set either root or mesh, not both".into())),
         (false, None) => Err(SignerProblem::Invalid("spec.signer: set root: true or mesh: <Mesh name>".into())),

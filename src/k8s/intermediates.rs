@@ -108,8 +108,15 @@ pub fn parse_duration(field: &str, value: &str) -> Result<Duration, String> {
     if d <= Duration::ZERO {
         return Err(format!("{field}: {value:?} must be positive"));
     }
+    if d > MAX_DURATION {
+        return Err(format!("{field}: {value:?} is longer than the longest duration meshroot accepts (100 years)"));
+    }
     Ok(d)
 }
+
+/// No certificate, renewal window or TTL meshroot deals in is longer; the
+/// bound keeps every `now + duration` far from overflowing.
+pub const MAX_DURATION: Duration = Duration::days(36_500);
 
 /// The intermediate a mesh asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -37,6 +37,15 @@ impl RequestedNames {
     }
 }
 
+/// One attribute of a requested subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectAttribute {
+    /// The attribute type, as a dotted OID.
+    pub oid: String,
+    /// The value, when it is a string type.
+    pub value: Option<String>,
+}
+
 /// A parsed CSR whose signature has been verified.
 #[derive(Clone, Debug)]
 pub struct CertificateSigningRequest {
@@ -48,6 +57,7 @@ pub struct CertificateSigningRequest {
     subject: String,
     subject_der: Vec<u8>,
     common_names: Vec<String>,
+    subject_attributes: Vec<SubjectAttribute>,
     san_der: Option<Vec<u8>>,
     basic_constraints_ca: Option<bool>,
     key_usage: Option<BTreeSet<KeyUsage>>,
@@ -128,6 +138,15 @@ impl CertificateSigningRequest {
                         .map_err(|_| PkiError::Invalid("a common name is not a string".into()))
                 })
                 .collect::<Result<_>>()?,
+            subject_attributes: info
+                .subject
+                .iter_attributes()
+                .map(|a| SubjectAttribute {
+                    oid: a.attr_type().to_id_string(),
+                    // A value that is not a string matches only a `*` pattern.
+                    value: a.as_str().map(str::to_string).ok(),
+                })
+                .collect(),
             san_der,
             basic_constraints_ca,
             key_usage,
@@ -178,6 +197,11 @@ impl CertificateSigningRequest {
     /// The subject's common names.
     pub fn common_names(&self) -> &[String] {
         &self.common_names
+    }
+
+    /// Every attribute of the requested subject, in order.
+    pub fn subject_attributes(&self) -> &[SubjectAttribute] {
+        &self.subject_attributes
     }
 
     /// The requested SubjectAltName extension value (DER GeneralNames).

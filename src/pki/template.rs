@@ -17,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
 const OID_SAN: &[u64] = &[2, 5, 29, 17];
+const OID_NAME_CONSTRAINTS: &[u64] = &[2, 5, 29, 30];
 
 /// What to issue for a verified CSR.
 #[derive(Clone, Debug)]
@@ -25,6 +26,8 @@ pub struct CertificateTemplate<'a> {
     pub is_ca: bool,
     /// pathLenConstraint of an issued CA certificate; `None` leaves it out.
     pub max_path_length: Option<u8>,
+    /// DER NameConstraints for an issued CA, added as a critical extension.
+    pub name_constraints: Option<&'a [u8]>,
     pub usages: &'a Usages,
     pub lifetime: Duration,
 }
@@ -66,6 +69,15 @@ pub fn issue_from_template(
         // when the subject is empty (RFC 5280 4.2.1.6).
         let mut ext = CustomExtension::from_oid_content(OID_SAN, san.to_vec());
         ext.set_criticality(csr.subject_is_empty());
+        params.custom_extensions.push(ext);
+    }
+
+    if let Some(constraints) = template.name_constraints {
+        if !template.is_ca {
+            return Err(PkiError::Invalid("name constraints belong on CA certificates only".into()));
+        }
+        let mut ext = CustomExtension::from_oid_content(OID_NAME_CONSTRAINTS, constraints.to_vec());
+        ext.set_criticality(true);
         params.custom_extensions.push(ext);
     }
 
@@ -125,6 +137,17 @@ fn check_issued(der: &CertificateDer<'_>, authority: &Authority, template: &Cert
     let is_ca = issued.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
     if is_ca != template.is_ca {
         return fail("has the wrong CA flag");
+    }
+    let cert_sign = issued.key_usage().ok().flatten().is_some_and(|ku| ku.value.key_cert_sign());
+    if cert_sign && !is_ca {
+        return fail("has keyCertSign without CA:TRUE");
+    }
+    let constrained = issued.name_constraints().ok().flatten().is_some_and(|nc| nc.critical);
+    if constrained != template.name_constraints.is_some() {
+        return fail("does not carry the requested name constraints");
+    }
+    if issued.subject().as_raw() == ca.subject().as_raw() && !issued.subject().as_raw().is_empty() {
+        return fail("carries its issuer's name as its subject");
     }
     Ok(())
 }

@@ -259,8 +259,16 @@ fn spawn_controllers(
                 ));
                 let (issuer_cache, issuer_task) = issuer_cache::IssuerCache::spawn(client.clone());
                 running.push(issuer_task);
-                let signers =
-                    signing::Signers { issuers: issuer_cache, root: root.clone(), registry: registry.clone() };
+                let signers = signing::Signers {
+                    issuers: issuer_cache,
+                    root: root.clone(),
+                    registry: registry.clone(),
+                    own: Arc::new(crate::issuer::OwnService {
+                        namespace: opts.namespace.clone(),
+                        name: opts.service_name.clone(),
+                        extra_names: opts.serving_names.clone(),
+                    }),
+                };
                 running.push(issuers::spawn(client.clone(), signers.clone(), opts.resync));
                 if opts.cert_manager_issuer {
                     running.push(certificate_requests::spawn(client.clone(), signers.clone(), opts.pod_name.clone()));

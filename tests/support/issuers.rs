@@ -59,7 +59,12 @@ impl IssuerWorld {
         let registry = Arc::new(MeshRegistry::default());
         let client = fake.client();
         let (cache, cache_task) = issuer_cache::IssuerCache::spawn(client.clone());
-        let signers = Signers { issuers: cache, root: root_rx, registry: registry.clone() };
+        let own = meshroot::issuer::OwnService {
+            namespace: "meshroot".into(),
+            name: "meshroot".into(),
+            extra_names: Vec::new(),
+        };
+        let signers = Signers { issuers: cache, root: root_rx, registry: registry.clone(), own: Arc::new(own) };
         let tasks = vec![
             cache_task,
             issuers::spawn(client.clone(), signers.clone(), Duration::from_secs(3600)),
@@ -73,8 +78,25 @@ impl IssuerWorld {
         self.root.certificate_pem().to_string()
     }
 
-    /// Adds an External mesh with a fresh intermediate under the root.
+    /// Adds an External mesh with a fresh intermediate under the root (its
+    /// Mesh object has istiod in `istio-system`, no issuer grants).
     pub fn add_mesh(&self, name: &str) -> Arc<SigningChain> {
+        self.add_mesh_granting(name, &[])
+    }
+
+    /// As [`Self::add_mesh`], granting the mesh's intermediate to the
+    /// Issuers of `issuer_namespaces`.
+    pub fn add_mesh_granting(&self, name: &str, issuer_namespaces: &[&str]) -> Arc<SigningChain> {
+        self.fake.create(
+            ISSUER_API,
+            "meshes",
+            "",
+            json!({"metadata": {"name": name}, "spec": {
+                "trustDomain": "cluster.local",
+                "istiod": {"namespace": "istio-system"},
+                "issuerNamespaces": issuer_namespaces,
+            }}),
+        );
         let intermediate = self
             .root
             .new_intermediate(&CaSpec::intermediate(name, time::Duration::days(365)), OffsetDateTime::now_utc())

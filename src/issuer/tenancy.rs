@@ -1,0 +1,243 @@
+//! The tenant boundary of the issuer path: which namespaces may sign with
+//! which mesh's intermediate, and the names no issuer grants by pattern
+//! (every mesh's SPIFFE IDs, istiod's and meshroot's DNS names).
+//!
+//! Built from every `Mesh` object (External and PluginCA alike, since a
+//! PluginCA istiod's names are just as critical) and meshroot's own Service.
+
+use crate::api::mesh::MeshSpec;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// meshroot's own Service, whose DNS names clients dial for the CA.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnService {
+    pub namespace: String,
+    pub name: String,
+    /// Extra names on meshroot's serving certificate.
+    pub extra_names: Vec<String>,
+}
+
+/// Why a name is protected, for refusals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Protection(pub String);
+
+impl std::fmt::Display for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Service whose names `<service>.<namespace>[.<anything>]` are protected.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ProtectedService {
+    service: String,
+    namespace: String,
+    owner: String,
+}
+
+/// What the cluster's meshes and meshroot itself make off limits to
+/// issuers, and which namespaces each mesh grants its intermediate to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tenancy {
+    /// Mesh name → namespaces whose Issuers may sign with its intermediate.
+    grants: BTreeMap<String, BTreeSet<String>>,
+    /// Trust domain (lowercase) → the meshes that use it.
+    trust_domains: BTreeMap<String, Vec<String>>,
+    services: BTreeSet<ProtectedService>,
+    /// Exact host names (lowercase) → whose they are.
+    hosts: BTreeMap<String, String>,
+}
+
+impl Tenancy {
+    /// From every Mesh (name, spec) and meshroot's own Service.
+    pub fn new<'a>(meshes: impl IntoIterator<Item = (&'a str, &'a MeshSpec)>, own: &OwnService) -> Self {
+        let mut t = Tenancy::default();
+        for (name, spec) in meshes {
+            t.grants.insert(name.to_string(), spec.issuer_namespaces.iter().cloned().collect());
+            t.trust_domains.entry(spec.trust_domain.to_ascii_lowercase()).or_default().push(name.to_string());
+            let owner = format!("istiod of mesh {name}");
+            let ns = spec.istiod.namespace.to_ascii_lowercase();
+            let revisions = spec.istiod.revisions.iter().filter(|r| !r.is_empty() && *r != "default");
+            for service in std::iter::once("istiod".to_string()).chain(revisions.map(|r| format!("istiod-{r}"))) {
+                t.services.insert(ProtectedService {
+                    service: service.to_ascii_lowercase(),
+                    namespace: ns.clone(),
+                    owner: owner.clone(),
+                });
+            }
+            for host in &spec.istiod.custom_hosts {
+                t.hosts.insert(host.to_ascii_lowercase(), owner.clone());
+            }
+        }
+        if !own.name.is_empty() && !own.namespace.is_empty() {
+            t.services.insert(ProtectedService {
+                service: own.name.to_ascii_lowercase(),
+                namespace: own.namespace.to_ascii_lowercase(),
+                owner: "meshroot's own Service".into(),
+            });
+        }
+        for host in &own.extra_names {
+            t.hosts.insert(host.to_ascii_lowercase(), "meshroot's serving certificate".into());
+        }
+        t
+    }
+
+    /// Whether the Issuers of `namespace` may sign with `mesh`'s intermediate.
+    pub fn mesh_grants(&self, mesh: &str, namespace: &str) -> bool {
+        self.grants.get(mesh).is_some_and(|namespaces| namespaces.contains(namespace))
+    }
+
+    /// Why the DNS name (or common name) `name` is protected, if it is. A
+    /// wildcard name is protected when it covers a protected name.
+    pub fn protected_dns(&self, name: &str) -> Option<Protection> {
+        let name = name.to_ascii_lowercase();
+        if let Some(rest) = name.strip_prefix("*.") {
+            // `*.<ns>...` covers `<service>.<ns>...`; `*.<x>` covers a host `<label>.<x>`.
+            let first = rest.split('.').next().unwrap_or_default();
+            if let Some(s) = self.services.iter().find(|s| s.namespace == first) {
+                return Some(Protection(format!("it covers {}.{}, a name of {}", s.service, rest, s.owner)));
+            }
+            let covered =
+                self.hosts.iter().find(|(host, _)| host.split_once('.').is_some_and(|(_, parent)| parent == rest));
+            return covered.map(|(host, owner)| Protection(format!("it covers {host}, a name of {owner}")));
+        }
+        if let Some(owner) = self.hosts.get(&name) {
+            return Some(Protection(format!("it is a name of {owner}")));
+        }
+        let mut labels = name.splitn(3, '.');
+        let (service, namespace) = (labels.next().unwrap_or_default(), labels.next().unwrap_or_default());
+        self.services
+            .iter()
+            .find(|s| s.service == service && s.namespace == namespace)
+            .map(|s| Protection(format!("it is a name of {} (Service {}.{})", s.owner, s.service, s.namespace)))
+    }
+
+    /// Why the URI `uri` is protected, if it is: every SPIFFE ID of a mesh's
+    /// trust domain is a workload identity the mesh accepts.
+    pub fn protected_uri(&self, uri: &str) -> Option<Protection> {
+        let domain = spiffe_trust_domain(uri)?;
+        self.trust_domains
+            .get(&domain)
+            .map(|meshes| Protection(format!("it is a workload identity of mesh {}", meshes.join(", "))))
+    }
+
+    /// Whether `trust_domain` is a mesh's.
+    pub fn is_mesh_trust_domain(&self, trust_domain: &str) -> bool {
+        self.trust_domains.contains_key(&trust_domain.to_ascii_lowercase())
+    }
+
+    /// Every protected DNS name in the forms clients dial (`.svc` and
+    /// `.svc.cluster.local` included), for checking a CA's name constraints.
+    pub fn protected_dns_names(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for s in &self.services {
+            for suffix in ["", ".svc", ".svc.cluster.local"] {
+                out.push((format!("{}.{}{suffix}", s.service, s.namespace), s.owner.clone()));
+            }
+        }
+        out.extend(self.hosts.iter().map(|(h, o)| (h.clone(), o.clone())));
+        out
+    }
+
+    /// Every mesh trust domain (lowercase).
+    pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
+        self.trust_domains.keys().map(String::as_str)
+    }
+}
+
+/// The trust domain (lowercase) of a `spiffe://` URI, scheme matched
+/// case-insensitively as URI schemes are.
+pub fn spiffe_trust_domain(uri: &str) -> Option<String> {
+    let scheme = uri.get(..9)?;
+    if !scheme.eq_ignore_ascii_case("spiffe://") {
+        return None;
+    }
+    let rest = uri.get(9..)?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = rest.get(..end)?;
+    // Userinfo or a port never make it another domain.
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let host = host.split(':').next().unwrap_or(host);
+    Some(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::mesh::IstiodSpec;
+
+    fn mesh(td: &str, ns: &str, revisions: &[&str], hosts: &[&str], grants: &[&str]) -> MeshSpec {
+        MeshSpec {
+            trust_domain: td.into(),
+            mode: Default::default(),
+            istiod: IstiodSpec {
+                namespace: ns.into(),
+                revisions: revisions.iter().map(|s| s.to_string()).collect(),
+                service_account: "istiod".into(),
+                custom_hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            },
+            namespace_selector: None,
+            intermediate: Default::default(),
+            workload_certificates: Default::default(),
+            trusted_node_accounts: Vec::new(),
+            root_config_map_name: "istio-ca-root-cert".into(),
+            issuer_namespaces: grants.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn tenancy() -> Tenancy {
+        let a = mesh("cluster.local", "istio-system", &["canary"], &["istiod.example.com"], &["team-a"]);
+        let b = mesh("gateway.local", "openshift-ingress", &[], &[], &[]);
+        let own = OwnService { namespace: "meshroot".into(), name: "meshroot".into(), extra_names: vec![] };
+        Tenancy::new([("default", &a), ("gateway", &b)], &own)
+    }
+
+    #[test]
+    fn istiod_and_meshroot_names_are_protected_in_every_form() {
+        let t = tenancy();
+        for name in [
+            "istiod.istio-system",
+            "istiod.istio-system.svc",
+            "ISTIOD.istio-system.svc.cluster.local",
+            "istiod-canary.istio-system.svc",
+            "istiod.openshift-ingress.svc",
+            "istiod.example.com",
+            "meshroot.meshroot.svc",
+            "*.istio-system.svc",
+            "*.meshroot.svc.cluster.local",
+            "*.example.com",
+        ] {
+            assert!(t.protected_dns(name).is_some(), "{name} should be protected");
+        }
+        for name in ["web.istio-system.svc", "istiod.team-a.svc", "istiod", "example.com", "*.team-a.svc"] {
+            assert_eq!(t.protected_dns(name), None, "{name}");
+        }
+        let why = t.protected_dns("istiod.istio-system.svc").unwrap().to_string();
+        assert!(why.contains("istiod of mesh default"), "{why}");
+    }
+
+    #[test]
+    fn every_spiffe_id_of_a_mesh_trust_domain_is_protected() {
+        let t = tenancy();
+        for uri in [
+            "spiffe://cluster.local/ns/istio-system/sa/istiod",
+            "SPIFFE://Cluster.Local/ns/a/sa/b",
+            "spiffe://user@cluster.local:443/ns/a/sa/b",
+            "spiffe://gateway.local/anything",
+        ] {
+            assert!(t.protected_uri(uri).is_some(), "{uri}");
+        }
+        for uri in ["spiffe://other.domain/ns/a/sa/b", "https://cluster.local/ns/a", "urn:x"] {
+            assert_eq!(t.protected_uri(uri), None, "{uri}");
+        }
+    }
+
+    #[test]
+    fn meshes_grant_their_intermediate_to_listed_namespaces_only() {
+        let t = tenancy();
+        assert!(t.mesh_grants("default", "team-a"));
+        assert!(!t.mesh_grants("default", "team-b"));
+        assert!(!t.mesh_grants("gateway", "team-a"));
+        assert!(!t.mesh_grants("missing", "team-a"));
+    }
+}
