@@ -174,3 +174,171 @@ pub fn handler(data: &[u8]) -> Decision {
         }
     }
 }
+
+struct IssuerFixture {
+    root: Arc<Authority>,
+    mesh: Arc<crate::pki::SigningChain>,
+    policy: crate::issuer::Policy,
+    tenancy: crate::issuer::Tenancy,
+}
+
+/// Usage names the issuer target picks from with its second byte.
+const ISSUER_USAGES: [&str; 8] = [
+    "digital signature",
+    "key encipherment",
+    "server auth",
+    "client auth",
+    "cert sign",
+    "any",
+    "ocsp signing",
+    "code signing",
+];
+
+/// The issuer target's one ClusterIssuer policy: allows CAs, a few name
+/// kinds, and the mesh's trust domain granted literally, with one namespace's
+/// identities by pattern.
+const ISSUER_POLICY: &str = "allowCA: true\nmaxDuration: 2160h\nallowedDNSNames: ['*.example.com']\n\
+     allowedURIs: ['spiffe://cluster.local', 'spiffe://cluster.local/ns/fuzz/sa/*']\nallowedIPRanges: ['10.0.0.0/8']\n\
+     allowedEmails: ['*@example.com']\nallowedCommonNames: ['*']\nallowedSubjectAttributes: {O: ['*']}";
+
+fn issuer_fixture() -> &'static IssuerFixture {
+    static FIXTURE: OnceLock<IssuerFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let now = OffsetDateTime::now_utc();
+        let root = Authority::new_root(&CaSpec::root(Duration::days(365)), now).expect("root");
+        let bundle = TrustBundle::new(vec![root.certificate().clone()]).expect("bundle");
+        let int = root.new_intermediate(&CaSpec::intermediate("fuzz", Duration::days(30)), now).expect("intermediate");
+        let mesh = Arc::new(crate::pki::SigningChain::new(int, vec![], bundle).expect("chain"));
+        let spec: crate::api::issuer::IssuancePolicy = serde_saphyr::from_str(ISSUER_POLICY).expect("policy");
+        let mesh_spec: crate::api::mesh::MeshSpec =
+            serde_saphyr::from_str("trustDomain: cluster.local\nistiod: {namespace: istio-system}").expect("mesh");
+        let own =
+            crate::issuer::OwnService { namespace: "meshroot".into(), name: "meshroot".into(), extra_names: vec![] };
+        IssuerFixture {
+            root: Arc::new(root),
+            mesh,
+            policy: crate::issuer::Policy::from_spec(&spec).expect("policy"),
+            tenancy: crate::issuer::Tenancy::new([("fuzz", &mesh_spec)], &own),
+        }
+    })
+}
+
+/// What the issuer path decided for one input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssuerDecision {
+    Issued,
+    Invalid,
+    Policy,
+}
+
+/// The issuer path (CertificateRequest → template): byte 0 holds flags (bit
+/// 0 isCA, bit 1 the mesh intermediate instead of the root, bit 2 CSR
+/// extensions must match), byte 1 picks usages, bytes 2..10 are the duration
+/// in seconds (little-endian i64, 0 for none), the rest is the CSR (PEM or
+/// DER). What is issued must stay inside the policy and the RFC 5280
+/// profile; a refusal must be a short, printable message.
+pub fn issuer(data: &[u8]) -> Option<IssuerDecision> {
+    let (header, csr) = (data.get(..10)?, data.get(10..)?);
+    let (flags, usage_bits) = (header.first().copied()?, header.get(1).copied()?);
+    let seconds = i64::from_le_bytes(header.get(2..10)?.try_into().ok()?);
+    let fixture = issuer_fixture();
+    let usages: Vec<String> = ISSUER_USAGES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| usage_bits & (1 << i) != 0)
+        .map(|(_, u)| u.to_string())
+        .collect();
+    let csr_pem = match CertificateSigningRequest::from_der(csr) {
+        Ok(_) => pem::encode(pem::CERTIFICATE_REQUEST, csr).into_bytes(),
+        Err(_) => csr.to_vec(),
+    };
+    let request = crate::issuer::SigningRequest {
+        csr_pem: &csr_pem,
+        is_ca: flags & 1 != 0,
+        usages: &usages,
+        duration: (seconds != 0).then(|| Duration::seconds(seconds)),
+        csr_extensions_must_match: flags & 4 != 0,
+        namespace: Some("apps"),
+    };
+    let scope = crate::api::issuer::IssuerScope::Cluster { allowed_namespaces: &[] };
+    let root_state = crate::k8s::root::RootState {
+        authority: Some(fixture.root.clone()),
+        bundle: Arc::new(fixture.mesh.bundle().clone()),
+    };
+    let registry = MeshRegistry::new(vec![Arc::new(Mesh {
+        name: "fuzz".into(),
+        trust_domain: "cluster.local".into(),
+        scope: NamespaceScope::All,
+        signer: Ok(fixture.mesh.clone()),
+        default_ttl: Duration::hours(24),
+        max_ttl: Duration::days(90),
+        trusted_node_accounts: Default::default(),
+        node_authorizer: Arc::new(TrustedAccountOnly),
+    })]);
+    let signer =
+        crate::api::issuer::SignerRef { root: flags & 2 == 0, mesh: (flags & 2 != 0).then(|| "fuzz".to_string()) };
+    let ca = crate::issuer::resolve(&signer, scope, &root_state, &registry, &fixture.tenancy).expect("signer");
+    let now = OffsetDateTime::now_utc();
+    match crate::issuer::sign(&request, &fixture.policy, &ca, &fixture.tenancy, now) {
+        Ok(signed) => {
+            check_issued(&signed, &request, &ca, fixture);
+            Some(IssuerDecision::Issued)
+        }
+        Err(e) => {
+            let (crate::issuer::SignError::Invalid(m)
+            | crate::issuer::SignError::Policy(m)
+            | crate::issuer::SignError::Unavailable(m)) = &e;
+            assert!(!m.is_empty() && m.len() <= 16 * 1024, "{} bytes: {m:?}", m.len());
+            assert!(!m.chars().any(char::is_control), "{m:?}");
+            assert!(!matches!(e, crate::issuer::SignError::Unavailable(_)), "the fixture's signers are valid: {m}");
+            Some(if matches!(e, crate::issuer::SignError::Policy(_)) {
+                IssuerDecision::Policy
+            } else {
+                IssuerDecision::Invalid
+            })
+        }
+    }
+}
+
+/// What an issued certificate must be, whatever the input.
+fn check_issued(
+    signed: &crate::issuer::Signed,
+    request: &crate::issuer::SigningRequest<'_>,
+    ca: &crate::issuer::IssuingCa,
+    fixture: &IssuerFixture,
+) {
+    use x509_parser::extensions::GeneralName;
+    let chain = pem::decode_certificates(signed.chain_pem.as_bytes(), PEM_LIMIT).expect("the chain parses");
+    let leaf = chain.first().expect("a leaf");
+    let cert = parse_certificate(leaf).expect("the leaf parses");
+    let signer = parse_certificate(ca.authority().certificate()).expect("the signer parses");
+    cert.verify_signature(Some(signer.public_key())).expect("signed by the signer");
+    let is_ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    assert_eq!(is_ca, request.is_ca, "the CA flag is the request's");
+    let ku = cert.key_usage().ok().flatten().map(|k| k.value);
+    assert!(is_ca || !ku.is_some_and(|k| k.key_cert_sign()), "keyCertSign only with CA:TRUE");
+    let nc = cert.name_constraints().ok().flatten();
+    assert_eq!(nc.is_some_and(|n| n.critical), is_ca, "a CA, and only a CA, carries critical name constraints");
+    if let Some(eku) = cert.extended_key_usage().ok().flatten() {
+        assert!(!eku.value.any && !eku.value.ocsp_signing, "any and ocsp signing are not in the policy");
+    }
+    let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!(lifetime <= 2160 * 3600, "maxDuration holds: {lifetime}s");
+    assert!(cert.validity().not_after.to_datetime() <= ca.authority().not_after(), "never outlives the signer");
+    assert_ne!(cert.subject().as_raw(), signer.subject().as_raw(), "never the signer's name");
+    for name in cert.subject_alternative_name().ok().flatten().iter().flat_map(|s| s.value.general_names.iter()) {
+        match name {
+            GeneralName::DNSName(d) => {
+                assert!(crate::issuer::glob::matches("*.example.com", &d.to_ascii_lowercase(), &['.']), "{d}");
+                assert!(fixture.tenancy.protected_dns(d).is_none(), "{d} is protected");
+            }
+            GeneralName::URI(u) => assert!(
+                *u == "spiffe://cluster.local"
+                    || crate::issuer::glob::matches("spiffe://cluster.local/ns/fuzz/sa/*", u, &['/']),
+                "{u} is outside the policy"
+            ),
+            GeneralName::IPAddress(_) | GeneralName::RFC822Name(_) => {}
+            other => panic!("unexpected SAN {other:?}"),
+        }
+    }
+}

@@ -47,6 +47,26 @@ fn spiffe_seeds() {
     }
 }
 
+/// The issuer seeds reach the decision their names give (ok-, invalid-,
+/// policy-), so the fuzzer starts from both sides of every check.
+#[test]
+fn issuer_seeds_reach_their_decisions() {
+    let seeds = inputs("issuer");
+    assert!(seeds.len() >= 20, "the issuer seeds are missing");
+    for (path, data) in seeds {
+        let decision = fuzzing::issuer(&data);
+        let name = name(&path);
+        let expected = match name.split('-').next() {
+            Some("ok") => fuzzing::IssuerDecision::Issued,
+            Some("invalid") => fuzzing::IssuerDecision::Invalid,
+            Some("policy") => fuzzing::IssuerDecision::Policy,
+            _ if path.to_string_lossy().contains("regressions") => continue,
+            _ => panic!("issuer seed {name} does not say what it expects"),
+        };
+        assert_eq!(decision, Some(expected), "{name}");
+    }
+}
+
 /// The handler seeds still reach the decisions they were written for, so
 /// the fuzzer starts from both sides of every check.
 #[test]

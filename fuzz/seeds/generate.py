@@ -132,6 +132,52 @@ def main() -> None:
     write("handler", "unknown-cluster", bytes([0b1101]) + request(app_pem))
     write("handler", "garbage-csr", bytes([0b0001]) + request(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"))
 
+    # issuer: flags (bit 0 isCA, bit 1 mesh signer, bit 2 CSR extensions must
+    # match), usage bits (ISSUER_USAGES in src/fuzzing.rs), duration seconds
+    # as a little-endian i64 (0: none), then the CSR. The name says the
+    # decision the replay test expects: ok-, invalid- or policy-.
+    def issuer(name, csr_bytes, flags=0b100, usages=0, seconds=0):
+        write("issuer", name, bytes([flags, usages]) + struct.pack("<q", seconds) + csr_bytes)
+
+    def named(key, cn=None, dns=(), uris=(), ips=(), emails=(), org=None, ca=None):
+        attrs = ([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else []) + (
+            [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []
+        )
+        sans = (
+            [x509.DNSName(d) for d in dns]
+            + [x509.UniformResourceIdentifier(u) for u in uris]
+            + [x509.IPAddress(__import__("ipaddress").ip_address(i)) for i in ips]
+            + [x509.RFC822Name(e) for e in emails]
+        )
+        b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attrs))
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=not attrs)
+        if ca is not None:
+            b = b.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        return b.sign(key, hashes.SHA256())
+
+    web = named(p256, dns=["web.example.com"]).public_bytes(pem)
+    issuer("ok-web", web)
+    issuer("ok-web-der", named(p256, dns=["web.example.com"]).public_bytes(serialization.Encoding.DER))
+    issuer("ok-web-mesh-rsa", named(rsa2048, dns=["web.example.com"], ips=["10.1.2.3"]).public_bytes(pem), flags=0b110)
+    issuer("ok-web-48h", web, seconds=48 * 3600)
+    issuer("ok-web-clamped", web, seconds=400 * 86400)
+    issuer("ok-server-client", web, usages=0b1111)
+    issuer("ok-ca", named(p256, cn="fuzz ca", ca=True).public_bytes(pem), flags=0b101)
+    issuer("ok-org-email", named(p256, cn="x", org="Example", emails=["ops@example.com"]).public_bytes(pem))
+    issuer("invalid-8000y", web, seconds=8000 * 365 * 86400)
+    issuer("invalid-max-duration", web, seconds=(1 << 63) - 1)
+    issuer("invalid-negative-duration", web, seconds=-1)
+    issuer("invalid-cert-sign-leaf", web, usages=0b10001)
+    issuer("invalid-ca-from-mesh", named(p256, cn="fuzz ca", ca=True).public_bytes(pem), flags=0b111)
+    issuer("invalid-garbage", b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
+    issuer("policy-istiod-dns", named(p256, dns=["istiod.istio-system.svc"]).public_bytes(pem))
+    issuer("policy-istiod-cn", named(p256, cn="istiod.istio-system.svc", dns=["web.example.com"]).public_bytes(pem))
+    issuer("policy-spiffe", named(p256, uris=["spiffe://cluster.local/ns/istio-system/sa/istiod"]).public_bytes(pem))
+    issuer("policy-outside", named(p256, dns=["evil.org"], ips=["192.168.0.1"]).public_bytes(pem))
+    issuer("policy-any-ocsp", web, usages=0b1100001)
+    issuer("policy-subject-email", named(p256, cn="x", emails=["ceo@evil.org"], org="Evil").public_bytes(pem))
+
 
 if __name__ == "__main__":
     main()
