@@ -34,6 +34,7 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         trusted_node_accounts: Default::default(),
         node_authorizer: Arc::new(TrustedAccountOnly),
     };
+    let registry = Arc::new(MeshRegistry::new(vec![Arc::new(mesh)]));
     let service = CertificateService::new(
         // Production's default limits, so their cost is measured. Load spreads
         // over 10,000 identities (well under 50/s each), and static tokens name
@@ -43,8 +44,11 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
             cluster_aliases: Vec::new(),
             rate_limits: RateLimits::default(),
         },
-        AuthenticatorChain::new(vec![Arc::new(ClientCertificateAuthenticator), Arc::new(tokens)]),
-        Arc::new(MeshRegistry::new(vec![Arc::new(mesh)])),
+        AuthenticatorChain::new(vec![
+            Arc::new(ClientCertificateAuthenticator::new(registry.clone())),
+            Arc::new(tokens),
+        ]),
+        registry,
         Metrics::new(),
     );
     let (serving_chain, serving_key) = fixture::load_serving(&files)?;
