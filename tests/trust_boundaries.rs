@@ -1,7 +1,8 @@
 //! Trust boundaries of the CA API, over gRPC with real TLS client
 //! certificates: only workload leaves that a mesh issued (current or
 //! recently replaced intermediate, with the workload marker) authenticate;
-//! and a client certificate's trust domain is checked on every path.
+//! a client certificate's trust domain is checked on every path; and an
+//! unauthenticated peer is rate limited before any TokenReview.
 
 mod support;
 
@@ -14,6 +15,7 @@ use meshroot::pki::usage::Usages;
 use meshroot::pki::{Authority, CaSpec, CertificateSigningRequest, KeyAlgorithm, PrivateKey, SigningChain};
 use prost_types::value::Kind;
 use std::sync::Arc;
+use support::fake_api::FakeApi;
 use support::*;
 use time::{Duration, OffsetDateTime};
 use tonic::Code;
@@ -223,4 +225,47 @@ async fn a_client_certificate_from_another_trust_domain_cannot_impersonate() {
     let chain = format!("{}{}", own.pem, int.certificate_pem());
     let resp = ask_with_certificate(&ca, &chain, &key, DEFAULT_ID, Some(DEFAULT_ID)).await.unwrap();
     verify_response(&resp, &ca.bundle(), DEFAULT_ID).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_limit_is_refused_before_any_token_review() {
+    use meshroot::ca::rate_limit::{Limit, RateLimits};
+    use support::replica;
+    let fake = FakeApi::new();
+    replica::world(&fake);
+    fake.add_service_account_token("good", "bookinfo", "reviews", None, &["istio-ca"]);
+    let mut opts = replica::options("meshroot-0");
+    opts.rate_limits = RateLimits { peer: Limit { per_second: 1, burst: 3 }, ..RateLimits::OFF };
+    let server = meshroot::serve::start(fake.client(), opts).await.unwrap();
+    let port = server.grpc_addr.port();
+    until_ready(server.ops_addr).await;
+
+    let reviews = fake.token_reviews();
+    for i in 0..3 {
+        let s = replica::ask(&fake, port, &format!("bad-token-{i}"), "spiffe://cluster.local/ns/bookinfo/sa/reviews")
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    }
+    assert_eq!(fake.token_reviews(), reviews + 3);
+    for token in ["bad-token-x", "good"] {
+        let s = replica::ask(&fake, port, token, "spiffe://cluster.local/ns/bookinfo/sa/reviews").await.unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(
+            s.message().starts_with("rate limited: peer 127.0.0.1 is over its rate limit of 1/s (burst 3)"),
+            "{}",
+            s.message()
+        );
+        let hint: u64 = s.metadata().get("grpc-retry-pushback-ms").unwrap().to_str().unwrap().parse().unwrap();
+        assert!((1..=1000).contains(&hint), "{hint}");
+    }
+    assert_eq!(fake.token_reviews(), reviews + 3, "refused before any TokenReview");
+    server.shutdown().await.unwrap();
+}
+
+async fn until_ready(ops: std::net::SocketAddr) {
+    eventually_async("the replica ready", async || {
+        http_get(ops, "/readyz").await.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
 }

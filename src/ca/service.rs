@@ -62,6 +62,9 @@ impl CertificateService {
         record: &mut AuditRecord<'_>,
     ) -> Result<(IstioCertificateResponse, Arc<Mesh>), Failure> {
         record.peer = request.remote_addr().map(|a| a.to_string());
+        // Before any authentication work (a TokenReview, a signature check),
+        // so an unauthenticated peer cannot make the CA spend without bound.
+        self.limiter.check_peer(request.remote_addr().map(|a| a.ip())).map_err(Failure::RateLimited)?;
         let credentials = self.credentials(&request)?;
         let caller = self.authenticators.authenticate(&credentials).await.map_err(|e| match e {
             AuthError::Rejected(m) => Failure::Unauthenticated(m),

@@ -218,7 +218,7 @@ async fn per_node_rate_limits_refuse_with_a_retry_hint_and_spare_other_nodes() {
         node: Some(node.into()),
         authenticated_by: "fixed",
     };
-    let limits = RateLimits { identity: Limit::OFF, node: Limit { per_second: 1, burst: 2 } };
+    let limits = RateLimits { node: Limit { per_second: 1, burst: 2 }, ..RateLimits::OFF };
     let service_on = |node: &str| {
         CertificateService::new(
             ServiceConfig { rate_limits: limits, ..Default::default() },
