@@ -127,12 +127,27 @@ async fn one_bad_token_in_a_loop_costs_one_token_review() {
 async fn distinct_bad_tokens_never_evict_a_good_cached_result() {
     let fake = FakeApi::new();
     fake.add_service_account_token("good", "ns", "sa", None, &[]);
-    let a = authenticator(&fake, TokenReviewConfig { max_entries: 3, negative_max_entries: 5, ..Default::default() });
+    let a = Arc::new(authenticator(
+        &fake,
+        TokenReviewConfig { max_entries: 3, negative_max_entries: 5, ..Default::default() },
+    ));
     a.authenticate(&creds("good")).await.unwrap().unwrap();
-    for i in 0..100 {
+    // One after another ...
+    for i in 0..50 {
         assert!(matches!(a.authenticate(&creds(&format!("junk-{i}"))).await, Err(AuthError::Rejected(_))));
         assert!(a.cached_rejections() <= 5, "{} rejections remembered", a.cached_rejections());
     }
+    // ... and all at once, while their reviews are in flight.
+    let tasks: Vec<_> = (50..100)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.authenticate(&creds(&format!("junk-{i}"))).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Err(AuthError::Rejected(_))));
+    }
+    assert!(a.cached_rejections() <= 5, "{} rejections remembered", a.cached_rejections());
     assert_eq!(fake.token_reviews(), 101);
     a.authenticate(&creds("good")).await.unwrap().unwrap();
     assert_eq!(fake.token_reviews(), 101, "the good token is still answered from cache");
