@@ -124,11 +124,18 @@ struct RateLimitArgs {
     /// Per node the caller runs on (when its token names the node).
     #[arg(long, env = "MESHROOT_NODE_RATE_LIMIT", default_value = "100/s,burst=1000", value_parser = rate_limit::parse_limit)]
     node_rate_limit: rate_limit::Limit,
+    /// Per peer IP address, checked before authentication (a node's ztunnel is one address).
+    #[arg(long, env = "MESHROOT_PEER_RATE_LIMIT", default_value = "200/s,burst=2000", value_parser = rate_limit::parse_limit)]
+    peer_rate_limit: rate_limit::Limit,
 }
 
 impl RateLimitArgs {
     fn limits(&self) -> rate_limit::RateLimits {
-        rate_limit::RateLimits { identity: self.identity_rate_limit, node: self.node_rate_limit }
+        rate_limit::RateLimits {
+            identity: self.identity_rate_limit,
+            node: self.node_rate_limit,
+            peer: self.peer_rate_limit,
+        }
     }
 }
 

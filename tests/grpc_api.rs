@@ -309,7 +309,7 @@ async fn client_certificates_from_elsewhere_are_refused() {
 async fn an_identity_over_its_rate_limit_is_resource_exhausted_with_a_retry_hint() {
     use meshroot::ca::rate_limit::{Limit, RateLimits};
     let ca = start_ca_with(|o| {
-        o.rate_limits = RateLimits { identity: Limit { per_second: 1, burst: 3 }, node: Limit::OFF };
+        o.rate_limits = RateLimits { identity: Limit { per_second: 1, burst: 3 }, ..RateLimits::OFF };
     })
     .await;
     let h = ok_headers();

@@ -49,7 +49,7 @@ async fn a_bound_service_account_token_names_the_caller_and_pod() {
 }
 
 #[tokio::test]
-async fn rejections_are_not_cached_and_name_the_reason() {
+async fn rejections_name_the_reason_and_are_remembered_briefly() {
     let fake = FakeApi::new();
     fake.add_service_account_token("wrong-aud", "ns", "sa", None, &["other-audience"]);
     fake.add_token(
@@ -60,6 +60,7 @@ async fn rejections_are_not_cached_and_name_the_reason() {
             groups: vec!["system:masters".into(), "system:authenticated".into()],
             extra: Default::default(),
             audiences: vec![],
+            ..Default::default()
         },
     );
     fake.add_token(
@@ -70,9 +71,13 @@ async fn rejections_are_not_cached_and_name_the_reason() {
             groups: vec!["system:serviceaccounts".into()],
             extra: Default::default(),
             audiences: vec![],
+            ..Default::default()
         },
     );
-    let a = authenticator(&fake, TokenReviewConfig::default());
+    let a = authenticator(
+        &fake,
+        TokenReviewConfig { negative_cache_ttl: Duration::from_millis(300), ..Default::default() },
+    );
     for (token, why) in [
         ("nope", "invalid bearer token"),
         ("wrong-aud", "audiences"),
@@ -84,9 +89,111 @@ async fn rejections_are_not_cached_and_name_the_reason() {
             other => panic!("{token}: {other:?}"),
         }
     }
-    a.authenticate(&creds("nope")).await.unwrap_err();
-    assert_eq!(fake.token_reviews(), 5, "rejections are asked again");
-    assert_eq!(a.cached(), 0);
+    // Within the negative TTL a rejection is answered from cache, with its reason.
+    match a.authenticate(&creds("nope")).await {
+        Err(AuthError::Rejected(m)) => assert!(m.contains("invalid bearer token"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.token_reviews(), 4, "a rejection is remembered for the negative TTL");
+    assert_eq!((a.cached(), a.cached_rejections()), (0, 4), "rejections stay out of the accepted cache");
+    // After it, the token is asked about again (it may have become valid).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    fake.add_service_account_token("nope", "ns", "late", None, &[]);
+    assert_eq!(a.authenticate(&creds("nope")).await.unwrap().unwrap().service_account, "late");
+    assert_eq!(fake.token_reviews(), 5);
+}
+
+#[tokio::test]
+async fn one_bad_token_in_a_loop_costs_one_token_review() {
+    let fake = FakeApi::new();
+    let a = Arc::new(authenticator(&fake, TokenReviewConfig::default()));
+    for _ in 0..50 {
+        assert!(matches!(a.authenticate(&creds("random-junk")).await, Err(AuthError::Rejected(_))));
+    }
+    // Concurrently, too.
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.authenticate(&creds("other-junk")).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Err(AuthError::Rejected(_))));
+    }
+    assert_eq!(fake.token_reviews(), 2, "one review per bad token within the negative TTL");
+}
+
+#[tokio::test]
+async fn distinct_bad_tokens_never_evict_a_good_cached_result() {
+    let fake = FakeApi::new();
+    fake.add_service_account_token("good", "ns", "sa", None, &[]);
+    let a = Arc::new(authenticator(
+        &fake,
+        TokenReviewConfig { max_entries: 3, negative_max_entries: 5, ..Default::default() },
+    ));
+    a.authenticate(&creds("good")).await.unwrap().unwrap();
+    // One after another ...
+    for i in 0..50 {
+        assert!(matches!(a.authenticate(&creds(&format!("junk-{i}"))).await, Err(AuthError::Rejected(_))));
+        assert!(a.cached_rejections() <= 5, "{} rejections remembered", a.cached_rejections());
+    }
+    // ... and all at once, while their reviews are in flight.
+    let tasks: Vec<_> = (50..100)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.authenticate(&creds(&format!("junk-{i}"))).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Err(AuthError::Rejected(_))));
+    }
+    assert!(a.cached_rejections() <= 5, "{} rejections remembered", a.cached_rejections());
+    assert_eq!(fake.token_reviews(), 101);
+    a.authenticate(&creds("good")).await.unwrap().unwrap();
+    assert_eq!(fake.token_reviews(), 101, "the good token is still answered from cache");
+}
+
+#[tokio::test]
+async fn an_unreachable_api_is_not_remembered_as_a_rejection() {
+    let fake = FakeApi::new();
+    fake.add_service_account_token("t", "ns", "sa", None, &[]);
+    let a = authenticator(&fake, TokenReviewConfig::default());
+    fake.set_outage(true);
+    assert!(matches!(a.authenticate(&creds("t")).await, Err(AuthError::Unavailable(_))));
+    fake.set_outage(false);
+    assert_eq!(a.cached_rejections(), 0);
+    assert!(a.authenticate(&creds("t")).await.unwrap().is_some(), "asked again once the API is back");
+}
+
+#[tokio::test]
+async fn a_user_without_authenticated_true_is_refused() {
+    let fake = FakeApi::new();
+    fake.add_service_account_token("unauthenticated", "ns", "sa", None, &[]);
+    fake.set_token_answer("unauthenticated", |t| t.authenticated = false);
+    let a = authenticator(&fake, TokenReviewConfig::default());
+    match a.authenticate(&creds("unauthenticated")).await {
+        Err(AuthError::Rejected(m)) => assert!(m.contains("not valid"), "{m}"),
+        other => panic!("an answer naming a user but not authenticated must be refused: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_answer_for_other_audiences_is_refused() {
+    let fake = FakeApi::new();
+    fake.add_service_account_token("elsewhere", "ns", "sa", None, &[]);
+    fake.set_token_answer("elsewhere", |t| t.answered_audiences = Some(vec!["https://kubernetes.default.svc".into()]));
+    fake.add_service_account_token("silent", "ns", "sa", None, &[]);
+    fake.set_token_answer("silent", |t| t.answered_audiences = Some(vec![]));
+    fake.add_service_account_token("one-of-them", "ns", "sa", None, &[]);
+    fake.set_token_answer("one-of-them", |t| t.answered_audiences = Some(vec!["x".into(), "istio-ca".into()]));
+    let a = authenticator(&fake, TokenReviewConfig::default());
+    for token in ["elsewhere", "silent"] {
+        match a.authenticate(&creds(token)).await {
+            Err(AuthError::Rejected(m)) => assert_eq!(m, "the token is not valid for audience istio-ca", "{token}"),
+            other => panic!("{token}: {other:?}"),
+        }
+    }
+    assert!(a.authenticate(&creds("one-of-them")).await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -1,15 +1,53 @@
 //! Client-certificate authentication, so a workload can renew with its
-//! still-valid meshroot-issued certificate. rustls has already verified the
-//! chain against the trust bundle (including the clientAuth usage); this
-//! maps the leaf's one SPIFFE URI SAN to a caller bound to its trust domain.
+//! still-valid meshroot-issued certificate.
+//!
+//! rustls has already verified the chain against the trust bundle (including
+//! the clientAuth usage). That alone proves only that *some* CA under the
+//! root issued the leaf, and the root also signs cert-manager issuers and
+//! Kubernetes CSRs, so it is not enough. A leaf authenticates only if it is a
+//! workload certificate that a mesh issued for itself:
+//!
+//! - it carries the workload marker ([`WORKLOAD_MARKER_OID`]), which only the
+//!   workload profile writes (cert-manager and CSR-signer certificates are
+//!   made by `pki::template`, which never copies CSR extensions but the SAN);
+//! - it has exactly one URI SAN, a SPIFFE ID in the trust domain of the mesh
+//!   covering its namespace;
+//! - it is not a CA (basicConstraints absent or cA false) and its EKU lists
+//!   clientAuth;
+//! - its issuer is that mesh's current signing certificate or one it had
+//!   before a recent renewal: the issuer name equals that certificate's
+//!   subject, byte for byte, and the signature verifies with its key.
+//!
+//! A leaf that fails any of these is rejected with the reason, and the
+//! authenticator chain then tries the next authenticator: a request that
+//! also carries a valid token is still served by the token.
+//!
+//! [`WORKLOAD_MARKER_OID`]: crate::pki::profile::WORKLOAD_MARKER_OID
 
 use super::auth::{AuthError, Authenticator, Caller, Credentials};
+use crate::mesh::{MeshRegistry, RouteError};
 use crate::pki::WorkloadIdentity;
-use crate::pki::authority::{parse_certificate, uri_sans};
+use crate::pki::authority::{issued_by, parse_certificate, uri_sans};
+use crate::pki::profile::{WORKLOAD_MARKER_OID, has_workload_marker};
 use async_trait::async_trait;
+use std::sync::Arc;
+use time::OffsetDateTime;
 
-#[derive(Debug, Default)]
-pub struct ClientCertificateAuthenticator;
+#[derive(Debug)]
+pub struct ClientCertificateAuthenticator {
+    registry: Arc<MeshRegistry>,
+}
+
+impl ClientCertificateAuthenticator {
+    /// Accepts workload leaves of the meshes in `registry`.
+    pub fn new(registry: Arc<MeshRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+fn rejected(why: impl std::fmt::Display) -> AuthError {
+    AuthError::Rejected(format!("client certificate: {why}"))
+}
 
 #[async_trait]
 impl Authenticator for ClientCertificateAuthenticator {
@@ -21,15 +59,43 @@ impl Authenticator for ClientCertificateAuthenticator {
         let Some(leaf) = credentials.peer_certificates.as_ref().and_then(|c| c.first()) else {
             return Ok(None);
         };
-        let cert = parse_certificate(leaf).map_err(|e| AuthError::Rejected(format!("client certificate: {e}")))?;
+        let cert = parse_certificate(leaf).map_err(rejected)?;
+        if !has_workload_marker(&cert) {
+            return Err(rejected(format!(
+                "not a meshroot workload certificate (it lacks the workload extension {WORKLOAD_MARKER_OID}); \
+                 only certificates from CreateCertificate renew, others need a token"
+            )));
+        }
+        let is_ca = cert.basic_constraints().map_err(rejected)?.is_some_and(|bc| bc.value.ca);
+        if is_ca {
+            return Err(rejected("it is a CA certificate (basicConstraints CA:TRUE)"));
+        }
+        let client_auth = cert.extended_key_usage().map_err(rejected)?.is_some_and(|eku| eku.value.client_auth);
+        if !client_auth {
+            return Err(rejected("its extended key usage does not include clientAuth"));
+        }
         let uris = uri_sans(&cert);
         let [uri] = uris.as_slice() else {
-            return Err(AuthError::Rejected(format!(
-                "a client certificate must carry exactly one URI SAN, this one has {}",
-                uris.len()
-            )));
+            return Err(rejected(format!("it must carry exactly one URI SAN, this one has {}", uris.len())));
         };
-        let id = WorkloadIdentity::parse(uri).map_err(|e| AuthError::Rejected(format!("client certificate: {e}")))?;
+        let id = WorkloadIdentity::parse(uri).map_err(rejected)?;
+        let mesh = self.registry.route(&id.namespace).map_err(|e| match e {
+            RouteError::NotReady => AuthError::Unavailable(format!("client certificate: {e}")),
+            RouteError::NoMesh(_) | RouteError::Ambiguous { .. } => rejected(e),
+        })?;
+        if id.trust_domain != mesh.trust_domain {
+            return Err(rejected(format!(
+                "it is for trust domain {:?}, but mesh {} (namespace {:?}) is trust domain {:?}",
+                id.trust_domain, mesh.name, id.namespace, mesh.trust_domain
+            )));
+        }
+        let signers = self.registry.signing_certificates(&mesh, OffsetDateTime::now_utc());
+        if !signers.iter().any(|signer| issued_by(signer, leaf)) {
+            return Err(rejected(format!(
+                "it was not issued by the current or a recent signing certificate of mesh {}",
+                mesh.name
+            )));
+        }
         Ok(Some(Caller {
             namespace: id.namespace,
             service_account: id.service_account,

@@ -1,15 +1,19 @@
-//! Per-identity and per-node rate limits on CreateCertificate: token
-//! buckets keyed by the identity being certified and by the caller's node.
-//! A looping or compromised workload cannot flood the CA, the audit log or
-//! its node's neighbours; a refused request gets `ResourceExhausted`, which
-//! pilot-agent and ztunnel retry with backoff, plus a retry hint.
+//! Rate limits on CreateCertificate: token buckets keyed by the peer's IP
+//! address (checked before any authentication), by the identity being
+//! certified and by the caller's node. A looping or compromised workload
+//! cannot flood the CA, the audit log or its node's neighbours, and an
+//! unauthenticated peer cannot make the CA send TokenReviews without bound;
+//! a refused request gets `ResourceExhausted`, which pilot-agent and ztunnel
+//! retry with backoff, plus a retry hint.
 //!
 //! The defaults are sized so that a node restart storm never trips them: a
-//! node runs at most a few hundred pods, each asking once or twice at start.
+//! node runs at most a few hundred pods, each asking once or twice at start,
+//! and all of a node's ztunnel traffic comes from one address.
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use std::fmt;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -49,16 +53,22 @@ pub struct RateLimits {
     pub identity: Limit,
     /// Per node the caller runs on, when its token names the node.
     pub node: Limit,
+    /// Per peer IP address, before authentication.
+    pub peer: Limit,
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        Self { identity: Limit { per_second: 50, burst: 1000 }, node: Limit { per_second: 100, burst: 1000 } }
+        Self {
+            identity: Limit { per_second: 50, burst: 1000 },
+            node: Limit { per_second: 100, burst: 1000 },
+            peer: Limit { per_second: 200, burst: 2000 },
+        }
     }
 }
 
 impl RateLimits {
-    pub const OFF: RateLimits = RateLimits { identity: Limit::OFF, node: Limit::OFF };
+    pub const OFF: RateLimits = RateLimits { identity: Limit::OFF, node: Limit::OFF, peer: Limit::OFF };
 }
 
 /// Which limit refused a request, and when to try again.
@@ -82,6 +92,7 @@ struct Bucket {
 pub struct RateLimiter {
     identity: Option<Bucket>,
     node: Option<Bucket>,
+    peer: Option<Bucket>,
     checks: AtomicU64,
 }
 
@@ -91,6 +102,7 @@ impl fmt::Debug for RateLimiter {
         f.debug_struct("RateLimiter")
             .field("identity", &limit(&self.identity))
             .field("node", &limit(&self.node))
+            .field("peer", &limit(&self.peer))
             .finish()
     }
 }
@@ -98,7 +110,20 @@ impl fmt::Debug for RateLimiter {
 impl RateLimiter {
     pub fn new(limits: RateLimits) -> Self {
         let bucket = |limit: Limit| limit.quota().map(|q| Bucket { limit, limiter: governor::RateLimiter::keyed(q) });
-        Self { identity: bucket(limits.identity), node: bucket(limits.node), checks: AtomicU64::new(0) }
+        Self {
+            identity: bucket(limits.identity),
+            node: bucket(limits.node),
+            peer: bucket(limits.peer),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one token for the peer's IP address (if known).
+    pub fn check_peer(&self, peer: Option<IpAddr>) -> Result<(), Exceeded> {
+        match (peer, &self.peer) {
+            (Some(ip), Some(bucket)) => self.take(bucket, "peer", &ip.to_string()),
+            _ => Ok(()),
+        }
     }
 
     /// Takes one token for the caller's node (if known).
@@ -119,7 +144,7 @@ impl RateLimiter {
 
     fn take(&self, bucket: &Bucket, scope: &'static str, key: &str) -> Result<(), Exceeded> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            for b in [&self.identity, &self.node].into_iter().flatten() {
+            for b in [&self.identity, &self.node, &self.peer].into_iter().flatten() {
                 b.limiter.retain_recent();
                 b.limiter.shrink_to_fit();
             }
@@ -182,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_burst_then_refusal_with_a_retry_hint_and_keys_are_independent() {
-        let limiter = RateLimiter::new(RateLimits { identity: Limit { per_second: 1, burst: 3 }, node: Limit::OFF });
+        let limiter = RateLimiter::new(RateLimits { identity: Limit { per_second: 1, burst: 3 }, ..RateLimits::OFF });
         for _ in 0..3 {
             limiter.check_identity("a").unwrap();
         }
@@ -199,11 +224,26 @@ mod tests {
 
     #[test]
     fn the_node_limit_applies_only_when_the_node_is_known() {
-        let limiter = RateLimiter::new(RateLimits { identity: Limit::OFF, node: Limit { per_second: 1, burst: 1 } });
+        let limiter = RateLimiter::new(RateLimits { node: Limit { per_second: 1, burst: 1 }, ..RateLimits::OFF });
         limiter.check_node(Some("n1")).unwrap();
         assert_eq!(limiter.check_node(Some("n1")).unwrap_err().scope, "node");
         for _ in 0..10 {
             limiter.check_node(None).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_peer_limit_is_per_address_and_applies_only_when_the_address_is_known() {
+        let limiter = RateLimiter::new(RateLimits { peer: Limit { per_second: 1, burst: 2 }, ..RateLimits::OFF });
+        let a: IpAddr = [10, 0, 0, 1].into();
+        limiter.check_peer(Some(a)).unwrap();
+        limiter.check_peer(Some(a)).unwrap();
+        let refused = limiter.check_peer(Some(a)).unwrap_err();
+        assert_eq!((refused.scope, refused.key.as_str()), ("peer", "10.0.0.1"));
+        assert!(refused.to_string().starts_with("peer 10.0.0.1 is over its rate limit of 1/s (burst 2)"), "{refused}");
+        limiter.check_peer(Some([10, 0, 0, 2].into())).unwrap();
+        for _ in 0..10 {
+            limiter.check_peer(None).unwrap();
         }
     }
 
@@ -214,6 +254,7 @@ mod tests {
         let limiter = RateLimiter::new(RateLimits::default());
         for pod in 0..250 {
             for _ in 0..2 {
+                limiter.check_peer(Some([10, 0, 0, 7].into())).unwrap();
                 limiter.check_node(Some("worker-1")).unwrap();
                 let sa = if pod < 100 {
                     "spiffe://td/ns/a/sa/big".to_string()

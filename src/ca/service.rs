@@ -62,6 +62,9 @@ impl CertificateService {
         record: &mut AuditRecord<'_>,
     ) -> Result<(IstioCertificateResponse, Arc<Mesh>), Failure> {
         record.peer = request.remote_addr().map(|a| a.to_string());
+        // Before any authentication work (a TokenReview, a signature check),
+        // so an unauthenticated peer cannot make the CA spend without bound.
+        self.limiter.check_peer(request.remote_addr().map(|a| a.ip())).map_err(Failure::RateLimited)?;
         let credentials = self.credentials(&request)?;
         let caller = self.authenticators.authenticate(&credentials).await.map_err(|e| match e {
             AuthError::Rejected(m) => Failure::Unauthenticated(m),
@@ -141,16 +144,15 @@ impl CertificateService {
         metadata: Option<&prost_types::Struct>,
         record: &mut AuditRecord<'_>,
     ) -> Result<(WorkloadIdentity, Arc<Mesh>), Failure> {
+        // A credential that binds a trust domain (a client certificate) must
+        // be in the trust domain of the mesh covering the caller's own
+        // namespace, on every path, impersonation included.
+        if let Some(td) = &caller.trust_domain {
+            let own = self.route(&caller.namespace)?;
+            check_trust_domain(td, &own, "the caller's")?;
+        }
         let Some(requested) = impersonated_identity(metadata)? else {
             let mesh = self.route(&caller.namespace)?;
-            if let Some(td) = &caller.trust_domain
-                && *td != mesh.trust_domain
-            {
-                return Err(Failure::Forbidden(format!(
-                    "the credential is for trust domain {td:?}, but mesh {} is {:?}",
-                    mesh.name, mesh.trust_domain
-                )));
-            }
             let identity = WorkloadIdentity::new(&mesh.trust_domain, &caller.namespace, &caller.service_account)
                 .map_err(|e| Failure::Internal(format!("cannot form the caller's identity: {e}")))?;
             return Ok((identity, mesh));
@@ -161,6 +163,9 @@ impl CertificateService {
             .map_err(|e| Failure::Unauthenticated(format!("impersonated identity {}: {e}", quote_input(&requested))))?;
         record.identity = Some(target.to_string());
         let mesh = self.route(&target.namespace)?;
+        if let Some(td) = &caller.trust_domain {
+            check_trust_domain(td, &mesh, "the impersonated")?;
+        }
         if !mesh.trusted_node_accounts.contains(&caller.account()) {
             return Err(Failure::Unauthenticated(format!(
                 "{} is not a trusted node account of mesh {} and may not impersonate",
@@ -187,6 +192,18 @@ impl CertificateService {
             RouteError::NoMesh(_) | RouteError::Ambiguous { .. } => Failure::Forbidden(e.to_string()),
         })
     }
+}
+
+/// The trust domain a credential binds must be `mesh`'s.
+fn check_trust_domain(credential_td: &str, mesh: &Mesh, whose: &str) -> Result<(), Failure> {
+    if credential_td == mesh.trust_domain {
+        return Ok(());
+    }
+    Err(Failure::Forbidden(format!(
+        "the credential is for trust domain {credential_td:?}, but mesh {}, which covers {whose} namespace, is \
+         trust domain {:?}",
+        mesh.name, mesh.trust_domain
+    )))
 }
 
 fn bearer_token(md: &MetadataMap) -> Result<Option<BearerToken>, Failure> {

@@ -218,7 +218,7 @@ async fn per_node_rate_limits_refuse_with_a_retry_hint_and_spare_other_nodes() {
         node: Some(node.into()),
         authenticated_by: "fixed",
     };
-    let limits = RateLimits { identity: Limit::OFF, node: Limit { per_second: 1, burst: 2 } };
+    let limits = RateLimits { node: Limit { per_second: 1, burst: 2 }, ..RateLimits::OFF };
     let service_on = |node: &str| {
         CertificateService::new(
             ServiceConfig { rate_limits: limits, ..Default::default() },
@@ -253,4 +253,62 @@ async fn per_node_rate_limits_refuse_with_a_retry_hint_and_spare_other_nodes() {
     assert!((1..=1000).contains(&hint), "{hint}");
     // Each service has its own limiter; within one, another node is not affected.
     ask(&service_on("n2")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_certificate_trust_domain_is_checked_on_the_impersonation_path_too() {
+    let root = Authority::new_root(&CaSpec::root(Duration::days(365)), OffsetDateTime::now_utc()).unwrap();
+    let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+    // Mesh c trusts the node account of mesh a (istio-system/ztunnel).
+    let registry = Arc::new(MeshRegistry::new(vec![
+        mesh(&root, &bundle, "a", "a.td", &["istio-system", "ns1"], &["istio-system/ztunnel"]),
+        mesh(&root, &bundle, "c", "c.td", &["ns9"], &["istio-system/ztunnel"]),
+    ]));
+    let ask_as = async |td: &str, target: &str| {
+        let caller = crate::ca::auth::Caller {
+            namespace: "istio-system".into(),
+            service_account: "ztunnel".into(),
+            pod: None,
+            cluster_id: "Kubernetes".into(),
+            trust_domain: Some(td.into()),
+            node: None,
+            authenticated_by: "fixed",
+        };
+        let service = CertificateService::new(
+            ServiceConfig::default(),
+            AuthenticatorChain::new(vec![Arc::new(Fixed(caller))]),
+            registry.clone(),
+            Metrics::new(),
+        );
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let csr = build_workload_csr(&key, target).unwrap();
+        let metadata = Some(Struct {
+            fields: [(IMPERSONATED_IDENTITY.to_string(), Value { kind: Some(Kind::StringValue(target.into())) })]
+                .into(),
+        });
+        service
+            .create_certificate(tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata }))
+            .await
+    };
+    // Its own mesh's trust domain, impersonating in its own mesh: fine.
+    ask_as("a.td", "spiffe://a.td/ns/ns1/sa/app").await.unwrap();
+    // A credential for another trust domain than the caller's own mesh.
+    let s = ask_as("b.td", "spiffe://a.td/ns/ns1/sa/app").await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(
+        s.message().contains("trust domain \"b.td\"")
+            && s.message().contains("mesh a, which covers the caller's namespace, is trust domain \"a.td\""),
+        "{}",
+        s.message()
+    );
+    // A credential of mesh a impersonating into mesh c (which trusts the
+    // account by name): the target mesh's trust domain must match too.
+    let s = ask_as("a.td", "spiffe://c.td/ns/ns9/sa/app").await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(
+        s.message().contains("trust domain \"a.td\"")
+            && s.message().contains("mesh c, which covers the impersonated namespace, is trust domain \"c.td\""),
+        "{}",
+        s.message()
+    );
 }

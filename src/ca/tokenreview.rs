@@ -4,9 +4,19 @@
 //! server: a result is kept for at most `ttl` (default 60 s) and never past
 //! the token's own `exp`; concurrent requests with the same token share one
 //! TokenReview; the cache holds at most `max_entries`. Failures to reach the
-//! API server are `Unavailable` (clients retry), never `Unauthenticated`.
+//! API server are `Unavailable` (clients retry), never `Unauthenticated`,
+//! and are not cached.
+//!
+//! Rejected tokens (`authenticated: false`, a user that is not a usable
+//! service account, a wrong audience) are remembered for a short while
+//! (`negative_cache_ttl`, default 10 s) in a separate cache with its own
+//! bound, so one bad token sent in a loop costs one TokenReview per TTL, and
+//! any number of distinct bad tokens can never push good results out of the
+//! cache of accepted tokens. Reviews in flight are tracked apart from both;
+//! each runs as its own task, so a caller that gives up does not leave it
+//! half done.
 
-use super::auth::{AuthError, Authenticator, Caller, Credentials, PodRef};
+use super::auth::{AuthError, Authenticator, BearerToken, Caller, Credentials, PodRef};
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -24,10 +34,15 @@ const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
 
 #[derive(Clone, Debug)]
 pub struct TokenReviewConfig {
-    /// Audiences asked for; the token must be valid for one of them.
+    /// Audiences asked for; the token must be valid for one of them, and the
+    /// answer must say so (`status.audiences`).
     pub audiences: Vec<String>,
     pub cache_ttl: Duration,
     pub max_entries: usize,
+    /// How long a rejected token is refused from cache, without asking again.
+    pub negative_cache_ttl: Duration,
+    /// The most rejected tokens remembered (apart from `max_entries`).
+    pub negative_max_entries: usize,
     /// How long one TokenReview may take before the request is `Unavailable`.
     pub timeout: Duration,
 }
@@ -38,6 +53,8 @@ impl Default for TokenReviewConfig {
             audiences: vec!["istio-ca".into()],
             cache_ttl: Duration::from_secs(60),
             max_entries: 10_000,
+            negative_cache_ttl: Duration::from_secs(10),
+            negative_max_entries: 10_000,
             timeout: Duration::from_secs(5),
         }
     }
@@ -54,16 +71,54 @@ struct Reviewed {
 
 type Review = Shared<BoxFuture<'static, Result<Reviewed, AuthError>>>;
 
-enum Slot {
-    Ready { reviewed: Reviewed, expires: Instant },
-    Pending(Review),
+/// Values by token digest, each until its deadline, at most `max` of them
+/// (the oldest insertion goes first once full, after the expired ones).
+struct Bounded<V> {
+    entries: HashMap<[u8; 32], (V, Instant)>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl<V> Default for Bounded<V> {
+    fn default() -> Self {
+        Self { entries: HashMap::new(), order: VecDeque::new() }
+    }
+}
+
+impl<V: Clone> Bounded<V> {
+    fn get(&self, digest: &[u8; 32], now: Instant) -> Option<V> {
+        self.entries.get(digest).filter(|(_, until)| *until > now).map(|(v, _)| v.clone())
+    }
+
+    fn insert(&mut self, digest: [u8; 32], value: V, until: Instant, max: usize) {
+        if max == 0 {
+            return;
+        }
+        if !self.entries.contains_key(&digest) && self.entries.len() >= max {
+            let now = Instant::now();
+            self.entries.retain(|_, (_, until)| *until > now);
+            self.order.retain(|k| self.entries.contains_key(k));
+            while self.entries.len() >= max {
+                let Some(oldest) = self.order.pop_front() else { break };
+                self.entries.remove(&oldest);
+            }
+        }
+        if self.entries.insert(digest, (value, until)).is_none() {
+            self.order.push_back(digest);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
 }
 
 #[derive(Default)]
 struct Cache {
-    slots: HashMap<[u8; 32], Slot>,
-    /// Insertion order, for eviction once full.
-    order: VecDeque<[u8; 32]>,
+    accepted: Bounded<Reviewed>,
+    /// Why each recently rejected token was rejected.
+    rejected: Bounded<String>,
+    /// One review per token, however many requests wait for it.
+    in_flight: HashMap<[u8; 32], Review>,
 }
 
 pub struct TokenReviewAuthenticator {
@@ -83,60 +138,85 @@ impl TokenReviewAuthenticator {
         Self { client, config, cache: Arc::default() }
     }
 
-    /// Entries currently cached (ready or in flight).
+    /// Accepted tokens currently cached (ready or in flight).
     pub fn cached(&self) -> usize {
-        self.cache.lock().map(|c| c.slots.len()).unwrap_or(0)
+        self.cache.lock().map(|c| c.accepted.len() + c.in_flight.len()).unwrap_or(0)
     }
 
-    fn lookup_or_start(&self, digest: [u8; 32], token: &str) -> Result<Reviewed, Review> {
+    /// Rejected tokens currently remembered.
+    pub fn cached_rejections(&self) -> usize {
+        self.cache.lock().map(|c| c.rejected.len()).unwrap_or(0)
+    }
+
+    /// The cached outcome for `digest`, or the review deciding it (started
+    /// here if none is in flight).
+    fn lookup_or_start(&self, digest: [u8; 32], token: &BearerToken) -> Result<Result<Reviewed, AuthError>, Review> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        match cache.slots.get(&digest) {
-            Some(Slot::Ready { reviewed, expires }) if *expires > now => return Ok(reviewed.clone()),
-            Some(Slot::Pending(review)) => return Err(review.clone()),
-            _ => {}
+        if let Some(reviewed) = cache.accepted.get(&digest, now) {
+            return Ok(Ok(reviewed));
         }
-        let review = review_token(self.client.clone(), token.to_string(), self.config.clone()).boxed().shared();
-        cache.insert(digest, Slot::Pending(review.clone()), self.config.max_entries);
+        if let Some(why) = cache.rejected.get(&digest, now) {
+            return Ok(Err(AuthError::Rejected(why)));
+        }
+        if let Some(review) = cache.in_flight.get(&digest) {
+            return Err(review.clone());
+        }
+        // The task settles the cache itself, under this lock, so it cannot
+        // finish before it is registered as in flight.
+        let task = tokio::spawn(review_and_settle(
+            self.client.clone(),
+            token.clone(),
+            digest,
+            self.config.clone(),
+            self.cache.clone(),
+        ));
+        let review = async move {
+            task.await.unwrap_or_else(|_| Err(AuthError::Unavailable("the TokenReview was interrupted".into())))
+        }
+        .boxed()
+        .shared();
+        cache.in_flight.insert(digest, review.clone());
         Err(review)
-    }
-
-    fn settle(&self, digest: [u8; 32], token: &str, outcome: &Result<Reviewed, AuthError>) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if !matches!(cache.slots.get(&digest), Some(Slot::Pending(_))) {
-            return;
-        }
-        match outcome {
-            Ok(reviewed) => {
-                let mut ttl = self.config.cache_ttl;
-                if let Some(left) = token_lifetime_left(token) {
-                    ttl = ttl.min(left);
-                }
-                let slot = Slot::Ready { reviewed: reviewed.clone(), expires: Instant::now() + ttl };
-                cache.slots.insert(digest, slot);
-            }
-            // Failures are not cached: the next request asks again.
-            Err(_) => {
-                cache.slots.remove(&digest);
-            }
-        }
     }
 }
 
-impl Cache {
-    fn insert(&mut self, digest: [u8; 32], slot: Slot, max: usize) {
-        if self.slots.len() >= max {
-            let now = Instant::now();
-            self.slots.retain(|_, s| !matches!(s, Slot::Ready { expires, .. } if *expires <= now));
-            self.order.retain(|k| self.slots.contains_key(k));
-            while self.slots.len() >= max.max(1) {
-                let Some(oldest) = self.order.pop_front() else { break };
-                self.slots.remove(&oldest);
+/// Reviews `token` and records the outcome: accepted for the cache TTL (never
+/// past the token's `exp`), rejected for the negative TTL, and an
+/// unreachable API server not at all.
+async fn review_and_settle(
+    client: kube::Client,
+    token: BearerToken,
+    digest: [u8; 32],
+    config: TokenReviewConfig,
+    cache: Arc<Mutex<Cache>>,
+) -> Result<Reviewed, AuthError> {
+    let outcome = review_token(client, token.expose().to_string(), &config).await;
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    cache.in_flight.remove(&digest);
+    let now = Instant::now();
+    match &outcome {
+        Ok(reviewed) => {
+            let mut ttl = config.cache_ttl;
+            if let Some(left) = token_lifetime_left(token.expose()) {
+                ttl = ttl.min(left);
+            }
+            if let Some(until) = now.checked_add(ttl)
+                && !ttl.is_zero()
+            {
+                cache.accepted.insert(digest, reviewed.clone(), until, config.max_entries);
             }
         }
-        self.slots.insert(digest, slot);
-        self.order.push_back(digest);
+        Err(AuthError::Rejected(why)) => {
+            if let Some(until) = now.checked_add(config.negative_cache_ttl)
+                && !config.negative_cache_ttl.is_zero()
+            {
+                cache.rejected.insert(digest, why.clone(), until, config.negative_max_entries);
+            }
+        }
+        Err(AuthError::Unavailable(_)) => {}
     }
+    outcome
 }
 
 /// Seconds until a JWT's `exp`, read without verifying the token: it only
@@ -151,7 +231,7 @@ fn token_lifetime_left(token: &str) -> Option<Duration> {
     Some(Duration::from_secs(exp.saturating_sub(now)))
 }
 
-async fn review_token(client: kube::Client, token: String, config: TokenReviewConfig) -> Result<Reviewed, AuthError> {
+async fn review_token(client: kube::Client, token: String, config: &TokenReviewConfig) -> Result<Reviewed, AuthError> {
     let review = TokenReview {
         spec: TokenReviewSpec { token: Some(token), audiences: Some(config.audiences.clone()) },
         ..Default::default()
@@ -174,6 +254,17 @@ async fn review_token(client: kube::Client, token: String, config: TokenReviewCo
     if status.authenticated != Some(true) {
         let why = status.error.filter(|e| !e.is_empty()).unwrap_or_else(|| "the token is not valid".into());
         return Err(AuthError::Rejected(format!("TokenReview: {why}")));
+    }
+    // The API server lists the requested audiences the token is valid for;
+    // an answer that names none of them is not an answer for this CA.
+    if !config.audiences.is_empty() {
+        let answered = status.audiences.unwrap_or_default();
+        if !answered.iter().any(|a| config.audiences.contains(a)) {
+            return Err(AuthError::Rejected(format!(
+                "the token is not valid for audience {}",
+                config.audiences.join(", ")
+            )));
+        }
     }
     let user = status.user.unwrap_or_default();
     let username = user.username.unwrap_or_default();
@@ -214,14 +305,9 @@ impl Authenticator for TokenReviewAuthenticator {
         let Some(token) = &credentials.bearer_token else {
             return Ok(None);
         };
-        let digest = token.digest();
-        let reviewed = match self.lookup_or_start(digest, token.expose()) {
-            Ok(cached) => cached,
-            Err(review) => {
-                let outcome = review.await;
-                self.settle(digest, token.expose(), &outcome);
-                outcome?
-            }
+        let reviewed = match self.lookup_or_start(token.digest(), token) {
+            Ok(cached) => cached?,
+            Err(review) => review.await?,
         };
         Ok(Some(Caller {
             namespace: reviewed.namespace,

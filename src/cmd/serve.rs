@@ -37,6 +37,7 @@ pub fn describe(opts: &ServeOptions) -> String {
         ("kubernetes csr signer", opts.kubernetes_csr_signer.to_string()),
         ("identity rate limit", opts.rate_limits.identity.to_string()),
         ("node rate limit", opts.rate_limits.node.to_string()),
+        ("peer rate limit", opts.rate_limits.peer.to_string()),
     ];
     let mut out = String::from("meshroot serve: configuration is valid\n");
     for (name, value) in lines {

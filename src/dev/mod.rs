@@ -66,6 +66,9 @@ pub struct DevServer {
     pub ops_addr: SocketAddr,
     pub state: DevState,
     pub metrics: Arc<Metrics>,
+    /// The one dev mesh; replacing it (for example with a renewed
+    /// intermediate) takes effect on the next request.
+    pub registry: Arc<MeshRegistry>,
     readiness: Arc<Readiness>,
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -123,8 +126,11 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
             cluster_aliases: Vec::new(),
             rate_limits: opts.rate_limits,
         },
-        AuthenticatorChain::new(vec![Arc::new(ClientCertificateAuthenticator), Arc::new(tokens)]),
-        registry,
+        AuthenticatorChain::new(vec![
+            Arc::new(ClientCertificateAuthenticator::new(registry.clone())),
+            Arc::new(tokens),
+        ]),
+        registry.clone(),
         metrics.clone(),
     );
     let serving = ServingCertificate::new(state.serving_chain.clone(), &state.serving_key)?;
@@ -149,7 +155,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     ));
     let ops = tokio::spawn(ops::serve(ops_listener, metrics.clone(), readiness.clone(), wait_for(shutdown_rx)));
     readiness.set(true);
-    Ok(DevServer { grpc_addr, ops_addr, state, metrics, readiness, shutdown, grpc, ops })
+    Ok(DevServer { grpc_addr, ops_addr, state, metrics, registry, readiness, shutdown, grpc, ops })
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

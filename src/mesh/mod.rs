@@ -5,10 +5,16 @@
 use crate::ca::node::NodeAuthorizer;
 use crate::pki::SigningChain;
 use arc_swap::ArcSwap;
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use rustls_pki_types::CertificateDer;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
-use time::Duration;
+use time::{Duration, OffsetDateTime};
+
+/// How many earlier signing certificates a mesh remembers after renewals,
+/// so workload leaves issued before a renewal can still renew with their
+/// client certificate.
+pub const MAX_PREVIOUS_SIGNERS: usize = 2;
 
 /// Which namespaces a mesh covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,9 +70,23 @@ pub enum RouteError {
     Ambiguous { namespace: String, meshes: String },
 }
 
+/// A signing certificate a mesh used before its current one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PreviousSigner {
+    cert: CertificateDer<'static>,
+    /// When to forget it: its own NotAfter, or when the last leaf it can have
+    /// signed expires (replaced + the mesh's maximum TTL), whichever is first.
+    until: OffsetDateTime,
+}
+
 #[derive(Debug)]
 pub struct MeshRegistry {
     meshes: ArcSwap<Vec<Arc<Mesh>>>,
+    /// Per mesh name, the signing certificates it had before the current
+    /// one, newest first, at most [`MAX_PREVIOUS_SIGNERS`].
+    previous: ArcSwap<HashMap<String, Vec<PreviousSigner>>>,
+    /// Serializes replacements (each reads the previous snapshot).
+    writer: Mutex<()>,
     /// Counts replacements, so other parts can follow changes.
     generation: tokio::sync::watch::Sender<u64>,
 }
@@ -79,12 +99,63 @@ impl Default for MeshRegistry {
 
 impl MeshRegistry {
     pub fn new(meshes: Vec<Arc<Mesh>>) -> Self {
-        Self { meshes: ArcSwap::from_pointee(meshes), generation: tokio::sync::watch::Sender::new(0) }
+        Self {
+            meshes: ArcSwap::from_pointee(meshes),
+            previous: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
+            generation: tokio::sync::watch::Sender::new(0),
+        }
     }
 
+    /// Swaps in a new set of meshes. A mesh (by name) whose signing
+    /// certificate changed remembers the one it replaces (see
+    /// [`MeshRegistry::signing_certificates`]).
     pub fn replace(&self, meshes: Vec<Arc<Mesh>>) {
+        self.replace_at(meshes, OffsetDateTime::now_utc());
+    }
+
+    /// As [`MeshRegistry::replace`], at `now`.
+    pub fn replace_at(&self, meshes: Vec<Arc<Mesh>>, now: OffsetDateTime) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.meshes.load_full();
+        let old_previous = self.previous.load_full();
+        let mut previous = HashMap::new();
+        for mesh in &meshes {
+            let current = mesh.signer.as_ref().ok().map(|c| c.authority().certificate());
+            let mut list = old_previous.get(&mesh.name).cloned().unwrap_or_default();
+            if let Some(before) = old.iter().find(|o| o.name == mesh.name)
+                && let Ok(chain) = &before.signer
+            {
+                let cert = chain.authority().certificate();
+                if Some(cert) != current && !list.iter().any(|p| p.cert == *cert) {
+                    let leaves_end = now.checked_add(mesh.max_ttl.max(before.max_ttl)).unwrap_or(now);
+                    list.insert(
+                        0,
+                        PreviousSigner { cert: cert.clone(), until: chain.authority().not_after().min(leaves_end) },
+                    );
+                }
+            }
+            list.retain(|p| Some(&p.cert) != current && p.until > now);
+            list.truncate(MAX_PREVIOUS_SIGNERS);
+            if !list.is_empty() {
+                previous.insert(mesh.name.clone(), list);
+            }
+        }
+        self.previous.store(Arc::new(previous));
         self.meshes.store(Arc::new(meshes));
-        self.generation.send_modify(|g| *g += 1);
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// The certificates whose leaves count as issued by `mesh` at `now`: its
+    /// current signing certificate, then the ones it replaced that may
+    /// still have live leaves (newest first).
+    pub fn signing_certificates(&self, mesh: &Mesh, now: OffsetDateTime) -> Vec<CertificateDer<'static>> {
+        let mut certs: Vec<CertificateDer<'static>> =
+            mesh.signer.as_ref().ok().map(|c| c.authority().certificate().clone()).into_iter().collect();
+        if let Some(list) = self.previous.load().get(&mesh.name) {
+            certs.extend(list.iter().filter(|p| p.until > now).map(|p| p.cert.clone()));
+        }
+        certs
     }
 
     /// Notified after every replacement.
@@ -113,5 +184,93 @@ impl MeshRegistry {
             return Err(RouteError::Ambiguous { namespace: namespace.to_string(), meshes: names.join(", ") });
         }
         Ok(first.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::node::TrustedAccountOnly;
+    use crate::pki::{Authority, CaSpec, TrustBundle};
+
+    fn mesh(name: &str, signer: Option<Arc<SigningChain>>, max_ttl: Duration) -> Arc<Mesh> {
+        Arc::new(Mesh {
+            name: name.into(),
+            trust_domain: "cluster.local".into(),
+            scope: NamespaceScope::All,
+            signer: signer.ok_or_else(|| "no signer".to_string()),
+            default_ttl: Duration::hours(1),
+            max_ttl,
+            trusted_node_accounts: BTreeSet::new(),
+            node_authorizer: Arc::new(TrustedAccountOnly),
+        })
+    }
+
+    fn chains(n: usize) -> Vec<Arc<SigningChain>> {
+        let now = OffsetDateTime::now_utc();
+        let root = Authority::new_root(&CaSpec::root(Duration::days(30)), now).unwrap();
+        let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+        (0..n)
+            .map(|_| {
+                let int = root.new_intermediate(&CaSpec::intermediate("m", Duration::days(10)), now).unwrap();
+                Arc::new(SigningChain::new(int, vec![], bundle.clone()).unwrap())
+            })
+            .collect()
+    }
+
+    fn cert(c: &SigningChain) -> CertificateDer<'static> {
+        c.authority().certificate().clone()
+    }
+
+    #[test]
+    fn a_renewed_mesh_remembers_its_last_two_signers_while_their_leaves_can_live() {
+        let c = chains(4);
+        let ttl = Duration::days(1);
+        let now = OffsetDateTime::now_utc();
+        let registry = MeshRegistry::new(vec![mesh("m", Some(c[0].clone()), ttl)]);
+        let m0 = registry.meshes()[0].clone();
+        assert_eq!(registry.signing_certificates(&m0, now), vec![cert(&c[0])]);
+
+        registry.replace_at(vec![mesh("m", Some(c[1].clone()), ttl)], now);
+        // Replacing with the same signer (a rebuild for another reason) adds nothing.
+        registry.replace_at(vec![mesh("m", Some(c[1].clone()), ttl)], now);
+        let m1 = registry.meshes()[0].clone();
+        assert_eq!(registry.signing_certificates(&m1, now), vec![cert(&c[1]), cert(&c[0])]);
+
+        registry.replace_at(vec![mesh("m", Some(c[2].clone()), ttl)], now);
+        registry.replace_at(vec![mesh("m", Some(c[3].clone()), ttl)], now);
+        let m3 = registry.meshes()[0].clone();
+        assert_eq!(
+            registry.signing_certificates(&m3, now),
+            vec![cert(&c[3]), cert(&c[2]), cert(&c[1])],
+            "at most {MAX_PREVIOUS_SIGNERS} earlier signers, newest first"
+        );
+        // A leaf signed before a renewal expires within the mesh's maximum
+        // TTL; after that its signer is forgotten.
+        let later = now + ttl + Duration::seconds(1);
+        assert_eq!(registry.signing_certificates(&m3, later), vec![cert(&c[3])]);
+        registry.replace_at(vec![mesh("m", Some(c[3].clone()), ttl)], later);
+        assert_eq!(registry.signing_certificates(&m3, now), vec![cert(&c[3])], "dropped on the next replace");
+    }
+
+    #[test]
+    fn previous_signers_belong_to_their_mesh_and_leave_with_it() {
+        let c = chains(3);
+        let ttl = Duration::days(1);
+        let registry = MeshRegistry::new(vec![mesh("a", Some(c[0].clone()), ttl), mesh("b", Some(c[2].clone()), ttl)]);
+        registry.replace(vec![mesh("a", Some(c[1].clone()), ttl), mesh("b", Some(c[2].clone()), ttl)]);
+        let now = OffsetDateTime::now_utc();
+        let [a, b] = registry.meshes().as_slice().to_vec().try_into().unwrap();
+        assert_eq!(registry.signing_certificates(&a, now), vec![cert(&c[1]), cert(&c[0])]);
+        assert_eq!(registry.signing_certificates(&b, now), vec![cert(&c[2])]);
+        // A mesh that cannot sign now still knows the signer it had.
+        registry.replace(vec![mesh("a", None, ttl)]);
+        let a = registry.meshes()[0].clone();
+        assert_eq!(registry.signing_certificates(&a, now), vec![cert(&c[1]), cert(&c[0])]);
+        // A mesh that goes away forgets them; one that comes back starts afresh.
+        registry.replace(vec![]);
+        registry.replace(vec![mesh("a", Some(c[2].clone()), ttl)]);
+        let a = registry.meshes()[0].clone();
+        assert_eq!(registry.signing_certificates(&a, now), vec![cert(&c[2])]);
     }
 }

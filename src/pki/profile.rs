@@ -5,7 +5,11 @@ use super::authority::Authority;
 use super::error::{PkiError, Result};
 use super::pem;
 use super::serial::random_serial;
-use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
+use der::asn1::{Any, BitString};
+use der::{Decode, Encode, Tag, TagNumber, Tagged};
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SigningKey,
+};
 use rustls_pki_types::CertificateDer;
 use std::net::IpAddr;
 use time::{Duration, OffsetDateTime};
@@ -18,6 +22,29 @@ pub const CLOCK_SKEW_GRACE: Duration = Duration::minutes(2);
 pub fn renewal_due(not_before: OffsetDateTime, not_after: OffsetDateTime, now: OffsetDateTime) -> bool {
     now >= not_before + (not_after - not_before) * 2 / 3
 }
+
+/// The workload marker: a private, non-critical extension that only the
+/// workload profile ([`issue_workload`], what CreateCertificate signs) puts in
+/// a certificate. Client-certificate authentication on the CA API accepts
+/// only leaves that carry it, so a leaf that the same intermediate signed
+/// through another path (a cert-manager Issuer or the Kubernetes CSR signer,
+/// which build certificates in `template.rs` and never copy CSR extensions
+/// other than the SAN) can never renew a workload identity by itself.
+/// Its OID sits under the UUID arc `2.25` (ITU-T X.667), so it needs no
+/// registration and collides with nothing: the UUID is
+/// c914b6ae-a69e-4e66-b632-330a7a50d392, fixed once, at random.
+pub const WORKLOAD_MARKER_OID: &str = "2.25.267282378325752821241372292871766463378";
+
+/// The DER content octets of [`WORKLOAD_MARKER_OID`] (what x509-parser's
+/// `Oid::as_bytes` returns). Its arc does not fit in 64 bits, so it is spelled
+/// out here and checked against the dotted form in the tests.
+pub const WORKLOAD_MARKER_OID_DER: &[u8] = &[
+    0x69, 0x83, 0x92, 0x94, 0xdb, 0xab, 0xd4, 0xe9, 0xf2, 0xb9, 0xcd, 0xb6, 0x99, 0x8c, 0xe1, 0xa7, 0xd2, 0xc3, 0xa7,
+    0x12,
+];
+
+/// The marker's extnValue: DER NULL. Its presence is the whole message.
+pub const WORKLOAD_MARKER_VALUE: &[u8] = &[0x05, 0x00];
 
 /// A freshly signed certificate and the facts callers report about it.
 #[derive(Clone, Debug)]
@@ -43,14 +70,58 @@ pub fn issue_workload(
 ) -> Result<IssuedCertificate> {
     let san =
         SanType::URI(identity.try_into().map_err(|_| PkiError::Invalid("the identity is not an ASCII URI".into()))?);
-    issue_leaf(
+    let mut issued = issue_leaf(
         authority,
         spki_der,
         vec![san],
         &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         ttl,
         now,
-    )
+    )?;
+    issued.der = with_workload_marker(&issued.der, authority)?;
+    issued.pem = pem::encode_certificate(&issued.der);
+    Ok(issued)
+}
+
+/// Appends the [`WORKLOAD_MARKER_OID`] extension (non-critical, DER NULL) to
+/// a certificate this authority just signed, and signs it again with the
+/// same key and algorithm. (rcgen writes OIDs with 64-bit arcs only.)
+fn with_workload_marker(cert: &CertificateDer<'_>, authority: &Authority) -> Result<CertificateDer<'static>> {
+    let der_err = |e: der::Error| PkiError::Signing(format!("adding the workload marker: {e}"));
+    let layout = || PkiError::Signing("adding the workload marker: unexpected certificate layout".into());
+    let parts: Vec<Any> = Vec::from_der(cert.as_ref()).map_err(der_err)?;
+    let [tbs, algorithm, _signature] = parts.as_slice() else { return Err(layout()) };
+    let mut fields: Vec<Any> = Vec::from_der(&tbs.to_der().map_err(der_err)?).map_err(der_err)?;
+    // TBSCertificate ends with `extensions [3] EXPLICIT SEQUENCE OF Extension`.
+    let extensions_tag = Tag::ContextSpecific { constructed: true, number: TagNumber(3) };
+    let last = fields.last_mut().filter(|f| f.tag() == extensions_tag).ok_or_else(layout)?;
+    let mut extensions: Vec<Any> = Vec::from_der(last.value()).map_err(der_err)?;
+    extensions.push(Any::from_der(&workload_marker_extension()?).map_err(der_err)?);
+    *last = Any::new(extensions_tag, extensions.to_der().map_err(der_err)?).map_err(der_err)?;
+    let tbs = fields.to_der().map_err(der_err)?;
+    let signature = authority.key().sign(&tbs)?;
+    let cert = vec![
+        Any::from_der(&tbs).map_err(der_err)?,
+        algorithm.clone(),
+        Any::encode_from(&BitString::from_bytes(&signature).map_err(der_err)?).map_err(der_err)?,
+    ];
+    Ok(CertificateDer::from(cert.to_der().map_err(der_err)?))
+}
+
+/// `Extension ::= SEQUENCE { extnID, extnValue OCTET STRING }` for the
+/// marker; `critical` is left out (DEFAULT FALSE).
+fn workload_marker_extension() -> Result<Vec<u8>> {
+    let der_err = |e: der::Error| PkiError::Signing(format!("encoding the workload marker: {e}"));
+    let oid = Any::new(Tag::ObjectIdentifier, WORKLOAD_MARKER_OID_DER).map_err(der_err)?;
+    let value = Any::new(Tag::OctetString, WORKLOAD_MARKER_VALUE).map_err(der_err)?;
+    vec![oid, value].to_der().map_err(der_err)
+}
+
+/// Whether `cert` carries the workload marker exactly as [`issue_workload`]
+/// writes it: once, non-critical, with a DER NULL value.
+pub fn has_workload_marker(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    let mut markers = cert.extensions().iter().filter(|e| e.oid.as_bytes() == WORKLOAD_MARKER_OID_DER);
+    matches!((markers.next(), markers.next()), (Some(m), None) if !m.critical && m.value == WORKLOAD_MARKER_VALUE)
 }
 
 /// Signs a TLS server certificate for the given DNS names and IP addresses.

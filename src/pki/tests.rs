@@ -124,6 +124,13 @@ fn check_workload_leaf(chain: &SigningChain, csr: &CertificateSigningRequest) {
     assert_eq!(nb, t - 120);
     assert_eq!(na, t + ttl.whole_seconds());
     assert_eq!(issued.not_after.unix_timestamp(), na);
+    // The workload marker: once, non-critical, DER NULL.
+    let markers: Vec<_> =
+        cert.extensions().iter().filter(|e| e.oid.as_bytes() == profile::WORKLOAD_MARKER_OID_DER).collect();
+    assert_eq!(markers.len(), 1);
+    assert!(!markers[0].critical);
+    assert_eq!(markers[0].value, [0x05, 0x00]);
+    assert!(profile::has_workload_marker(&cert));
     // Only the extensions of the profile.
     for ext in cert.extensions() {
         assert!(
@@ -135,7 +142,7 @@ fn check_workload_leaf(chain: &SigningChain, csr: &CertificateSigningRequest) {
                     | ParsedExtension::BasicConstraints(_)
                     | ParsedExtension::AuthorityKeyIdentifier(_)
                     | ParsedExtension::SubjectKeyIdentifier(_)
-            ),
+            ) || ext.oid.as_bytes() == profile::WORKLOAD_MARKER_OID_DER,
             "unexpected extension {}",
             ext.oid
         );
@@ -415,4 +422,81 @@ fn bundle_reports_its_earliest_root_expiry() {
     assert_eq!(b.earliest_expiry(), short.not_after().unix_timestamp());
     assert!(profile::renewal_due(now(), now() + Duration::days(30), now() + Duration::days(21)));
     assert!(!profile::renewal_due(now(), now() + Duration::days(30), now() + Duration::days(19)));
+}
+
+#[test]
+fn the_workload_marker_oid_is_the_uuid_arc_it_claims() {
+    // DER: first byte 40*2+25, then the UUID's integer in base 128.
+    let (first, rest) = profile::WORKLOAD_MARKER_OID_DER.split_first().unwrap();
+    assert_eq!(*first, 2 * 40 + 25);
+    let mut arc: u128 = 0;
+    for (i, b) in rest.iter().enumerate() {
+        assert_eq!(b & 0x80 == 0, i == rest.len() - 1, "only the last octet ends the arc");
+        arc = arc.checked_mul(128).unwrap() | u128::from(b & 0x7f);
+    }
+    assert_eq!(format!("2.25.{arc}"), profile::WORKLOAD_MARKER_OID);
+    assert_eq!(arc, 0xc914b6ae_a69e_4e66_b632_330a7a50d392, "the UUID in the doc comment");
+}
+
+#[test]
+fn only_the_workload_profile_carries_the_marker() {
+    let root = root();
+    let chain = chain_under(&root, KeyAlgorithm::EcdsaP256, Duration::days(30));
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let workload = chain.issue_workload(&key.spki_der(), IDENTITY, Duration::hours(1), now()).unwrap();
+    assert!(profile::has_workload_marker(&parse(&workload.der)));
+    let server = profile::issue_server(
+        chain.authority(),
+        &key.spki_der(),
+        &["a.example".into()],
+        &[],
+        Duration::hours(1),
+        now(),
+    )
+    .unwrap();
+    assert!(!profile::has_workload_marker(&parse(&server.der)));
+    let istiod = profile::issue_istiod(
+        chain.authority(),
+        &key.spki_der(),
+        &["istiod.istio-system.svc".into()],
+        "spiffe://cluster.local/ns/istio-system/sa/istiod",
+        Duration::hours(1),
+        now(),
+    )
+    .unwrap();
+    assert!(!profile::has_workload_marker(&parse(&istiod.der)));
+}
+
+#[test]
+fn a_csr_asking_for_the_workload_marker_does_not_get_it_from_the_template_path() {
+    use x509_parser::certification_request::X509CertificationRequest;
+    let pem = fixture!("csr-p256-wants-workload-marker.pem");
+    // The CSR really asks for it (openssl encoded the OID; it must match ours).
+    let der = pem::decode_one(pem.as_bytes(), pem::CERTIFICATE_REQUEST, 1 << 16).unwrap();
+    let (_, request) = X509CertificationRequest::from_der(&der).unwrap();
+    let asked = request
+        .requested_extensions()
+        .unwrap()
+        .any(|e| matches!(e, ParsedExtension::UnsupportedExtension { oid } if oid.as_bytes() == profile::WORKLOAD_MARKER_OID_DER));
+    assert!(asked, "the fixture must request the marker");
+    let csr = CertificateSigningRequest::from_pem(pem.as_bytes()).unwrap();
+    let chain = chain_under(&root(), KeyAlgorithm::EcdsaP256, Duration::days(30));
+    let usages = usage::Usages::from_names(&["digital signature", "client auth", "server auth"], false).unwrap();
+    for is_ca in [false, true] {
+        let template = template::CertificateTemplate {
+            csr: &csr,
+            is_ca,
+            max_path_length: None,
+            usages: &usages,
+            lifetime: Duration::hours(1),
+        };
+        let issued = template::issue_from_template(chain.authority(), &template, now()).unwrap();
+        let cert = parse(&issued.der);
+        assert_eq!(authority::uri_sans(&cert), vec![IDENTITY], "the SAN is copied");
+        assert!(
+            cert.extensions().iter().all(|e| e.oid.as_bytes() != profile::WORKLOAD_MARKER_OID_DER),
+            "the marker must never come from a CSR (is_ca: {is_ca})"
+        );
+        assert!(!profile::has_workload_marker(&cert));
+    }
 }

@@ -146,7 +146,7 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
     ));
 
     let authenticators = AuthenticatorChain::new(vec![
-        Arc::new(ClientCertificateAuthenticator),
+        Arc::new(ClientCertificateAuthenticator::new(registry.clone())),
         Arc::new(TokenReviewAuthenticator::new(client.clone(), opts.token.clone())),
     ]);
     let service = CertificateService::new(

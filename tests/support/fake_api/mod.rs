@@ -229,6 +229,7 @@ impl FakeApi {
                 ],
                 extra,
                 audiences: audiences.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
             },
         );
     }
@@ -240,6 +241,12 @@ impl FakeApi {
         if let Some(answer) = store.tokens.get_mut(token) {
             answer.extra.insert("authentication.kubernetes.io/node-name".into(), vec![node.into()]);
         }
+    }
+
+    /// Changes how the API server answers for an already configured token.
+    pub fn set_token_answer(&self, token: &str, change: impl FnOnce(&mut TokenAnswer)) {
+        let mut store = self.inner.store.lock().unwrap();
+        change(store.tokens.get_mut(token).expect("configure the token first"));
     }
 
     pub fn token_reviews(&self) -> u64 {

@@ -89,6 +89,25 @@ pub struct TokenAnswer {
     pub extra: BTreeMap<String, Vec<String>>,
     /// Audiences the token is valid for; empty means any.
     pub audiences: Vec<String>,
+    /// `status.authenticated`. `false` answers with the user all the same,
+    /// as a confused or hostile API server might.
+    pub authenticated: bool,
+    /// When set, `status.audiences` is exactly this, whatever was asked.
+    pub answered_audiences: Option<Vec<String>>,
+}
+
+impl Default for TokenAnswer {
+    fn default() -> Self {
+        Self {
+            username: String::new(),
+            uid: String::new(),
+            groups: Vec::new(),
+            extra: BTreeMap::new(),
+            audiences: Vec::new(),
+            authenticated: true,
+            answered_audiences: None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -537,9 +556,9 @@ impl Store {
                     json!({"authenticated": false, "error": "[invalid bearer token, token audiences do not match]"})
                 } else {
                     json!({
-                        "authenticated": true,
+                        "authenticated": a.authenticated,
                         "user": {"username": a.username, "uid": a.uid, "groups": a.groups, "extra": a.extra},
-                        "audiences": audiences,
+                        "audiences": a.answered_audiences.clone().unwrap_or(audiences),
                     })
                 }
             }
