@@ -101,3 +101,38 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     axum::serve(listener, router(metrics, readiness)).with_graceful_shutdown(shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn readyz(addr: std::net::SocketAddr) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn readyz_is_down_and_names_the_task_while_a_supervised_task_is_down() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let readiness = Readiness::new();
+        readiness.set(true);
+        tokio::spawn(serve(listener, Metrics::new(), readiness.clone(), std::future::pending()));
+        assert!(readyz(addr).await.starts_with("HTTP/1.1 200"));
+        readiness.task_down("kube_csrs");
+        readiness.task_down("kube_csrs");
+        let down = readyz(addr).await;
+        assert!(down.starts_with("HTTP/1.1 503"), "{down}");
+        assert!(down.ends_with("not ready: supervised task down: kube_csrs\n"), "{down}");
+        readiness.task_recovered("kube_csrs");
+        assert!(readyz(addr).await.starts_with("HTTP/1.1 503"), "one instance is still down");
+        readiness.task_recovered("kube_csrs");
+        assert!(readyz(addr).await.starts_with("HTTP/1.1 200"));
+        readiness.set(false);
+        assert!(readyz(addr).await.ends_with("not ready\n"));
+    }
+}
