@@ -14,6 +14,7 @@ pub mod mesh;
 pub mod names;
 pub mod pki;
 pub mod serve;
+pub mod supervise;
 pub mod telemetry;
 
 /// Generated from `proto/istio/v1/auth/ca.proto`.

@@ -449,3 +449,37 @@ async fn workload_identities_are_only_minted_for_listed_patterns() {
         message(&cr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_signing_panics_fails_alone_and_the_others_are_issued() {
+    fn poison(name: &str) {
+        if name == "apps/poison" {
+            panic!("signing apps/poison panicked (test hook)");
+        }
+    }
+    let world = IssuerWorld::start_poisoned(poison);
+    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    for name in ["poison", "beside"] {
+        world.request("apps", name, &dns_csr(&world, &format!("{name}.example.com")), cluster_ref("root"), json!({}));
+        world.decide("apps", name, true);
+    }
+    let cr = world.wait_ready_reason("apps", "poison", "Failed").await;
+    assert_eq!(reason(&cr, "InvalidRequest").as_deref(), Some("InternalError"));
+    assert!(message(&cr).contains(meshroot::controllers::panic_guard::INTERNAL_ERROR_MESSAGE), "{}", message(&cr));
+    assert!(!cr["status"].to_string().contains("test hook"), "no panic text in the status: {}", cr["status"]);
+    assert!(cr["status"]["failureTime"].is_string());
+    // The controller lives on: requests after the poison are issued.
+    for name in ["after-1", "after-2"] {
+        world.request("apps", name, &dns_csr(&world, &format!("{name}.example.com")), cluster_ref("root"), json!({}));
+        world.decide("apps", name, true);
+    }
+    for name in ["beside", "after-1", "after-2"] {
+        world.wait_ready_reason("apps", name, "Issued").await;
+    }
+    let panics = world
+        .metrics
+        .reconcile_panics
+        .get_or_create(&meshroot::telemetry::metrics::ControllerLabels { controller: "certificate_requests" })
+        .get();
+    assert!(panics >= 1, "the panic is counted");
+}

@@ -241,3 +241,70 @@ async fn bad_requests_fail_with_a_reason_and_missing_issuers_wait() {
     world.cluster_issuer("later", open_root());
     wait_signed(&world, "later").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_whose_signing_panics_fails_alone_and_the_others_are_signed() {
+    fn poison(name: &str) {
+        if name == "poison" {
+            panic!("signing poison panicked (test hook)");
+        }
+    }
+    let world = IssuerWorld::start_poisoned(poison);
+    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    let dir = world.dir.path();
+    let key = openssl::key(dir, "p256");
+    let csr = openssl::csr(dir, &key, "/", &["subjectAltName=DNS:a.example.com"], false);
+    let signer = "clusterissuers.meshroot.io/root";
+    for name in ["poison", "beside"] {
+        create_csr(&world, name, signer, &csr, json!({}), json!({}));
+        approve(&world, name, "Approved");
+    }
+    let failed = wait_failed(&world, "poison").await;
+    assert_eq!(failed["reason"], "InternalError");
+    assert_eq!(failed["message"], meshroot::controllers::panic_guard::INTERNAL_ERROR_MESSAGE);
+    assert!(!failed.to_string().contains("test hook"), "no panic text in the status: {failed}");
+    // The controller lives on: CSRs after (and beside) the poison are signed.
+    for name in ["after-1", "after-2"] {
+        create_csr(&world, name, signer, &csr, json!({}), json!({}));
+        approve(&world, name, "Approved");
+    }
+    for name in ["beside", "after-1", "after-2"] {
+        wait_signed(&world, name).await;
+    }
+    let panics = world
+        .metrics
+        .reconcile_panics
+        .get_or_create(&meshroot::telemetry::metrics::ControllerLabels { controller: "kube_csrs" })
+        .get();
+    assert!(panics >= 1, "the panic is counted");
+}
+
+/// Security issue 12: a duration whose end overflows the calendar once
+/// panicked in signing and stopped the signer for every later CSR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_requested_duration_ends_its_csr_and_the_signer_goes_on() {
+    let world = IssuerWorld::start();
+    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    let dir = world.dir.path();
+    let key = openssl::key(dir, "p256");
+    let csr = openssl::csr(dir, &key, "/", &["subjectAltName=DNS:a.example.com"], false);
+    let signer = "clusterissuers.meshroot.io/root";
+    create_csr(
+        &world,
+        "huge",
+        signer,
+        &csr,
+        json!({}),
+        json!({"experimental.cert-manager.io/request-duration": "8000y"}),
+    );
+    approve(&world, "huge", "Approved");
+    // Signed (shortened) or failed: either way finished, never retried forever.
+    wait_for(&world, "huge", "finished", |obj| {
+        let failed = obj["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Failed");
+        (failed || obj["status"]["certificate"].is_string()).then_some(())
+    })
+    .await;
+    create_csr(&world, "after", signer, &csr, json!({}), json!({}));
+    approve(&world, "after", "Approved");
+    wait_signed(&world, "after").await;
+}

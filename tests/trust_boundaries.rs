@@ -110,6 +110,7 @@ fn issuer_path_leaf(int: &Authority, identity: &str) -> (IssuedCertificate, Priv
         csr: &csr,
         is_ca: false,
         max_path_length: None,
+        name_constraints: None,
         usages: &usages,
         lifetime: Duration::hours(1),
     };

@@ -6,6 +6,7 @@
 
 use super::events::{EventSink, note};
 use super::issuer_cache::IssuerName;
+use super::panic_guard::PanicGuard;
 use super::signing::{Outcome, Signers};
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, RequestCondition};
 use crate::issuer::sign::SigningRequest;
@@ -175,6 +176,7 @@ struct Context {
     client: kube::Client,
     signers: Signers,
     events: EventSink,
+    guard: PanicGuard,
     /// Consecutive pending reconciles per request, for backoff.
     attempts: Mutex<HashMap<ObjectRef<CertificateRequest>, u32>>,
 }
@@ -201,7 +203,10 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
             reason: "UnknownIssuerKind",
             message: format!("issuerRef.kind {kind:?} is not a meshroot.io kind; use Issuer or ClusterIssuer"),
         },
-        Decision::Sign(name) => work(&cr, &name, &ctx.signers, OffsetDateTime::now_utc()),
+        Decision::Sign(name) => {
+            let object = format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any());
+            ctx.guard.sign(&object, || work(&cr, &name, &ctx.signers, OffsetDateTime::now_utc()))
+        }
     };
     let new = next_status(&cr, &outcome, OffsetDateTime::now_utc());
     if cr.status.as_ref() != Some(&new) {
@@ -326,8 +331,14 @@ async fn wait_for_certificate_requests(api: &Api<CertificateRequest>) -> bool {
     }
 }
 
-/// Runs the CertificateRequest controller until the task is aborted.
-pub fn spawn(client: kube::Client, signers: Signers, reporter: String) -> tokio::task::JoinHandle<()> {
+/// Runs the CertificateRequest controller until the task is aborted;
+/// signing each request runs under `guard`.
+pub fn spawn(
+    client: kube::Client,
+    signers: Signers,
+    reporter: String,
+    guard: PanicGuard,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let api: Api<CertificateRequest> = Api::all(client.clone());
         let mut config = watcher::Config::default();
@@ -346,6 +357,7 @@ pub fn spawn(client: kube::Client, signers: Signers, reporter: String) -> tokio:
             client: client.clone(),
             signers,
             events: EventSink::new(client.clone(), reporter),
+            guard,
             attempts: Mutex::new(HashMap::new()),
         });
         Controller::new(api, config)

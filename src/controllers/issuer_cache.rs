@@ -45,26 +45,33 @@ pub struct IssuerCache {
 impl IssuerCache {
     /// Starts watching both issuer kinds and the meshes.
     pub fn spawn(client: kube::Client) -> (Self, tokio::task::JoinHandle<()>) {
+        let (cache, feed) = Self::new(client);
+        (cache, tokio::spawn(feed.run()))
+    }
+
+    /// The cache, and the feed that fills it (to be run, and run again
+    /// after a failure, by a supervisor).
+    pub fn new(client: kube::Client) -> (Self, IssuerFeed) {
         let (issuers, issuers_w) = reflector::store::<Issuer>();
         let (cluster_issuers, cluster_w) = reflector::store::<ClusterIssuer>();
         let (meshes, meshes_w) = reflector::store::<Mesh>();
-        let mut changes = futures::stream::select_all([
+        let changes = futures::stream::select_all([
             kwatch::changes(issuers_w, Api::<Issuer>::all(client.clone()), watcher::Config::default()),
             kwatch::changes(cluster_w, Api::<ClusterIssuer>::all(client.clone()), watcher::Config::default()),
             kwatch::changes(meshes_w, Api::<Mesh>::all(client), watcher::Config::default()),
-        ]);
+        ])
+        .boxed();
         let (tx, rx) = watch::channel(0u64);
         let (synced_tx, synced) = watch::channel(false);
-        let (i, c, m) = (issuers.clone(), cluster_issuers.clone(), meshes.clone());
-        let task = tokio::spawn(async move {
-            while changes.next().await.is_some() {
-                if !*synced_tx.borrow() && kwatch::synced(&i) && kwatch::synced(&c) && kwatch::synced(&m) {
-                    synced_tx.send_replace(true);
-                }
-                tx.send_modify(|n| *n += 1);
-            }
-        });
-        (Self { issuers, cluster_issuers, meshes, changes: rx, synced }, task)
+        let feed = IssuerFeed {
+            changes: Arc::new(tokio::sync::Mutex::new(changes)),
+            tx,
+            synced_tx,
+            issuers: issuers.clone(),
+            cluster_issuers: cluster_issuers.clone(),
+            meshes: meshes.clone(),
+        };
+        (Self { issuers, cluster_issuers, meshes, changes: rx, synced }, feed)
     }
 
     /// The tenant boundary as every Mesh and meshroot's own Service draw it.
@@ -127,4 +134,37 @@ pub fn signer_changes(
             WatchStream::from_changes(registry.subscribe()).map(|_| ()),
         ),
     )
+}
+
+/// Drives an [`IssuerCache`]'s watches.
+#[derive(Clone)]
+pub struct IssuerFeed {
+    // The stores' writers live in this stream, so it is kept across runs:
+    // a tokio Mutex is not poisoned by a run that panicked holding it.
+    changes: Arc<tokio::sync::Mutex<futures::stream::BoxStream<'static, ()>>>,
+    tx: watch::Sender<u64>,
+    synced_tx: watch::Sender<bool>,
+    issuers: Store<Issuer>,
+    cluster_issuers: Store<ClusterIssuer>,
+    meshes: Store<Mesh>,
+}
+
+impl IssuerFeed {
+    /// Follows both issuer kinds and the meshes until dropped.
+    pub fn run(&self) -> impl Future<Output = ()> + Send + use<> {
+        let feed = self.clone();
+        async move {
+            let mut changes = feed.changes.lock().await;
+            while changes.next().await.is_some() {
+                if !*feed.synced_tx.borrow()
+                    && kwatch::synced(&feed.issuers)
+                    && kwatch::synced(&feed.cluster_issuers)
+                    && kwatch::synced(&feed.meshes)
+                {
+                    feed.synced_tx.send_replace(true);
+                }
+                feed.tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 
 use super::events::{EventSink, note};
 use super::issuer_cache::IssuerName;
+use super::panic_guard::PanicGuard;
 use super::signing::{Outcome, Signers};
 use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;
@@ -120,6 +121,7 @@ struct Context {
     client: kube::Client,
     signers: Signers,
     events: EventSink,
+    guard: PanicGuard,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,8 +174,8 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
         IssuerName::Namespaced { namespace, name } => may_reference(&ctx.client, &csr, namespace, name).await?,
         IssuerName::Cluster(_) => true,
     };
-    let outcome = work(&csr, &issuer_name, allowed, &ctx.signers, OffsetDateTime::now_utc());
     let name = csr.name_any();
+    let outcome = ctx.guard.sign(&name, || work(&csr, &issuer_name, allowed, &ctx.signers, OffsetDateTime::now_utc()));
     let reference = csr.object_ref(&());
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -242,13 +244,19 @@ fn error_policy(csr: Arc<CertificateSigningRequest>, error: &ReconcileError, _ct
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Runs the Kubernetes CSR signer until the task is aborted.
-pub fn spawn(client: kube::Client, signers: Signers, reporter: String) -> tokio::task::JoinHandle<()> {
+/// Runs the Kubernetes CSR signer until the task is aborted; signing each
+/// CSR runs under `guard`.
+pub fn spawn(
+    client: kube::Client,
+    signers: Signers,
+    reporter: String,
+    guard: PanicGuard,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         signers.issuers.wait_synced().await;
         let triggers = signers.changes();
-        let ctx =
-            Arc::new(Context { client: client.clone(), signers, events: EventSink::new(client.clone(), reporter) });
+        let events = EventSink::new(client.clone(), reporter);
+        let ctx = Arc::new(Context { client: client.clone(), signers, events, guard });
         // signerName is a selectable field of CSRs, but one selector cannot
         // name two prefixes, so the filtering happens here.
         Controller::new(Api::<CertificateSigningRequest>::all(client), watcher::Config::default())

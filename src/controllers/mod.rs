@@ -8,5 +8,6 @@ pub mod issuers;
 pub mod istiod_tls;
 pub mod kube_csrs;
 pub mod meshes;
+pub mod panic_guard;
 pub mod root_configmaps;
 pub mod signing;

@@ -90,11 +90,31 @@ impl std::fmt::Debug for PodNodeAuthorizer {
 }
 
 impl PodNodeAuthorizer {
+    /// An authorizer that answers `Unavailable` until [`Self::watch`] has synced.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { shared: Arc::default() })
+    }
+
     /// Starts the pod watch. The task ends when the returned handle is aborted.
     pub fn spawn(client: kube::Client) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
-        let shared: Arc<RwLock<Shared>> = Arc::default();
-        let writer = shared.clone();
-        let task = tokio::spawn(async move {
+        let authorizer = Self::new();
+        let task = tokio::spawn(authorizer.watch(client));
+        (authorizer, task)
+    }
+
+    /// Follows pods into this authorizer until dropped; may run again after
+    /// a failed run (each run relists).
+    pub fn watch(&self, client: kube::Client) -> impl Future<Output = ()> + Send + use<> {
+        let writer = self.shared.clone();
+        async move {
+            // A run that panicked while writing may have left the index half
+            // updated: answer `Unavailable` until this run has relisted.
+            if writer.is_poisoned() {
+                writer.clear_poison();
+                if let Ok(mut s) = writer.write() {
+                    s.synced = false;
+                }
+            }
             let mut pending = Index::default();
             let events = watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
             let mut events = std::pin::pin!(events);
@@ -130,8 +150,7 @@ impl PodNodeAuthorizer {
                     }
                 }
             }
-        });
-        (Arc::new(Self { shared }), task)
+        }
     }
 }
 

@@ -487,6 +487,7 @@ fn a_csr_asking_for_the_workload_marker_does_not_get_it_from_the_template_path()
             csr: &csr,
             is_ca,
             max_path_length: None,
+            name_constraints: None,
             usages: &usages,
             lifetime: Duration::hours(1),
         };

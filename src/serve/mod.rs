@@ -10,11 +10,13 @@ use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::tls::{ServerTls, ServingCertificate};
 use crate::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
+use crate::controllers::panic_guard::PanicGuard;
 use crate::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs, meshes, root_configmaps, signing};
 use crate::k8s::node_authz::PodNodeAuthorizer;
 use crate::k8s::root::{self, RootState};
 use crate::k8s::{leader, registry};
 use crate::mesh::MeshRegistry;
+use crate::supervise::{self, AbortOnDrop, Supervisor};
 use crate::telemetry::Metrics;
 use crate::telemetry::http::{self as ops, Readiness};
 use anyhow::Context;
@@ -104,22 +106,39 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
     let initial_root = load_root(&client, &opts).await;
     let (root_tx, root_rx) = watch::channel(initial_root.clone());
     let (bundle_tx, bundle_rx) = watch::channel(initial_root.bundle.clone());
-    let mut tasks = vec![root::spawn_watch(client.clone(), &opts.namespace, &opts.root_secret, root_tx)];
+    // Every long-running task is supervised: a panic is logged, counted,
+    // shown in /readyz and restarted, never a silently dead task.
+    let supervisor = Supervisor::new(metrics.clone(), readiness.clone());
+    let mut tasks = vec![{
+        let (client, namespace, name) = (client.clone(), opts.namespace.clone(), opts.root_secret.clone());
+        supervisor.spawn("root_watch", move || {
+            supervise::join(root::spawn_watch(client.clone(), &namespace, &name, root_tx.clone()))
+        })
+    }];
 
-    let (pods, pod_task) = PodNodeAuthorizer::spawn(client.clone());
-    tasks.push(pod_task);
+    let pods = PodNodeAuthorizer::new();
+    tasks.push({
+        let (pods, client) = (pods.clone(), client.clone());
+        supervisor.spawn("pod_authorizer", move || pods.watch(client.clone()))
+    });
     let node_authorizer: Arc<dyn NodeAuthorizer> = pods;
     let registry = Arc::new(MeshRegistry::default());
     let (synced_tx, mut synced_rx) = watch::channel(false);
-    tasks.push(registry::spawn(
-        client.clone(),
-        &opts.namespace,
-        registry.clone(),
-        bundle_rx,
-        node_authorizer,
-        registry::Problems::default(),
-        synced_tx,
-    ));
+    tasks.push({
+        let (client, namespace, registry) = (client.clone(), opts.namespace.clone(), registry.clone());
+        let problems = registry::Problems::default();
+        supervisor.spawn("registry", move || {
+            supervise::join(registry::spawn(
+                client.clone(),
+                &namespace,
+                registry.clone(),
+                bundle_rx.clone(),
+                node_authorizer.clone(),
+                problems.clone(),
+                synced_tx.clone(),
+            ))
+        })
+    });
 
     // The serving certificate; with an offline root this waits for a mesh.
     let names = serving::names(&opts.namespace, &opts.service_name, &opts.serving_names);
@@ -135,15 +154,22 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
     let serving_cert = ServingCertificate::new(first.chain.clone(), &first.key)?;
     let tls = ServerTls::new(serving_cert.clone(), Some(&initial_root.bundle))?;
     metrics.set_expiries(initial_root.bundle.earliest_expiry(), 0);
-    tasks.push(spawn_rotation(
-        root_rx.clone(),
-        bundle_tx,
-        registry.clone(),
-        tls.clone(),
-        names,
-        first,
-        metrics.clone(),
-    ));
+    tasks.push({
+        let (root, registry, tls, metrics) = (root_rx.clone(), registry.clone(), tls.clone(), metrics.clone());
+        // The current serving certificate outlives a failed run.
+        let current = Arc::new(tokio::sync::Mutex::new(first));
+        supervisor.spawn("rotation", move || {
+            rotation(
+                root.clone(),
+                bundle_tx.clone(),
+                registry.clone(),
+                tls.clone(),
+                names.clone(),
+                current.clone(),
+                metrics.clone(),
+            )
+        })
+    });
 
     let authenticators = AuthenticatorChain::new(vec![
         Arc::new(ClientCertificateAuthenticator::new(registry.clone())),
@@ -164,7 +190,21 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
 
     let election =
         leader::spawn(client.clone(), leader::LeaseConfig::new(&opts.namespace, &opts.lease_name, &opts.pod_name));
-    tasks.push(spawn_controllers(client.clone(), opts.clone(), election.is_leader.clone(), root_rx, registry.clone()));
+    tasks.push({
+        let (client, opts, is_leader) = (client.clone(), opts.clone(), election.is_leader.clone());
+        let (registry, metrics, children) = (registry.clone(), metrics.clone(), supervisor.clone());
+        supervisor.spawn("controllers", move || {
+            run_controllers(
+                client.clone(),
+                opts.clone(),
+                is_leader.clone(),
+                root_rx.clone(),
+                registry.clone(),
+                children.clone(),
+                metrics.clone(),
+            )
+        })
+    });
 
     let ready = readiness.clone();
     tasks.push(tokio::spawn(async move {
@@ -178,118 +218,158 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
 
 /// Re-issues the serving certificate when due or when the root changes, and
 /// keeps client-certificate roots and metrics in step with the bundle.
-fn spawn_rotation(
+async fn rotation(
     mut root: watch::Receiver<RootState>,
     bundle: watch::Sender<Arc<crate::pki::TrustBundle>>,
     registry: Arc<MeshRegistry>,
     tls: Arc<ServerTls>,
     names: Vec<String>,
-    mut current: serving::Serving,
+    current: Arc<tokio::sync::Mutex<serving::Serving>>,
     metrics: Arc<Metrics>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        loop {
-            let root_changed = tokio::select! {
-                r = root.changed() => { if r.is_err() { return } true }
-                _ = tick.tick() => false,
-            };
-            let state = root.borrow().clone();
-            if root_changed {
-                bundle.send_replace(state.bundle.clone());
-                if let Err(e) = tls.set_client_roots(Some(&state.bundle)) {
-                    tracing::error!(error = %e, "cannot use the new bundle for client certificates");
-                }
-            }
-            let chain_expiry = registry
-                .meshes()
-                .iter()
-                .filter_map(|m| m.signer.as_ref().ok().map(|c| c.authority().not_after().unix_timestamp()))
-                .min()
-                .unwrap_or(0);
-            metrics.set_expiries(state.bundle.earliest_expiry(), chain_expiry);
-            let issuer_changed = state.authority.as_ref().is_some_and(|a| a.serial_hex() != current.issuer_serial);
-            if !(current.due(OffsetDateTime::now_utc()) || issuer_changed) {
-                continue;
-            }
-            match serving::issue(&state, &registry, &names, OffsetDateTime::now_utc()) {
-                Ok(next) => match tls.serving().replace(next.chain.clone(), &next.key) {
-                    Ok(()) => {
-                        tracing::info!(not_after = %next.not_after, "rotated the serving certificate");
-                        current = next;
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot use the new serving certificate"),
-                },
-                Err(why) => tracing::warn!(reason = %why, "cannot rotate the serving certificate yet"),
+) {
+    let mut current = current.lock().await;
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        let root_changed = tokio::select! {
+            r = root.changed() => { if r.is_err() { return } true }
+            _ = tick.tick() => false,
+        };
+        let state = root.borrow().clone();
+        if root_changed {
+            bundle.send_replace(state.bundle.clone());
+            if let Err(e) = tls.set_client_roots(Some(&state.bundle)) {
+                tracing::error!(error = %e, "cannot use the new bundle for client certificates");
             }
         }
-    })
+        let chain_expiry = registry
+            .meshes()
+            .iter()
+            .filter_map(|m| m.signer.as_ref().ok().map(|c| c.authority().not_after().unix_timestamp()))
+            .min()
+            .unwrap_or(0);
+        metrics.set_expiries(state.bundle.earliest_expiry(), chain_expiry);
+        let issuer_changed = state.authority.as_ref().is_some_and(|a| a.serial_hex() != current.issuer_serial);
+        if !(current.due(OffsetDateTime::now_utc()) || issuer_changed) {
+            continue;
+        }
+        match serving::issue(&state, &registry, &names, OffsetDateTime::now_utc()) {
+            Ok(next) => match tls.serving().replace(next.chain.clone(), &next.key) {
+                Ok(()) => {
+                    tracing::info!(not_after = %next.not_after, "rotated the serving certificate");
+                    *current = next;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot use the new serving certificate"),
+            },
+            Err(why) => tracing::warn!(reason = %why, "cannot rotate the serving certificate yet"),
+        }
+    }
 }
 
-/// Runs the controllers while this replica leads, and stops them when it does not.
-fn spawn_controllers(
+/// Runs the controllers while this replica leads, and stops them when it
+/// does not; each controller is supervised on its own.
+async fn run_controllers(
     client: kube::Client,
     opts: ServeOptions,
     mut is_leader: watch::Receiver<bool>,
     root: watch::Receiver<RootState>,
     registry: Arc<MeshRegistry>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut running: Vec<JoinHandle<()>> = Vec::new();
-        loop {
-            let leading = *is_leader.borrow_and_update();
-            if leading && running.is_empty() {
-                tracing::info!("leading: starting controllers");
-                let coverage = root_configmaps::Coverage::default();
-                let (bundle_tx, bundle_rx) = watch::channel(root.borrow().bundle.clone());
-                let mut root_for_bundle = root.clone();
-                running.push(tokio::spawn(async move {
-                    while root_for_bundle.changed().await.is_ok() {
-                        let b = root_for_bundle.borrow().bundle.clone();
-                        bundle_tx.send_replace(b);
-                    }
-                }));
-                running.push(root_configmaps::spawn(client.clone(), bundle_rx, opts.resync, coverage.clone()));
-                running.push(meshes::spawn(
-                    client.clone(),
-                    opts.namespace.clone(),
-                    root.clone(),
-                    coverage,
-                    opts.resync,
-                ));
-                let (issuer_cache, issuer_task) = issuer_cache::IssuerCache::spawn(client.clone());
-                running.push(issuer_task);
-                let signers = signing::Signers {
-                    issuers: issuer_cache,
-                    root: root.clone(),
-                    registry: registry.clone(),
-                    own: Arc::new(crate::issuer::OwnService {
-                        namespace: opts.namespace.clone(),
-                        name: opts.service_name.clone(),
-                        extra_names: opts.serving_names.clone(),
-                    }),
-                };
-                running.push(issuers::spawn(client.clone(), signers.clone(), opts.resync));
-                if opts.cert_manager_issuer {
-                    running.push(certificate_requests::spawn(client.clone(), signers.clone(), opts.pod_name.clone()));
+    supervisor: Supervisor,
+    metrics: Arc<Metrics>,
+) {
+    // Dropped (so aborted) with this run, too, if it fails.
+    let mut running: Vec<AbortOnDrop> = Vec::new();
+    loop {
+        let leading = *is_leader.borrow_and_update();
+        if leading && running.is_empty() {
+            tracing::info!("leading: starting controllers");
+            running = start_controllers(&client, &opts, &root, &registry, &supervisor, &metrics);
+        } else if !leading && !running.is_empty() {
+            tracing::info!("not leading: stopping controllers");
+            running.clear();
+        }
+        if is_leader.changed().await.is_err() {
+            // The election stopped (shutdown): stop the controllers, then
+            // wait to be stopped rather than end as if failed.
+            running.clear();
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The leader's controllers, each supervised; dropping them stops them.
+fn start_controllers(
+    client: &kube::Client,
+    opts: &ServeOptions,
+    root: &watch::Receiver<RootState>,
+    registry: &Arc<MeshRegistry>,
+    supervisor: &Supervisor,
+    metrics: &Arc<Metrics>,
+) -> Vec<AbortOnDrop> {
+    let mut running = Vec::new();
+    let coverage = root_configmaps::Coverage::default();
+    let (bundle_tx, bundle_rx) = watch::channel(root.borrow().bundle.clone());
+    let root_for_bundle = root.clone();
+    running.push(supervisor.spawn("root_bundle", move || {
+        let (mut root, bundle) = (root_for_bundle.clone(), bundle_tx.clone());
+        async move {
+            // A restarted run may have missed a change: send the current bundle first.
+            loop {
+                bundle.send_replace(root.borrow_and_update().bundle.clone());
+                if root.changed().await.is_err() {
+                    // The replica is stopping; wait to be stopped too.
+                    std::future::pending::<()>().await;
                 }
-                if opts.kubernetes_csr_signer {
-                    running.push(kube_csrs::spawn(client.clone(), signers, opts.pod_name.clone()));
-                }
-            } else if !leading && !running.is_empty() {
-                tracing::info!("not leading: stopping controllers");
-                for t in running.drain(..) {
-                    t.abort();
-                }
-            }
-            if is_leader.changed().await.is_err() {
-                for t in running.drain(..) {
-                    t.abort();
-                }
-                return;
             }
         }
-    })
+    }));
+    running.push({
+        let (client, resync, coverage) = (client.clone(), opts.resync, coverage.clone());
+        supervisor.spawn("root_configmaps", move || {
+            supervise::join(root_configmaps::spawn(client.clone(), bundle_rx.clone(), resync, coverage.clone()))
+        })
+    });
+    running.push({
+        let (client, namespace, root, resync) = (client.clone(), opts.namespace.clone(), root.clone(), opts.resync);
+        supervisor.spawn("meshes", move || {
+            supervise::join(meshes::spawn(client.clone(), namespace.clone(), root.clone(), coverage.clone(), resync))
+        })
+    });
+    let (issuer_cache, feed) = issuer_cache::IssuerCache::new(client.clone());
+    running.push(supervisor.spawn("issuer_cache", move || feed.run()));
+    let signers = signing::Signers {
+        issuers: issuer_cache,
+        root: root.clone(),
+        registry: registry.clone(),
+        own: Arc::new(crate::issuer::OwnService {
+            namespace: opts.namespace.clone(),
+            name: opts.service_name.clone(),
+            extra_names: opts.serving_names.clone(),
+        }),
+    };
+    running.push({
+        let (client, signers, resync) = (client.clone(), signers.clone(), opts.resync);
+        supervisor.spawn("issuers", move || supervise::join(issuers::spawn(client.clone(), signers.clone(), resync)))
+    });
+    if opts.cert_manager_issuer {
+        let (client, signers, reporter) = (client.clone(), signers.clone(), opts.pod_name.clone());
+        let guard = PanicGuard::new("certificate_requests", metrics.clone());
+        running.push(supervisor.spawn("certificate_requests", move || {
+            supervise::join(certificate_requests::spawn(
+                client.clone(),
+                signers.clone(),
+                reporter.clone(),
+                guard.clone(),
+            ))
+        }));
+    }
+    if opts.kubernetes_csr_signer {
+        let (client, reporter) = (client.clone(), opts.pod_name.clone());
+        let guard = PanicGuard::new("kube_csrs", metrics.clone());
+        running.push(supervisor.spawn("kube_csrs", move || {
+            supervise::join(kube_csrs::spawn(client.clone(), signers.clone(), reporter.clone(), guard.clone()))
+        }));
+    }
+    running.into_iter().map(AbortOnDrop).collect()
 }
 
 impl Server {

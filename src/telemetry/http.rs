@@ -7,14 +7,19 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::net::TcpListener;
 
-/// Whether this replica should receive traffic.
+/// Whether this replica should receive traffic: it has started (and is not
+/// draining) and no supervised task is down.
 #[derive(Debug, Default)]
 pub struct Readiness {
     ready: AtomicBool,
+    /// Supervised tasks waiting to be restarted, with how many instances of
+    /// each are down (a name can briefly run twice across a leadership change).
+    down: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Readiness {
@@ -25,7 +30,41 @@ impl Readiness {
         self.ready.store(ready, Ordering::SeqCst);
     }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.down_tasks().is_empty()
+    }
+
+    /// Marks one instance of `task` as down (failed, waiting to restart).
+    pub fn task_down(&self, task: &str) {
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = down.entry(task.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    /// Undoes one [`Readiness::task_down`] for `task`.
+    pub fn task_recovered(&self, task: &str) {
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = down.get_mut(task) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                down.remove(task);
+            }
+        }
+    }
+
+    /// The supervised tasks that are down, by name.
+    pub fn down_tasks(&self) -> Vec<String> {
+        self.down.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
+    }
+
+    /// Whether ready, and the `/readyz` body saying why not (naming any
+    /// task that is down), from one look at the state.
+    pub fn report(&self) -> (bool, String) {
+        let down = self.down_tasks();
+        match (self.ready.load(Ordering::SeqCst), down.is_empty()) {
+            (true, true) => (true, "ready\n".into()),
+            (_, false) => (false, format!("not ready: supervised task down: {}\n", down.join(", "))),
+            (false, true) => (false, "not ready\n".into()),
+        }
     }
 }
 
@@ -49,7 +88,8 @@ async fn metrics_handler(State(s): State<OpsState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(s): State<OpsState>) -> impl IntoResponse {
-    if s.readiness.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+    let (ready, body) = s.readiness.report();
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
 }
 
 /// Serves the operations port until `shutdown` resolves.
@@ -60,4 +100,39 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(metrics, readiness)).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn readyz(addr: std::net::SocketAddr) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn readyz_is_down_and_names_the_task_while_a_supervised_task_is_down() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let readiness = Readiness::new();
+        readiness.set(true);
+        tokio::spawn(serve(listener, Metrics::new(), readiness.clone(), std::future::pending()));
+        assert!(readyz(addr).await.starts_with("HTTP/1.1 200"));
+        readiness.task_down("kube_csrs");
+        readiness.task_down("kube_csrs");
+        let down = readyz(addr).await;
+        assert!(down.starts_with("HTTP/1.1 503"), "{down}");
+        assert!(down.ends_with("not ready: supervised task down: kube_csrs\n"), "{down}");
+        readiness.task_recovered("kube_csrs");
+        assert!(readyz(addr).await.starts_with("HTTP/1.1 503"), "one instance is still down");
+        readiness.task_recovered("kube_csrs");
+        assert!(readyz(addr).await.starts_with("HTTP/1.1 200"));
+        readiness.set(false);
+        assert!(readyz(addr).await.ends_with("not ready\n"));
+    }
 }

@@ -48,6 +48,17 @@ pub struct OutcomeLabels {
     pub code: &'static str,
 }
 
+/// A supervised task, by name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
 /// Every metric meshroot exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -63,6 +74,13 @@ pub struct Metrics {
     cert_chain_expiry_timestamp: Gauge,
     cert_chain_expiry_seconds: Gauge,
     pub request_duration: Family<OutcomeLabels, Histogram>,
+    /// Failures (panic or return) of a supervised task, each followed by a restart.
+    pub task_restarts: Family<TaskLabels, Counter>,
+    /// Running instances of a supervised task: 1 while it runs, 0 while it
+    /// waits to be restarted or is stopped (a follower's controllers).
+    pub task_up: Family<TaskLabels, Gauge>,
+    /// Objects whose signing panicked (each failed alone).
+    pub reconcile_panics: Family<ControllerLabels, Counter>,
     root_expiry: AtomicI64,
     chain_expiry: AtomicI64,
 }
@@ -87,6 +105,9 @@ impl Metrics {
             cert_chain_expiry_timestamp: Gauge::default(),
             cert_chain_expiry_seconds: Gauge::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
+            task_restarts: Family::default(),
+            task_up: Family::default(),
+            reconcile_panics: Family::default(),
             root_expiry: AtomicI64::new(0),
             chain_expiry: AtomicI64::new(0),
         };
@@ -143,6 +164,18 @@ impl Metrics {
             "CreateCertificate latency, by gRPC status code",
             m.request_duration.clone(),
         );
+        // Counters get `_total` appended when encoded.
+        r.register(
+            "meshroot_task_restarts",
+            "Failures (panic or unexpected return) of a supervised task, each followed by a restart",
+            m.task_restarts.clone(),
+        );
+        r.register("meshroot_task_up", "Whether a supervised task is running (1) or not (0)", m.task_up.clone());
+        r.register(
+            "meshroot_reconcile_panics",
+            "Objects whose signing panicked and that were failed alone, by controller",
+            m.reconcile_panics.clone(),
+        );
         Arc::new(m)
     }
 
@@ -188,6 +221,13 @@ mod tests {
         assert!(text.lines().any(|l| l == "citadel_server_cert_chain_expiry_timestamp 1500"), "{text}");
         assert!(text.contains("meshroot_create_certificate_duration_seconds_count{code=\"OK\"} 1"), "{text}");
         assert!(!text.contains("citadel_server_csr_count_total"));
+        m.task_restarts.get_or_create(&TaskLabels { task: "kube_csrs" }).inc();
+        m.reconcile_panics.get_or_create(&ControllerLabels { controller: "kube_csrs" }).inc();
+        m.task_up.get_or_create(&TaskLabels { task: "kube_csrs" }).set(1);
+        let text = m.render(1_000);
+        assert!(text.lines().any(|l| l == "meshroot_task_restarts_total{task=\"kube_csrs\"} 1"), "{text}");
+        assert!(text.lines().any(|l| l == "meshroot_reconcile_panics_total{controller=\"kube_csrs\"} 1"), "{text}");
+        assert!(text.lines().any(|l| l == "meshroot_task_up{task=\"kube_csrs\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

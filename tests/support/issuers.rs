@@ -5,11 +5,13 @@
 use super::fake_api::FakeApi;
 use base64::Engine as _;
 use meshroot::ca::node::TrustedAccountOnly;
+use meshroot::controllers::panic_guard::PanicGuard;
 use meshroot::controllers::signing::Signers;
 use meshroot::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs};
 use meshroot::k8s::root::RootState;
 use meshroot::mesh::{Mesh, MeshRegistry, NamespaceScope};
 use meshroot::pki::{Authority, CaSpec, SigningChain, TrustBundle};
+use meshroot::telemetry::Metrics;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,7 @@ pub struct IssuerWorld {
     pub bundle: Arc<TrustBundle>,
     pub registry: Arc<MeshRegistry>,
     pub root_tx: watch::Sender<RootState>,
+    pub metrics: Arc<Metrics>,
     pub dir: tempfile::TempDir,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -44,6 +47,16 @@ impl IssuerWorld {
     }
 
     pub fn start_with(fake: FakeApi) -> Self {
+        Self::start_hooked(fake, None)
+    }
+
+    /// As [`Self::start`], with `hook` called with each request's name
+    /// (`namespace/name`, or the CSR's name) inside the signing panic guard.
+    pub fn start_poisoned(hook: fn(&str)) -> Self {
+        Self::start_hooked(FakeApi::new(), Some(hook))
+    }
+
+    fn start_hooked(fake: FakeApi, hook: Option<fn(&str)>) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "meshroot=info,kube=warn".into()))
@@ -65,13 +78,21 @@ impl IssuerWorld {
             extra_names: Vec::new(),
         };
         let signers = Signers { issuers: cache, root: root_rx, registry: registry.clone(), own: Arc::new(own) };
+        let metrics = Metrics::new();
+        let guard = |controller| {
+            let guard = PanicGuard::new(controller, metrics.clone());
+            match hook {
+                Some(hook) => guard.with_hook(hook),
+                None => guard,
+            }
+        };
         let tasks = vec![
             cache_task,
             issuers::spawn(client.clone(), signers.clone(), Duration::from_secs(3600)),
-            certificate_requests::spawn(client.clone(), signers.clone(), "test".into()),
-            kube_csrs::spawn(client, signers, "test".into()),
+            certificate_requests::spawn(client.clone(), signers.clone(), "test".into(), guard("certificate_requests")),
+            kube_csrs::spawn(client, signers, "test".into(), guard("kube_csrs")),
         ];
-        Self { fake, root, bundle, registry, root_tx, dir: tempfile::tempdir().unwrap(), tasks }
+        Self { fake, root, bundle, registry, root_tx, metrics, dir: tempfile::tempdir().unwrap(), tasks }
     }
 
     pub fn root_pem(&self) -> String {
