@@ -458,7 +458,7 @@ async fn a_request_whose_signing_panics_fails_alone_and_the_others_are_issued() 
         }
     }
     let world = IssuerWorld::start_poisoned(poison);
-    world.cluster_issuer("root", json!({"signer": {"root": true}}));
+    world.cluster_issuer("root", open_root());
     for name in ["poison", "beside"] {
         world.request("apps", name, &dns_csr(&world, &format!("{name}.example.com")), cluster_ref("root"), json!({}));
         world.decide("apps", name, true);

@@ -80,6 +80,7 @@ fn the_deployment_runs_hardened_with_arguments_the_binary_accepts() {
         assert_eq!(setting("generate root"), "true");
         assert_eq!(setting("identity rate limit"), "50/s (burst 1000)");
         assert_eq!(setting("node rate limit"), "100/s (burst 1000)");
+        assert_eq!(setting("peer rate limit"), "200/s (burst 2000)");
 
         // Ports and probes agree with the flags.
         let port = |name: &str| {
@@ -298,6 +299,7 @@ fn invalid_values_are_refused_at_install_time_with_the_field_named() {
         (&["--set", "logFormat=xml"], "/logFormat"),
         (&["--set", "rateLimits.identity=fast"], "/rateLimits/identity"),
         (&["--set", "rateLimits.node=-5/s"], "/rateLimits/node"),
+        (&["--set", "rateLimits.peer=lots"], "/rateLimits/peer"),
         (&["--set", "meshes[0].name=m", "--set", "meshes[0].istiod.namespace=istio-system"], "trustDomain"),
         (
             &[
