@@ -329,3 +329,49 @@ async fn an_absurd_csr_duration_fails_that_csr_alone() {
     })
     .await;
 }
+
+/// The issuer path's hostile-input matrix: each request fails alone with a
+/// short, printable reason, and the issuer keeps signing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_certificate_requests_fail_cleanly() {
+    let world = world(&[]);
+    world.cluster_issuer(
+        "web",
+        json!({"signer": {"root": true}, "allowedNamespaces": ["apps"], "policy": {
+            "allowedDNSNames": ["*.example.com"], "allowedCommonNames": ["*"]}}),
+    );
+    let dns = ["subjectAltName=DNS:a.example.com"];
+    let good = csr(&world, "/", &dns);
+    let many: String = (0..2000).map(|i| format!("DNS:h{i}.evil.org")).collect::<Vec<_>>().join(",");
+    // openssl refuses attributes over 64 characters; rcgen writes what it is given.
+    let long_ou = {
+        let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example.com".to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "x\n".repeat(4000));
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    let cases: Vec<(&str, String, Value, &str)> = vec![
+        ("years-8000", good.clone(), json!({"duration": "8000y"}), "InvalidDuration"),
+        ("negative", good.clone(), json!({"duration": "-1h"}), "InvalidDuration"),
+        ("overflow", good.clone(), json!({"duration": "99999999999999999999h"}), "InvalidDuration"),
+        ("exponent", good.clone(), json!({"duration": "1e3h"}), "InvalidDuration"),
+        ("2000-names", csr(&world, "/", &[&format!("subjectAltName={many}")]), json!({}), "PolicyViolation"),
+        ("long-ou", long_ou, json!({}), "PolicyViolation"),
+        ("unknown-usage", good.clone(), json!({"usages": ["flying\u{0}"]}), "InvalidRequest"),
+        ("pem-garbage", "-----BEGIN CERTIFICATE REQUEST-----\n\u{1b}[31m\n".into(), json!({}), "InvalidRequest"),
+    ];
+    for (name, c, spec, _) in &cases {
+        world.request("apps", name, c, cluster_ref("web"), spec.clone());
+        world.decide("apps", name, true);
+    }
+    for (name, _, _, reason) in &cases {
+        let cr = world.wait_ready_reason("apps", name, "Failed").await;
+        assert_eq!(invalid_reason(&cr), *reason, "{name}: {}", message(&cr));
+        let m = message(&cr);
+        assert!(m.len() <= 4096, "{name}: a {} byte message", m.len());
+        assert!(!m.chars().any(char::is_control), "{name}: {m:?}");
+    }
+    world.request("apps", "after", &good, cluster_ref("web"), json!({}));
+    world.decide("apps", "after", true);
+    world.wait_ready_reason("apps", "after", "Issued").await;
+}
