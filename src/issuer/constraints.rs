@@ -23,8 +23,17 @@ pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, String> {
 
     let dns: Vec<String> = policy.dns_names.iter().map(|p| domain_of_pattern(p)).collect();
     for (pattern, domain) in policy.dns_names.iter().zip(&dns) {
+        // The constraint may itself be a protected name (any istiod revision).
+        if let Some(why) = tenancy.protected_dns(domain)
+            && !policy.dns_names.iter().any(|n| n == domain)
+        {
+            violations.push(format!(
+                "a CA constrained to DNS pattern {pattern:?} could sign {domain} ({why}), which only a literal \
+                 policy.allowedDNSNames entry grants"
+            ));
+        }
         for (name, owner) in tenancy.protected_dns_names() {
-            if covers(domain, &name) && !policy.dns_names.contains(&name) {
+            if covers(domain, &name) && *domain != name && !policy.dns_names.contains(&name) {
                 violations.push(format!(
                     "a CA constrained to DNS pattern {pattern:?} could sign {name} ({owner}), which only a literal \
                      policy.allowedDNSNames entry grants"
@@ -192,6 +201,8 @@ mod tests {
     #[test]
     fn a_ca_that_could_sign_protected_names_is_refused() {
         let t = tenancy();
+        let e = for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.istiod-next.istio-system.svc']"), &t).unwrap_err();
+        assert!(e.contains("could sign istiod-next.istio-system.svc"), "{e}");
         let e = for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.svc']"), &t).unwrap_err();
         // `svc` would admit istiod.istio-system.svc and meshroot.meshroot.svc.
         assert!(e.contains("could sign istiod.istio-system.svc"), "{e}");

@@ -27,12 +27,18 @@ impl std::fmt::Display for Protection {
     }
 }
 
-/// A Service whose names `<service>.<namespace>[.<anything>]` are protected.
+/// istiod's Service, and the prefix of its revisions' (`istiod-<rev>`).
+const ISTIOD_SERVICE: &str = "istiod";
+
+/// A Service whose names `<service>.<namespace>[.<anything>]` are protected
+/// (for istiod, `istiod-<rev>` too).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ProtectedService {
     service: String,
     namespace: String,
     owner: String,
+    /// Revisions the Mesh lists (istiod only), for enumerating names.
+    revisions: Vec<String>,
 }
 
 /// What the cluster's meshes and meshroot itself make off limits to
@@ -48,6 +54,14 @@ pub struct Tenancy {
     hosts: BTreeMap<String, String>,
 }
 
+impl ProtectedService {
+    fn matches(&self, service: &str) -> bool {
+        service == self.service
+            || (self.service == ISTIOD_SERVICE
+                && service.strip_prefix(ISTIOD_SERVICE).is_some_and(|rest| rest.starts_with('-')))
+    }
+}
+
 impl Tenancy {
     /// From every Mesh (name, spec) and meshroot's own Service.
     pub fn new<'a>(meshes: impl IntoIterator<Item = (&'a str, &'a MeshSpec)>, own: &OwnService) -> Self {
@@ -55,16 +69,15 @@ impl Tenancy {
         for (name, spec) in meshes {
             t.grants.insert(name.to_string(), spec.issuer_namespaces.iter().cloned().collect());
             t.trust_domains.entry(spec.trust_domain.to_ascii_lowercase()).or_default().push(name.to_string());
+            // Every `istiod` and `istiod-<anything>` Service there: a revision
+            // not yet listed in the Mesh is protected before it is deployed.
             let owner = format!("istiod of mesh {name}");
-            let ns = spec.istiod.namespace.to_ascii_lowercase();
-            let revisions = spec.istiod.revisions.iter().filter(|r| !r.is_empty() && *r != "default");
-            for service in std::iter::once("istiod".to_string()).chain(revisions.map(|r| format!("istiod-{r}"))) {
-                t.services.insert(ProtectedService {
-                    service: service.to_ascii_lowercase(),
-                    namespace: ns.clone(),
-                    owner: owner.clone(),
-                });
-            }
+            t.services.insert(ProtectedService {
+                service: ISTIOD_SERVICE.into(),
+                namespace: spec.istiod.namespace.to_ascii_lowercase(),
+                owner: owner.clone(),
+                revisions: spec.istiod.revisions.iter().map(|r| r.to_ascii_lowercase()).collect(),
+            });
             for host in &spec.istiod.custom_hosts {
                 t.hosts.insert(host.to_ascii_lowercase(), owner.clone());
             }
@@ -74,6 +87,7 @@ impl Tenancy {
                 service: own.name.to_ascii_lowercase(),
                 namespace: own.namespace.to_ascii_lowercase(),
                 owner: "meshroot's own Service".into(),
+                revisions: Vec::new(),
             });
         }
         for host in &own.extra_names {
@@ -108,8 +122,8 @@ impl Tenancy {
         let (service, namespace) = (labels.next().unwrap_or_default(), labels.next().unwrap_or_default());
         self.services
             .iter()
-            .find(|s| s.service == service && s.namespace == namespace)
-            .map(|s| Protection(format!("it is a name of {} (Service {}.{})", s.owner, s.service, s.namespace)))
+            .find(|s| s.matches(service) && s.namespace == namespace)
+            .map(|s| Protection(format!("it is a name of {} (Service {service}.{namespace})", s.owner)))
     }
 
     /// Why the URI `uri` is protected, if it is: every SPIFFE ID of a mesh's
@@ -131,8 +145,12 @@ impl Tenancy {
     pub fn protected_dns_names(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for s in &self.services {
-            for suffix in ["", ".svc", ".svc.cluster.local"] {
-                out.push((format!("{}.{}{suffix}", s.service, s.namespace), s.owner.clone()));
+            let mut services = vec![s.service.clone()];
+            services.extend(s.revisions.iter().map(|r| format!("{ISTIOD_SERVICE}-{r}")));
+            for service in services {
+                for suffix in ["", ".svc", ".svc.cluster.local"] {
+                    out.push((format!("{service}.{}{suffix}", s.namespace), s.owner.clone()));
+                }
             }
         }
         out.extend(self.hosts.iter().map(|(h, o)| (h.clone(), o.clone())));
@@ -209,7 +227,18 @@ mod tests {
         ] {
             assert!(t.protected_dns(name).is_some(), "{name} should be protected");
         }
-        for name in ["web.istio-system.svc", "istiod.team-a.svc", "istiod", "example.com", "*.team-a.svc"] {
+        // Any istiod revision in an istiod namespace, listed or not yet.
+        for name in ["istiod-next.istio-system.svc", "istiod-canary.openshift-ingress"] {
+            assert!(t.protected_dns(name).is_some(), "{name} should be protected");
+        }
+        for name in [
+            "web.istio-system.svc",
+            "istiod.team-a.svc",
+            "istiod",
+            "example.com",
+            "*.team-a.svc",
+            "istiodx.istio-system.svc",
+        ] {
             assert_eq!(t.protected_dns(name), None, "{name}");
         }
         let why = t.protected_dns("istiod.istio-system.svc").unwrap().to_string();
