@@ -79,10 +79,10 @@ fn cases() -> Vec<Case> {
         Case {
             subject: "/CN=spiffe-cn",
             cn: Some("spiffe-cn"),
-            uris: &["spiffe://cluster.local/ns/sandbox/sa/foo"],
+            uris: &["spiffe://cluster.local/ns/apps/sa/foo"],
             ..case("cn-uri", "rsa2048")
         },
-        Case { uris: &["spiffe://cluster.local/ns/sandbox/sa/bar"], ..case("uri-only", "p256") },
+        Case { uris: &["spiffe://cluster.local/ns/apps/sa/bar"], ..case("uri-only", "p256") },
         Case {
             subject: "/CN=one.example.com",
             cn: Some("one.example.com"),
@@ -223,7 +223,7 @@ fn check_case(world: &IssuerWorld, c: &Case, csr_pem: &str, cr: &Value, by_mesh:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_conformance_case_is_issued_correctly_for_issuer_and_cluster_issuer() {
     let world = IssuerWorld::start();
-    // The mesh's trust domain makes the sandbox SPIFFE IDs protected: they
+    // The mesh's trust domain makes the apps SPIFFE IDs protected: they
     // are granted literally. The namespaced Issuer signs with the mesh's
     // intermediate, which grants it to `apps`; only the ClusterIssuer may
     // sign with the root and issue CAs.
@@ -233,7 +233,7 @@ async fn every_conformance_case_is_issued_correctly_for_issuer_and_cluster_issue
         "allowedCommonNames": ["*"],
         "allowedIPRanges": ["10.0.0.0/8", "fd00::/8", "192.0.2.0/24"],
         "allowedEmails": ["*@example.com"],
-        "allowedURIs": ["spiffe://cluster.local/ns/sandbox/sa/foo", "spiffe://cluster.local/ns/sandbox/sa/bar"],
+        "allowedURIs": ["spiffe://cluster.local/ns/apps/sa/foo", "spiffe://cluster.local/ns/apps/sa/bar"],
         "allowedSubjectAttributes": {"O": ["*"], "OU": ["*"]},
         "allowedUsages": ["digital signature", "key encipherment", "data encipherment", "server auth", "client auth"],
     });

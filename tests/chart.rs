@@ -220,10 +220,10 @@ fn rbac_grants_exactly_what_meshroot_uses_and_nothing_broader() {
         assert_eq!(subjects, &json!([{"kind": "ServiceAccount", "name": "mr-meshroot", "namespace": NAMESPACE}]));
     }
 
-    // cert-manager's approver may approve the chart's issuers that have a policy, and only those.
+    // cert-manager's approver may approve the chart's ClusterIssuers that have a
+    // policy, and only those: never the namespaced gateways Issuer.
     let approve = find(&docs, "ClusterRole", "mr-meshroot-cert-manager-approve");
-    let approved: &[&str] =
-        &["clusterissuers.meshroot.io/ingress-certs", "issuers.meshroot.io/openshift-ingress.gateways"];
+    let approved: &[&str] = &["clusterissuers.meshroot.io/ingress-certs"];
     assert_eq!(grants(approve), expect(&[("cert-manager.io", "signers", &["approve"], approved)]));
     let binding = find(&docs, "ClusterRoleBinding", "mr-meshroot-cert-manager-approve");
     assert_eq!(

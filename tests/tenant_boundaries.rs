@@ -107,7 +107,8 @@ async fn issued_cas_are_name_constrained_to_the_issuers_policy() {
     let leaf_key = openssl::key(dir, "p256");
     let ok = openssl::sign_leaf(dir, &ca_pem, &ca_key_pem, &leaf_key, "DNS:web.apps.example.com");
     openssl::verify(dir, &world.root_pem(), &ca_pem, &ok).unwrap();
-    for san in ["DNS:istiod.istio-system.svc", "DNS:meshroot.meshroot.svc", &format!("URI:{ISTIOD_ID}")] {
+    let any_ip = "IP:10.96.0.10";
+    for san in ["DNS:istiod.istio-system.svc", "DNS:meshroot.meshroot.svc", &format!("URI:{ISTIOD_ID}"), any_ip] {
         let evil = openssl::sign_leaf(dir, &ca_pem, &ca_key_pem, &leaf_key, san);
         let e = openssl::verify(dir, &world.root_pem(), &ca_pem, &evil).unwrap_err();
         assert!(e.contains("subtree") || e.contains("name constraint"), "{san}: {e}");
@@ -121,7 +122,7 @@ async fn issued_cas_are_name_constrained_to_the_issuers_policy() {
     );
     let cr = refused(&world, "apps", "svc-ca", &ca_csr, cluster_ref("svc-ca"), json!({"isCA": true})).await;
     assert_eq!(invalid_reason(&cr), "PolicyViolation");
-    assert!(message(&cr).contains("could sign istiod.istio-system.svc"), "{}", message(&cr));
+    assert!(message(&cr).contains("in-cluster Service names"), "{}", message(&cr));
 }
 
 /// Item 3: a namespaced Issuer could sign with the root or any mesh's intermediate.
@@ -156,13 +157,30 @@ async fn a_namespaced_issuer_signs_only_with_what_its_namespace_is_granted() {
     world.issuer("team-a", "ca", json!({"signer": {"mesh": "default"}, "policy": {"allowCA": true}}));
     let issuer = world.wait_issuer_ready("team-a", "ca", "False").await;
     assert!(condition(&issuer, "Ready").unwrap()["message"].as_str().unwrap().contains("only a ClusterIssuer may"));
-    // And its ordinary Issuer works.
+    // And its ordinary Issuer works, but only for its own namespace, whatever
+    // its policy lists "literally": its author is the tenant.
     world.issuer(
         "team-a",
         "web",
-        json!({"signer": {"mesh": "default"}, "policy": {"allowedDNSNames": ["*.team-a.svc"]}}),
+        json!({"signer": {"mesh": "default"}, "policy": {
+            "allowedDNSNames": ["*.team-a.svc", "istiod.istio-system.svc", "meshroot.meshroot.svc", "reviews.bookinfo.svc"],
+            "allowedURIs": ["spiffe://cluster.local", ISTIOD_ID, "spiffe://cluster.local/ns/team-a/sa/web"]}}),
     );
     world.wait_issuer_ready("team-a", "web", "True").await;
+    for (name, san, why) in [
+        ("istiod-id", format!("URI:{ISTIOD_ID}"), "never grants identities of another namespace"),
+        ("istiod-dns", "DNS:istiod.istio-system.svc".into(), "a namespaced Issuer never grants it"),
+        ("meshroot-dns", "DNS:meshroot.meshroot.svc".into(), "a namespaced Issuer never grants it"),
+        ("other-service", "DNS:reviews.bookinfo.svc".into(), "Service name of namespace \"bookinfo\""),
+    ] {
+        let c = csr(&world, "/", &[&format!("subjectAltName={san}")]);
+        let cr = refused(&world, "team-a", name, &c, issuer_ref("web"), json!({})).await;
+        assert!(message(&cr).contains(why), "{name}: {}", message(&cr));
+    }
+    let own = csr(&world, "/", &["subjectAltName=DNS:web.team-a.svc,URI:spiffe://cluster.local/ns/team-a/sa/web"]);
+    world.request("team-a", "own", &own, issuer_ref("web"), json!({}));
+    world.decide("team-a", "own", true);
+    world.wait_ready_reason("team-a", "own", "Issued").await;
 }
 
 /// Items 3 and 4: protected identities need a literal grant; a glob never
@@ -173,7 +191,7 @@ async fn protected_identities_need_a_literal_grant() {
     world.cluster_issuer(
         "open",
         json!({"signer": {"mesh": "default"}, "allowedNamespaces": ["apps"], "policy": {
-            "allowedDNSNames": ["**.svc", "*.*.svc.cluster.local"], "allowedURIs": ["spiffe://cluster.local/**"]}}),
+            "allowedDNSNames": ["**.svc", "**.svc.cluster.local"], "allowedURIs": ["spiffe://cluster.local/**"]}}),
     );
     for (name, san, protected) in [
         ("istiod-id", format!("URI:{ISTIOD_ID}"), ISTIOD_ID),

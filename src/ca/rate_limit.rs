@@ -1,7 +1,9 @@
 //! Rate limits on CreateCertificate: token buckets keyed by the peer's IP
 //! address (checked before any authentication), by the identity being
-//! certified and by the caller's node. A looping or compromised workload
-//! cannot flood the CA, the audit log or its node's neighbours, and an
+//! certified and by the caller's node (in that order, so one identity over
+//! its limit spends none of its node's tokens). A looping workload cannot
+//! flood the CA or the audit log; it shares its node's budget with its
+//! neighbours only up to its own identity's rate; and an
 //! unauthenticated peer cannot make the CA send TokenReviews without bound;
 //! a refused request gets `ResourceExhausted`, which pilot-agent and ztunnel
 //! retry with backoff, plus a retry hint.

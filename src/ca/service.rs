@@ -71,13 +71,15 @@ impl CertificateService {
             AuthError::Unavailable(m) => Failure::Unavailable(m),
         })?;
         record.caller = Some(caller.account());
-        self.limiter.check_node(caller.node.as_deref()).map_err(Failure::RateLimited)?;
 
         let body = request.into_inner();
         let (identity, mesh) = self.identity_for(&caller, body.metadata.as_ref(), record).await?;
         let identity_uri = identity.to_string();
         record.identity = Some(identity_uri.clone());
+        // The identity's bucket first: requests one identity is refused never
+        // spend the tokens its node's other workloads share.
         self.limiter.check_identity(&identity_uri).map_err(Failure::RateLimited)?;
+        self.limiter.check_node(caller.node.as_deref()).map_err(Failure::RateLimited)?;
 
         let csr =
             CertificateSigningRequest::from_pem(body.csr.as_bytes()).map_err(|e| Failure::BadCsr(e.to_string()))?;

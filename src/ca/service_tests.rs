@@ -312,3 +312,69 @@ async fn a_client_certificate_trust_domain_is_checked_on_the_impersonation_path_
         s.message()
     );
 }
+
+/// An authenticator whose caller the test changes between requests.
+#[derive(Debug)]
+struct Switch(std::sync::Mutex<crate::ca::auth::Caller>);
+
+#[async_trait::async_trait]
+impl crate::ca::auth::Authenticator for Switch {
+    fn name(&self) -> &'static str {
+        "switch"
+    }
+    async fn authenticate(
+        &self,
+        _: &crate::ca::auth::Credentials,
+    ) -> Result<Option<crate::ca::auth::Caller>, crate::ca::auth::AuthError> {
+        Ok(self.0.lock().ok().map(|c| c.clone()))
+    }
+}
+
+#[tokio::test]
+async fn one_identity_over_its_limit_spends_none_of_its_nodes_budget() {
+    use crate::ca::rate_limit::{Limit, RateLimits};
+    let f = fixture();
+    let caller = |sa: &str| crate::ca::auth::Caller {
+        namespace: "ns1".into(),
+        service_account: sa.into(),
+        pod: None,
+        cluster_id: "Kubernetes".into(),
+        trust_domain: None,
+        node: Some("n1".into()),
+        authenticated_by: "switch",
+    };
+    let switch = Arc::new(Switch(std::sync::Mutex::new(caller("noisy"))));
+    let limits = RateLimits {
+        identity: Limit { per_second: 1, burst: 2 },
+        node: Limit { per_second: 1, burst: 3 },
+        ..RateLimits::OFF
+    };
+    let service = CertificateService::new(
+        ServiceConfig { rate_limits: limits, ..Default::default() },
+        AuthenticatorChain::new(vec![switch.clone()]),
+        f.registry.clone(),
+        Metrics::new(),
+    );
+    let ask = async |sa: &str| {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let csr = build_workload_csr(&key, &format!("spiffe://a.td/ns/ns1/sa/{sa}")).unwrap();
+        service
+            .create_certificate(tonic::Request::new(IstioCertificateRequest {
+                csr,
+                validity_duration: 0,
+                metadata: None,
+            }))
+            .await
+    };
+    let mut refused = 0;
+    for _ in 0..6 {
+        if let Err(s) = ask("noisy").await {
+            assert!(s.message().contains("identity spiffe://a.td/ns/ns1/sa/noisy"), "{}", s.message());
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 4, "the identity's own limit refuses it");
+    // Its neighbour on the same node still has the node's third token.
+    *switch.0.lock().unwrap() = caller("quiet");
+    ask("quiet").await.unwrap();
+}

@@ -87,6 +87,7 @@ fn work(
         duration,
         csr_extensions_must_match: false,
         namespace: requester_namespace(csr),
+        issuer_namespace: None,
     });
     signers.sign(issuer_name, request, now)
 }
@@ -96,7 +97,11 @@ fn work(
 fn requester_namespace(csr: &CertificateSigningRequest) -> Option<&str> {
     let rest = csr.spec.username.as_deref()?.strip_prefix("system:serviceaccount:")?;
     let (namespace, name) = rest.split_once(':')?;
-    (!namespace.is_empty() && !name.is_empty()).then_some(namespace)
+    // Service accounts' tokens carry their namespace's group as well; a
+    // user name that merely looks like one (an OIDC or webhook user) does not.
+    let group = format!("system:serviceaccounts:{namespace}");
+    let in_group = csr.spec.groups.iter().flatten().any(|g| *g == group);
+    (!namespace.is_empty() && !name.is_empty() && !name.contains(':') && in_group).then_some(namespace)
 }
 
 /// The duration and CA flag a CSR asks for, from cert-manager's
@@ -292,5 +297,23 @@ mod tests {
         ] {
             assert_eq!(issuer_for_signer(other), None, "{other}");
         }
+    }
+
+    fn csr(username: &str, groups: &[&str]) -> CertificateSigningRequest {
+        let mut csr = CertificateSigningRequest::default();
+        csr.spec.username = Some(username.into());
+        csr.spec.groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        csr
+    }
+
+    #[test]
+    fn a_requesters_namespace_needs_the_service_account_and_its_group() {
+        let sa = ["system:serviceaccounts", "system:serviceaccounts:apps", "system:authenticated"];
+        assert_eq!(requester_namespace(&csr("system:serviceaccount:apps:builder", &sa)), Some("apps"));
+        // A user whose name merely looks like a service account (OIDC, webhook authentication).
+        assert_eq!(requester_namespace(&csr("system:serviceaccount:apps:builder", &["system:authenticated"])), None);
+        assert_eq!(requester_namespace(&csr("system:serviceaccount:istio-system:istiod", &sa)), None);
+        assert_eq!(requester_namespace(&csr("system:serviceaccount:apps:a:b", &sa)), None);
+        assert_eq!(requester_namespace(&csr("alice", &sa)), None);
     }
 }

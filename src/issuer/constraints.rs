@@ -23,6 +23,25 @@ pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, String> {
 
     let dns: Vec<String> = policy.dns_names.iter().map(|p| domain_of_pattern(p)).collect();
     for (pattern, domain) in policy.dns_names.iter().zip(&dns) {
+        if domain.is_empty() {
+            violations.push(format!(
+                "DNS pattern {pattern:?} would leave a CA unconstrained for DNS names; name a domain \
+                 (`*.example.com`)"
+            ));
+            continue;
+        }
+        // Under a cluster domain other than cluster.local, istiod's names end
+        // in `<ns>.svc.<domain>`: a constraint holding such a label covers them.
+        let labels: Vec<&str> = domain.split('.').collect();
+        if let Some(label) = labels.iter().find(|l| **l == "svc" || tenancy.is_istiod_namespace(l))
+            && !policy.dns_names.iter().any(|n| n == domain)
+        {
+            violations.push(format!(
+                "a CA constrained to DNS pattern {pattern:?} ({domain}) could sign in-cluster Service names of \
+                 {label:?}, istiod's or meshroot's among them; only a literal policy.allowedDNSNames entry grants one"
+            ));
+            continue;
+        }
         // The constraint may itself be a protected name (any istiod revision).
         if let Some(why) = tenancy.protected_dns(domain)
             && !policy.dns_names.iter().any(|n| n == domain)
@@ -73,9 +92,22 @@ pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, String> {
             ipnet::IpNet::V6(n) => [n.network().octets().as_slice(), n.netmask().octets().as_slice()].concat(),
         })
         .collect();
+    for net in &policy.ip_ranges {
+        for protected in tenancy.protected_ips() {
+            let literal = net.prefix_len() == net.max_prefix_len() && net.addr() == protected;
+            if net.contains(&protected) && !literal {
+                violations.push(format!(
+                    "a CA constrained to {net} could sign {protected} (meshroot's serving address), which only a \
+                     literal policy.allowedIPRanges entry ({protected}/{}) grants",
+                    net.max_prefix_len()
+                ));
+            }
+        }
+    }
     if ips.is_empty() {
-        permitted.push((IP, vec![0; 8]));
-        permitted.push((IP, vec![0; 32]));
+        // The unspecified addresses with full masks: 0.0.0.0/32 and ::/128.
+        permitted.push((IP, [[0u8; 4], [255u8; 4]].concat()));
+        permitted.push((IP, [[0u8; 16], [255u8; 16]].concat()));
     } else {
         permitted.extend(ips.into_iter().map(|ip| (IP, ip)));
     }
@@ -195,6 +227,8 @@ mod tests {
         );
         let closed = permitted(&for_ca(&policy("allowCA: true"), &tenancy()).unwrap());
         assert_eq!(closed[..3], ["dns:invalid", "uri:invalid", "email:invalid"]);
+        // The unspecified addresses with full masks, not /0.
+        assert_eq!(closed[3], format!("ip:{:?}", [0u8, 0, 0, 0, 255, 255, 255, 255]));
         assert_eq!(closed.len(), 5, "{closed:?}");
     }
 
@@ -202,14 +236,18 @@ mod tests {
     fn a_ca_that_could_sign_protected_names_is_refused() {
         let t = tenancy();
         let e = for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.istiod-next.istio-system.svc']"), &t).unwrap_err();
-        assert!(e.contains("could sign istiod-next.istio-system.svc"), "{e}");
-        let e = for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.svc']"), &t).unwrap_err();
-        // `svc` would admit istiod.istio-system.svc and meshroot.meshroot.svc.
-        assert!(e.contains("could sign istiod.istio-system.svc"), "{e}");
-        assert!(e.contains("meshroot.meshroot.svc"), "{e}");
+        assert!(e.contains("in-cluster Service names of \"istio-system\""), "{e}");
+        let e = for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.cluster.local']"), &t).unwrap_err();
+        // `cluster.local` would admit istiod.istio-system.svc.cluster.local and meshroot's.
+        assert!(e.contains("could sign istiod.istio-system.svc.cluster.local"), "{e}");
+        assert!(e.contains("meshroot.meshroot.svc.cluster.local"), "{e}");
         for uris in ["['spiffe://cluster.local/ns/team-a/**']", "['https://*.example.com/**']", "['**']"] {
             let e = for_ca(&policy(&format!("allowCA: true\nallowedURIs: {uris}")), &t).unwrap_err();
             assert!(e.contains("every identity of mesh trust domain cluster.local"), "{uris}: {e}");
+        }
+        for pattern in ["**.svc.corp.internal", "*.istio-system.corp.internal", "*.svc"] {
+            let e = for_ca(&policy(&format!("allowCA: true\nallowedDNSNames: ['{pattern}']")), &t).unwrap_err();
+            assert!(e.contains("in-cluster Service names"), "{pattern}: {e}");
         }
         // The trust domain granted literally: an istiod cacerts intermediate.
         let ok = for_ca(&policy("allowCA: true\nallowedURIs: ['spiffe://cluster.local']"), &t).unwrap();

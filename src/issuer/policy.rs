@@ -61,6 +61,10 @@ pub struct Asked<'a> {
     pub subject: &'a [SubjectAttribute],
     pub is_ca: bool,
     pub usages: &'a Usages,
+    /// The namespace of a namespaced Issuer, whose own author writes its
+    /// policy: such a policy never grants a protected name, a SPIFFE ID
+    /// outside its namespace, or another namespace's Service names.
+    pub issuer_namespace: Option<&'a str>,
 }
 
 impl Policy {
@@ -100,6 +104,9 @@ impl Policy {
             })?;
             subject_attributes.insert(oid, patterns.clone());
         }
+        for pattern in spec.allowed_dns_names.iter().flatten() {
+            check_dns_pattern(pattern)?;
+        }
         let lowercase = |v: &Option<Vec<String>>| v.iter().flatten().map(|p| p.to_ascii_lowercase()).collect();
         Ok(Self {
             allow_ca: spec.allow_ca,
@@ -124,25 +131,23 @@ impl Policy {
         }
         let names = asked.names;
         for dns in &names.dns {
-            self.check_dns(&mut violations, "DNS name", dns, false, tenancy);
+            self.check_dns(&mut violations, "DNS name", dns, false, asked.issuer_namespace, tenancy);
         }
         for uri in &names.uris {
-            let allowed = self.uris.iter().any(|p| glob::matches(p, uri, &['/']));
-            match tenancy.protected_uri(uri) {
-                Some(why) if !self.grants_identity_literally(uri) => violations.push(format!(
-                    "URI {} is protected ({why}); only a literal entry in policy.allowedURIs grants it (the \
-                     identity itself, or its whole trust domain as spiffe://<trust domain>), not a pattern",
-                    shown(uri)
-                )),
-                _ if !allowed => violations.push(format!("URI {} is not allowed by policy.allowedURIs", shown(uri))),
-                _ => {}
-            }
+            self.check_uri(&mut violations, uri, asked.issuer_namespace, tenancy);
         }
         for email in &names.emails {
             self.check_email(&mut violations, "email", email);
         }
         for ip in &names.ips {
-            if !self.ip_ranges.iter().any(|r| r.contains(ip)) {
+            let literal = self.ip_ranges.iter().any(|r| r.prefix_len() == r.max_prefix_len() && r.addr() == *ip);
+            if tenancy.protected_ips().any(|p| p == *ip) && (asked.issuer_namespace.is_some() || !literal) {
+                violations.push(format!(
+                    "IP address {ip} is protected (meshroot's serving address); only a ClusterIssuer's literal \
+                     policy.allowedIPRanges entry ({ip}/{}) grants it",
+                    if ip.is_ipv4() { 32 } else { 128 }
+                ));
+            } else if !self.ip_ranges.iter().any(|r| r.contains(ip)) {
                 violations.push(format!("IP address {ip} is not in policy.allowedIPRanges"));
             }
         }
@@ -153,7 +158,7 @@ impl Policy {
             ));
         }
         for attribute in asked.subject {
-            self.check_attribute(&mut violations, attribute, tenancy);
+            self.check_attribute(&mut violations, attribute, asked.issuer_namespace, tenancy);
         }
         self.check_usages(&mut violations, asked);
         if violations.is_empty() {
@@ -168,29 +173,101 @@ impl Policy {
         Err(violations.join("; "))
     }
 
-    /// Whether `allowedURIs` names the SPIFFE ID `uri` literally, or its
-    /// whole trust domain (`spiffe://<trust domain>`, for an istiod in RA
-    /// mode or a `cacerts` CA that signs for every workload of the mesh).
-    fn grants_identity_literally(&self, uri: &str) -> bool {
-        let domain = super::tenancy::spiffe_trust_domain(uri);
-        self.uris
-            .iter()
-            .any(|p| p == uri || domain.as_deref().is_some_and(|d| p.eq_ignore_ascii_case(&format!("spiffe://{d}"))))
+    /// A URI against `allowedURIs`. A URI in a mesh's trust domain must be a
+    /// well-formed workload identity (`spiffe://<td>/ns/<ns>/sa/<sa>`, no
+    /// more segments: Istio's authorization policies match namespaces and
+    /// service accounts by pattern inside the path) and be granted literally:
+    /// the identity itself, or (ClusterIssuers only) its whole trust domain
+    /// as `spiffe://<trust domain>`. A namespaced Issuer grants identities
+    /// of its own namespace only.
+    fn check_uri(&self, violations: &mut Vec<String>, uri: &str, issuer_namespace: Option<&str>, tenancy: &Tenancy) {
+        let allowed = self.uris.iter().any(|p| glob::matches(p, uri, &['/']));
+        let Some(why) = tenancy.protected_uri(uri) else {
+            if !allowed {
+                violations.push(format!("URI {} is not allowed by policy.allowedURIs", shown(uri)));
+            }
+            return;
+        };
+        let identity = crate::pki::WorkloadIdentity::parse(uri).ok().filter(|id| id.to_string() == uri);
+        let Some(identity) = identity else {
+            violations.push(format!(
+                "URI {} is in a mesh's trust domain ({why}) but is not a workload identity of the form \
+                 spiffe://<trust domain>/ns/<namespace>/sa/<service account>",
+                shown(uri)
+            ));
+            return;
+        };
+        let literal = self.uris.iter().any(|p| p == uri);
+        let whole_domain =
+            self.uris.iter().any(|p| p.eq_ignore_ascii_case(&format!("spiffe://{}", identity.trust_domain)));
+        match issuer_namespace {
+            Some(ns) if identity.namespace != ns => violations.push(format!(
+                "URI {} is protected ({why}); a namespaced Issuer in {ns:?} never grants identities of another \
+                 namespace",
+                shown(uri)
+            )),
+            Some(_) if !literal => violations.push(format!(
+                "URI {} is protected ({why}); only a literal entry in policy.allowedURIs grants it, not a pattern",
+                shown(uri)
+            )),
+            None if !(literal || whole_domain) => violations.push(format!(
+                "URI {} is protected ({why}); only a literal entry in policy.allowedURIs grants it (the identity \
+                 itself, or its whole trust domain as spiffe://<trust domain>), not a pattern",
+                shown(uri)
+            )),
+            _ if !allowed => violations.push(format!("URI {} is not allowed by policy.allowedURIs", shown(uri))),
+            _ => {}
+        }
     }
 
     /// A DNS name (or a common name, `is_cn`) against `allowedDNSNames`
-    /// (and `allowedCommonNames`), protected names literally only.
-    fn check_dns(&self, violations: &mut Vec<String>, what: &str, name: &str, is_cn: bool, tenancy: &Tenancy) {
+    /// (and `allowedCommonNames`). A protected name needs an entry without
+    /// wildcards equal to it, in a ClusterIssuer's policy; a wildcard name
+    /// that covers one is never granted; a namespaced Issuer signs no
+    /// protected name and no other namespace's Service names.
+    fn check_dns(
+        &self,
+        violations: &mut Vec<String>,
+        what: &str,
+        name: &str,
+        is_cn: bool,
+        issuer_namespace: Option<&str>,
+        tenancy: &Tenancy,
+    ) {
         let lower = name.to_ascii_lowercase();
         let by_dns = self.dns_names.iter().any(|p| glob::matches(p, &lower, &['.']));
         let by_cn = is_cn && self.common_names.iter().any(|p| glob::matches(p, name, &[]));
-        let literal = self.dns_names.contains(&lower)
-            || (is_cn && self.common_names.iter().any(|p| p.eq_ignore_ascii_case(name)));
+        let literal = !name.contains('*')
+            && (self.dns_names.iter().any(|p| !p.contains('*') && *p == lower)
+                || (is_cn && self.common_names.iter().any(|p| !p.contains('*') && p.eq_ignore_ascii_case(name))));
         let lists =
             if is_cn { "policy.allowedCommonNames or policy.allowedDNSNames" } else { "policy.allowedDNSNames" };
-        match tenancy.protected_dns(name) {
-            Some(why) if !literal => violations.push(format!(
-                "{what} {} is protected ({why}); only a literal entry in {lists} grants it, not a pattern",
+        if is_cn && name.contains('*') && (!name.starts_with("*.") || name.get(2..).is_some_and(|r| r.contains('*'))) {
+            violations.push(format!(
+                "{what} {} has a wildcard other than a leading \"*.\" label, which some verifiers match against \
+                 host names",
+                shown(name)
+            ));
+            return;
+        }
+        let other_service = issuer_namespace.and_then(|ns| {
+            let labels: Vec<&str> = lower.split('.').collect();
+            match labels.as_slice() {
+                [_, other, "svc", ..] if *other != ns => Some(*other),
+                _ => None,
+            }
+        });
+        match (tenancy.protected_dns(name), other_service) {
+            (Some(why), _) if issuer_namespace.is_some() => violations
+                .push(format!("{what} {} is protected ({why}); a namespaced Issuer never grants it", shown(name))),
+            (Some(why), _) if !literal => violations.push(format!(
+                "{what} {} is protected ({why}); only a literal entry (no wildcards) in {lists} grants it, not \
+                 a pattern",
+                shown(name)
+            )),
+            (None, Some(other)) => violations.push(format!(
+                "{what} {} is a Service name of namespace {other:?}; a namespaced Issuer signs its own \
+                 namespace's Service names only",
                 shown(name)
             )),
             _ if !(by_dns || by_cn) => violations.push(format!("{what} {} is not allowed by {lists}", shown(name))),
@@ -199,12 +276,26 @@ impl Policy {
     }
 
     fn check_email(&self, violations: &mut Vec<String>, what: &str, email: &str) {
-        if !self.emails.iter().any(|p| glob::matches(p, &email.to_ascii_lowercase(), &['@'])) {
+        // `*` stays within the local part, or within one label of the domain.
+        let matches = |pattern: &str| {
+            let email = email.to_ascii_lowercase();
+            match (pattern.rsplit_once('@'), email.rsplit_once('@')) {
+                (Some((pl, pd)), Some((el, ed))) => glob::matches(pl, el, &[]) && glob::matches(pd, ed, &['.']),
+                _ => false,
+            }
+        };
+        if !self.emails.iter().any(|p| matches(p)) {
             violations.push(format!("{what} {} is not allowed by policy.allowedEmails", shown(email)));
         }
     }
 
-    fn check_attribute(&self, violations: &mut Vec<String>, attribute: &SubjectAttribute, tenancy: &Tenancy) {
+    fn check_attribute(
+        &self,
+        violations: &mut Vec<String>,
+        attribute: &SubjectAttribute,
+        issuer_namespace: Option<&str>,
+        tenancy: &Tenancy,
+    ) {
         let name = attribute_name(&attribute.oid);
         let Some(value) = &attribute.value else {
             let ok = self.subject_attributes.get(&attribute.oid).is_some_and(|ps| ps.iter().any(|p| p == "*"));
@@ -214,7 +305,7 @@ impl Policy {
             return;
         };
         match attribute.oid.as_str() {
-            OID_COMMON_NAME => self.check_dns(violations, "common name", value, true, tenancy),
+            OID_COMMON_NAME => self.check_dns(violations, "common name", value, true, issuer_namespace, tenancy),
             OID_EMAIL_ADDRESS => self.check_email(violations, "subject emailAddress", value),
             oid => {
                 let allowed =
@@ -268,6 +359,21 @@ fn shown(text: &str) -> String {
     format!("{:?}", printable(text, 200))
 }
 
+/// A DNS pattern may hold `*` in its first label only, and `**` only as that
+/// whole label, so a pattern never reaches past the domain it names.
+fn check_dns_pattern(pattern: &str) -> Result<(), String> {
+    let mut labels = pattern.split('.');
+    let first = labels.next().unwrap_or_default();
+    let bad_first = first.contains("**") && first != "**";
+    if bad_first || labels.any(|l| l.contains('*')) || pattern.is_empty() {
+        return Err(format!(
+            "policy.allowedDNSNames: {pattern:?}: `*` may appear in the first label only, and `**` only as that \
+             whole label (`**.example.com`)"
+        ));
+    }
+    Ok(())
+}
+
 /// The OID a policy's attribute name stands for.
 fn attribute_oid(name: &str) -> Option<String> {
     if let Some((_, oid)) = ATTRIBUTE_NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
@@ -309,8 +415,18 @@ mod tests {
     fn tenancy() -> Tenancy {
         let mesh: crate::api::mesh::MeshSpec =
             serde_saphyr::from_str("trustDomain: cluster.local\nistiod: {namespace: istio-system}").unwrap();
-        let own = OwnService { namespace: "meshroot".into(), name: "meshroot".into(), extra_names: vec![] };
+        let own = OwnService {
+            namespace: "meshroot".into(),
+            name: "meshroot".into(),
+            extra_names: vec!["10.96.0.50".into(), "ca.example.com".into()],
+        };
         Tenancy::new([("default", &mesh)], &own)
+    }
+
+    /// As `check`, for a namespaced Issuer in `ns`.
+    fn check_in(ns: &str, p: &Policy, names: &RequestedNames) -> Result<(), String> {
+        let usages = Usages::from_names::<&str>(&[], false).unwrap();
+        p.check(&Asked { names, subject: &[], is_ca: false, usages: &usages, issuer_namespace: Some(ns) }, &tenancy())
     }
 
     fn attrs(pairs: &[(&str, &str)]) -> Vec<SubjectAttribute> {
@@ -325,7 +441,7 @@ mod tests {
         usages: &[&str],
     ) -> Result<(), String> {
         let usages = Usages::from_names(usages, is_ca).unwrap();
-        p.check(&Asked { names, subject, is_ca, usages: &usages }, &tenancy())
+        p.check(&Asked { names, subject, is_ca, usages: &usages, issuer_namespace: None }, &tenancy())
     }
 
     fn check(p: &Policy, names: &RequestedNames, cns: &[&str], is_ca: bool, usages: &[&str]) -> Result<(), String> {
@@ -413,12 +529,12 @@ mod tests {
         // The scheme and trust domain are case-insensitive: no way around it.
         let upper = names(&[], &["SPIFFE://Cluster.Local/ns/istio-system/sa/istiod"], &[], &[]);
         let e = check(&policy("allowedURIs: ['**']"), &upper, &[], false, &[]).unwrap_err();
-        assert!(e.contains("is protected"), "{e}");
+        assert!(e.contains("mesh default"), "{e}");
     }
 
     #[test]
     fn istiod_and_meshroot_dns_names_need_a_literal_grant() {
-        let open = policy("allowedDNSNames: ['**.svc', '*.*.svc', '**']\nallowedCommonNames: ['*']");
+        let open = policy("allowedDNSNames: ['**.svc', '**']\nallowedCommonNames: ['*']");
         for name in ["istiod.istio-system.svc", "meshroot.meshroot.svc", "*.istio-system.svc"] {
             let e = check(&open, &names(&[name], &[], &[], &[]), &[], false, &[]).unwrap_err();
             assert!(e.contains("is protected"), "{name}: {e}");
@@ -462,6 +578,93 @@ mod tests {
         assert!(e.len() < 4096, "{} bytes", e.len());
         assert!(e.ends_with("and 1993 more"), "{e}");
         assert!(e.contains("aaaa…"), "a long name is cut: {e}");
+    }
+
+    #[test]
+    fn a_namespaced_issuer_never_grants_protected_names_whatever_it_lists() {
+        let istiod = "spiffe://cluster.local/ns/istio-system/sa/istiod";
+        let own = "spiffe://cluster.local/ns/team-a/sa/web";
+        let p = policy(&format!(
+            "allowedURIs: ['spiffe://cluster.local', '{istiod}', '{own}']\n\
+             allowedDNSNames: ['istiod.istio-system.svc', 'meshroot.meshroot.svc', '*.svc', 'web.team-a.svc']\n\
+             allowedIPRanges: ['10.96.0.50/32']"
+        ));
+        for (n, why) in [
+            (names(&[], &[istiod], &[], &[]), "never grants identities of another namespace"),
+            (names(&["istiod.istio-system.svc"], &[], &[], &[]), "a namespaced Issuer never grants it"),
+            (names(&["meshroot.meshroot.svc"], &[], &[], &[]), "a namespaced Issuer never grants it"),
+            (names(&["reviews.bookinfo.svc"], &[], &[], &[]), "is a Service name of namespace \"bookinfo\""),
+            (names(&[], &[], &["10.96.0.50"], &[]), "is protected (meshroot's serving address)"),
+        ] {
+            let e = check_in("team-a", &p, &n).unwrap_err();
+            assert!(e.contains(why), "{n:?}: {e}");
+        }
+        // Its own namespace: its identities (literally) and its Service names.
+        assert_eq!(check_in("team-a", &p, &names(&["web.team-a.svc"], &[own], &[], &[])), Ok(()));
+        // The trust domain is no grant for a namespaced Issuer.
+        let domain_only = policy("allowedURIs: ['spiffe://cluster.local', 'spiffe://cluster.local/ns/team-a/sa/*']");
+        let e = check_in("team-a", &domain_only, &names(&[], &[own], &[], &[])).unwrap_err();
+        assert!(e.contains("only a literal entry"), "{e}");
+    }
+
+    #[test]
+    fn a_wildcard_name_is_never_a_literal_grant() {
+        // The pattern equals the requested wildcard, which covers istiod's name.
+        let p = policy("allowedDNSNames: ['*.istio-system.svc', '*.example.com']\nallowedCommonNames: ['*']");
+        let e = check(&p, &names(&["*.istio-system.svc"], &[], &[], &[]), &[], false, &[]).unwrap_err();
+        assert!(e.contains("is protected"), "{e}");
+        let e = check(&p, &names(&["*.example.com"], &[], &[], &[]), &[], false, &[]).unwrap_err();
+        assert!(e.contains("covers ca.example.com"), "meshroot's serving name: {e}");
+        for cn in ["istiod*.istio-system.svc", "i*.istio-system.svc", "*d.istio-system.svc", "*.*.svc"] {
+            let e = check(&p, &names(&[], &[], &[], &[]), &[cn], false, &[]).unwrap_err();
+            assert!(e.contains("has a wildcard other than a leading"), "{cn}: {e}");
+        }
+    }
+
+    #[test]
+    fn mesh_identities_must_be_exactly_namespace_and_service_account() {
+        let p = policy("allowedURIs: ['spiffe://cluster.local', 'spiffe://cluster.local/ns/team-a/**']");
+        for uri in [
+            "spiffe://cluster.local/ns/team-a/sa/x/ns/istio-system/sa/istiod",
+            "spiffe://cluster.local/ns/team-a/sa/../../istio-system/sa/istiod",
+            "spiffe://cluster.local/ns/team-a/sa/x?ns=istio-system",
+            "spiffe://Cluster.Local/ns/team-a/sa/x",
+        ] {
+            let e = check(&p, &names(&[], &[uri], &[], &[]), &[], false, &[]).unwrap_err();
+            assert!(e.contains("is not a workload identity of the form"), "{uri}: {e}");
+        }
+        let ok = names(&[], &["spiffe://cluster.local/ns/team-a/sa/x"], &[], &[]);
+        assert_eq!(check(&p, &ok, &[], false, &[]), Ok(()));
+    }
+
+    #[test]
+    fn meshroots_serving_ip_needs_a_literal_range() {
+        let n = names(&[], &[], &["10.96.0.50"], &[]);
+        let e = check(&policy("allowedIPRanges: ['10.0.0.0/8']"), &n, &[], false, &[]).unwrap_err();
+        assert!(e.contains("10.96.0.50/32"), "{e}");
+        assert_eq!(check(&policy("allowedIPRanges: ['10.96.0.50/32']"), &n, &[], false, &[]), Ok(()));
+    }
+
+    #[test]
+    fn email_wildcards_stay_within_a_label() {
+        let p = policy("allowedEmails: ['*@example.*']");
+        assert_eq!(check(&p, &names(&[], &[], &[], &["first.last@example.com"]), &[], false, &[]), Ok(()));
+        let e = check(&p, &names(&[], &[], &[], &["x@example.evil.org"]), &[], false, &[]).unwrap_err();
+        assert!(e.contains("x@example.evil.org"), "{e}");
+    }
+
+    #[test]
+    fn dns_patterns_reach_no_further_than_their_domain() {
+        for bad in ["www.example.**", "a.*.com", "a**.example.com", ""] {
+            let e =
+                Policy::from_spec(&IssuancePolicy { allowed_dns_names: Some(vec![bad.into()]), ..Default::default() })
+                    .unwrap_err();
+            assert!(e.contains("may appear in the first label only"), "{bad}: {e}");
+        }
+        for good in ["**.example.com", "*.example.com", "web-*.example.com", "a.example.com"] {
+            Policy::from_spec(&IssuancePolicy { allowed_dns_names: Some(vec![good.into()]), ..Default::default() })
+                .unwrap();
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct SigningRequest<'a> {
     /// The requester's namespace: a CertificateRequest's, or a Kubernetes
     /// CSR requester's service account namespace (`None` for other users).
     pub namespace: Option<&'a str>,
+    /// The namespace of the Issuer when it is a namespaced one (set by the
+    /// signing path from the issuer, not by the request).
+    pub issuer_namespace: Option<&'a str>,
 }
 
 /// What a request's status gets.
@@ -101,7 +104,16 @@ pub fn sign(
     }
     check_subject_is_not_a_signer(&csr, ca)?;
     policy
-        .check(&Asked { names, subject: csr.subject_attributes(), is_ca: req.is_ca, usages: &usages }, tenancy)
+        .check(
+            &Asked {
+                names,
+                subject: csr.subject_attributes(),
+                is_ca: req.is_ca,
+                usages: &usages,
+                issuer_namespace: req.issuer_namespace,
+            },
+            tenancy,
+        )
         .map_err(|why| SignError::Policy(format!("denied by the issuer's policy: {why}")))?;
     let name_constraints = if req.is_ca {
         Some(
@@ -172,12 +184,12 @@ fn check_subject_is_not_a_signer(csr: &CertificateSigningRequest, ca: &IssuingCa
     if csr.subject_is_empty() {
         return Ok(());
     }
-    let requested = csr.subject().to_ascii_lowercase();
+    let requested = canonical_name(csr.subject());
     let signers = std::iter::once(ca.authority().certificate()).chain(ca.path()).chain(std::iter::once(ca.root()));
     for cert in signers {
         let Ok(parsed) = parse_certificate(cert as &CertificateDer<'_>) else { continue };
         let subject = parsed.subject();
-        if subject.as_raw() == csr.subject_der() || subject.to_string().to_ascii_lowercase() == requested {
+        if subject.as_raw() == csr.subject_der() || canonical_name(&subject.to_string()) == requested {
             return Err(SignError::Invalid(format!(
                 "the requested subject {:?} is the name of a CA in the signing chain ({}); a certificate may not \
                  carry a signer's name",
@@ -187,6 +199,17 @@ fn check_subject_is_not_a_signer(csr: &CertificateSigningRequest, ca: &IssuingCa
         }
     }
     Ok(())
+}
+
+/// A distinguished name compared as verifiers do (RFC 4518, roughly): case
+/// folded, each attribute trimmed, inner runs of spaces collapsed.
+fn canonical_name(rfc4514: &str) -> String {
+    rfc4514
+        .to_lowercase()
+        .split([',', '+'])
+        .map(|part| part.split_whitespace().collect::<Vec<_>>().join(" ").replace(" =", "=").replace("= ", "="))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// cert-manager's rule: CSR extensions, where present, must say exactly
@@ -300,6 +323,7 @@ mod tests {
             duration,
             csr_extensions_must_match: true,
             namespace: Some("team-a"),
+            issuer_namespace: None,
         }
     }
 
@@ -389,7 +413,7 @@ mod tests {
         let p = policy("allowCA: true\nallowedDNSNames: ['**.svc']");
         let csr = dns_csr("ca.team-a.svc");
         let e = sign(&request(&csr, None, true), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
-        assert!(matches!(&e, SignError::Policy(m) if m.contains("could sign istiod.istio-system.svc")), "{e:?}");
+        assert!(matches!(&e, SignError::Policy(m) if m.contains("in-cluster Service names")), "{e:?}");
     }
 
     #[test]
@@ -442,6 +466,15 @@ mod tests {
         // team-a is granted: it gets past the grant (the mesh is not served here).
         let e = resolve(&mesh, IssuerScope::Namespaced { namespace: "team-a" }, &root, &registry, &t).unwrap_err();
         assert!(matches!(e, SignerProblem::Unavailable(_)), "{e:?}");
+    }
+
+    #[test]
+    fn names_compare_as_verifiers_compare_them() {
+        assert_eq!(
+            canonical_name("O=meshroot, CN=meshroot root CA"),
+            canonical_name("o=Meshroot,CN=meshroot  root CA ")
+        );
+        assert_ne!(canonical_name("CN=meshroot root CA"), canonical_name("CN=meshroot rootCA"));
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Tenancy {
     services: BTreeSet<ProtectedService>,
     /// Exact host names (lowercase) → whose they are.
     hosts: BTreeMap<String, String>,
+    /// meshroot's serving IP addresses.
+    ips: BTreeSet<std::net::IpAddr>,
 }
 
 impl ProtectedService {
@@ -90,8 +92,15 @@ impl Tenancy {
                 revisions: Vec::new(),
             });
         }
-        for host in &own.extra_names {
-            t.hosts.insert(host.to_ascii_lowercase(), "meshroot's serving certificate".into());
+        for name in &own.extra_names {
+            match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    t.ips.insert(ip);
+                }
+                Err(_) => {
+                    t.hosts.insert(name.to_ascii_lowercase(), "meshroot's serving certificate".into());
+                }
+            }
         }
         t
     }
@@ -155,6 +164,17 @@ impl Tenancy {
         }
         out.extend(self.hosts.iter().map(|(h, o)| (h.clone(), o.clone())));
         out
+    }
+
+    /// meshroot's serving IP addresses, which only a literal /32 (/128)
+    /// grants.
+    pub fn protected_ips(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.ips.iter().copied()
+    }
+
+    /// Whether an istiod (or meshroot) runs in `namespace`.
+    pub fn is_istiod_namespace(&self, namespace: &str) -> bool {
+        self.services.iter().any(|s| s.namespace.eq_ignore_ascii_case(namespace))
     }
 
     /// Every mesh trust domain (lowercase).

@@ -9,6 +9,7 @@ pub mod error;
 pub mod keys;
 pub mod pem;
 pub mod profile;
+mod resign;
 pub mod serial;
 pub mod spiffe;
 pub mod template;

@@ -5,11 +5,9 @@ use super::authority::Authority;
 use super::error::{PkiError, Result};
 use super::pem;
 use super::serial::random_serial;
-use der::asn1::{Any, BitString};
+use der::asn1::Any;
 use der::{Decode, Encode, Tag, TagNumber, Tagged};
-use rcgen::{
-    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SigningKey,
-};
+use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 use rustls_pki_types::CertificateDer;
 use std::net::IpAddr;
 use time::{Duration, OffsetDateTime};
@@ -87,25 +85,17 @@ pub fn issue_workload(
 /// a certificate this authority just signed, and signs it again with the
 /// same key and algorithm. (rcgen writes OIDs with 64-bit arcs only.)
 fn with_workload_marker(cert: &CertificateDer<'_>, authority: &Authority) -> Result<CertificateDer<'static>> {
-    let der_err = |e: der::Error| PkiError::Signing(format!("adding the workload marker: {e}"));
-    let layout = || PkiError::Signing("adding the workload marker: unexpected certificate layout".into());
-    let parts: Vec<Any> = Vec::from_der(cert.as_ref()).map_err(der_err)?;
-    let [tbs, algorithm, _signature] = parts.as_slice() else { return Err(layout()) };
-    let mut fields: Vec<Any> = Vec::from_der(&tbs.to_der().map_err(der_err)?).map_err(der_err)?;
-    // TBSCertificate ends with `extensions [3] EXPLICIT SEQUENCE OF Extension`.
-    let extensions_tag = Tag::ContextSpecific { constructed: true, number: TagNumber(3) };
-    let last = fields.last_mut().filter(|f| f.tag() == extensions_tag).ok_or_else(layout)?;
-    let mut extensions: Vec<Any> = Vec::from_der(last.value()).map_err(der_err)?;
-    extensions.push(Any::from_der(&workload_marker_extension()?).map_err(der_err)?);
-    *last = Any::new(extensions_tag, extensions.to_der().map_err(der_err)?).map_err(der_err)?;
-    let tbs = fields.to_der().map_err(der_err)?;
-    let signature = authority.key().sign(&tbs)?;
-    let cert = vec![
-        Any::from_der(&tbs).map_err(der_err)?,
-        algorithm.clone(),
-        Any::encode_from(&BitString::from_bytes(&signature).map_err(der_err)?).map_err(der_err)?,
-    ];
-    Ok(CertificateDer::from(cert.to_der().map_err(der_err)?))
+    let marker = workload_marker_extension()?;
+    super::resign::resign(cert, authority, "adding the workload marker", |fields| {
+        let der_err = |e: der::Error| e.to_string();
+        // TBSCertificate ends with `extensions [3] EXPLICIT SEQUENCE OF Extension`.
+        let extensions_tag = Tag::ContextSpecific { constructed: true, number: TagNumber(3) };
+        let last = fields.last_mut().filter(|f| f.tag() == extensions_tag).ok_or("unexpected certificate layout")?;
+        let mut extensions: Vec<Any> = Vec::from_der(last.value()).map_err(der_err)?;
+        extensions.push(Any::from_der(&marker).map_err(der_err)?);
+        *last = Any::new(extensions_tag, extensions.to_der().map_err(der_err)?).map_err(der_err)?;
+        Ok(())
+    })
 }
 
 /// `Extension ::= SEQUENCE { extnID, extnValue OCTET STRING }` for the

@@ -10,9 +10,9 @@ use super::pem;
 use super::profile::IssuedCertificate;
 use super::serial::random_serial;
 use super::usage::Usages;
-use der::asn1::{Any, BitString};
+use der::asn1::Any;
 use der::{Decode, Encode};
-use rcgen::{BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, IsCa, SigningKey};
+use rcgen::{BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, IsCa};
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
@@ -92,28 +92,19 @@ pub fn issue_from_template(
 /// Replaces the (empty) subject of a certificate meshroot just signed and
 /// signs it again with the same key and algorithm.
 fn with_subject(cert: &CertificateDer<'_>, subject: &[u8], authority: &Authority) -> Result<CertificateDer<'static>> {
-    let der_err = |e: der::Error| PkiError::Signing(format!("re-encoding the certificate: {e}"));
-    let parts: Vec<Any> = Vec::from_der(cert.as_ref()).map_err(der_err)?;
-    let [tbs, algorithm, _signature] = parts.as_slice() else {
-        return Err(PkiError::Signing("unexpected certificate structure".into()));
-    };
-    let mut fields: Vec<Any> = Vec::from_der(&tbs.to_der().map_err(der_err)?).map_err(der_err)?;
-    // TBSCertificate: [0] version, serial, signature, issuer, validity, subject, ...
-    const SUBJECT: usize = 5;
-    let version_present = fields.first().and_then(|f| f.to_der().ok()).is_some_and(|d| d.first() == Some(&0xa0));
-    let placeholder = fields.get(SUBJECT).and_then(|f| f.to_der().ok());
-    if !version_present || placeholder.as_deref() != Some([0x30, 0x00].as_slice()) {
-        return Err(PkiError::Signing("unexpected TBSCertificate layout".into()));
-    }
-    fields[SUBJECT] = Any::from_der(subject).map_err(der_err)?;
-    let tbs = fields.to_der().map_err(der_err)?;
-    let signature = authority.key().sign(&tbs)?;
-    let cert = vec![
-        Any::from_der(&tbs).map_err(der_err)?,
-        algorithm.clone(),
-        Any::encode_from(&BitString::from_bytes(&signature).map_err(der_err)?).map_err(der_err)?,
-    ];
-    Ok(CertificateDer::from(cert.to_der().map_err(der_err)?))
+    super::resign::resign(cert, authority, "writing the requested subject", |fields| {
+        // TBSCertificate: [0] version, serial, signature, issuer, validity, subject, ...
+        const SUBJECT: usize = 5;
+        let version_present = fields.first().and_then(|f| f.to_der().ok()).is_some_and(|d| d.first() == Some(&0xa0));
+        let placeholder = fields.get(SUBJECT).and_then(|f| f.to_der().ok());
+        if !version_present || placeholder.as_deref() != Some([0x30, 0x00].as_slice()) {
+            return Err("unexpected TBSCertificate layout".into());
+        }
+        let subject = Any::from_der(subject).map_err(|e| e.to_string())?;
+        let slot = fields.get_mut(SUBJECT).ok_or("unexpected TBSCertificate layout")?;
+        *slot = subject;
+        Ok(())
+    })
 }
 
 /// Proves what was issued: signed by the authority, for the CSR's key and
