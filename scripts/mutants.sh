@@ -5,7 +5,11 @@
 #
 #   scripts/mutants.sh full [ARGS...]       every mutant of those files
 #   scripts/mutants.sh diff [REF] [ARGS...] only mutants in lines changed
-#                                           since REF (default HEAD~1)
+#                                           since REF (default HEAD~1;
+#                                           for a branch, since it left
+#                                           REF), or
+#                                           in a unified diff FILE given
+#                                           instead of REF
 #
 # ARGS go to cargo-mutants, e.g. `--file src/issuer/glob.rs` (only that
 # module), `--list` (what would run), `--jobs 2`, `--in-place` (mutate this
@@ -27,7 +31,7 @@ cd "$(dirname "$0")/.."
 cache="${MESHROOT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/meshroot}"
 version="27.1.0"
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
 [ $# -ge 1 ] || usage
 mode=$1
 shift
@@ -87,15 +91,21 @@ case " ${rest[*]-} " in
     ;;
 esac
 
-if [ "$mode" = diff ]; then
+if [ "$mode" = diff ] && [ -f "$ref" ]; then
+  cp "$ref" "$out/changes.diff"
+  echo "==> mutants in the lines changed by $ref"
+  args+=(--in-diff "$out/changes.diff")
+elif [ "$mode" = diff ]; then
   git rev-parse --verify --quiet "$ref^{commit}" >/dev/null || { echo "error: $ref is not a commit" >&2; exit 64; }
+  # What this tree changed since it left REF (for a branch: `diff main`).
+  base=$(git merge-base "$ref" HEAD)
   patch="$out/changes.diff"
-  git diff "$ref" -- '*.rs' >"$patch"
+  git diff "$base" -- '*.rs' >"$patch"
   if [ ! -s "$patch" ]; then
     echo "no Rust changes since $ref: nothing to mutate"
     exit 0
   fi
-  echo "==> mutants in the lines changed since $(git rev-parse --short "$ref") ($(git diff --shortstat "$ref" -- '*.rs'))"
+  echo "==> mutants in the lines changed since $(git rev-parse --short "$base") ($(git diff --shortstat "$base" -- '*.rs'))"
   args+=(--in-diff "$patch")
 fi
 
@@ -105,7 +115,7 @@ cargo mutants "${args[@]}" ${rest[@]+"${rest[@]}"} || status=$?
 report="$out/mutants.out"
 case " ${rest[*]-} " in *" --list "*) exit "$status" ;; esac
 if [ -d "$report" ]; then
-  count() { [ -f "$report/$1.txt" ] && grep -c . "$report/$1.txt" || echo 0; }
+  count() { if [ -f "$report/$1.txt" ]; then grep -c . "$report/$1.txt" || true; else echo 0; fi; }
   echo "==> $(count caught) caught, $(count missed) missed, $(count timeout) timed out, $(count unviable) unviable in $(($(date +%s) - start))s; report: $report"
   if [ -s "$report/missed.txt" ]; then
     echo "missed (no test failed with these changes):"
