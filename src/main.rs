@@ -484,3 +484,36 @@ async fn run(command: Command, cores: usize) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshroot::ca::rate_limit::{Limit, RateLimits};
+
+    /// The limits a bare `meshroot <command>` runs with: the clap defaults,
+    /// with no MESHROOT_*_RATE_LIMIT variable in the environment.
+    fn default_limits(command: &str) -> RateLimits {
+        for var in ["MESHROOT_IDENTITY_RATE_LIMIT", "MESHROOT_NODE_RATE_LIMIT", "MESHROOT_PEER_RATE_LIMIT"] {
+            assert!(std::env::var_os(var).is_none(), "{var} is set: the defaults cannot be tested");
+        }
+        match Cli::try_parse_from(["meshroot", command]).unwrap().command {
+            Command::Serve(a) => a.rate_limits.limits(),
+            Command::Dev(a) => a.rate_limits.limits(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn serve_and_dev_rate_limit_by_default() {
+        let expected = RateLimits {
+            identity: Limit { per_second: 50, burst: 1000 },
+            node: Limit { per_second: 100, burst: 1000 },
+            peer: Limit { per_second: 200, burst: 2000 },
+        };
+        for command in ["serve", "dev"] {
+            assert_eq!(default_limits(command), expected, "meshroot {command}");
+        }
+        // The library's default (embedders, the in-process tests) is the same.
+        assert_eq!(RateLimits::default(), expected);
+    }
+}

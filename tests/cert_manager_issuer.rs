@@ -6,8 +6,9 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::issuers::{ISSUER_API, IssuerWorld, cluster_ref, condition, issuer_ref};
+use support::issuers::{ISSUER_API, IssuerWorld, cluster_ref, condition, decode_b64, issuer_ref};
 use support::openssl;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 fn dns_csr(world: &IssuerWorld, dns: &str) -> String {
     let key = openssl::key(world.dir.path(), "p256");
@@ -222,6 +223,12 @@ async fn a_longer_duration_than_the_policy_allows_is_shortened_and_says_so() {
     world.decide("apps", "long", true);
     let cr = world.wait_ready_reason("apps", "long", "Issued").await;
     assert!(message(&cr).contains("because the issuer's maxDuration is 30days"), "{}", message(&cr));
+    // The certificate itself is shortened, not just the message.
+    let chain =
+        meshroot::pki::pem::decode_certificates(decode_b64(&cr["status"]["certificate"]).as_bytes(), 1 << 20).unwrap();
+    let (_, leaf) = X509Certificate::from_der(chain[0].as_ref()).unwrap();
+    let v = leaf.validity();
+    assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 720 * 3600, "NotAfter - NotBefore = maxDuration");
     // Events follow the status write.
     support::until("a Warning event saying the duration was shortened, and an Issued event", || {
         let events = world.fake.list("events.k8s.io/v1", "events");

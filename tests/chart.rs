@@ -111,6 +111,44 @@ fn the_deployment_runs_hardened_with_arguments_the_binary_accepts() {
     }
 }
 
+/// `meshroot serve --check-config` with `args`, in a pod's environment
+/// and no MESHROOT_* variables: the (name, value) lines about rate limits.
+fn rate_limit_settings(args: &[String]) -> Vec<(String, String)> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).arg("--check-config").env("POD_NAMESPACE", NAMESPACE).env("POD_NAME", "mr-meshroot-0");
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("MESHROOT_") {
+            cmd.env_remove(var);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(name, _)| name.ends_with("rate limit"))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn serve_rate_limits_by_default_and_the_chart_keeps_those_defaults() {
+    // The binary alone: a bare `meshroot serve` is rate limited.
+    let bare = rate_limit_settings(&["serve".to_string()]);
+    let expected = [
+        ("identity rate limit", "50/s (burst 1000)"),
+        ("node rate limit", "100/s (burst 1000)"),
+        ("peer rate limit", "200/s (burst 2000)"),
+    ]
+    .map(|(n, v)| (n.to_string(), v.to_string()));
+    assert_eq!(bare, expected);
+    // The chart's default values render the same limits.
+    let docs = template(&[]).unwrap();
+    let args = strings(&find(&docs, "Deployment", "mr-meshroot")["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert_eq!(rate_limit_settings(&args), expected, "{args:?}");
+}
+
 #[test]
 fn an_imported_root_is_not_generated_and_extra_args_are_passed() {
     let docs =

@@ -153,6 +153,17 @@ async fn unapproved_denied_and_foreign_csrs_are_left_alone() {
     create_csr(&world, "unapproved", "clusterissuers.meshroot.io/root", &csr, json!({}), json!({}));
     create_csr(&world, "denied", "clusterissuers.meshroot.io/root", &csr, json!({}), json!({}));
     approve(&world, "denied", "Denied");
+    // Both Approved and Denied (an approver and a denier raced): Denied wins.
+    create_csr(&world, "approved-and-denied", "clusterissuers.meshroot.io/root", &csr, json!({}), json!({}));
+    let both: Vec<Value> = ["Approved", "Denied"]
+        .iter()
+        .map(|type_| {
+            json!({"type": type_, "status": "True", "reason": "Test", "message": "by the test",
+                   "lastUpdateTime": "2026-01-01T00:00:00Z"})
+        })
+        .collect();
+    let both = json!({ "conditions": both });
+    world.fake.set_status(CSR_API, "certificatesigningrequests", "", "approved-and-denied", both);
     create_csr(&world, "kubelet", "kubernetes.io/kubelet-serving", &csr, json!({}), json!({}));
     approve(&world, "kubelet", "Approved");
     create_csr(&world, "cert-manager", "clusterissuers.cert-manager.io/root", &csr, json!({}), json!({}));
@@ -161,7 +172,7 @@ async fn unapproved_denied_and_foreign_csrs_are_left_alone() {
     approve(&world, "ours", "Approved");
     wait_signed(&world, "ours").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for name in ["unapproved", "denied", "kubelet", "cert-manager"] {
+    for name in ["unapproved", "denied", "approved-and-denied", "kubelet", "cert-manager"] {
         assert_eq!(world.writes_to("certificatesigningrequests", name), 0, "{name} is not meshroot's to sign");
         assert!(csr_object(&world, name)["status"]["certificate"].is_null(), "{name}");
     }

@@ -72,15 +72,18 @@ async fn ztunnel_may_act_only_for_workloads_on_its_node() {
     let e = decide(&a, &ztunnel("ztunnel-b", &z2), &target("bookinfo", "reviews")).await.unwrap_err();
     assert!(matches!(&e, AuthError::Rejected(m) if m.contains("node-2")), "{e}");
     // A stale token (the pod was replaced: another uid) or no pod at all.
-    assert!(decide(&a, &ztunnel("ztunnel-a", "other-uid"), &target("bookinfo", "reviews")).await.is_err());
-    assert!(decide(&a, &ztunnel("ghost", "x"), &target("bookinfo", "reviews")).await.is_err());
+    let e = decide(&a, &ztunnel("ztunnel-a", "other-uid"), &target("bookinfo", "reviews")).await.unwrap_err();
+    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("another uid")), "{e}");
+    let e = decide(&a, &ztunnel("ghost", "x"), &target("bookinfo", "reviews")).await.unwrap_err();
+    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("does not exist")), "{e}");
     let mut no_pod = ztunnel("ztunnel-a", &z1);
     no_pod.pod = None;
     assert!(
         matches!(decide(&a, &no_pod, &target("bookinfo", "reviews")).await, Err(AuthError::Rejected(m)) if m.contains("bound token"))
     );
     // A pod of another service account on the node does not help.
-    assert!(decide(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "ratings")).await.is_err());
+    let e = decide(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "ratings")).await.unwrap_err();
+    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("no running pod of bookinfo/ratings")), "{e}");
 
     // Scheduling, failure and deletion are followed live.
     pod(&fake, "bookinfo", "ratings-1", "ratings", None);
@@ -95,6 +98,30 @@ async fn ztunnel_may_act_only_for_workloads_on_its_node() {
     eventually(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "ratings"), false).await;
     pods.delete("reviews-1", &DeleteParams::default()).await.unwrap();
     eventually(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "reviews"), false).await;
+}
+
+/// A token bound to a pod that runs as another service account than the
+/// token's (here: an ordinary workload's pod on the same node as the target)
+/// gives no ztunnel powers, even though the pod, its uid and its node match.
+#[tokio::test]
+async fn a_caller_whose_pod_runs_as_another_service_account_is_refused() {
+    let fake = FakeApi::new();
+    for ns in ["istio-system", "bookinfo"] {
+        fake.namespace(ns, json!({}));
+    }
+    let z = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    let other = pod(&fake, "istio-system", "not-ztunnel", "default", Some("node-1"));
+    pod(&fake, "bookinfo", "reviews-1", "reviews", Some("node-1"));
+    let (a, _task) = PodNodeAuthorizer::spawn(fake.client());
+
+    // The genuine ztunnel on node-1 may act for reviews: the world is set up right.
+    decide(&a, &ztunnel("ztunnel-a", &z), &target("bookinfo", "reviews")).await.unwrap();
+    // The same claim, bound to a pod of the default service account.
+    let e = decide(&a, &ztunnel("not-ztunnel", &other), &target("bookinfo", "reviews")).await.unwrap_err();
+    assert!(
+        matches!(&e, AuthError::Rejected(m) if m.contains("istio-system/not-ztunnel runs as another service account")),
+        "{e}"
+    );
 }
 
 #[tokio::test]

@@ -275,6 +275,52 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::certificates::v1::{CertificateSigningRequestSpec, CertificateSigningRequestStatus};
+
+    fn csr_with(conditions: &[(&str, &str)], certificate: Option<&[u8]>) -> CertificateSigningRequest {
+        CertificateSigningRequest {
+            spec: CertificateSigningRequestSpec {
+                signer_name: "clusterissuers.meshroot.io/root".into(),
+                request: ByteString(b"csr".to_vec()),
+                ..Default::default()
+            },
+            status: Some(CertificateSigningRequestStatus {
+                certificate: certificate.map(|c| ByteString(c.to_vec())),
+                conditions: Some(
+                    conditions
+                        .iter()
+                        .map(|(type_, status)| CertificateSigningRequestCondition {
+                            type_: (*type_).into(),
+                            status: (*status).into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_approved_undenied_unfailed_unsigned_csrs_are_signed() {
+        let root = Some(IssuerName::Cluster("root".into()));
+        assert_eq!(wants_signing(&csr_with(&[("Approved", "True")], None)), root);
+        assert_eq!(wants_signing(&csr_with(&[("Approved", "True")], Some(b""))), root, "an empty certificate is none");
+        for (why, conditions, certificate) in [
+            ("not approved", &[][..], None),
+            ("approval not True", &[("Approved", "False")][..], None),
+            ("denied", &[("Denied", "True")][..], None),
+            ("approved and denied", &[("Approved", "True"), ("Denied", "True")][..], None),
+            ("denied and approved", &[("Denied", "True"), ("Approved", "True")][..], None),
+            ("approved and failed", &[("Approved", "True"), ("Failed", "True")][..], None),
+            ("already signed", &[("Approved", "True")][..], Some(&b"cert"[..])),
+        ] {
+            assert_eq!(wants_signing(&csr_with(conditions, certificate)), None, "{why}");
+        }
+        let mut foreign = csr_with(&[("Approved", "True")], None);
+        foreign.spec.signer_name = "kubernetes.io/kubelet-serving".into();
+        assert_eq!(wants_signing(&foreign), None, "another signer's");
+    }
 
     #[test]
     fn signer_names() {

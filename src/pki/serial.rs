@@ -32,10 +32,33 @@ mod tests {
         for _ in 0..1000 {
             let (serial, hex) = random_serial().unwrap();
             let bytes = serial.to_bytes();
-            assert_eq!(bytes.len(), SERIAL_BYTES);
+            // Literally 20 bytes (not SERIAL_BYTES, so shrinking it fails here).
+            assert_eq!(bytes.len(), 20);
             assert!(bytes[0] & 0x80 == 0 && bytes[0] != 0);
-            assert_eq!(hex.len(), 2 * SERIAL_BYTES);
+            assert_eq!(hex.len(), 40);
+            assert_eq!(hex, bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
             assert!(seen.insert(hex));
         }
+    }
+
+    /// At least 128 random bits (CA/Browser Forum asks for 64; RFC 5280
+    /// allows up to 20 bytes): every bit after the sign bit varies across
+    /// serials, so none is fixed by the code.
+    #[test]
+    fn serials_carry_at_least_128_random_bits() {
+        let serials: Vec<Vec<u8>> = (0..256).map(|_| random_serial().unwrap().0.to_bytes()).collect();
+        let mut varying_bits = 0;
+        for byte in 0..serials[0].len() {
+            for bit in 0..8 {
+                let ones = serials.iter().filter(|s| s[byte] & (1 << bit) != 0).count();
+                if ones > 0 && ones < serials.len() {
+                    varying_bits += 1;
+                }
+            }
+        }
+        // 159 bits vary (all but the sign bit); the leading byte's fix-up
+        // touches only 1 in 128 serials.
+        assert!(varying_bits >= 128, "only {varying_bits} bits vary");
+        assert_eq!(varying_bits, 159);
     }
 }

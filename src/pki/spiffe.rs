@@ -181,6 +181,29 @@ mod tests {
         assert!(SpiffeId::parse(&long_td).is_err());
     }
 
+    /// Killed mutants: the limits are inclusive (`>` not `>=`), and a
+    /// query or fragment in the trust domain is named as such.
+    #[test]
+    fn limits_are_inclusive_and_trust_domain_refusals_say_why() {
+        let prefix = "spiffe://td/";
+        let at_limit = format!("{prefix}{}", "a".repeat(2048 - prefix.len()));
+        assert_eq!(at_limit.len(), 2048);
+        SpiffeId::parse(&at_limit).unwrap();
+        let e = SpiffeId::parse(&format!("{at_limit}a")).unwrap_err().to_string();
+        assert!(e.contains("longer than 2048 bytes"), "{e}");
+        let td = "a".repeat(255);
+        SpiffeId::parse(&format!("spiffe://{td}/a")).unwrap();
+        let e = SpiffeId::parse(&format!("spiffe://{td}a/a")).unwrap_err().to_string();
+        assert!(e.contains("trust domain is longer than 255 bytes"), "{e}");
+        for (input, why) in [
+            ("spiffe://td?x=1/ns/a", "trust domain contains a query"),
+            ("spiffe://td#f/ns/a", "trust domain contains a fragment"),
+        ] {
+            let e = SpiffeId::parse(input).unwrap_err().to_string();
+            assert!(e.contains(why), "{input}: {e}");
+        }
+    }
+
     #[test]
     fn workload_identity_requires_istio_shape() {
         let w = WorkloadIdentity::parse("spiffe://cluster.local/ns/default/sa/bookinfo").unwrap();

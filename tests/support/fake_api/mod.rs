@@ -25,7 +25,7 @@ pub mod store;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, Response, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use selectors::{FieldSelector, LabelSelector};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -34,6 +34,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use store::{ApiError, Event, ListOptions, ResourceInfo, ResourceKey, Store, TokenAnswer};
 use tokio::sync::broadcast;
+
+/// The header [`FakeApi::client_as`] adds, naming the client.
+const CLIENT_HEADER: &str = "x-fake-api-client";
 
 #[derive(Clone, Debug)]
 pub struct Recorded {
@@ -45,6 +48,8 @@ pub struct Recorded {
     pub status: u16,
     /// For a create, the name in the body (the path names only the collection).
     pub created_name: Option<String>,
+    /// Who sent it: the name given to [`FakeApi::client_as`], else empty.
+    pub client: String,
 }
 
 /// A one-shot failure of the next matching write.
@@ -161,6 +166,17 @@ impl FakeApi {
     /// A `kube::Client` wired straight to the fake, in-process.
     pub fn client(&self) -> kube::Client {
         kube::Client::new(self.router(), "default")
+    }
+
+    /// Like [`Self::client`], but every request it sends is recorded as
+    /// sent by `who` (so two replicas' writes can be told apart).
+    pub fn client_as(&self, who: &str) -> kube::Client {
+        async fn tag(State(who): State<HeaderValue>, mut req: axum::extract::Request) -> axum::extract::Request {
+            req.headers_mut().insert(CLIENT_HEADER, who);
+            req
+        }
+        let who = HeaderValue::from_str(who).unwrap();
+        kube::Client::new(self.router().layer(axum::middleware::map_request_with_state(who, tag)), "default")
     }
 
     pub fn router(&self) -> axum::Router {
@@ -350,6 +366,7 @@ impl FakeApi {
             query: uri.query().unwrap_or_default().to_string(),
             content_type: headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
             status,
+            client: headers.get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
         });
     }
 
