@@ -144,11 +144,6 @@ impl Tenancy {
             .map(|meshes| Protection(format!("it is a workload identity of mesh {}", meshes.join(", "))))
     }
 
-    /// Whether `trust_domain` is a mesh's.
-    pub fn is_mesh_trust_domain(&self, trust_domain: &str) -> bool {
-        self.trust_domains.contains_key(&trust_domain.to_ascii_lowercase())
-    }
-
     /// Every protected DNS name in the forms clients dial (`.svc` and
     /// `.svc.cluster.local` included), for checking a CA's name constraints.
     pub fn protected_dns_names(&self) -> Vec<(String, String)> {
