@@ -259,7 +259,6 @@ pub fn issuer(data: &[u8]) -> Option<IssuerDecision> {
         duration: (seconds != 0).then(|| Duration::seconds(seconds)),
         csr_extensions_must_match: flags & 4 != 0,
         namespace: Some("apps"),
-        issuer_namespace: None,
     };
     let scope = crate::api::issuer::IssuerScope::Cluster { allowed_namespaces: &[] };
     let root_state = crate::k8s::root::RootState {

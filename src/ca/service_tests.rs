@@ -1,8 +1,9 @@
 //! The service against a registry of several meshes: routing by namespace,
 //! and impersonation routed by the target's namespace.
 
-use super::auth::AuthenticatorChain;
+use super::auth::{AuthenticatorChain, Caller};
 use super::node::TrustedAccountOnly;
+use super::rate_limit::{Limit, RateLimits};
 use super::service::{CertificateService, IMPERSONATED_IDENTITY, ServiceConfig};
 use super::static_tokens::StaticTokenAuthenticator;
 use crate::client::verify_response;
@@ -72,14 +73,53 @@ async fn ask(
     identity: &str,
     impersonate: Option<&str>,
 ) -> Result<crate::pb::IstioCertificateResponse, tonic::Status> {
+    send(&f.service, Some(token), identity, impersonate).await
+}
+
+/// Asks `service` for `identity` with a fresh key, impersonating it if asked.
+async fn send(
+    service: &CertificateService,
+    token: Option<&str>,
+    identity: &str,
+    impersonate: Option<&str>,
+) -> Result<crate::pb::IstioCertificateResponse, tonic::Status> {
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let csr = build_workload_csr(&key, identity).unwrap();
     let metadata = impersonate.map(|id| Struct {
         fields: [(IMPERSONATED_IDENTITY.to_string(), Value { kind: Some(Kind::StringValue(id.into())) })].into(),
     });
     let mut req = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata });
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    f.service.create_certificate(req).await.map(|r| r.into_inner())
+    if let Some(token) = token {
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    service.create_certificate(req).await.map(|r| r.into_inner())
+}
+
+/// A caller as an authenticator would recognise it.
+fn caller(namespace: &str, service_account: &str, trust_domain: Option<&str>, node: Option<&str>) -> Caller {
+    Caller {
+        namespace: namespace.into(),
+        service_account: service_account.into(),
+        pod: None,
+        cluster_id: "Kubernetes".into(),
+        trust_domain: trust_domain.map(Into::into),
+        node: node.map(Into::into),
+        authenticated_by: "fixed",
+    }
+}
+
+/// A service whose one authenticator is `authenticator`.
+fn service_with(
+    authenticator: Arc<dyn crate::ca::auth::Authenticator>,
+    registry: Arc<MeshRegistry>,
+    rate_limits: RateLimits,
+) -> CertificateService {
+    CertificateService::new(
+        ServiceConfig { rate_limits, ..Default::default() },
+        AuthenticatorChain::new(vec![authenticator]),
+        registry,
+        Metrics::new(),
+    )
 }
 
 fn signer_of(m: &Mesh) -> &SigningChain {
@@ -157,25 +197,9 @@ impl crate::ca::auth::Authenticator for Fixed {
 async fn a_credential_bound_to_another_trust_domain_is_refused() {
     let f = fixture();
     for (td, ok) in [("a.td", true), ("b.td", false)] {
-        let caller = crate::ca::auth::Caller {
-            namespace: "ns1".into(),
-            service_account: "app".into(),
-            pod: None,
-            cluster_id: "Kubernetes".into(),
-            trust_domain: Some(td.into()),
-            node: None,
-            authenticated_by: "fixed",
-        };
-        let service = CertificateService::new(
-            ServiceConfig::default(),
-            AuthenticatorChain::new(vec![Arc::new(Fixed(caller))]),
-            f.registry.clone(),
-            Metrics::new(),
-        );
-        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let csr = build_workload_csr(&key, "spiffe://a.td/ns/ns1/sa/app").unwrap();
-        let req = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata: None });
-        let outcome = service.create_certificate(req).await;
+        let fixed = Arc::new(Fixed(caller("ns1", "app", Some(td), None)));
+        let service = service_with(fixed, f.registry.clone(), RateLimits::default());
+        let outcome = send(&service, None, "spiffe://a.td/ns/ns1/sa/app", None).await;
         assert_eq!(outcome.is_ok(), ok, "{td}: {:?}", outcome.err());
     }
 }
@@ -207,37 +231,11 @@ async fn cluster_aliases_are_the_local_cluster_and_others_are_refused() {
 
 #[tokio::test]
 async fn per_node_rate_limits_refuse_with_a_retry_hint_and_spare_other_nodes() {
-    use crate::ca::rate_limit::{Limit, RateLimits};
     let f = fixture();
-    let caller = |node: &str| crate::ca::auth::Caller {
-        namespace: "ns1".into(),
-        service_account: "app".into(),
-        pod: None,
-        cluster_id: "Kubernetes".into(),
-        trust_domain: None,
-        node: Some(node.into()),
-        authenticated_by: "fixed",
-    };
     let limits = RateLimits { node: Limit { per_second: 1, burst: 2 }, ..RateLimits::OFF };
-    let service_on = |node: &str| {
-        CertificateService::new(
-            ServiceConfig { rate_limits: limits, ..Default::default() },
-            AuthenticatorChain::new(vec![Arc::new(Fixed(caller(node)))]),
-            f.registry.clone(),
-            Metrics::new(),
-        )
-    };
-    let ask = async |service: &CertificateService| {
-        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let csr = build_workload_csr(&key, "spiffe://a.td/ns/ns1/sa/app").unwrap();
-        service
-            .create_certificate(tonic::Request::new(IstioCertificateRequest {
-                csr,
-                validity_duration: 0,
-                metadata: None,
-            }))
-            .await
-    };
+    let service_on =
+        |node: &str| service_with(Arc::new(Fixed(caller("ns1", "app", None, Some(node)))), f.registry.clone(), limits);
+    let ask = async |service: &CertificateService| send(service, None, "spiffe://a.td/ns/ns1/sa/app", None).await;
     let n1 = service_on("n1");
     ask(&n1).await.unwrap();
     ask(&n1).await.unwrap();
@@ -265,30 +263,8 @@ async fn a_client_certificate_trust_domain_is_checked_on_the_impersonation_path_
         mesh(&root, &bundle, "c", "c.td", &["ns9"], &["istio-system/ztunnel"]),
     ]));
     let ask_as = async |td: &str, target: &str| {
-        let caller = crate::ca::auth::Caller {
-            namespace: "istio-system".into(),
-            service_account: "ztunnel".into(),
-            pod: None,
-            cluster_id: "Kubernetes".into(),
-            trust_domain: Some(td.into()),
-            node: None,
-            authenticated_by: "fixed",
-        };
-        let service = CertificateService::new(
-            ServiceConfig::default(),
-            AuthenticatorChain::new(vec![Arc::new(Fixed(caller))]),
-            registry.clone(),
-            Metrics::new(),
-        );
-        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let csr = build_workload_csr(&key, target).unwrap();
-        let metadata = Some(Struct {
-            fields: [(IMPERSONATED_IDENTITY.to_string(), Value { kind: Some(Kind::StringValue(target.into())) })]
-                .into(),
-        });
-        service
-            .create_certificate(tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata }))
-            .await
+        let fixed = Arc::new(Fixed(caller("istio-system", "ztunnel", Some(td), None)));
+        send(&service_with(fixed, registry.clone(), RateLimits::default()), None, target, Some(target)).await
     };
     // Its own mesh's trust domain, impersonating in its own mesh: fine.
     ask_as("a.td", "spiffe://a.td/ns/ns1/sa/app").await.unwrap();
@@ -332,40 +308,15 @@ impl crate::ca::auth::Authenticator for Switch {
 
 #[tokio::test]
 async fn one_identity_over_its_limit_spends_none_of_its_nodes_budget() {
-    use crate::ca::rate_limit::{Limit, RateLimits};
     let f = fixture();
-    let caller = |sa: &str| crate::ca::auth::Caller {
-        namespace: "ns1".into(),
-        service_account: sa.into(),
-        pod: None,
-        cluster_id: "Kubernetes".into(),
-        trust_domain: None,
-        node: Some("n1".into()),
-        authenticated_by: "switch",
-    };
-    let switch = Arc::new(Switch(std::sync::Mutex::new(caller("noisy"))));
+    let switch = Arc::new(Switch(std::sync::Mutex::new(caller("ns1", "noisy", None, Some("n1")))));
     let limits = RateLimits {
         identity: Limit { per_second: 1, burst: 2 },
         node: Limit { per_second: 1, burst: 3 },
         ..RateLimits::OFF
     };
-    let service = CertificateService::new(
-        ServiceConfig { rate_limits: limits, ..Default::default() },
-        AuthenticatorChain::new(vec![switch.clone()]),
-        f.registry.clone(),
-        Metrics::new(),
-    );
-    let ask = async |sa: &str| {
-        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let csr = build_workload_csr(&key, &format!("spiffe://a.td/ns/ns1/sa/{sa}")).unwrap();
-        service
-            .create_certificate(tonic::Request::new(IstioCertificateRequest {
-                csr,
-                validity_duration: 0,
-                metadata: None,
-            }))
-            .await
-    };
+    let service = service_with(switch.clone(), f.registry.clone(), limits);
+    let ask = async |sa: &str| send(&service, None, &format!("spiffe://a.td/ns/ns1/sa/{sa}"), None).await;
     let mut refused = 0;
     for _ in 0..6 {
         if let Err(s) = ask("noisy").await {
@@ -375,6 +326,6 @@ async fn one_identity_over_its_limit_spends_none_of_its_nodes_budget() {
     }
     assert_eq!(refused, 4, "the identity's own limit refuses it");
     // Its neighbour on the same node still has the node's third token.
-    *switch.0.lock().unwrap() = caller("quiet");
+    *switch.0.lock().unwrap() = caller("ns1", "quiet", None, Some("n1"));
     ask("quiet").await.unwrap();
 }

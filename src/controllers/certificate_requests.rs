@@ -162,7 +162,6 @@ fn signing_request<'a>(
             duration,
             csr_extensions_must_match: true,
             namespace: cr.metadata.namespace.as_deref(),
-            issuer_namespace: None,
         })
         .map_err(|why| ("InvalidDuration", why))
 }

@@ -87,7 +87,6 @@ fn work(
         duration,
         csr_extensions_must_match: false,
         namespace: requester_namespace(csr),
-        issuer_namespace: None,
     });
     signers.sign(issuer_name, request, now)
 }

@@ -94,13 +94,6 @@ pub fn sign_with_issuer(
         Ok(r) => r,
         Err((reason, message)) => return Outcome::Failed { reason, message },
     };
-    // The policy of a namespaced Issuer is its tenant's own: it is held to
-    // that namespace, whatever it lists.
-    let issuer_namespace = match issuer.scope() {
-        crate::api::issuer::IssuerScope::Namespaced { namespace } => Some(namespace),
-        crate::api::issuer::IssuerScope::Cluster { .. } => None,
-    };
-    let request = SigningRequest { issuer_namespace, ..request };
     if !ready.serves(request.namespace) {
         let who =
             request.namespace.map_or("a requester outside any namespace".to_string(), |n| format!("namespace {n:?}"));

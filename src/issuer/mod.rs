@@ -47,8 +47,13 @@ pub fn prepare(
     registry: &MeshRegistry,
     tenancy: &Tenancy,
 ) -> Result<ReadyIssuer, SignerProblem> {
-    let policy = Policy::from_spec(issuer.policy()).map_err(SignerProblem::Invalid)?;
     let scope = issuer.scope();
+    let policy = Policy::from_spec(issuer.policy()).map_err(SignerProblem::Invalid)?;
+    // A namespaced Issuer's policy is its tenant's own: held to that namespace.
+    let policy = match scope {
+        IssuerScope::Namespaced { namespace } => policy.held_to(namespace),
+        IssuerScope::Cluster { .. } => policy,
+    };
     let namespaces = match scope {
         IssuerScope::Namespaced { .. } => None,
         IssuerScope::Cluster { allowed_namespaces: [] } => {

@@ -52,6 +52,10 @@ pub struct Policy {
     usages: Option<Vec<Usage>>,
     /// Attribute OID → value patterns.
     subject_attributes: BTreeMap<String, Vec<String>>,
+    /// The namespace of a namespaced Issuer, whose own author writes its
+    /// policy: such a policy never grants a protected name, a SPIFFE ID
+    /// outside its namespace, or another namespace's Service names.
+    issuer_namespace: Option<String>,
 }
 
 /// What a request asks for, as the policy sees it.
@@ -61,10 +65,6 @@ pub struct Asked<'a> {
     pub subject: &'a [SubjectAttribute],
     pub is_ca: bool,
     pub usages: &'a Usages,
-    /// The namespace of a namespaced Issuer, whose own author writes its
-    /// policy: such a policy never grants a protected name, a SPIFFE ID
-    /// outside its namespace, or another namespace's Service names.
-    pub issuer_namespace: Option<&'a str>,
 }
 
 impl Policy {
@@ -119,29 +119,37 @@ impl Policy {
             common_names: spec.allowed_common_names.clone().unwrap_or_default(),
             usages,
             subject_attributes,
+            issuer_namespace: None,
         })
+    }
+
+    /// This policy as a namespaced Issuer in `namespace` holds it: written
+    /// by that namespace's users, so held to that namespace.
+    pub fn held_to(self, namespace: &str) -> Self {
+        Self { issuer_namespace: Some(namespace.to_string()), ..self }
     }
 
     /// Every way `asked` breaks the policy or touches a protected name, or
     /// `Ok` when it does neither.
     pub fn check(&self, asked: &Asked<'_>, tenancy: &Tenancy) -> Result<(), String> {
         let mut violations = Vec::new();
+        let issuer_namespace = self.issuer_namespace.as_deref();
         if asked.is_ca && !self.allow_ca {
             violations.push("isCA is not allowed (policy.allowCA is false)".to_string());
         }
         let names = asked.names;
         for dns in &names.dns {
-            self.check_dns(&mut violations, "DNS name", dns, false, asked.issuer_namespace, tenancy);
+            self.check_dns(&mut violations, "DNS name", dns, false, issuer_namespace, tenancy);
         }
         for uri in &names.uris {
-            self.check_uri(&mut violations, uri, asked.issuer_namespace, tenancy);
+            self.check_uri(&mut violations, uri, issuer_namespace, tenancy);
         }
         for email in &names.emails {
             self.check_email(&mut violations, "email", email);
         }
         for ip in &names.ips {
             let literal = self.ip_ranges.iter().any(|r| r.prefix_len() == r.max_prefix_len() && r.addr() == *ip);
-            if tenancy.protected_ips().any(|p| p == *ip) && (asked.issuer_namespace.is_some() || !literal) {
+            if tenancy.protected_ips().any(|p| p == *ip) && (issuer_namespace.is_some() || !literal) {
                 violations.push(format!(
                     "IP address {ip} is protected (meshroot's serving address); only a ClusterIssuer's literal \
                      policy.allowedIPRanges entry ({ip}/{}) grants it",
@@ -158,7 +166,7 @@ impl Policy {
             ));
         }
         for attribute in asked.subject {
-            self.check_attribute(&mut violations, attribute, asked.issuer_namespace, tenancy);
+            self.check_attribute(&mut violations, attribute, issuer_namespace, tenancy);
         }
         self.check_usages(&mut violations, asked);
         if violations.is_empty() {
@@ -426,7 +434,7 @@ mod tests {
     /// As `check`, for a namespaced Issuer in `ns`.
     fn check_in(ns: &str, p: &Policy, names: &RequestedNames) -> Result<(), String> {
         let usages = Usages::from_names::<&str>(&[], false).unwrap();
-        p.check(&Asked { names, subject: &[], is_ca: false, usages: &usages, issuer_namespace: Some(ns) }, &tenancy())
+        p.clone().held_to(ns).check(&Asked { names, subject: &[], is_ca: false, usages: &usages }, &tenancy())
     }
 
     fn attrs(pairs: &[(&str, &str)]) -> Vec<SubjectAttribute> {
@@ -441,7 +449,7 @@ mod tests {
         usages: &[&str],
     ) -> Result<(), String> {
         let usages = Usages::from_names(usages, is_ca).unwrap();
-        p.check(&Asked { names, subject, is_ca, usages: &usages, issuer_namespace: None }, &tenancy())
+        p.check(&Asked { names, subject, is_ca, usages: &usages }, &tenancy())
     }
 
     fn check(p: &Policy, names: &RequestedNames, cns: &[&str], is_ca: bool, usages: &[&str]) -> Result<(), String> {

@@ -36,9 +36,6 @@ pub struct SigningRequest<'a> {
     /// The requester's namespace: a CertificateRequest's, or a Kubernetes
     /// CSR requester's service account namespace (`None` for other users).
     pub namespace: Option<&'a str>,
-    /// The namespace of the Issuer when it is a namespaced one (set by the
-    /// signing path from the issuer, not by the request).
-    pub issuer_namespace: Option<&'a str>,
 }
 
 /// What a request's status gets.
@@ -104,16 +101,7 @@ pub fn sign(
     }
     check_subject_is_not_a_signer(&csr, ca)?;
     policy
-        .check(
-            &Asked {
-                names,
-                subject: csr.subject_attributes(),
-                is_ca: req.is_ca,
-                usages: &usages,
-                issuer_namespace: req.issuer_namespace,
-            },
-            tenancy,
-        )
+        .check(&Asked { names, subject: csr.subject_attributes(), is_ca: req.is_ca, usages: &usages }, tenancy)
         .map_err(|why| SignError::Policy(format!("denied by the issuer's policy: {why}")))?;
     let name_constraints = if req.is_ca {
         Some(
@@ -323,7 +311,6 @@ mod tests {
             duration,
             csr_extensions_must_match: true,
             namespace: Some("team-a"),
-            issuer_namespace: None,
         }
     }
 
