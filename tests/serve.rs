@@ -188,26 +188,7 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
             "signer": {"root": true}, "allowedNamespaces": ["bookinfo"],
             "policy": {"allowedDNSNames": ["*.example.com"]}}}),
     );
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
-    fake.create(
-        "cert-manager.io/v1",
-        "certificaterequests",
-        "bookinfo",
-        json!({"metadata": {"name": "shop"}, "spec": {
-            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr_pem),
-            "issuerRef": {"group": "meshroot.io", "kind": "ClusterIssuer", "name": "mesh-root"}}}),
-    );
-    fake.set_status(
-        "cert-manager.io/v1",
-        "certificaterequests",
-        "bookinfo",
-        "shop",
-        json!({"conditions": [
-        {"type": "Approved", "status": "True", "reason": "cert-manager.io", "message": "approved"}]}),
-    );
+    support::replica::request_a_certificate(&fake, "shop");
     let ca = eventually_async("the CertificateRequest to be issued", async || {
         let cr = fake.get("cert-manager.io/v1", "certificaterequests", "bookinfo", "shop")?;
         cr["status"]["ca"].as_str().map(String::from)

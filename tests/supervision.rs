@@ -76,29 +76,6 @@ async fn delete_root_configmap(fake: &FakeApi) {
     assert!(fake.get("v1", "configmaps", "bookinfo", ROOT_CM).is_none());
 }
 
-/// An approved CertificateRequest for a root-signing ClusterIssuer.
-fn request_a_certificate(fake: &FakeApi, name: &str) {
-    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
-    fake.create(
-        "cert-manager.io/v1",
-        "certificaterequests",
-        "bookinfo",
-        json!({"metadata": {"name": name}, "spec": {
-            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr_pem),
-            "issuerRef": {"group": "meshroot.io", "kind": "ClusterIssuer", "name": "mesh-root"}}}),
-    );
-    fake.set_status(
-        "cert-manager.io/v1",
-        "certificaterequests",
-        "bookinfo",
-        name,
-        json!({"conditions": [{"type": "Approved", "status": "True", "reason": "cert-manager.io", "message": "ok"}]}),
-    );
-}
-
 fn issued(fake: &FakeApi, name: &str) -> bool {
     fake.get("cert-manager.io/v1", "certificaterequests", "bookinfo", name)
         .is_some_and(|cr| cr["status"]["certificate"].is_string())
@@ -134,7 +111,7 @@ async fn a_follower_runs_no_controller_and_writes_nothing_while_the_leader_repai
 
     fake.clear_requests();
     delete_root_configmap(&fake).await;
-    request_a_certificate(&fake, "while-following");
+    replica::request_a_certificate(&fake, "while-following");
     support::eventually("the leader to repair the drift", || {
         (fake.get("v1", "configmaps", "bookinfo", ROOT_CM).is_some() && issued(&fake, "while-following")).then_some(())
     })
@@ -165,7 +142,7 @@ async fn a_follower_runs_no_controller_and_writes_nothing_while_the_leader_repai
     .await;
     fake.clear_requests();
     delete_root_configmap(&fake).await;
-    request_a_certificate(&fake, "while-leading");
+    replica::request_a_certificate(&fake, "while-leading");
     support::eventually("the new leader to repair the drift", || {
         (fake.get("v1", "configmaps", "bookinfo", ROOT_CM).is_some() && issued(&fake, "while-leading")).then_some(())
     })

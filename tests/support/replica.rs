@@ -105,3 +105,27 @@ pub fn mesh_condition(fake: &FakeApi, mesh: &str, type_: &str) -> Option<(String
     let c = m["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
     Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str()?.into()))
 }
+
+/// An approved CertificateRequest in bookinfo for `shop.example.com`, to the
+/// root-signing ClusterIssuer `mesh-root`.
+pub fn request_a_certificate(fake: &FakeApi, name: &str) {
+    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    fake.create(
+        "cert-manager.io/v1",
+        "certificaterequests",
+        "bookinfo",
+        json!({"metadata": {"name": name}, "spec": {
+            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr_pem),
+            "issuerRef": {"group": "meshroot.io", "kind": "ClusterIssuer", "name": "mesh-root"}}}),
+    );
+    fake.set_status(
+        "cert-manager.io/v1",
+        "certificaterequests",
+        "bookinfo",
+        name,
+        json!({"conditions": [{"type": "Approved", "status": "True", "reason": "cert-manager.io", "message": "ok"}]}),
+    );
+}
