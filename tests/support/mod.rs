@@ -2,7 +2,6 @@
 //! loopback, clients, and CSR builders.
 #![allow(dead_code)]
 
-pub mod fake_api;
 pub mod helm;
 pub mod issuers;
 pub mod openssl;

@@ -18,7 +18,7 @@ pub struct Attributes {
 /// Every authorization check a recorded request needs: its own, plus
 /// `create` for a server-side apply (which creates a missing object, and
 /// the API server then checks `create` too).
-pub fn checks(r: &super::fake_api::Recorded) -> Vec<Attributes> {
+pub fn checks(r: &fake_apiserver::Recorded) -> Vec<Attributes> {
     let Some(a) = attributes(&r.method, &r.path, &r.query) else { return Vec::new() };
     let mut out = vec![a.clone()];
     if r.method == "PATCH" && r.content_type.starts_with("application/apply-patch") {

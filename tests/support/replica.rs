@@ -2,7 +2,7 @@
 //! usual world: an External mesh `default` over istio-system and bookinfo,
 //! and a PluginCA mesh `gateway` in openshift-ingress.
 
-use super::fake_api::FakeApi;
+use fake_apiserver::FakeApi;
 use meshroot::serve::{ServeOptions, Server};
 use serde_json::json;
 use std::time::Duration;

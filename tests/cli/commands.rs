@@ -1,0 +1,295 @@
+//! The compiled binary as a user runs it: `meshroot dev`, then the printed
+//! `meshroot request` command; restarts; and `meshroot pki init`.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshroot");
+
+struct Dev {
+    child: Child,
+    banner: Vec<String>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `meshroot dev` in `cwd` on ephemeral ports and reads its banner.
+fn start_dev(cwd: &Path) -> Dev {
+    start_dev_logging(cwd, None)
+}
+
+/// As `start_dev`, with JSON logs written to `log`.
+fn start_dev_logging(cwd: &Path, log: Option<&Path>) -> Dev {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "dev", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let done = line.trim_start().starts_with("meshroot request");
+        banner.push(line);
+        if done {
+            return Dev { child, banner };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("meshroot dev did not print its request command: {banner:?}");
+}
+
+fn request_args(dev: &Dev) -> Vec<String> {
+    let cmd = dev.banner.last().unwrap().trim();
+    cmd.split_whitespace().skip(1).map(String::from).collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn openssl_verify(root: &Path, untrusted: &Path, cert: &Path) {
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(root)
+        .arg("-untrusted")
+        .arg(untrusted)
+        .arg(cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn request_against_dev_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(dir.path());
+    assert!(dev.banner.iter().any(|l| l.starts_with("created root CA")), "{:?}", dev.banner);
+    let out = Command::new(BIN).args(request_args(&dev)).current_dir(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("SAN:     spiffe://cluster.local/ns/default/sa/default"), "{stdout}");
+    assert!(stdout.contains("(in 23h 59m)"), "{stdout}");
+    let w = dir.path().join("workload");
+    assert_eq!(mode(&w.join("key.pem")), 0o600);
+    assert_eq!(mode(&dir.path().join(".meshroot/root/ca.key")), 0o600);
+    assert_eq!(mode(&dir.path().join(".meshroot/meshes/default/ca-key.pem")), 0o600);
+    assert_eq!(mode(&dir.path().join(".meshroot/serving/tls.key")), 0o600);
+    assert_eq!(mode(&dir.path().join(".meshroot/tokens")), 0o600);
+    // An independent verifier agrees with the chain.
+    openssl_verify(&dir.path().join(".meshroot/root-cert.pem"), &w.join("cert-chain.pem"), &w.join("cert-chain.pem"));
+
+    // The key written matches the certificate.
+    let key = meshroot::pki::PrivateKey::from_pem(&std::fs::read(w.join("key.pem")).unwrap()).unwrap();
+    let chain =
+        meshroot::pki::pem::decode_certificates(&std::fs::read(w.join("cert-chain.pem")).unwrap(), 1 << 20).unwrap();
+    let (_, leaf) =
+        <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(&chain[0]).unwrap();
+    assert_eq!(leaf.public_key().raw, key.spki_der().as_slice());
+
+    // Asking for someone else's identity fails with a clear message and a non-zero exit.
+    let mut args = request_args(&dev);
+    let i = args.iter().position(|a| a == "--identity").unwrap();
+    args[i + 1] = "spiffe://cluster.local/ns/kube-system/sa/admin".into();
+    let out = Command::new(BIN).args(&args).current_dir(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Unauthenticated") && stderr.contains("not authorized"), "{stderr}");
+    drop(dev);
+
+    // A restart reuses the same root and creates nothing.
+    let root_before = std::fs::read(dir.path().join(".meshroot/root/ca.crt")).unwrap();
+    let dev = start_dev(dir.path());
+    assert!(!dev.banner.iter().any(|l| l.starts_with("created")), "{:?}", dev.banner);
+    assert_eq!(std::fs::read(dir.path().join(".meshroot/root/ca.crt")).unwrap(), root_before);
+    let out = Command::new(BIN).args(request_args(&dev)).current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn one_audit_line_per_request_and_no_secret_in_any_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("dev.log");
+    let dev = start_dev_logging(dir.path(), Some(&log));
+    let ok = Command::new(BIN).args(request_args(&dev)).current_dir(dir.path()).output().unwrap();
+    assert!(ok.status.success());
+    let mut args = request_args(&dev);
+    let i = args.iter().position(|a| a == "--token-file").unwrap();
+    args.splice(i..i + 2, ["--token".to_string(), "not-a-valid-token-4242".to_string()]);
+    let denied = Command::new(BIN).args(&args).current_dir(dir.path()).output().unwrap();
+    assert!(!denied.status.success());
+    drop(dev);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let audit: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .filter(|v| v["target"] == "meshroot::audit")
+        .collect();
+    assert_eq!(audit.len(), 2, "{text}");
+    let issued = &audit[0];
+    assert_eq!(issued["outcome"], "issued");
+    assert_eq!(issued["identity"], "spiffe://cluster.local/ns/default/sa/default");
+    assert_eq!(issued["caller"], "default/default");
+    assert_eq!(issued["key_type"], "ecdsa-p256");
+    assert_eq!(issued["serial"].as_str().unwrap().len(), 40);
+    assert!(issued["not_after"].as_i64().unwrap() > 0 && issued["latency_us"].as_u64().is_some());
+    assert_eq!(audit[1]["outcome"], "denied");
+    assert_eq!(audit[1]["code"], "Unauthenticated");
+
+    // No token, and no key material, anywhere in the logs.
+    let token = std::fs::read_to_string(dir.path().join(".meshroot/default.token")).unwrap();
+    assert!(!text.contains(token.trim()) && !text.contains("not-a-valid-token-4242"));
+    assert!(!text.contains("PRIVATE KEY"));
+    for key in [".meshroot/root/ca.key", ".meshroot/meshes/default/ca-key.pem", "workload/key.pem"] {
+        let pem = std::fs::read_to_string(dir.path().join(key)).unwrap();
+        let body = pem.lines().nth(1).unwrap();
+        assert!(!text.contains(body), "{key} leaked into the logs");
+    }
+}
+
+#[test]
+fn dev_refuses_partial_state_instead_of_replacing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(start_dev(dir.path()));
+    let key = dir.path().join(".meshroot/root/ca.key");
+    std::fs::remove_file(&key).unwrap();
+    let out = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("incomplete state") && stderr.contains("ca.key"), "{stderr}");
+    assert!(!key.exists(), "a new root key must not have been generated");
+}
+
+fn pki_init(out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["pki", "init", "--out"])
+        .arg(out)
+        .args(["--mesh", "default", "--mesh", "gateway=gw.example"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn check_cacerts(dir: &Path) {
+    for f in ["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem", "cacerts-secret.yaml"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    assert_eq!(mode(&dir.join("ca-key.pem")), 0o600);
+    assert_eq!(mode(&dir.join("cacerts-secret.yaml")), 0o600);
+    openssl_verify(&dir.join("root-cert.pem"), &dir.join("ca-cert.pem"), &dir.join("ca-cert.pem"));
+    // istiod's plug-in CA: the key loads, matches, and chains; ca-cert is a CA.
+    let int = meshroot::pki::Authority::from_pem(
+        &std::fs::read(dir.join("ca-cert.pem")).unwrap(),
+        &std::fs::read(dir.join("ca-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let chain = std::fs::read_to_string(dir.join("cert-chain.pem")).unwrap();
+    assert!(chain.starts_with(int.certificate_pem()));
+    // The manifest is a Secret named cacerts carrying the same files.
+    let yaml = std::fs::read_to_string(dir.join("cacerts-secret.yaml")).unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+    assert_eq!(v["kind"], "Secret");
+    assert_eq!(v["metadata"]["name"], "cacerts");
+    assert_eq!(v["stringData"]["ca-cert.pem"], int.certificate_pem());
+    assert_eq!(v["stringData"]["cert-chain.pem"], chain);
+}
+
+#[test]
+fn pki_init_creates_a_root_and_istio_cacerts_per_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("pki");
+    let out = pki_init(&out_dir, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&out_dir.join("root-key.pem")), 0o600);
+    check_cacerts(&out_dir.join("default"));
+    check_cacerts(&out_dir.join("gateway"));
+    // Both meshes chain to the one root.
+    let root = std::fs::read(out_dir.join("root-cert.pem")).unwrap();
+    assert_eq!(std::fs::read(out_dir.join("gateway/root-cert.pem")).unwrap(), root);
+
+    // Running again never overwrites keys.
+    let key_before = std::fs::read(out_dir.join("root-key.pem")).unwrap();
+    let again = pki_init(&out_dir, &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(out_dir.join("root-key.pem")).unwrap(), key_before);
+}
+
+#[test]
+fn pki_init_imports_an_openssl_rsa4096_root_in_either_encoding() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openssl");
+    for key in ["rsa4096-root-key.pkcs1.pem", "rsa4096-root-key.pkcs8.pem"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = dir.path().join("pki");
+        let cert = fixtures.join("rsa4096-root-cert.pem");
+        let out = pki_init(
+            &out_dir,
+            &["--root-cert", cert.to_str().unwrap(), "--root-key", fixtures.join(key).to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{key}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("imported root"), "{key}");
+        assert!(!out_dir.join("root-key.pem").exists(), "an imported root key is not copied");
+        assert_eq!(std::fs::read(out_dir.join("root-cert.pem")).unwrap(), std::fs::read(&cert).unwrap());
+        check_cacerts(&out_dir.join("default"));
+    }
+    // A key that does not match the certificate is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let out = pki_init(
+        &dir.path().join("pki"),
+        &[
+            "--root-cert",
+            fixtures.join("rsa4096-root-cert.pem").to_str().unwrap(),
+            "--root-key",
+            fixtures.join("other-p256-key.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+}
+
+/// The benchmark runs end to end (a debug build gives no meaningful
+/// figures; this only proves it works and reports what it should).
+#[test]
+fn bench_runs_every_scenario_and_prints_the_ratio() {
+    let out = Command::new(BIN)
+        .args(["bench", "--duration", "1s", "--connections", "2", "--burst", "40", "--burst-connections", "2"])
+        .args(["--signer", "ecdsa-p256"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        "crypto ceiling, 1 core",
+        "steady, RSA-2048 CSRs (pilot-agent):",
+        "ratio: served",
+        "half of peak, paced at",
+        "steady, P-256 CSRs (ztunnel):",
+        "burst: 40 identities at once over 2 connections",
+        "server peak RSS:",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(text.matches(", 0 errors").count(), 4, "every phase without errors:\n{text}");
+}

@@ -1,0 +1,133 @@
+//! ztunnel node authorization from the pod watch, against the fake API.
+
+use fake_apiserver::FakeApi;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use meshroot::ca::auth::{AuthError, Caller, PodRef};
+use meshroot::ca::node::NodeAuthorizer;
+use meshroot::k8s::node_authz::PodNodeAuthorizer;
+use meshroot::pki::WorkloadIdentity;
+use serde_json::json;
+use std::time::Duration;
+
+fn pod(fake: &FakeApi, ns: &str, name: &str, sa: &str, node: Option<&str>) -> String {
+    let mut spec = json!({"serviceAccountName": sa, "containers": [{"name": "c", "image": "i"}]});
+    if let Some(n) = node {
+        spec["nodeName"] = json!(n);
+    }
+    let p = fake.create("v1", "pods", ns, json!({"metadata": {"name": name}, "spec": spec}));
+    p["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+fn ztunnel(name: &str, uid: &str) -> Caller {
+    Caller {
+        namespace: "istio-system".into(),
+        service_account: "ztunnel".into(),
+        pod: Some(PodRef { name: name.into(), uid: uid.into() }),
+        cluster_id: "Kubernetes".into(),
+        trust_domain: None,
+        node: None,
+        authenticated_by: "test",
+    }
+}
+
+fn target(ns: &str, sa: &str) -> WorkloadIdentity {
+    WorkloadIdentity::new("cluster.local", ns, sa).unwrap()
+}
+
+async fn decide(a: &PodNodeAuthorizer, caller: &Caller, t: &WorkloadIdentity) -> Result<(), AuthError> {
+    for _ in 0..100 {
+        match a.authorize(caller, t).await {
+            Err(AuthError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => return other,
+        }
+    }
+    panic!("the pod cache never synced");
+}
+
+async fn eventually(a: &PodNodeAuthorizer, caller: &Caller, t: &WorkloadIdentity, ok: bool) {
+    for _ in 0..100 {
+        if decide(a, caller, t).await.is_ok() == ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("decision never became {ok}");
+}
+
+#[tokio::test]
+async fn ztunnel_may_act_only_for_workloads_on_its_node() {
+    let fake = FakeApi::new();
+    for ns in ["istio-system", "bookinfo"] {
+        fake.namespace(ns, json!({}));
+    }
+    let z1 = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    let z2 = pod(&fake, "istio-system", "ztunnel-b", "ztunnel", Some("node-2"));
+    pod(&fake, "bookinfo", "reviews-1", "reviews", Some("node-1"));
+    let (a, _task) = PodNodeAuthorizer::spawn(fake.client());
+
+    decide(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "reviews")).await.unwrap();
+    let e = decide(&a, &ztunnel("ztunnel-b", &z2), &target("bookinfo", "reviews")).await.unwrap_err();
+    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("node-2")), "{e}");
+    // A stale token (the pod was replaced: another uid) or no pod at all.
+    let e = decide(&a, &ztunnel("ztunnel-a", "other-uid"), &target("bookinfo", "reviews")).await.unwrap_err();
+    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("another uid")), "{e}");
+    let e = decide(&a, &ztunnel("ghost", "x"), &target("bookinfo", "reviews")).await.unwrap_err();
+    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("does not exist")), "{e}");
+    let mut no_pod = ztunnel("ztunnel-a", &z1);
+    no_pod.pod = None;
+    assert!(
+        matches!(decide(&a, &no_pod, &target("bookinfo", "reviews")).await, Err(AuthError::Rejected(m)) if m.contains("bound token"))
+    );
+    // A pod of another service account on the node does not help.
+    let e = decide(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "ratings")).await.unwrap_err();
+    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("no running pod of bookinfo/ratings")), "{e}");
+
+    // Scheduling, failure and deletion are followed live.
+    pod(&fake, "bookinfo", "ratings-1", "ratings", None);
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "bookinfo");
+    pods.patch("ratings-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeName": "node-1"}})))
+        .await
+        .unwrap();
+    eventually(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "ratings"), true).await;
+    pods.patch_status("ratings-1", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Failed"}})))
+        .await
+        .unwrap();
+    eventually(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "ratings"), false).await;
+    pods.delete("reviews-1", &DeleteParams::default()).await.unwrap();
+    eventually(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "reviews"), false).await;
+}
+
+/// A token bound to a pod that runs as another service account than the
+/// token's (here: an ordinary workload's pod on the same node as the target)
+/// gives no ztunnel powers, even though the pod, its uid and its node match.
+#[tokio::test]
+async fn a_caller_whose_pod_runs_as_another_service_account_is_refused() {
+    let fake = FakeApi::new();
+    for ns in ["istio-system", "bookinfo"] {
+        fake.namespace(ns, json!({}));
+    }
+    let z = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    let other = pod(&fake, "istio-system", "not-ztunnel", "default", Some("node-1"));
+    pod(&fake, "bookinfo", "reviews-1", "reviews", Some("node-1"));
+    let (a, _task) = PodNodeAuthorizer::spawn(fake.client());
+
+    // The genuine ztunnel on node-1 may act for reviews: the world is set up right.
+    decide(&a, &ztunnel("ztunnel-a", &z), &target("bookinfo", "reviews")).await.unwrap();
+    // The same claim, bound to a pod of the default service account.
+    let e = decide(&a, &ztunnel("not-ztunnel", &other), &target("bookinfo", "reviews")).await.unwrap_err();
+    assert!(
+        matches!(&e, AuthError::Rejected(m) if m.contains("istio-system/not-ztunnel runs as another service account")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn an_unsynced_cache_is_unavailable_not_a_refusal() {
+    let fake = FakeApi::new();
+    fake.set_outage(true);
+    let (a, _task) = PodNodeAuthorizer::spawn(fake.client());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = a.authorize(&ztunnel("z", "u"), &target("bookinfo", "reviews")).await;
+    assert!(matches!(r, Err(AuthError::Unavailable(_))), "{r:?}");
+}
