@@ -84,34 +84,40 @@ pub fn verify_response(
 ) -> Result<VerifiedResponse, ClientError> {
     let bad = |m: String| ClientError::Response(m);
     let chain = &response.cert_chain;
-    if chain.len() < 2 {
+    let (Some((root_element, elements)), 2..) = (chain.split_last(), chain.len()) else {
         return Err(bad(format!("cert_chain has {} element(s); at least 2 are required", chain.len())));
-    }
-    let mut single = Vec::with_capacity(chain.len() - 1);
-    for (i, element) in chain[..chain.len() - 1].iter().enumerate() {
+    };
+    let mut single = Vec::with_capacity(elements.len());
+    for (i, element) in elements.iter().enumerate() {
         if !element.ends_with('\n') {
             return Err(bad(format!("element {i} does not end in a newline")));
         }
-        let mut certs =
+        let certs =
             pem::decode_certificates(element.as_bytes(), 1 << 20).map_err(|e| bad(format!("element {i}: {e}")))?;
-        if certs.len() != 1 {
-            return Err(bad(format!("element {i} holds {} certificates; exactly one is required", certs.len())));
-        }
-        single.push(certs.remove(0));
+        let count = certs.len();
+        let Ok([cert]) = <[_; 1]>::try_from(certs) else {
+            return Err(bad(format!("element {i} holds {count} certificates; exactly one is required")));
+        };
+        single.push(cert);
     }
-    let bundle =
-        TrustBundle::from_pem(chain[chain.len() - 1].as_bytes()).map_err(|e| bad(format!("root bundle: {e}")))?;
+    let bundle = TrustBundle::from_pem(root_element.as_bytes()).map_err(|e| bad(format!("root bundle: {e}")))?;
+    if single.is_empty() {
+        return Err(bad("cert_chain holds no leaf".into()));
+    }
     let leaf = single.remove(0);
     let now = OffsetDateTime::now_utc();
     trusted.verify(&leaf, &single, now).map_err(|e| bad(format!("leaf does not chain to the trusted root: {e}")))?;
     let parsed = parse_certificate(&leaf).map_err(|e| bad(e.to_string()))?;
-    let mut uris: Vec<String> = uri_sans(&parsed).into_iter().map(String::from).collect();
-    if uris.len() != 1 || uris[0] != identity {
+    let uris: Vec<String> = uri_sans(&parsed).into_iter().map(String::from).collect();
+    let Ok([uri_san]) = <[String; 1]>::try_from(uris.clone()) else {
+        return Err(bad(format!("leaf URI SANs are {uris:?}; expected exactly [{identity:?}]")));
+    };
+    if uri_san != identity {
         return Err(bad(format!("leaf URI SANs are {uris:?}; expected exactly [{identity:?}]")));
     }
     let not_after = parsed.validity().not_after.to_datetime();
     drop(parsed);
-    Ok(VerifiedResponse { intermediates: single, bundle, not_after, uri_san: uris.remove(0), leaf })
+    Ok(VerifiedResponse { intermediates: single, bundle, not_after, uri_san, leaf })
 }
 
 #[cfg(test)]

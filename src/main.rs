@@ -1,4 +1,16 @@
 //! The meshroot command line.
+// The same policy as the library (src/lib.rs): no panicking constructs
+// outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};

@@ -178,7 +178,7 @@ async fn impersonation_is_routed_by_the_target_and_needs_that_meshs_trust() {
 
 /// An authenticator that recognises every request as one fixed caller.
 #[derive(Debug)]
-struct Fixed(crate::ca::auth::Caller);
+struct Fixed(Caller);
 
 #[async_trait::async_trait]
 impl crate::ca::auth::Authenticator for Fixed {
@@ -188,7 +188,7 @@ impl crate::ca::auth::Authenticator for Fixed {
     async fn authenticate(
         &self,
         _: &crate::ca::auth::Credentials,
-    ) -> Result<Option<crate::ca::auth::Caller>, crate::ca::auth::AuthError> {
+    ) -> Result<Option<Caller>, crate::ca::auth::AuthError> {
         Ok(Some(self.0.clone()))
     }
 }
@@ -291,7 +291,7 @@ async fn a_client_certificate_trust_domain_is_checked_on_the_impersonation_path_
 
 /// An authenticator whose caller the test changes between requests.
 #[derive(Debug)]
-struct Switch(std::sync::Mutex<crate::ca::auth::Caller>);
+struct Switch(std::sync::Mutex<Caller>);
 
 #[async_trait::async_trait]
 impl crate::ca::auth::Authenticator for Switch {
@@ -301,7 +301,7 @@ impl crate::ca::auth::Authenticator for Switch {
     async fn authenticate(
         &self,
         _: &crate::ca::auth::Credentials,
-    ) -> Result<Option<crate::ca::auth::Caller>, crate::ca::auth::AuthError> {
+    ) -> Result<Option<Caller>, crate::ca::auth::AuthError> {
         Ok(self.0.lock().ok().map(|c| c.clone()))
     }
 }

@@ -38,7 +38,7 @@ impl StaticTokenAuthenticator {
         let mut accounts = HashMap::new();
         let mut first_line: HashMap<[u8; 32], usize> = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
+            let line = i.saturating_add(1);
             let content = raw.split('#').next().unwrap_or("").trim();
             if content.is_empty() {
                 continue;

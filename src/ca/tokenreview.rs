@@ -140,7 +140,7 @@ impl TokenReviewAuthenticator {
 
     /// Accepted tokens currently cached (ready or in flight).
     pub fn cached(&self) -> usize {
-        self.cache.lock().map(|c| c.accepted.len() + c.in_flight.len()).unwrap_or(0)
+        self.cache.lock().map(|c| c.accepted.len().saturating_add(c.in_flight.len())).unwrap_or(0)
     }
 
     /// Rejected tokens currently remembered.

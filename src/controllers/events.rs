@@ -29,9 +29,9 @@ impl EventSink {
 /// `text`, cut to what an Event note may hold.
 pub fn note(mut text: String) -> String {
     if text.len() > MAX_NOTE_BYTES {
-        let mut end = MAX_NOTE_BYTES - 3;
+        let mut end = MAX_NOTE_BYTES.saturating_sub(3);
         while !text.is_char_boundary(end) {
-            end -= 1;
+            end = end.saturating_sub(1);
         }
         text.truncate(end);
         text.push_str("...");

@@ -62,13 +62,13 @@ fn current(secret: &Secret, names: &BTreeSet<String>, id: &str, chain: &SigningC
     }
     let Ok(certs) = pem::decode_certificates(cert_pem, 1 << 20) else { return false };
     let Ok(key) = PrivateKey::from_pem(key_pem) else { return false };
-    let Some(leaf) = certs.first() else { return false };
+    let Some((leaf, intermediates)) = certs.split_first() else { return false };
     let Ok(cert) = parse_certificate(leaf) else { return false };
     // Issued by the mesh's current intermediate: after a renewal or a root
     // switch, istiod moves along before the old chain stops being trusted.
     if cert.public_key().raw != key.spki_der().as_slice()
         || !chain.authority().issued(leaf)
-        || chain.bundle().verify_server(leaf, &certs[1..], now).is_err()
+        || chain.bundle().verify_server(leaf, intermediates, now).is_err()
     {
         return false;
     }

@@ -113,7 +113,7 @@ pub fn overlaps(meshes: &[Arc<Mesh>], namespaces: &[Arc<Namespace>]) -> BTreeMap
         .into_iter()
         .map(|(mesh, (nss, others))| {
             let shown: Vec<String> = nss.iter().take(5).cloned().collect();
-            let more = if nss.len() > 5 { format!(" and {} more", nss.len() - 5) } else { String::new() };
+            let more = if nss.len() > 5 { format!(" and {} more", nss.len().saturating_sub(5)) } else { String::new() };
             let others: Vec<String> = others.into_iter().collect();
             (
                 mesh,

@@ -168,7 +168,7 @@ fn caught_up(store: &kube::runtime::reflector::Store<ConfigMap>, applied: &[((St
 }
 
 /// How many namespaces each mesh covers, for the Mesh status.
-pub type Coverage = std::sync::Arc<std::sync::Mutex<BTreeMap<String, u32>>>;
+pub type Coverage = Arc<std::sync::Mutex<BTreeMap<String, u32>>>;
 
 /// Keeps the root ConfigMaps converged until the task is dropped: on every
 /// change to Meshes, namespaces, root ConfigMaps or the bundle, and every
@@ -219,7 +219,8 @@ pub fn spawn(
             tracing::info!(writes = actions.len(), "converging root ConfigMaps");
             let done = execute(&client, &actions, &current).await;
             // Read our own writes before deciding again.
-            let deadline = tokio::time::Instant::now() + CACHE_CATCH_UP;
+            let started = tokio::time::Instant::now();
+            let deadline = started.checked_add(CACHE_CATCH_UP).unwrap_or(started);
             while !caught_up(&configmaps, &done.applied) && tokio::time::Instant::now() < deadline {
                 if let Ok(None) = tokio::time::timeout_at(deadline, changes.next()).await {
                     return;
@@ -230,7 +231,7 @@ pub fn spawn(
             } else {
                 tracing::warn!(error = %done.failures.join("; "), retry_in = ?backoff, "root ConfigMap writes failed");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                backoff = backoff.saturating_mul(2).min(std::time::Duration::from_secs(30));
                 // Make the next loop retry even if nothing else changes.
                 ticker.reset_immediately();
             }

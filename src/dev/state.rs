@@ -241,11 +241,11 @@ fn serving_is_reusable(
     ips: &[IpAddr],
     now: OffsetDateTime,
 ) -> bool {
-    let Some(leaf) = certs.first() else { return false };
+    let Some((leaf, intermediates)) = certs.split_first() else { return false };
     let Ok(cert) = parse_certificate(leaf) else {
         return false;
     };
-    if cert.public_key().raw != key.spki_der().as_slice() || bundle.verify_server(leaf, &certs[1..], now).is_err() {
+    if cert.public_key().raw != key.spki_der().as_slice() || bundle.verify_server(leaf, intermediates, now).is_err() {
         return false;
     }
     let v = cert.validity();

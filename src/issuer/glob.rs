@@ -24,32 +24,37 @@ pub fn matches(pattern: &str, name: &str, separators: &[char]) -> bool {
         }
     }
     let name: Vec<char> = name.chars().collect();
-    // reachable[j]: the tokens so far can consume exactly name[..j].
-    let mut reachable = vec![false; name.len() + 1];
-    reachable[0] = true;
+    // reachable[j]: the tokens so far can consume exactly name[..j]. Built
+    // with iterators, so no index can go out of bounds on any input.
+    let mut reachable: Vec<bool> = std::iter::once(true).chain(name.iter().map(|_| false)).collect();
     for token in &tokens {
-        let mut next = vec![false; name.len() + 1];
-        match token {
+        reachable = match token {
+            // next[j + 1] = reachable[j] && name[j] == c; next[0] = false.
             Token::Literal(c) => {
-                for j in 0..name.len() {
-                    next[j + 1] = reachable[j] && name[j] == *c;
-                }
+                std::iter::once(false).chain(reachable.iter().zip(&name).map(|(&r, n)| r && n == c)).collect()
             }
+            // next[j] = some i <= j is reachable with no separator in
+            // name[i..j] (a `**` crosses separators).
             Token::Star | Token::DoubleStar => {
                 let crosses = matches!(token, Token::DoubleStar);
                 let mut open = false;
-                for j in 0..=name.len() {
-                    open |= reachable[j];
-                    next[j] = open;
-                    if j < name.len() && !crosses && separators.contains(&name[j]) {
-                        open = false;
-                    }
-                }
+                let following = name.iter().map(Some).chain(std::iter::once(None));
+                reachable
+                    .iter()
+                    .zip(following)
+                    .map(|(&r, next_char)| {
+                        open |= r;
+                        let here = open;
+                        if !crosses && next_char.is_some_and(|c| separators.contains(c)) {
+                            open = false;
+                        }
+                        here
+                    })
+                    .collect()
             }
-        }
-        reachable = next;
+        };
     }
-    reachable[name.len()]
+    reachable.last().copied().unwrap_or(false)
 }
 
 #[cfg(test)]

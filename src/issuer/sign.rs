@@ -315,7 +315,7 @@ mod tests {
     }
 
     fn leaf(signed: &Signed) -> Vec<u8> {
-        crate::pki::pem::decode_certificates(signed.chain_pem.as_bytes(), 1 << 20).unwrap()[0].to_vec()
+        pem::decode_certificates(signed.chain_pem.as_bytes(), 1 << 20).unwrap()[0].to_vec()
     }
 
     #[test]
@@ -341,8 +341,8 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let p = policy("allowedDNSNames: ['a.example.com']\nmaxDuration: 48h");
         let signed = sign(&request(&csr, Some(Duration::days(30)), false), &p, &ca, &tenancy(), now).unwrap();
-        let der = rustls_pki_types::CertificateDer::from(leaf(&signed));
-        let cert = crate::pki::authority::parse_certificate(&der).unwrap();
+        let der = CertificateDer::from(leaf(&signed));
+        let cert = parse_certificate(&der).unwrap();
         let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert_eq!(lifetime, 48 * 3600, "NotAfter - NotBefore must be the issuer's maxDuration");
         assert!(signed.shortened.unwrap().contains("maxDuration is 2days"));
@@ -381,8 +381,8 @@ mod tests {
         let p = policy("allowCA: true\nmaxPathLength: 2\nallowedDNSNames: ['*.apps.example.com']");
         let csr = dns_csr("ca.apps.example.com");
         let signed = sign(&request(&csr, None, true), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap();
-        let der = rustls_pki_types::CertificateDer::from(leaf(&signed));
-        let cert = crate::pki::authority::parse_certificate(&der).unwrap();
+        let der = CertificateDer::from(leaf(&signed));
+        let cert = parse_certificate(&der).unwrap();
         assert_eq!(cert.basic_constraints().unwrap().unwrap().value.path_len_constraint, Some(2));
         let nc = cert.name_constraints().unwrap().unwrap();
         assert!(nc.critical);
@@ -421,7 +421,7 @@ mod tests {
     fn a_subject_equal_to_a_signer_name_is_refused() {
         let root = root_state(Duration::days(30));
         let ca = by_root(&root);
-        let root_subject = crate::pki::authority::parse_certificate(ca.root()).unwrap().subject().to_string();
+        let root_subject = parse_certificate(ca.root()).unwrap().subject().to_string();
         let cn = root_subject.strip_prefix("CN=").unwrap_or(&root_subject).to_string();
         let mut dn = rcgen::DistinguishedName::new();
         for part in root_subject.split(", ") {

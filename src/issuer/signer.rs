@@ -94,10 +94,10 @@ impl IssuingCa {
             if let Some(limit) = limit {
                 // A CA at `depth` above the new certificate allows `limit`
                 // CAs below it; the new one is the (depth+1)th.
-                let left = i64::from(limit) - depth as i64 - 1;
-                if left < 0 {
+                let below = u32::try_from(depth).ok().and_then(|d| d.checked_add(1));
+                let Some(left) = below.and_then(|below| limit.checked_sub(below)) else {
                     return CaAllowance::Forbidden;
-                }
+                };
                 let left = u8::try_from(left).unwrap_or(u8::MAX);
                 allowance = match allowance {
                     CaAllowance::UpTo(n) if n <= left => allowance,

@@ -141,7 +141,8 @@ impl IntermediatePolicy {
 
     /// When an intermediate issued under this policy should be replaced.
     pub fn renew_at(&self, not_after: OffsetDateTime) -> OffsetDateTime {
-        not_after - self.renew_before
+        // Out of range only for a NotAfter near year -9999: renew now.
+        not_after.checked_sub(self.renew_before).unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 }
 

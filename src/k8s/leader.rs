@@ -102,7 +102,7 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::
     let new_spec = if holder == cfg.identity {
         ours(transitions, spec.acquire_time.clone())
     } else if holder.is_empty() || expired(&spec, at) {
-        ours(transitions + 1, None)
+        ours(transitions.saturating_add(1), None)
     } else {
         return Ok(false);
     };

@@ -67,8 +67,10 @@ fn fingerprint(cert: &CertificateDer<'_>) -> String {
 
 fn current_roots(secret: &Secret) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>), RotationError> {
     let root = parse_root_secret(secret).map_err(|e| RotationError::Current(e.to_string()))?;
-    let roots = root.bundle.roots().to_vec();
-    Ok((roots[0].clone(), roots[1..].to_vec()))
+    let Some((signing, others)) = root.bundle.roots().split_first() else {
+        return Err(RotationError::Current("the root Secret trusts no root".into()));
+    };
+    Ok((signing.clone(), others.to_vec()))
 }
 
 pub fn status(secret: &Secret) -> Result<RotationStatus, RotationError> {
@@ -194,10 +196,15 @@ pub fn finish(
         };
         let at = OffsetDateTime::parse(&switched, &time::format_description::well_known::Rfc3339)
             .map_err(|e| RotationError::Current(format!("annotation {SWITCHED_AT_ANNOTATION}: {e}")))?;
-        if now < at + leaf_lifetime {
+        let Some(old_leaves_valid_until) = at.checked_add(leaf_lifetime) else {
+            return Err(RotationError::Current(format!(
+                "annotation {SWITCHED_AT_ANNOTATION}: {switched} plus --leaf-lifetime is out of range"
+            )));
+        };
+        if now < old_leaves_valid_until {
             return Err(RotationError::Refused(format!(
                 "the switch was at {switched}; leaves of the old chain may be valid until {} (--leaf-lifetime {}); wait, or pass --force",
-                crate::pki::rfc3339(at + leaf_lifetime),
+                crate::pki::rfc3339(old_leaves_valid_until),
                 crate::cmd::human_duration(leaf_lifetime)
             )));
         }
@@ -307,5 +314,24 @@ mod tests {
         let back =
             switch(&switched, old.certificate_pem().as_bytes(), Some(old.key().to_pem().as_bytes()), now).unwrap();
         assert_eq!(status(&back).unwrap().signing, crate::pki::chain::sha256_hex(old.certificate()));
+    }
+
+    /// The switch time is read from an annotation anyone with write access
+    /// to the Secret can edit: one near the end of time is refused with a
+    /// reason, not a panic in date arithmetic.
+    #[test]
+    fn a_switch_time_at_the_end_of_time_is_refused_not_a_panic() {
+        let now = OffsetDateTime::now_utc();
+        let (old, new) = (root(), root());
+        let added = add(&secret(&old), new.certificate_pem().as_bytes(), now).unwrap();
+        let mut switched =
+            switch(&added, new.certificate_pem().as_bytes(), Some(new.key().to_pem().as_bytes()), now).unwrap();
+        switched
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(SWITCHED_AT_ANNOTATION.into(), "9999-12-31T23:59:59Z".into());
+        let refused = finish(&switched, time::Duration::days(1), false, now);
+        assert!(matches!(&refused, Err(RotationError::Current(m)) if m.contains("out of range")), "{refused:?}");
     }
 }

@@ -89,7 +89,8 @@ impl Authority {
     /// Generates a self-signed root.
     pub fn new_root(spec: &CaSpec, now: OffsetDateTime) -> Result<Self> {
         let key = PrivateKey::generate(spec.key_algorithm)?;
-        let mut params = ca_params(spec, now, now + spec.lifetime)?;
+        let not_after = now.checked_add(spec.lifetime).ok_or(PkiError::TimeOutOfRange("the root's NotAfter"))?;
+        let mut params = ca_params(spec, now, not_after)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let cert = params.self_signed(&key)?;
         Self::from_parts(cert.der().clone(), key)
@@ -100,7 +101,7 @@ impl Authority {
     pub fn new_intermediate(&self, spec: &CaSpec, now: OffsetDateTime) -> Result<Self> {
         self.check_valid_at(now)?;
         let key = PrivateKey::generate(spec.key_algorithm)?;
-        let not_after = (now + spec.lifetime).min(self.not_after);
+        let not_after = now.checked_add(spec.lifetime).map_or(self.not_after, |end| end.min(self.not_after));
         let mut params = ca_params(spec, now, not_after)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.use_authority_key_identifier_extension = true;
@@ -165,7 +166,8 @@ impl Authority {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.not_before = now;
-        params.not_after = now + Duration::minutes(1);
+        params.not_after =
+            now.checked_add(Duration::minutes(1)).ok_or(PkiError::TimeOutOfRange("the probe's NotAfter"))?;
         params.use_authority_key_identifier_extension = true;
         let probe_key = self.issuer.key().spki_der();
         let probe = self.sign(&params, &probe_key)?;
@@ -259,7 +261,8 @@ fn ca_params(spec: &CaSpec, not_before: OffsetDateTime, not_after: OffsetDateTim
     dn.push(DnType::OrganizationName, spec.organization.as_str());
     dn.push(DnType::CommonName, spec.common_name.as_str());
     params.distinguished_name = dn;
-    params.not_before = not_before - Duration::minutes(2);
+    params.not_before =
+        not_before.checked_sub(Duration::minutes(2)).ok_or(PkiError::TimeOutOfRange("the CA's NotBefore"))?;
     params.not_after = not_after;
     params.serial_number = Some(random_serial()?.0);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];

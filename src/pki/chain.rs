@@ -190,7 +190,7 @@ impl SigningChain {
     /// The chain from the authority's certificate up to, not including, the
     /// roots: what a TLS server sends after its leaf.
     pub fn ca_path(&self) -> Vec<CertificateDer<'static>> {
-        let mut path = Vec::with_capacity(self.intermediates.len() + 1);
+        let mut path = Vec::with_capacity(self.intermediates.len().saturating_add(1));
         if !self.bundle.roots().contains(self.authority.certificate()) {
             path.push(self.authority.certificate().clone());
         }
@@ -211,7 +211,7 @@ impl SigningChain {
     /// Istio's `cert_chain`: `[leaf, intermediate…, bundle]`, each certificate
     /// element ending in a newline, never fewer than two elements.
     pub fn response_chain(&self, leaf_pem: String) -> Vec<String> {
-        let mut chain = Vec::with_capacity(1 + self.response_tail.len());
+        let mut chain = Vec::with_capacity(self.response_tail.len().saturating_add(1));
         chain.push(leaf_pem);
         chain.extend(self.response_tail.iter().cloned());
         chain

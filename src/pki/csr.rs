@@ -256,7 +256,7 @@ fn collect_name(name: &GeneralName<'_>, names: &mut RequestedNames) -> Result<()
             };
             names.ips.push(ip);
         }
-        _ => names.other += 1,
+        _ => names.other = names.other.saturating_add(1),
     }
     Ok(())
 }

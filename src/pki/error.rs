@@ -36,6 +36,8 @@ pub enum PkiError {
     SelfCheck(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("{0} is out of the range of dates a certificate can hold")]
+    TimeOutOfRange(&'static str),
 }
 
 impl From<rcgen::Error> for PkiError {

@@ -18,7 +18,9 @@ pub const CLOCK_SKEW_GRACE: Duration = Duration::minutes(2);
 /// Whether a certificate valid from `not_before` to `not_after` should be
 /// renewed at `now`: once two thirds of its life have passed.
 pub fn renewal_due(not_before: OffsetDateTime, not_after: OffsetDateTime, now: OffsetDateTime) -> bool {
-    now >= not_before + (not_after - not_before) * 2 / 3
+    let two_thirds = (not_after - not_before).checked_mul(2).and_then(|d| d.checked_div(3));
+    // Out of range only for absurd validity periods: renew.
+    two_thirds.and_then(|d| not_before.checked_add(d)).is_none_or(|due| now >= due)
 }
 
 /// The workload marker: a private, non-critical extension that only the
@@ -126,7 +128,7 @@ pub fn issue_server(
     if dns_names.is_empty() && ips.is_empty() {
         return Err(PkiError::Invalid("a server certificate needs at least one DNS name or IP".into()));
     }
-    let mut sans = Vec::with_capacity(dns_names.len() + ips.len());
+    let mut sans = Vec::with_capacity(dns_names.len().saturating_add(ips.len()));
     for name in dns_names {
         sans.push(SanType::DnsName(
             name.as_str().try_into().map_err(|_| PkiError::Invalid(format!("DNS name {name:?} is not ASCII")))?,
@@ -146,7 +148,7 @@ pub fn issue_istiod(
     lifetime: Duration,
     now: OffsetDateTime,
 ) -> Result<IssuedCertificate> {
-    let mut sans = Vec::with_capacity(dns_names.len() + 1);
+    let mut sans = Vec::with_capacity(dns_names.len().saturating_add(1));
     for name in dns_names {
         sans.push(SanType::DnsName(
             name.as_str().try_into().map_err(|_| PkiError::Invalid(format!("DNS name {name:?} is not ASCII")))?,
@@ -173,7 +175,7 @@ fn issue_leaf(
     // X.509 times have whole seconds; truncate so what we report is exact.
     let now = now.replace_nanosecond(0).map_err(|e| PkiError::Invalid(e.to_string()))?;
     authority.check_valid_at(now)?;
-    let not_before = now - CLOCK_SKEW_GRACE;
+    let not_before = now.checked_sub(CLOCK_SKEW_GRACE).ok_or(PkiError::TimeOutOfRange("the leaf's NotBefore"))?;
     let not_after = now.checked_add(ttl).unwrap_or(authority.not_after()).min(authority.not_after());
     let (serial, serial_hex) = random_serial()?;
 

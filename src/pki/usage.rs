@@ -193,7 +193,7 @@ impl Usages {
 }
 
 /// The extended key usage OIDs in a parsed extension.
-pub fn extended_from_x509(eku: &x509_parser::extensions::ExtendedKeyUsage) -> BTreeSet<String> {
+pub fn extended_from_x509(eku: &x509_parser::extensions::ExtendedKeyUsage<'_>) -> BTreeSet<String> {
     let mut set: BTreeSet<String> = [
         (eku.any, EKU_ANY),
         (eku.server_auth, EKU_SERVER_AUTH),

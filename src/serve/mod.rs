@@ -83,7 +83,7 @@ async fn load_root(client: &kube::Client, opts: &ServeOptions) -> RootState {
             Err(e) => {
                 tracing::error!(error = %e, retry_in = ?delay, "cannot load the root; not ready");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                delay = delay.saturating_mul(2).min(Duration::from_secs(30));
             }
         }
     }

@@ -193,8 +193,8 @@ impl Metrics {
 
     /// Renders the OpenMetrics text, refreshing time-relative gauges first.
     pub fn render(&self, now_unix: i64) -> String {
-        self.root_cert_expiry_seconds.set(self.root_expiry.load(Ordering::Relaxed) - now_unix);
-        self.cert_chain_expiry_seconds.set(self.chain_expiry.load(Ordering::Relaxed) - now_unix);
+        self.root_cert_expiry_seconds.set(self.root_expiry.load(Ordering::Relaxed).saturating_sub(now_unix));
+        self.cert_chain_expiry_seconds.set(self.chain_expiry.load(Ordering::Relaxed).saturating_sub(now_unix));
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

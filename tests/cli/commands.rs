@@ -101,7 +101,7 @@ fn request_against_dev_end_to_end() {
     let chain =
         meshroot::pki::pem::decode_certificates(&std::fs::read(w.join("cert-chain.pem")).unwrap(), 1 << 20).unwrap();
     let (_, leaf) =
-        <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(&chain[0]).unwrap();
+        <x509_parser::prelude::X509Certificate<'_> as x509_parser::prelude::FromDer<_>>::from_der(&chain[0]).unwrap();
     assert_eq!(leaf.public_key().raw, key.spki_der().as_slice());
 
     // Asking for someone else's identity fails with a clear message and a non-zero exit.

@@ -107,8 +107,7 @@ async fn intermediates_from_one_cluster_issuer_work_as_istio_cacerts_for_two_mes
     let leaf = openssl::sign_leaf(dir, &system.tls_crt, &system.tls_key, &key, "URI:spiffe://cluster.local/ns/a/sa/b");
     openssl::verify(dir, &ingress.ca_crt, &system.tls_crt, &leaf).unwrap();
     // A leaf does not verify against a different root.
-    let stranger =
-        meshroot::pki::Authority::new_root(&meshroot::pki::CaSpec::root(time::Duration::days(1)), now).unwrap();
+    let stranger = Authority::new_root(&meshroot::pki::CaSpec::root(time::Duration::days(1)), now).unwrap();
     assert!(openssl::verify(dir, stranger.certificate_pem(), &system.tls_crt, &leaf).is_err());
 }
 

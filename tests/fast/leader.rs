@@ -67,3 +67,30 @@ async fn a_leader_that_cannot_renew_steps_down() {
     until("a to lead again", || *a.is_leader.borrow()).await;
     a.stop().await;
 }
+
+/// `leaseTransitions` is read from the Lease: at its maximum, taking over
+/// an expired Lease keeps it there instead of overflowing.
+#[tokio::test]
+async fn taking_over_a_lease_at_the_maximum_transition_count_does_not_overflow() {
+    let fake = setup();
+    fake.create(
+        "coordination.k8s.io/v1",
+        "leases",
+        "meshroot",
+        json!({
+            "metadata": {"name": "meshroot-leader", "namespace": "meshroot"},
+            "spec": {
+                "holderIdentity": "replica-gone",
+                "leaseDurationSeconds": 1,
+                "renewTime": "2020-01-01T00:00:00.000000Z",
+                "leaseTransitions": i32::MAX,
+            }
+        }),
+    );
+    let a = leader::spawn(fake.client(), cfg("replica-a"));
+    until("a to take over the expired lease", || *a.is_leader.borrow()).await;
+    let lease = fake.get("coordination.k8s.io/v1", "leases", "meshroot", "meshroot-leader").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+    assert_eq!(lease["spec"]["leaseTransitions"].as_i64(), Some(i64::from(i32::MAX)));
+    a.stop().await;
+}
