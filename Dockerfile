@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The release image: built with the locked dependencies, run as non-root on
 # a distroless base with glibc (aws-lc is linked statically into the binary).
-FROM rust:1.95-bookworm AS build
+# The toolchain of rust-toolchain.toml.
+FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin meshroot \

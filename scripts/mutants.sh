@@ -59,7 +59,8 @@ export MESHROOT_HELM
 out="$cache/mutants/$mode"
 mkdir -p "$out"
 
-args=(--output "$out")
+# --workspace: the listed files span the workspace's crates (crates/pki too).
+args=(--output "$out" --workspace)
 # `--file GLOB` narrows the run to those files. (cargo-mutants would add
 # them to the config's examine_globs instead.) The config is copied with
 # its examine_globs replaced.

@@ -37,7 +37,7 @@ pub mod fuzzing;
 pub mod issuer;
 pub mod mesh;
 pub mod names;
-pub mod pki;
+pub use meshroot_pki as pki;
 pub mod serve;
 pub mod supervise;
 pub mod telemetry;

@@ -181,3 +181,31 @@ pub fn spawn_watch(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RootState;
+    use crate::ca::auth::BearerToken;
+    use crate::pki::{Authority, CaSpec, TrustBundle};
+    use std::sync::Arc;
+
+    /// The root state and a bearer token redact what they hold in Debug
+    /// output (the PKI types' own redaction is tested in meshroot-pki).
+    #[test]
+    fn the_root_state_and_tokens_redact_keys_and_secrets_in_debug_output() {
+        let now = time::OffsetDateTime::now_utc();
+        let root = Authority::new_root(&CaSpec::root(time::Duration::days(1)), now).unwrap();
+        let key_lines: Vec<String> = root.key().to_pem().lines().filter(|l| l.len() == 64).map(String::from).collect();
+        assert!(!key_lines.is_empty());
+        let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+        let state = RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle) };
+        let token = BearerToken::new("eyJhbGciOiJSUzI1NiJ9.secret-token-value".into());
+        for debug in [format!("{state:?}"), format!("{state:#?}"), format!("{token:?}")] {
+            assert!(debug.contains("redacted"), "{debug}");
+            for line in &key_lines {
+                assert!(!debug.contains(line.as_str()), "a key line in {debug}");
+            }
+            assert!(!debug.contains("secret-token-value"), "{debug}");
+        }
+    }
+}

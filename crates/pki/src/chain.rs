@@ -5,7 +5,7 @@ use super::authority::{Authority, MAX_CERT_PEM_BYTES, parse_certificate};
 use super::error::{PkiError, Result};
 use super::pem;
 use super::profile::{self, IssuedCertificate};
-use crate::pki::keys::KeyAlgorithm;
+use crate::keys::KeyAlgorithm;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use time::{Duration, OffsetDateTime};
 
@@ -156,7 +156,7 @@ impl SigningChain {
         // Roots that appear in the chain file are dropped: the bundle carries them.
         path.extend(intermediates.into_iter().filter(|c| !bundle.roots().contains(c)));
 
-        let probe_key = crate::pki::keys::PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
+        let probe_key = crate::keys::PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
         let probe = profile::issue_workload(
             &authority,
             &probe_key.spki_der(),

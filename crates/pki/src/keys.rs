@@ -298,11 +298,12 @@ mod tests {
         assert!(!debug.contains(&body[..20]));
     }
 
-    /// Everything that holds a key redacts it, down to the derived Debug of
-    /// the structs that hold those (a signing chain, the root state).
+    /// Everything here that holds a key redacts it, down to the derived
+    /// Debug of a signing chain. (The root state and bearer tokens of the
+    /// service are checked beside them, in meshroot's `k8s::root`.)
     #[test]
     fn holders_of_keys_redact_them_in_debug_output() {
-        use crate::pki::{Authority, CaSpec, SigningChain, TrustBundle};
+        use crate::{Authority, CaSpec, SigningChain, TrustBundle};
         let now = time::OffsetDateTime::now_utc();
         let root = Authority::new_root(&CaSpec::root(time::Duration::days(1)), now).unwrap();
         let int = root.new_intermediate(&CaSpec::intermediate("m", time::Duration::hours(1)), now).unwrap();
@@ -312,18 +313,12 @@ mod tests {
             .flat_map(|p| p.lines().filter(|l| l.len() == 64).map(String::from).collect::<Vec<_>>())
             .collect();
         let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
-        let chain = SigningChain::new(int, vec![], bundle.clone()).unwrap();
-        let state = crate::k8s::root::RootState {
-            authority: Some(std::sync::Arc::new(root)),
-            bundle: std::sync::Arc::new(bundle),
-        };
-        let token = crate::ca::auth::BearerToken::new("eyJhbGciOiJSUzI1NiJ9.secret-token-value".into());
-        for debug in [format!("{chain:?}"), format!("{state:?}"), format!("{chain:#?}"), format!("{token:?}")] {
+        let chain = SigningChain::new(int, vec![], bundle).unwrap();
+        for debug in [format!("{chain:?}"), format!("{chain:#?}"), format!("{root:?}")] {
             assert!(debug.contains("redacted"), "{debug}");
             for line in &key_lines {
                 assert!(!debug.contains(line.as_str()), "a key line in {debug}");
             }
-            assert!(!debug.contains("secret-token-value"));
         }
     }
 

@@ -1,6 +1,20 @@
 //! Pure X.509: keys, CSRs, authorities, issuance profiles, chains, trust
 //! bundles and SPIFFE IDs. No I/O and no async, so it can be unit-tested
 //! exhaustively and fuzzed.
+//!
+//! The bottom layer of meshroot (docs/architecture.md): it depends on no
+//! other meshroot crate, so nothing here can reach Kubernetes or the network.
+// The same policy as meshroot's library: no panicking constructs outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 pub mod authority;
 pub mod chain;

@@ -1,14 +1,15 @@
 //! Unit tests of the PKI rules, checked by parsing what is issued.
 
 use super::*;
-use crate::pki::chain::sha256_hex;
+use crate::chain::sha256_hex;
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+// The openssl-made fixtures the whole workspace shares (tests/fixtures).
 macro_rules! fixture {
     ($name:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openssl/", $name))
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/openssl/", $name))
     };
 }
 
