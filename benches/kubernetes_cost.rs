@@ -5,9 +5,9 @@
 //! Run: `cargo bench --bench kubernetes_cost` (prints figures; asserts nothing).
 
 use fake_apiserver::FakeApi;
-use meshroot::ca::auth::{Authenticator, BearerToken, Credentials};
-use meshroot::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
+use meshroot::auth::{Authenticator, BearerToken, Credentials};
 use meshroot::controllers::root_configmaps::{self, Coverage};
+use meshroot::k8s::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
 use meshroot::pki::{Authority, CaSpec, TrustBundle};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

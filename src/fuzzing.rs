@@ -3,8 +3,8 @@
 //! every CI run. Each function must never panic for any input; the
 //! assertions inside are the properties the fuzzer hunts for violations of.
 
-use crate::ca::auth::AuthenticatorChain;
-use crate::ca::node::TrustedAccountOnly;
+use crate::auth::AuthenticatorChain;
+use crate::auth::node::TrustedAccountOnly;
 use crate::ca::service::{CertificateService, IMPERSONATED_IDENTITY, ServiceConfig};
 use crate::ca::static_tokens::StaticTokenAuthenticator;
 use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};

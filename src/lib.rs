@@ -14,15 +14,16 @@
     )
 )]
 
-pub mod api;
+// The layers below, under the names the rest of this crate uses.
+pub use meshroot_core::{api, auth, ca, client, duration, issuer, mesh, names, pb, telemetry};
+pub use meshroot_pki as pki;
+
 #[allow(
     clippy::arithmetic_side_effects,
     clippy::indexing_slicing,
     reason = "the benchmark's own statistics over its own samples; no input reaches them"
 )]
 pub mod bench;
-pub mod ca;
-pub mod client;
 pub mod cmd;
 pub mod controllers;
 #[doc(hidden)]
@@ -34,19 +35,9 @@ pub mod controllers;
     reason = "test fixtures for the fuzz targets: a broken fixture must stop the fuzzer"
 )]
 pub mod fuzzing;
-pub mod issuer;
-pub mod mesh;
-pub mod names;
-pub use meshroot_pki as pki;
 pub mod serve;
 pub mod supervise;
-pub mod telemetry;
 
-/// Generated from `proto/istio/v1/auth/ca.proto`.
-#[allow(clippy::all, clippy::pedantic, unused_qualifications, rust_2018_idioms)]
-pub mod pb {
-    tonic::include_proto!("istio.v1.auth");
-}
 pub mod dev;
 pub mod fsutil;
 pub mod k8s;

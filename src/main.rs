@@ -15,8 +15,9 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use meshroot::ca::rate_limit;
-use meshroot::cmd::{self, parse_duration};
+use meshroot::cmd;
 use meshroot::dev::DevOptions;
+use meshroot::duration;
 use meshroot::pki::KeyAlgorithm;
 use meshroot::telemetry::logging::{self, LogFormat};
 use std::net::SocketAddr;
@@ -74,7 +75,7 @@ enum Command {
 #[derive(Args)]
 struct BenchArgs {
     /// Length of each measured phase.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
     duration: time::Duration,
     /// Concurrent connections, one request in flight on each.
     #[arg(long, default_value = "64")]
@@ -112,10 +113,10 @@ struct DevArgs {
     #[arg(long, default_value = "Kubernetes")]
     cluster_id: String,
     /// Lifetime when a request asks for none.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
     default_ttl: time::Duration,
     /// Longest lifetime issued; longer requests are clamped.
-    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    #[arg(long, default_value = "90d", value_parser = duration::parse)]
     max_ttl: time::Duration,
     /// NAMESPACE/SERVICEACCOUNT allowed to impersonate (ztunnel). Repeatable.
     #[arg(long = "trusted-node-account", default_value = "istio-system/ztunnel")]
@@ -186,7 +187,7 @@ struct ServeArgs {
     )]
     token_audiences: Vec<String>,
     /// How long a TokenReview result is reused (never past the token's expiry).
-    #[arg(long, env = "MESHROOT_TOKEN_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "MESHROOT_TOKEN_CACHE_TTL", default_value = "60s", value_parser = duration::parse)]
     token_cache_ttl: time::Duration,
     /// Most TokenReview results kept at once.
     #[arg(long, env = "MESHROOT_TOKEN_CACHE_SIZE", default_value = "10000")]
@@ -201,10 +202,10 @@ struct ServeArgs {
     #[arg(long, env = "MESHROOT_LEASE_NAME", default_value = "meshroot-leader")]
     lease_name: String,
     /// Periodic re-sync of controllers (renewals, drift in istiod namespaces).
-    #[arg(long, env = "MESHROOT_RESYNC", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "MESHROOT_RESYNC", default_value = "60s", value_parser = duration::parse)]
     resync: time::Duration,
     /// How long readiness is down before shutting the listeners.
-    #[arg(long, env = "MESHROOT_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "MESHROOT_DRAIN_DELAY", default_value = "5s", value_parser = duration::parse)]
     drain_delay: time::Duration,
     /// Sign cert-manager CertificateRequests for meshroot's Issuers and ClusterIssuers.
     #[arg(long, env = "MESHROOT_CERT_MANAGER_ISSUER", default_value_t = true, action = clap::ArgAction::Set)]
@@ -239,7 +240,7 @@ struct RequestArgs {
     identity: String,
     #[arg(long, default_value = "ecdsa-p256")]
     key_type: KeyAlgorithm,
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
     ttl: time::Duration,
     #[arg(long, default_value = "Kubernetes")]
     cluster_id: String,
@@ -270,7 +271,7 @@ enum RootStep {
         out: PathBuf,
         #[arg(long, default_value = "ecdsa-p256")]
         key_type: KeyAlgorithm,
-        #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+        #[arg(long, default_value = "3650d", value_parser = duration::parse)]
         lifetime: time::Duration,
     },
     /// Step 1: trust the new root beside the current one, everywhere.
@@ -289,7 +290,7 @@ enum RootStep {
     /// Step 3: stop trusting the old root, once no leaf of its chain is valid.
     Finish {
         /// The longest leaf lifetime issued under the old root.
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = duration::parse)]
         leaf_lifetime: time::Duration,
         /// Skip the waiting and intermediate checks.
         #[arg(long)]
@@ -320,9 +321,9 @@ struct PkiInitArgs {
     /// Key type for created keys.
     #[arg(long, default_value = "ecdsa-p256")]
     key_type: KeyAlgorithm,
-    #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+    #[arg(long, default_value = "3650d", value_parser = duration::parse)]
     root_lifetime: time::Duration,
-    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    #[arg(long, default_value = "365d", value_parser = duration::parse)]
     intermediate_lifetime: time::Duration,
 }
 
@@ -338,7 +339,7 @@ impl ServeArgs {
             generate_root: self.generate_root,
             cluster_id: self.cluster_id,
             cluster_aliases: self.cluster_aliases,
-            token: meshroot::ca::tokenreview::TokenReviewConfig {
+            token: meshroot::k8s::tokenreview::TokenReviewConfig {
                 audiences: self.token_audiences,
                 cache_ttl: std_duration(self.token_cache_ttl),
                 max_entries: self.token_cache_size,

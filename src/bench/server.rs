@@ -3,9 +3,9 @@
 //! and memory can be read from /proc. It exits when its stdin closes.
 
 use super::fixture::{self, Files, TRUST_DOMAIN};
-use crate::ca::auth::AuthenticatorChain;
+use crate::auth::AuthenticatorChain;
+use crate::auth::node::TrustedAccountOnly;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
-use crate::ca::node::TrustedAccountOnly;
 use crate::ca::rate_limit::RateLimits;
 use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};

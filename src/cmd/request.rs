@@ -1,7 +1,7 @@
 //! `meshroot request`: get a workload certificate the way pilot-agent does.
 
-use super::human_duration;
 use crate::client::{self, VerifiedResponse};
+use crate::duration;
 use crate::fsutil::{self, Existing};
 use crate::pb::IstioCertificateRequest;
 use crate::pki::csr::build_workload_csr;
@@ -87,7 +87,7 @@ pub fn summary(outcome: &RequestOutcome) -> String {
         "SAN:     {}\nexpires: {} (in {})\nchain:   leaf + {} intermediate(s), {} trusted root(s); verified against the root file\nwrote:   {}\n",
         r.uri_san,
         crate::pki::rfc3339(r.not_after),
-        human_duration(left),
+        duration::rounded(left),
         r.intermediates.len(),
         r.bundle.roots().len(),
         files.join(", ")

@@ -9,9 +9,9 @@ use super::issuer_cache::IssuerName;
 use super::panic_guard::PanicGuard;
 use super::signing::{Outcome, Signers};
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, RequestCondition};
+use crate::duration;
 use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;
-use crate::k8s::intermediates::parse_duration;
 use crate::telemetry::audit;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -153,7 +153,7 @@ fn signing_request<'a>(
     cr.spec
         .duration
         .as_deref()
-        .map(|d| parse_duration("spec.duration", d))
+        .map(|d| duration::parse_field("spec.duration", d).map_err(|e| e.to_string()))
         .transpose()
         .map(|duration| SigningRequest {
             csr_pem: &cr.spec.request.0,

@@ -8,9 +8,9 @@ use super::events::{EventSink, note};
 use super::issuer_cache::IssuerName;
 use super::panic_guard::PanicGuard;
 use super::signing::{Outcome, Signers};
+use crate::duration;
 use crate::issuer::sign::SigningRequest;
 use crate::k8s::error_summary;
-use crate::k8s::intermediates::parse_duration;
 use crate::telemetry::audit;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -108,7 +108,9 @@ fn requester_namespace(csr: &CertificateSigningRequest) -> Option<&str> {
 fn requested_terms(csr: &CertificateSigningRequest) -> Result<(Option<time::Duration>, bool), (&'static str, String)> {
     let annotations = csr.annotations();
     let duration = match annotations.get(DURATION_ANNOTATION) {
-        Some(d) => Some(parse_duration(DURATION_ANNOTATION, d).map_err(|why| ("InvalidDuration", why))?),
+        Some(d) => {
+            Some(duration::parse_field(DURATION_ANNOTATION, d).map_err(|why| ("InvalidDuration", why.to_string()))?)
+        }
         None => csr.spec.expiration_seconds.map(|s| time::Duration::seconds(i64::from(s))),
     };
     let is_ca = match annotations.get(IS_CA_ANNOTATION).map(String::as_str) {

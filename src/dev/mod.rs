@@ -3,9 +3,9 @@
 
 pub mod state;
 
-use crate::ca::auth::AuthenticatorChain;
+use crate::auth::AuthenticatorChain;
+use crate::auth::node::TrustedAccountOnly;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
-use crate::ca::node::TrustedAccountOnly;
 use crate::ca::rate_limit::RateLimits;
 use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};

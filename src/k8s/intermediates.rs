@@ -9,6 +9,7 @@
 use super::root::{CA_CERT, TLS_CERT, TLS_KEY};
 use super::{FIELD_MANAGER, error_summary, is_managed, managed_labels, secret_data, secret_value};
 use crate::api::mesh::IntermediateSpec;
+use crate::duration;
 use crate::pki::{Authority, CaSpec, KeyAlgorithm, PkiError, SigningChain, TrustBundle};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -101,23 +102,6 @@ impl IntermediateSecret {
     }
 }
 
-/// Parses a Go-style or humantime duration such as `8760h` or `30d`.
-pub fn parse_duration(field: &str, value: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(value).map_err(|e| format!("{field}: {value:?}: {e}"))?;
-    let d = Duration::try_from(d).map_err(|e| format!("{field}: {value:?}: {e}"))?;
-    if d <= Duration::ZERO {
-        return Err(format!("{field}: {value:?} must be positive"));
-    }
-    if d > MAX_DURATION {
-        return Err(format!("{field}: {value:?} is longer than the longest duration meshroot accepts (100 years)"));
-    }
-    Ok(d)
-}
-
-/// No certificate, renewal window or TTL meshroot deals in is longer; the
-/// bound keeps every `now + duration` far from overflowing.
-pub const MAX_DURATION: Duration = Duration::days(36_500);
-
 /// The intermediate a mesh asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IntermediatePolicy {
@@ -128,8 +112,9 @@ pub struct IntermediatePolicy {
 
 impl IntermediatePolicy {
     pub fn from_spec(spec: &IntermediateSpec) -> Result<Self, String> {
-        let lifetime = parse_duration("intermediate.duration", &spec.duration)?;
-        let renew_before = parse_duration("intermediate.renewBefore", &spec.renew_before)?;
+        let lifetime = duration::parse_field("intermediate.duration", &spec.duration).map_err(|e| e.to_string())?;
+        let renew_before =
+            duration::parse_field("intermediate.renewBefore", &spec.renew_before).map_err(|e| e.to_string())?;
         if renew_before >= lifetime {
             return Err(format!(
                 "intermediate.renewBefore ({}) must be shorter than intermediate.duration ({})",

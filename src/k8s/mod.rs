@@ -7,6 +7,7 @@ pub mod registry;
 pub mod root;
 pub mod rotation;
 pub mod selector;
+pub mod tokenreview;
 pub mod watch;
 
 use k8s_openapi::ByteString;

@@ -4,8 +4,8 @@
 //! the caller's node. Pods are indexed by node and service account, keeping
 //! only the fields this needs.
 
-use crate::ca::auth::{AuthError, Caller};
-use crate::ca::node::NodeAuthorizer;
+use crate::auth::node::NodeAuthorizer;
+use crate::auth::{AuthError, Caller};
 use crate::pki::WorkloadIdentity;
 use async_trait::async_trait;
 use futures::StreamExt;

@@ -4,11 +4,12 @@
 //! renewed intermediate or a newly labelled namespace takes effect without a
 //! restart.
 
-use super::intermediates::{parse_duration, parse_secret, secret_name};
+use super::intermediates::{parse_secret, secret_name};
 use super::selector;
 use super::watch as kwatch;
 use crate::api::{Mesh as MeshResource, MeshMode};
-use crate::ca::node::NodeAuthorizer;
+use crate::auth::node::NodeAuthorizer;
+use crate::duration;
 use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
 use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 use crate::pki::chain::sha256_hex;
@@ -149,8 +150,10 @@ pub struct ValidSpec {
 /// Checks a Mesh spec: trust domain, workload TTLs, node accounts, selector.
 pub fn validate_spec(spec: &crate::api::MeshSpec) -> Result<ValidSpec, String> {
     validate_trust_domain(&spec.trust_domain).map_err(|e| format!("spec.trustDomain: {e}"))?;
-    let default_ttl = parse_duration("workloadCertificates.defaultTTL", &spec.workload_certificates.default_ttl)?;
-    let max_ttl = parse_duration("workloadCertificates.maxTTL", &spec.workload_certificates.max_ttl)?;
+    let default_ttl = duration::parse_field("workloadCertificates.defaultTTL", &spec.workload_certificates.default_ttl)
+        .map_err(|e| e.to_string())?;
+    let max_ttl = duration::parse_field("workloadCertificates.maxTTL", &spec.workload_certificates.max_ttl)
+        .map_err(|e| e.to_string())?;
     for account in &spec.trusted_node_accounts {
         let ok = account.split_once('/').is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa));
         if !ok {

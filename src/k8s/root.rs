@@ -120,12 +120,8 @@ pub async fn load_or_generate(
     }
 }
 
-/// The current root, shared by every part of a replica.
-#[derive(Clone, Debug)]
-pub struct RootState {
-    pub authority: Option<std::sync::Arc<Authority>>,
-    pub bundle: std::sync::Arc<TrustBundle>,
-}
+/// The current root, as the root watch publishes it.
+pub use crate::pki::RootState;
 
 impl From<Root> for RootState {
     fn from(r: Root) -> Self {
@@ -185,7 +181,7 @@ pub fn spawn_watch(
 #[cfg(test)]
 mod tests {
     use super::RootState;
-    use crate::ca::auth::BearerToken;
+    use crate::auth::BearerToken;
     use crate::pki::{Authority, CaSpec, TrustBundle};
     use std::sync::Arc;
 

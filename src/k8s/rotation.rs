@@ -205,7 +205,7 @@ pub fn finish(
             return Err(RotationError::Refused(format!(
                 "the switch was at {switched}; leaves of the old chain may be valid until {} (--leaf-lifetime {}); wait, or pass --force",
                 crate::pki::rfc3339(old_leaves_valid_until),
-                crate::cmd::human_duration(leaf_lifetime)
+                crate::duration::rounded(leaf_lifetime)
             )));
         }
     }

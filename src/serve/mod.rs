@@ -3,17 +3,17 @@
 
 pub mod serving;
 
-use crate::ca::auth::AuthenticatorChain;
+use crate::auth::AuthenticatorChain;
+use crate::auth::node::NodeAuthorizer;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
-use crate::ca::node::NodeAuthorizer;
 use crate::ca::server::{self, ServerOptions};
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::tls::{ServerTls, ServingCertificate};
-use crate::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
 use crate::controllers::panic_guard::PanicGuard;
 use crate::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs, meshes, root_configmaps, signing};
 use crate::k8s::node_authz::PodNodeAuthorizer;
 use crate::k8s::root::{self, RootState};
+use crate::k8s::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
 use crate::k8s::{leader, registry};
 use crate::mesh::MeshRegistry;
 use crate::supervise::{self, AbortOnDrop, Supervisor};

@@ -89,7 +89,7 @@ pub fn issue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::node::TrustedAccountOnly;
+    use crate::auth::node::TrustedAccountOnly;
     use crate::mesh::{Mesh, NamespaceScope};
     use crate::pki::{Authority, CaSpec, SigningChain, TrustBundle};
     use std::sync::Arc;

@@ -5,7 +5,7 @@ use crate::support;
 use fake_apiserver::FakeApi;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use meshroot::ca::node::{NodeAuthorizer, TrustedAccountOnly};
+use meshroot::auth::node::{NodeAuthorizer, TrustedAccountOnly};
 use meshroot::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure};
 use meshroot::k8s::registry::{self, Problems};
 use meshroot::mesh::{MeshRegistry, RouteError};

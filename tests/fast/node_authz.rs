@@ -3,8 +3,8 @@
 use fake_apiserver::FakeApi;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use meshroot::ca::auth::{AuthError, Caller, PodRef};
-use meshroot::ca::node::NodeAuthorizer;
+use meshroot::auth::node::NodeAuthorizer;
+use meshroot::auth::{AuthError, Caller, PodRef};
 use meshroot::k8s::node_authz::PodNodeAuthorizer;
 use meshroot::pki::WorkloadIdentity;
 use serde_json::json;

@@ -147,8 +147,8 @@ fn serving_cert(
 }
 
 async fn bare() -> (Bare, String) {
+    use meshroot::auth::AuthenticatorChain;
     use meshroot::ca::{
-        auth::AuthenticatorChain,
         service::{CertificateService, ServiceConfig},
         tls::{ServerTls, ServingCertificate},
     };

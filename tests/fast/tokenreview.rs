@@ -3,8 +3,8 @@
 
 use fake_apiserver::FakeApi;
 use fake_apiserver::store::TokenAnswer;
-use meshroot::ca::auth::{AuthError, Authenticator, BearerToken, Credentials, PodRef};
-use meshroot::ca::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
+use meshroot::auth::{AuthError, Authenticator, BearerToken, Credentials, PodRef};
+use meshroot::k8s::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use fake_apiserver::FakeApi;
-use meshroot::ca::node::TrustedAccountOnly;
+use meshroot::auth::node::TrustedAccountOnly;
 use meshroot::controllers::panic_guard::PanicGuard;
 use meshroot::controllers::signing::Signers;
 use meshroot::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs};

@@ -217,3 +217,11 @@ impl SigningChain {
         chain
     }
 }
+
+/// The current root, shared by every part of a replica: the signing
+/// authority when its key is online, and the trust bundle.
+#[derive(Clone, Debug)]
+pub struct RootState {
+    pub authority: Option<std::sync::Arc<Authority>>,
+    pub bundle: std::sync::Arc<TrustBundle>,
+}

@@ -30,7 +30,7 @@ pub mod template;
 pub mod usage;
 
 pub use authority::{Authority, CaSpec};
-pub use chain::{SigningChain, TrustBundle};
+pub use chain::{RootState, SigningChain, TrustBundle};
 pub use csr::CertificateSigningRequest;
 pub use error::PkiError;
 pub use keys::{KeyAlgorithm, PrivateKey, PublicKeyKind};

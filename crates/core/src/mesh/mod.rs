@@ -2,7 +2,7 @@
 //! policy it signs with. Readers take a snapshot without locking; updates
 //! swap the whole snapshot atomically.
 
-use crate::ca::node::NodeAuthorizer;
+use crate::auth::node::NodeAuthorizer;
 use crate::pki::SigningChain;
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
@@ -190,7 +190,7 @@ impl MeshRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::node::TrustedAccountOnly;
+    use crate::auth::node::TrustedAccountOnly;
     use crate::pki::{Authority, CaSpec, TrustBundle};
 
     fn mesh(name: &str, signer: Option<Arc<SigningChain>>, max_ttl: Duration) -> Arc<Mesh> {

@@ -2,6 +2,8 @@
 //! request's credentials and either recognises a caller, does not apply, or
 //! rejects. Kubernetes TokenReview and client certificates plug in here.
 
+pub mod node;
+
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 use std::fmt;

@@ -1,11 +1,11 @@
 //! The service against a registry of several meshes: routing by namespace,
 //! and impersonation routed by the target's namespace.
 
-use super::auth::{AuthenticatorChain, Caller};
-use super::node::TrustedAccountOnly;
 use super::rate_limit::{Limit, RateLimits};
 use super::service::{CertificateService, IMPERSONATED_IDENTITY, ServiceConfig};
 use super::static_tokens::StaticTokenAuthenticator;
+use crate::auth::node::TrustedAccountOnly;
+use crate::auth::{AuthenticatorChain, Caller};
 use crate::client::verify_response;
 use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
 use crate::pb::IstioCertificateRequest;
@@ -110,7 +110,7 @@ fn caller(namespace: &str, service_account: &str, trust_domain: Option<&str>, no
 
 /// A service whose one authenticator is `authenticator`.
 fn service_with(
-    authenticator: Arc<dyn crate::ca::auth::Authenticator>,
+    authenticator: Arc<dyn crate::auth::Authenticator>,
     registry: Arc<MeshRegistry>,
     rate_limits: RateLimits,
 ) -> CertificateService {
@@ -181,14 +181,11 @@ async fn impersonation_is_routed_by_the_target_and_needs_that_meshs_trust() {
 struct Fixed(Caller);
 
 #[async_trait::async_trait]
-impl crate::ca::auth::Authenticator for Fixed {
+impl crate::auth::Authenticator for Fixed {
     fn name(&self) -> &'static str {
         "fixed"
     }
-    async fn authenticate(
-        &self,
-        _: &crate::ca::auth::Credentials,
-    ) -> Result<Option<Caller>, crate::ca::auth::AuthError> {
+    async fn authenticate(&self, _: &crate::auth::Credentials) -> Result<Option<Caller>, crate::auth::AuthError> {
         Ok(Some(self.0.clone()))
     }
 }
@@ -294,14 +291,11 @@ async fn a_client_certificate_trust_domain_is_checked_on_the_impersonation_path_
 struct Switch(std::sync::Mutex<Caller>);
 
 #[async_trait::async_trait]
-impl crate::ca::auth::Authenticator for Switch {
+impl crate::auth::Authenticator for Switch {
     fn name(&self) -> &'static str {
         "switch"
     }
-    async fn authenticate(
-        &self,
-        _: &crate::ca::auth::Credentials,
-    ) -> Result<Option<Caller>, crate::ca::auth::AuthError> {
+    async fn authenticate(&self, _: &crate::auth::Credentials) -> Result<Option<Caller>, crate::auth::AuthError> {
         Ok(self.0.lock().ok().map(|c| c.clone()))
     }
 }

@@ -1,8 +1,8 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`.
 
-use super::auth::{AuthError, AuthenticatorChain, BearerToken, Caller, Credentials};
 use super::error::{Failure, quote_input};
 use super::rate_limit::{RateLimiter, RateLimits};
+use crate::auth::{AuthError, AuthenticatorChain, BearerToken, Caller, Credentials};
 use crate::mesh::{Mesh, MeshRegistry, RouteError};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};

@@ -3,8 +3,8 @@
 
 use super::tenancy::Tenancy;
 use crate::api::issuer::{IssuerScope, SignerRef};
-use crate::k8s::root::RootState;
 use crate::mesh::MeshRegistry;
+use crate::pki::RootState;
 use crate::pki::authority::parse_certificate;
 use crate::pki::chain::sha256_hex;
 use crate::pki::{Authority, SigningChain, TrustBundle, pem};

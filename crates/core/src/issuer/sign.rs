@@ -5,7 +5,7 @@
 use super::policy::{Asked, Policy};
 use super::signer::{CaAllowance, IssuingCa};
 use super::tenancy::Tenancy;
-use crate::k8s::intermediates::MAX_DURATION;
+use crate::duration;
 use crate::pki::authority::parse_certificate;
 use crate::pki::template::{CertificateTemplate, issue_from_template};
 use crate::pki::usage::{KeyUsage, Usages};
@@ -94,10 +94,10 @@ pub fn sign(
     }
     let lifetime = req.duration.unwrap_or(DEFAULT_DURATION);
     if lifetime < MIN_DURATION {
-        return invalid(format!("the duration {} is shorter than the minimum of 10m", human(lifetime)));
+        return invalid(format!("the duration {} is shorter than the minimum of 10m", duration::exact(lifetime)));
     }
-    if lifetime > MAX_DURATION {
-        return invalid(format!("the duration {} is longer than the maximum of 100 years", human(lifetime)));
+    if lifetime > duration::MAX {
+        return invalid(format!("the duration {} is longer than the maximum of 100 years", duration::exact(lifetime)));
     }
     check_subject_is_not_a_signer(&csr, ca)?;
     policy
@@ -130,7 +130,7 @@ pub fn sign(
     let mut shortened = None;
     if let Some(max) = policy.max_duration.filter(|max| *max < lifetime) {
         effective = max;
-        shortened = Some(format!("the issuer's maxDuration is {}", human(max)));
+        shortened = Some(format!("the issuer's maxDuration is {}", duration::exact(max)));
     }
     let template = CertificateTemplate {
         csr: &csr,
@@ -248,18 +248,14 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
-fn human(d: Duration) -> String {
-    humantime::format_duration(std::time::Duration::from_secs(d.whole_seconds().max(0) as u64)).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::issuer::{IssuerScope, SignerRef};
     use crate::issuer::signer::{CaAllowance, SignerProblem, resolve};
     use crate::issuer::tenancy::{OwnService, Tenancy};
-    use crate::k8s::root::RootState;
     use crate::mesh::MeshRegistry;
+    use crate::pki::RootState;
     use crate::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, TrustBundle};
     use std::sync::Arc;
 

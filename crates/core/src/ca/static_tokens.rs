@@ -1,7 +1,7 @@
 //! Static bearer tokens for dev mode: a file of `TOKEN NAMESPACE SERVICEACCOUNT`
 //! lines. Tokens are kept only as SHA-256 digests.
 
-use super::auth::{AuthError, Authenticator, Caller, Credentials};
+use crate::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -59,7 +59,7 @@ impl StaticTokenAuthenticator {
                     message: format!("{service_account:?} is not a valid service account name"),
                 });
             }
-            let digest = super::auth::BearerToken::new((*token).to_string()).digest();
+            let digest = crate::auth::BearerToken::new((*token).to_string()).digest();
             if let Some(first) = first_line.insert(digest, line) {
                 return Err(TokenFileError { line, message: format!("duplicate token (first on line {first})") });
             }
@@ -111,7 +111,7 @@ impl Authenticator for StaticTokenAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::auth::BearerToken;
+    use crate::auth::BearerToken;
 
     fn creds(token: &str) -> Credentials {
         Credentials {

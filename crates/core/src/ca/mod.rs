@@ -1,16 +1,13 @@
 //! The Istio CA gRPC service: authentication, impersonation, response
 //! shaping, error mapping, rate limits, TLS and the server loop.
 
-pub mod auth;
 pub mod client_cert;
 pub mod error;
-pub mod node;
 pub mod rate_limit;
 pub mod server;
 pub mod service;
 pub mod static_tokens;
 pub mod tls;
-pub mod tokenreview;
 
 #[cfg(test)]
 mod service_tests;

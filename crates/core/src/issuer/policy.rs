@@ -6,7 +6,7 @@
 use super::glob;
 use super::tenancy::Tenancy;
 use crate::api::issuer::IssuancePolicy;
-use crate::k8s::intermediates::parse_duration;
+use crate::duration;
 use crate::pki::csr::{RequestedNames, SubjectAttribute};
 use crate::pki::pem::printable;
 use crate::pki::usage::{EKU_ANY, EKU_CLIENT_AUTH, EKU_OCSP_SIGNING, EKU_SERVER_AUTH, KeyUsage, Usage, Usages};
@@ -69,7 +69,11 @@ pub struct Asked<'a> {
 
 impl Policy {
     pub fn from_spec(spec: &IssuancePolicy) -> Result<Self, String> {
-        let max_duration = spec.max_duration.as_deref().map(|d| parse_duration("policy.maxDuration", d)).transpose()?;
+        let max_duration = spec
+            .max_duration
+            .as_deref()
+            .map(|d| duration::parse_field("policy.maxDuration", d).map_err(|e| e.to_string()))
+            .transpose()?;
         if let Some(max) = max_duration
             && max < super::sign::MIN_DURATION
         {

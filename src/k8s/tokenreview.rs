@@ -16,7 +16,7 @@
 //! each runs as its own task, so a caller that gives up does not leave it
 //! half done.
 
-use super::auth::{AuthError, Authenticator, BearerToken, Caller, Credentials, PodRef};
+use crate::auth::{AuthError, Authenticator, BearerToken, Caller, Credentials, PodRef};
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};

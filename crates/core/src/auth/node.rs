@@ -1,7 +1,7 @@
 //! Node authorization for impersonation (ztunnel asks for certificates on
 //! behalf of the workloads on its node).
 
-use super::auth::{AuthError, Caller};
+use super::{AuthError, Caller};
 use crate::pki::WorkloadIdentity;
 use async_trait::async_trait;
 use std::fmt;

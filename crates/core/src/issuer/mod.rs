@@ -14,8 +14,8 @@ pub use signer::{IssuingCa, SignerProblem, resolve};
 pub use tenancy::{OwnService, Tenancy};
 
 use crate::api::issuer::{IssuerResource, IssuerScope};
-use crate::k8s::root::RootState;
 use crate::mesh::MeshRegistry;
+use crate::pki::RootState;
 
 /// An issuer ready to sign: its validated policy and resolved CA.
 #[derive(Clone, Debug)]

@@ -24,7 +24,7 @@
 //!
 //! [`WORKLOAD_MARKER_OID`]: crate::pki::profile::WORKLOAD_MARKER_OID
 
-use super::auth::{AuthError, Authenticator, Caller, Credentials};
+use crate::auth::{AuthError, Authenticator, Caller, Credentials};
 use crate::mesh::{MeshRegistry, RouteError};
 use crate::pki::WorkloadIdentity;
 use crate::pki::authority::{issued_by, parse_certificate, uri_sans};
