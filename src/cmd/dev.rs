@@ -1,7 +1,68 @@
 //! `meshroot dev`: run until interrupted, after saying how to use it.
 
-use crate::dev::{DevOptions, DevServer, start};
+use super::rate_limits;
+use crate::dev::{DevOptions, DevServer, defaults, start};
+use crate::duration;
+use crate::names::DEFAULT_CLUSTER_ID;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The flags of `meshroot dev`; their defaults are `DevOptions::default()`
+/// (a test holds them equal).
+#[derive(clap::Args)]
+pub struct Args {
+    /// gRPC (Istio CA API) listen address.
+    #[arg(long, default_value = defaults::LISTEN)]
+    listen: SocketAddr,
+    /// Metrics and health listen address.
+    #[arg(long, default_value = defaults::OPS_LISTEN)]
+    metrics_listen: SocketAddr,
+    /// Directory holding the root, intermediate, serving certificate and tokens.
+    #[arg(long, default_value = defaults::STATE_DIR)]
+    state_dir: PathBuf,
+    #[arg(long, default_value = defaults::TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Token file (TOKEN NAMESPACE SERVICEACCOUNT per line); default DIR/tokens.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The cluster id clients send in `clusterid`.
+    #[arg(long, default_value = DEFAULT_CLUSTER_ID)]
+    cluster_id: String,
+    /// Lifetime when a request asks for none.
+    #[arg(long, default_value = defaults::DEFAULT_TTL, value_parser = duration::parse)]
+    default_ttl: time::Duration,
+    /// Longest lifetime issued; longer requests are clamped.
+    #[arg(long, default_value = defaults::MAX_TTL, value_parser = duration::parse)]
+    max_ttl: time::Duration,
+    /// NAMESPACE/SERVICEACCOUNT allowed to impersonate (ztunnel). Repeatable.
+    #[arg(long = "trusted-node-account", default_value = defaults::TRUSTED_NODE_ACCOUNT)]
+    trusted_node_accounts: Vec<String>,
+    /// Extra DNS name or IP for the serving certificate. Repeatable.
+    #[arg(long = "serving-name")]
+    serving_names: Vec<String>,
+    #[command(flatten)]
+    pub(super) rate_limits: rate_limits::Args,
+}
+
+impl Args {
+    /// The options `dev::start` takes.
+    pub fn options(self) -> DevOptions {
+        DevOptions {
+            listen: self.listen,
+            ops_listen: self.metrics_listen,
+            state_dir: self.state_dir,
+            trust_domain: self.trust_domain,
+            token_file: self.token_file,
+            cluster_id: self.cluster_id,
+            default_ttl: self.default_ttl,
+            max_ttl: self.max_ttl,
+            trusted_node_accounts: self.trusted_node_accounts,
+            serving_names: self.serving_names,
+            rate_limits: self.rate_limits.limits(),
+        }
+    }
+}
 
 /// The startup message: where things are and a ready-to-paste request.
 pub fn banner(server: &DevServer, opts: &DevOptions) -> String {
@@ -37,7 +98,8 @@ pub fn banner(server: &DevServer, opts: &DevOptions) -> String {
 }
 
 /// Runs dev mode until Ctrl-C or SIGTERM, then shuts down gracefully.
-pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let opts = args.options();
     let server = start(opts.clone()).await?;
     print!("{}", banner(&server, &opts));
     wait_for_signal().await;

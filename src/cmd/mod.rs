@@ -1,7 +1,151 @@
-//! The command-line commands, as library functions so tests can run them.
+//! The command line. One module per command, each holding its flags (`Args`)
+//! and its `run`; this module parses, sets up logging and the runtime, and
+//! dispatches. `src/main.rs` only calls [`main`].
 
+#[cfg(feature = "bench")]
+pub mod bench;
+pub mod crds;
 pub mod dev;
-pub mod pki_init;
+pub mod pki;
+pub mod rate_limits;
 pub mod request;
 pub mod root;
 pub mod serve;
+
+use crate::telemetry::logging::{self, LogFormat};
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "meshroot", version, about = "One certificate authority for every Istio mesh and cert-manager")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "MESHROOT_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log level or filter (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "info", env = "MESHROOT_LOG_LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the CA locally with no cluster: state in a directory, static tokens.
+    Dev(dev::Args),
+    /// Run in Kubernetes: TokenReview, several meshes, root distribution.
+    Serve(serve::Args),
+    /// Request a workload certificate as pilot-agent does, and verify it.
+    Request(request::Args),
+    /// Print meshroot's CRDs as YAML, or write them into a directory.
+    Crds(crds::Args),
+    /// Show or drive a zero-downtime root rotation (docs/rotation.md).
+    Root(root::Args),
+    /// Offline PKI tasks.
+    Pki(pki::Args),
+    /// Measure CreateCertificate under load against the crypto ceiling (use a release build).
+    #[cfg(feature = "bench")]
+    Bench(bench::Args),
+    /// The benchmark's server process (started by `bench`).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchServer(bench::ServerArgs),
+}
+
+/// Parses the command line and runs the command; the process's exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_level = match &cli.command {
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => {
+            // Threads inherit the CPU set, so pin before the runtime starts any.
+            bench::pin_load(args);
+            // Only the server process's audit lines matter; keep the report clean.
+            "warn"
+        }
+        #[cfg(feature = "bench")]
+        Command::BenchServer(args) => {
+            bench::pin_server(args);
+            cli.log_level.as_str()
+        }
+        _ => cli.log_level.as_str(),
+    };
+    logging::init(cli.log_format, log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Request(args) => request::run(args).await,
+        Command::Crds(args) => crds::run(args),
+        Command::Root(args) => root::run(args).await,
+        Command::Pki(args) => pki::run(args),
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => bench::run(args).await,
+        #[cfg(feature = "bench")]
+        Command::BenchServer(args) => bench::run_server(args).await,
+    }
+}
+
+/// Parses `meshroot <args>` as the binary would (for tests of flags and
+/// their defaults).
+#[cfg(test)]
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("meshroot").chain(args.iter().copied()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::rate_limit::{Limit, RateLimits};
+
+    /// The limits a bare `meshroot <command>` runs with: the clap defaults,
+    /// with no MESHROOT_*_RATE_LIMIT variable in the environment.
+    fn default_limits(command: &str) -> RateLimits {
+        for var in ["MESHROOT_IDENTITY_RATE_LIMIT", "MESHROOT_NODE_RATE_LIMIT", "MESHROOT_PEER_RATE_LIMIT"] {
+            assert!(std::env::var_os(var).is_none(), "{var} is set: the defaults cannot be tested");
+        }
+        match parse(&[command]).unwrap().command {
+            Command::Serve(a) => a.rate_limits.limits(),
+            Command::Dev(a) => a.rate_limits.limits(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn serve_and_dev_rate_limit_by_default() {
+        let expected = RateLimits {
+            identity: Limit { per_second: 50, burst: 1000 },
+            node: Limit { per_second: 100, burst: 1000 },
+            peer: Limit { per_second: 200, burst: 2000 },
+        };
+        for command in ["serve", "dev"] {
+            assert_eq!(default_limits(command), expected, "meshroot {command}");
+        }
+        // The library's default (embedders, the in-process tests) is the same.
+        assert_eq!(RateLimits::default(), expected);
+    }
+
+    /// Flag defaults and the library's option defaults are one set.
+    #[test]
+    fn dev_flags_default_to_the_library_defaults() {
+        let Command::Dev(args) = parse(&["dev"]).unwrap().command else { unreachable!() };
+        let from_flags = format!("{:?}", args.options());
+        assert_eq!(from_flags, format!("{:?}", crate::dev::DevOptions::default()));
+    }
+}

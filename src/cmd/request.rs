@@ -3,6 +3,7 @@
 use crate::client::{self, VerifiedResponse};
 use crate::duration;
 use crate::fsutil::{self, Existing};
+use crate::names::DEFAULT_CLUSTER_ID;
 use crate::pb::IstioCertificateRequest;
 use crate::pki::csr::build_workload_csr;
 use crate::pki::{KeyAlgorithm, PrivateKey, SpiffeId, TrustBundle, pem};
@@ -12,17 +13,39 @@ use std::path::PathBuf;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-#[derive(Clone, Debug)]
-pub struct RequestOptions {
+/// The flags of `meshroot request`, which are its options as they are. No
+/// `Debug`: it holds the token.
+#[derive(Clone, clap::Args)]
+pub struct Args {
+    /// CA address, HOST:PORT; HOST is the TLS server name.
+    #[arg(long)]
     pub ca_addr: String,
+    /// Root certificate(s) to trust for the CA and the issued chain.
+    #[arg(long)]
     pub root_cert: PathBuf,
+    /// Bearer token.
+    #[arg(long, env = "MESHROOT_TOKEN", hide_env_values = true, conflicts_with = "token_file", value_parser = secret_value)]
     pub token: Option<Zeroizing<String>>,
+    /// File holding the bearer token.
+    #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// The SPIFFE ID to request.
+    #[arg(long)]
     pub identity: String,
+    #[arg(long, default_value = "ecdsa-p256")]
     pub key_type: KeyAlgorithm,
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
     pub ttl: time::Duration,
+    #[arg(long, default_value = DEFAULT_CLUSTER_ID)]
     pub cluster_id: String,
+    /// Output directory for key.pem, cert-chain.pem and root-cert.pem.
+    #[arg(long, default_value = ".")]
     pub out: PathBuf,
+}
+
+/// A token flag, held so that it is wiped from memory when dropped.
+fn secret_value(s: &str) -> Result<Zeroizing<String>, std::convert::Infallible> {
+    Ok(Zeroizing::new(s.to_string()))
 }
 
 pub struct RequestOutcome {
@@ -32,7 +55,7 @@ pub struct RequestOutcome {
 
 /// Generates a key and CSR, calls the CA, verifies the chain against the
 /// root file, and writes `key.pem`, `cert-chain.pem` and `root-cert.pem`.
-pub async fn run(opts: &RequestOptions) -> anyhow::Result<RequestOutcome> {
+pub async fn request(opts: &Args) -> anyhow::Result<RequestOutcome> {
     SpiffeId::parse(&opts.identity).context("--identity")?;
     let root_pem = fsutil::read(&opts.root_cert)?;
     let trusted =
@@ -92,4 +115,11 @@ pub fn summary(outcome: &RequestOutcome) -> String {
         r.bundle.roots().len(),
         files.join(", ")
     )
+}
+
+/// `meshroot request`: requests, verifies, writes, and says what it did.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let outcome = request(&args).await?;
+    print!("{}", summary(&outcome));
+    Ok(())
 }

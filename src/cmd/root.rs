@@ -5,10 +5,79 @@ use crate::fsutil::{self, Existing};
 use crate::k8s::root::TLS_CERT;
 use crate::k8s::rotation::{self, RotationError};
 use crate::pki::{Authority, CaSpec, KeyAlgorithm, TrustBundle};
+use anyhow::Context;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
+
+/// The flags of `meshroot root`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// meshroot's namespace, where the root Secret is.
+    #[arg(long, short = 'n', env = "POD_NAMESPACE", default_value = "meshroot")]
+    namespace: String,
+    /// The root Secret.
+    #[arg(long, env = "MESHROOT_ROOT_SECRET", default_value = crate::k8s::root::DEFAULT_SECRET)]
+    secret: String,
+    #[command(subcommand)]
+    step: Step,
+}
+
+#[derive(clap::Subcommand)]
+enum Step {
+    /// Show the roots and the rotation stage.
+    Status,
+    /// Create a new root in files (root-cert.pem, root-key.pem 0600), for `add` and `switch`.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "ecdsa-p256")]
+        key_type: KeyAlgorithm,
+        #[arg(long, default_value = "3650d", value_parser = crate::duration::parse)]
+        lifetime: time::Duration,
+    },
+    /// Step 1: trust the new root beside the current one, everywhere.
+    Add {
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// Step 2: sign with the new root; intermediates are re-issued under it.
+    Switch {
+        #[arg(long)]
+        cert: PathBuf,
+        /// The new root's key; leave out for an offline root.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Step 3: stop trusting the old root, once no leaf of its chain is valid.
+    Finish {
+        /// The longest leaf lifetime issued under the old root.
+        #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
+        leaf_lifetime: time::Duration,
+        /// Skip the waiting and intermediate checks.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `meshroot root <step>`: `generate` works offline; the others read and
+/// write the root Secret through the Kubernetes API (KUBECONFIG).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let action = match args.step {
+        Step::Generate { out, key_type, lifetime } => {
+            print!("{}", generate(&out, key_type, lifetime)?);
+            return Ok(());
+        }
+        Step::Status => RootAction::Status,
+        Step::Add { cert } => RootAction::Add { cert },
+        Step::Switch { cert, key } => RootAction::Switch { cert, key },
+        Step::Finish { leaf_lifetime, force } => RootAction::Finish { leaf_lifetime, force },
+    };
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG)")?;
+    print!("{}", apply(client, &args.namespace, &args.secret, action).await?);
+    Ok(())
+}
 
 #[derive(Clone, Debug)]
 pub enum RootAction {
@@ -43,7 +112,7 @@ pub fn generate(out: &Path, key_algorithm: KeyAlgorithm, lifetime: time::Duratio
 }
 
 /// Runs one step against the root Secret `namespace/name`; returns what to print.
-pub async fn run(client: kube::Client, namespace: &str, name: &str, action: RootAction) -> anyhow::Result<String> {
+pub async fn apply(client: kube::Client, namespace: &str, name: &str, action: RootAction) -> anyhow::Result<String> {
     let now = OffsetDateTime::now_utc();
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = api

@@ -1,9 +1,125 @@
 //! `meshroot serve`: run until SIGTERM or Ctrl-C, then shut down gracefully.
 
+use super::rate_limits;
+use crate::duration;
+use crate::names::DEFAULT_CLUSTER_ID;
 use crate::serve::{ServeOptions, start};
 use anyhow::Context;
+use std::net::SocketAddr;
 
-pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
+/// The flags of `meshroot serve`, each also read from the environment (the
+/// Helm chart sets those).
+#[derive(clap::Args)]
+pub struct Args {
+    /// meshroot's namespace; default: the pod's (service account namespace file).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// This replica's name, for leader election; default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// gRPC (Istio CA API) listen address.
+    #[arg(long, env = "MESHROOT_LISTEN", default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// Metrics, /healthz and /readyz listen address.
+    #[arg(long, env = "MESHROOT_METRICS_LISTEN", default_value = "0.0.0.0:15014")]
+    metrics_listen: SocketAddr,
+    /// Secret holding the root (tls.crt, tls.key, optional ca.crt).
+    #[arg(long, env = "MESHROOT_ROOT_SECRET", default_value = crate::k8s::root::DEFAULT_SECRET)]
+    root_secret: String,
+    /// Generate the root into that Secret if it does not exist (ECDSA P-256).
+    #[arg(long, env = "MESHROOT_GENERATE_ROOT")]
+    generate_root: bool,
+    /// The local cluster id (`clusterid` header).
+    #[arg(long, env = "MESHROOT_CLUSTER_ID", default_value = DEFAULT_CLUSTER_ID)]
+    cluster_id: String,
+    /// Other names for the local cluster. Repeatable.
+    #[arg(long = "cluster-alias", env = "MESHROOT_CLUSTER_ALIASES", value_delimiter = ',')]
+    cluster_aliases: Vec<String>,
+    /// TokenReview audiences. Repeatable.
+    #[arg(
+        long = "token-audience",
+        env = "MESHROOT_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "istio-ca"
+    )]
+    token_audiences: Vec<String>,
+    /// How long a TokenReview result is reused (never past the token's expiry).
+    #[arg(long, env = "MESHROOT_TOKEN_CACHE_TTL", default_value = "60s", value_parser = duration::parse)]
+    token_cache_ttl: time::Duration,
+    /// Most TokenReview results kept at once.
+    #[arg(long, env = "MESHROOT_TOKEN_CACHE_SIZE", default_value = "10000")]
+    token_cache_size: usize,
+    /// The Service that fronts meshroot (serving certificate names).
+    #[arg(long, env = "MESHROOT_SERVICE_NAME", default_value = "meshroot")]
+    service_name: String,
+    /// Extra DNS names or IPs for the serving certificate. Repeatable.
+    #[arg(long = "serving-name", env = "MESHROOT_SERVING_NAMES", value_delimiter = ',')]
+    serving_names: Vec<String>,
+    /// The Lease used to elect the replica that runs the controllers.
+    #[arg(long, env = "MESHROOT_LEASE_NAME", default_value = "meshroot-leader")]
+    lease_name: String,
+    /// Periodic re-sync of controllers (renewals, drift in istiod namespaces).
+    #[arg(long, env = "MESHROOT_RESYNC", default_value = "60s", value_parser = duration::parse)]
+    resync: time::Duration,
+    /// How long readiness is down before shutting the listeners.
+    #[arg(long, env = "MESHROOT_DRAIN_DELAY", default_value = "5s", value_parser = duration::parse)]
+    drain_delay: time::Duration,
+    /// Sign cert-manager CertificateRequests for meshroot's Issuers and ClusterIssuers.
+    #[arg(long, env = "MESHROOT_CERT_MANAGER_ISSUER", default_value_t = true, action = clap::ArgAction::Set)]
+    cert_manager_issuer: bool,
+    /// Sign Kubernetes CertificateSigningRequests for meshroot's signer names.
+    #[arg(long, env = "MESHROOT_KUBERNETES_CSR_SIGNER", default_value_t = true, action = clap::ArgAction::Set)]
+    kubernetes_csr_signer: bool,
+    #[command(flatten)]
+    pub(super) rate_limits: rate_limits::Args,
+    /// Check the flags and environment, print the effective settings, and exit
+    /// without contacting the cluster.
+    #[arg(long)]
+    check_config: bool,
+}
+
+impl Args {
+    /// The options `serve::start` takes, validated: what `--check-config`
+    /// accepts, `run` accepts.
+    pub fn options(self) -> anyhow::Result<ServeOptions> {
+        let std_duration = |d: time::Duration| std::time::Duration::try_from(d).unwrap_or_default();
+        let opts = ServeOptions {
+            namespace: crate::serve::own_namespace(self.namespace)?,
+            pod_name: self.pod_name.unwrap_or_else(host_name),
+            listen: self.listen,
+            ops_listen: self.metrics_listen,
+            root_secret: self.root_secret,
+            generate_root: self.generate_root,
+            cluster_id: self.cluster_id,
+            cluster_aliases: self.cluster_aliases,
+            token: crate::k8s::tokenreview::TokenReviewConfig {
+                audiences: self.token_audiences,
+                cache_ttl: std_duration(self.token_cache_ttl),
+                max_entries: self.token_cache_size,
+                ..Default::default()
+            },
+            service_name: self.service_name,
+            serving_names: self.serving_names,
+            lease_name: self.lease_name,
+            resync: std_duration(self.resync),
+            drain_delay: std_duration(self.drain_delay),
+            cert_manager_issuer: self.cert_manager_issuer,
+            kubernetes_csr_signer: self.kubernetes_csr_signer,
+            rate_limits: self.rate_limits.limits(),
+        };
+        opts.validate()?;
+        Ok(opts)
+    }
+}
+
+/// `meshroot serve`, or with `--check-config` its settings.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let check_only = args.check_config;
+    let opts = args.options()?;
+    if check_only {
+        print!("{}", describe(&opts));
+        return Ok(());
+    }
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let server = start(client, opts.clone()).await?;

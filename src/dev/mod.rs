@@ -42,18 +42,29 @@ pub struct DevOptions {
     pub rate_limits: RateLimits,
 }
 
+/// The defaults of `meshroot dev`, which its flags show (`cmd::dev`).
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:15012";
+    pub const OPS_LISTEN: &str = "127.0.0.1:15014";
+    pub const STATE_DIR: &str = ".meshroot";
+    pub const TRUST_DOMAIN: &str = "cluster.local";
+    pub const DEFAULT_TTL: &str = "24h";
+    pub const MAX_TTL: &str = "90d";
+    pub const TRUSTED_NODE_ACCOUNT: &str = "istio-system/ztunnel";
+}
+
 impl Default for DevOptions {
     fn default() -> Self {
         Self {
             listen: ([127, 0, 0, 1], 15012).into(),
             ops_listen: ([127, 0, 0, 1], 15014).into(),
-            state_dir: PathBuf::from(".meshroot"),
-            trust_domain: "cluster.local".into(),
+            state_dir: PathBuf::from(defaults::STATE_DIR),
+            trust_domain: defaults::TRUST_DOMAIN.into(),
             token_file: None,
-            cluster_id: "Kubernetes".into(),
+            cluster_id: crate::names::DEFAULT_CLUSTER_ID.into(),
             default_ttl: Duration::hours(24),
             max_ttl: Duration::days(90),
-            trusted_node_accounts: vec!["istio-system/ztunnel".into()],
+            trusted_node_accounts: vec![defaults::TRUSTED_NODE_ACCOUNT.into()],
             serving_names: Vec::new(),
             rate_limits: RateLimits::default(),
         }

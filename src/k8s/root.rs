@@ -11,6 +11,8 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
+/// The root Secret unless `--root-secret` names another.
+pub const DEFAULT_SECRET: &str = "meshroot-root-ca";
 pub const TLS_CERT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 pub const CA_CERT: &str = "ca.crt";

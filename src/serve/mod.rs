@@ -57,6 +57,52 @@ pub struct ServeOptions {
     pub rate_limits: crate::ca::rate_limit::RateLimits,
 }
 
+impl ServeOptions {
+    /// Refuses every setting `start` could not run with, all at once and
+    /// before anything starts: `serve --check-config` runs exactly this.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use crate::names::{is_dns_name, is_dns1123_label, is_dns1123_subdomain};
+        let mut problems = Vec::new();
+        if !is_dns1123_label(&self.namespace) {
+            problems.push(format!("namespace {:?} is not a DNS-1123 label", self.namespace));
+        }
+        if self.pod_name.trim().is_empty() {
+            problems.push("the pod name (--pod-name, POD_NAME) is empty".to_string());
+        }
+        for (flag, name) in [("--root-secret", &self.root_secret), ("--lease-name", &self.lease_name)] {
+            if !is_dns1123_subdomain(name) {
+                problems.push(format!("{flag} {name:?} is not a valid object name (DNS-1123 subdomain)"));
+            }
+        }
+        if !is_dns1123_label(&self.service_name) {
+            problems
+                .push(format!("--service-name {:?} is not a valid Service name (DNS-1123 label)", self.service_name));
+        }
+        if self.cluster_id.trim().is_empty() || self.cluster_aliases.iter().any(|a| a.trim().is_empty()) {
+            problems.push("--cluster-id and each --cluster-alias must be non-empty".to_string());
+        }
+        if self.token.audiences.is_empty() || self.token.audiences.iter().any(|a| a.trim().is_empty()) {
+            problems.push("--token-audience: at least one, and none empty".to_string());
+        }
+        if self.token.max_entries == 0 {
+            problems.push("--token-cache-size must be at least 1".to_string());
+        }
+        // Port 0 (any free port, in tests) cannot collide.
+        if self.listen == self.ops_listen && self.listen.port() != 0 {
+            problems.push(format!("--listen and --metrics-listen are the same address ({})", self.listen));
+        }
+        for name in &self.serving_names {
+            if name.parse::<std::net::IpAddr>().is_err() && !is_dns_name(name) {
+                problems.push(format!("--serving-name {name:?} is neither an IP address nor a DNS name"));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+    }
+}
+
 /// A running replica.
 pub struct Server {
     pub grpc_addr: SocketAddr,
@@ -91,6 +137,7 @@ async fn load_root(client: &kube::Client, opts: &ServeOptions) -> RootState {
 
 /// Starts a replica against `client`.
 pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<Server> {
+    opts.validate()?;
     let metrics = Metrics::new();
     let readiness = Readiness::new();
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -271,6 +271,7 @@ fn pki_init_imports_an_openssl_rsa4096_root_in_either_encoding() {
 
 /// The benchmark runs end to end (a debug build gives no meaningful
 /// figures; this only proves it works and reports what it should).
+#[cfg(feature = "bench")]
 #[test]
 fn bench_runs_every_scenario_and_prints_the_ratio() {
     let out = Command::new(BIN)
@@ -292,4 +293,53 @@ fn bench_runs_every_scenario_and_prints_the_ratio() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
     assert_eq!(text.matches(", 0 errors").count(), 4, "every phase without errors:\n{text}");
+}
+
+/// `serve --check-config` refuses what `serve` would refuse, every problem
+/// at once, before touching a cluster; and a valid set passes.
+#[test]
+fn serve_check_config_refuses_every_invalid_setting_at_once() {
+    let check = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--check-config", "--namespace", "meshroot", "--pod-name", "meshroot-0"]).args(extra);
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("MESHROOT_") {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.output().unwrap()
+    };
+    let ok = check(&[]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("meshroot serve: configuration is valid"));
+
+    let bad = check(&[
+        "--serving-name",
+        "not a name",
+        "--service-name",
+        "Meshroot",
+        "--lease-name",
+        "lease_1",
+        "--token-cache-size",
+        "0",
+        "--listen",
+        "0.0.0.0:9000",
+        "--metrics-listen",
+        "0.0.0.0:9000",
+        "--cluster-id",
+        " ",
+    ]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    for expected in [
+        r#"--serving-name "not a name" is neither an IP address nor a DNS name"#,
+        r#"--service-name "Meshroot" is not a valid Service name"#,
+        r#"--lease-name "lease_1" is not a valid object name"#,
+        "--token-cache-size must be at least 1",
+        "--listen and --metrics-listen are the same address (0.0.0.0:9000)",
+        "--cluster-id and each --cluster-alias must be non-empty",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    }
+    assert!(bad.stdout.is_empty(), "nothing is described when the configuration is refused");
 }

@@ -7,7 +7,7 @@
 use crate::support;
 
 use fake_apiserver::FakeApi;
-use meshroot::cmd::root::{RootAction, generate, run};
+use meshroot::cmd::root::{RootAction, apply, generate};
 use meshroot::pki::authority::issued_by;
 use meshroot::pki::{Authority, KeyAlgorithm, PrivateKey, TrustBundle, pem};
 use rustls_pki_types::CertificateDer;
@@ -161,14 +161,15 @@ async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
 
     // Out of order: switching to a root nobody trusts yet, or finishing, is refused.
     let early =
-        run(client(), NS, SECRET, RootAction::Switch { cert: cert_path.clone(), key: Some(key_path.clone()) }).await;
+        apply(client(), NS, SECRET, RootAction::Switch { cert: cert_path.clone(), key: Some(key_path.clone()) }).await;
     assert!(early.unwrap_err().to_string().contains("run `add` first"));
     let early =
-        run(client(), NS, SECRET, RootAction::Finish { leaf_lifetime: time::Duration::seconds(1), force: false }).await;
+        apply(client(), NS, SECRET, RootAction::Finish { leaf_lifetime: time::Duration::seconds(1), force: false })
+            .await;
     assert!(early.unwrap_err().to_string().contains("nothing to finish"));
 
     // Step 1: both roots are trusted everywhere; the old one still signs.
-    let said = run(client(), NS, SECRET, RootAction::Add { cert: cert_path.clone() }).await.unwrap();
+    let said = apply(client(), NS, SECRET, RootAction::Add { cert: cert_path.clone() }).await.unwrap();
     assert!(said.contains("stage: added"), "{said}");
     bundles_converge(&fake, port, &[old_root.clone(), new_root.clone()], "step 1: both roots everywhere").await;
     let step1 = published_bundles(&fake, port).await;
@@ -177,7 +178,7 @@ async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
     assert!(issued_by(&old_root, old_leaves.last().unwrap().chain.last().unwrap()), "the old root still signs");
 
     // Step 2: the new root signs. Intermediates, cacerts and istiod-tls move under it.
-    let said = run(client(), NS, SECRET, RootAction::Switch { cert: cert_path.clone(), key: Some(key_path.clone()) })
+    let said = apply(client(), NS, SECRET, RootAction::Switch { cert: cert_path.clone(), key: Some(key_path.clone()) })
         .await
         .unwrap();
     assert!(said.contains("stage: switched"), "{said}");
@@ -211,12 +212,13 @@ async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
 
     // Step 3 waits for the old chain's leaves to expire ...
     let early =
-        run(client(), NS, SECRET, RootAction::Finish { leaf_lifetime: time::Duration::hours(24), force: false }).await;
+        apply(client(), NS, SECRET, RootAction::Finish { leaf_lifetime: time::Duration::hours(24), force: false })
+            .await;
     assert!(early.unwrap_err().to_string().contains("leaves of the old chain may be valid until"));
     // ... (here: a 1 s leaf lifetime) and then drops the old root everywhere.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let said =
-        run(client(), NS, SECRET, RootAction::Finish { leaf_lifetime: time::Duration::seconds(1), force: false })
+        apply(client(), NS, SECRET, RootAction::Finish { leaf_lifetime: time::Duration::seconds(1), force: false })
             .await
             .unwrap();
     assert!(said.contains("stage: steady"), "{said}");
@@ -225,7 +227,7 @@ async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
     check_all(&new_leaves, &step3, true, "step 3, new chain");
     // The old chain is no longer trusted: by now its leaves would have expired.
     check_all(&old_leaves, &step3, false, "step 3, old chain");
-    let status = run(client(), NS, SECRET, RootAction::Status).await.unwrap();
+    let status = apply(client(), NS, SECRET, RootAction::Status).await.unwrap();
     assert!(status.contains("stage: steady") && !status.contains("also trusted"), "{status}");
     server.shutdown().await.unwrap();
 }

@@ -1,4 +1,9 @@
-//! Kubernetes object name rules (DNS-1123).
+//! Kubernetes object name rules (DNS-1123), and the names meshroot assumes
+//! when it is told none.
+
+/// The cluster id Istio's clients send (`clusterid`) unless configured
+/// otherwise: Istio's default for the local cluster.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 
 /// A DNS-1123 label: at most 63 of `[a-z0-9-]`, alphanumeric at both ends.
 /// Namespaces and mesh names are labels.
@@ -14,6 +19,20 @@ pub fn is_dns1123_label(s: &str) -> bool {
 /// Service account names are subdomains.
 pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// A host name, optionally with a leading `*.` wildcard label.
+pub fn is_dns_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && name.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 #[cfg(test)]

@@ -33,7 +33,11 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        Self { cluster_id: "Kubernetes".into(), cluster_aliases: Vec::new(), rate_limits: RateLimits::default() }
+        Self {
+            cluster_id: crate::names::DEFAULT_CLUSTER_ID.into(),
+            cluster_aliases: Vec::new(),
+            rate_limits: RateLimits::default(),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use super::policy::{Asked, Policy};
 use super::signer::{CaAllowance, IssuingCa};
 use super::tenancy::Tenancy;
 use crate::duration;
+use crate::names::is_dns_name;
 use crate::pki::authority::parse_certificate;
 use crate::pki::template::{CertificateTemplate, issue_from_template};
 use crate::pki::usage::{KeyUsage, Usages};
@@ -232,20 +233,6 @@ fn check_csr_extensions(csr: &CertificateSigningRequest, is_ca: bool, usages: &U
         )));
     }
     Ok(())
-}
-
-/// A host name, optionally with a leading `*.` wildcard label.
-fn is_dns_name(name: &str) -> bool {
-    let rest = name.strip_prefix("*.").unwrap_or(name);
-    !rest.is_empty()
-        && name.len() <= 253
-        && rest.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! Istio's `cacerts` layout with a ready-to-apply Secret manifest.
 
 use crate::dev::state::write_cacerts;
+use crate::duration;
 use crate::fsutil::{self, Existing};
 use crate::names::is_dns1123_label;
 use crate::pki::spiffe::validate_trust_domain;
@@ -31,15 +32,50 @@ impl std::str::FromStr for MeshArg {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct PkiInitOptions {
+/// `meshroot pki`: offline PKI tasks.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Create or import a root, and an Istio `cacerts` intermediate per mesh.
+    Init(InitArgs),
+}
+
+/// The flags of `meshroot pki init`, which are its options as they are.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InitArgs {
+    /// Output directory (existing files are never overwritten).
+    #[arg(long)]
     pub out: PathBuf,
+    /// Import this root certificate instead of creating one.
+    #[arg(long, requires = "root_key")]
     pub root_cert: Option<PathBuf>,
+    /// The imported root's private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    #[arg(long, requires = "root_cert")]
     pub root_key: Option<PathBuf>,
+    /// NAME[=TRUST_DOMAIN]; repeatable. Trust domain defaults to cluster.local.
+    #[arg(long = "mesh", required = true)]
     pub meshes: Vec<MeshArg>,
+    /// Key type for created keys.
+    #[arg(long, default_value = "ecdsa-p256")]
     pub key_type: KeyAlgorithm,
+    #[arg(long, default_value = "3650d", value_parser = duration::parse)]
     pub root_lifetime: Duration,
+    #[arg(long, default_value = "365d", value_parser = duration::parse)]
     pub intermediate_lifetime: Duration,
+}
+
+/// Runs the `pki` subcommand and prints what it wrote.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Command::Init(init_args) = args.command;
+    for line in init(&init_args)?.lines {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// What was written, for the summary.
@@ -64,7 +100,8 @@ struct SecretMetadata {
     annotations: BTreeMap<&'static str, String>,
 }
 
-pub fn run(opts: &PkiInitOptions) -> anyhow::Result<PkiInitOutcome> {
+/// `pki init`: writes the root and one `cacerts` directory per mesh.
+pub fn init(opts: &InitArgs) -> anyhow::Result<PkiInitOutcome> {
     if opts.meshes.is_empty() {
         bail!("give at least one --mesh NAME[=TRUST_DOMAIN]");
     }

@@ -1,0 +1,86 @@
+//! `meshroot bench` (cargo feature `bench`): CreateCertificate under load
+//! against the crypto ceiling, the load on one core and the server, a child
+//! process (`bench-server`), on the other.
+
+use crate::duration;
+use crate::pki::KeyAlgorithm;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Length of each measured phase.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    duration: time::Duration,
+    /// Concurrent connections, one request in flight on each.
+    #[arg(long, default_value = "64")]
+    connections: usize,
+    /// Distinct identities requesting at once in the burst (0: no burst).
+    #[arg(long, default_value = "10000")]
+    burst: usize,
+    #[arg(long, default_value = "100")]
+    burst_connections: usize,
+    /// Intermediate key types to measure. Repeatable.
+    #[arg(long = "signer", default_values = ["ecdsa-p256", "rsa-4096"])]
+    signers: Vec<KeyAlgorithm>,
+    /// Do not pin the server to core 0 and the load to core 1.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+/// The benchmark's server process.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    /// Pin the process to this core.
+    #[arg(long)]
+    cpu: Option<usize>,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Pins the load generator to core 1 (threads inherit the CPU set, so this
+/// runs before the runtime starts any).
+pub fn pin_load(args: &Args) {
+    if !args.no_pin && cores() >= 2 {
+        pin(1);
+    }
+}
+
+/// Pins the server process to the core it was given.
+pub fn pin_server(args: &ServerArgs) {
+    if let Some(id) = args.cpu {
+        pin(id);
+    }
+}
+
+fn pin(id: usize) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+        eprintln!("warning: could not pin to core {id}; figures may be noisier");
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this is a debug build; run `cargo run --release --features bench -- bench` for real figures"
+        );
+    }
+    let opts = crate::bench::BenchOptions {
+        duration: std::time::Duration::try_from(args.duration)?,
+        connections: args.connections.max(1),
+        burst: args.burst,
+        burst_connections: args.burst_connections.max(1),
+        signers: args.signers,
+        server_core: (!args.no_pin).then_some(0),
+        cores: cores(),
+    };
+    print!("{}", crate::bench::run(&opts).await?);
+    Ok(())
+}
+
+pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    crate::bench::server::run(args.dir).await
+}
