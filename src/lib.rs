@@ -15,7 +15,7 @@
 )]
 
 // The layers below, under the names the rest of this crate uses.
-pub use meshroot_core::{api, auth, ca, client, duration, issuer, mesh, names, pb, telemetry};
+pub use meshroot_core::{api, auth, ca, client, duration, frontend, issuer, mesh, names, pb, telemetry};
 pub use meshroot_pki as pki;
 
 #[cfg(feature = "bench")]

@@ -7,17 +7,17 @@ use crate::auth::AuthenticatorChain;
 use crate::auth::node::TrustedAccountOnly;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
 use crate::ca::rate_limit::RateLimits;
-use crate::ca::server::{self, ServerOptions};
+use crate::ca::server::ServerOptions;
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::static_tokens::StaticTokenAuthenticator;
 use crate::ca::tls::{ServerTls, ServingCertificate};
+use crate::frontend::FrontEnd;
 use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
 use crate::telemetry::Metrics;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
 
 pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let files = Files { dir };
@@ -42,7 +42,7 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         // load comes from one loopback address, where a cluster spreads it
         // over one address per node.
         ServiceConfig {
-            cluster_id: "Kubernetes".into(),
+            cluster_id: crate::names::DEFAULT_CLUSTER_ID.into(),
             cluster_aliases: Vec::new(),
             rate_limits: RateLimits { peer: crate::ca::rate_limit::Limit::OFF, ..RateLimits::default() },
         },
@@ -55,18 +55,16 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     );
     let (serving_chain, serving_key) = fixture::load_serving(&files)?;
     let tls = ServerTls::new(ServingCertificate::new(serving_chain, &serving_key)?, Some(chain.bundle()))?;
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-    let port = listener.local_addr()?.port();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server::serve(listener, tls, service, ServerOptions::default(), async move {
-        let _ = stop_rx.await;
-    }));
-    std::fs::write(files.ready(), port.to_string()).context("writing the ready file")?;
+    // The production front end, without an operations port: the parent
+    // reads this process's CPU time and memory from /proc instead.
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut front = FrontEnd::bind(loopback, None, Metrics::new(), std::time::Duration::ZERO).await?;
+    front.serve(tls, service, ServerOptions::default())?;
+    std::fs::write(files.ready(), front.grpc_addr.port().to_string()).context("writing the ready file")?;
     // The parent keeps our stdin open for as long as it wants us.
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
     while stdin.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-    let _ = stop_tx.send(());
-    serving.await.context("server task")?.context("server")?;
+    front.shutdown().await?;
     Ok(())
 }

@@ -7,14 +7,14 @@ use crate::auth::AuthenticatorChain;
 use crate::auth::node::TrustedAccountOnly;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
 use crate::ca::rate_limit::RateLimits;
-use crate::ca::server::{self, ServerOptions};
+use crate::ca::server::ServerOptions;
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::static_tokens::StaticTokenAuthenticator;
 use crate::ca::tls::{ServerTls, ServingCertificate};
+use crate::frontend::FrontEnd;
 use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
 use crate::pki::spiffe::validate_trust_domain;
 use crate::telemetry::Metrics;
-use crate::telemetry::http::{self as ops, Readiness};
 use anyhow::{Context, bail};
 use state::{DEV_MESH, DevState};
 use std::collections::BTreeSet;
@@ -22,9 +22,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 #[derive(Clone, Debug)]
 pub struct DevOptions {
@@ -80,10 +77,7 @@ pub struct DevServer {
     /// The one dev mesh; replacing it (for example with a renewed
     /// intermediate) takes effect on the next request.
     pub registry: Arc<MeshRegistry>,
-    readiness: Arc<Readiness>,
-    shutdown: watch::Sender<bool>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
-    ops: JoinHandle<std::io::Result<()>>,
+    front: FrontEnd,
 }
 
 fn validate(opts: &DevOptions) -> anyhow::Result<()> {
@@ -147,39 +141,18 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     let serving = ServingCertificate::new(state.serving_chain.clone(), &state.serving_key)?;
     let tls = ServerTls::new(serving, Some(chain.bundle()))?;
 
-    let grpc_listener =
-        TcpListener::bind(opts.listen).await.with_context(|| format!("binding the gRPC port {}", opts.listen))?;
-    let ops_listener = TcpListener::bind(opts.ops_listen)
-        .await
-        .with_context(|| format!("binding the metrics/health port {}", opts.ops_listen))?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let ops_addr = ops_listener.local_addr()?;
-
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let readiness = Readiness::new();
-    let grpc = tokio::spawn(server::serve(
-        grpc_listener,
-        tls,
-        service,
-        ServerOptions::default(),
-        wait_for(shutdown_rx.clone()),
-    ));
-    let ops = tokio::spawn(ops::serve(ops_listener, metrics.clone(), readiness.clone(), wait_for(shutdown_rx)));
-    readiness.set(true);
-    Ok(DevServer { grpc_addr, ops_addr, state, metrics, registry, readiness, shutdown, grpc, ops })
-}
-
-async fn wait_for(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
+    // No drain delay: nothing routes traffic to a dev server by readiness.
+    let mut front =
+        FrontEnd::bind(opts.listen, Some(opts.ops_listen), metrics.clone(), std::time::Duration::ZERO).await?;
+    front.serve(tls, service, ServerOptions::default())?;
+    front.readiness().set(true);
+    let (grpc_addr, ops_addr) = (front.grpc_addr, front.ops_addr.unwrap_or(opts.ops_listen));
+    Ok(DevServer { grpc_addr, ops_addr, state, metrics, registry, front })
 }
 
 impl DevServer {
     /// Graceful shutdown: readiness drops first, then in-flight requests finish.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.readiness.set(false);
-        let _ = self.shutdown.send(true);
-        self.grpc.await.context("gRPC server task")?.context("gRPC server")?;
-        self.ops.await.context("ops server task")?.context("ops server")?;
-        Ok(())
+        Ok(self.front.shutdown().await?)
     }
 }

@@ -6,11 +6,12 @@ pub mod serving;
 use crate::auth::AuthenticatorChain;
 use crate::auth::node::NodeAuthorizer;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
-use crate::ca::server::{self, ServerOptions};
+use crate::ca::server::ServerOptions;
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::tls::{ServerTls, ServingCertificate};
 use crate::controllers::panic_guard::PanicGuard;
 use crate::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs, meshes, root_configmaps, signing};
+use crate::frontend::FrontEnd;
 use crate::k8s::node_authz::PodNodeAuthorizer;
 use crate::k8s::root::{self, RootState};
 use crate::k8s::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
@@ -18,13 +19,11 @@ use crate::k8s::{leader, registry};
 use crate::mesh::MeshRegistry;
 use crate::supervise::{self, AbortOnDrop, Supervisor};
 use crate::telemetry::Metrics;
-use crate::telemetry::http::{self as ops, Readiness};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -107,17 +106,9 @@ impl ServeOptions {
 pub struct Server {
     pub grpc_addr: SocketAddr,
     pub ops_addr: SocketAddr,
-    readiness: Arc<Readiness>,
-    shutdown: watch::Sender<bool>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
-    ops: JoinHandle<std::io::Result<()>>,
+    front: FrontEnd,
     election: leader::Election,
     tasks: Vec<JoinHandle<()>>,
-    drain_delay: Duration,
-}
-
-async fn wait_for(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Loads the root, retrying (with the reason logged) until it is usable.
@@ -139,16 +130,9 @@ async fn load_root(client: &kube::Client, opts: &ServeOptions) -> RootState {
 pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<Server> {
     opts.validate()?;
     let metrics = Metrics::new();
-    let readiness = Readiness::new();
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let ops_listener = TcpListener::bind(opts.ops_listen)
-        .await
-        .with_context(|| format!("binding the metrics/health port {}", opts.ops_listen))?;
-    let ops_addr = ops_listener.local_addr()?;
-    let ops = tokio::spawn(ops::serve(ops_listener, metrics.clone(), readiness.clone(), wait_for(shutdown_rx.clone())));
-    let grpc_listener =
-        TcpListener::bind(opts.listen).await.with_context(|| format!("binding the gRPC port {}", opts.listen))?;
-    let grpc_addr = grpc_listener.local_addr()?;
+    // /healthz answers while the root loads; /readyz once the caches synced.
+    let mut front = FrontEnd::bind(opts.listen, Some(opts.ops_listen), metrics.clone(), opts.drain_delay).await?;
+    let readiness = front.readiness().clone();
 
     let initial_root = load_root(&client, &opts).await;
     let (root_tx, root_rx) = watch::channel(initial_root.clone());
@@ -232,8 +216,7 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
         registry.clone(),
         metrics.clone(),
     );
-    let grpc =
-        tokio::spawn(server::serve(grpc_listener, tls, service, ServerOptions::default(), wait_for(shutdown_rx)));
+    front.serve(tls, service, ServerOptions::default())?;
 
     let election =
         leader::spawn(client.clone(), leader::LeaseConfig::new(&opts.namespace, &opts.lease_name, &opts.pod_name));
@@ -260,7 +243,8 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
             tracing::info!("ready");
         }
     }));
-    Ok(Server { grpc_addr, ops_addr, readiness, shutdown, grpc, ops, election, tasks, drain_delay: opts.drain_delay })
+    let (grpc_addr, ops_addr) = (front.grpc_addr, front.ops_addr.unwrap_or(opts.ops_listen));
+    Ok(Server { grpc_addr, ops_addr, front, election, tasks })
 }
 
 /// Re-issues the serving certificate when due or when the root changes, and
@@ -423,15 +407,11 @@ impl Server {
     /// Graceful shutdown: readiness drops, traffic drains, in-flight
     /// requests finish, the Lease is released.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.readiness.set(false);
-        tokio::time::sleep(self.drain_delay).await;
-        let _ = self.shutdown.send(true);
-        self.grpc.await.context("gRPC server task")?.context("gRPC server")?;
+        self.front.shutdown().await?;
         self.election.stop().await;
         for t in &self.tasks {
             t.abort();
         }
-        self.ops.await.context("ops server task")?.context("ops server")?;
         Ok(())
     }
 }

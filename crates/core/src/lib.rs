@@ -25,6 +25,7 @@ pub mod auth;
 pub mod ca;
 pub mod client;
 pub mod duration;
+pub mod frontend;
 pub mod issuer;
 pub mod mesh;
 pub mod names;
