@@ -4,10 +4,11 @@
 //! request is approved or denied; finished requests are never touched;
 //! every terminal state is one status write with its `failureTime`.
 
+use super::ReconcileError;
 use super::events::{EventSink, note};
 use super::issuer_cache::IssuerName;
 use super::panic_guard::PanicGuard;
-use super::signing::{Outcome, Signers};
+use super::signing::{FailureReason, Outcome, Signers, Unsignable};
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, RequestCondition};
 use crate::duration;
 use crate::issuer::sign::SigningRequest;
@@ -106,7 +107,7 @@ pub fn next_status(cr: &CertificateRequest, outcome: &Outcome, now: OffsetDateTi
             set_condition(&mut status.conditions, READY, "False", REASON_PENDING, message, &time);
         }
         Outcome::Failed { reason, message } => {
-            set_condition(&mut status.conditions, INVALID_REQUEST, "True", reason, message, &time);
+            set_condition(&mut status.conditions, INVALID_REQUEST, "True", reason.as_str(), message, &time);
             let message = format!("Failed permanently to sign the CertificateRequest: {message}");
             set_condition(&mut status.conditions, READY, "False", REASON_FAILED, &message, &time);
             status.failure_time.get_or_insert(time);
@@ -146,10 +147,7 @@ fn set_condition(
 
 /// What an approved request asks to have signed: its CSR and spec, or why
 /// they cannot be read.
-fn signing_request<'a>(
-    cr: &'a CertificateRequest,
-    usages: &'a [String],
-) -> Result<SigningRequest<'a>, (&'static str, String)> {
+fn signing_request<'a>(cr: &'a CertificateRequest, usages: &'a [String]) -> Result<SigningRequest<'a>, Unsignable> {
     cr.spec
         .duration
         .as_deref()
@@ -163,7 +161,7 @@ fn signing_request<'a>(
             csr_extensions_must_match: true,
             namespace: cr.metadata.namespace.as_deref(),
         })
-        .map_err(|why| ("InvalidDuration", why))
+        .map_err(|message| Unsignable { reason: FailureReason::InvalidDuration, message })
 }
 
 /// Signs (or refuses) one approved request.
@@ -181,12 +179,6 @@ struct Context {
     attempts: Mutex<HashMap<ObjectRef<CertificateRequest>, u32>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ReconcileError {
-    #[error("writing the status: {0}")]
-    Write(String),
-}
-
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const MAX_TRACKED_ATTEMPTS: usize = 10_000;
 
@@ -200,7 +192,7 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
         }
         Decision::Deny => Outcome::Denied,
         Decision::UnknownKind(kind) => Outcome::Failed {
-            reason: "UnknownIssuerKind",
+            reason: FailureReason::UnknownIssuerKind,
             message: format!("issuerRef.kind {kind:?} is not a meshroot.io kind; use Issuer or ClusterIssuer"),
         },
         Decision::Sign(name) => {
@@ -219,7 +211,7 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
         }));
         api.patch_status(&cr.name_any(), &PatchParams::default(), &patch)
             .await
-            .map_err(|e| ReconcileError::Write(error_summary(&e)))?;
+            .map_err(ReconcileError::api("writing the status"))?;
         announce(&ctx.events, cr.as_ref(), &outcome).await;
         audit_decision(&cr, &outcome);
     }
@@ -261,7 +253,7 @@ fn audit_decision(cr: &CertificateRequest, outcome: &Outcome) {
         Outcome::Issued(signed) => {
             audit::request_issued(&decision, &signed.serial_hex, signed.not_after.unix_timestamp())
         }
-        Outcome::Failed { reason, message } => audit::request_denied(&decision, reason, message),
+        Outcome::Failed { reason, message } => audit::request_denied(&decision, reason.as_str(), message),
         Outcome::Denied => audit::request_denied(&decision, "Denied", "denied by an approval controller"),
         Outcome::Pending(_) => {}
     }
@@ -294,7 +286,7 @@ async fn announce(events: &EventSink, cr: &CertificateRequest, outcome: &Outcome
         }
         Outcome::Pending(why) => events.publish(&reference, EventType::Normal, "Pending", note(why.clone())).await,
         Outcome::Failed { reason, message } => {
-            events.publish(&reference, EventType::Warning, reason, note(message.clone())).await
+            events.publish(&reference, EventType::Warning, reason.as_str(), note(message.clone())).await
         }
         Outcome::Denied => {
             events

@@ -4,13 +4,13 @@
 //! with cert-manager's annotations for duration and CA requests. This also
 //! serves istiod's RA mode (`EXTERNAL_CA=ISTIOD_RA_KUBERNETES_API`).
 
+use super::ReconcileError;
 use super::events::{EventSink, note};
 use super::issuer_cache::IssuerName;
 use super::panic_guard::PanicGuard;
-use super::signing::{Outcome, Signers};
+use super::signing::{FailureReason, Outcome, Signers, Unsignable};
 use crate::duration;
 use crate::issuer::sign::SigningRequest;
-use crate::k8s::error_summary;
 use crate::telemetry::audit;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -73,7 +73,7 @@ fn work(
 ) -> Outcome {
     if matches!(issuer_name, IssuerName::Namespaced { .. }) && !may_reference {
         return Outcome::Failed {
-            reason: "DeniedReference",
+            reason: FailureReason::DeniedReference,
             message: format!(
                 "the requester may not reference {issuer_name} (needs verb reference on signers.meshroot.io in its namespace)"
             ),
@@ -105,19 +105,23 @@ fn requester_namespace(csr: &CertificateSigningRequest) -> Option<&str> {
 
 /// The duration and CA flag a CSR asks for, from cert-manager's
 /// annotations and `expirationSeconds`.
-fn requested_terms(csr: &CertificateSigningRequest) -> Result<(Option<time::Duration>, bool), (&'static str, String)> {
+fn requested_terms(csr: &CertificateSigningRequest) -> Result<(Option<time::Duration>, bool), Unsignable> {
     let annotations = csr.annotations();
     let duration = match annotations.get(DURATION_ANNOTATION) {
-        Some(d) => {
-            Some(duration::parse_field(DURATION_ANNOTATION, d).map_err(|why| ("InvalidDuration", why.to_string()))?)
-        }
+        Some(d) => Some(
+            duration::parse_field(DURATION_ANNOTATION, d)
+                .map_err(|why| Unsignable { reason: FailureReason::InvalidDuration, message: why.to_string() })?,
+        ),
         None => csr.spec.expiration_seconds.map(|s| time::Duration::seconds(i64::from(s))),
     };
     let is_ca = match annotations.get(IS_CA_ANNOTATION).map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
-            return Err(("InvalidRequest", format!("{IS_CA_ANNOTATION} must be \"true\" or \"false\", not {other:?}")));
+            return Err(Unsignable {
+                reason: FailureReason::InvalidRequest,
+                message: format!("{IS_CA_ANNOTATION} must be \"true\" or \"false\", not {other:?}"),
+            });
         }
     };
     Ok((duration, is_ca))
@@ -128,12 +132,6 @@ struct Context {
     signers: Signers,
     events: EventSink,
     guard: PanicGuard,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ReconcileError {
-    #[error("Kubernetes API: {0}")]
-    Api(String),
 }
 
 /// cert-manager's check: may the requester `reference` the namespaced
@@ -165,8 +163,10 @@ async fn may_reference(
             },
             ..Default::default()
         };
-        let answer =
-            api.create(&PostParams::default(), &review).await.map_err(|e| ReconcileError::Api(error_summary(&e)))?;
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(ReconcileError::api("asking the API server (SubjectAccessReview)"))?;
         if answer.status.is_some_and(|s| s.allowed) {
             return Ok(true);
         }
@@ -202,7 +202,7 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
             conditions.push(CertificateSigningRequestCondition {
                 type_: "Failed".into(),
                 status: "True".into(),
-                reason: Some((*reason).into()),
+                reason: Some(reason.as_str().into()),
                 message: Some(message.clone()),
                 last_transition_time: Some(now.clone()),
                 last_update_time: Some(now),
@@ -216,7 +216,7 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
     }));
     api.patch_status(&name, &PatchParams::default(), &patch)
         .await
-        .map_err(|e| ReconcileError::Api(error_summary(&e)))?;
+        .map_err(ReconcileError::api("writing the status"))?;
     let decision = audit::RequestDecision {
         source: "CertificateSigningRequest",
         request: name.clone(),
@@ -237,8 +237,8 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
             }
         }
         Outcome::Failed { reason, message } => {
-            audit::request_denied(&decision, reason, &message);
-            ctx.events.publish(&reference, EventType::Warning, reason, note(message)).await;
+            audit::request_denied(&decision, reason.as_str(), &message);
+            ctx.events.publish(&reference, EventType::Warning, reason.as_str(), note(message)).await;
         }
         Outcome::Pending(_) | Outcome::Denied => {}
     }

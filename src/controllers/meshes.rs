@@ -25,11 +25,39 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+/// Why a mesh is not ready: the reason of its `Ready` and
+/// `IntermediateReady` conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeshProblem {
+    /// The spec cannot be used as written.
+    InvalidSpec,
+    /// A PluginCA mesh's `cacerts` Secret exists and is not meshroot's.
+    CacertsNotOwned,
+    /// The intermediate Secret holds something that does not parse or chain.
+    IntermediateCorrupt,
+    /// The intermediate cannot be issued or read now (no root key, the API).
+    IntermediateUnavailable,
+    /// istiod's serving certificate (`istiod-tls`) could not be written.
+    IstiodCertificateFailed,
+}
+
+impl MeshProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "InvalidSpec",
+            Self::CacertsNotOwned => "CacertsNotOwned",
+            Self::IntermediateCorrupt => "IntermediateCorrupt",
+            Self::IntermediateUnavailable => "IntermediateUnavailable",
+            Self::IstiodCertificateFailed => "IstiodCertificateFailed",
+        }
+    }
+}
+
 /// What reconciling one mesh found.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
     /// Condition reason and message when the mesh is not ready.
-    pub problem: Option<(&'static str, String)>,
+    pub problem: Option<(MeshProblem, String)>,
     pub intermediate: Option<IntermediateStatus>,
     /// A warning that does not stop the mesh (for example an intermediate
     /// that is due but cannot be renewed).
@@ -47,11 +75,11 @@ pub async fn reconcile(
     let name = mesh.metadata.name.clone().unwrap_or_default();
     let spec = &mesh.spec;
     if let Err(why) = validate_spec(spec) {
-        return Outcome { problem: Some(("InvalidSpec", why)), ..Default::default() };
+        return Outcome { problem: Some((MeshProblem::InvalidSpec, why)), ..Default::default() };
     }
     let policy = match IntermediatePolicy::from_spec(&spec.intermediate) {
         Ok(p) => p,
-        Err(why) => return Outcome { problem: Some(("InvalidSpec", why)), ..Default::default() },
+        Err(why) => return Outcome { problem: Some((MeshProblem::InvalidSpec, why)), ..Default::default() },
     };
     let (api, target) = match spec.mode {
         MeshMode::External => {
@@ -66,10 +94,10 @@ pub async fn reconcile(
         Err(e) => {
             let reason = match e {
                 crate::k8s::intermediates::IntermediateError::NotOwned(_) if spec.mode == MeshMode::PluginCa => {
-                    "CacertsNotOwned"
+                    MeshProblem::CacertsNotOwned
                 }
-                crate::k8s::intermediates::IntermediateError::Corrupt { .. } => "IntermediateCorrupt",
-                _ => "IntermediateUnavailable",
+                crate::k8s::intermediates::IntermediateError::Corrupt { .. } => MeshProblem::IntermediateCorrupt,
+                _ => MeshProblem::IntermediateUnavailable,
             };
             return Outcome { problem: Some((reason, e.to_string())), ..Default::default() };
         }
@@ -81,7 +109,7 @@ pub async fn reconcile(
     if spec.mode == MeshMode::External {
         let istiod_api = Api::<Secret>::namespaced(client.clone(), &spec.istiod.namespace);
         if let Err(e) = istiod_tls::ensure(&istiod_api, spec, &ensured.chain, now).await {
-            outcome.problem = Some(("IstiodCertificateFailed", e.to_string()));
+            outcome.problem = Some((MeshProblem::IstiodCertificateFailed, e.to_string()));
         }
     }
     outcome
@@ -138,7 +166,7 @@ pub fn status(
     let generation = mesh.metadata.generation;
     let previous = mesh.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let (ready, reason, message) = match (&outcome.problem, overlap) {
-        (Some((reason, why)), _) => (false, *reason, why.clone()),
+        (Some((reason, why)), _) => (false, reason.as_str(), why.clone()),
         (None, Some(why)) => (false, "NamespacesOverlap", why.clone()),
         (None, None) => {
             (true, "Ready", outcome.warning.clone().unwrap_or_else(|| "the mesh's certificates are current".into()))
@@ -148,7 +176,7 @@ pub fn status(
     let int_ok = outcome.intermediate.is_some();
     let (int_reason, int_msg) = match (&outcome.intermediate, &outcome.problem) {
         (Some(i), _) => ("Issued", format!("serial {} valid until {}", i.serial, i.not_after)),
-        (None, Some((r, why))) => (*r, why.clone()),
+        (None, Some((r, why))) => (r.as_str(), why.clone()),
         (None, None) => ("Pending", String::new()),
     };
     conditions.push(condition("IntermediateReady", int_ok, int_reason, &int_msg, generation, &previous));
@@ -201,7 +229,7 @@ pub fn spawn(
                 let Some(name) = mesh.metadata.name.clone() else { continue };
                 let outcome = reconcile(&client, &namespace, mesh, &current_root, OffsetDateTime::now_utc()).await;
                 if let Some((reason, why)) = &outcome.problem {
-                    tracing::warn!(mesh = %name, reason, problem = %why, "mesh is not ready");
+                    tracing::warn!(mesh = %name, reason = reason.as_str(), problem = %why, "mesh is not ready");
                 }
                 let covered = coverage.lock().ok().and_then(|c| c.get(&name).copied());
                 let new = status(mesh, &outcome, overlap.get(&name), &current_root.bundle, covered);

@@ -3,7 +3,7 @@
 //! others instead of dying on (and, after every restart, again on) the
 //! same poison object.
 
-use super::signing::Outcome;
+use super::signing::{FailureReason, Outcome};
 use crate::supervise::panic_message;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ControllerLabels;
@@ -41,7 +41,7 @@ impl PanicGuard {
     }
 
     /// Signs `object` with `sign` (synchronous); a panic becomes
-    /// `Failed { reason: "InternalError" }` with a fixed message.
+    /// `Failed { reason: InternalError }` with a fixed message.
     pub fn sign(&self, object: &str, sign: impl FnOnce() -> Outcome) -> Outcome {
         let run = || {
             if let Some(hook) = self.hook {
@@ -61,7 +61,7 @@ impl PanicGuard {
                     "signing panicked; the request is failed and the controller goes on"
                 );
                 self.metrics.reconcile_panics.get_or_create(&ControllerLabels { controller: self.controller }).inc();
-                Outcome::Failed { reason: "InternalError", message: INTERNAL_ERROR_MESSAGE.to_string() }
+                Outcome::Failed { reason: FailureReason::InternalError, message: INTERNAL_ERROR_MESSAGE.to_string() }
             }
         }
     }
@@ -78,7 +78,8 @@ mod tests {
         let outcome = guard.sign("ns/poison", || panic!("secret request data"));
         match outcome {
             Outcome::Failed { reason, message } => {
-                assert_eq!(reason, "InternalError");
+                assert_eq!(reason, FailureReason::InternalError);
+                assert_eq!(reason.to_string(), "InternalError");
                 assert_eq!(message, INTERNAL_ERROR_MESSAGE);
             }
             other => panic!("{other:?}"),

@@ -37,7 +37,7 @@ impl Signers {
     pub fn sign(
         &self,
         issuer_name: &IssuerName,
-        request: Result<SigningRequest<'_>, (&'static str, String)>,
+        request: Result<SigningRequest<'_>, Unsignable>,
         now: OffsetDateTime,
     ) -> Outcome {
         let root = self.root.borrow().clone();
@@ -48,6 +48,53 @@ impl Signers {
     }
 }
 
+/// Why a request can never be signed: the `reason` of its failure
+/// condition, Event and audit line, as cert-manager and Kubernetes show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The request itself is malformed (CSR, usages, annotations).
+    InvalidRequest,
+    /// `spec.duration` or the duration annotation cannot be read.
+    InvalidDuration,
+    /// The issuer's policy does not allow what was asked.
+    PolicyViolation,
+    /// The ClusterIssuer does not serve the requester's namespace.
+    NamespaceNotAllowed,
+    /// `issuerRef.kind` is not one of meshroot's kinds.
+    UnknownIssuerKind,
+    /// The CSR's requester may not reference a namespaced issuer.
+    DeniedReference,
+    /// Signing failed inside meshroot (a caught panic); details are logged.
+    InternalError,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "InvalidRequest",
+            Self::InvalidDuration => "InvalidDuration",
+            Self::PolicyViolation => "PolicyViolation",
+            Self::NamespaceNotAllowed => "NamespaceNotAllowed",
+            Self::UnknownIssuerKind => "UnknownIssuerKind",
+            Self::DeniedReference => "DeniedReference",
+            Self::InternalError => "InternalError",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request that can never be signed: why, and what to tell its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsignable {
+    pub reason: FailureReason,
+    pub message: String,
+}
+
 /// The result of working on one request (CertificateRequest or CSR).
 #[derive(Clone, Debug)]
 pub enum Outcome {
@@ -56,7 +103,7 @@ pub enum Outcome {
     Pending(String),
     /// The request can never be signed, for this reason.
     Failed {
-        reason: &'static str,
+        reason: FailureReason,
         message: String,
     },
     /// An approver denied the request.
@@ -72,13 +119,13 @@ pub struct SigningContext<'a> {
 }
 
 /// Signs `request` with the named issuer once it is there and ready; a
-/// request that could not be read (`Err((reason, message))`) fails only
+/// request that could not be read (`Err(Unsignable)`) fails only
 /// after that, as cert-manager's own issuers do.
 pub fn sign_with_issuer(
     issuer_name: &IssuerName,
     issuer: Option<&dyn IssuerResource>,
     context: &SigningContext<'_>,
-    request: Result<SigningRequest<'_>, (&'static str, String)>,
+    request: Result<SigningRequest<'_>, Unsignable>,
     now: OffsetDateTime,
 ) -> Outcome {
     let Some(issuer) = issuer else {
@@ -92,20 +139,20 @@ pub fn sign_with_issuer(
     };
     let request = match request {
         Ok(r) => r,
-        Err((reason, message)) => return Outcome::Failed { reason, message },
+        Err(Unsignable { reason, message }) => return Outcome::Failed { reason, message },
     };
     if !ready.serves(request.namespace) {
         let who =
             request.namespace.map_or("a requester outside any namespace".to_string(), |n| format!("namespace {n:?}"));
         return Outcome::Failed {
-            reason: "NamespaceNotAllowed",
+            reason: FailureReason::NamespaceNotAllowed,
             message: format!("{issuer_name} does not serve {who} (its spec.allowedNamespaces does not list it)"),
         };
     }
     match sign(&request, &ready.policy, &ready.ca, context.tenancy, now) {
         Ok(signed) => Outcome::Issued(signed),
-        Err(SignError::Invalid(message)) => Outcome::Failed { reason: "InvalidRequest", message },
-        Err(SignError::Policy(message)) => Outcome::Failed { reason: "PolicyViolation", message },
+        Err(SignError::Invalid(message)) => Outcome::Failed { reason: FailureReason::InvalidRequest, message },
+        Err(SignError::Policy(message)) => Outcome::Failed { reason: FailureReason::PolicyViolation, message },
         Err(SignError::Unavailable(message)) => Outcome::Pending(message),
     }
 }

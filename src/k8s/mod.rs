@@ -40,6 +40,68 @@ pub fn secret_data(entries: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {
 pub fn error_summary(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+        // serde's message quotes the offending value, which may be a key.
+        kube::Error::SerdeError(e) => {
+            format!("cannot read the API server's response (invalid at line {}, column {})", e.line(), e.column())
+        }
         other => other.to_string(),
+    }
+}
+
+/// A Kubernetes API error as meshroot reports it: `Display` is
+/// [`error_summary`] (code, reason and the server's message, no bodies), and
+/// `source()` is the cause beneath it (a refused connection, a TLS failure),
+/// so the chain survives. A response that did not deserialize has no
+/// source: its parser error may quote the body.
+pub struct ApiError(kube::Error);
+
+impl From<kube::Error> for ApiError {
+    fn from(e: kube::Error) -> Self {
+        Self(e)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&error_summary(&self.0))
+    }
+}
+
+/// The summary only: kube's own `Debug` may print a response body.
+impl std::fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiError({:?})", error_summary(&self.0))
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            kube::Error::SerdeError(_) | kube::Error::Api(_) => None,
+            other => std::error::Error::source(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+    use std::error::Error as _;
+
+    #[test]
+    fn api_errors_keep_their_cause_and_never_quote_a_body() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = ApiError::from(kube::Error::ReadEvents(refused));
+        assert_eq!(error.source().map(|s| s.to_string()).as_deref(), Some("connection refused"));
+
+        // A response whose parse error would quote a value from the body.
+        let body = serde_json::from_str::<u32>(r#""tls.key=c2VjcmV0LWtleQ""#).unwrap_err();
+        assert!(body.to_string().contains("c2VjcmV0LWtleQ"), "serde quotes the value: {body}");
+        let error = ApiError::from(kube::Error::SerdeError(body));
+        for shown in [error.to_string(), format!("{error:?}")] {
+            assert!(!shown.contains("c2VjcmV0LWtleQ"), "{shown}");
+            assert!(shown.contains("line 1"), "{shown}");
+        }
+        assert!(error.source().is_none(), "no cause that could quote the body");
     }
 }
