@@ -27,7 +27,7 @@ pub use meshroot_pki as pki;
 pub mod bench;
 pub mod cmd;
 pub mod controllers;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 #[allow(
     clippy::expect_used,
     clippy::panic,

@@ -12,6 +12,7 @@ mod cert_manager_issuer;
 mod crds;
 mod fake_api;
 mod faults;
+#[cfg(feature = "fuzzing")]
 mod fuzz_corpus;
 mod grpc_api;
 mod hostile_input;
