@@ -8,12 +8,12 @@ use super::conditions::condition;
 use super::istiod_tls;
 use super::root_configmaps::Coverage;
 use crate::api::mesh::IntermediateStatus;
+use crate::api::selector;
 use crate::api::{Mesh, MeshMode, MeshStatus};
+use crate::k8s::error_summary;
 use crate::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure};
-use crate::k8s::registry::validate_spec;
 pub use crate::k8s::root::RootState;
 use crate::k8s::watch as kwatch;
-use crate::k8s::{error_summary, selector};
 use crate::pki::TrustBundle;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -74,8 +74,8 @@ pub async fn reconcile(
 ) -> Outcome {
     let name = mesh.metadata.name.clone().unwrap_or_default();
     let spec = &mesh.spec;
-    if let Err(why) = validate_spec(spec) {
-        return Outcome { problem: Some((MeshProblem::InvalidSpec, why)), ..Default::default() };
+    if let Err(why) = spec.validate() {
+        return Outcome { problem: Some((MeshProblem::InvalidSpec, why.to_string())), ..Default::default() };
     }
     let policy = match IntermediatePolicy::from_spec(&spec.intermediate) {
         Ok(p) => p,

@@ -8,8 +8,9 @@
 //! are restored; a namespace that leaves the mesh loses the ConfigMap only
 //! if meshroot owns it.
 
+use crate::api::selector;
 use crate::api::{Mesh, MeshMode};
-use crate::k8s::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, error_summary, is_managed, selector};
+use crate::k8s::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, error_summary, is_managed};
 use crate::pki::TrustBundle;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};

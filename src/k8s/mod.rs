@@ -6,7 +6,6 @@ pub mod node_authz;
 pub mod registry;
 pub mod root;
 pub mod rotation;
-pub mod selector;
 pub mod tokenreview;
 pub mod watch;
 

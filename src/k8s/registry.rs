@@ -5,15 +5,13 @@
 //! restart.
 
 use super::intermediates::{parse_secret, secret_name};
-use super::selector;
 use super::watch as kwatch;
+use crate::api::mesh::ValidSpec;
+use crate::api::selector;
 use crate::api::{Mesh as MeshResource, MeshMode};
 use crate::auth::node::NodeAuthorizer;
-use crate::duration;
 use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
-use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 use crate::pki::chain::sha256_hex;
-use crate::pki::spiffe::validate_trust_domain;
 use crate::pki::{SigningChain, TrustBundle};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -93,7 +91,7 @@ fn mesh_from(
     now: OffsetDateTime,
 ) -> Result<Mesh, String> {
     let spec = &r.spec;
-    let ValidSpec { default_ttl, max_ttl } = validate_spec(spec)?;
+    let ValidSpec { default_ttl, max_ttl } = spec.validate().map_err(|e| e.to_string())?;
     let scope = match &spec.namespace_selector {
         None => NamespaceScope::All,
         Some(sel) => {
@@ -140,38 +138,6 @@ fn mesh_from(
     })
 }
 
-/// What validation derives from a Mesh spec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ValidSpec {
-    pub default_ttl: time::Duration,
-    pub max_ttl: time::Duration,
-}
-
-/// Checks a Mesh spec: trust domain, workload TTLs, node accounts, selector.
-pub fn validate_spec(spec: &crate::api::MeshSpec) -> Result<ValidSpec, String> {
-    validate_trust_domain(&spec.trust_domain).map_err(|e| format!("spec.trustDomain: {e}"))?;
-    let default_ttl = duration::parse_field("workloadCertificates.defaultTTL", &spec.workload_certificates.default_ttl)
-        .map_err(|e| e.to_string())?;
-    let max_ttl = duration::parse_field("workloadCertificates.maxTTL", &spec.workload_certificates.max_ttl)
-        .map_err(|e| e.to_string())?;
-    for account in &spec.trusted_node_accounts {
-        let ok = account.split_once('/').is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa));
-        if !ok {
-            return Err(format!("trustedNodeAccounts: {account:?} is not NAMESPACE/SERVICEACCOUNT"));
-        }
-    }
-    if let Some(sel) = &spec.namespace_selector {
-        selector::validate(sel).map_err(|e| format!("namespaceSelector: {e}"))?;
-    }
-    if !is_dns1123_label(&spec.istiod.namespace) {
-        return Err(format!("istiod.namespace: {:?} is not a namespace name", spec.istiod.namespace));
-    }
-    Ok(ValidSpec { default_ttl, max_ttl })
-}
-
-/// Shared with the Mesh status controller: the latest problems per mesh.
-pub type Problems = Arc<Mutex<BTreeMap<String, String>>>;
-
 /// Watches `Mesh` objects, Secrets in meshroot's namespace and namespaces,
 /// and rebuilds `registry` after every change (debounced), until the
 /// returned task is dropped or aborted. `synced` turns true after the
@@ -182,7 +148,6 @@ pub fn spawn(
     registry: Arc<MeshRegistry>,
     mut bundle: watch::Receiver<Arc<TrustBundle>>,
     node_authorizer: Arc<dyn NodeAuthorizer>,
-    problems: Problems,
     synced: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (meshes, meshes_w) = reflector::store::<MeshResource>();
@@ -223,9 +188,7 @@ pub fn spawn(
                 }
                 last_problems = built.problems.clone();
             }
-            if let Ok(mut p) = problems.lock() {
-                *p = built.problems;
-            }
+            registry.set_problems(built.problems);
             tracing::debug!(meshes = built.meshes.len(), bundle = %sha256_hex(current_bundle.pem().as_bytes()), "mesh registry rebuilt");
             registry.replace(built.meshes);
             synced.send_replace(true);

@@ -157,7 +157,6 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
     let (synced_tx, mut synced_rx) = watch::channel(false);
     tasks.push({
         let (client, namespace, registry) = (client.clone(), opts.namespace.clone(), registry.clone());
-        let problems = registry::Problems::default();
         supervisor.spawn("registry", move || {
             supervise::join(registry::spawn(
                 client.clone(),
@@ -165,7 +164,6 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
                 registry.clone(),
                 bundle_rx.clone(),
                 node_authorizer.clone(),
-                problems.clone(),
                 synced_tx.clone(),
             ))
         })

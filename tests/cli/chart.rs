@@ -311,7 +311,7 @@ fn meshes_and_issuers_deserialize_into_meshroots_types() {
     assert_eq!(meshes.len(), 2);
     for m in meshes {
         let mesh: meshroot::api::Mesh = serde_json::from_value(m.clone()).unwrap();
-        meshroot::k8s::registry::validate_spec(&mesh.spec).unwrap();
+        mesh.spec.validate().unwrap();
     }
     let cluster: meshroot::api::ClusterIssuer =
         serde_json::from_value(find(&docs, "ClusterIssuer", "ingress-certs").clone()).unwrap();

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use meshroot::auth::node::{NodeAuthorizer, TrustedAccountOnly};
 use meshroot::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure};
-use meshroot::k8s::registry::{self, Problems};
+use meshroot::k8s::registry;
 use meshroot::mesh::{MeshRegistry, RouteError};
 use meshroot::pki::{Authority, CaSpec, KeyAlgorithm, TrustBundle};
 use serde_json::json;
@@ -20,7 +20,6 @@ const NS: &str = "meshroot";
 struct World {
     fake: FakeApi,
     registry: Arc<MeshRegistry>,
-    problems: Problems,
     root: Authority,
     bundle: TrustBundle,
     _bundle_tx: tokio::sync::watch::Sender<Arc<TrustBundle>>,
@@ -33,12 +32,11 @@ async fn world() -> World {
     let root = Authority::new_root(&CaSpec::root(time::Duration::days(365)), OffsetDateTime::now_utc()).unwrap();
     let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
     let registry = Arc::new(MeshRegistry::default());
-    let problems = Problems::default();
     let (bundle_tx, rx) = tokio::sync::watch::channel(Arc::new(bundle.clone()));
     let authorizer: Arc<dyn NodeAuthorizer> = Arc::new(TrustedAccountOnly);
     let (synced, _) = tokio::sync::watch::channel(false);
-    let task = registry::spawn(fake.client(), NS, registry.clone(), rx, authorizer, problems.clone(), synced);
-    World { fake, registry, problems, root, bundle, _bundle_tx: bundle_tx, _task: task }
+    let task = registry::spawn(fake.client(), NS, registry.clone(), rx, authorizer, synced);
+    World { fake, registry, root, bundle, _bundle_tx: bundle_tx, _task: task }
 }
 
 fn mesh(name: &str, selector: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
@@ -152,7 +150,7 @@ async fn invalid_meshes_are_reported_and_overlaps_refused() {
     // PluginCA meshes are not routed: their istiod signs.
     w.fake.create("meshroot.io/v1alpha1", "meshes", "", mesh("gw", json!({}), json!({"mode": "PluginCA"})));
     let problems = eventually("problems to be reported", || {
-        let p = w.problems.lock().unwrap().clone();
+        let p = w.registry.problems();
         (p.contains_key("bad-ttl") && p.contains_key("bad-account")).then_some(p)
     })
     .await;

@@ -199,3 +199,53 @@ pub struct MeshStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<u32>,
 }
+
+/// What validating a Mesh spec derives from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValidSpec {
+    pub default_ttl: time::Duration,
+    pub max_ttl: time::Duration,
+}
+
+/// Why a Mesh spec cannot be used; `Display` names the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MeshSpecError {
+    #[error("spec.trustDomain: {0}")]
+    TrustDomain(String),
+    #[error(transparent)]
+    Duration(#[from] crate::duration::DurationError),
+    #[error("trustedNodeAccounts: {0:?} is not NAMESPACE/SERVICEACCOUNT")]
+    NodeAccount(String),
+    #[error("namespaceSelector: {0}")]
+    Selector(#[from] super::selector::SelectorError),
+    #[error("istiod.namespace: {0:?} is not a namespace name")]
+    IstiodNamespace(String),
+}
+
+impl MeshSpec {
+    /// Checks the spec: trust domain, workload TTLs, node accounts,
+    /// selector, istiod namespace. Every replica's registry and the leader's
+    /// mesh controller judge a spec by this one function.
+    pub fn validate(&self) -> Result<ValidSpec, MeshSpecError> {
+        use crate::duration;
+        use crate::names::{is_dns1123_label, is_dns1123_subdomain};
+        crate::pki::spiffe::validate_trust_domain(&self.trust_domain)
+            .map_err(|e| MeshSpecError::TrustDomain(e.to_string()))?;
+        let default_ttl =
+            duration::parse_field("workloadCertificates.defaultTTL", &self.workload_certificates.default_ttl)?;
+        let max_ttl = duration::parse_field("workloadCertificates.maxTTL", &self.workload_certificates.max_ttl)?;
+        for account in &self.trusted_node_accounts {
+            let ok = account.split_once('/').is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa));
+            if !ok {
+                return Err(MeshSpecError::NodeAccount(account.clone()));
+            }
+        }
+        if let Some(selector) = &self.namespace_selector {
+            super::selector::validate(selector)?;
+        }
+        if !is_dns1123_label(&self.istiod.namespace) {
+            return Err(MeshSpecError::IstiodNamespace(self.istiod.namespace.clone()));
+        }
+        Ok(ValidSpec { default_ttl, max_ttl })
+    }
+}

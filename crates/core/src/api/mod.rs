@@ -4,6 +4,7 @@
 pub mod cert_manager;
 pub mod issuer;
 pub mod mesh;
+pub mod selector;
 
 pub use issuer::{ClusterIssuer, Issuer};
 pub use mesh::{Mesh, MeshMode, MeshSpec, MeshStatus};

@@ -6,7 +6,7 @@ use crate::auth::node::NodeAuthorizer;
 use crate::pki::SigningChain;
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
@@ -89,6 +89,8 @@ pub struct MeshRegistry {
     writer: Mutex<()>,
     /// Counts replacements, so other parts can follow changes.
     generation: tokio::sync::watch::Sender<u64>,
+    /// Meshes the last rebuild left out or that cannot sign yet, and why.
+    problems: ArcSwap<BTreeMap<String, String>>,
 }
 
 impl Default for MeshRegistry {
@@ -104,6 +106,7 @@ impl MeshRegistry {
             previous: ArcSwap::from_pointee(HashMap::new()),
             writer: Mutex::new(()),
             generation: tokio::sync::watch::Sender::new(0),
+            problems: ArcSwap::from_pointee(BTreeMap::new()),
         }
     }
 
@@ -165,6 +168,17 @@ impl MeshRegistry {
 
     pub fn meshes(&self) -> Arc<Vec<Arc<Mesh>>> {
         self.meshes.load_full()
+    }
+
+    /// Per mesh name, why the last rebuild left it out or why it cannot
+    /// sign yet (an invalid spec, a missing intermediate).
+    pub fn problems(&self) -> Arc<BTreeMap<String, String>> {
+        self.problems.load_full()
+    }
+
+    /// Records what the last rebuild could not use, beside its meshes.
+    pub fn set_problems(&self, problems: BTreeMap<String, String>) {
+        self.problems.store(Arc::new(problems));
     }
 
     /// The one mesh that covers `namespace`.

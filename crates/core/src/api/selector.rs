@@ -3,19 +3,29 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;
 
+/// Why a selector cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("matchExpressions: {key} {operator} needs values")]
+    NeedsValues { key: String, operator: String },
+    #[error("matchExpressions: {key} {operator} takes no values")]
+    TakesNoValues { key: String, operator: String },
+    #[error("matchExpressions: unknown operator {0:?}")]
+    UnknownOperator(String),
+}
+
 /// Checks a selector's operators, so a bad one is reported, not ignored.
-pub fn validate(selector: &LabelSelector) -> Result<(), String> {
+pub fn validate(selector: &LabelSelector) -> Result<(), SelectorError> {
     for e in selector.match_expressions.iter().flatten() {
         let values = e.values.as_deref().unwrap_or_default();
+        let (key, operator) = (e.key.clone(), e.operator.clone());
         match e.operator.as_str() {
-            "In" | "NotIn" if values.is_empty() => {
-                return Err(format!("matchExpressions: {} {} needs values", e.key, e.operator));
-            }
+            "In" | "NotIn" if values.is_empty() => return Err(SelectorError::NeedsValues { key, operator }),
             "Exists" | "DoesNotExist" if !values.is_empty() => {
-                return Err(format!("matchExpressions: {} {} takes no values", e.key, e.operator));
+                return Err(SelectorError::TakesNoValues { key, operator });
             }
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-            other => return Err(format!("matchExpressions: unknown operator {other:?}")),
+            other => return Err(SelectorError::UnknownOperator(other.to_string())),
         }
     }
     Ok(())
