@@ -79,7 +79,9 @@ pub async fn reconcile(
     }
     let policy = match IntermediatePolicy::from_spec(&spec.intermediate) {
         Ok(p) => p,
-        Err(why) => return Outcome { problem: Some((MeshProblem::InvalidSpec, why)), ..Default::default() },
+        Err(why) => {
+            return Outcome { problem: Some((MeshProblem::InvalidSpec, why.to_string())), ..Default::default() };
+        }
     };
     let (api, target) = match spec.mode {
         MeshMode::External => {

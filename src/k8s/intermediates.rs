@@ -110,16 +110,24 @@ pub struct IntermediatePolicy {
     pub renew_before: Duration,
 }
 
+/// Why a mesh's `intermediate` settings cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IntermediatePolicyError {
+    #[error(transparent)]
+    Duration(#[from] duration::DurationError),
+    #[error("intermediate.renewBefore ({renew_before}) must be shorter than intermediate.duration ({duration})")]
+    RenewAfterExpiry { renew_before: String, duration: String },
+}
+
 impl IntermediatePolicy {
-    pub fn from_spec(spec: &IntermediateSpec) -> Result<Self, String> {
-        let lifetime = duration::parse_field("intermediate.duration", &spec.duration).map_err(|e| e.to_string())?;
-        let renew_before =
-            duration::parse_field("intermediate.renewBefore", &spec.renew_before).map_err(|e| e.to_string())?;
+    pub fn from_spec(spec: &IntermediateSpec) -> Result<Self, IntermediatePolicyError> {
+        let lifetime = duration::parse_field("intermediate.duration", &spec.duration)?;
+        let renew_before = duration::parse_field("intermediate.renewBefore", &spec.renew_before)?;
         if renew_before >= lifetime {
-            return Err(format!(
-                "intermediate.renewBefore ({}) must be shorter than intermediate.duration ({})",
-                spec.renew_before, spec.duration
-            ));
+            return Err(IntermediatePolicyError::RenewAfterExpiry {
+                renew_before: spec.renew_before.clone(),
+                duration: spec.duration.clone(),
+            });
         }
         Ok(Self { key_algorithm: spec.key_algorithm.into(), lifetime, renew_before })
     }

@@ -6,7 +6,9 @@ use fake_apiserver::FakeApi;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use meshroot::api::mesh::IntermediateSpec;
-use meshroot::k8s::intermediates::{IntermediateError, IntermediatePolicy, IntermediateSecret, ensure, secret_name};
+use meshroot::k8s::intermediates::{
+    IntermediateError, IntermediatePolicy, IntermediatePolicyError, IntermediateSecret, ensure, secret_name,
+};
 use meshroot::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, TrustBundle};
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
@@ -195,9 +197,13 @@ fn policies_parse_durations_and_refuse_nonsense() {
     assert_eq!(p.lifetime, Duration::hours(8760));
     assert_eq!(p.renew_before, Duration::hours(720));
     let bad = |d: &str, r: &str| IntermediateSpec { duration: d.into(), renew_before: r.into(), ..Default::default() };
-    assert!(IntermediatePolicy::from_spec(&bad("1h", "2h")).unwrap_err().contains("shorter"));
-    assert!(IntermediatePolicy::from_spec(&bad("soon", "1h")).is_err());
-    assert!(IntermediatePolicy::from_spec(&bad("0s", "1h")).is_err());
+    let late = IntermediatePolicy::from_spec(&bad("1h", "2h")).unwrap_err();
+    assert!(matches!(late, IntermediatePolicyError::RenewAfterExpiry { .. }), "{late:?}");
+    assert!(late.to_string().contains("shorter"), "{late}");
+    let unreadable = IntermediatePolicy::from_spec(&bad("soon", "1h")).unwrap_err();
+    assert!(unreadable.to_string().starts_with(r#"intermediate.duration: "soon""#), "{unreadable}");
+    let zero = IntermediatePolicy::from_spec(&bad("0s", "1h")).unwrap_err();
+    assert_eq!(zero.to_string(), r#"intermediate.duration: "0s": must be positive"#);
 }
 
 #[tokio::test]

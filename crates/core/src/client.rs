@@ -22,6 +22,10 @@ pub enum ClientError {
     Refused { code: tonic::Code, message: String },
     #[error("the response is invalid: {0}")]
     Response(String),
+    /// A request header cannot carry the value (gRPC metadata is printable
+    /// ASCII); the value itself is not shown, as it may be a token.
+    #[error("the {0} cannot be sent: it is not printable ASCII")]
+    Header(&'static str),
 }
 
 /// Connects over TLS, trusting only `root_pem`. The TLS server name is the
@@ -51,12 +55,10 @@ pub fn request(
 ) -> Result<tonic::Request<IstioCertificateRequest>, ClientError> {
     let mut req = tonic::Request::new(body);
     if let Some(token) = token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ClientError::Response("the token is not printable ASCII".into()))?;
+        let value = format!("Bearer {token}").parse().map_err(|_| ClientError::Header("bearer token"))?;
         req.metadata_mut().insert("authorization", value);
     }
-    let cluster = cluster_id.parse().map_err(|_| ClientError::Address(cluster_id.to_string()))?;
+    let cluster = cluster_id.parse().map_err(|_| ClientError::Header("cluster id"))?;
     req.metadata_mut().insert("clusterid", cluster);
     Ok(req)
 }
@@ -123,6 +125,17 @@ pub fn verify_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsendable_headers_say_which_and_never_echo_the_token() {
+        let body = IstioCertificateRequest::default;
+        let bad_token = request(body(), Some("secret\ntoken"), "Kubernetes").unwrap_err();
+        assert!(matches!(bad_token, ClientError::Header("bearer token")), "{bad_token:?}");
+        assert!(!bad_token.to_string().contains("secret"));
+        let bad_cluster = request(body(), Some("token"), "Kube\nrnetes").unwrap_err();
+        assert!(matches!(bad_cluster, ClientError::Header("cluster id")), "{bad_cluster:?}");
+        assert!(request(body(), None, "Kubernetes").is_ok());
+    }
 
     #[test]
     fn host_parsing() {

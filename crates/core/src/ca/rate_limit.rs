@@ -160,8 +160,17 @@ impl RateLimiter {
     }
 }
 
+/// Why a rate limit cannot be read; `Display` quotes the text as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?}: {problem}")]
+pub struct LimitError {
+    pub text: String,
+    pub problem: String,
+}
+
 /// Parses `RATE[/s][,burst=N]`, for example `50/s,burst=1000`, or `0`/`off`.
-pub fn parse_limit(text: &str) -> Result<Limit, String> {
+pub fn parse_limit(text: &str) -> Result<Limit, LimitError> {
+    let refuse = |problem: String| LimitError { text: text.trim().to_string(), problem };
     let text = text.trim();
     if text == "0" || text.eq_ignore_ascii_case("off") {
         return Ok(Limit::OFF);
@@ -171,23 +180,23 @@ pub fn parse_limit(text: &str) -> Result<Limit, String> {
             let burst = burst
                 .trim()
                 .strip_prefix("burst=")
-                .ok_or_else(|| format!("{text:?}: expected RATE/s,burst=N (for example 50/s,burst=1000)"))?;
+                .ok_or_else(|| refuse("expected RATE/s,burst=N (for example 50/s,burst=1000)".into()))?;
             (rate, Some(burst))
         }
         None => (text, None),
     };
     let rate = rate.trim().trim_end_matches("/s");
     let per_second: u32 =
-        rate.parse().map_err(|_| format!("{text:?}: the rate {rate:?} is not a whole number per second"))?;
+        rate.parse().map_err(|_| refuse(format!("the rate {rate:?} is not a whole number per second")))?;
     let burst = match burst {
-        Some(b) => b.parse().map_err(|_| format!("{text:?}: the burst {b:?} is not a whole number"))?,
+        Some(b) => b.parse().map_err(|_| refuse(format!("the burst {b:?} is not a whole number")))?,
         None => per_second,
     };
     if per_second == 0 {
         return Ok(Limit::OFF);
     }
     if burst < per_second {
-        return Err(format!("{text:?}: the burst ({burst}) must be at least the rate ({per_second})"));
+        return Err(refuse(format!("the burst ({burst}) must be at least the rate ({per_second})")));
     }
     Ok(Limit { per_second, burst })
 }
