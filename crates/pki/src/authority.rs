@@ -36,13 +36,19 @@ impl SigningKey for PrivateKey {
 /// How to make a new CA certificate.
 #[derive(Clone, Debug)]
 pub struct CaSpec {
+    /// CommonName of the CA's subject.
     pub common_name: String,
+    /// Organization (O) of the CA's subject.
     pub organization: String,
+    /// Algorithm of the CA's newly generated key.
     pub key_algorithm: KeyAlgorithm,
+    /// How long the CA is valid from its creation (NotBefore is back-dated 2 minutes). An intermediate's
+    /// validity is also cut at its issuer's NotAfter.
     pub lifetime: Duration,
 }
 
 impl CaSpec {
+    /// meshroot's default root: CommonName `meshroot root CA`, organization `meshroot`, an ECDSA P-256 key.
     pub fn root(lifetime: Duration) -> Self {
         Self {
             common_name: "meshroot root CA".into(),
@@ -52,6 +58,7 @@ impl CaSpec {
         }
     }
 
+    /// meshroot's default intermediate for `mesh`, named after it, with an ECDSA P-256 key.
     pub fn intermediate(mesh: &str, lifetime: Duration) -> Self {
         Self {
             common_name: format!("meshroot intermediate CA for mesh {mesh}"),
@@ -205,38 +212,47 @@ impl Authority {
         Ok(())
     }
 
+    /// The CA certificate, as DER.
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert
     }
 
+    /// The CA certificate as PEM (LF line endings, ending in a newline).
     pub fn certificate_pem(&self) -> &str {
         &self.cert_pem
     }
 
+    /// The CA's private key, to store it and to sign edited certificates again.
     pub fn key(&self) -> &PrivateKey {
         self.issuer.key()
     }
 
+    /// The type and size of the CA's key.
     pub fn key_kind(&self) -> PublicKeyKind {
         self.issuer.key().kind()
     }
 
+    /// The CA certificate's subject, in RFC 4514 form (for logs and messages).
     pub fn subject(&self) -> &str {
         &self.subject
     }
 
+    /// The CA certificate's serial number, as lowercase hex without separators.
     pub fn serial_hex(&self) -> &str {
         &self.serial_hex
     }
 
+    /// Start of the CA certificate's validity.
     pub fn not_before(&self) -> OffsetDateTime {
         self.not_before
     }
 
+    /// End of the CA certificate's validity. Nothing this authority signs outlives it.
     pub fn not_after(&self) -> OffsetDateTime {
         self.not_after
     }
 
+    /// Whether the certificate names itself as its issuer, i.e. is a root (judged by name, not by signature).
     pub fn is_self_signed(&self) -> bool {
         self.self_signed
     }

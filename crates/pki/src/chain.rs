@@ -37,10 +37,13 @@ impl TrustBundle {
         Ok(Self { roots: unique, pem })
     }
 
+    /// A bundle from concatenated PEM certificates (at most [`MAX_CERT_PEM_BYTES`]), checked as
+    /// [`TrustBundle::new`] checks them.
     pub fn from_pem(input: &[u8]) -> Result<Self> {
         Self::new(pem::decode_certificates(input, MAX_CERT_PEM_BYTES)?)
     }
 
+    /// The roots, without repeats, in the order given.
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots
     }
@@ -115,6 +118,7 @@ impl TrustBundle {
     }
 }
 
+/// SHA-256 of `data` as lowercase hex: how certificates and bundles are named in logs and status.
 pub fn sha256_hex(data: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -174,10 +178,12 @@ impl SigningChain {
         Ok(Self { authority, intermediates, bundle, response_tail })
     }
 
+    /// The authority that signs the certificates this chain issues.
     pub fn authority(&self) -> &Authority {
         &self.authority
     }
 
+    /// The roots that certificates signed with this chain verify against.
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle
     }
@@ -198,6 +204,8 @@ impl SigningChain {
         path
     }
 
+    /// Signs a workload certificate with this chain's authority, as
+    /// [`profile::issue_workload`] describes.
     pub fn issue_workload(
         &self,
         spki_der: &[u8],
@@ -222,6 +230,8 @@ impl SigningChain {
 /// authority when its key is online, and the trust bundle.
 #[derive(Clone, Debug)]
 pub struct RootState {
+    /// The root's signing authority, or `None` when its private key is offline and the root only anchors trust.
     pub authority: Option<std::sync::Arc<Authority>>,
+    /// Every root to trust, the current one included: one normally, two during a rotation.
     pub bundle: std::sync::Arc<TrustBundle>,
 }

@@ -23,15 +23,20 @@ const OID_SAN: &str = "2.5.29.17";
 /// The subject alternative names a CSR asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestedNames {
+    /// URI SANs (SPIFFE IDs among them), as written in the CSR.
     pub uris: Vec<String>,
+    /// DNS name SANs, as written in the CSR (not validated here).
     pub dns: Vec<String>,
+    /// IP address SANs, IPv4 or IPv6.
     pub ips: Vec<IpAddr>,
+    /// Email (rfc822Name) SANs, as written in the CSR.
     pub emails: Vec<String>,
     /// SAN entries of any other type (directory names, otherName, ...).
     pub other: usize,
 }
 
 impl RequestedNames {
+    /// Whether the CSR asks for no SAN of any type.
     pub fn is_empty(&self) -> bool {
         self.uris.is_empty() && self.dns.is_empty() && self.ips.is_empty() && self.emails.is_empty() && self.other == 0
     }
@@ -160,10 +165,12 @@ impl CertificateSigningRequest {
         &self.spki_der
     }
 
+    /// The type and size of the requester's key, which has passed the key policy.
     pub fn key_kind(&self) -> PublicKeyKind {
         self.key_kind
     }
 
+    /// The subject alternative names the CSR asks for.
     pub fn names(&self) -> &RequestedNames {
         &self.names
     }

@@ -16,14 +16,20 @@ pub const MAX_KEY_PEM_BYTES: usize = 64 * 1024;
 /// Key algorithms meshroot can generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyAlgorithm {
+    /// ECDSA on NIST P-256, signing with SHA-256; meshroot's default.
     EcdsaP256,
+    /// ECDSA on NIST P-384, signing with SHA-384.
     EcdsaP384,
+    /// RSA with a 2048-bit modulus, signing with PKCS#1 v1.5 and SHA-256.
     Rsa2048,
+    /// RSA with a 3072-bit modulus, signing with PKCS#1 v1.5 and SHA-256.
     Rsa3072,
+    /// RSA with a 4096-bit modulus, signing with PKCS#1 v1.5 and SHA-256.
     Rsa4096,
 }
 
 impl KeyAlgorithm {
+    /// Every algorithm, in the order error messages list them.
     pub const ALL: [KeyAlgorithm; 5] = [
         KeyAlgorithm::EcdsaP256,
         KeyAlgorithm::EcdsaP384,
@@ -32,6 +38,7 @@ impl KeyAlgorithm {
         KeyAlgorithm::Rsa4096,
     ];
 
+    /// The algorithm's name in configuration and messages (`ecdsa-p256`, `rsa-2048`, ...), as `FromStr` parses it.
     pub fn name(self) -> &'static str {
         match self {
             KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
@@ -62,9 +69,16 @@ impl std::str::FromStr for KeyAlgorithm {
 /// What kind of public key a certificate or CSR carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublicKeyKind {
-    Rsa { bits: usize },
+    /// RSA, of [`MIN_RSA_BITS`] to [`MAX_RSA_BITS`] bits.
+    Rsa {
+        /// Modulus size, in bits.
+        bits: usize,
+    },
+    /// ECDSA on NIST P-256.
     EcdsaP256,
+    /// ECDSA on NIST P-384.
     EcdsaP384,
+    /// Ed25519: accepted in CSRs, refused as a signing key.
     Ed25519,
 }
 
@@ -79,7 +93,9 @@ impl fmt::Display for PublicKeyKind {
     }
 }
 
+/// The smallest RSA modulus accepted, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
+/// The largest RSA modulus accepted, in bits.
 pub const MAX_RSA_BITS: usize = 8192;
 
 const OID_RSA: &str = "1.2.840.113549.1.1.1";
@@ -170,6 +186,7 @@ impl Drop for PrivateKey {
 }
 
 impl PrivateKey {
+    /// Generates a new key from the system RNG; it is written out as PKCS#8.
     pub fn generate(alg: KeyAlgorithm) -> Result<Self> {
         let pair = match alg {
             KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
@@ -220,6 +237,7 @@ impl PrivateKey {
         Ok(Self { pair, kind, encoding })
     }
 
+    /// The type and size of this key: ECDSA or RSA, since Ed25519 signing keys are refused.
     pub fn kind(&self) -> PublicKeyKind {
         self.kind
     }

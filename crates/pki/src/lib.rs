@@ -15,6 +15,8 @@
         clippy::arithmetic_side_effects
     )
 )]
+// The public API of this layer is documented, item by item.
+#![warn(missing_docs)]
 
 pub mod authority;
 pub mod chain;

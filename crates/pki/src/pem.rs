@@ -5,13 +5,17 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use zeroize::Zeroizing;
 
+/// PEM label of an X.509 certificate.
 pub const CERTIFICATE: &str = "CERTIFICATE";
+/// PEM label of a PKCS#10 certificate signing request.
 pub const CERTIFICATE_REQUEST: &str = "CERTIFICATE REQUEST";
 
 /// One decoded PEM block. The contents are wiped on drop, since a block may
 /// hold a private key.
 pub struct PemBlock {
+    /// The label from the `-----BEGIN ...-----` line, as written: not yet made safe to echo.
     pub label: String,
+    /// The decoded contents; never empty.
     pub der: Zeroizing<Vec<u8>>,
 }
 
@@ -96,6 +100,7 @@ pub fn encode(label: &str, der: &[u8]) -> String {
     pem::encode_config(&pem::Pem::new(label, der), config)
 }
 
+/// Encodes a DER certificate as a `CERTIFICATE` PEM block.
 pub fn encode_certificate(der: &[u8]) -> String {
     encode(CERTIFICATE, der)
 }

@@ -49,10 +49,15 @@ pub const WORKLOAD_MARKER_VALUE: &[u8] = &[0x05, 0x00];
 /// A freshly signed certificate and the facts callers report about it.
 #[derive(Clone, Debug)]
 pub struct IssuedCertificate {
+    /// The certificate, as DER.
     pub der: CertificateDer<'static>,
+    /// The same certificate as PEM, ending in a newline.
     pub pem: String,
+    /// The serial number, as 40 lowercase hex digits.
     pub serial_hex: String,
+    /// Start of validity, exactly as written in the certificate (whole seconds).
     pub not_before: OffsetDateTime,
+    /// End of validity, exactly as written: the requested lifetime, cut at the signer's NotAfter.
     pub not_after: OffsetDateTime,
 }
 

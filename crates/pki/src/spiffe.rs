@@ -3,7 +3,9 @@
 use super::error::{PkiError, Result};
 use std::fmt;
 
+/// The longest SPIFFE ID accepted, in bytes (the SPIFFE spec's limit; a URI of exactly this length passes).
 pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+/// The longest trust domain accepted, in bytes (the SPIFFE spec's limit; inclusive).
 pub const MAX_TRUST_DOMAIN_BYTES: usize = 255;
 
 /// A parsed, validated SPIFFE ID.
@@ -14,6 +16,9 @@ pub struct SpiffeId {
 }
 
 impl SpiffeId {
+    /// Parses and validates a SPIFFE ID: the lowercase `spiffe://` scheme, a trust domain as
+    /// [`validate_trust_domain`] allows, and an optional path of non-empty segments of letters,
+    /// digits, `.`, `-` and `_`, with no dot segments and no trailing slash.
     pub fn parse(input: &str) -> Result<Self> {
         if input.len() > MAX_SPIFFE_ID_BYTES {
             return Err(err(format!("longer than {MAX_SPIFFE_ID_BYTES} bytes")));
@@ -30,10 +35,12 @@ impl SpiffeId {
         Ok(Self { trust_domain: td.to_string(), path: path.to_string() })
     }
 
+    /// The trust domain, e.g. `cluster.local`.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
 
+    /// The path, starting with `/`, or empty when the ID has none.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -101,12 +108,16 @@ fn err(msg: impl Into<String>) -> PkiError {
 /// An Istio workload identity: `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WorkloadIdentity {
+    /// The SPIFFE trust domain, e.g. `cluster.local`.
     pub trust_domain: String,
+    /// The workload's Kubernetes namespace.
     pub namespace: String,
+    /// The workload's Kubernetes service account.
     pub service_account: String,
 }
 
 impl WorkloadIdentity {
+    /// Builds an identity from its parts, which must form a valid SPIFFE ID.
     pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self> {
         let id = Self {
             trust_domain: trust_domain.to_string(),
@@ -117,6 +128,7 @@ impl WorkloadIdentity {
         Self::parse(&id.to_string())
     }
 
+    /// Parses `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`; any other path is refused.
     pub fn parse(input: &str) -> Result<Self> {
         let id = SpiffeId::parse(input)?;
         let parts: Vec<&str> = id.path().split('/').collect();

@@ -22,13 +22,17 @@ const OID_NAME_CONSTRAINTS: &[u64] = &[2, 5, 29, 30];
 /// What to issue for a verified CSR.
 #[derive(Clone, Debug)]
 pub struct CertificateTemplate<'a> {
+    /// The verified CSR: the certificate takes its public key, subject and SANs, nothing else.
     pub csr: &'a CertificateSigningRequest,
+    /// Whether to issue a CA certificate (CA:TRUE). Comes from the request's spec, never from the CSR.
     pub is_ca: bool,
     /// pathLenConstraint of an issued CA certificate; `None` leaves it out.
     pub max_path_length: Option<u8>,
     /// DER NameConstraints for an issued CA, added as a critical extension.
     pub name_constraints: Option<&'a [u8]>,
+    /// The KeyUsage bits and extended key usages to write.
     pub usages: &'a Usages,
+    /// Validity requested from `now`; must be positive, and is cut at the authority's NotAfter.
     pub lifetime: Duration,
 }
 

@@ -7,18 +7,28 @@ use std::fmt;
 /// One bit of the X.509 KeyUsage extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KeyUsage {
+    /// `digitalSignature`: the key signs, as in a TLS handshake.
     DigitalSignature,
+    /// `contentCommitment` (formerly `nonRepudiation`).
     ContentCommitment,
+    /// `keyEncipherment`: the key encrypts other keys, as in RSA key exchange.
     KeyEncipherment,
+    /// `dataEncipherment`: the key encrypts data directly.
     DataEncipherment,
+    /// `keyAgreement`: the key takes part in key agreement, as in (EC)DH.
     KeyAgreement,
+    /// `keyCertSign`: the key signs certificates; for CA certificates only.
     CertSign,
+    /// `cRLSign`: the key signs certificate revocation lists.
     CrlSign,
+    /// `encipherOnly`: with `keyAgreement`, the key may only encipher.
     EncipherOnly,
+    /// `decipherOnly`: with `keyAgreement`, the key may only decipher.
     DecipherOnly,
 }
 
 impl KeyUsage {
+    /// The same bit as rcgen names it, for building a certificate.
     pub fn to_rcgen(self) -> rcgen::KeyUsagePurpose {
         use rcgen::KeyUsagePurpose as P;
         match self {
@@ -53,22 +63,35 @@ impl KeyUsage {
     }
 }
 
+/// OID of `anyExtendedKeyUsage` (usage name `any`).
 pub const EKU_ANY: &str = "2.5.29.37.0";
+/// OID of `serverAuth`, TLS server authentication (usage name `server auth`).
 pub const EKU_SERVER_AUTH: &str = "1.3.6.1.5.5.7.3.1";
+/// OID of `clientAuth`, TLS client authentication (usage name `client auth`).
 pub const EKU_CLIENT_AUTH: &str = "1.3.6.1.5.5.7.3.2";
+/// OID of `codeSigning` (usage name `code signing`).
 pub const EKU_CODE_SIGNING: &str = "1.3.6.1.5.5.7.3.3";
+/// OID of `emailProtection` (usage names `email protection` and `s/mime`).
 pub const EKU_EMAIL_PROTECTION: &str = "1.3.6.1.5.5.7.3.4";
+/// OID of `ipsecEndSystem` (usage name `ipsec end system`).
 pub const EKU_IPSEC_END_SYSTEM: &str = "1.3.6.1.5.5.7.3.5";
+/// OID of `ipsecTunnel` (usage name `ipsec tunnel`).
 pub const EKU_IPSEC_TUNNEL: &str = "1.3.6.1.5.5.7.3.6";
+/// OID of `ipsecUser` (usage name `ipsec user`).
 pub const EKU_IPSEC_USER: &str = "1.3.6.1.5.5.7.3.7";
+/// OID of `timeStamping` (usage name `timestamping`).
 pub const EKU_TIME_STAMPING: &str = "1.3.6.1.5.5.7.3.8";
+/// OID of `OCSPSigning` (usage name `ocsp signing`).
 pub const EKU_OCSP_SIGNING: &str = "1.3.6.1.5.5.7.3.9";
+/// OID of Microsoft's legacy Server Gated Cryptography usage (usage name `microsoft sgc`).
 pub const EKU_MICROSOFT_SGC: &str = "1.3.6.1.4.1.311.10.3.3";
+/// OID of Netscape's legacy Server Gated Cryptography usage (usage name `netscape sgc`).
 pub const EKU_NETSCAPE_SGC: &str = "2.16.840.1.113730.4.1";
 
 /// A usage name as written in a CertificateRequest or Kubernetes CSR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Usage {
+    /// A KeyUsage bit.
     Key(KeyUsage),
     /// An extended key usage, by OID.
     Extended(&'static str),
@@ -102,6 +125,7 @@ const USAGE_NAMES: &[(&str, Usage)] = &[
 ];
 
 impl Usage {
+    /// The usage a name stands for (an exact, lowercase match), or `None` for a name not known.
     pub fn parse(name: &str) -> Option<Usage> {
         USAGE_NAMES.iter().find(|(n, _)| *n == name).map(|(_, u)| *u)
     }
@@ -110,11 +134,13 @@ impl Usage {
 /// The KeyUsage bits and extended key usages a certificate gets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usages {
+    /// KeyUsage bits to set.
     pub key: BTreeSet<KeyUsage>,
     /// Extended key usage OIDs, in the order requested, without repeats.
     pub extended: Vec<&'static str>,
 }
 
+/// A usage name that neither cert-manager nor Kubernetes defines; holds the name as given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnknownUsage(pub String);
 
@@ -150,14 +176,17 @@ impl Usages {
         Ok(usages)
     }
 
+    /// The extended key usage OIDs as an owned set, to compare with what a CSR requests.
     pub fn extended_set(&self) -> BTreeSet<String> {
         self.extended.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The KeyUsage bits in rcgen's form, for building a certificate.
     pub fn rcgen_key_usages(&self) -> Vec<rcgen::KeyUsagePurpose> {
         self.key.iter().map(|k| k.to_rcgen()).collect()
     }
 
+    /// The extended key usages in rcgen's form, in order; OIDs that rcgen has no name for go as their arcs.
     pub fn rcgen_extended_key_usages(&self) -> Vec<rcgen::ExtendedKeyUsagePurpose> {
         use rcgen::ExtendedKeyUsagePurpose as E;
         self.extended
