@@ -11,15 +11,24 @@ use thiserror::Error;
 use time::OffsetDateTime;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+/// Why a CreateCertificate through this client failed.
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// The CA address is not `HOST:PORT`.
     #[error("invalid CA address {0:?}: expected HOST:PORT")]
     Address(String),
     /// The detail is in the source chain (tonic's own message is generic).
     #[error("connecting to the CA")]
     Connect(#[from] tonic::transport::Error),
+    /// The CA answered with an error status.
     #[error("the CA refused: {code:?}: {message}")]
-    Refused { code: tonic::Code, message: String },
+    Refused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message, as the CA sent it.
+        message: String,
+    },
+    /// The response failed a check of [`verify_response`].
     #[error("the response is invalid: {0}")]
     Response(String),
     /// A request header cannot carry the value (gRPC metadata is printable
@@ -66,11 +75,15 @@ pub fn request(
 /// A response that passed every check.
 #[derive(Debug)]
 pub struct VerifiedResponse {
+    /// The issued certificate.
     pub leaf: CertificateDer<'static>,
+    /// The certificates between the leaf and the bundle, in the order sent.
     pub intermediates: Vec<CertificateDer<'static>>,
     /// The last element: every root the CA says to trust.
     pub bundle: TrustBundle,
+    /// The leaf's NotAfter.
     pub not_after: OffsetDateTime,
+    /// The leaf's one URI SAN, equal to the identity asked for.
     pub uri_san: String,
 }
 

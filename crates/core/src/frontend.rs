@@ -17,21 +17,30 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Why the front end could not start, or did not stop cleanly.
 #[derive(Debug, Error)]
 pub enum FrontEndError {
+    /// A port could not be bound.
     #[error("binding the {port} port {addr}")]
     Bind {
+        /// Which port: `gRPC` or `metrics/health`.
         port: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// [`FrontEnd::serve`] was called a second time.
     #[error("the gRPC server was started twice")]
     AlreadyServing,
+    /// The `gRPC` or `operations` server task panicked or was cancelled.
     #[error("the {0} server task stopped abnormally")]
     Task(&'static str, #[source] tokio::task::JoinError),
+    /// The gRPC server returned an error.
     #[error("the gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
+    /// The operations server returned an error.
     #[error("the operations server failed")]
     Ops(#[source] std::io::Error),
 }
@@ -39,6 +48,7 @@ pub enum FrontEndError {
 /// Both ports, bound. The operations port answers from the start (alive,
 /// not ready), so a probe sees the process while the rest starts.
 pub struct FrontEnd {
+    /// The gRPC port's bound address (with the actual port when port 0 was asked for).
     pub grpc_addr: SocketAddr,
     /// None when there is no operations port (the bench server).
     pub ops_addr: Option<SocketAddr>,

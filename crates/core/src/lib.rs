@@ -19,6 +19,8 @@
         clippy::arithmetic_side_effects
     )
 )]
+// The public API of this layer is documented, item by item.
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod auth;
@@ -34,7 +36,7 @@ pub mod telemetry;
 pub use meshroot_pki as pki;
 
 /// Generated from `proto/istio/v1/auth/ca.proto`.
-#[allow(clippy::all, clippy::pedantic, unused_qualifications, rust_2018_idioms)]
+#[allow(clippy::all, clippy::pedantic, unused_qualifications, rust_2018_idioms, missing_docs)]
 pub mod pb {
     tonic::include_proto!("istio.v1.auth");
 }

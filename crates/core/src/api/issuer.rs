@@ -96,7 +96,14 @@ pub struct IssuancePolicy {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IssuerSpec {
+    /// Which CA signs: a mesh's intermediate (`mesh`), usable only when that Mesh lists this Issuer's
+    /// namespace in `spec.issuerNamespaces`. A namespaced Issuer may not sign with the root.
     pub signer: SignerRef,
+    /// What this Issuer will sign. Deny by default: every SAN and subject attribute of a request must be
+    /// allowed by a list (an absent or empty list allows none). Held to the Issuer's namespace: istiod's and
+    /// meshroot's DNS names and meshroot's IP addresses are never granted, nor SPIFFE IDs or Service names
+    /// (`<name>.<namespace>.svc...`) of another namespace; a mesh's SPIFFE IDs need a literal entry; and
+    /// `allowCA` is refused.
     #[serde(default)]
     pub policy: IssuancePolicy,
 }
@@ -118,7 +125,12 @@ pub struct IssuerSpec {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterIssuerSpec {
+    /// Which CA signs: the root (`root: true`, which needs the root's key online) or an External Mesh's
+    /// intermediate (`mesh`). Set exactly one.
     pub signer: SignerRef,
+    /// What this ClusterIssuer will sign. Deny by default: every SAN and subject attribute of a request must
+    /// be allowed by a list (an absent or empty list allows none). Protected names (every mesh's SPIFFE IDs,
+    /// istiod's and meshroot's DNS names) are granted only by a literal entry, never by a pattern.
     #[serde(default)]
     pub policy: IssuancePolicy,
     /// Namespaces whose CertificateRequests this issuer signs, by literal
@@ -133,6 +145,7 @@ pub struct ClusterIssuerSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignerStatus {
+    /// The signing CA's subject, in RFC 4514 form.
     pub subject: String,
     /// RFC 3339; issued certificates never outlive it.
     pub not_after: String,
@@ -140,11 +153,14 @@ pub struct SignerStatus {
     pub root_fingerprint: String,
 }
 
+/// What meshroot last found about an issuer: whether it can sign, and with which CA.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IssuerStatus {
+    /// `Ready` says whether the issuer can sign and, when it cannot, why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The CA the issuer signs with, as last checked; absent when the issuer cannot sign.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<SignerStatus>,
 }
@@ -153,16 +169,26 @@ pub struct IssuerStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IssuerScope<'a> {
     /// A namespaced `Issuer`: signs for its own namespace only.
-    Namespaced { namespace: &'a str },
+    Namespaced {
+        /// The Issuer's namespace.
+        namespace: &'a str,
+    },
     /// A `ClusterIssuer`, with the namespaces it serves.
-    Cluster { allowed_namespaces: &'a [String] },
+    Cluster {
+        /// `spec.allowedNamespaces`: namespace names, or `*` for every namespace.
+        allowed_namespaces: &'a [String],
+    },
 }
 
 /// What both issuer kinds have in common, for the controllers.
 pub trait IssuerResource {
+    /// Where the issuer lives: its namespace, or the namespaces a ClusterIssuer serves.
     fn scope(&self) -> IssuerScope<'_>;
+    /// `spec.signer`: the CA the issuer asks to sign with, not yet resolved or checked.
     fn signer(&self) -> &SignerRef;
+    /// `spec.policy`, as written (not yet validated).
     fn policy(&self) -> &IssuancePolicy;
+    /// The issuer's `status`, if it has one.
     fn issuer_status(&self) -> Option<&IssuerStatus>;
 }
 

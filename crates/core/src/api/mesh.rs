@@ -21,15 +21,20 @@ pub enum MeshMode {
 /// Key algorithms for intermediates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum IntermediateKeyAlgorithm {
+    /// ECDSA on NIST P-256 (the default).
     #[default]
     #[serde(rename = "ECDSA-P256")]
     EcdsaP256,
+    /// ECDSA on NIST P-384.
     #[serde(rename = "ECDSA-P384")]
     EcdsaP384,
+    /// RSA with a 2048-bit modulus.
     #[serde(rename = "RSA-2048")]
     Rsa2048,
+    /// RSA with a 3072-bit modulus.
     #[serde(rename = "RSA-3072")]
     Rsa3072,
+    /// RSA with a 4096-bit modulus.
     #[serde(rename = "RSA-4096")]
     Rsa4096,
 }
@@ -72,6 +77,7 @@ fn default_istiod_service_account() -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IntermediateSpec {
+    /// The intermediate's key algorithm (default `ECDSA-P256`).
     #[serde(default)]
     pub key_algorithm: IntermediateKeyAlgorithm,
     /// Lifetime, as a duration such as `8760h`.
@@ -150,15 +156,20 @@ fn default_root_config_map_name() -> String {
 pub struct MeshSpec {
     /// The SPIFFE trust domain of workload identities, for example `cluster.local`.
     pub trust_domain: String,
+    /// How meshroot serves the mesh: `External` (meshroot signs workload certificates; the default) or
+    /// `PluginCA` (meshroot writes istiod's `cacerts` and istiod signs).
     #[serde(default)]
     pub mode: MeshMode,
+    /// The istiod this mesh belongs to.
     pub istiod: IstiodSpec,
     /// Namespaces whose workloads belong to this mesh (External meshes).
     /// Empty matches every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// The mesh's intermediate CA under the root: key algorithm, lifetime and renewal.
     #[serde(default)]
     pub intermediate: IntermediateSpec,
+    /// Lifetimes of the workload certificates meshroot issues (External meshes).
     #[serde(default)]
     pub workload_certificates: WorkloadCertificatesSpec,
     /// `namespace/serviceaccount` entries allowed to request certificates
@@ -175,21 +186,27 @@ pub struct MeshSpec {
     pub issuer_namespaces: Vec<String>,
 }
 
+/// The mesh's current intermediate CA certificate.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IntermediateStatus {
+    /// Its serial number, as lowercase hex.
     pub serial: String,
     /// RFC 3339.
     pub not_after: String,
 }
 
+/// What meshroot last found about a mesh.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`, `IntermediateReady` and, for External meshes, `NamespacesOverlap`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The mesh's current intermediate; absent when meshroot has no usable one for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intermediate: Option<IntermediateStatus>,
     /// SHA-256 fingerprints of every trusted root.
@@ -203,21 +220,28 @@ pub struct MeshStatus {
 /// What validating a Mesh spec derives from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ValidSpec {
+    /// `workloadCertificates.defaultTTL`, parsed.
     pub default_ttl: time::Duration,
+    /// `workloadCertificates.maxTTL`, parsed.
     pub max_ttl: time::Duration,
 }
 
 /// Why a Mesh spec cannot be used; `Display` names the field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MeshSpecError {
+    /// `trustDomain` is not a valid SPIFFE trust domain; the text says why.
     #[error("spec.trustDomain: {0}")]
     TrustDomain(String),
+    /// A `workloadCertificates` lifetime does not parse; the error names the field.
     #[error(transparent)]
     Duration(#[from] crate::duration::DurationError),
+    /// A `trustedNodeAccounts` entry is not `namespace/serviceaccount` with valid names.
     #[error("trustedNodeAccounts: {0:?} is not NAMESPACE/SERVICEACCOUNT")]
     NodeAccount(String),
+    /// `namespaceSelector` has an unusable expression.
     #[error("namespaceSelector: {0}")]
     Selector(#[from] super::selector::SelectorError),
+    /// `istiod.namespace` is not a namespace name (a DNS-1123 label).
     #[error("istiod.namespace: {0:?} is not a namespace name")]
     IstiodNamespace(String),
 }

@@ -6,10 +6,24 @@ use std::collections::BTreeMap;
 /// Why a selector cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
+    /// `In` or `NotIn` with no values.
     #[error("matchExpressions: {key} {operator} needs values")]
-    NeedsValues { key: String, operator: String },
+    NeedsValues {
+        /// The expression's label key.
+        key: String,
+        /// The operator, as written.
+        operator: String,
+    },
+    /// `Exists` or `DoesNotExist` with values.
     #[error("matchExpressions: {key} {operator} takes no values")]
-    TakesNoValues { key: String, operator: String },
+    TakesNoValues {
+        /// The expression's label key.
+        key: String,
+        /// The operator, as written.
+        operator: String,
+    },
+    /// An operator other than `In`, `NotIn`, `Exists` and `DoesNotExist`, which [`matches()`] would treat as
+    /// never matching.
     #[error("matchExpressions: unknown operator {0:?}")]
     UnknownOperator(String),
 }

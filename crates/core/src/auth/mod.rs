@@ -17,9 +17,11 @@ use zeroize::Zeroizing;
 pub struct BearerToken(Zeroizing<String>);
 
 impl BearerToken {
+    /// Wraps a token read from a request header or a token file.
     pub fn new(token: String) -> Self {
         Self(Zeroizing::new(token))
     }
+    /// The token text itself, only for passing the token on (as to a TokenReview); never log or echo it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -41,30 +43,38 @@ impl fmt::Debug for BearerToken {
 /// Everything a request presents to prove who it is.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
+    /// The token of the `authorization: Bearer` header, if the request sent one.
     pub bearer_token: Option<BearerToken>,
     /// The `clusterid` header, already checked against the local cluster.
     pub cluster_id: String,
     /// The verified TLS client certificate chain, leaf first, if any.
     pub peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The TCP peer's address, if known.
     pub remote_addr: Option<SocketAddr>,
 }
 
 /// The pod a caller runs in, when the credential names one (bound tokens do).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodRef {
+    /// The pod's name, in the caller's namespace.
     pub name: String,
+    /// The pod's UID, which tells it from a later pod of the same name.
     pub uid: String,
 }
 
 /// An authenticated caller: a Kubernetes service account.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// The service account's namespace.
     pub namespace: String,
+    /// The service account's name.
     pub service_account: String,
+    /// The caller's pod, if the credential names one.
     pub pod: Option<PodRef>,
     /// The node the caller runs on, when the credential names it (bound
     /// tokens do from Kubernetes 1.30); the key of the per-node rate limit.
     pub node: Option<String>,
+    /// The local cluster id, from [`Credentials::cluster_id`].
     pub cluster_id: String,
     /// The trust domain the credential itself binds (a client certificate's
     /// SPIFFE ID), which must then be the mesh's.
@@ -80,6 +90,7 @@ impl Caller {
     }
 }
 
+/// Why a caller was not authenticated (or not authorized to act for a workload), and whether to retry.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum AuthError {
     /// The credentials are wrong. Never retried by Istio clients.
@@ -91,8 +102,10 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+/// One way of recognising a caller from its credentials, such as a bearer token or a client certificate.
 #[async_trait]
 pub trait Authenticator: Send + Sync + fmt::Debug {
+    /// A short, fixed name for messages and the audit log ([`Caller::authenticated_by`]).
     fn name(&self) -> &'static str;
 
     /// `Ok(None)` when this authenticator does not apply to these
@@ -110,10 +123,14 @@ pub struct AuthenticatorChain {
 }
 
 impl AuthenticatorChain {
+    /// A chain that tries `authenticators` in this order.
     pub fn new(authenticators: Vec<Arc<dyn Authenticator>>) -> Self {
         Self { authenticators }
     }
 
+    /// The caller the first authenticator recognises. Failing that, `Unavailable` if any authenticator was
+    /// unavailable, else `Rejected` with the last rejection (each message prefixed with the authenticator's
+    /// name), or saying that no credentials were presented.
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<Caller, AuthError> {
         let mut unavailable = None;
         let mut rejected = None;

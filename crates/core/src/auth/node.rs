@@ -11,6 +11,8 @@ use std::fmt;
 /// the mesh and that `target` is in the mesh's trust domain.
 #[async_trait]
 pub trait NodeAuthorizer: Send + Sync + fmt::Debug {
+    /// `Ok` if `caller` may obtain a certificate for `target`; `Rejected` if not; `Unavailable` if that
+    /// cannot be decided now.
     async fn authorize(&self, caller: &Caller, target: &WorkloadIdentity) -> Result<(), AuthError>;
 }
 

@@ -33,6 +33,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
+/// Authenticates a caller by its verified TLS client certificate, which must be a workload leaf of the mesh
+/// covering its namespace, as the module documentation lists. Does not apply when no certificate was presented.
 #[derive(Debug)]
 pub struct ClientCertificateAuthenticator {
     registry: Arc<MeshRegistry>,

@@ -6,6 +6,7 @@ use crate::telemetry::Metrics;
 use crate::telemetry::metrics::SignErrorLabels;
 use tonic::{Code, Status};
 
+/// Why a CreateCertificate failed. The text is the reason the client is told and the audit log records.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Failure {
     /// The caller could not be authenticated.
@@ -30,6 +31,7 @@ pub enum Failure {
 pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
 impl Failure {
+    /// The gRPC status code. `Forbidden` is `Unauthenticated` too; a rate limit is `ResourceExhausted`.
     pub fn code(&self) -> Code {
         match self {
             Failure::Unauthenticated(_) | Failure::Forbidden(_) => Code::Unauthenticated,
@@ -40,6 +42,7 @@ impl Failure {
         }
     }
 
+    /// The name of [`Failure::code`], as the audit log and the latency metric's `code` label show it.
     pub fn code_name(&self) -> &'static str {
         match self.code() {
             Code::Unauthenticated => "Unauthenticated",
@@ -50,6 +53,7 @@ impl Failure {
         }
     }
 
+    /// The failure's detail, without the category prefix the client sees.
     pub fn reason(&self) -> std::borrow::Cow<'_, str> {
         let text = match self {
             Failure::Unauthenticated(m)
@@ -64,6 +68,8 @@ impl Failure {
         text.into()
     }
 
+    /// The gRPC status the client gets, `<category>: <reason>`; when rate limited, with the
+    /// [`RETRY_PUSHBACK_HEADER`] hint in milliseconds (at least 1).
     pub fn to_status(&self) -> Status {
         let prefix = match self {
             Failure::Unauthenticated(_) => "authentication failed",

@@ -24,7 +24,10 @@ use thiserror::Error;
 /// A sustained rate and the burst allowed on top of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit {
+    /// The sustained rate, in requests per second; 0 turns the limit off.
     pub per_second: u32,
+    /// How many requests may arrive at once before the rate applies; less than `per_second` counts as
+    /// `per_second`.
     pub burst: u32,
 }
 
@@ -49,6 +52,7 @@ impl fmt::Display for Limit {
     }
 }
 
+/// The CreateCertificate rate limits; each may be [`Limit::OFF`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimits {
     /// Per SPIFFE identity certified (a service account, across all its pods).
@@ -70,6 +74,7 @@ impl Default for RateLimits {
 }
 
 impl RateLimits {
+    /// Every limit off.
     pub const OFF: RateLimits = RateLimits { identity: Limit::OFF, node: Limit::OFF, peer: Limit::OFF };
 }
 
@@ -77,9 +82,13 @@ impl RateLimits {
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[error("{scope} {key} is over its rate limit of {limit}; retry in {} ms", retry_after.as_millis().max(1))]
 pub struct Exceeded {
+    /// The limit's kind: `peer`, `node` or `identity`.
     pub scope: &'static str,
+    /// The IP address, node name or SPIFFE ID that is over its limit.
     pub key: String,
+    /// The limit it is over.
     pub limit: Limit,
+    /// How long until the key may make a request again.
     pub retry_after: Duration,
 }
 
@@ -91,6 +100,8 @@ struct Bucket {
     limiter: DefaultKeyedRateLimiter<String>,
 }
 
+/// The rate limits in force: one token bucket per key for each limit that is on. Idle keys are forgotten
+/// every few thousand checks.
 pub struct RateLimiter {
     identity: Option<Bucket>,
     node: Option<Bucket>,
@@ -110,6 +121,7 @@ impl fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
+    /// A limiter enforcing `limits`; a limit that is off never refuses.
     pub fn new(limits: RateLimits) -> Self {
         let bucket = |limit: Limit| limit.quota().map(|q| Bucket { limit, limiter: governor::RateLimiter::keyed(q) });
         Self {
@@ -164,7 +176,9 @@ impl RateLimiter {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{text:?}: {problem}")]
 pub struct LimitError {
+    /// The text as written, trimmed.
     pub text: String,
+    /// What is wrong with it.
     pub problem: String,
 }
 

@@ -10,12 +10,14 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// Timeouts and limits of the gRPC server.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// A client that has not finished its handshake by then is dropped.
     pub handshake_timeout: Duration,
     /// Server-side deadline for one CreateCertificate.
     pub request_timeout: Duration,
+    /// The most concurrent HTTP/2 streams (requests) on one connection.
     pub max_concurrent_streams: u32,
     /// Largest header block a request may send (a bearer token is a few KiB).
     pub max_header_list_bytes: u32,

@@ -23,11 +23,14 @@ pub const MAX_METADATA_FIELDS: usize = 32;
 /// The largest request message accepted (a CSR is at most 64 KiB).
 pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
 
+/// Settings of the CreateCertificate service.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
     /// The local cluster id; `clusterid` must be empty, this, or an alias.
     pub cluster_id: String,
+    /// Other names of the local cluster that `clusterid` may carry.
     pub cluster_aliases: Vec<String>,
+    /// The limits every request is held to.
     pub rate_limits: RateLimits,
 }
 
@@ -41,6 +44,9 @@ impl Default for ServiceConfig {
     }
 }
 
+/// `IstioCertificateService`: limits by peer, authenticates, works out the identity and the mesh that signs
+/// it, limits by identity and node, checks that the CSR asks for exactly that identity, and signs. Every
+/// request gets one audit line and is counted in the metrics.
 pub struct CertificateService {
     config: ServiceConfig,
     authenticators: AuthenticatorChain,
@@ -50,6 +56,7 @@ pub struct CertificateService {
 }
 
 impl CertificateService {
+    /// A service that authenticates with `authenticators` and signs for the meshes in `registry`.
     pub fn new(
         config: ServiceConfig,
         authenticators: AuthenticatorChain,

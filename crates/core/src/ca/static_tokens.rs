@@ -8,10 +8,13 @@ use std::collections::HashMap;
 use std::fmt;
 use thiserror::Error;
 
+/// Why a token file cannot be used. It never quotes a token.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("token file line {line}: {message}")]
 pub struct TokenFileError {
+    /// The line, counted from 1; 0 when the problem is the whole file (it holds no tokens).
     pub line: usize,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -74,10 +77,12 @@ impl StaticTokenAuthenticator {
         Ok(Self { accounts })
     }
 
+    /// How many tokens the table holds.
     pub fn len(&self) -> usize {
         self.accounts.len()
     }
 
+    /// Whether the table holds no tokens (never so for a parsed file).
     pub fn is_empty(&self) -> bool {
         self.accounts.is_empty()
     }

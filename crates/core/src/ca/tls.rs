@@ -45,6 +45,8 @@ impl ServingCertificate {
         Ok(Arc::new(Self { current: ArcSwap::from_pointee(certified_key(chain, key)?) }))
     }
 
+    /// Serves `chain` and `key` from the next handshake on. On an error (a key that is unusable or does not
+    /// match the leaf) the current certificate stays.
     pub fn replace(&self, chain: Vec<CertificateDer<'static>>, key: &PrivateKey) -> Result<(), rustls::Error> {
         self.current.store(Arc::new(certified_key(chain, key)?));
         Ok(())
@@ -90,10 +92,13 @@ impl ServerTls {
         Ok(Arc::new(Self { serving, config: ArcSwap::from_pointee(config) }))
     }
 
+    /// The serving certificate, for replacing it.
     pub fn serving(&self) -> &Arc<ServingCertificate> {
         &self.serving
     }
 
+    /// Replaces the roots client certificates are verified against, from the next handshake on; `None` stops
+    /// asking for client certificates. On an error the current configuration stays.
     pub fn set_client_roots(&self, client_roots: Option<&TrustBundle>) -> Result<(), rustls::Error> {
         self.config.store(Arc::new(server_config(self.serving.clone(), client_roots)?));
         Ok(())

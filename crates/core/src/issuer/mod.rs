@@ -20,7 +20,9 @@ use crate::pki::RootState;
 /// An issuer ready to sign: its validated policy and resolved CA.
 #[derive(Clone, Debug)]
 pub struct ReadyIssuer {
+    /// The validated policy; a namespaced Issuer's is held to its namespace.
     pub policy: Policy,
+    /// The CA it signs with, valid when prepared.
     pub ca: IssuingCa,
     /// For a ClusterIssuer, the namespaces it serves (`*`: all); `None`
     /// for a namespaced Issuer, which serves its own namespace only.

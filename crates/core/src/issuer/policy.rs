@@ -41,8 +41,12 @@ const DEFAULT_USAGES: &[Usage] = &[
 /// A validated [`IssuancePolicy`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Policy {
+    /// `allowCA`: whether CA certificates may be issued.
     pub allow_ca: bool,
+    /// `maxPathLength` (default 0): the pathLenConstraint an issued CA gets, lower if the signer's chain
+    /// allows less.
     pub max_path_length: u8,
+    /// `maxDuration`: longer requests are shortened to it. `None`: no limit of the policy's own.
     pub max_duration: Option<Duration>,
     pub(super) dns_names: Vec<String>,
     pub(super) uris: Vec<String>,
@@ -61,13 +65,19 @@ pub struct Policy {
 /// What a request asks for, as the policy sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Asked<'a> {
+    /// The subject alternative names the CSR asks for.
     pub names: &'a RequestedNames,
+    /// The CSR's subject attributes.
     pub subject: &'a [SubjectAttribute],
+    /// Whether a CA certificate is asked for.
     pub is_ca: bool,
+    /// The usages asked for.
     pub usages: &'a Usages,
 }
 
 impl Policy {
+    /// Validates `spec`: the maximum duration (at least [`MIN_DURATION`](super::sign::MIN_DURATION)), CIDR
+    /// ranges, usage and attribute names, and DNS patterns. The error names the field.
     pub fn from_spec(spec: &IssuancePolicy) -> Result<Self, String> {
         let max_duration = spec
             .max_duration

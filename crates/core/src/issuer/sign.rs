@@ -25,8 +25,11 @@ pub const MIN_DURATION: Duration = Duration::minutes(10);
 /// One request to sign.
 #[derive(Clone, Debug)]
 pub struct SigningRequest<'a> {
+    /// The PEM CSR.
     pub csr_pem: &'a [u8],
+    /// Whether a CA certificate is asked for.
     pub is_ca: bool,
+    /// The usages asked for, by name (`digital signature`, `server auth`, ...).
     pub usages: &'a [String],
     /// `None` means [`DEFAULT_DURATION`].
     pub duration: Option<Duration>,
@@ -46,12 +49,15 @@ pub struct Signed {
     pub chain_pem: String,
     /// The root the chain ends at.
     pub ca_pem: String,
+    /// The certificate's NotAfter.
     pub not_after: OffsetDateTime,
+    /// The certificate's serial number, as lowercase hex.
     pub serial_hex: String,
     /// Why the certificate is shorter than requested, if it is.
     pub shortened: Option<String>,
 }
 
+/// Why a request was not signed.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SignError {
     /// The request can never be signed as it is.
@@ -65,6 +71,10 @@ pub enum SignError {
     Unavailable(String),
 }
 
+/// Signs `req` with `ca` under `policy`. Checks the CSR (its names, usages and requested lifetime, from
+/// [`MIN_DURATION`] to 100 years; its subject may not be a signer's name), then the policy; a CA gets name
+/// constraints from the policy and the path length the policy and the signer's chain allow. The lifetime is
+/// cut to the policy's maxDuration and the signer's NotAfter, and [`Signed::shortened`] says so.
 pub fn sign(
     req: &SigningRequest<'_>,
     policy: &Policy,

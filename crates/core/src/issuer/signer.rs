@@ -12,6 +12,7 @@ use rustls_pki_types::CertificateDer;
 use std::sync::Arc;
 use thiserror::Error;
 
+/// Why an issuer cannot sign.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SignerProblem {
     /// The issuer's spec is wrong; nothing but an edit fixes it.
@@ -28,6 +29,7 @@ pub enum SignerProblem {
 /// How deep a CA certificate issued by this signer may itself sign.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CaAllowance {
+    /// No pathLenConstraint in the signer's chain limits an issued CA.
     Unlimited,
     /// The largest pathLenConstraint an issued CA may have.
     UpTo(u8),
@@ -52,6 +54,7 @@ pub struct IssuingCa {
 }
 
 impl IssuingCa {
+    /// The CA that signs: the root, or the mesh's current intermediate.
     pub fn authority(&self) -> &Authority {
         match &self.source {
             Source::Root(authority) => authority,
@@ -70,10 +73,12 @@ impl IssuingCa {
         &self.root
     }
 
+    /// The root as PEM: what a request's status gets as its CA.
     pub fn root_pem(&self) -> String {
         pem::encode_certificate(&self.root)
     }
 
+    /// SHA-256 of the root's DER, as lowercase hex.
     pub fn root_fingerprint(&self) -> String {
         sha256_hex(self.root.as_ref())
     }

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// meshroot's own Service, whose DNS names clients dial for the CA.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OwnService {
+    /// The Service's namespace. If it or `name` is empty, no Service names are protected for meshroot.
     pub namespace: String,
+    /// The Service's name.
     pub name: String,
     /// Extra names on meshroot's serving certificate.
     pub extra_names: Vec<String>,

@@ -19,11 +19,14 @@ pub const MAX_PREVIOUS_SIGNERS: usize = 2;
 /// Which namespaces a mesh covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NamespaceScope {
+    /// Every namespace.
     All,
+    /// Only these namespaces, by name.
     Only(BTreeSet<String>),
 }
 
 impl NamespaceScope {
+    /// Whether `namespace` is in scope.
     pub fn covers(&self, namespace: &str) -> bool {
         match self {
             NamespaceScope::All => true,
@@ -35,16 +38,22 @@ impl NamespaceScope {
 /// One mesh that meshroot signs workload certificates for.
 #[derive(Debug)]
 pub struct Mesh {
+    /// The `Mesh` object's name.
     pub name: String,
+    /// The SPIFFE trust domain of the mesh's workload identities.
     pub trust_domain: String,
+    /// The namespaces whose workloads this mesh certifies.
     pub scope: NamespaceScope,
     /// The mesh's signing chain, or why it has none yet (its namespaces
     /// then get `Unavailable`, which clients retry).
     pub signer: Result<Arc<SigningChain>, String>,
+    /// The lifetime issued when a request asks for none.
     pub default_ttl: Duration,
+    /// The longest lifetime issued; longer requests are clamped.
     pub max_ttl: Duration,
     /// `namespace/serviceaccount` entries allowed to impersonate (ztunnel).
     pub trusted_node_accounts: BTreeSet<String>,
+    /// Decides whether a trusted node account may act for a given workload.
     pub node_authorizer: Arc<dyn NodeAuthorizer>,
 }
 
@@ -60,14 +69,23 @@ impl Mesh {
     }
 }
 
+/// Why no single mesh covers a namespace.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RouteError {
+    /// The registry holds no mesh yet; callers treat this as retryable.
     #[error("no mesh is ready to sign yet")]
     NotReady,
+    /// No mesh covers the namespace.
     #[error("namespace {0:?} is not part of any mesh")]
     NoMesh(String),
+    /// More than one mesh covers the namespace, and none is chosen.
     #[error("namespace {namespace:?} is selected by more than one mesh ({meshes}); refusing to choose")]
-    Ambiguous { namespace: String, meshes: String },
+    Ambiguous {
+        /// The namespace asked about.
+        namespace: String,
+        /// The names of the meshes that cover it, sorted and comma-separated.
+        meshes: String,
+    },
 }
 
 /// A signing certificate a mesh used before its current one.
@@ -79,6 +97,8 @@ struct PreviousSigner {
     until: OffsetDateTime,
 }
 
+/// The meshes meshroot signs workload certificates for, replaced as a whole on every change, with each
+/// mesh's recent signing certificates and the problems of the last rebuild.
 #[derive(Debug)]
 pub struct MeshRegistry {
     meshes: ArcSwap<Vec<Arc<Mesh>>>,
@@ -100,6 +120,7 @@ impl Default for MeshRegistry {
 }
 
 impl MeshRegistry {
+    /// A registry holding `meshes`, with no previous signing certificates and no problems.
     pub fn new(meshes: Vec<Arc<Mesh>>) -> Self {
         Self {
             meshes: ArcSwap::from_pointee(meshes),
@@ -166,6 +187,7 @@ impl MeshRegistry {
         self.generation.subscribe()
     }
 
+    /// The current meshes, as one snapshot.
     pub fn meshes(&self) -> Arc<Vec<Arc<Mesh>>> {
         self.meshes.load_full()
     }

@@ -4,24 +4,33 @@
 
 use std::time::Duration;
 
+/// The tracing target of audit lines, so they can be filtered and routed apart from other logs.
 pub const TARGET: &str = "meshroot::audit";
 
 /// What the audit line says about one request.
 #[derive(Debug, Default)]
 pub struct AuditRecord<'a> {
+    /// The mesh that signed; set only when a certificate was issued.
     pub mesh: Option<&'a str>,
     /// The authenticated caller as `namespace/serviceaccount`.
     pub caller: Option<String>,
     /// The identity put in (or asked for in) the certificate.
     pub identity: Option<String>,
+    /// Whether a trusted node account asked on a workload's behalf (`ImpersonatedIdentity`).
     pub impersonated: bool,
+    /// The issued certificate's serial number, as lowercase hex.
     pub serial: Option<String>,
+    /// The issued certificate's NotAfter, in Unix seconds.
     pub not_after: Option<i64>,
+    /// The CSR's public key type, such as `ecdsa-p256` or `rsa-2048`.
     pub key_type: Option<String>,
+    /// The lifetime granted, in seconds.
     pub ttl_seconds: Option<i64>,
+    /// The TCP peer's address (`ip:port`).
     pub peer: Option<String>,
 }
 
+/// Writes the audit line of an issued certificate, at level INFO.
 pub fn issued(r: &AuditRecord<'_>, latency: Duration) {
     tracing::info!(
         target: TARGET,
@@ -41,6 +50,8 @@ pub fn issued(r: &AuditRecord<'_>, latency: Duration) {
     );
 }
 
+/// Writes the audit line of a refused request, at level WARN: `code` is the gRPC status name and `reason`
+/// the detail.
 pub fn denied(r: &AuditRecord<'_>, code: &'static str, reason: &str, latency: Duration) {
     tracing::warn!(
         target: TARGET,
@@ -72,6 +83,8 @@ pub struct RequestDecision<'a> {
     pub requester: &'a str,
 }
 
+/// Writes the audit line of a signed CertificateRequest or Kubernetes CSR, at level INFO, with the
+/// certificate's serial number (hex) and NotAfter (Unix seconds).
 pub fn request_issued(d: &RequestDecision<'_>, serial: &str, not_after: i64) {
     tracing::info!(
         target: TARGET,

@@ -23,12 +23,15 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Not ready yet, with no task down.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
+    /// Marks the replica as started (`true`) or as not serving, such as while draining (`false`).
     pub fn set(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
+    /// Whether marked ready with no supervised task down.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && self.down_tasks().is_empty()
     }
@@ -74,6 +77,8 @@ struct OpsState {
     readiness: Arc<Readiness>,
 }
 
+/// The operations routes: `/metrics` (OpenMetrics text), `/healthz` (always `ok`) and `/readyz` (200 when
+/// ready, otherwise 503 saying why).
 pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))

@@ -4,9 +4,12 @@
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
+/// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines, coloured when stderr is a terminal.
     Text,
+    /// One JSON object per line, with the event's fields at the top level.
     Json,
 }
 

@@ -17,9 +17,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub struct IstioCounter(Counter);
 
 impl IstioCounter {
+    /// Adds one.
     pub fn inc(&self) {
         self.0.inc();
     }
+    /// The current count.
     pub fn get(&self) -> u64 {
         self.0.get()
     }
@@ -38,24 +40,31 @@ impl EncodeMetric for IstioCounter {
     }
 }
 
+/// The labels of `citadel_server_csr_sign_err_count`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignErrorLabels {
+    /// istiod's name for the error, such as `CSR_ERROR` or `CA_NOT_READY`.
     pub error: &'static str,
 }
 
+/// The labels of the CreateCertificate latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    /// The gRPC status name, such as `OK` or `Unauthenticated`.
     pub code: &'static str,
 }
 
 /// A supervised task, by name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
+    /// The task's name.
     pub task: &'static str,
 }
 
+/// A controller, by name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
+    /// The controller's name.
     pub controller: &'static str,
 }
 
@@ -63,16 +72,26 @@ pub struct ControllerLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// `citadel_server_csr_count`: CreateCertificate requests received.
     pub csr_count: IstioCounter,
+    /// `citadel_server_authentication_failure_count`: requests refused as unauthenticated (credentials,
+    /// headers, or an impersonation the caller may not make).
     pub authentication_failure_count: IstioCounter,
+    /// `citadel_server_csr_parsing_err_count`: CSRs that could not be parsed or verified.
     pub csr_parsing_err_count: IstioCounter,
+    /// `citadel_server_id_extraction_err_count`: requests refused as forbidden (the caller may not have
+    /// what it asked for, or no single mesh covers the namespace).
     pub id_extraction_err_count: IstioCounter,
+    /// `citadel_server_csr_sign_err_count`: failures other than authentication and authorization, by
+    /// istiod's error name.
     pub csr_sign_err_count: Family<SignErrorLabels, IstioCounter>,
+    /// `citadel_server_success_cert_issuance_count`: certificates issued.
     pub success_cert_issuance_count: IstioCounter,
     root_cert_expiry_timestamp: Gauge,
     root_cert_expiry_seconds: Gauge,
     cert_chain_expiry_timestamp: Gauge,
     cert_chain_expiry_seconds: Gauge,
+    /// `meshroot_create_certificate_duration_seconds`: CreateCertificate latency, by gRPC status name.
     pub request_duration: Family<OutcomeLabels, Histogram>,
     /// Failures (panic or return) of a supervised task, each followed by a restart.
     pub task_restarts: Family<TaskLabels, Counter>,
@@ -91,6 +110,7 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
+    /// Every metric at zero, registered under its exported name.
     pub fn new() -> Arc<Self> {
         let mut m = Self {
             registry: Registry::default(),
@@ -187,6 +207,7 @@ impl Metrics {
         self.cert_chain_expiry_timestamp.set(chain_expiry);
     }
 
+    /// Observes one CreateCertificate's latency, in seconds, under the gRPC status name `code`.
     pub fn record_duration(&self, code: &'static str, seconds: f64) {
         self.request_duration.get_or_create(&OutcomeLabels { code }).observe(seconds);
     }
