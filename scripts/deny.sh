@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cargo-deny over the workspace (deny.toml): licenses, bans (including
-# duplicate versions, reported) and sources, offline. cargo-deny (pinned) is
-# installed into the cache on first use.
+# duplicate versions, reported) and sources. cargo-deny (pinned) is installed
+# into the cache on first use; it fetches any locked crate not yet in cargo's
+# cache (from crates.io), including ones only other platforms build.
 #
 # Security advisories need the RustSec advisory database, a git repository on
 # GitHub rather than a package registry, so this script does not fetch it and
@@ -17,6 +18,6 @@ if [ ! -x "$deny" ]; then
   cargo install --locked --quiet --root "$cache/cargo-deny-$version" cargo-deny --version "$version"
 fi
 
-"$deny" --offline check licenses bans sources
+"$deny" check licenses bans sources
 
 echo "advisories: skipped (the RustSec database is on GitHub, not a package registry; where it is reachable run: cargo deny check advisories)"

@@ -26,6 +26,21 @@ need openssl openssl
 need python3 python3
 need npm npm
 need unzip unzip
+
+# The pinned toolchain (rust-toolchain.toml). rustup may be told not to
+# install toolchains on its own (RUSTUP_AUTO_INSTALL=0), so install it here
+# when it is missing; where that is impossible, go on with the default
+# toolchain and say so (Cargo.toml's rust-version still refuses an older one).
+pinned=$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)
+if ! rustup run "$pinned" rustc --version >/dev/null 2>&1; then
+  step "installing the pinned Rust toolchain $pinned"
+  if ! rustup toolchain install "$pinned" --profile minimal --component rustfmt,clippy; then
+    default=$(rustup default | cut -d' ' -f1)
+    echo "warning: cannot install Rust $pinned; using $default ($(rustup run "$default" rustc --version))" >&2
+    export RUSTUP_TOOLCHAIN="$default"
+  fi
+fi
+rustc --version
 for component in rustfmt clippy; do
   cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || {
     echo "error: the Rust toolchain lacks $component (rustup component add $component)" >&2; exit 1; }

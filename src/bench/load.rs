@@ -41,7 +41,8 @@ pub async fn connect_all(addr: &str, root_pem: &[u8], n: usize) -> anyhow::Resul
 
 async fn call(client: &mut Client, csrs: &[String], i: usize) -> Result<(), tonic::Status> {
     let body = IstioCertificateRequest { csr: csrs[i].clone(), validity_duration: 3600, metadata: None };
-    let req = request(body, Some(&token(i)), "Kubernetes").map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let req = request(body, Some(&token(i)), crate::names::DEFAULT_CLUSTER_ID)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
     client.create_certificate(req).await.map(|_| ())
 }
 
@@ -49,7 +50,10 @@ async fn call(client: &mut Client, csrs: &[String], i: usize) -> Result<(), toni
 /// benchmark can never measure a server that answers wrongly.
 pub async fn check_one(client: &mut Client, csrs: &[String], root: &TrustBundle) -> anyhow::Result<()> {
     let body = IstioCertificateRequest { csr: csrs[0].clone(), validity_duration: 3600, metadata: None };
-    let resp = client.create_certificate(request(body, Some(&token(0)), "Kubernetes")?).await?.into_inner();
+    let resp = client
+        .create_certificate(request(body, Some(&token(0)), crate::names::DEFAULT_CLUSTER_ID)?)
+        .await?
+        .into_inner();
     verify_response(&resp, root, &super::fixture::identity(0))?;
     Ok(())
 }

@@ -242,7 +242,7 @@ async fn review_token(client: kube::Client, token: String, config: &TokenReviewC
             return Err(AuthError::Unavailable("the Kubernetes API did not answer the TokenReview in time".into()));
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "TokenReview failed");
+            tracing::warn!(error = %kube_error_summary(&e), "TokenReview failed");
             return Err(AuthError::Unavailable(format!(
                 "cannot reach the Kubernetes API for a TokenReview: {}",
                 kube_error_summary(&e)

@@ -83,9 +83,6 @@ impl ServeOptions {
         if self.token.audiences.is_empty() || self.token.audiences.iter().any(|a| a.trim().is_empty()) {
             problems.push("--token-audience: at least one, and none empty".to_string());
         }
-        if self.token.max_entries == 0 {
-            problems.push("--token-cache-size must be at least 1".to_string());
-        }
         // Port 0 (any free port, in tests) cannot collide.
         if self.listen == self.ops_listen && self.listen.port() != 0 {
             problems.push(format!("--listen and --metrics-listen are the same address ({})", self.listen));

@@ -320,8 +320,6 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
         "Meshroot",
         "--lease-name",
         "lease_1",
-        "--token-cache-size",
-        "0",
         "--listen",
         "0.0.0.0:9000",
         "--metrics-listen",
@@ -335,7 +333,6 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
         r#"--serving-name "not a name" is neither an IP address nor a DNS name"#,
         r#"--service-name "Meshroot" is not a valid Service name"#,
         r#"--lease-name "lease_1" is not a valid object name"#,
-        "--token-cache-size must be at least 1",
         "--listen and --metrics-listen are the same address (0.0.0.0:9000)",
         "--cluster-id and each --cluster-alias must be non-empty",
     ] {

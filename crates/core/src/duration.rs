@@ -6,8 +6,9 @@ use thiserror::Error;
 use time::Duration;
 
 /// No certificate, renewal window or TTL meshroot deals in is longer; the
-/// bound keeps every `now + duration` far from overflowing.
-pub const MAX: Duration = Duration::days(36_500);
+/// bound keeps every `now + duration` far from overflowing. 100 years of
+/// 365.25 days, so `100y` (humantime's year) is accepted.
+pub const MAX: Duration = Duration::days(36_525);
 
 /// Why a duration was refused. `Display` names the field (when there is
 /// one) and the value as written.
@@ -87,9 +88,10 @@ mod tests {
     fn parses_positive_bounded_durations() {
         assert_eq!(parse("24h").unwrap(), Duration::hours(24));
         assert_eq!(parse("90d").unwrap(), Duration::days(90));
-        assert_eq!(parse("36500d").unwrap(), MAX);
+        assert_eq!(parse("36525d").unwrap(), MAX);
+        assert_eq!(parse("100y").unwrap(), MAX);
         assert_eq!(parse("0s").unwrap_err().problem, DurationProblem::NotPositive);
-        assert_eq!(parse("36501d").unwrap_err().problem, DurationProblem::TooLong);
+        assert_eq!(parse("36526d").unwrap_err().problem, DurationProblem::TooLong);
         let huge = parse("99999999999999999999s").unwrap_err().problem;
         assert!(matches!(&huge, DurationProblem::Unreadable(m) if m.contains("too large")), "{huge:?}");
         assert!(matches!(parse("soon").unwrap_err().problem, DurationProblem::Unreadable(_)));
