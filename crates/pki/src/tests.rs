@@ -502,3 +502,94 @@ fn a_csr_asking_for_the_workload_marker_does_not_get_it_from_the_template_path()
         assert!(!profile::has_workload_marker(&cert));
     }
 }
+
+/// A CSR built with every kind of name, a two-attribute subject and the
+/// CA-related extensions, and a bare one: each accessor reports exactly what
+/// was asked, and nothing for what was not.
+#[test]
+fn csr_accessors_report_exactly_what_was_asked() {
+    use crate::usage::KeyUsage;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let key = KeyPair::generate().unwrap();
+    let mut asked = CertificateParams::default();
+    asked.distinguished_name.push(DnType::CommonName, "svc.example");
+    asked.distinguished_name.push(DnType::OrganizationName, "Example Org");
+    asked.subject_alt_names = vec![
+        SanType::DnsName("a.example".try_into().unwrap()),
+        SanType::URI("spiffe://cluster.local/ns/a/sa/b".try_into().unwrap()),
+        SanType::IpAddress("10.0.0.1".parse().unwrap()),
+        SanType::Rfc822Name("ops@example.com".try_into().unwrap()),
+    ];
+    asked.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign];
+    asked.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    asked.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let der = asked.serialize_request(&key).unwrap().der().to_vec();
+    let csr = CertificateSigningRequest::from_der(&der).unwrap();
+
+    let names = csr.names();
+    assert_eq!(names.dns, ["a.example"]);
+    assert_eq!(names.uris, ["spiffe://cluster.local/ns/a/sa/b"]);
+    assert_eq!(names.ips, ["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(names.emails, ["ops@example.com"]);
+    assert_eq!(names.other, 0);
+    assert!(!names.is_empty());
+    assert_eq!(csr.common_names(), ["svc.example"]);
+    assert!(!csr.subject_is_empty());
+    let attributes: Vec<(&str, Option<&str>)> =
+        csr.subject_attributes().iter().map(|a| (a.oid.as_str(), a.value.as_deref())).collect();
+    assert_eq!(attributes, [("2.5.4.3", Some("svc.example")), ("2.5.4.10", Some("Example Org"))]);
+    assert!(csr.requests_ca());
+    assert_eq!(csr.basic_constraints_ca(), Some(true));
+    let key_usage: Vec<KeyUsage> = csr.key_usage().unwrap().iter().copied().collect();
+    assert_eq!(key_usage, [KeyUsage::DigitalSignature, KeyUsage::CertSign]);
+    let eku: Vec<&str> = csr.extended_key_usage().unwrap().iter().map(String::as_str).collect();
+    assert_eq!(eku, ["1.3.6.1.5.5.7.3.1"]);
+
+    // rcgen's default subject is a placeholder CN: clear it.
+    let mut bare = CertificateParams::default();
+    bare.distinguished_name = rcgen::DistinguishedName::new();
+    let bare = bare.serialize_request(&key).unwrap().der().to_vec();
+    let bare = CertificateSigningRequest::from_der(&bare).unwrap();
+    assert!(bare.names().is_empty());
+    assert!(bare.subject_is_empty());
+    assert!(bare.common_names().is_empty() && bare.subject_attributes().is_empty());
+    assert!(!bare.requests_ca());
+    assert_eq!((bare.basic_constraints_ca(), bare.key_usage(), bare.extended_key_usage()), (None, None, None));
+
+    // Each kind of name alone makes the set non-empty.
+    let one_of_each = [
+        csr::RequestedNames { dns: vec!["a".into()], ..Default::default() },
+        csr::RequestedNames { uris: vec!["spiffe://td/x".into()], ..Default::default() },
+        csr::RequestedNames { ips: vec!["::1".parse().unwrap()], ..Default::default() },
+        csr::RequestedNames { emails: vec!["a@b".into()], ..Default::default() },
+        csr::RequestedNames { other: 1, ..Default::default() },
+    ];
+    for names in one_of_each {
+        assert!(!names.is_empty(), "{names:?}");
+    }
+}
+
+/// A requested extension that does not parse is refused, not ignored.
+#[test]
+fn a_csr_with_a_malformed_extension_is_refused() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "x");
+    // A KeyUsage whose BIT STRING is cut short.
+    params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 15], vec![0x03, 0x05, 0x00])];
+    let der = params.serialize_request(&key).unwrap().der().to_vec();
+    let refused = CertificateSigningRequest::from_der(&der).unwrap_err();
+    assert!(matches!(&refused, PkiError::Der(m) if m.contains("2.5.29.15")), "{refused:?}");
+}
+
+/// The size limit is inclusive: a DER input of exactly the limit is parsed
+/// (and refused only for what it is), one byte more is refused unread.
+#[test]
+fn the_csr_size_limit_is_inclusive() {
+    let at_limit = vec![0u8; csr::MAX_CSR_PEM_BYTES];
+    assert!(matches!(CertificateSigningRequest::from_der(&at_limit), Err(PkiError::Der(_))));
+    let over = vec![0u8; csr::MAX_CSR_PEM_BYTES + 1];
+    assert!(matches!(CertificateSigningRequest::from_der(&over), Err(PkiError::TooLarge { .. })));
+}
