@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The wire contract, compiled by meshroot-core's build script too.
+PROTO = REPO / "crates/core/proto"
 TOKENS = {
     "pilot": "interop-pilot-agent-token",
     "ztunnel": "interop-ztunnel-token",
@@ -30,11 +32,11 @@ def pb():
     rc = protoc.main(
         [
             "protoc",
-            f"-I{REPO / 'proto'}",
+            f"-I{PROTO}",
             f"-I{well_known}",
             f"--python_out={out}",
             f"--grpc_python_out={out}",
-            str(REPO / "proto/istio/v1/auth/ca.proto"),
+            str(PROTO / "istio/v1/auth/ca.proto"),
         ]
     )
     assert rc == 0, "grpc_tools.protoc failed"
