@@ -86,10 +86,7 @@ fn validate(opts: &DevOptions) -> anyhow::Result<()> {
         bail!("--default-ttl and --max-ttl must be positive");
     }
     for account in &opts.trusted_node_accounts {
-        let valid = account
-            .split_once('/')
-            .is_some_and(|(ns, sa)| crate::names::is_dns1123_label(ns) && crate::names::is_dns1123_subdomain(sa));
-        if !valid {
+        if !crate::names::is_service_account_ref(account) {
             bail!("--trusted-node-account {account:?} must be NAMESPACE/SERVICEACCOUNT");
         }
     }

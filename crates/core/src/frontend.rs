@@ -74,20 +74,13 @@ impl FrontEnd {
         let readiness = Readiness::new();
         let (ops_addr, ops) = match ops_port {
             Some(addr) => {
-                let listener = bind("metrics/health", addr).await?;
-                let local = listener.local_addr().map_err(|source| FrontEndError::Bind {
-                    port: "metrics/health",
-                    addr,
-                    source,
-                })?;
+                let (listener, local) = bind("metrics/health", addr).await?;
                 let task = tokio::spawn(ops::serve(listener, metrics, readiness.clone(), wait_for(shutdown_rx)));
                 (Some(local), Some(task))
             }
             None => (None, None),
         };
-        let grpc_listener = bind("gRPC", grpc).await?;
-        let grpc_addr =
-            grpc_listener.local_addr().map_err(|source| FrontEndError::Bind { port: "gRPC", addr: grpc, source })?;
+        let (grpc_listener, grpc_addr) = bind("gRPC", grpc).await?;
         Ok(Self {
             grpc_addr,
             ops_addr,
@@ -134,8 +127,12 @@ impl FrontEnd {
     }
 }
 
-async fn bind(port: &'static str, addr: SocketAddr) -> Result<TcpListener, FrontEndError> {
-    TcpListener::bind(addr).await.map_err(|source| FrontEndError::Bind { port, addr, source })
+/// Binds `addr`; the listener and the address it got (port 0 picks one).
+async fn bind(port: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), FrontEndError> {
+    let refused = |source| FrontEndError::Bind { port, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(refused)?;
+    let local = listener.local_addr().map_err(refused)?;
+    Ok((listener, local))
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

@@ -21,6 +21,12 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
+/// `NAMESPACE/SERVICEACCOUNT`, as node accounts trusted to impersonate are
+/// written (a Mesh's `trustedNodeAccounts`, dev's `--trusted-node-account`).
+pub fn is_service_account_ref(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa))
+}
+
 /// A host name, optionally with a leading `*.` wildcard label.
 pub fn is_dns_name(name: &str) -> bool {
     let rest = name.strip_prefix("*.").unwrap_or(name);
@@ -38,6 +44,15 @@ pub fn is_dns_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_account_refs() {
+        assert!(is_service_account_ref("istio-system/ztunnel"));
+        assert!(is_service_account_ref("ns/my.service-account"));
+        for bad in ["ztunnel", "/ztunnel", "istio-system/", "Istio/ztunnel", "a/b/c", "a.b/c"] {
+            assert!(!is_service_account_ref(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn labels_and_subdomains() {

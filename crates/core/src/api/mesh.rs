@@ -252,15 +252,14 @@ impl MeshSpec {
     /// mesh controller judge a spec by this one function.
     pub fn validate(&self) -> Result<ValidSpec, MeshSpecError> {
         use crate::duration;
-        use crate::names::{is_dns1123_label, is_dns1123_subdomain};
+        use crate::names::{is_dns1123_label, is_service_account_ref};
         crate::pki::spiffe::validate_trust_domain(&self.trust_domain)
             .map_err(|e| MeshSpecError::TrustDomain(e.to_string()))?;
         let default_ttl =
             duration::parse_field("workloadCertificates.defaultTTL", &self.workload_certificates.default_ttl)?;
         let max_ttl = duration::parse_field("workloadCertificates.maxTTL", &self.workload_certificates.max_ttl)?;
         for account in &self.trusted_node_accounts {
-            let ok = account.split_once('/').is_some_and(|(ns, sa)| is_dns1123_label(ns) && is_dns1123_subdomain(sa));
-            if !ok {
+            if !is_service_account_ref(account) {
                 return Err(MeshSpecError::NodeAccount(account.clone()));
             }
         }
