@@ -180,14 +180,7 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
 
     // The leader is also the cert-manager issuer: a Certificate's request
     // for a ClusterIssuer is signed under the same root.
-    fake.create(
-        "meshroot.io/v1alpha1",
-        "clusterissuers",
-        "",
-        json!({"metadata": {"name": "mesh-root"}, "spec": {
-            "signer": {"root": true}, "allowedNamespaces": ["bookinfo"],
-            "policy": {"allowedDNSNames": ["*.example.com"]}}}),
-    );
+    support::replica::root_cluster_issuer(&fake);
     support::replica::request_a_certificate(&fake, "shop");
     let ca = eventually_async("the CertificateRequest to be issued", async || {
         let cr = fake.get("cert-manager.io/v1", "certificaterequests", "bookinfo", "shop")?;

@@ -88,14 +88,7 @@ fn issued(fake: &FakeApi, name: &str) -> bool {
 async fn a_follower_runs_no_controller_and_writes_nothing_while_the_leader_repairs_drift() {
     let fake = FakeApi::new();
     replica::world(&fake);
-    fake.create(
-        "meshroot.io/v1alpha1",
-        "clusterissuers",
-        "",
-        json!({"metadata": {"name": "mesh-root"}, "spec": {
-            "signer": {"root": true}, "allowedNamespaces": ["bookinfo"],
-            "policy": {"allowedDNSNames": ["*.example.com"]}}}),
-    );
+    support::replica::root_cluster_issuer(&fake);
     let a = meshroot::serve::start(fake.client_as("replica-a"), with_issuers("replica-a")).await.unwrap();
     support::eventually("replica-a to lead and publish the root", || {
         (lease_holder(&fake).as_deref() == Some("replica-a")

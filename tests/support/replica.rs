@@ -23,6 +23,19 @@ pub fn namespaces(fake: &FakeApi) {
     }
 }
 
+/// The ClusterIssuer `mesh-root`: signs with the root for `bookinfo`,
+/// names under `*.example.com` (what request_a_certificate asks for).
+pub fn root_cluster_issuer(fake: &FakeApi) {
+    fake.create(
+        "meshroot.io/v1alpha1",
+        "clusterissuers",
+        "",
+        json!({"metadata": {"name": "mesh-root"}, "spec": {
+            "signer": {"root": true}, "allowedNamespaces": ["bookinfo"],
+            "policy": {"allowedDNSNames": ["*.example.com"]}}}),
+    );
+}
+
 pub fn world(fake: &FakeApi) {
     namespaces(fake);
     fake.create(
