@@ -5,7 +5,6 @@
 use crate::support;
 
 use fake_apiserver::FakeApi;
-use serde_json::json;
 use support::replica;
 
 fn up(metrics: &str, task: &str) -> bool {
@@ -88,7 +87,7 @@ fn issued(fake: &FakeApi, name: &str) -> bool {
 async fn a_follower_runs_no_controller_and_writes_nothing_while_the_leader_repairs_drift() {
     let fake = FakeApi::new();
     replica::world(&fake);
-    support::replica::root_cluster_issuer(&fake);
+    replica::root_cluster_issuer(&fake);
     let a = meshroot::serve::start(fake.client_as("replica-a"), with_issuers("replica-a")).await.unwrap();
     support::eventually("replica-a to lead and publish the root", || {
         (lease_holder(&fake).as_deref() == Some("replica-a")
