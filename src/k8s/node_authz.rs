@@ -5,7 +5,7 @@
 //! only the fields this needs.
 
 use crate::auth::node::NodeAuthorizer;
-use crate::auth::{AuthError, Caller};
+use crate::auth::{AuthError, Caller, NodeRejection, Rejection, Unavailable};
 use crate::pki::WorkloadIdentity;
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -157,37 +157,37 @@ impl PodNodeAuthorizer {
 #[async_trait]
 impl NodeAuthorizer for PodNodeAuthorizer {
     async fn authorize(&self, caller: &Caller, target: &WorkloadIdentity) -> Result<(), AuthError> {
-        let shared = self.shared.read().map_err(|_| AuthError::Unavailable("pod cache unavailable".into()))?;
+        let shared = self.shared.read().map_err(|_| Unavailable::PodCache)?;
         if !shared.synced {
-            return Err(AuthError::Unavailable("the pod cache has not synced yet".into()));
+            return Err(Unavailable::PodCacheNotSynced.into());
         }
-        let pod_ref = caller.pod.as_ref().ok_or_else(|| {
-            AuthError::Rejected("the caller's credential names no pod; node authorization needs a bound token".into())
-        })?;
+        let pod_ref = caller.pod.as_ref().ok_or(Rejection::Node(NodeRejection::NoPod))?;
         let key = (caller.namespace.clone(), pod_ref.name.clone());
+        let refused = |why: fn(String, String) -> NodeRejection| -> AuthError {
+            Rejection::Node(why(key.0.clone(), key.1.clone())).into()
+        };
         let pod = shared
             .index
             .pods
             .get(&key)
-            .ok_or_else(|| AuthError::Rejected(format!("the caller's pod {}/{} does not exist", key.0, key.1)))?;
+            .ok_or_else(|| refused(|namespace, name| NodeRejection::PodMissing { namespace, name }))?;
         if pod.uid != pod_ref.uid {
-            return Err(AuthError::Rejected(format!("the caller's pod {}/{} has another uid", key.0, key.1)));
+            return Err(refused(|namespace, name| NodeRejection::PodReplaced { namespace, name }));
         }
         if pod.service_account != caller.service_account {
-            return Err(AuthError::Rejected(format!(
-                "the caller's pod {}/{} runs as another service account",
-                key.0, key.1
-            )));
+            return Err(refused(|namespace, name| NodeRejection::PodServiceAccount { namespace, name }));
         }
-        let node = pod.node.as_ref().ok_or_else(|| AuthError::Rejected("the caller's pod is not on a node".into()))?;
+        let node = pod.node.as_ref().ok_or(Rejection::Node(NodeRejection::PodNotOnNode))?;
         let slot = (node.clone(), target.namespace.clone(), target.service_account.clone());
         if shared.index.by_node.get(&slot).is_some_and(|pods| !pods.is_empty()) {
             Ok(())
         } else {
-            Err(AuthError::Rejected(format!(
-                "no running pod of {}/{} is on node {node}",
-                target.namespace, target.service_account
-            )))
+            Err(Rejection::Node(NodeRejection::NotOnNode {
+                namespace: target.namespace.clone(),
+                service_account: target.service_account.clone(),
+                node: node.clone(),
+            })
+            .into())
         }
     }
 }

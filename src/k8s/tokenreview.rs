@@ -16,7 +16,7 @@
 //! each runs as its own task, so a caller that gives up does not leave it
 //! half done.
 
-use crate::auth::{AuthError, Authenticator, BearerToken, Caller, Credentials, PodRef};
+use crate::auth::{AuthError, Authenticator, BearerToken, Caller, Credentials, PodRef, Rejection, Unavailable};
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -116,7 +116,7 @@ impl<V: Clone> Bounded<V> {
 struct Cache {
     accepted: Bounded<Reviewed>,
     /// Why each recently rejected token was rejected.
-    rejected: Bounded<String>,
+    rejected: Bounded<Rejection>,
     /// One review per token, however many requests wait for it.
     in_flight: HashMap<[u8; 32], Review>,
 }
@@ -171,11 +171,9 @@ impl TokenReviewAuthenticator {
             self.config.clone(),
             self.cache.clone(),
         ));
-        let review = async move {
-            task.await.unwrap_or_else(|_| Err(AuthError::Unavailable("the TokenReview was interrupted".into())))
-        }
-        .boxed()
-        .shared();
+        let review = async move { task.await.unwrap_or_else(|_| Err(Unavailable::TokenReviewInterrupted.into())) }
+            .boxed()
+            .shared();
         cache.in_flight.insert(digest, review.clone());
         Err(review)
     }
@@ -239,44 +237,38 @@ async fn review_token(client: kube::Client, token: String, config: &TokenReviewC
     let api: Api<TokenReview> = Api::all(client);
     let answer = match tokio::time::timeout(config.timeout, api.create(&PostParams::default(), &review)).await {
         Err(_) => {
-            return Err(AuthError::Unavailable("the Kubernetes API did not answer the TokenReview in time".into()));
+            return Err(Unavailable::TokenReviewTimeout.into());
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %kube_error_summary(&e), "TokenReview failed");
-            return Err(AuthError::Unavailable(format!(
-                "cannot reach the Kubernetes API for a TokenReview: {}",
-                kube_error_summary(&e)
-            )));
+            return Err(Unavailable::TokenReviewFailed { summary: kube_error_summary(&e) }.into());
         }
         Ok(Ok(answer)) => answer,
     };
     let status = answer.status.unwrap_or_default();
     if status.authenticated != Some(true) {
         let why = status.error.filter(|e| !e.is_empty()).unwrap_or_else(|| "the token is not valid".into());
-        return Err(AuthError::Rejected(format!("TokenReview: {why}")));
+        return Err(Rejection::TokenReview(why).into());
     }
     // The API server lists the requested audiences the token is valid for;
     // an answer that names none of them is not an answer for this CA.
     if !config.audiences.is_empty() {
         let answered = status.audiences.unwrap_or_default();
         if !answered.iter().any(|a| config.audiences.contains(a)) {
-            return Err(AuthError::Rejected(format!(
-                "the token is not valid for audience {}",
-                config.audiences.join(", ")
-            )));
+            return Err(Rejection::Audience(config.audiences.clone()).into());
         }
     }
     let user = status.user.unwrap_or_default();
     let username = user.username.unwrap_or_default();
     let groups = user.groups.unwrap_or_default();
     if !groups.iter().any(|g| g == SERVICE_ACCOUNTS_GROUP) {
-        return Err(AuthError::Rejected(format!("{username:?} is not a service account")));
+        return Err(Rejection::NotServiceAccount(username).into());
     }
     let (namespace, service_account) = username
         .strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'))
         .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains(':'))
-        .ok_or_else(|| AuthError::Rejected(format!("{username:?} is not a service account username")))?;
+        .ok_or_else(|| Rejection::NotServiceAccountUsername(username.clone()))?;
     let extra = user.extra.unwrap_or_default();
     let first = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
     let pod = match (first(POD_NAME_EXTRA), first(POD_UID_EXTRA)) {

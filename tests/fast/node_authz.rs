@@ -4,7 +4,7 @@ use fake_apiserver::FakeApi;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use meshroot::auth::node::NodeAuthorizer;
-use meshroot::auth::{AuthError, Caller, PodRef};
+use meshroot::auth::{AuthError, Caller, NodeRejection, PodRef, Rejection};
 use meshroot::k8s::node_authz::PodNodeAuthorizer;
 use meshroot::pki::WorkloadIdentity;
 use serde_json::json;
@@ -33,6 +33,14 @@ fn ztunnel(name: &str, uid: &str) -> Caller {
 
 fn target(ns: &str, sa: &str) -> WorkloadIdentity {
     WorkloadIdentity::new("cluster.local", ns, sa).unwrap()
+}
+
+fn refused(why: NodeRejection) -> AuthError {
+    AuthError::Rejected(Rejection::Node(why))
+}
+
+fn s(text: &str) -> String {
+    text.to_string()
 }
 
 async fn decide(a: &PodNodeAuthorizer, caller: &Caller, t: &WorkloadIdentity) -> Result<(), AuthError> {
@@ -68,20 +76,33 @@ async fn ztunnel_may_act_only_for_workloads_on_its_node() {
 
     decide(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "reviews")).await.unwrap();
     let e = decide(&a, &ztunnel("ztunnel-b", &z2), &target("bookinfo", "reviews")).await.unwrap_err();
-    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("node-2")), "{e}");
+    assert_eq!(
+        e,
+        refused(NodeRejection::NotOnNode {
+            namespace: s("bookinfo"),
+            service_account: s("reviews"),
+            node: s("node-2")
+        })
+    );
+    assert_eq!(e.to_string(), "no running pod of bookinfo/reviews is on node node-2");
     // A stale token (the pod was replaced: another uid) or no pod at all.
     let e = decide(&a, &ztunnel("ztunnel-a", "other-uid"), &target("bookinfo", "reviews")).await.unwrap_err();
-    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("another uid")), "{e}");
+    assert_eq!(e, refused(NodeRejection::PodReplaced { namespace: s("istio-system"), name: s("ztunnel-a") }));
     let e = decide(&a, &ztunnel("ghost", "x"), &target("bookinfo", "reviews")).await.unwrap_err();
-    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("does not exist")), "{e}");
+    assert_eq!(e, refused(NodeRejection::PodMissing { namespace: s("istio-system"), name: s("ghost") }));
     let mut no_pod = ztunnel("ztunnel-a", &z1);
     no_pod.pod = None;
-    assert!(
-        matches!(decide(&a, &no_pod, &target("bookinfo", "reviews")).await, Err(AuthError::Rejected(m)) if m.contains("bound token"))
-    );
+    assert_eq!(decide(&a, &no_pod, &target("bookinfo", "reviews")).await, Err(refused(NodeRejection::NoPod)));
     // A pod of another service account on the node does not help.
     let e = decide(&a, &ztunnel("ztunnel-a", &z1), &target("bookinfo", "ratings")).await.unwrap_err();
-    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("no running pod of bookinfo/ratings")), "{e}");
+    assert_eq!(
+        e,
+        refused(NodeRejection::NotOnNode {
+            namespace: s("bookinfo"),
+            service_account: s("ratings"),
+            node: s("node-1")
+        })
+    );
 
     // Scheduling, failure and deletion are followed live.
     pod(&fake, "bookinfo", "ratings-1", "ratings", None);
@@ -116,10 +137,8 @@ async fn a_caller_whose_pod_runs_as_another_service_account_is_refused() {
     decide(&a, &ztunnel("ztunnel-a", &z), &target("bookinfo", "reviews")).await.unwrap();
     // The same claim, bound to a pod of the default service account.
     let e = decide(&a, &ztunnel("not-ztunnel", &other), &target("bookinfo", "reviews")).await.unwrap_err();
-    assert!(
-        matches!(&e, AuthError::Rejected(m) if m.contains("istio-system/not-ztunnel runs as another service account")),
-        "{e}"
-    );
+    assert_eq!(e, refused(NodeRejection::PodServiceAccount { namespace: s("istio-system"), name: s("not-ztunnel") }));
+    assert_eq!(e.to_string(), "the caller's pod istio-system/not-ztunnel runs as another service account");
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use fake_apiserver::FakeApi;
 use fake_apiserver::store::TokenAnswer;
-use meshroot::auth::{AuthError, Authenticator, BearerToken, Credentials, PodRef};
+use meshroot::auth::{AuthError, Authenticator, BearerToken, Credentials, PodRef, Rejection, Unavailable};
 use meshroot::k8s::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,13 +83,13 @@ async fn rejections_name_the_reason_and_are_remembered_briefly() {
         ("bad-name", "not a service account"),
     ] {
         match a.authenticate(&creds(token)).await {
-            Err(AuthError::Rejected(m)) => assert!(m.contains(why), "{token}: {m}"),
+            Err(AuthError::Rejected(m)) => assert!(m.to_string().contains(why), "{token}: {m}"),
             other => panic!("{token}: {other:?}"),
         }
     }
     // Within the negative TTL a rejection is answered from cache, with its reason.
     match a.authenticate(&creds("nope")).await {
-        Err(AuthError::Rejected(m)) => assert!(m.contains("invalid bearer token"), "{m}"),
+        Err(AuthError::Rejected(Rejection::TokenReview(m))) => assert!(m.contains("invalid bearer token"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(fake.token_reviews(), 4, "a rejection is remembered for the negative TTL");
@@ -170,7 +170,7 @@ async fn a_user_without_authenticated_true_is_refused() {
     fake.set_token_answer("unauthenticated", |t| t.authenticated = false);
     let a = authenticator(&fake, TokenReviewConfig::default());
     match a.authenticate(&creds("unauthenticated")).await {
-        Err(AuthError::Rejected(m)) => assert!(m.contains("not valid"), "{m}"),
+        Err(AuthError::Rejected(Rejection::TokenReview(m))) => assert!(m.contains("not valid"), "{m}"),
         other => panic!("an answer naming a user but not authenticated must be refused: {other:?}"),
     }
 }
@@ -187,7 +187,10 @@ async fn an_answer_for_other_audiences_is_refused() {
     let a = authenticator(&fake, TokenReviewConfig::default());
     for token in ["elsewhere", "silent"] {
         match a.authenticate(&creds(token)).await {
-            Err(AuthError::Rejected(m)) => assert_eq!(m, "the token is not valid for audience istio-ca", "{token}"),
+            Err(AuthError::Rejected(m)) => {
+                assert_eq!(m, Rejection::Audience(vec!["istio-ca".into()]), "{token}");
+                assert_eq!(m.to_string(), "the token is not valid for audience istio-ca", "{token}");
+            }
             other => panic!("{token}: {other:?}"),
         }
     }
@@ -259,7 +262,9 @@ async fn an_unreachable_api_is_unavailable_and_cached_callers_keep_working() {
     fake.set_outage(true);
     assert!(a.authenticate(&creds("known")).await.unwrap().is_some(), "cached caller still served");
     match a.authenticate(&creds("new")).await {
-        Err(AuthError::Unavailable(m)) => assert!(m.contains("503") && !m.contains("new"), "{m}"),
+        Err(AuthError::Unavailable(Unavailable::TokenReviewFailed { summary })) => {
+            assert!(summary.contains("503") && !summary.contains("new"), "{summary}");
+        }
         other => panic!("{other:?}"),
     }
     fake.set_outage(false);

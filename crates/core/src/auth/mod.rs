@@ -2,14 +2,16 @@
 //! request's credentials and either recognises a caller, does not apply, or
 //! rejects. Kubernetes TokenReview and client certificates plug in here.
 
+mod error;
 pub mod node;
+
+pub use error::{AuthError, ClientCertificateRejection, NodeRejection, Rejection, Unavailable};
 
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use thiserror::Error;
 use zeroize::Zeroizing;
 
 /// A bearer token. Its value never appears in `Debug` output and is wiped on drop.
@@ -90,18 +92,6 @@ impl Caller {
     }
 }
 
-/// Why a caller was not authenticated (or not authorized to act for a workload), and whether to retry.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-pub enum AuthError {
-    /// The credentials are wrong. Never retried by Istio clients.
-    #[error("{0}")]
-    Rejected(String),
-    /// The credentials could not be checked right now (for example the API
-    /// server is unreachable). Retryable.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
 /// One way of recognising a caller from its credentials, such as a bearer token or a client certificate.
 #[async_trait]
 pub trait Authenticator: Send + Sync + fmt::Debug {
@@ -138,13 +128,17 @@ impl AuthenticatorChain {
             match a.authenticate(credentials).await {
                 Ok(Some(caller)) => return Ok(caller),
                 Ok(None) => {}
-                Err(AuthError::Unavailable(m)) => unavailable = Some(format!("{}: {m}", a.name())),
-                Err(AuthError::Rejected(m)) => rejected = Some(format!("{}: {m}", a.name())),
+                Err(AuthError::Unavailable(reason)) => {
+                    unavailable = Some(Unavailable::By { authenticator: a.name(), reason: Box::new(reason) });
+                }
+                Err(AuthError::Rejected(reason)) => {
+                    rejected = Some(Rejection::By { authenticator: a.name(), reason: Box::new(reason) });
+                }
             }
         }
-        if let Some(m) = unavailable {
-            return Err(AuthError::Unavailable(m));
+        if let Some(reason) = unavailable {
+            return Err(reason.into());
         }
-        Err(AuthError::Rejected(rejected.unwrap_or_else(|| "no credentials were presented".into())))
+        Err(rejected.unwrap_or(Rejection::NoCredentials).into())
     }
 }

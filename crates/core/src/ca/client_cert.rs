@@ -24,7 +24,9 @@
 //!
 //! [`WORKLOAD_MARKER_OID`]: crate::pki::profile::WORKLOAD_MARKER_OID
 
-use crate::auth::{AuthError, Authenticator, Caller, Credentials};
+use crate::auth::{
+    AuthError, Authenticator, Caller, ClientCertificateRejection as Refused, Credentials, Rejection, Unavailable,
+};
 use crate::mesh::{MeshRegistry, RouteError};
 use crate::pki::WorkloadIdentity;
 use crate::pki::authority::{issued_by, parse_certificate, uri_sans};
@@ -47,8 +49,12 @@ impl ClientCertificateAuthenticator {
     }
 }
 
-fn rejected(why: impl std::fmt::Display) -> AuthError {
-    AuthError::Rejected(format!("client certificate: {why}"))
+fn rejected(why: Refused) -> AuthError {
+    Rejection::ClientCertificate(why).into()
+}
+
+fn malformed(why: impl std::fmt::Display) -> AuthError {
+    rejected(Refused::Malformed(why.to_string()))
 }
 
 #[async_trait]
@@ -61,42 +67,38 @@ impl Authenticator for ClientCertificateAuthenticator {
         let Some(leaf) = credentials.peer_certificates.as_ref().and_then(|c| c.first()) else {
             return Ok(None);
         };
-        let cert = parse_certificate(leaf).map_err(rejected)?;
+        let cert = parse_certificate(leaf).map_err(malformed)?;
         if !has_workload_marker(&cert) {
-            return Err(rejected(format!(
-                "not a meshroot workload certificate (it lacks the workload extension {WORKLOAD_MARKER_OID}); \
-                 only certificates from CreateCertificate renew, others need a token"
-            )));
+            return Err(rejected(Refused::NotWorkload { oid: WORKLOAD_MARKER_OID }));
         }
-        let is_ca = cert.basic_constraints().map_err(rejected)?.is_some_and(|bc| bc.value.ca);
+        let is_ca = cert.basic_constraints().map_err(malformed)?.is_some_and(|bc| bc.value.ca);
         if is_ca {
-            return Err(rejected("it is a CA certificate (basicConstraints CA:TRUE)"));
+            return Err(rejected(Refused::Ca));
         }
-        let client_auth = cert.extended_key_usage().map_err(rejected)?.is_some_and(|eku| eku.value.client_auth);
+        let client_auth = cert.extended_key_usage().map_err(malformed)?.is_some_and(|eku| eku.value.client_auth);
         if !client_auth {
-            return Err(rejected("its extended key usage does not include clientAuth"));
+            return Err(rejected(Refused::NoClientAuth));
         }
         let uris = uri_sans(&cert);
         let [uri] = uris.as_slice() else {
-            return Err(rejected(format!("it must carry exactly one URI SAN, this one has {}", uris.len())));
+            return Err(rejected(Refused::UriSans(uris.len())));
         };
-        let id = WorkloadIdentity::parse(uri).map_err(rejected)?;
+        let id = WorkloadIdentity::parse(uri).map_err(|e| rejected(Refused::Identity(e.to_string())))?;
         let mesh = self.registry.route(&id.namespace).map_err(|e| match e {
-            RouteError::NotReady => AuthError::Unavailable(format!("client certificate: {e}")),
-            RouteError::NoMesh(_) | RouteError::Ambiguous { .. } => rejected(e),
+            RouteError::NotReady => Unavailable::ClientCertificate(e).into(),
+            RouteError::NoMesh(_) | RouteError::Ambiguous { .. } => rejected(Refused::Route(e)),
         })?;
         if id.trust_domain != mesh.trust_domain {
-            return Err(rejected(format!(
-                "it is for trust domain {:?}, but mesh {} (namespace {:?}) is trust domain {:?}",
-                id.trust_domain, mesh.name, id.namespace, mesh.trust_domain
-            )));
+            return Err(rejected(Refused::TrustDomain {
+                certificate: id.trust_domain,
+                mesh: mesh.name.clone(),
+                namespace: id.namespace,
+                mesh_trust_domain: mesh.trust_domain.clone(),
+            }));
         }
         let signers = self.registry.signing_certificates(&mesh, OffsetDateTime::now_utc());
         if !signers.iter().any(|signer| issued_by(signer, leaf)) {
-            return Err(rejected(format!(
-                "it was not issued by the current or a recent signing certificate of mesh {}",
-                mesh.name
-            )));
+            return Err(rejected(Refused::NotIssuedByMesh { mesh: mesh.name.clone() }));
         }
         Ok(Some(Caller {
             namespace: id.namespace,

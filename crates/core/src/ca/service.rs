@@ -3,7 +3,7 @@
 use super::error::{Failure, quote_input};
 use super::rate_limit::{RateLimiter, RateLimits};
 use crate::auth::{AuthError, AuthenticatorChain, BearerToken, Caller, Credentials};
-use crate::mesh::{Mesh, MeshRegistry, RouteError};
+use crate::mesh::{Mesh, MeshRegistry};
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::pki::{CertificateSigningRequest, PkiError, WorkloadIdentity};
@@ -78,8 +78,8 @@ impl CertificateService {
         self.limiter.check_peer(request.remote_addr().map(|a| a.ip())).map_err(Failure::RateLimited)?;
         let credentials = self.credentials(&request)?;
         let caller = self.authenticators.authenticate(&credentials).await.map_err(|e| match e {
-            AuthError::Rejected(m) => Failure::Unauthenticated(m),
-            AuthError::Unavailable(m) => Failure::Unavailable(m),
+            AuthError::Rejected(why) => Failure::Authentication(why),
+            AuthError::Unavailable(why) => Failure::Unavailable(why),
         })?;
         record.caller = Some(caller.account());
 
@@ -92,23 +92,18 @@ impl CertificateService {
         self.limiter.check_identity(&identity_uri).map_err(Failure::RateLimited)?;
         self.limiter.check_node(caller.node.as_deref()).map_err(Failure::RateLimited)?;
 
-        let csr =
-            CertificateSigningRequest::from_pem(body.csr.as_bytes()).map_err(|e| Failure::BadCsr(e.to_string()))?;
+        let csr = CertificateSigningRequest::from_pem(body.csr.as_bytes()).map_err(Failure::Csr)?;
         record.key_type = Some(csr.key_kind().to_string());
         check_requested_names(&csr, &identity_uri)?;
 
         let ttl = mesh.ttl_for(body.validity_duration);
         record.ttl_seconds = Some(ttl.whole_seconds());
-        let chain = mesh
-            .signer
-            .as_ref()
-            .map_err(|why| Failure::NotReady(format!("mesh {} cannot sign yet: {why}", mesh.name)))?;
+        let chain =
+            mesh.signer.as_ref().map_err(|why| Failure::MeshNotReady { mesh: mesh.name.clone(), why: why.clone() })?;
         let issued = chain.issue_workload(csr.spki_der(), &identity_uri, ttl, OffsetDateTime::now_utc()).map_err(
             |e| match e {
-                PkiError::Expired { .. } => {
-                    Failure::NotReady(format!("the signing certificate of mesh {} is not valid now: {e}", mesh.name))
-                }
-                other => Failure::Internal(other.to_string()),
+                PkiError::Expired { .. } => Failure::SignerNotValidNow { mesh: mesh.name.clone(), source: e },
+                other => Failure::Issue(other),
             },
         )?;
         record.not_after = Some(issued.not_after.unix_timestamp());
@@ -130,20 +125,14 @@ impl CertificateService {
         let values: Vec<_> = md.get_all("clusterid").iter().collect();
         let value = match values.as_slice() {
             [] => "",
-            [one] => one
-                .to_str()
-                .map_err(|_| Failure::Unauthenticated("the clusterid header is not printable ASCII".into()))?,
-            _ => return Err(Failure::Unauthenticated("more than one clusterid header".into())),
+            [one] => one.to_str().map_err(|_| Failure::UnprintableHeader("clusterid"))?,
+            _ => return Err(Failure::RepeatedHeader("clusterid")),
         };
         if value.is_empty() || value == self.config.cluster_id || self.config.cluster_aliases.iter().any(|a| a == value)
         {
             Ok(self.config.cluster_id.clone())
         } else {
-            Err(Failure::Unauthenticated(format!(
-                "unknown cluster id {}; this CA serves cluster {:?}",
-                quote_input(value),
-                self.config.cluster_id
-            )))
+            Err(Failure::UnknownCluster { given: value.to_string(), served: self.config.cluster_id.clone() })
         }
     }
 
@@ -167,56 +156,51 @@ impl CertificateService {
         let Some(requested) = impersonated_identity(metadata)? else {
             let mesh = self.route(&caller.namespace)?;
             let identity = WorkloadIdentity::new(&mesh.trust_domain, &caller.namespace, &caller.service_account)
-                .map_err(|e| Failure::Internal(format!("cannot form the caller's identity: {e}")))?;
+                .map_err(Failure::CallerIdentity)?;
             return Ok((identity, mesh));
         };
         record.impersonated = true;
         record.identity = Some(quote_input(&requested));
         let target = WorkloadIdentity::parse(&requested)
-            .map_err(|e| Failure::Unauthenticated(format!("impersonated identity {}: {e}", quote_input(&requested))))?;
+            .map_err(|source| Failure::BadImpersonatedIdentity { requested: requested.clone(), source })?;
         record.identity = Some(target.to_string());
         let mesh = self.route(&target.namespace)?;
         if let Some(td) = &caller.trust_domain {
             check_trust_domain(td, &mesh, "the impersonated")?;
         }
         if !mesh.trusted_node_accounts.contains(&caller.account()) {
-            return Err(Failure::Unauthenticated(format!(
-                "{} is not a trusted node account of mesh {} and may not impersonate",
-                caller.account(),
-                mesh.name
-            )));
+            return Err(Failure::NotTrustedNode { account: caller.account(), mesh: mesh.name.clone() });
         }
         if target.trust_domain != mesh.trust_domain {
-            return Err(Failure::Unauthenticated(format!(
-                "impersonated identity is in trust domain {:?}, but mesh {} is {:?}",
-                target.trust_domain, mesh.name, mesh.trust_domain
-            )));
+            return Err(Failure::ImpersonatedTrustDomain {
+                requested: target.trust_domain,
+                mesh: mesh.name.clone(),
+                mesh_trust_domain: mesh.trust_domain.clone(),
+            });
         }
         mesh.node_authorizer.authorize(caller, &target).await.map_err(|e| match e {
-            AuthError::Rejected(m) => Failure::Unauthenticated(format!("impersonation refused: {m}")),
-            AuthError::Unavailable(m) => Failure::Unavailable(m),
+            AuthError::Rejected(why) => Failure::ImpersonationRefused(why),
+            AuthError::Unavailable(why) => Failure::Unavailable(why),
         })?;
         Ok((target, mesh))
     }
 
     fn route(&self, namespace: &str) -> Result<Arc<Mesh>, Failure> {
-        self.registry.route(namespace).map_err(|e| match e {
-            RouteError::NotReady => Failure::NotReady(e.to_string()),
-            RouteError::NoMesh(_) | RouteError::Ambiguous { .. } => Failure::Forbidden(e.to_string()),
-        })
+        self.registry.route(namespace).map_err(Failure::Route)
     }
 }
 
 /// The trust domain a credential binds must be `mesh`'s.
-fn check_trust_domain(credential_td: &str, mesh: &Mesh, whose: &str) -> Result<(), Failure> {
+fn check_trust_domain(credential_td: &str, mesh: &Mesh, whose: &'static str) -> Result<(), Failure> {
     if credential_td == mesh.trust_domain {
         return Ok(());
     }
-    Err(Failure::Forbidden(format!(
-        "the credential is for trust domain {credential_td:?}, but mesh {}, which covers {whose} namespace, is \
-         trust domain {:?}",
-        mesh.name, mesh.trust_domain
-    )))
+    Err(Failure::CredentialTrustDomain {
+        credential: credential_td.to_string(),
+        mesh: mesh.name.clone(),
+        whose,
+        mesh_trust_domain: mesh.trust_domain.clone(),
+    })
 }
 
 fn bearer_token(md: &MetadataMap) -> Result<Option<BearerToken>, Failure> {
@@ -224,19 +208,17 @@ fn bearer_token(md: &MetadataMap) -> Result<Option<BearerToken>, Failure> {
     let value = match values.as_slice() {
         [] => return Ok(None),
         [one] => one,
-        _ => return Err(Failure::Unauthenticated("more than one authorization header".into())),
+        _ => return Err(Failure::RepeatedHeader("authorization")),
     };
-    let value = value
-        .to_str()
-        .map_err(|_| Failure::Unauthenticated("the authorization header is not printable ASCII".into()))?;
+    let value = value.to_str().map_err(|_| Failure::UnprintableHeader("authorization"))?;
     let token = match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
         _ => {
-            return Err(Failure::Unauthenticated("the authorization header is not a Bearer token".into()));
+            return Err(Failure::NotBearer);
         }
     };
     if token.is_empty() {
-        return Err(Failure::Unauthenticated("the bearer token is empty".into()));
+        return Err(Failure::EmptyBearerToken);
     }
     Ok(Some(BearerToken::new(token.to_string())))
 }
@@ -245,16 +227,13 @@ fn bearer_token(md: &MetadataMap) -> Result<Option<BearerToken>, Failure> {
 fn impersonated_identity(metadata: Option<&prost_types::Struct>) -> Result<Option<String>, Failure> {
     let Some(metadata) = metadata else { return Ok(None) };
     if metadata.fields.len() > MAX_METADATA_FIELDS {
-        return Err(Failure::BadRequest(format!(
-            "metadata has {} fields; at most {MAX_METADATA_FIELDS} are accepted",
-            metadata.fields.len()
-        )));
+        return Err(Failure::TooManyMetadataFields(metadata.fields.len()));
     }
     match metadata.fields.get(IMPERSONATED_IDENTITY).and_then(|v| v.kind.as_ref()) {
         None | Some(Kind::NullValue(_)) => Ok(None),
         Some(Kind::StringValue(s)) if s.is_empty() => Ok(None),
         Some(Kind::StringValue(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Failure::BadRequest(format!("metadata {IMPERSONATED_IDENTITY} must be a string"))),
+        Some(_) => Err(Failure::ImpersonatedIdentityNotString),
     }
 }
 
@@ -275,22 +254,13 @@ fn check_requested_names(csr: &CertificateSigningRequest, identity: &str) -> Res
         extra.push(format!("{} other name(s)", names.other));
     }
     if !extra.is_empty() {
-        return Err(Failure::Forbidden(format!(
-            "the CSR asks for {}; only the URI SAN {identity} is allowed",
-            extra.join(", ")
-        )));
+        return Err(Failure::ExtraNames { asked: extra.join(", "), identity: identity.to_string() });
     }
     match names.uris.as_slice() {
         [only] if only == identity => Ok(()),
-        [only] => Err(Failure::Forbidden(format!(
-            "the CSR asks for {} but the caller may only have {identity}",
-            quote_input(only)
-        ))),
-        [] => Err(Failure::Forbidden(format!("the CSR has no URI SAN; it must ask for {identity}"))),
-        many => Err(Failure::Forbidden(format!(
-            "the CSR asks for {} URI SANs; exactly one ({identity}) is allowed",
-            many.len()
-        ))),
+        [only] => Err(Failure::OtherIdentity { asked: only.clone(), identity: identity.to_string() }),
+        [] => Err(Failure::NoIdentity { identity: identity.to_string() }),
+        many => Err(Failure::ManyIdentities { count: many.len(), identity: identity.to_string() }),
     }
 }
 
@@ -316,7 +286,7 @@ impl IstioCertificateService for CertificateService {
             Err(failure) => {
                 failure.record(&self.metrics);
                 self.metrics.record_duration(failure.code_name(), latency.as_secs_f64());
-                audit::denied(&record, failure.code_name(), &failure.reason(), latency);
+                audit::denied(&record, failure.code_name(), &failure.to_string(), latency);
                 Err(failure.to_status())
             }
         }
@@ -326,6 +296,7 @@ impl IstioCertificateService for CertificateService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::error::Category;
     use prost_types::{Struct, Value};
 
     fn md(pairs: &[(&'static str, &str)]) -> MetadataMap {
@@ -345,22 +316,30 @@ mod tests {
             assert!(bearer_token(&md(&[("authorization", bad)])).is_err(), "{bad}");
         }
         let two = md(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
-        assert!(matches!(bearer_token(&two), Err(Failure::Unauthenticated(m)) if m.contains("more than one")));
+        assert!(matches!(bearer_token(&two), Err(Failure::RepeatedHeader("authorization"))));
+        let failure = bearer_token(&two).err().unwrap();
+        assert_eq!(failure.category(), Category::Unauthenticated);
+        assert_eq!(failure.to_status().message(), "authentication failed: more than one authorization header");
     }
 
     #[test]
     fn impersonation_metadata_forms() {
         let s = |kind| Struct { fields: [(IMPERSONATED_IDENTITY.to_string(), Value { kind: Some(kind) })].into() };
-        assert_eq!(impersonated_identity(None), Ok(None));
-        assert_eq!(impersonated_identity(Some(&s(Kind::StringValue(String::new())))), Ok(None));
-        assert_eq!(impersonated_identity(Some(&s(Kind::StringValue("x".into())))), Ok(Some("x".into())));
-        assert!(matches!(impersonated_identity(Some(&s(Kind::NumberValue(1.0)))), Err(Failure::BadRequest(_))));
+        assert!(matches!(impersonated_identity(None), Ok(None)));
+        assert!(matches!(impersonated_identity(Some(&s(Kind::StringValue(String::new())))), Ok(None)));
+        assert_eq!(impersonated_identity(Some(&s(Kind::StringValue("x".into())))).unwrap(), Some("x".into()));
+        assert!(matches!(
+            impersonated_identity(Some(&s(Kind::NumberValue(1.0)))),
+            Err(Failure::ImpersonatedIdentityNotString)
+        ));
         let many = Struct {
             fields: (0..=MAX_METADATA_FIELDS)
                 .map(|i| (format!("k{i}"), Value { kind: Some(Kind::BoolValue(true)) }))
                 .collect(),
         };
-        assert!(matches!(impersonated_identity(Some(&many)), Err(Failure::BadRequest(_))));
+        let failure = impersonated_identity(Some(&many)).err().unwrap();
+        assert!(matches!(failure, Failure::TooManyMetadataFields(33)), "{failure}");
+        assert_eq!(failure.category(), Category::BadRequest);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Static bearer tokens for dev mode: a file of `TOKEN NAMESPACE SERVICEACCOUNT`
 //! lines. Tokens are kept only as SHA-256 digests.
 
-use crate::auth::{AuthError, Authenticator, Caller, Credentials};
+use crate::auth::{AuthError, Authenticator, Caller, Credentials, Rejection};
 use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -108,7 +108,7 @@ impl Authenticator for StaticTokenAuthenticator {
                 node: None,
                 authenticated_by: self.name(),
             })),
-            None => Err(AuthError::Rejected("the bearer token is not recognised".into())),
+            None => Err(Rejection::UnknownToken.into()),
         }
     }
 }
@@ -138,7 +138,7 @@ mod tests {
         assert_eq!(c.cluster_id, "Kubernetes");
         let z = a.authenticate(&creds("s2")).await.unwrap().unwrap();
         assert_eq!(z.account(), "istio-system/ztunnel");
-        assert!(matches!(a.authenticate(&creds("nope")).await, Err(AuthError::Rejected(_))));
+        assert_eq!(a.authenticate(&creds("nope")).await, Err(AuthError::Rejected(Rejection::UnknownToken)));
         assert_eq!(a.authenticate(&Credentials::default()).await, Ok(None));
     }
 

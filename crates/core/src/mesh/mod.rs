@@ -70,7 +70,7 @@ impl Mesh {
 }
 
 /// Why no single mesh covers a namespace.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum RouteError {
     /// The registry holds no mesh yet; callers treat this as retryable.
     #[error("no mesh is ready to sign yet")]
