@@ -8,13 +8,17 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// File mode of private keys and tokens: owner read and write only.
 pub const PRIVATE_MODE: u32 = 0o600;
+/// File mode of certificates and bundles: readable by everyone.
 pub const PUBLIC_MODE: u32 = 0o644;
 
 /// What to do when the destination already exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Existing {
+    /// Replace it atomically.
     Replace,
+    /// Leave it and fail with `AlreadyExists` (also when it appears during the write).
     Refuse,
 }
 
@@ -52,10 +56,12 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32, existing: Existing) -
     result
 }
 
+/// [`write_file`] with mode 0600, for keys and tokens.
 pub fn write_private(path: &Path, contents: &[u8], existing: Existing) -> io::Result<()> {
     write_file(path, contents, PRIVATE_MODE, existing)
 }
 
+/// [`write_file`] with mode 0644, for certificates and bundles.
 pub fn write_public(path: &Path, contents: &[u8], existing: Existing) -> io::Result<()> {
     write_file(path, contents, PUBLIC_MODE, existing)
 }

@@ -113,7 +113,9 @@ fn handler_fixture() -> &'static HandlerFixture {
 pub enum Decision {
     /// Not a protobuf request: tonic refuses it before the handler runs.
     NotDecoded,
+    /// A certificate was issued, and it verified for the caller's identity.
     Issued,
+    /// A clean refusal with this gRPC status code.
     Refused(Code),
 }
 
@@ -226,8 +228,11 @@ fn issuer_fixture() -> &'static IssuerFixture {
 /// What the issuer path decided for one input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IssuerDecision {
+    /// Signed, and the certificate stayed inside the policy and the profile.
     Issued,
+    /// Refused: the request can never be signed as it is.
     Invalid,
+    /// Refused: the issuer's policy does not allow what the request asks for.
     Policy,
 }
 

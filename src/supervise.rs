@@ -19,6 +19,7 @@ use tokio::time::Instant;
 pub struct Backoff {
     /// The first delay; doubled after each failure.
     pub initial: Duration,
+    /// The longest delay; doubling stops here.
     pub max: Duration,
     /// A run at least this long resets the delay to `initial`.
     pub healthy_after: Duration,
@@ -117,10 +118,12 @@ impl Drop for Marks {
 }
 
 impl Supervisor {
+    /// A supervisor with the default [`Backoff`] (1 s doubling to 60 s).
     pub fn new(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Self {
         Self { metrics, readiness, backoff: Backoff::default() }
     }
 
+    /// The same supervisor with another restart backoff (tests use short ones).
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self

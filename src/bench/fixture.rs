@@ -11,41 +11,53 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
+/// The benchmark mesh's trust domain.
 pub const TRUST_DOMAIN: &str = "cluster.local";
+/// The namespace of every benchmark identity.
 pub const NAMESPACE: &str = "bench";
 
+/// The SPIFFE ID of caller `i` (service account `sa-{i}` in [`NAMESPACE`]).
 pub fn identity(i: usize) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/sa-{i}")
 }
 
+/// The static bearer token of caller `i`, as written to the token file.
 pub fn token(i: usize) -> String {
     format!("bench-token-{i}")
 }
 
 /// Files the server process reads.
 pub struct Files {
+    /// The directory holding them.
     pub dir: PathBuf,
 }
 
 impl Files {
+    /// The root certificate (PEM).
     pub fn root(&self) -> PathBuf {
         self.dir.join("root.pem")
     }
+    /// The mesh intermediate's certificate (PEM), the signer of workload certificates.
     pub fn signer_cert(&self) -> PathBuf {
         self.dir.join("signer.pem")
     }
+    /// The mesh intermediate's private key (PEM, written private).
     pub fn signer_key(&self) -> PathBuf {
         self.dir.join("signer-key.pem")
     }
+    /// The server's TLS certificate chain (PEM), for `localhost` and 127.0.0.1.
     pub fn serving_chain(&self) -> PathBuf {
         self.dir.join("serving.pem")
     }
+    /// The server's TLS private key (PEM, written private).
     pub fn serving_key(&self) -> PathBuf {
         self.dir.join("serving-key.pem")
     }
+    /// The static token file (`TOKEN NAMESPACE SERVICEACCOUNT` per line).
     pub fn tokens(&self) -> PathBuf {
         self.dir.join("tokens")
     }
+    /// Written by the server process once it listens; holds its gRPC port.
     pub fn ready(&self) -> PathBuf {
         self.dir.join("ready")
     }
@@ -104,6 +116,7 @@ pub fn load_signer(files: &Files) -> anyhow::Result<SigningChain> {
     Ok(SigningChain::new(authority, Vec::new(), bundle)?)
 }
 
+/// The server's TLS certificate chain and key, as [`create`] wrote them.
 pub fn load_serving(files: &Files) -> anyhow::Result<(Vec<rustls_pki_types::CertificateDer<'static>>, PrivateKey)> {
     let chain_pem = std::fs::read(files.serving_chain())?;
     let chain = pem::decode_certificates(&chain_pem, crate::pki::authority::MAX_CERT_PEM_BYTES)?;

@@ -10,21 +10,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+/// One load-generator connection: a CreateCertificate client over its own TLS channel.
 pub type Client = IstioCertificateServiceClient<Channel>;
 
 /// What one phase measured on the client side.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// The latency of each successful request, in no particular order.
     pub latencies: Vec<Duration>,
+    /// Requests that failed, and load tasks that did not finish.
     pub errors: u64,
+    /// Wall-clock time from the phase's start until its last request finished.
     pub elapsed: Duration,
 }
 
 impl Outcome {
+    /// Successful requests.
     pub fn completed(&self) -> u64 {
         self.latencies.len() as u64
     }
 
+    /// Successful requests per second of `elapsed`.
     pub fn throughput(&self) -> f64 {
         self.completed() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }

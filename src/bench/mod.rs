@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What `meshroot bench` measures and how hard: phase length, connections,
+/// burst size, the intermediate key types, and core pinning.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     /// Length of each measured phase.
@@ -25,7 +27,9 @@ pub struct BenchOptions {
     pub connections: usize,
     /// Distinct identities in the burst.
     pub burst: usize,
+    /// Connections the burst's requests are spread over.
     pub burst_connections: usize,
+    /// Intermediate key types to measure, one full run each; the burst runs with the first.
     pub signers: Vec<KeyAlgorithm>,
     /// Core for the server process and the ceiling; the load runs on the others.
     pub server_core: Option<usize>,

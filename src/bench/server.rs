@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
+/// Serves CreateCertificate over the PKI and tokens in `dir` (from [`fixture::create`]), writes
+/// the port to the ready file, and shuts down once stdin closes.
 pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let files = Files { dir };
     let chain = Arc::new(fixture::load_signer(&files)?);

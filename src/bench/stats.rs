@@ -5,10 +5,15 @@ use std::time::Duration;
 /// Latency percentiles of one phase.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Percentiles {
+    /// The median.
     pub p50: Duration,
+    /// The 90th percentile.
     pub p90: Duration,
+    /// The 99th percentile.
     pub p99: Duration,
+    /// The 99.9th percentile.
     pub p999: Duration,
+    /// The slowest sample.
     pub max: Duration,
 }
 
@@ -30,13 +35,16 @@ impl Percentiles {
 /// CPU time and peak memory of a process, from /proc.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ProcessUsage {
+    /// User plus system CPU time so far, at /proc's 10 ms resolution.
     pub cpu: Duration,
+    /// Peak resident memory (VmHWM), in KiB.
     pub peak_rss_kib: u64,
 }
 
 /// USER_HZ: the unit of /proc's CPU times, 100 on every Linux ABI.
 const TICKS_PER_SECOND: u64 = 100;
 
+/// Reads process `pid`'s usage from /proc (Linux only); a field /proc lacks reads as zero.
 pub fn process_usage(pid: u32) -> std::io::Result<ProcessUsage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are the

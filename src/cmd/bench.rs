@@ -6,6 +6,7 @@ use crate::duration;
 use crate::pki::KeyAlgorithm;
 use std::path::PathBuf;
 
+/// The flags of `meshroot bench`.
 #[derive(clap::Args)]
 pub struct Args {
     /// Length of each measured phase.
@@ -62,6 +63,7 @@ fn pin(id: usize) {
     }
 }
 
+/// `meshroot bench`: runs every scenario and prints the report.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!(
@@ -81,6 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `meshroot bench-server`: the server process `bench` starts; runs until its stdin closes.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     crate::bench::server::run(args.dir).await
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+/// The flags of `meshroot crds`.
 #[derive(clap::Args)]
 pub struct Args {
     /// Write one file per CRD here instead of printing.
@@ -9,6 +10,7 @@ pub struct Args {
     out: Option<PathBuf>,
 }
 
+/// `meshroot crds`: prints every CRD as YAML, or writes one file each into `--out`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     for (file, crd) in crate::api::crds() {
         let yaml = crate::api::crd_yaml(&crd)?;

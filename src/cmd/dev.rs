@@ -107,6 +107,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     server.shutdown().await
 }
 
+/// Returns on Ctrl-C or SIGTERM (only Ctrl-C if SIGTERM cannot be listened for).
 pub async fn wait_for_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,

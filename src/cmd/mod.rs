@@ -16,6 +16,7 @@ use crate::telemetry::logging::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// The command line as parsed: global logging flags and the command.
 #[derive(Parser)]
 #[command(name = "meshroot", version, about = "One certificate authority for every Istio mesh and cert-manager")]
 pub struct Cli {

@@ -21,6 +21,7 @@ pub struct Args {
 }
 
 impl Args {
+    /// The limits as the CreateCertificate service takes them.
     pub fn limits(&self) -> RateLimits {
         RateLimits { identity: self.identity_rate_limit, node: self.node_rate_limit, peer: self.peer_rate_limit }
     }

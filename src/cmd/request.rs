@@ -32,10 +32,13 @@ pub struct Args {
     /// The SPIFFE ID to request.
     #[arg(long)]
     pub identity: String,
+    /// Key type of the workload key generated for the CSR.
     #[arg(long, default_value = "ecdsa-p256")]
     pub key_type: KeyAlgorithm,
+    /// Lifetime to request; the CA may clamp it.
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
     pub ttl: time::Duration,
+    /// The cluster id to send in `clusterid`.
     #[arg(long, default_value = DEFAULT_CLUSTER_ID)]
     pub cluster_id: String,
     /// Output directory for key.pem, cert-chain.pem and root-cert.pem.
@@ -48,8 +51,11 @@ fn secret_value(s: &str) -> Result<Zeroizing<String>, std::convert::Infallible> 
     Ok(Zeroizing::new(s.to_string()))
 }
 
+/// What [`request`] got and wrote.
 pub struct RequestOutcome {
+    /// The CA's response, verified against the root file.
     pub response: VerifiedResponse,
+    /// The files written: key, certificate chain and root bundle.
     pub files: Vec<PathBuf>,
 }
 
@@ -102,6 +108,7 @@ pub async fn request(opts: &Args) -> anyhow::Result<RequestOutcome> {
     Ok(RequestOutcome { response: verified, files: vec![key_path, chain_path, root_path] })
 }
 
+/// The report `meshroot request` prints: SAN, expiry, chain shape and the files written.
 pub fn summary(outcome: &RequestOutcome) -> String {
     let r = &outcome.response;
     let left = r.not_after - OffsetDateTime::now_utc();

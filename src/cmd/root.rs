@@ -79,12 +79,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A step of `meshroot root` that reads or writes the root Secret, as [`apply`] runs it.
 #[derive(Clone, Debug)]
 pub enum RootAction {
+    /// Show the roots and the rotation stage; writes nothing.
     Status,
-    Add { cert: PathBuf },
-    Switch { cert: PathBuf, key: Option<PathBuf> },
-    Finish { leaf_lifetime: time::Duration, force: bool },
+    /// Step 1: trust the new root beside the current one.
+    Add {
+        /// The new root's certificate file (PEM).
+        cert: PathBuf,
+    },
+    /// Step 2: the new root signs; the old one stays trusted.
+    Switch {
+        /// The new root's certificate file (PEM), already added.
+        cert: PathBuf,
+        /// The new root's key file (PEM); `None` for an offline root.
+        key: Option<PathBuf>,
+    },
+    /// Step 3: stop trusting every root but the signing one.
+    Finish {
+        /// The longest leaf lifetime issued under the old root: how long after the switch to wait.
+        leaf_lifetime: time::Duration,
+        /// Skip the wait and the check that every intermediate is under the signing root.
+        force: bool,
+    },
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

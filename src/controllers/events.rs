@@ -8,6 +8,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 /// The API server refuses Event notes over 1 KiB.
 const MAX_NOTE_BYTES: usize = 1024;
 
+/// Publishes Events as controller `meshroot`, reporting this replica.
 pub struct EventSink {
     recorder: Recorder,
 }
@@ -18,6 +19,8 @@ impl EventSink {
         Self { recorder: Recorder::new(client, Reporter { controller: "meshroot".into(), instance: Some(instance) }) }
     }
 
+    /// Publishes an Event (action `Sign`) about `regarding`; a failure is logged and dropped.
+    /// `note` should already be cut with [`note`].
     pub async fn publish(&self, regarding: &ObjectReference, type_: EventType, reason: &str, note: String) {
         let event = Event { type_, reason: reason.into(), note: Some(note), action: "Sign".into(), secondary: None };
         if let Err(e) = self.recorder.publish(&event, regarding).await {

@@ -18,7 +18,14 @@ use tokio::sync::watch;
 /// Which issuer a request names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IssuerName {
-    Namespaced { namespace: String, name: String },
+    /// An `Issuer`, which lives in a namespace.
+    Namespaced {
+        /// The Issuer's namespace.
+        namespace: String,
+        /// The Issuer's name.
+        name: String,
+    },
+    /// A `ClusterIssuer`, by name.
     Cluster(String),
 }
 
@@ -87,6 +94,7 @@ impl IssuerCache {
         let _ = self.synced.clone().wait_for(|s| *s).await;
     }
 
+    /// Whether both issuer kinds and the meshes have been listed once (see [`Self::wait_synced`]).
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()
     }
@@ -106,6 +114,7 @@ impl IssuerCache {
         self.changes.clone()
     }
 
+    /// The named Issuer or ClusterIssuer, as cached; `None` if it is not (or not yet) in the cache.
     pub fn get(&self, name: &IssuerName) -> Option<Arc<dyn IssuerResource + Send + Sync>> {
         match name {
             IssuerName::Namespaced { namespace, name } => self

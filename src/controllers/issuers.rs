@@ -20,7 +20,9 @@ use std::time::Duration;
 
 /// The `Ready` reasons, compatible with cert-manager's issuer-lib.
 pub const REASON_CHECKED: &str = "Checked";
+/// The signer is not available yet (or any more); checked again on the next change or resync.
 pub const REASON_PENDING: &str = "Pending";
+/// The issuer's spec is wrong; only an edit fixes it.
 pub const REASON_FAILED: &str = "Failed";
 /// The issuer names a signer (or asks for CAs) its scope is not granted.
 pub const REASON_NOT_GRANTED: &str = "SignerNotGranted";

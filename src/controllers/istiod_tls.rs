@@ -15,15 +15,21 @@ use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 
+/// The name of the Secret, in istiod's namespace.
 pub const ISTIOD_TLS: &str = "istiod-tls";
+/// Lifetime of each istiod serving certificate issued.
 pub const LIFETIME: Duration = Duration::days(30);
 
+/// Why `istiod-tls` could not be made current.
 #[derive(Debug, Error)]
 pub enum IstiodTlsError {
+    /// A Secret of that name exists without meshroot's labels (its `namespace/name`).
     #[error("Secret {0} is not managed by meshroot; refusing to overwrite it")]
     NotOwned(String),
+    /// Generating the key or issuing the certificate failed.
     #[error("issuing istiod's certificate: {0}")]
     Issue(crate::pki::PkiError),
+    /// Reading or writing the Secret failed (the API error, summarised).
     #[error("Kubernetes API: {0}")]
     Api(String),
 }
@@ -46,6 +52,7 @@ pub fn dns_names(spec: &MeshSpec) -> Vec<String> {
     names
 }
 
+/// istiod's SPIFFE ID, the certificate's URI SAN: its service account in the mesh's trust domain.
 pub fn identity(spec: &MeshSpec) -> String {
     format!("spiffe://{}/ns/{}/sa/{}", spec.trust_domain, spec.istiod.namespace, spec.istiod.service_account)
 }

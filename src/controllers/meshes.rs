@@ -42,6 +42,7 @@ pub enum MeshProblem {
 }
 
 impl MeshProblem {
+    /// The condition reason, as written to the Mesh status.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidSpec => "InvalidSpec",
@@ -58,6 +59,7 @@ impl MeshProblem {
 pub struct Outcome {
     /// Condition reason and message when the mesh is not ready.
     pub problem: Option<(MeshProblem, String)>,
+    /// The mesh's current intermediate (serial, expiry); `None` when it could not be ensured.
     pub intermediate: Option<IntermediateStatus>,
     /// A warning that does not stop the mesh (for example an intermediate
     /// that is due but cannot be renewed).

@@ -19,7 +19,9 @@ pub enum ReconcileError {
     /// An API call failed while `doing` something.
     #[error("{doing}: {source}")]
     Api {
+        /// What the reconciler was doing, for the message.
         doing: &'static str,
+        /// The API error.
         #[source]
         source: crate::k8s::ApiError,
     },

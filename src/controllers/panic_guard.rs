@@ -14,6 +14,7 @@ use std::sync::Arc;
 /// panic text stays in the log, since it could contain request data.
 pub const INTERNAL_ERROR_MESSAGE: &str = "meshroot failed internally while signing this request; see its logs";
 
+/// Runs one controller's signing under `catch_unwind`, logging and counting each panic.
 #[derive(Clone)]
 pub struct PanicGuard {
     controller: &'static str,
@@ -28,6 +29,7 @@ impl std::fmt::Debug for PanicGuard {
 }
 
 impl PanicGuard {
+    /// A guard for `controller`, the name its panics are logged and counted under.
     pub fn new(controller: &'static str, metrics: Arc<Metrics>) -> Self {
         Self { controller, metrics, hook: None }
     }

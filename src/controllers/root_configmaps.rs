@@ -18,18 +18,31 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+/// The ConfigMap key holding the bundle (PEM).
 pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+/// The label istiod puts on its root ConfigMaps; meshroot sets it to `true` as well.
 pub const ISTIO_CONFIG_LABEL: &str = "istio.io/config";
 
 /// Namespaces istiod itself never gives a root ConfigMap.
 const SKIPPED_NAMESPACES: [&str; 3] = ["kube-public", "kube-node-lease", "local-path-storage"];
 
+/// One write [`plan`] calls for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
     /// Create or overwrite the ConfigMap with the bundle.
-    Apply { namespace: String, name: String },
+    Apply {
+        /// The ConfigMap's namespace.
+        namespace: String,
+        /// The ConfigMap's name (the mesh's root ConfigMap name).
+        name: String,
+    },
     /// Remove a ConfigMap meshroot owns that no mesh wants any more.
-    Delete { namespace: String, name: String },
+    Delete {
+        /// The ConfigMap's namespace.
+        namespace: String,
+        /// The ConfigMap's name.
+        name: String,
+    },
 }
 
 /// Which (namespace, ConfigMap name) pairs should hold the bundle, and how
@@ -111,7 +124,9 @@ pub fn plan(want: &BTreeSet<(String, String)>, observed: &[Arc<ConfigMap>], bund
 /// the failures.
 #[derive(Debug, Default)]
 pub struct Executed {
+    /// `((namespace, name), resourceVersion)` of each ConfigMap applied.
     pub applied: Vec<((String, String), String)>,
+    /// One line per action that failed: the action and the API error.
     pub failures: Vec<String>,
 }
 

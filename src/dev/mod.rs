@@ -23,30 +23,49 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use time::Duration;
 
+/// How to run dev mode; the library's defaults are those of `meshroot dev`'s flags.
 #[derive(Clone, Debug)]
 pub struct DevOptions {
+    /// gRPC (Istio CA API) listen address.
     pub listen: SocketAddr,
+    /// Metrics and health listen address.
     pub ops_listen: SocketAddr,
+    /// Directory holding the root, intermediate, serving certificate and tokens; created if missing.
     pub state_dir: PathBuf,
+    /// The dev mesh's trust domain.
     pub trust_domain: String,
+    /// Token file (`TOKEN NAMESPACE SERVICEACCOUNT` per line), which must exist; `None` for
+    /// `DIR/tokens`, created on the first start.
     pub token_file: Option<PathBuf>,
+    /// The cluster id clients must send in `clusterid`.
     pub cluster_id: String,
+    /// Lifetime when a request asks for none.
     pub default_ttl: Duration,
+    /// Longest lifetime issued; longer requests are clamped.
     pub max_ttl: Duration,
+    /// `NAMESPACE/SERVICEACCOUNT`s allowed to impersonate workloads (ztunnel).
     pub trusted_node_accounts: Vec<String>,
     /// Names the serving certificate carries besides localhost, 127.0.0.1 and ::1.
     pub serving_names: Vec<String>,
+    /// CreateCertificate rate limits.
     pub rate_limits: RateLimits,
 }
 
 /// The defaults of `meshroot dev`, which its flags show (`cmd::dev`).
 pub mod defaults {
+    /// gRPC listen address: loopback, istiod's CA port.
     pub const LISTEN: &str = "127.0.0.1:15012";
+    /// Metrics and health listen address: loopback, istiod's monitoring port.
     pub const OPS_LISTEN: &str = "127.0.0.1:15014";
+    /// State directory, relative to the working directory.
     pub const STATE_DIR: &str = ".meshroot";
+    /// Trust domain, Istio's default.
     pub const TRUST_DOMAIN: &str = "cluster.local";
+    /// Lifetime when a request asks for none.
     pub const DEFAULT_TTL: &str = "24h";
+    /// Longest lifetime issued.
     pub const MAX_TTL: &str = "90d";
+    /// The account allowed to impersonate: ztunnel's, as Istio installs it.
     pub const TRUSTED_NODE_ACCOUNT: &str = "istio-system/ztunnel";
 }
 
@@ -70,9 +89,13 @@ impl Default for DevOptions {
 
 /// A running dev server.
 pub struct DevServer {
+    /// The address the gRPC port is bound to (the actual port when port 0 was asked for).
     pub grpc_addr: SocketAddr,
+    /// The address the metrics and health port is bound to.
     pub ops_addr: SocketAddr,
+    /// The state it serves from, as loaded or created.
     pub state: DevState,
+    /// The server's metrics, as `/metrics` shows them.
     pub metrics: Arc<Metrics>,
     /// The one dev mesh; replacing it (for example with a renewed
     /// intermediate) takes effect on the next request.

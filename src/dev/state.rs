@@ -22,19 +22,38 @@ use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 
+/// Lifetime of a root created here.
 pub const ROOT_LIFETIME: Duration = Duration::days(3650);
+/// Lifetime of each mesh intermediate created here; a start after two thirds of it renews it.
 pub const INTERMEDIATE_LIFETIME: Duration = Duration::days(365);
+/// Lifetime of each serving certificate created here; a start after two thirds of it renews it.
 pub const SERVING_LIFETIME: Duration = Duration::days(90);
+/// The name of dev mode's one mesh (its directory under `DIR/meshes`).
 pub const DEV_MESH: &str = "default";
 
+/// Why the state directory could not be loaded or created.
 #[derive(Debug, Error)]
 pub enum StateError {
+    /// A certificate or key file is unreadable, invalid, or does not match.
     #[error("{path}: {error}")]
-    Pki { path: PathBuf, error: PkiError },
+    Pki {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: PkiError,
+    },
+    /// A file or directory could not be read or written.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// One file of a certificate and key pair exists without the other.
     #[error("incomplete state: {present} exists but {missing} does not; restore it or remove both")]
-    Partial { present: PathBuf, missing: PathBuf },
+    Partial {
+        /// The file that exists.
+        present: PathBuf,
+        /// The file that is missing.
+        missing: PathBuf,
+    },
+    /// The root certificate file holds a certificate that is not self-signed.
     #[error("{0} is not a self-signed root")]
     NotRoot(PathBuf),
 }
@@ -46,11 +65,17 @@ fn pki_err(path: &Path) -> impl FnOnce(PkiError) -> StateError + '_ {
 /// Everything dev mode needs, loaded or created.
 #[derive(Debug)]
 pub struct DevState {
+    /// The state directory.
     pub dir: PathBuf,
+    /// The trust bundle file (`DIR/root-cert.pem`), rewritten on every start.
     pub bundle_path: PathBuf,
+    /// The token file in use: the one given, or `DIR/tokens`.
     pub tokens_path: PathBuf,
+    /// The dev mesh's intermediate, which signs workload certificates, with the bundle.
     pub chain: Arc<SigningChain>,
+    /// The gRPC serving certificate (leaf first), issued by the root.
     pub serving_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The serving certificate's private key.
     pub serving_key: PrivateKey,
     /// What was created (or renewed) on this start, for the startup message.
     pub created: Vec<String>,

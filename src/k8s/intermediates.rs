@@ -16,9 +16,12 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
+/// The start of an External mesh's intermediate Secret name; the mesh name follows.
 pub const SECRET_PREFIX: &str = "meshroot-intermediate-";
+/// Label naming the mesh on every intermediate Secret meshroot writes.
 pub const MESH_LABEL: &str = "meshroot.io/mesh";
 
+/// The name of an External mesh's intermediate Secret in meshroot's namespace.
 pub fn secret_name(mesh: &str) -> String {
     format!("{SECRET_PREFIX}{mesh}")
 }
@@ -86,8 +89,11 @@ impl Layout {
 /// Where a mesh's intermediate lives.
 #[derive(Clone, Debug)]
 pub struct IntermediateSecret {
+    /// The mesh's name (the intermediate's name and the [`MESH_LABEL`] value).
     pub mesh: String,
+    /// The Secret's name; its namespace is the `Api`'s.
     pub name: String,
+    /// The keys it is stored under.
     pub layout: Layout,
 }
 
@@ -105,21 +111,32 @@ impl IntermediateSecret {
 /// The intermediate a mesh asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IntermediatePolicy {
+    /// The intermediate's key type.
     pub key_algorithm: KeyAlgorithm,
+    /// The lifetime of each intermediate issued.
     pub lifetime: Duration,
+    /// How long before its expiry an intermediate is replaced; shorter than `lifetime`.
     pub renew_before: Duration,
 }
 
 /// Why a mesh's `intermediate` settings cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IntermediatePolicyError {
+    /// `intermediate.duration` or `intermediate.renewBefore` is not a valid duration.
     #[error(transparent)]
     Duration(#[from] duration::DurationError),
+    /// `renewBefore` is not shorter than `duration`, so every intermediate would be due at once.
     #[error("intermediate.renewBefore ({renew_before}) must be shorter than intermediate.duration ({duration})")]
-    RenewAfterExpiry { renew_before: String, duration: String },
+    RenewAfterExpiry {
+        /// `intermediate.renewBefore`, as written.
+        renew_before: String,
+        /// `intermediate.duration`, as written.
+        duration: String,
+    },
 }
 
 impl IntermediatePolicy {
+    /// Parses a mesh's `intermediate` settings.
     pub fn from_spec(spec: &IntermediateSpec) -> Result<Self, IntermediatePolicyError> {
         let lifetime = duration::parse_field("intermediate.duration", &spec.duration)?;
         let renew_before = duration::parse_field("intermediate.renewBefore", &spec.renew_before)?;
@@ -139,20 +156,32 @@ impl IntermediatePolicy {
     }
 }
 
+/// Why a mesh's intermediate could not be ensured. Secrets are named `namespace/name`.
 #[derive(Debug, Error)]
 pub enum IntermediateError {
+    /// The Secret exists without meshroot's labels and holds no usable intermediate.
     #[error(
         "Secret {0} is not managed by meshroot and does not hold a usable intermediate; meshroot will not overwrite it"
     )]
     NotOwned(String),
+    /// meshroot's own Secret holds something that does not parse or chain; it is left for a person to fix.
     #[error("Secret {secret} is corrupt ({error}); fix or delete it, meshroot will not replace it")]
-    Corrupt { secret: String, error: PkiError },
+    Corrupt {
+        /// The Secret.
+        secret: String,
+        /// What is wrong with its contents.
+        error: PkiError,
+    },
+    /// An intermediate must be issued, but the root's key is not available.
     #[error("the root is offline, so meshroot cannot issue the intermediate; supply it in Secret {0}")]
     OfflineRoot(String),
+    /// Issuing the intermediate failed.
     #[error("issuing the intermediate: {0}")]
     Issue(PkiError),
+    /// Reading or writing the Secret failed (the API error, summarised).
     #[error("Kubernetes API: {0}")]
     Api(String),
+    /// The Secret's resourceVersion changed between the read and the write.
     #[error("the Secret changed while meshroot wrote it")]
     Conflict,
 }
@@ -163,6 +192,8 @@ pub fn parse_secret(secret: &Secret, bundle: &TrustBundle, now: OffsetDateTime) 
     parse_layout(secret, Layout::KubernetesTls, bundle, now)
 }
 
+/// [`parse_secret`] for either layout. Errors when an entry is missing or invalid, or the chain
+/// does not verify under `bundle` at `now`.
 pub fn parse_layout(
     secret: &Secret,
     layout: Layout,
@@ -197,6 +228,7 @@ fn replacement_reason(chain: &SigningChain, policy: &IntermediatePolicy, now: Of
 /// The outcome of one reconcile of a mesh's intermediate.
 #[derive(Debug)]
 pub struct Ensured {
+    /// The intermediate the mesh signs with now, under the bundle.
     pub chain: SigningChain,
     /// True when this call issued a new intermediate.
     pub issued: bool,

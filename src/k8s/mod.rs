@@ -15,13 +15,17 @@ use std::collections::BTreeMap;
 
 /// Label on every object meshroot creates and may later change or delete.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The value of [`MANAGED_BY_LABEL`] on meshroot's objects.
 pub const MANAGED_BY_VALUE: &str = "meshroot";
+/// The field manager meshroot's creates, replaces and server-side applies write as.
 pub const FIELD_MANAGER: &str = "meshroot";
 
+/// The labels that mark an object as meshroot's: [`MANAGED_BY_LABEL`] = [`MANAGED_BY_VALUE`].
 pub fn managed_labels() -> BTreeMap<String, String> {
     [(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into()
 }
 
+/// Whether `labels` mark the object as meshroot's, so that meshroot may change or delete it.
 pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
     labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY_VALUE)
 }
@@ -31,6 +35,7 @@ pub fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     secret.data.as_ref()?.get(key).map(|b| b.0.as_slice()).filter(|b| !b.is_empty())
 }
 
+/// A Secret's `data` map from `(key, value)` pairs.
 pub fn secret_data(entries: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {
     entries.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()
 }

@@ -13,23 +13,43 @@ use time::{Duration, OffsetDateTime};
 
 /// The root Secret unless `--root-secret` names another.
 pub const DEFAULT_SECRET: &str = "meshroot-root-ca";
+/// The Secret key of the signing root's certificate (PEM).
 pub const TLS_CERT: &str = "tls.crt";
+/// The Secret key of the signing root's private key (PEM); absent for an offline root.
 pub const TLS_KEY: &str = "tls.key";
+/// The Secret key of the other trusted roots (PEM); optional.
 pub const CA_CERT: &str = "ca.crt";
+/// Lifetime of a root meshroot generates into a missing Secret.
 pub const GENERATED_ROOT_LIFETIME: Duration = Duration::days(3650);
 
+/// Why the root could not be loaded. Secrets are named `namespace/name`.
 #[derive(Debug, Error)]
 pub enum RootError {
+    /// The Secret does not exist and generating it was not asked for.
     #[error(
         "root Secret {namespace}/{name} does not exist; create it (kubectl -n {namespace} create secret tls {name} --cert root-cert.pem --key root-key.pem) or let meshroot generate one"
     )]
-    Missing { namespace: String, name: String },
+    Missing {
+        /// The namespace it was looked for in.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+    },
+    /// The Secret has no (or an empty) `tls.crt`.
     #[error("root Secret {0} has no {TLS_CERT}")]
     NoCertificate(String),
+    /// A certificate or the key does not parse or does not match, or generating a root failed.
     #[error("root Secret {secret}: {error}")]
-    Invalid { secret: String, error: PkiError },
+    Invalid {
+        /// The Secret.
+        secret: String,
+        /// What is wrong.
+        error: PkiError,
+    },
+    /// `tls.crt` with its key is not a self-signed CA: an intermediate, for example.
     #[error("root Secret {0}: {TLS_CERT} is not a self-signed root CA")]
     NotRoot(String),
+    /// Reading or creating the Secret failed (the API error, summarised).
     #[error("Kubernetes API: {0}")]
     Api(String),
 }
@@ -38,13 +58,16 @@ pub enum RootError {
 /// the trust bundle (the root plus any extra roots).
 #[derive(Debug)]
 pub struct Root {
+    /// The root with its key; `None` when the root is offline (no `tls.key`).
     pub authority: Option<Authority>,
+    /// Every trusted root: the signing root first, then those in `ca.crt`.
     pub bundle: TrustBundle,
     /// The Secret's resourceVersion, to notice changes.
     pub resource_version: Option<String>,
 }
 
 impl Root {
+    /// Whether the root's key is absent, so that nothing is signed by the root online.
     pub fn is_offline(&self) -> bool {
         self.authority.is_none()
     }

@@ -26,16 +26,22 @@ use time::OffsetDateTime;
 /// When `switch` ran, so `finish` can tell whether old leaves have expired.
 pub const SWITCHED_AT_ANNOTATION: &str = "meshroot.io/root-switched-at";
 
+/// Why a rotation step did not run.
 #[derive(Debug, Error)]
 pub enum RotationError {
+    /// The step does not apply now (out of order, the wrong root, or too early); the message says why.
     #[error("{0}")]
     Refused(String),
+    /// The new root's certificate or key is unreadable, invalid, or they do not match.
     #[error("the new root: {0}")]
     NewRoot(PkiError),
+    /// The root Secret as it is cannot be read as a root (or its annotation as a time).
     #[error("the root Secret: {0}")]
     Current(String),
+    /// A Kubernetes API call failed (the error, summarised).
     #[error("Kubernetes API: {0}")]
     Api(String),
+    /// The root Secret's resourceVersion changed between the read and the write.
     #[error("the root Secret changed while this ran; run it again")]
     Conflict,
 }
@@ -45,13 +51,16 @@ pub enum RotationError {
 pub struct RotationStatus {
     /// SHA-256 fingerprint of the signing root (`tls.crt`).
     pub signing: String,
+    /// Whether the Secret holds the signing root's key (`tls.key`).
     pub online: bool,
     /// Fingerprints of the other trusted roots (`ca.crt`).
     pub extra: Vec<String>,
+    /// When `switch` ran (RFC 3339), from [`SWITCHED_AT_ANNOTATION`]; `None` before a switch.
     pub switched_at: Option<String>,
 }
 
 impl RotationStatus {
+    /// The rotation stage in words, with the next step: steady, added or switched.
     pub fn stage(&self) -> &'static str {
         match (self.extra.is_empty(), self.switched_at.is_some()) {
             (true, _) => "steady: one root",
@@ -73,6 +82,7 @@ fn current_roots(secret: &Secret) -> Result<(CertificateDer<'static>, Vec<Certif
     Ok((signing.clone(), others.to_vec()))
 }
 
+/// Reads the rotation status from the root Secret; an error if it holds no valid root.
 pub fn status(secret: &Secret) -> Result<RotationStatus, RotationError> {
     let (signing, extra) = current_roots(secret)?;
     Ok(RotationStatus {
