@@ -290,12 +290,10 @@ pub fn issuer(data: &[u8]) -> Option<IssuerDecision> {
             Some(IssuerDecision::Issued)
         }
         Err(e) => {
-            let (crate::issuer::SignError::Invalid(m)
-            | crate::issuer::SignError::Policy(m)
-            | crate::issuer::SignError::Unavailable(m)) = &e;
+            let m = e.to_string();
             assert!(!m.is_empty() && m.len() <= 16 * 1024, "{} bytes: {m:?}", m.len());
             assert!(!m.chars().any(char::is_control), "{m:?}");
-            assert!(!matches!(e, crate::issuer::SignError::Unavailable(_)), "the fixture's signers are valid: {m}");
+            assert!(!matches!(e, crate::issuer::SignError::Unavailable { .. }), "the fixture's signers are valid: {m}");
             Some(if matches!(e, crate::issuer::SignError::Policy(_)) {
                 IssuerDecision::Policy
             } else {

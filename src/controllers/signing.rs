@@ -4,7 +4,7 @@
 use super::issuer_cache::{IssuerCache, IssuerName, signer_changes};
 use crate::api::issuer::IssuerResource;
 use crate::issuer::sign::{SignError, Signed, SigningRequest, sign};
-use crate::issuer::{OwnService, SignerProblem, Tenancy, prepare};
+use crate::issuer::{OwnService, Tenancy, prepare};
 use crate::k8s::root::RootState;
 use crate::mesh::MeshRegistry;
 use std::sync::Arc;
@@ -15,8 +15,11 @@ use tokio::sync::watch;
 /// root and the meshes, as currently known.
 #[derive(Clone)]
 pub struct Signers {
+    /// Every Issuer and ClusterIssuer, and the Meshes' grants, as the leader watches them.
     pub issuers: IssuerCache,
+    /// The current root, which issuers with `signer.root` sign with when its key is online.
     pub root: watch::Receiver<RootState>,
+    /// The meshes, whose intermediates issuers with `signer.mesh` sign with.
     pub registry: Arc<MeshRegistry>,
     /// meshroot's own Service, whose names no issuer grants by pattern.
     pub own: Arc<OwnService>,
@@ -69,6 +72,7 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// The reason as written in conditions, Events and audit lines (the variant's name).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidRequest => "InvalidRequest",
@@ -91,19 +95,24 @@ impl std::fmt::Display for FailureReason {
 /// A request that can never be signed: why, and what to tell its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unsignable {
+    /// The failure's reason, for its condition, Event and audit line.
     pub reason: FailureReason,
+    /// What is wrong with the request, for its owner.
     pub message: String,
 }
 
 /// The result of working on one request (CertificateRequest or CSR).
 #[derive(Clone, Debug)]
 pub enum Outcome {
+    /// Signed: the certificate, its chain and root.
     Issued(Signed),
     /// Waiting for something that will change (the issuer, the signer).
     Pending(String),
     /// The request can never be signed, for this reason.
     Failed {
+        /// Why, as the failure condition's reason.
         reason: FailureReason,
+        /// What is wrong, for the request's owner.
         message: String,
     },
     /// An approver denied the request.
@@ -113,8 +122,11 @@ pub enum Outcome {
 /// What signing needs besides the issuer and the request.
 #[derive(Clone, Copy)]
 pub struct SigningContext<'a> {
+    /// The current root, for issuers that sign with it.
     pub root: &'a RootState,
+    /// The meshes, for issuers that sign with a mesh's intermediate.
     pub registry: &'a MeshRegistry,
+    /// What issuers may not sign for, and which namespaces each mesh grants its intermediate to.
     pub tenancy: &'a Tenancy,
 }
 
@@ -133,9 +145,7 @@ pub fn sign_with_issuer(
     };
     let ready = match prepare(issuer, context.root, context.registry, context.tenancy) {
         Ok(r) => r,
-        Err(SignerProblem::Invalid(why) | SignerProblem::Unavailable(why) | SignerProblem::NotGranted(why)) => {
-            return Outcome::Pending(format!("waiting for {issuer_name} to become ready: {why}"));
-        }
+        Err(why) => return Outcome::Pending(format!("waiting for {issuer_name} to become ready: {why}")),
     };
     let request = match request {
         Ok(r) => r,
@@ -151,8 +161,12 @@ pub fn sign_with_issuer(
     }
     match sign(&request, &ready.policy, &ready.ca, context.tenancy, now) {
         Ok(signed) => Outcome::Issued(signed),
-        Err(SignError::Invalid(message)) => Outcome::Failed { reason: FailureReason::InvalidRequest, message },
-        Err(SignError::Policy(message)) => Outcome::Failed { reason: FailureReason::PolicyViolation, message },
-        Err(SignError::Unavailable(message)) => Outcome::Pending(message),
+        Err(e @ SignError::Invalid(_)) => {
+            Outcome::Failed { reason: FailureReason::InvalidRequest, message: e.to_string() }
+        }
+        Err(e @ SignError::Policy(_)) => {
+            Outcome::Failed { reason: FailureReason::PolicyViolation, message: e.to_string() }
+        }
+        Err(e @ SignError::Unavailable { .. }) => Outcome::Pending(e.to_string()),
     }
 }

@@ -144,6 +144,8 @@ pub struct Usages {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnknownUsage(pub String);
 
+impl std::error::Error for UnknownUsage {}
+
 impl fmt::Display for UnknownUsage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "unknown usage {:?}", self.0)

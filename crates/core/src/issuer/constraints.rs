@@ -12,22 +12,31 @@
 
 use super::policy::Policy;
 use super::tenancy::Tenancy;
+use super::violation::{Violation, Violations};
 use der::asn1::Any;
 use der::{Encode, Tag, TagNumber};
 
+/// Why a CA cannot get name constraints.
+#[derive(Debug, thiserror::Error)]
+pub enum ConstraintsError {
+    /// The constraints would let the CA sign what the policy may not grant.
+    #[error(transparent)]
+    Denied(#[from] Violations),
+    /// The extension does not encode.
+    #[error("encoding name constraints: {0}")]
+    Encoding(#[from] der::Error),
+}
+
 /// The DER value of a NameConstraints extension for a CA issued under
 /// `policy`, or every reason it cannot be issued.
-pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, String> {
+pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, ConstraintsError> {
     let mut violations = Vec::new();
     let mut permitted: Vec<(u32, Vec<u8>)> = Vec::new();
 
     let dns: Vec<String> = policy.dns_names.iter().map(|p| domain_of_pattern(p)).collect();
     for (pattern, domain) in policy.dns_names.iter().zip(&dns) {
         if domain.is_empty() {
-            violations.push(format!(
-                "DNS pattern {pattern:?} would leave a CA unconstrained for DNS names; name a domain \
-                 (`*.example.com`)"
-            ));
+            violations.push(Violation::CaUnconstrainedDns(pattern.clone()));
             continue;
         }
         // Under a cluster domain other than cluster.local, istiod's names end
@@ -36,27 +45,26 @@ pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, String> {
         if let Some(label) = labels.iter().find(|l| **l == "svc" || tenancy.is_istiod_namespace(l))
             && !policy.dns_names.iter().any(|n| n == domain)
         {
-            violations.push(format!(
-                "a CA constrained to DNS pattern {pattern:?} ({domain}) could sign in-cluster Service names of \
-                 {label:?}, istiod's or meshroot's among them; only a literal policy.allowedDNSNames entry grants one"
-            ));
+            violations.push(Violation::CaServiceNames {
+                pattern: pattern.clone(),
+                domain: domain.clone(),
+                label: label.to_string(),
+            });
             continue;
         }
         // The constraint may itself be a protected name (any istiod revision).
         if let Some(why) = tenancy.protected_dns(domain)
             && !policy.dns_names.iter().any(|n| n == domain)
         {
-            violations.push(format!(
-                "a CA constrained to DNS pattern {pattern:?} could sign {domain} ({why}), which only a literal \
-                 policy.allowedDNSNames entry grants"
-            ));
+            violations.push(Violation::CaProtectedName {
+                pattern: pattern.clone(),
+                name: domain.clone(),
+                why: why.to_string(),
+            });
         }
         for (name, owner) in tenancy.protected_dns_names() {
             if covers(domain, &name) && *domain != name && !policy.dns_names.contains(&name) {
-                violations.push(format!(
-                    "a CA constrained to DNS pattern {pattern:?} could sign {name} ({owner}), which only a literal \
-                     policy.allowedDNSNames entry grants"
-                ));
+                violations.push(Violation::CaProtectedName { pattern: pattern.clone(), name, why: owner });
             }
         }
     }
@@ -72,11 +80,7 @@ pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, String> {
         for domain in tenancy.trust_domains() {
             let literal = policy.uris.iter().any(|p| p.eq_ignore_ascii_case(&format!("spiffe://{domain}")));
             if !literal {
-                violations.push(format!(
-                    "a CA allowed URIs could sign every identity of mesh trust domain {domain}, istiod's included \
-                     (URI name constraints are not honoured by every verifier, so they cannot narrow it); only a \
-                     literal policy.allowedURIs entry spiffe://{domain} grants that"
-                ));
+                violations.push(Violation::CaTrustDomain(domain.to_string()));
             }
         }
     }
@@ -96,11 +100,7 @@ pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, String> {
         for protected in tenancy.protected_ips() {
             let literal = net.prefix_len() == net.max_prefix_len() && net.addr() == protected;
             if net.contains(&protected) && !literal {
-                violations.push(format!(
-                    "a CA constrained to {net} could sign {protected} (meshroot's serving address), which only a \
-                     literal policy.allowedIPRanges entry ({protected}/{}) grants",
-                    net.max_prefix_len()
-                ));
+                violations.push(Violation::CaProtectedIp { net: *net, ip: protected });
             }
         }
     }
@@ -113,9 +113,9 @@ pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, String> {
     }
 
     if !violations.is_empty() {
-        return Err(violations.join("; "));
+        return Err(Violations(violations).into());
     }
-    encode(&permitted).map_err(|e| format!("encoding name constraints: {e}"))
+    Ok(encode(&permitted)?)
 }
 
 const EMAIL: u32 = 1;
@@ -235,18 +235,21 @@ mod tests {
     #[test]
     fn a_ca_that_could_sign_protected_names_is_refused() {
         let t = tenancy();
-        let e = for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.istiod-next.istio-system.svc']"), &t).unwrap_err();
+        let e = for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.istiod-next.istio-system.svc']"), &t)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("in-cluster Service names of \"istio-system\""), "{e}");
-        let e = for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.cluster.local']"), &t).unwrap_err();
+        let e = for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.cluster.local']"), &t).unwrap_err().to_string();
         // `cluster.local` would admit istiod.istio-system.svc.cluster.local and meshroot's.
         assert!(e.contains("could sign istiod.istio-system.svc.cluster.local"), "{e}");
         assert!(e.contains("meshroot.meshroot.svc.cluster.local"), "{e}");
         for uris in ["['spiffe://cluster.local/ns/team-a/**']", "['https://*.example.com/**']", "['**']"] {
-            let e = for_ca(&policy(&format!("allowCA: true\nallowedURIs: {uris}")), &t).unwrap_err();
+            let e = for_ca(&policy(&format!("allowCA: true\nallowedURIs: {uris}")), &t).unwrap_err().to_string();
             assert!(e.contains("every identity of mesh trust domain cluster.local"), "{uris}: {e}");
         }
         for pattern in ["**.svc.corp.internal", "*.istio-system.corp.internal", "*.svc"] {
-            let e = for_ca(&policy(&format!("allowCA: true\nallowedDNSNames: ['{pattern}']")), &t).unwrap_err();
+            let e =
+                for_ca(&policy(&format!("allowCA: true\nallowedDNSNames: ['{pattern}']")), &t).unwrap_err().to_string();
             assert!(e.contains("in-cluster Service names"), "{pattern}: {e}");
         }
         // The trust domain granted literally: an istiod cacerts intermediate.

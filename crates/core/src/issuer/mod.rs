@@ -7,6 +7,7 @@ pub mod policy;
 pub mod sign;
 pub mod signer;
 pub mod tenancy;
+pub mod violation;
 
 pub use policy::Policy;
 pub use sign::{SignError, Signed, SigningRequest, sign};
@@ -16,6 +17,7 @@ pub use tenancy::{OwnService, Tenancy};
 use crate::api::issuer::{IssuerResource, IssuerScope};
 use crate::mesh::MeshRegistry;
 use crate::pki::RootState;
+pub use signer::{IssuerSpecError, NotGranted, SignerUnavailable};
 
 /// An issuer ready to sign: its validated policy and resolved CA.
 #[derive(Clone, Debug)]
@@ -50,7 +52,7 @@ pub fn prepare(
     tenancy: &Tenancy,
 ) -> Result<ReadyIssuer, SignerProblem> {
     let scope = issuer.scope();
-    let policy = Policy::from_spec(issuer.policy()).map_err(SignerProblem::Invalid)?;
+    let policy = Policy::from_spec(issuer.policy()).map_err(IssuerSpecError::Policy)?;
     // A namespaced Issuer's policy is its tenant's own: held to that namespace.
     let policy = match scope {
         IssuerScope::Namespaced { namespace } => policy.held_to(namespace),
@@ -59,26 +61,22 @@ pub fn prepare(
     let namespaces = match scope {
         IssuerScope::Namespaced { .. } => None,
         IssuerScope::Cluster { allowed_namespaces: [] } => {
-            return Err(SignerProblem::NotGranted(
-                "spec.allowedNamespaces is empty, so this ClusterIssuer serves no namespace; list them (or \"*\" \
-                 for every namespace)"
-                    .into(),
-            ));
+            return Err(NotGranted::NoNamespaces.into());
         }
         IssuerScope::Cluster { allowed_namespaces } => Some(allowed_namespaces.to_vec()),
     };
     let resolved = resolve(issuer.signer(), scope, root, registry, tenancy);
     let ca = if namespaces.is_none() && policy.allow_ca {
-        let no_ca = "policy.allowCA: a namespaced Issuer may not issue CA certificates; only a ClusterIssuer may";
-        return Err(SignerProblem::NotGranted(match resolved {
-            Err(SignerProblem::NotGranted(why)) => format!("{why}; {no_ca}"),
-            _ => no_ca.to_string(),
-        }));
+        return Err(NotGranted::CaToNamespaced(match resolved {
+            Err(SignerProblem::NotGranted(also)) => Some(Box::new(also)),
+            _ => None,
+        })
+        .into());
     } else {
         resolved?
     };
     ca.authority()
         .check_valid_at(time::OffsetDateTime::now_utc())
-        .map_err(|e| SignerProblem::Unavailable(format!("{}: {e}", ca.description())))?;
+        .map_err(|e| SignerUnavailable::NotValidNow { signer: ca.description().to_string(), why: e.to_string() })?;
     Ok(ReadyIssuer { policy, ca, namespaces })
 }

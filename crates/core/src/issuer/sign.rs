@@ -2,14 +2,16 @@
 //! issuer: parse and check the CSR, apply the policy, issue, and assemble
 //! what the request's status gets.
 
+use super::constraints::ConstraintsError;
 use super::policy::{Asked, Policy};
 use super::signer::{CaAllowance, IssuingCa};
 use super::tenancy::Tenancy;
+use super::violation::Violations;
 use crate::duration;
 use crate::names::is_dns_name;
 use crate::pki::authority::parse_certificate;
 use crate::pki::template::{CertificateTemplate, issue_from_template};
-use crate::pki::usage::{KeyUsage, Usages};
+use crate::pki::usage::{KeyUsage, UnknownUsage, Usages};
 use crate::pki::{CertificateSigningRequest, PkiError, pem, rfc3339};
 use rustls_pki_types::CertificateDer;
 use thiserror::Error;
@@ -58,17 +60,93 @@ pub struct Signed {
 }
 
 /// Why a request was not signed.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum SignError {
     /// The request can never be signed as it is.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
     /// The issuer's policy does not allow what the request asks for.
-    #[error("{0}")]
-    Policy(String),
-    /// The signer cannot sign right now; retry.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("denied by the issuer's policy: {0}")]
+    Policy(#[from] Violations),
+    /// The signer cannot sign right now (expired, or its self-check failed); retry.
+    #[error("{signer} cannot sign: {source}")]
+    Unavailable {
+        /// The signer, described ("the root", "mesh X's intermediate").
+        signer: String,
+        /// Why.
+        source: PkiError,
+    },
+}
+
+/// Why a request can never be signed as it is, whatever the policy.
+#[derive(Debug, Error)]
+pub enum InvalidRequest {
+    /// The CSR does not parse or its signature does not verify.
+    #[error("the CSR is invalid: {0}")]
+    Csr(PkiError),
+    /// The CSR names nothing to certify.
+    #[error("the CSR has neither a subject nor subject alternative names")]
+    NoNames,
+    /// A DNS SAN is not a host name.
+    #[error("DNS name {:?} is not a valid host name", pem::printable(.0, 200))]
+    DnsName(String),
+    /// A usage name meshroot does not know.
+    #[error(transparent)]
+    Usage(#[from] UnknownUsage),
+    /// keyCertSign asked for a certificate that is not a CA.
+    #[error("usage cert sign needs isCA: true (RFC 5280 4.2.1.3: keyCertSign only with CA:TRUE)")]
+    CertSignWithoutCa,
+    /// The requested duration is below [`MIN_DURATION`].
+    #[error("the duration {} is shorter than the minimum of 10m", duration::exact(*.0))]
+    TooShort(Duration),
+    /// The requested duration is above [`duration::MAX`].
+    #[error("the duration {} is longer than the maximum of 100 years", duration::exact(*.0))]
+    TooLong(Duration),
+    /// A CA asked of a signer whose path length constraint forbids one.
+    #[error("{0} cannot issue CA certificates (path length constraint); use an issuer that signs with the root")]
+    CaNotIssuable(String),
+    /// The requested subject is a signer's name.
+    #[error(
+        "the requested subject {:?} is the name of a CA in the signing chain ({signer}); a certificate may not \
+         carry a signer's name",
+        pem::printable(.subject, 200)
+    )]
+    SubjectIsSigner {
+        /// The requested subject.
+        subject: String,
+        /// The signer, described.
+        signer: String,
+    },
+    /// The CSR's basicConstraints disagree with the request's isCA.
+    #[error("the CSR's basicConstraints say CA:{} but spec.isCA is {spec}", if *.csr { "TRUE" } else { "FALSE" })]
+    CsrBasicConstraints {
+        /// The CSR's cA flag.
+        csr: bool,
+        /// The request's isCA.
+        spec: bool,
+    },
+    /// The CSR's key usages disagree with the request's.
+    #[error("the CSR's key usages ({csr}) do not match the requested ones ({spec})")]
+    CsrKeyUsages {
+        /// The CSR's, described.
+        csr: String,
+        /// The request's, described.
+        spec: String,
+    },
+    /// The CSR's extended key usages disagree with the request's.
+    #[error("the CSR's extended key usages ({csr}) do not match the requested ones ({spec})")]
+    CsrExtendedKeyUsages {
+        /// The CSR's OIDs, comma-separated.
+        csr: String,
+        /// The request's OIDs, comma-separated.
+        spec: String,
+    },
+    /// The name constraints for the CA do not encode.
+    #[error("encoding name constraints: {0}")]
+    NameConstraints(der::Error),
+    /// The certificate could not be made from the request.
+    #[error(transparent)]
+    Template(PkiError),
 }
 
 /// Signs `req` with `ca` under `policy`. Checks the CSR (its names, usages and requested lifetime, from
@@ -82,53 +160,45 @@ pub fn sign(
     tenancy: &Tenancy,
     now: OffsetDateTime,
 ) -> Result<Signed, SignError> {
-    let invalid = |m: String| Err(SignError::Invalid(m));
-    let csr = CertificateSigningRequest::from_pem(req.csr_pem)
-        .map_err(|e| SignError::Invalid(format!("the CSR is invalid: {e}")))?;
+    let invalid = |why: InvalidRequest| Err(SignError::Invalid(why));
+    let csr = CertificateSigningRequest::from_pem(req.csr_pem).map_err(InvalidRequest::Csr)?;
     let names = csr.names();
     if csr.subject_is_empty() && names.is_empty() {
-        return invalid("the CSR has neither a subject nor subject alternative names".into());
+        return invalid(InvalidRequest::NoNames);
     }
     for dns in &names.dns {
         if !is_dns_name(dns) {
-            return invalid(format!("DNS name {:?} is not a valid host name", pem::printable(dns, 200)));
+            return invalid(InvalidRequest::DnsName(dns.clone()));
         }
     }
-    let usages = Usages::from_names(req.usages, req.is_ca).map_err(|e| SignError::Invalid(e.to_string()))?;
+    let usages = Usages::from_names(req.usages, req.is_ca).map_err(InvalidRequest::Usage)?;
     if !req.is_ca && usages.key.contains(&KeyUsage::CertSign) {
-        return invalid(
-            "usage cert sign needs isCA: true (RFC 5280 4.2.1.3: keyCertSign only with CA:TRUE)".to_string(),
-        );
+        return invalid(InvalidRequest::CertSignWithoutCa);
     }
     if req.csr_extensions_must_match {
         check_csr_extensions(&csr, req.is_ca, &usages)?;
     }
     let lifetime = req.duration.unwrap_or(DEFAULT_DURATION);
     if lifetime < MIN_DURATION {
-        return invalid(format!("the duration {} is shorter than the minimum of 10m", duration::exact(lifetime)));
+        return invalid(InvalidRequest::TooShort(lifetime));
     }
     if lifetime > duration::MAX {
-        return invalid(format!("the duration {} is longer than the maximum of 100 years", duration::exact(lifetime)));
+        return invalid(InvalidRequest::TooLong(lifetime));
     }
     check_subject_is_not_a_signer(&csr, ca)?;
-    policy
-        .check(&Asked { names, subject: csr.subject_attributes(), is_ca: req.is_ca, usages: &usages }, tenancy)
-        .map_err(|why| SignError::Policy(format!("denied by the issuer's policy: {why}")))?;
+    policy.check(&Asked { names, subject: csr.subject_attributes(), is_ca: req.is_ca, usages: &usages }, tenancy)?;
     let name_constraints = if req.is_ca {
-        Some(
-            super::constraints::for_ca(policy, tenancy)
-                .map_err(|why| SignError::Policy(format!("denied by the issuer's policy: {why}")))?,
-        )
+        Some(super::constraints::for_ca(policy, tenancy).map_err(|e| match e {
+            ConstraintsError::Denied(violations) => SignError::Policy(violations),
+            ConstraintsError::Encoding(e) => InvalidRequest::NameConstraints(e).into(),
+        })?)
     } else {
         None
     };
     let max_path_length = if req.is_ca {
         match ca.ca_allowance() {
             CaAllowance::Forbidden => {
-                return invalid(format!(
-                    "{} cannot issue CA certificates (path length constraint); use an issuer that signs with the root",
-                    ca.description()
-                ));
+                return invalid(InvalidRequest::CaNotIssuable(ca.description().to_string()));
             }
             CaAllowance::UpTo(n) => Some(n.min(policy.max_path_length)),
             CaAllowance::Unlimited => Some(policy.max_path_length),
@@ -153,9 +223,9 @@ pub fn sign(
     };
     let issued = issue_from_template(ca.authority(), &template, now).map_err(|e| match e {
         PkiError::Expired { .. } | PkiError::SelfCheck(_) | PkiError::Signing(_) => {
-            SignError::Unavailable(format!("{} cannot sign: {e}", ca.description()))
+            SignError::Unavailable { signer: ca.description().to_string(), source: e }
         }
-        other => SignError::Invalid(other.to_string()),
+        other => InvalidRequest::Template(other).into(),
     })?;
     let requested_end = now.replace_nanosecond(0).unwrap_or(now).checked_add(effective).unwrap_or(issued.not_after);
     if issued.not_after < requested_end {
@@ -189,12 +259,11 @@ fn check_subject_is_not_a_signer(csr: &CertificateSigningRequest, ca: &IssuingCa
         let Ok(parsed) = parse_certificate(cert as &CertificateDer<'_>) else { continue };
         let subject = parsed.subject();
         if subject.as_raw() == csr.subject_der() || canonical_name(&subject.to_string()) == requested {
-            return Err(SignError::Invalid(format!(
-                "the requested subject {:?} is the name of a CA in the signing chain ({}); a certificate may not \
-                 carry a signer's name",
-                pem::printable(csr.subject(), 200),
-                ca.description()
-            )));
+            return Err(InvalidRequest::SubjectIsSigner {
+                subject: csr.subject().to_string(),
+                signer: ca.description().to_string(),
+            }
+            .into());
         }
     }
     Ok(())
@@ -217,30 +286,23 @@ fn check_csr_extensions(csr: &CertificateSigningRequest, is_ca: bool, usages: &U
     if let Some(ca) = csr.basic_constraints_ca()
         && ca != is_ca
     {
-        return Err(SignError::Invalid(format!(
-            "the CSR's basicConstraints say CA:{} but spec.isCA is {is_ca}",
-            if ca { "TRUE" } else { "FALSE" }
-        )));
+        return Err(InvalidRequest::CsrBasicConstraints { csr: ca, spec: is_ca }.into());
     }
     if let Some(key) = csr.key_usage()
         && *key != usages.key
     {
         let csr_usages = Usages { key: key.clone(), extended: Vec::new() };
         let spec_usages = Usages { key: usages.key.clone(), extended: Vec::new() };
-        return Err(SignError::Invalid(format!(
-            "the CSR's key usages ({}) do not match the requested ones ({})",
-            csr_usages.describe(),
-            spec_usages.describe()
-        )));
+        return Err(InvalidRequest::CsrKeyUsages { csr: csr_usages.describe(), spec: spec_usages.describe() }.into());
     }
     if let Some(extended) = csr.extended_key_usage()
         && *extended != usages.extended_set()
     {
-        return Err(SignError::Invalid(format!(
-            "the CSR's extended key usages ({}) do not match the requested ones ({})",
-            extended.iter().cloned().collect::<Vec<_>>().join(", "),
-            usages.extended.join(", ")
-        )));
+        return Err(InvalidRequest::CsrExtendedKeyUsages {
+            csr: extended.iter().cloned().collect::<Vec<_>>().join(", "),
+            spec: usages.extended.join(", "),
+        }
+        .into());
     }
     Ok(())
 }
@@ -249,8 +311,9 @@ fn check_csr_extensions(csr: &CertificateSigningRequest, is_ca: bool, usages: &U
 mod tests {
     use super::*;
     use crate::api::issuer::{IssuerScope, SignerRef};
-    use crate::issuer::signer::{CaAllowance, SignerProblem, resolve};
+    use crate::issuer::signer::{CaAllowance, NotGranted, SignerProblem, SignerUnavailable, resolve};
     use crate::issuer::tenancy::{OwnService, Tenancy};
+    use crate::issuer::violation::Violation;
     use crate::mesh::MeshRegistry;
     use crate::pki::RootState;
     use crate::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, TrustBundle};
@@ -350,7 +413,8 @@ mod tests {
             let d = Duration::days(365 * years);
             let e =
                 sign(&request(&csr, Some(d), false), &open(), &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
-            assert!(matches!(&e, SignError::Invalid(m) if m.contains("longer than the maximum of 100 years")), "{e:?}");
+            assert!(matches!(&e, SignError::Invalid(InvalidRequest::TooLong(asked)) if *asked == d), "{e:?}");
+            assert!(e.to_string().contains("longer than the maximum of 100 years"), "{e}");
         }
         let e = sign(&request(&csr, Some(Duration::MAX), false), &open(), &ca, &tenancy(), OffsetDateTime::now_utc());
         assert!(e.is_err());
@@ -363,7 +427,7 @@ mod tests {
         let csr = dns_csr("a.example.com");
         let later = OffsetDateTime::now_utc() + Duration::days(2);
         let e = sign(&request(&csr, None, false), &open(), &ca, &tenancy(), later).unwrap_err();
-        assert!(matches!(e, SignError::Unavailable(_)), "{e:?}");
+        assert!(matches!(e, SignError::Unavailable { source: PkiError::Expired { .. }, .. }), "{e:?}");
     }
 
     #[test]
@@ -393,7 +457,11 @@ mod tests {
         let p = policy("allowCA: true\nallowedDNSNames: ['**.svc']");
         let csr = dns_csr("ca.team-a.svc");
         let e = sign(&request(&csr, None, true), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
-        assert!(matches!(&e, SignError::Policy(m) if m.contains("in-cluster Service names")), "{e:?}");
+        assert!(
+            matches!(&e, SignError::Policy(v) if matches!(v.0.as_slice(), [Violation::CaServiceNames { .. }])),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("in-cluster Service names"), "{e}");
     }
 
     #[test]
@@ -407,7 +475,7 @@ mod tests {
         req.csr_extensions_must_match = false;
         let p = policy("allowedDNSNames: ['a.example.com']\nallowedUsages: ['cert sign', 'digital signature']");
         let e = sign(&req, &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
-        assert!(matches!(&e, SignError::Invalid(m) if m.contains("keyCertSign only with CA:TRUE")), "{e:?}");
+        assert!(matches!(&e, SignError::Invalid(InvalidRequest::CertSignWithoutCa)), "{e:?}");
     }
 
     #[test]
@@ -429,7 +497,8 @@ mod tests {
             "allowedDNSNames: ['a.example.com']\nallowedCommonNames: ['{cn}', '*']\nallowedSubjectAttributes: {{O: ['*']}}"
         ));
         let e = sign(&request(&csr, None, false), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
-        assert!(matches!(&e, SignError::Invalid(m) if m.contains("is the name of a CA in the signing chain")), "{e:?}");
+        assert!(matches!(&e, SignError::Invalid(InvalidRequest::SubjectIsSigner { .. })), "{e:?}");
+        assert!(e.to_string().contains("is the name of a CA in the signing chain"), "{e}");
     }
 
     #[test]
@@ -439,13 +508,14 @@ mod tests {
         let registry = MeshRegistry::default();
         let team_b = IssuerScope::Namespaced { namespace: "team-b" };
         let e = resolve(&SignerRef { root: true, mesh: None }, team_b, &root, &registry, &t).unwrap_err();
-        assert!(matches!(&e, SignerProblem::NotGranted(m) if m.contains("may not sign with the root")), "{e:?}");
+        assert_eq!(e, SignerProblem::NotGranted(NotGranted::RootToNamespaced));
         let mesh = SignerRef { root: false, mesh: Some("default".into()) };
         let e = resolve(&mesh, team_b, &root, &registry, &t).unwrap_err();
-        assert!(matches!(&e, SignerProblem::NotGranted(m) if m.contains("team-b")), "{e:?}");
+        let expected = NotGranted::MeshToNamespace { mesh: "default".into(), namespace: "team-b".into() };
+        assert_eq!(e, SignerProblem::NotGranted(expected));
         // team-a is granted: it gets past the grant (the mesh is not served here).
         let e = resolve(&mesh, IssuerScope::Namespaced { namespace: "team-a" }, &root, &registry, &t).unwrap_err();
-        assert!(matches!(e, SignerProblem::Unavailable(_)), "{e:?}");
+        assert_eq!(e, SignerProblem::Unavailable(SignerUnavailable::NoSuchMesh("default".into())));
     }
 
     #[test]

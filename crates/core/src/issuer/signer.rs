@@ -1,9 +1,10 @@
 //! The CA an issuer signs with: the root (when its key is online) or an
 //! External mesh's intermediate, with the chain up to the root.
 
+use super::policy::PolicySpecError;
 use super::tenancy::Tenancy;
 use crate::api::issuer::{IssuerScope, SignerRef};
-use crate::mesh::MeshRegistry;
+use crate::mesh::{MeshRegistry, NoSigner};
 use crate::pki::RootState;
 use crate::pki::authority::parse_certificate;
 use crate::pki::chain::sha256_hex;
@@ -16,14 +17,89 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SignerProblem {
     /// The issuer's spec is wrong; nothing but an edit fixes it.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] IssuerSpecError),
     /// The signer is not available yet (or any more); retried.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The issuer names a signer its namespace is not granted.
-    #[error("{0}")]
-    NotGranted(String),
+    #[error(transparent)]
+    Unavailable(#[from] SignerUnavailable),
+    /// The issuer names a signer, or asks for a power, its namespace is not granted.
+    #[error(transparent)]
+    NotGranted(#[from] NotGranted),
+}
+
+/// What is wrong in an issuer's spec.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum IssuerSpecError {
+    /// `spec.policy` is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicySpecError),
+    /// `spec.signer` names both the root and a mesh.
+    #[error("spec.signer: set either root or mesh, not both")]
+    RootAndMesh,
+    /// `spec.signer` names neither.
+    #[error("spec.signer: set root: true or mesh: <Mesh name>")]
+    NoSigner,
+}
+
+/// Why the signer an issuer names cannot sign now.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SignerUnavailable {
+    /// The root's Secret holds no key.
+    #[error("the root's key is offline (its Secret has no tls.key); sign with a mesh's intermediate instead")]
+    RootKeyOffline,
+    /// No External mesh of that name is loaded.
+    #[error("Mesh {0:?} is not an External mesh meshroot signs for (missing, PluginCA, or invalid)")]
+    NoSuchMesh(String),
+    /// The mesh has no usable intermediate.
+    #[error("Mesh {mesh:?}: {why}")]
+    MeshNotReady {
+        /// The mesh.
+        mesh: String,
+        /// Why.
+        why: NoSigner,
+    },
+    /// No root the mesh trusts signed its intermediate.
+    #[error("Mesh {0:?}: no trusted root signed its intermediate")]
+    NoTrustedRoot(String),
+    /// The signing certificate is expired or not yet valid.
+    #[error("{signer}: {why}")]
+    NotValidNow {
+        /// The signer, described.
+        signer: String,
+        /// The validity error.
+        why: String,
+    },
+}
+
+/// What an issuer asks for that its scope does not grant.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum NotGranted {
+    /// A namespaced Issuer names the root.
+    #[error("a namespaced Issuer may not sign with the root; only a ClusterIssuer may")]
+    RootToNamespaced,
+    /// A namespaced Issuer names a mesh that does not grant its namespace.
+    #[error(
+        "Mesh {mesh:?} does not grant its intermediate to namespace {namespace:?} (the Mesh's \
+         spec.issuerNamespaces must list it)"
+    )]
+    MeshToNamespace {
+        /// The mesh.
+        mesh: String,
+        /// The Issuer's namespace.
+        namespace: String,
+    },
+    /// A ClusterIssuer with an empty `allowedNamespaces`.
+    #[error(
+        "spec.allowedNamespaces is empty, so this ClusterIssuer serves no namespace; list them (or \"*\" for every \
+         namespace)"
+    )]
+    NoNamespaces,
+    /// A namespaced Issuer with `allowCA`, and what else it is not granted, if anything.
+    #[error(
+        "{}policy.allowCA: a namespaced Issuer may not issue CA certificates; only a ClusterIssuer may",
+        .0.as_ref().map(|also| format!("{also}; ")).unwrap_or_default()
+    )]
+    CaToNamespaced(Option<Box<NotGranted>>),
 }
 
 /// How deep a CA certificate issued by this signer may itself sign.
@@ -127,28 +203,20 @@ pub fn resolve(
 ) -> Result<IssuingCa, SignerProblem> {
     if let IssuerScope::Namespaced { namespace } = scope {
         if signer.root {
-            return Err(SignerProblem::NotGranted(
-                "a namespaced Issuer may not sign with the root; only a ClusterIssuer may".into(),
-            ));
+            return Err(NotGranted::RootToNamespaced.into());
         }
         if let Some(mesh) = signer.mesh.as_deref()
             && !tenancy.mesh_grants(mesh, namespace)
         {
-            return Err(SignerProblem::NotGranted(format!(
-                "Mesh {mesh:?} does not grant its intermediate to namespace {namespace:?} (the Mesh's \
-                 spec.issuerNamespaces must list it)"
-            )));
+            return Err(NotGranted::MeshToNamespace { mesh: mesh.to_string(), namespace: namespace.to_string() }.into());
         }
     }
     match (signer.root, signer.mesh.as_deref()) {
-        (true, Some(_)) => Err(SignerProblem::Invalid("spec.signer: set either root or mesh, not both".into())),
-        (false, None) => Err(SignerProblem::Invalid("spec.signer: set root: true or mesh: <Mesh name>".into())),
+        (true, Some(_)) => Err(IssuerSpecError::RootAndMesh.into()),
+        (false, None) => Err(IssuerSpecError::NoSigner.into()),
         (true, None) => {
             let Some(authority) = root.authority.clone() else {
-                return Err(SignerProblem::Unavailable(
-                    "the root's key is offline (its Secret has no tls.key); sign with a mesh's intermediate instead"
-                        .into(),
-                ));
+                return Err(SignerUnavailable::RootKeyOffline.into());
             };
             let root_cert = authority.certificate().clone();
             Ok(IssuingCa {
@@ -161,17 +229,14 @@ pub fn resolve(
         (false, Some(name)) => {
             let meshes = registry.meshes();
             let Some(mesh) = meshes.iter().find(|m| m.name == name) else {
-                return Err(SignerProblem::Unavailable(format!(
-                    "Mesh {name:?} is not an External mesh meshroot signs for (missing, PluginCA, or invalid)"
-                )));
+                return Err(SignerUnavailable::NoSuchMesh(name.to_string()).into());
             };
             let chain =
-                mesh.signer.clone().map_err(|why| SignerProblem::Unavailable(format!("Mesh {name:?}: {why}")))?;
+                mesh.signer.clone().map_err(|why| SignerUnavailable::MeshNotReady { mesh: name.to_string(), why })?;
             let path = chain.ca_path();
             let top = path.last().cloned().unwrap_or_else(|| chain.authority().certificate().clone());
-            let root = issuing_root(&top, chain.bundle()).ok_or_else(|| {
-                SignerProblem::Unavailable(format!("Mesh {name:?}: no trusted root signed its intermediate"))
-            })?;
+            let root =
+                issuing_root(&top, chain.bundle()).ok_or_else(|| SignerUnavailable::NoTrustedRoot(name.to_string()))?;
             Ok(IssuingCa {
                 source: Source::Mesh(chain),
                 path,
