@@ -7,27 +7,46 @@ use crate::duration;
 use crate::fsutil::{self, Existing};
 use crate::names::is_dns1123_label;
 use crate::pki::spiffe::validate_trust_domain;
-use crate::pki::{Authority, CaSpec, KeyAlgorithm, TrustBundle};
+use crate::pki::{Authority, CaSpec, KeyAlgorithm, PkiError, TrustBundle};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use time::{Duration, OffsetDateTime};
 
+/// One `--mesh NAME[=TRUST_DOMAIN]` value of `pki init`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MeshArg {
+    /// The mesh's name, a DNS-1123 label; also its output directory.
     pub name: String,
+    /// The mesh's SPIFFE trust domain; `cluster.local` when not given.
     pub trust_domain: String,
 }
 
+/// Why a `--mesh` value is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshArgError {
+    /// The name is not a DNS-1123 label.
+    #[error("mesh name {0:?} must be a DNS-1123 label (lowercase letters, digits, '-')")]
+    Name(String),
+    /// The trust domain is not a valid SPIFFE trust domain.
+    #[error("mesh {name}: {source}")]
+    TrustDomain {
+        /// The mesh's name.
+        name: String,
+        /// Why the trust domain is refused.
+        source: PkiError,
+    },
+}
+
 impl std::str::FromStr for MeshArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = MeshArgError;
+    fn from_str(s: &str) -> Result<Self, MeshArgError> {
         let (name, td) = s.split_once('=').unwrap_or((s, "cluster.local"));
         if !is_dns1123_label(name) {
-            return Err(format!("mesh name {name:?} must be a DNS-1123 label (lowercase letters, digits, '-')"));
+            return Err(MeshArgError::Name(name.to_string()));
         }
-        validate_trust_domain(td).map_err(|e| format!("mesh {name}: {e}"))?;
+        validate_trust_domain(td).map_err(|source| MeshArgError::TrustDomain { name: name.to_string(), source })?;
         Ok(Self { name: name.to_string(), trust_domain: td.to_string() })
     }
 }
@@ -63,8 +82,10 @@ pub struct InitArgs {
     /// Key type for created keys.
     #[arg(long, default_value = "ecdsa-p256")]
     pub key_type: KeyAlgorithm,
+    /// Lifetime of a created root (ignored with --root-cert), e.g. 3650d.
     #[arg(long, default_value = "3650d", value_parser = duration::parse)]
     pub root_lifetime: Duration,
+    /// Lifetime of each mesh's intermediate, e.g. 365d.
     #[arg(long, default_value = "365d", value_parser = duration::parse)]
     pub intermediate_lifetime: Duration,
 }
@@ -80,6 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// What was written, for the summary.
 pub struct PkiInitOutcome {
+    /// One human-readable line for the root and one per mesh, in order.
     pub lines: Vec<String>,
 }
 

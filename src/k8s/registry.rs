@@ -6,11 +6,11 @@
 
 use super::intermediates::{parse_secret, secret_name};
 use super::watch as kwatch;
-use crate::api::mesh::ValidSpec;
+use crate::api::mesh::{MeshSpecError, ValidSpec};
 use crate::api::selector;
 use crate::api::{Mesh as MeshResource, MeshMode};
 use crate::auth::node::NodeAuthorizer;
-use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use crate::mesh::{Mesh, MeshRegistry, NamespaceScope, NoSigner};
 use crate::pki::chain::sha256_hex;
 use crate::pki::{SigningChain, TrustBundle};
 use futures::StreamExt;
@@ -33,6 +33,7 @@ pub struct ChainCache {
 /// What one rebuild produced.
 #[derive(Debug, Default)]
 pub struct Built {
+    /// The usable External meshes, including those whose signer is not ready yet.
     pub meshes: Vec<Arc<Mesh>>,
     /// Per mesh name: why it is left out or cannot sign yet.
     pub problems: BTreeMap<String, String>,
@@ -61,12 +62,12 @@ pub fn build(
         match mesh_from(r, &name, &secrets, namespaces, bundle, &bundle_id, node_authorizer, cache, &mut fresh, now) {
             Ok(mesh) => {
                 if let Err(why) = &mesh.signer {
-                    built.problems.insert(name.clone(), why.clone());
+                    built.problems.insert(name.clone(), why.to_string());
                 }
                 built.meshes.push(Arc::new(mesh));
             }
             Err(why) => {
-                built.problems.insert(name, why);
+                built.problems.insert(name, why.to_string());
             }
         }
     }
@@ -89,9 +90,9 @@ fn mesh_from(
     cache: &ChainCache,
     fresh: &mut HashMap<(String, String, String), Arc<SigningChain>>,
     now: OffsetDateTime,
-) -> Result<Mesh, String> {
+) -> Result<Mesh, MeshSpecError> {
     let spec = &r.spec;
-    let ValidSpec { default_ttl, max_ttl } = spec.validate().map_err(|e| e.to_string())?;
+    let ValidSpec { default_ttl, max_ttl } = spec.validate()?;
     let scope = match &spec.namespace_selector {
         None => NamespaceScope::All,
         Some(sel) => {
@@ -107,7 +108,7 @@ fn mesh_from(
     };
     let secret_name = secret_name(name);
     let signer = match secrets.get(secret_name.as_str()) {
-        None => Err(format!("waiting for the intermediate in Secret {secret_name}")),
+        None => Err(NoSigner::Waiting(secret_name.clone())),
         Some(secret) => {
             let key = (
                 secret_name.clone(),
@@ -119,7 +120,7 @@ fn mesh_from(
                 Some(chain) => Ok(chain),
                 None => parse_secret(secret, bundle, now)
                     .map(Arc::new)
-                    .map_err(|e| format!("intermediate Secret {secret_name}: {e}")),
+                    .map_err(|e| NoSigner::Invalid { secret: secret_name.clone(), why: e.to_string() }),
             }
             .inspect(|chain| {
                 fresh.insert(key, chain.clone());

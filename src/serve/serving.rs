@@ -6,25 +6,31 @@
 
 use crate::k8s::root::RootState;
 use crate::mesh::MeshRegistry;
-use crate::pki::{KeyAlgorithm, PrivateKey, profile};
+use crate::pki::{KeyAlgorithm, PkiError, PrivateKey, profile};
 use rustls_pki_types::CertificateDer;
 use std::net::IpAddr;
 use time::{Duration, OffsetDateTime};
 
+/// How long a serving certificate is issued for; it is rotated at two thirds of that, or on a root change.
 pub const LIFETIME: Duration = Duration::days(30);
 
 /// A serving certificate with its key (redacted in `Debug`) and validity.
 #[derive(Debug)]
 pub struct Serving {
+    /// The certificate, then any intermediates up to (excluding) the root, in DER.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The certificate's private key, generated for it (ECDSA P-256).
     pub key: PrivateKey,
+    /// The certificate's NotBefore.
     pub not_before: OffsetDateTime,
+    /// The certificate's NotAfter.
     pub not_after: OffsetDateTime,
     /// Serial of the authority that signed it, to notice a root change.
     pub issuer_serial: String,
 }
 
 impl Serving {
+    /// Whether it should be replaced at `now`: once two thirds of its life have passed.
     pub fn due(&self, now: OffsetDateTime) -> bool {
         profile::renewal_due(self.not_before, self.not_after, now)
     }
@@ -38,13 +44,24 @@ pub fn names(namespace: &str, service: &str, extra: &[String]) -> Vec<String> {
     names
 }
 
+/// Why no serving certificate could be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    /// The root's key is offline and no mesh can sign yet.
+    #[error("the root is offline and no mesh intermediate is ready to sign the serving certificate yet")]
+    NoSigner,
+    /// Generating the key or signing failed.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
 /// Issues a serving certificate, or says why it cannot yet.
 pub fn issue(
     root: &RootState,
     registry: &MeshRegistry,
     names: &[String],
     now: OffsetDateTime,
-) -> Result<Serving, String> {
+) -> Result<Serving, ServingError> {
     let mut dns = Vec::new();
     let mut ips: Vec<IpAddr> = Vec::new();
     for n in names {
@@ -53,10 +70,9 @@ pub fn issue(
             Err(_) => dns.push(n.clone()),
         }
     }
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).map_err(|e| e.to_string())?;
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
     if let Some(root_ca) = &root.authority {
-        let issued =
-            profile::issue_server(root_ca, &key.spki_der(), &dns, &ips, LIFETIME, now).map_err(|e| e.to_string())?;
+        let issued = profile::issue_server(root_ca, &key.spki_der(), &dns, &ips, LIFETIME, now)?;
         return Ok(Serving {
             chain: vec![issued.der],
             key,
@@ -71,10 +87,9 @@ pub fn issue(
         meshes.iter().filter_map(|m| m.signer.as_ref().ok().map(|c| (m.name.clone(), c.clone()))).collect();
     ready.sort_by(|a, b| a.0.cmp(&b.0));
     let Some((_, signer)) = ready.into_iter().next() else {
-        return Err("the root is offline and no mesh intermediate is ready to sign the serving certificate yet".into());
+        return Err(ServingError::NoSigner);
     };
-    let issued = profile::issue_server(signer.authority(), &key.spki_der(), &dns, &ips, LIFETIME, now)
-        .map_err(|e| e.to_string())?;
+    let issued = profile::issue_server(signer.authority(), &key.spki_der(), &dns, &ips, LIFETIME, now)?;
     let mut chain = vec![issued.der];
     chain.extend(signer.ca_path());
     Ok(Serving {
@@ -106,7 +121,7 @@ mod tests {
         let registry = MeshRegistry::default();
 
         let offline = RootState { authority: None, bundle: bundle.clone() };
-        assert!(issue(&offline, &registry, &names, now).unwrap_err().contains("offline"));
+        assert!(matches!(issue(&offline, &registry, &names, now), Err(ServingError::NoSigner)));
         registry.replace(vec![Arc::new(Mesh {
             name: "b-mesh".into(),
             trust_domain: "cluster.local".into(),

@@ -8,7 +8,7 @@ use kube::api::Api;
 use meshroot::auth::node::{NodeAuthorizer, TrustedAccountOnly};
 use meshroot::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure};
 use meshroot::k8s::registry;
-use meshroot::mesh::{MeshRegistry, RouteError};
+use meshroot::mesh::{MeshRegistry, NoSigner, RouteError};
 use meshroot::pki::{Authority, CaSpec, KeyAlgorithm, TrustBundle};
 use serde_json::json;
 use std::sync::Arc;
@@ -80,7 +80,8 @@ async fn namespaces_route_to_the_mesh_that_selects_them() {
     let why =
         eventually("the mesh to appear", || w.registry.route("bookinfo").ok().and_then(|m| m.signer.clone().err()))
             .await;
-    assert!(why.contains("waiting for the intermediate"), "{why}");
+    assert_eq!(why, NoSigner::Waiting(meshroot::k8s::intermediates::secret_name("default")));
+    assert!(why.to_string().contains("waiting for the intermediate"), "{why}");
     let serial = issue(&w, "default", KeyAlgorithm::EcdsaP256).await;
     eventually("the intermediate", || (serial_for(&w.registry, "bookinfo") == Some(serial.clone())).then_some(()))
         .await;

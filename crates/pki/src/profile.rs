@@ -4,6 +4,7 @@
 use super::authority::Authority;
 use super::error::{PkiError, Result};
 use super::pem;
+use super::resign::EditError;
 use super::serial::random_serial;
 use der::asn1::Any;
 use der::{Decode, Encode, Tag, TagNumber, Tagged};
@@ -94,13 +95,12 @@ pub fn issue_workload(
 fn with_workload_marker(cert: &CertificateDer<'_>, authority: &Authority) -> Result<CertificateDer<'static>> {
     let marker = workload_marker_extension()?;
     super::resign::resign(cert, authority, "adding the workload marker", |fields| {
-        let der_err = |e: der::Error| e.to_string();
         // TBSCertificate ends with `extensions [3] EXPLICIT SEQUENCE OF Extension`.
         let extensions_tag = Tag::ContextSpecific { constructed: true, number: TagNumber(3) };
-        let last = fields.last_mut().filter(|f| f.tag() == extensions_tag).ok_or("unexpected certificate layout")?;
-        let mut extensions: Vec<Any> = Vec::from_der(last.value()).map_err(der_err)?;
-        extensions.push(Any::from_der(&marker).map_err(der_err)?);
-        *last = Any::new(extensions_tag, extensions.to_der().map_err(der_err)?).map_err(der_err)?;
+        let last = fields.last_mut().filter(|f| f.tag() == extensions_tag).ok_or(EditError::Layout("certificate"))?;
+        let mut extensions: Vec<Any> = Vec::from_der(last.value())?;
+        extensions.push(Any::from_der(&marker)?);
+        *last = Any::new(extensions_tag, extensions.to_der()?)?;
         Ok(())
     })
 }

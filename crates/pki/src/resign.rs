@@ -9,13 +9,24 @@ use der::{Decode, Encode};
 use rcgen::SigningKey;
 use rustls_pki_types::CertificateDer;
 
+/// Why an edit of a certificate's fields failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum EditError {
+    /// A field does not decode or encode.
+    #[error(transparent)]
+    Der(#[from] der::Error),
+    /// The certificate is not laid out as meshroot signs it; names the structure.
+    #[error("unexpected {0} layout")]
+    Layout(&'static str),
+}
+
 /// Decodes `cert`'s TBSCertificate fields, lets `edit` change them, and
 /// signs the result with `authority`. `what` names the edit in errors.
 pub(super) fn resign(
     cert: &CertificateDer<'_>,
     authority: &Authority,
     what: &str,
-    edit: impl FnOnce(&mut Vec<Any>) -> std::result::Result<(), String>,
+    edit: impl FnOnce(&mut Vec<Any>) -> std::result::Result<(), EditError>,
 ) -> Result<CertificateDer<'static>> {
     let der_err = |e: der::Error| PkiError::Signing(format!("{what}: {e}"));
     let parts: Vec<Any> = Vec::from_der(cert.as_ref()).map_err(der_err)?;

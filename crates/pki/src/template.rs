@@ -8,6 +8,7 @@ use super::csr::CertificateSigningRequest;
 use super::error::{PkiError, Result};
 use super::pem;
 use super::profile::IssuedCertificate;
+use super::resign::EditError;
 use super::serial::random_serial;
 use super::usage::Usages;
 use der::asn1::Any;
@@ -102,10 +103,10 @@ fn with_subject(cert: &CertificateDer<'_>, subject: &[u8], authority: &Authority
         let version_present = fields.first().and_then(|f| f.to_der().ok()).is_some_and(|d| d.first() == Some(&0xa0));
         let placeholder = fields.get(SUBJECT).and_then(|f| f.to_der().ok());
         if !version_present || placeholder.as_deref() != Some([0x30, 0x00].as_slice()) {
-            return Err("unexpected TBSCertificate layout".into());
+            return Err(EditError::Layout("TBSCertificate"));
         }
-        let subject = Any::from_der(subject).map_err(|e| e.to_string())?;
-        let slot = fields.get_mut(SUBJECT).ok_or("unexpected TBSCertificate layout")?;
+        let subject = Any::from_der(subject)?;
+        let slot = fields.get_mut(SUBJECT).ok_or(EditError::Layout("TBSCertificate"))?;
         *slot = subject;
         Ok(())
     })

@@ -4,7 +4,7 @@
 use super::rate_limit::Exceeded;
 use super::service::{IMPERSONATED_IDENTITY, MAX_METADATA_FIELDS};
 use crate::auth::{Rejection, Unavailable};
-use crate::mesh::RouteError;
+use crate::mesh::{NoSigner, RouteError};
 use crate::pki::PkiError;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::SignErrorLabels;
@@ -132,8 +132,8 @@ pub enum Failure {
     MeshNotReady {
         /// The mesh.
         mesh: String,
-        /// Why, as the registry recorded it.
-        why: String,
+        /// Why.
+        why: NoSigner,
     },
     /// The mesh's signing certificate has expired or is not yet valid.
     #[error("the signing certificate of mesh {mesh} is not valid now: {source}")]

@@ -46,7 +46,7 @@ pub struct Mesh {
     pub scope: NamespaceScope,
     /// The mesh's signing chain, or why it has none yet (its namespaces
     /// then get `Unavailable`, which clients retry).
-    pub signer: Result<Arc<SigningChain>, String>,
+    pub signer: Result<Arc<SigningChain>, NoSigner>,
     /// The lifetime issued when a request asks for none.
     pub default_ttl: Duration,
     /// The longest lifetime issued; longer requests are clamped.
@@ -67,6 +67,22 @@ impl Mesh {
             Duration::seconds(requested_seconds).min(self.max_ttl)
         }
     }
+}
+
+/// Why a mesh has no signing chain.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum NoSigner {
+    /// Its intermediate's Secret does not exist yet.
+    #[error("waiting for the intermediate in Secret {0}")]
+    Waiting(String),
+    /// Its intermediate's Secret holds no usable chain (the parser's or verifier's words).
+    #[error("intermediate Secret {secret}: {why}")]
+    Invalid {
+        /// The Secret's name.
+        secret: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// Why no single mesh covers a namespace.
@@ -234,7 +250,7 @@ mod tests {
             name: name.into(),
             trust_domain: "cluster.local".into(),
             scope: NamespaceScope::All,
-            signer: signer.ok_or_else(|| "no signer".to_string()),
+            signer: signer.ok_or_else(|| NoSigner::Waiting("no-signer".to_string())),
             default_ttl: Duration::hours(1),
             max_ttl,
             trusted_node_accounts: BTreeSet::new(),
