@@ -13,6 +13,8 @@
         clippy::arithmetic_side_effects
     )
 )]
+// Every public item says what it is (clippy's -D warnings makes this an error in CI).
+#![warn(missing_docs)]
 
 // The layers below, under the names the rest of this crate uses.
 pub use meshroot_core::{api, auth, ca, client, duration, frontend, issuer, mesh, names, pb, telemetry};

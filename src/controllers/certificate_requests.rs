@@ -31,13 +31,21 @@ use time::OffsetDateTime;
 /// The API group of meshroot's issuers, as `issuerRef.group` names it.
 pub const ISSUER_GROUP: &str = "meshroot.io";
 
+/// The condition cert-manager reads to tell whether a request is done, and how it ended.
 pub const READY: &str = "Ready";
+/// The condition that marks a request as never signable; its reason is a [`FailureReason`].
 pub const INVALID_REQUEST: &str = "InvalidRequest";
+/// The condition an approver sets to allow a request to be signed.
 pub const APPROVED: &str = "Approved";
+/// The condition an approver sets to refuse a request.
 pub const DENIED: &str = "Denied";
+/// The `Ready` reason while the request waits for its issuer or signer.
 pub const REASON_PENDING: &str = "Pending";
+/// The `Ready` reason once the request has failed permanently (terminal).
 pub const REASON_FAILED: &str = "Failed";
+/// The `Ready` reason once the certificate is issued (terminal).
 pub const REASON_ISSUED: &str = "Issued";
+/// The `Ready` reason once a denied request is marked so (terminal).
 pub const REASON_DENIED: &str = "Denied";
 
 /// What a request's current state calls for.
@@ -45,9 +53,11 @@ pub const REASON_DENIED: &str = "Denied";
 pub enum Decision {
     /// Not ours, not yet approved or denied, or already finished.
     Ignore,
+    /// Ours and denied by an approver, not yet marked denied.
     Deny,
     /// Ours, but of a kind meshroot does not have.
     UnknownKind(String),
+    /// Ours, approved and unfinished: sign with this issuer.
     Sign(IssuerName),
 }
 

@@ -26,10 +26,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
+/// The signerName prefix for a `ClusterIssuer`: `clusterissuers.meshroot.io/<name>`.
 pub const CLUSTER_ISSUER_SIGNER_PREFIX: &str = "clusterissuers.meshroot.io/";
+/// The signerName prefix for a namespaced `Issuer`: `issuers.meshroot.io/<namespace>.<name>`.
 pub const ISSUER_SIGNER_PREFIX: &str = "issuers.meshroot.io/";
 /// cert-manager's annotations for what the CSR API has no field for.
 pub const DURATION_ANNOTATION: &str = "experimental.cert-manager.io/request-duration";
+/// Asks for a CA certificate when `"true"`; absent or `"false"` asks for a leaf.
 pub const IS_CA_ANNOTATION: &str = "experimental.cert-manager.io/request-is-ca";
 
 /// The issuer a signerName names, if it is one of meshroot's.

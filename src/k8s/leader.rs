@@ -11,9 +11,12 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Which Lease to campaign on, as whom, and its timing.
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
+    /// The Lease's namespace (meshroot's own).
     pub namespace: String,
+    /// The Lease's name.
     pub name: String,
     /// This replica's identity (the pod name).
     pub identity: String,
@@ -24,6 +27,7 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// The Lease `namespace/name` for `identity`, held 15 s and renewed every 2 s.
     pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
         Self {
             namespace: namespace.into(),
@@ -38,6 +42,7 @@ impl LeaseConfig {
 /// A running election. `is_leader` follows leadership; `stop` releases the
 /// Lease so another replica takes over at once.
 pub struct Election {
+    /// Whether this replica holds the Lease now; false again once it steps down or stops.
     pub is_leader: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -51,6 +56,7 @@ impl Drop for Election {
 }
 
 impl Election {
+    /// Ends the campaign: steps down, releases the Lease if held, and waits for that.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         let _ = (&mut self.task).await;

@@ -27,17 +27,23 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The TokenReview `user.extra` key of a bound token's pod name.
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The TokenReview `user.extra` key of a bound token's pod UID.
 pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+/// The TokenReview `user.extra` key of the node a bound token's pod runs on.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
 
+/// How tokens are reviewed and how long, and how many, results are cached.
 #[derive(Clone, Debug)]
 pub struct TokenReviewConfig {
     /// Audiences asked for; the token must be valid for one of them, and the
     /// answer must say so (`status.audiences`).
     pub audiences: Vec<String>,
+    /// How long an accepted token's review is reused; never past the token's `exp`.
     pub cache_ttl: Duration,
+    /// The most accepted tokens cached at once; when full, expired and then the oldest go first.
     pub max_entries: usize,
     /// How long a rejected token is refused from cache, without asking again.
     pub negative_cache_ttl: Duration,
@@ -121,6 +127,8 @@ struct Cache {
     in_flight: HashMap<[u8; 32], Review>,
 }
 
+/// Authenticates a bearer token as a service account (and its pod and node) with a
+/// Kubernetes TokenReview, caching the results.
 pub struct TokenReviewAuthenticator {
     client: kube::Client,
     config: TokenReviewConfig,
@@ -134,6 +142,7 @@ impl fmt::Debug for TokenReviewAuthenticator {
 }
 
 impl TokenReviewAuthenticator {
+    /// An authenticator that reviews tokens through `client`, with empty caches.
     pub fn new(client: kube::Client, config: TokenReviewConfig) -> Self {
         Self { client, config, cache: Arc::default() }
     }

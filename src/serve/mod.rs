@@ -27,24 +27,35 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// How a replica runs: the settings of `meshroot serve`, from its flags and environment.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// meshroot's own namespace (root and intermediate Secrets, Lease).
     pub namespace: String,
     /// This replica's name (the Lease holder identity).
     pub pod_name: String,
+    /// Where the gRPC server (Istio CA API) listens.
     pub listen: SocketAddr,
+    /// Where metrics, /healthz and /readyz are served.
     pub ops_listen: SocketAddr,
+    /// The Secret in `namespace` that holds the root.
     pub root_secret: String,
+    /// Whether to generate the root into `root_secret` when that Secret does not exist.
     pub generate_root: bool,
+    /// The local cluster id; a request's `clusterid` must be empty, this, or an alias.
     pub cluster_id: String,
+    /// Other names of the local cluster that `clusterid` may carry.
     pub cluster_aliases: Vec<String>,
+    /// How callers' tokens are checked with TokenReview: audiences and result cache.
     pub token: TokenReviewConfig,
     /// The Service clients dial (`<service>.<namespace>.svc`).
     pub service_name: String,
     /// Extra DNS names or IPs for the serving certificate.
     pub serving_names: Vec<String>,
+    /// The Lease in `namespace` that elects the replica running the controllers.
     pub lease_name: String,
+    /// How often the controllers re-check everything besides reacting to changes
+    /// (renewals, drift of the Secrets and ConfigMaps they write).
     pub resync: Duration,
     /// How long readiness is down before the listeners close, so endpoints
     /// stop sending traffic first.
@@ -53,6 +64,7 @@ pub struct ServeOptions {
     pub cert_manager_issuer: bool,
     /// Run the Kubernetes CSR signer.
     pub kubernetes_csr_signer: bool,
+    /// The CreateCertificate rate limits, per identity, node and peer address.
     pub rate_limits: crate::ca::rate_limit::RateLimits,
 }
 
@@ -101,7 +113,9 @@ impl ServeOptions {
 
 /// A running replica.
 pub struct Server {
+    /// The gRPC listener's bound address (with the actual port when port 0 was asked for).
     pub grpc_addr: SocketAddr,
+    /// The metrics and health listener's bound address.
     pub ops_addr: SocketAddr,
     front: FrontEnd,
     election: leader::Election,
