@@ -1,7 +1,10 @@
 //! `meshroot serve`: run until SIGTERM or Ctrl-C, then shut down gracefully.
 
 use super::rate_limits;
+use crate::ca::server::ServerOptions;
 use crate::duration;
+use crate::k8s::leader::LeaseTimings;
+use crate::k8s::tokenreview::TokenReviewConfig;
 use crate::names::DEFAULT_CLUSTER_ID;
 use crate::serve::{ServeOptions, start};
 use anyhow::Context;
@@ -58,6 +61,32 @@ pub struct Args {
     /// The Lease used to elect the replica that runs the controllers.
     #[arg(long, env = "MESHROOT_LEASE_NAME", default_value = "meshroot-leader")]
     lease_name: String,
+    /// How long the Lease stays held without renewal: the longest the controllers go leaderless after a
+    /// replica dies. Default 15s.
+    #[arg(long, env = "MESHROOT_LEASE_DURATION", value_parser = duration::parse)]
+    lease_duration: Option<time::Duration>,
+    /// How often the leader renews the Lease and the others retry; at most half the duration. Default 2s.
+    #[arg(long, env = "MESHROOT_LEASE_RETRY_PERIOD", value_parser = duration::parse)]
+    lease_retry_period: Option<time::Duration>,
+    /// A gRPC client that has not finished its TLS handshake by then is dropped. Default 10s.
+    #[arg(long, env = "MESHROOT_HANDSHAKE_TIMEOUT", value_parser = duration::parse)]
+    handshake_timeout: Option<time::Duration>,
+    /// Server-side deadline for one CreateCertificate; longer than --token-review-timeout. Default 30s.
+    #[arg(long, env = "MESHROOT_REQUEST_TIMEOUT", value_parser = duration::parse)]
+    request_timeout: Option<time::Duration>,
+    /// The most concurrent requests (HTTP/2 streams) on one gRPC connection. Default 1024.
+    #[arg(long, env = "MESHROOT_MAX_CONCURRENT_STREAMS")]
+    max_concurrent_streams: Option<u32>,
+    /// The largest header block a request may send, in bytes (at least 8192). Default 65536.
+    #[arg(long, env = "MESHROOT_MAX_HEADER_BYTES")]
+    max_header_bytes: Option<u32>,
+    /// How long the API server has to answer a TokenReview before the request is refused as unavailable.
+    /// Default 5s.
+    #[arg(long, env = "MESHROOT_TOKEN_REVIEW_TIMEOUT", value_parser = duration::parse)]
+    token_review_timeout: Option<time::Duration>,
+    /// How long a rejected token is refused from cache without asking again. Default 10s.
+    #[arg(long, env = "MESHROOT_TOKEN_NEGATIVE_CACHE_TTL", value_parser = duration::parse)]
+    token_negative_cache_ttl: Option<time::Duration>,
     /// Periodic re-sync of controllers (renewals, drift in istiod namespaces).
     #[arg(long, env = "MESHROOT_RESYNC", default_value = "60s", value_parser = duration::parse)]
     resync: time::Duration,
@@ -83,6 +112,9 @@ impl Args {
     /// accepts, `run` accepts.
     pub fn options(self) -> anyhow::Result<ServeOptions> {
         let std_duration = |d: time::Duration| std::time::Duration::try_from(d).unwrap_or_default();
+        // Unset flags keep the library's defaults, which live in one place (the types' Default).
+        let or = |flag: Option<time::Duration>, default| flag.map_or(default, std_duration);
+        let (lease, server, token) = (LeaseTimings::default(), ServerOptions::default(), TokenReviewConfig::default());
         let opts = ServeOptions {
             namespace: crate::serve::own_namespace(self.namespace)?,
             pod_name: self.pod_name.unwrap_or_else(host_name),
@@ -92,15 +124,27 @@ impl Args {
             generate_root: self.generate_root,
             cluster_id: self.cluster_id,
             cluster_aliases: self.cluster_aliases,
-            token: crate::k8s::tokenreview::TokenReviewConfig {
+            token: TokenReviewConfig {
                 audiences: self.token_audiences,
                 cache_ttl: std_duration(self.token_cache_ttl),
                 max_entries: self.token_cache_size,
-                ..Default::default()
+                negative_cache_ttl: or(self.token_negative_cache_ttl, token.negative_cache_ttl),
+                timeout: or(self.token_review_timeout, token.timeout),
+                ..token
             },
             service_name: self.service_name,
             serving_names: self.serving_names,
             lease_name: self.lease_name,
+            lease: LeaseTimings {
+                duration: or(self.lease_duration, lease.duration),
+                retry_period: or(self.lease_retry_period, lease.retry_period),
+            },
+            server: ServerOptions {
+                handshake_timeout: or(self.handshake_timeout, server.handshake_timeout),
+                request_timeout: or(self.request_timeout, server.request_timeout),
+                max_concurrent_streams: self.max_concurrent_streams.unwrap_or(server.max_concurrent_streams),
+                max_header_list_bytes: self.max_header_bytes.unwrap_or(server.max_header_list_bytes),
+            },
             resync: std_duration(self.resync),
             drain_delay: std_duration(self.drain_delay),
             cert_manager_issuer: self.cert_manager_issuer,
@@ -147,6 +191,14 @@ pub fn describe(opts: &ServeOptions) -> String {
         ("service name", opts.service_name.clone()),
         ("serving names", opts.serving_names.join(",")),
         ("lease name", opts.lease_name.clone()),
+        ("lease duration", humantime::format_duration(opts.lease.duration).to_string()),
+        ("lease retry period", humantime::format_duration(opts.lease.retry_period).to_string()),
+        ("handshake timeout", humantime::format_duration(opts.server.handshake_timeout).to_string()),
+        ("request timeout", humantime::format_duration(opts.server.request_timeout).to_string()),
+        ("max concurrent streams", opts.server.max_concurrent_streams.to_string()),
+        ("max header bytes", opts.server.max_header_list_bytes.to_string()),
+        ("token review timeout", humantime::format_duration(opts.token.timeout).to_string()),
+        ("token negative cache ttl", humantime::format_duration(opts.token.negative_cache_ttl).to_string()),
         ("resync", humantime::format_duration(opts.resync).to_string()),
         ("drain delay", humantime::format_duration(opts.drain_delay).to_string()),
         ("cert-manager issuer", opts.cert_manager_issuer.to_string()),

@@ -26,15 +26,32 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+/// How long a Lease stays held without renewal, and how often it is renewed (or, by the others, retried).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTimings {
+    /// How long the Lease stays held without renewal: how long the controllers may be leaderless after a
+    /// replica dies without releasing it. Whole seconds (the Lease stores seconds).
+    pub duration: Duration,
+    /// How often the holder renews, and the others retry.
+    pub retry_period: Duration,
+}
+
+impl Default for LeaseTimings {
+    /// Held 15 s, renewed every 2 s, as Kubernetes' own controllers do.
+    fn default() -> Self {
+        Self { duration: Duration::from_secs(15), retry_period: Duration::from_secs(2) }
+    }
+}
+
 impl LeaseConfig {
-    /// The Lease `namespace/name` for `identity`, held 15 s and renewed every 2 s.
-    pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
+    /// The Lease `namespace/name` for `identity`, with `timings`.
+    pub fn new(namespace: &str, name: &str, identity: &str, timings: LeaseTimings) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
             identity: identity.into(),
-            lease_duration: Duration::from_secs(15),
-            retry_period: Duration::from_secs(2),
+            lease_duration: timings.duration,
+            retry_period: timings.retry_period,
         }
     }
 }
@@ -81,7 +98,7 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::
     let at = now();
     let ours = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
         holder_identity: Some(cfg.identity.clone()),
-        lease_duration_seconds: Some(cfg.lease_duration.as_secs() as i32),
+        lease_duration_seconds: Some(i32::try_from(cfg.lease_duration.as_secs()).unwrap_or(i32::MAX)),
         acquire_time: acquired.or(Some(MicroTime(at))),
         renew_time: Some(MicroTime(at)),
         lease_transitions: Some(transitions),

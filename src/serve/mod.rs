@@ -12,6 +12,7 @@ use crate::ca::tls::{ServerTls, ServingCertificate};
 use crate::controllers::panic_guard::PanicGuard;
 use crate::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs, meshes, root_configmaps, signing};
 use crate::frontend::FrontEnd;
+use crate::k8s::leader::LeaseTimings;
 use crate::k8s::node_authz::PodNodeAuthorizer;
 use crate::k8s::root::{self, RootState};
 use crate::k8s::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
@@ -54,6 +55,10 @@ pub struct ServeOptions {
     pub serving_names: Vec<String>,
     /// The Lease in `namespace` that elects the replica running the controllers.
     pub lease_name: String,
+    /// How long that Lease is held without renewal, and how often it is renewed.
+    pub lease: LeaseTimings,
+    /// The gRPC server's timeouts and limits.
+    pub server: ServerOptions,
     /// How often the controllers re-check everything besides reacting to changes
     /// (renewals, drift of the Secrets and ConfigMaps they write).
     pub resync: Duration,
@@ -99,6 +104,7 @@ impl ServeOptions {
         if self.listen == self.ops_listen && self.listen.port() != 0 {
             problems.push(format!("--listen and --metrics-listen are the same address ({})", self.listen));
         }
+        problems.extend(self.timing_problems());
         for name in &self.serving_names {
             if name.parse::<std::net::IpAddr>().is_err() && !is_dns_name(name) {
                 problems.push(format!("--serving-name {name:?} is neither an IP address nor a DNS name"));
@@ -109,7 +115,63 @@ impl ServeOptions {
         }
         anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
     }
+
+    /// What is wrong with the Lease timings, the gRPC server's limits and the TokenReview timeout.
+    fn timing_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let LeaseTimings { duration, retry_period } = self.lease;
+        if duration < Duration::from_secs(1) || duration.subsec_nanos() != 0 || duration > MAX_LEASE_DURATION {
+            problems.push(format!(
+                "--lease-duration {} must be whole seconds, from 1s to {}",
+                humantime::format_duration(duration),
+                humantime::format_duration(MAX_LEASE_DURATION)
+            ));
+        }
+        // One missed renewal must not cost the Lease.
+        if retry_period.is_zero() || retry_period.saturating_mul(2) > duration {
+            problems.push(format!(
+                "--lease-retry-period {} must be above zero and at most half of --lease-duration ({})",
+                humantime::format_duration(retry_period),
+                humantime::format_duration(duration)
+            ));
+        }
+        let server = &self.server;
+        for (flag, value) in
+            [("--handshake-timeout", server.handshake_timeout), ("--request-timeout", server.request_timeout)]
+        {
+            if value.is_zero() {
+                problems.push(format!("{flag} must be above zero"));
+            }
+        }
+        if self.token.timeout.is_zero() {
+            problems.push("--token-review-timeout must be above zero".to_string());
+        } else if server.request_timeout <= self.token.timeout {
+            problems.push(format!(
+                "--request-timeout ({}) must be longer than --token-review-timeout ({}): a request may wait for a \
+                 TokenReview",
+                humantime::format_duration(server.request_timeout),
+                humantime::format_duration(self.token.timeout)
+            ));
+        }
+        if server.max_concurrent_streams == 0 {
+            problems.push("--max-concurrent-streams must be at least 1".to_string());
+        }
+        if server.max_header_list_bytes < MIN_HEADER_LIST_BYTES {
+            problems.push(format!(
+                "--max-header-bytes {} is below {MIN_HEADER_LIST_BYTES}: a bound service account token alone can \
+                 take several KiB",
+                server.max_header_list_bytes
+            ));
+        }
+        problems
+    }
 }
+
+/// The longest Lease duration accepted: longer only delays a takeover after a crash.
+pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(3600);
+
+/// The smallest header block limit accepted (a bound token with its claims is a few KiB).
+pub const MIN_HEADER_LIST_BYTES: u32 = 8 * 1024;
 
 /// A running replica.
 pub struct Server {
@@ -225,10 +287,10 @@ pub async fn start(client: kube::Client, opts: ServeOptions) -> anyhow::Result<S
         registry.clone(),
         metrics.clone(),
     );
-    front.serve(tls, service, ServerOptions::default())?;
+    front.serve(tls, service, opts.server.clone())?;
 
-    let election =
-        leader::spawn(client.clone(), leader::LeaseConfig::new(&opts.namespace, &opts.lease_name, &opts.pod_name));
+    let lease = leader::LeaseConfig::new(&opts.namespace, &opts.lease_name, &opts.pod_name, opts.lease);
+    let election = leader::spawn(client.clone(), lease);
     tasks.push({
         let (client, opts, is_leader) = (client.clone(), opts.clone(), election.is_leader.clone());
         let (registry, metrics, children) = (registry.clone(), metrics.clone(), supervisor.clone());

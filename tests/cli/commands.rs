@@ -311,7 +311,19 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
     };
     let ok = check(&[]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("meshroot serve: configuration is valid"));
+    let described = String::from_utf8_lossy(&ok.stdout);
+    assert!(described.starts_with("meshroot serve: configuration is valid"));
+    // Unset flags show the library's defaults.
+    for default in
+        ["lease duration: 15s\n", "lease retry period: 2s\n", "request timeout: 30s\n", "max header bytes: 65536\n"]
+    {
+        assert!(described.contains(default), "missing {default:?} in {described}");
+    }
+    let set = check(&["--lease-duration", "30s", "--lease-retry-period", "5s", "--token-review-timeout", "2s"]);
+    let described = String::from_utf8_lossy(&set.stdout);
+    for value in ["lease duration: 30s\n", "lease retry period: 5s\n", "token review timeout: 2s\n"] {
+        assert!(described.contains(value), "missing {value:?} in {described}");
+    }
 
     let bad = check(&[
         "--serving-name",
@@ -326,6 +338,16 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
         "0.0.0.0:9000",
         "--cluster-id",
         " ",
+        "--lease-duration",
+        "10s",
+        "--lease-retry-period",
+        "6s",
+        "--request-timeout",
+        "5s",
+        "--max-header-bytes",
+        "1024",
+        "--max-concurrent-streams",
+        "0",
     ]);
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
@@ -335,6 +357,10 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
         r#"--lease-name "lease_1" is not a valid object name"#,
         "--listen and --metrics-listen are the same address (0.0.0.0:9000)",
         "--cluster-id and each --cluster-alias must be non-empty",
+        "--lease-retry-period 6s must be above zero and at most half of --lease-duration (10s)",
+        "--request-timeout (5s) must be longer than --token-review-timeout (5s)",
+        "--max-header-bytes 1024 is below 8192",
+        "--max-concurrent-streams must be at least 1",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
     }

@@ -12,7 +12,7 @@ fn cfg(identity: &str) -> LeaseConfig {
     LeaseConfig {
         lease_duration: Duration::from_secs(1),
         retry_period: Duration::from_millis(100),
-        ..LeaseConfig::new("meshroot", "meshroot-leader", identity)
+        ..LeaseConfig::new("meshroot", "meshroot-leader", identity, Default::default())
     }
 }
 

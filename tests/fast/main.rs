@@ -26,6 +26,7 @@ mod mesh_controller;
 mod node_authz;
 mod root_configmaps;
 mod root_rotation;
+mod serve_options;
 mod supervision;
 mod tenant_boundaries;
 mod tls_transport;

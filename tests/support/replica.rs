@@ -69,6 +69,8 @@ pub fn options(pod_name: &str) -> ServeOptions {
         service_name: "meshroot".into(),
         serving_names: vec!["localhost".into()],
         lease_name: "meshroot-leader".into(),
+        lease: Default::default(),
+        server: Default::default(),
         resync: Duration::from_secs(1),
         drain_delay: Duration::ZERO,
         cert_manager_issuer: false,
