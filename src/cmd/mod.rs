@@ -35,7 +35,7 @@ enum Command {
     /// Run the CA locally with no cluster: state in a directory, static tokens.
     Dev(dev::Args),
     /// Run in Kubernetes: TokenReview, several meshes, root distribution.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Request a workload certificate as pilot-agent does, and verify it.
     Request(request::Args),
     /// Print meshroot's CRDs as YAML, or write them into a directory.
@@ -91,7 +91,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dev(args) => dev::run(args).await,
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Request(args) => request::run(args).await,
         Command::Crds(args) => crds::run(args),
         Command::Root(args) => root::run(args).await,
