@@ -5,7 +5,7 @@
 use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 use crate::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::pki::authority::{parse_certificate, uri_sans};
-use crate::pki::{TrustBundle, pem};
+use crate::pki::{PkiError, TrustBundle, pem};
 use rustls_pki_types::CertificateDer;
 use thiserror::Error;
 use time::OffsetDateTime;
@@ -30,7 +30,7 @@ pub enum ClientError {
     },
     /// The response failed a check of [`verify_response`].
     #[error("the response is invalid: {0}")]
-    Response(String),
+    Response(#[from] ResponseError),
     /// A request header cannot carry the value (gRPC metadata is printable
     /// ASCII); the value itself is not shown, as it may be a token.
     #[error("the {0} cannot be sent: it is not printable ASCII")]
@@ -87,6 +87,50 @@ pub struct VerifiedResponse {
     pub uri_san: String,
 }
 
+/// Which check of [`verify_response`] a response failed.
+#[derive(Debug, Error)]
+pub enum ResponseError {
+    /// `cert_chain` has fewer than two elements (a leaf and the root bundle).
+    #[error("cert_chain has {0} element(s); at least 2 are required")]
+    TooShort(usize),
+    /// An element does not end in a newline (pilot-agent concatenates them).
+    #[error("element {0} does not end in a newline")]
+    NoNewline(usize),
+    /// An element is not PEM certificates.
+    #[error("element {index}: {source}")]
+    Element {
+        /// The element's index.
+        index: usize,
+        /// Why it does not decode.
+        source: PkiError,
+    },
+    /// An element holds other than one certificate.
+    #[error("element {index} holds {count} certificates; exactly one is required")]
+    NotOne {
+        /// The element's index.
+        index: usize,
+        /// How many it holds.
+        count: usize,
+    },
+    /// The last element is not a root bundle.
+    #[error("root bundle: {0}")]
+    Bundle(PkiError),
+    /// The leaf does not chain to the root the client trusts.
+    #[error("leaf does not chain to the trusted root: {0}")]
+    Untrusted(PkiError),
+    /// The leaf does not parse.
+    #[error(transparent)]
+    Leaf(PkiError),
+    /// The leaf's URI SANs are not exactly the identity asked for.
+    #[error("leaf URI SANs are {found:?}; expected exactly [{expected:?}]")]
+    UriSans {
+        /// The leaf's URI SANs.
+        found: Vec<String>,
+        /// The identity asked for.
+        expected: String,
+    },
+}
+
 /// Checks a response: at least two elements; the leaf and each intermediate
 /// one certificate per element (ztunnel keeps only the first of each); the
 /// last element a bundle; the leaf chaining to `trusted` (the root we
@@ -97,38 +141,40 @@ pub fn verify_response(
     trusted: &TrustBundle,
     identity: &str,
 ) -> Result<VerifiedResponse, ClientError> {
-    let bad = |m: String| ClientError::Response(m);
     let chain = &response.cert_chain;
     let (Some((root_element, elements)), 2..) = (chain.split_last(), chain.len()) else {
-        return Err(bad(format!("cert_chain has {} element(s); at least 2 are required", chain.len())));
+        return Err(ResponseError::TooShort(chain.len()).into());
     };
     let mut single = Vec::with_capacity(elements.len());
-    for (i, element) in elements.iter().enumerate() {
+    for (index, element) in elements.iter().enumerate() {
         if !element.ends_with('\n') {
-            return Err(bad(format!("element {i} does not end in a newline")));
+            return Err(ResponseError::NoNewline(index).into());
         }
-        let certs =
-            pem::decode_certificates(element.as_bytes(), 1 << 20).map_err(|e| bad(format!("element {i}: {e}")))?;
+        let certs = pem::decode_certificates(element.as_bytes(), 1 << 20)
+            .map_err(|source| ResponseError::Element { index, source })?;
         let count = certs.len();
         let Ok([cert]) = <[_; 1]>::try_from(certs) else {
-            return Err(bad(format!("element {i} holds {count} certificates; exactly one is required")));
+            return Err(ResponseError::NotOne { index, count }.into());
         };
         single.push(cert);
     }
-    let bundle = TrustBundle::from_pem(root_element.as_bytes()).map_err(|e| bad(format!("root bundle: {e}")))?;
-    if single.is_empty() {
-        return Err(bad("cert_chain holds no leaf".into()));
-    }
-    let leaf = single.remove(0);
+    let bundle = TrustBundle::from_pem(root_element.as_bytes()).map_err(ResponseError::Bundle)?;
+    // The first element is the leaf, the others up to the bundle are intermediates.
+    let mut certificates = single.into_iter();
+    let Some(leaf) = certificates.next() else {
+        return Err(ResponseError::TooShort(chain.len()).into());
+    };
+    let single: Vec<_> = certificates.collect();
     let now = OffsetDateTime::now_utc();
-    trusted.verify(&leaf, &single, now).map_err(|e| bad(format!("leaf does not chain to the trusted root: {e}")))?;
-    let parsed = parse_certificate(&leaf).map_err(|e| bad(e.to_string()))?;
+    trusted.verify(&leaf, &single, now).map_err(ResponseError::Untrusted)?;
+    let parsed = parse_certificate(&leaf).map_err(ResponseError::Leaf)?;
     let uris: Vec<String> = uri_sans(&parsed).into_iter().map(String::from).collect();
+    let wrong_sans = || ResponseError::UriSans { found: uris.clone(), expected: identity.to_string() };
     let Ok([uri_san]) = <[String; 1]>::try_from(uris.clone()) else {
-        return Err(bad(format!("leaf URI SANs are {uris:?}; expected exactly [{identity:?}]")));
+        return Err(wrong_sans().into());
     };
     if uri_san != identity {
-        return Err(bad(format!("leaf URI SANs are {uris:?}; expected exactly [{identity:?}]")));
+        return Err(wrong_sans().into());
     }
     let not_after = parsed.validity().not_after.to_datetime();
     drop(parsed);
@@ -148,6 +194,51 @@ mod tests {
         let bad_cluster = request(body(), Some("token"), "Kube\nrnetes").unwrap_err();
         assert!(matches!(bad_cluster, ClientError::Header("cluster id")), "{bad_cluster:?}");
         assert!(request(body(), None, "Kubernetes").is_ok());
+    }
+
+    /// A response signed by a mesh intermediate for `identity`, and the root bundle to trust.
+    fn response(identity: &str) -> (IstioCertificateResponse, TrustBundle) {
+        use crate::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, SigningChain};
+        let now = OffsetDateTime::now_utc();
+        let root = Authority::new_root(&CaSpec::root(time::Duration::days(30)), now).unwrap();
+        let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+        let int = root.new_intermediate(&CaSpec::intermediate("default", time::Duration::days(7)), now).unwrap();
+        let chain = SigningChain::new(int, vec![], bundle.clone()).unwrap();
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let issued = chain.issue_workload(&key.spki_der(), identity, time::Duration::hours(1), now).unwrap();
+        (IstioCertificateResponse { cert_chain: chain.response_chain(issued.pem) }, bundle)
+    }
+
+    #[test]
+    fn responses_are_refused_for_the_check_they_fail() {
+        let id = "spiffe://cluster.local/ns/bookinfo/sa/reviews";
+        let (good, bundle) = response(id);
+        let verified = verify_response(&good, &bundle, id).unwrap();
+        assert_eq!(verified.uri_san, id);
+        assert_eq!(verified.intermediates.len(), 1);
+        let refused =
+            |r: &IstioCertificateResponse, trusted: &TrustBundle, id: &str| match verify_response(r, trusted, id) {
+                Err(ClientError::Response(why)) => why,
+                other => panic!("expected a refusal, got {other:?}"),
+            };
+
+        let short = IstioCertificateResponse { cert_chain: good.cert_chain[..1].to_vec() };
+        assert!(matches!(refused(&short, &bundle, id), ResponseError::TooShort(1)));
+        let mut unterminated = good.clone();
+        unterminated.cert_chain[0] = unterminated.cert_chain[0].trim_end().to_string();
+        assert!(matches!(refused(&unterminated, &bundle, id), ResponseError::NoNewline(0)));
+        let mut two_in_one = good.clone();
+        two_in_one.cert_chain[0] = format!("{}{}", good.cert_chain[0], good.cert_chain[1]);
+        assert!(matches!(refused(&two_in_one, &bundle, id), ResponseError::NotOne { index: 0, count: 2 }));
+        let mut no_bundle = good.clone();
+        *no_bundle.cert_chain.last_mut().unwrap() = "not pem\n".into();
+        assert!(matches!(refused(&no_bundle, &bundle, id), ResponseError::Bundle(_)));
+        // Chained to a root this client does not trust (the server's own bundle does not count).
+        let (_, other_root) = response(id);
+        assert!(matches!(refused(&good, &other_root, id), ResponseError::Untrusted(_)));
+        let other = "spiffe://cluster.local/ns/bookinfo/sa/ratings";
+        let why = refused(&good, &bundle, other);
+        assert!(matches!(&why, ResponseError::UriSans { found, expected } if found == &[id] && expected == other));
     }
 
     #[test]
