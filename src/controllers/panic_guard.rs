@@ -19,6 +19,7 @@ pub const INTERNAL_ERROR_MESSAGE: &str = "meshroot failed internally while signi
 pub struct PanicGuard {
     controller: &'static str,
     metrics: Arc<Metrics>,
+    #[cfg(feature = "testing")]
     hook: Option<fn(&str)>,
 }
 
@@ -31,12 +32,17 @@ impl std::fmt::Debug for PanicGuard {
 impl PanicGuard {
     /// A guard for `controller`, the name its panics are logged and counted under.
     pub fn new(controller: &'static str, metrics: Arc<Metrics>) -> Self {
-        Self { controller, metrics, hook: None }
+        Self {
+            controller,
+            metrics,
+            #[cfg(feature = "testing")]
+            hook: None,
+        }
     }
 
-    /// Tests only: `hook` runs inside the guard with the object's name just
+    /// Tests only (feature `testing`): `hook` runs inside the guard with the object's name just
     /// before it is signed, so a test can make signing panic for one object.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn with_hook(mut self, hook: fn(&str)) -> Self {
         self.hook = Some(hook);
         self
@@ -46,6 +52,7 @@ impl PanicGuard {
     /// `Failed { reason: InternalError }` with a fixed message.
     pub fn sign(&self, object: &str, sign: impl FnOnce() -> Outcome) -> Outcome {
         let run = || {
+            #[cfg(feature = "testing")]
             if let Some(hook) = self.hook {
                 hook(object);
             }

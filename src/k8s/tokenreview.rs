@@ -113,6 +113,7 @@ impl<V: Clone> Bounded<V> {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     fn len(&self) -> usize {
         self.entries.len()
     }
@@ -147,12 +148,14 @@ impl TokenReviewAuthenticator {
         Self { client, config, cache: Arc::default() }
     }
 
-    /// Accepted tokens currently cached (ready or in flight).
+    /// Accepted tokens currently cached (ready or in flight). Tests only (feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn cached(&self) -> usize {
         self.cache.lock().map(|c| c.accepted.len().saturating_add(c.in_flight.len())).unwrap_or(0)
     }
 
-    /// Rejected tokens currently remembered.
+    /// Rejected tokens currently remembered. Tests only (feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn cached_rejections(&self) -> usize {
         self.cache.lock().map(|c| c.rejected.len()).unwrap_or(0)
     }
