@@ -147,3 +147,115 @@ fn check_issued(der: &CertificateDer<'_>, authority: &Authority, template: &Cert
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CaSpec, usage::Usages};
+    use rcgen::{DnType, KeyPair, SanType};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    fn signer() -> Authority {
+        let now = OffsetDateTime::now_utc();
+        let root = Authority::new_root(&CaSpec::root(Duration::days(30)), now).unwrap();
+        root.new_intermediate(&CaSpec::intermediate("default", Duration::days(7)), now).unwrap()
+    }
+
+    /// A CSR for `a.example` with the subject `dn` (organization, common name), as rcgen writes it.
+    fn csr(dn: &[(DnType, &str)]) -> CertificateSigningRequest {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        for (kind, value) in dn {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        params.subject_alt_names = vec![SanType::DnsName("a.example".try_into().unwrap())];
+        CertificateSigningRequest::from_der(params.serialize_request(&key).unwrap().der()).unwrap()
+    }
+
+    fn template<'a>(csr: &'a CertificateSigningRequest, usages: &'a Usages, is_ca: bool) -> CertificateTemplate<'a> {
+        CertificateTemplate {
+            csr,
+            is_ca,
+            max_path_length: is_ca.then_some(0),
+            name_constraints: None,
+            usages,
+            lifetime: Duration::hours(1),
+        }
+    }
+
+    fn issue(authority: &Authority, template: &CertificateTemplate<'_>) -> Result<IssuedCertificate> {
+        issue_from_template(authority, template, OffsetDateTime::now_utc())
+    }
+
+    #[test]
+    fn the_requested_subject_is_written_and_a_ca_gets_cert_sign() {
+        let authority = signer();
+        let csr = csr(&[(DnType::OrganizationName, "Example"), (DnType::CommonName, "svc.example")]);
+        let leaf_usages = Usages::from_names(&["digital signature", "server auth"], false).unwrap();
+        let issued = issue(&authority, &template(&csr, &leaf_usages, false)).unwrap();
+        let (_, cert) = X509Certificate::from_der(&issued.der).unwrap();
+        assert_eq!(cert.subject().as_raw(), csr.subject_der(), "the subject is the CSR's, byte for byte");
+        assert_eq!(cert.subject().to_string(), "O=Example, CN=svc.example");
+        assert!(!cert.basic_constraints().unwrap().unwrap().value.ca);
+
+        let ca_usages = Usages::from_names(&["cert sign", "digital signature"], true).unwrap();
+        let issued = issue(&authority, &template(&csr, &ca_usages, true)).unwrap();
+        let (_, cert) = X509Certificate::from_der(&issued.der).unwrap();
+        assert!(cert.basic_constraints().unwrap().unwrap().value.ca);
+        assert!(cert.key_usage().unwrap().unwrap().value.key_cert_sign());
+        assert_eq!(cert.subject().as_raw(), csr.subject_der());
+    }
+
+    #[test]
+    fn name_constraints_are_refused_on_a_leaf() {
+        let authority = signer();
+        let csr = csr(&[]);
+        let usages = Usages::from_names::<&str>(&[], false).unwrap();
+        // Any DER will do: the leaf is refused before the constraints are read.
+        let constraints = [0x30, 0x00];
+        let leaf = CertificateTemplate { name_constraints: Some(&constraints), ..template(&csr, &usages, false) };
+        assert!(matches!(issue(&authority, &leaf), Err(PkiError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_subject_equal_to_the_signers_is_refused_by_the_self_check() {
+        let authority = signer();
+        let csr = csr(&[
+            (DnType::OrganizationName, "meshroot"),
+            (DnType::CommonName, "meshroot intermediate CA for mesh default"),
+        ]);
+        let (_, ca) = X509Certificate::from_der(authority.certificate()).unwrap();
+        assert_eq!(csr.subject_der(), ca.subject().as_raw(), "the CSR must ask for the signer's exact name");
+        let usages = Usages::from_names::<&str>(&[], false).unwrap();
+        let refused = issue(&authority, &template(&csr, &usages, false)).unwrap_err();
+        assert!(matches!(&refused, PkiError::SelfCheck(m) if m.contains("carries its issuer's name")), "{refused}");
+    }
+
+    #[test]
+    fn the_self_check_refuses_a_certificate_other_than_the_one_asked_for() {
+        let authority = signer();
+        let usages = Usages::from_names::<&str>(&[], false).unwrap();
+        let asked = csr(&[(DnType::CommonName, "svc.example")]);
+        let issued = issue(&authority, &template(&asked, &usages, false)).unwrap();
+        assert!(check_issued(&issued.der, &authority, &template(&asked, &usages, false)).is_ok());
+        // Another CSR's key, another subject, a CA flag not asked for, another signer.
+        let other = csr(&[(DnType::CommonName, "svc.example")]);
+        for (why, result) in [
+            ("public key", check_issued(&issued.der, &authority, &template(&other, &usages, false))),
+            ("CA flag", check_issued(&issued.der, &authority, &template(&asked, &usages, true))),
+            ("signer's key", check_issued(&issued.der, &signer(), &template(&asked, &usages, false))),
+        ] {
+            assert!(matches!(&result, Err(PkiError::SelfCheck(_))), "{why}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn the_subject_is_written_only_into_a_certificate_laid_out_as_meshroot_signs_it() {
+        let authority = signer();
+        let subject = csr(&[(DnType::CommonName, "svc.example")]).subject_der().to_vec();
+        // The signer's own certificate has a subject already: it is not one to rewrite.
+        let refused = with_subject(authority.certificate(), &subject, &authority).unwrap_err();
+        assert!(refused.to_string().contains("unexpected TBSCertificate layout"), "{refused}");
+    }
+}
