@@ -142,6 +142,23 @@ mod tests {
         assert_eq!(RateLimits::default(), expected);
     }
 
+    /// `serve`'s flag defaults are the library's: TokenReview, Lease and gRPC server settings.
+    #[test]
+    fn serve_flags_default_to_the_library_defaults() {
+        let Command::Serve(args) =
+            parse(&["serve", "--namespace", "meshroot", "--pod-name", "meshroot-0"]).unwrap().command
+        else {
+            unreachable!()
+        };
+        let opts = args.options().unwrap();
+        let token = crate::k8s::tokenreview::TokenReviewConfig::default();
+        assert_eq!(format!("{:?}", opts.token), format!("{token:?}"));
+        assert_eq!(opts.lease, crate::k8s::leader::LeaseTimings::default());
+        assert_eq!(format!("{:?}", opts.server), format!("{:?}", crate::ca::server::ServerOptions::default()));
+        assert_eq!(opts.rate_limits, RateLimits::default());
+        assert_eq!(opts.cluster_id, crate::names::DEFAULT_CLUSTER_ID);
+    }
+
     /// Flag defaults and the library's option defaults are one set.
     #[test]
     fn dev_flags_default_to_the_library_defaults() {
