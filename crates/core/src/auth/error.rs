@@ -2,7 +2,7 @@
 //! workload: one variant per cause, so callers and tests match on the cause
 //! and the text a client sees is written in one place.
 
-use crate::mesh::RouteError;
+// Nothing from `mesh` here: `mesh` holds a NodeAuthorizer, so `auth` sits below it.
 use thiserror::Error;
 
 /// Why a caller was not authenticated (or not authorized to act for a workload), and whether to retry.
@@ -81,9 +81,17 @@ pub enum ClientCertificateRejection {
     /// Its URI SAN is not a workload SPIFFE ID (the parser's words).
     #[error("{0}")]
     Identity(String),
-    /// No single mesh covers the identity's namespace.
-    #[error(transparent)]
-    Route(RouteError),
+    /// No mesh covers the identity's namespace.
+    #[error("namespace {0:?} is not part of any mesh")]
+    NoMesh(String),
+    /// Several meshes cover the identity's namespace.
+    #[error("namespace {namespace:?} is selected by more than one mesh ({meshes}); refusing to choose")]
+    AmbiguousMesh {
+        /// The identity's namespace.
+        namespace: String,
+        /// The meshes that cover it, comma-separated.
+        meshes: String,
+    },
     /// The identity's trust domain is not the mesh's.
     #[error(
         "it is for trust domain {certificate:?}, but mesh {mesh} (namespace {namespace:?}) is trust domain \
@@ -175,9 +183,9 @@ pub enum Unavailable {
     /// The task running the TokenReview ended without an answer.
     #[error("the TokenReview was interrupted")]
     TokenReviewInterrupted,
-    /// The client certificate's mesh cannot be known yet.
-    #[error("client certificate: {0}")]
-    ClientCertificate(RouteError),
+    /// No mesh is loaded yet, so a client certificate cannot be checked.
+    #[error("client certificate: no mesh is ready to sign yet")]
+    NoMeshYet,
     /// The pod cache has not listed the pods yet.
     #[error("the pod cache has not synced yet")]
     PodCacheNotSynced,

@@ -85,8 +85,9 @@ impl Authenticator for ClientCertificateAuthenticator {
         };
         let id = WorkloadIdentity::parse(uri).map_err(|e| rejected(Refused::Identity(e.to_string())))?;
         let mesh = self.registry.route(&id.namespace).map_err(|e| match e {
-            RouteError::NotReady => Unavailable::ClientCertificate(e).into(),
-            RouteError::NoMesh(_) | RouteError::Ambiguous { .. } => rejected(Refused::Route(e)),
+            RouteError::NotReady => Unavailable::NoMeshYet.into(),
+            RouteError::NoMesh(namespace) => rejected(Refused::NoMesh(namespace)),
+            RouteError::Ambiguous { namespace, meshes } => rejected(Refused::AmbiguousMesh { namespace, meshes }),
         })?;
         if id.trust_domain != mesh.trust_domain {
             return Err(rejected(Refused::TrustDomain {

@@ -2,7 +2,6 @@
 //! status and to istiod's metrics.
 
 use super::rate_limit::Exceeded;
-use super::service::{IMPERSONATED_IDENTITY, MAX_METADATA_FIELDS};
 use crate::auth::{Rejection, Unavailable};
 use crate::mesh::{NoSigner, RouteError};
 use crate::pki::PkiError;
@@ -122,11 +121,16 @@ pub enum Failure {
     #[error(transparent)]
     Csr(PkiError),
     /// The request metadata has more fields than any client sends.
-    #[error("metadata has {0} fields; at most {MAX_METADATA_FIELDS} are accepted")]
-    TooManyMetadataFields(usize),
-    /// `ImpersonatedIdentity` is present but not a string.
-    #[error("metadata {IMPERSONATED_IDENTITY} must be a string")]
-    ImpersonatedIdentityNotString,
+    #[error("metadata has {count} fields; at most {max} are accepted")]
+    TooManyMetadataFields {
+        /// How many it has.
+        count: usize,
+        /// How many are accepted.
+        max: usize,
+    },
+    /// A metadata field that must be a string (`ImpersonatedIdentity`) is not; names the field.
+    #[error("metadata {0} must be a string")]
+    NotAString(&'static str),
     /// The mesh has no usable signer yet (its intermediate is not loaded).
     #[error("mesh {mesh} cannot sign yet: {why}")]
     MeshNotReady {
@@ -201,7 +205,7 @@ impl Failure {
             | Failure::NoIdentity { .. }
             | Failure::ManyIdentities { .. } => Category::Forbidden,
             Failure::Csr(_) => Category::BadCsr,
-            Failure::TooManyMetadataFields(_) | Failure::ImpersonatedIdentityNotString => Category::BadRequest,
+            Failure::TooManyMetadataFields { .. } | Failure::NotAString(_) => Category::BadRequest,
             Failure::Unavailable(_) => Category::Unavailable,
             Failure::MeshNotReady { .. } | Failure::SignerNotValidNow { .. } => Category::NotReady,
             Failure::CallerIdentity(_) | Failure::Issue(_) => Category::Internal,

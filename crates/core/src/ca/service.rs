@@ -227,13 +227,13 @@ fn bearer_token(md: &MetadataMap) -> Result<Option<BearerToken>, Failure> {
 fn impersonated_identity(metadata: Option<&prost_types::Struct>) -> Result<Option<String>, Failure> {
     let Some(metadata) = metadata else { return Ok(None) };
     if metadata.fields.len() > MAX_METADATA_FIELDS {
-        return Err(Failure::TooManyMetadataFields(metadata.fields.len()));
+        return Err(Failure::TooManyMetadataFields { count: metadata.fields.len(), max: MAX_METADATA_FIELDS });
     }
     match metadata.fields.get(IMPERSONATED_IDENTITY).and_then(|v| v.kind.as_ref()) {
         None | Some(Kind::NullValue(_)) => Ok(None),
         Some(Kind::StringValue(s)) if s.is_empty() => Ok(None),
         Some(Kind::StringValue(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Failure::ImpersonatedIdentityNotString),
+        Some(_) => Err(Failure::NotAString(IMPERSONATED_IDENTITY)),
     }
 }
 
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(impersonated_identity(Some(&s(Kind::StringValue("x".into())))).unwrap(), Some("x".into()));
         assert!(matches!(
             impersonated_identity(Some(&s(Kind::NumberValue(1.0)))),
-            Err(Failure::ImpersonatedIdentityNotString)
+            Err(Failure::NotAString(IMPERSONATED_IDENTITY))
         ));
         let many = Struct {
             fields: (0..=MAX_METADATA_FIELDS)
@@ -338,7 +338,8 @@ mod tests {
                 .collect(),
         };
         let failure = impersonated_identity(Some(&many)).err().unwrap();
-        assert!(matches!(failure, Failure::TooManyMetadataFields(33)), "{failure}");
+        assert!(matches!(failure, Failure::TooManyMetadataFields { count: 33, max: 32 }), "{failure}");
+        assert_eq!(failure.to_string(), "metadata has 33 fields; at most 32 are accepted");
         assert_eq!(failure.category(), Category::BadRequest);
     }
 

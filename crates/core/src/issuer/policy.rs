@@ -68,6 +68,10 @@ pub enum PolicySpecError {
     DnsPattern(String),
 }
 
+/// Shorter lifetimes are refused: the certificate would be due for renewal
+/// before anything could use it (Kubernetes' own minimum for CSRs).
+pub const MIN_DURATION: Duration = Duration::minutes(10);
+
 /// A validated [`IssuancePolicy`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Policy {
@@ -106,13 +110,13 @@ pub struct Asked<'a> {
 }
 
 impl Policy {
-    /// Validates `spec`: the maximum duration (at least [`MIN_DURATION`](super::sign::MIN_DURATION)), CIDR
+    /// Validates `spec`: the maximum duration (at least [`MIN_DURATION`]), CIDR
     /// ranges, usage and attribute names, and DNS patterns. The error names the field.
     pub fn from_spec(spec: &IssuancePolicy) -> Result<Self, PolicySpecError> {
         let max_duration =
             spec.max_duration.as_deref().map(|d| duration::parse_field("policy.maxDuration", d)).transpose()?;
         if let Some(max) = max_duration
-            && max < super::sign::MIN_DURATION
+            && max < MIN_DURATION
         {
             return Err(PolicySpecError::MaxDurationTooShort(spec.max_duration.clone().unwrap_or_default()));
         }

@@ -20,9 +20,7 @@ use time::{Duration, OffsetDateTime};
 /// cert-manager's default when a request names no duration.
 pub const DEFAULT_DURATION: Duration = Duration::days(90);
 
-/// Shorter lifetimes are refused: the certificate would be due for renewal
-/// before anything could use it (Kubernetes' own minimum for CSRs).
-pub const MIN_DURATION: Duration = Duration::minutes(10);
+pub use super::policy::MIN_DURATION;
 
 /// One request to sign.
 #[derive(Clone, Debug)]
