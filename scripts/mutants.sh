@@ -81,6 +81,13 @@ if [ ${#files[@]} -gt 0 ]; then
     !skipping { print }' .cargo/mutants.toml >"$out/mutants.toml"
   args+=(--config "$out/mutants.toml")
 fi
+# cargo-mutants times its baseline on the mutated crates' own tests only, so
+# its automatic timeout (a few times that) kills whole-suite mutants that
+# merely take the suite's full minute: give a fixed one unless asked.
+case " ${rest[*]-} " in
+  *" --timeout "* | *" --timeout="*) ;;
+  *) args+=(--timeout 300) ;;
+esac
 case " ${rest[*]-} " in
   *" --in-place "*) ;; # mutates this tree and builds in its ./target, incrementally
   *)

@@ -12,7 +12,8 @@ repo=$(pwd)
 cache="${MESHROOT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/meshroot}"
 mkdir -p "$cache"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says when it started (seconds into the run), so a CI log shows where the time goes.
+step() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*"; }
 
 need() {
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -73,3 +74,4 @@ if [ ! -x "$venv/bin/pytest" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$reqs"
 fi
 MESHROOT_BIN="$repo/target/debug/meshroot" "$venv/bin/python" -m pytest -q -p no:cacheprovider interop
+step "all passed"
