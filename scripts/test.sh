@@ -52,6 +52,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+# The shipped build has no optional features (no `testing` hooks, no bench): lint it as it ships too.
+cargo clippy --locked --workspace --lib --bins -- -D warnings
 
 step "cargo deny: licenses, bans, sources (deny.toml)"
 ./scripts/deny.sh

@@ -30,12 +30,12 @@ pub enum MeshArgError {
     #[error("mesh name {0:?} must be a DNS-1123 label (lowercase letters, digits, '-')")]
     Name(String),
     /// The trust domain is not a valid SPIFFE trust domain.
-    #[error("mesh {name}: {source}")]
+    #[error("mesh {name}: {error}")]
     TrustDomain {
         /// The mesh's name.
         name: String,
         /// Why the trust domain is refused.
-        source: PkiError,
+        error: PkiError,
     },
 }
 
@@ -46,7 +46,7 @@ impl std::str::FromStr for MeshArg {
         if !is_dns1123_label(name) {
             return Err(MeshArgError::Name(name.to_string()));
         }
-        validate_trust_domain(td).map_err(|source| MeshArgError::TrustDomain { name: name.to_string(), source })?;
+        validate_trust_domain(td).map_err(|error| MeshArgError::TrustDomain { name: name.to_string(), error })?;
         Ok(Self { name: name.to_string(), trust_domain: td.to_string() })
     }
 }

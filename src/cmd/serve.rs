@@ -65,7 +65,8 @@ pub struct Args {
     /// replica dies. Default 15s.
     #[arg(long, env = "MESHROOT_LEASE_DURATION", value_parser = duration::parse)]
     lease_duration: Option<time::Duration>,
-    /// How often the leader renews the Lease and the others retry; at most half the duration. Default 2s.
+    /// How often the leader renews the Lease and the others retry; the duration must be at least 4 times this
+    /// plus 1s. Default 2s.
     #[arg(long, env = "MESHROOT_LEASE_RETRY_PERIOD", value_parser = duration::parse)]
     lease_retry_period: Option<time::Duration>,
     /// A gRPC client that has not finished its TLS handshake by then is dropped. Default 10s.
@@ -84,7 +85,8 @@ pub struct Args {
     /// Default 5s.
     #[arg(long, env = "MESHROOT_TOKEN_REVIEW_TIMEOUT", value_parser = duration::parse)]
     token_review_timeout: Option<time::Duration>,
-    /// How long a rejected token is refused from cache without asking again. Default 10s.
+    /// How long a rejected token is refused from cache without asking again (0 to never; at most 5m).
+    /// Default 10s.
     #[arg(long, env = "MESHROOT_TOKEN_NEGATIVE_CACHE_TTL", value_parser = duration::parse)]
     token_negative_cache_ttl: Option<time::Duration>,
     /// Periodic re-sync of controllers (renewals, drift in istiod namespaces).

@@ -56,6 +56,16 @@ impl LeaseConfig {
     }
 }
 
+impl LeaseConfig {
+    /// How long after its last successful renewal a leader that cannot renew steps down: early enough that
+    /// it has stopped before another replica may take the Lease. Another may take it `lease_duration` after
+    /// the last renewal, less up to 1 s (the Lease's clock is in seconds); the leader notices at its next
+    /// attempt, up to two retry periods later (the wait, then an attempt that is cut off at one period).
+    pub fn renew_deadline(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.retry_period.saturating_mul(2)).saturating_sub(Duration::from_secs(1))
+    }
+}
+
 /// A running election. `is_leader` follows leadership; `stop` releases the
 /// Lease so another replica takes over at once.
 pub struct Election {
@@ -162,7 +172,12 @@ pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> Election {
     let task = tokio::spawn(async move {
         let mut last_success = tokio::time::Instant::now();
         loop {
-            match try_acquire(&api, &cfg).await {
+            // A hung request must not keep a leader that can no longer renew.
+            let attempt = match tokio::time::timeout(cfg.retry_period, try_acquire(&api, &cfg)).await {
+                Ok(result) => result.map_err(|e| error_summary(&e)),
+                Err(_) => Err(format!("no answer within the retry period ({:?})", cfg.retry_period)),
+            };
+            match attempt {
                 Ok(held) => {
                     if held {
                         last_success = tokio::time::Instant::now();
@@ -172,10 +187,10 @@ pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> Election {
                     }
                     leader_tx.send_replace(held);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %error_summary(&e), "leader election: cannot reach the Lease");
+                Err(why) => {
+                    tracing::warn!(error = %why, "leader election: cannot reach the Lease");
                     // Step down before another replica may take over.
-                    if *leader_tx.borrow() && last_success.elapsed() >= cfg.lease_duration.mul_f32(0.8) {
+                    if *leader_tx.borrow() && last_success.elapsed() >= cfg.renew_deadline() {
                         tracing::warn!("stepping down: the Lease could not be renewed in time");
                         leader_tx.send_replace(false);
                     }
@@ -192,4 +207,26 @@ pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> Election {
         }
     });
     Election { is_leader, stop, task }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_that_cannot_renew_steps_down_before_the_lease_can_be_taken() {
+        let cfg = LeaseConfig::new("ns", "lease", "me", LeaseTimings::default());
+        // client-go's defaults: a 15 s Lease, renewed every 2 s, given up after 10 s without renewal.
+        assert_eq!(cfg.renew_deadline(), Duration::from_secs(10));
+        // The latest it notices (deadline + two retry periods) is before the earliest another replica may
+        // take the Lease (its duration less the 1 s of the Lease's clock), for every accepted setting.
+        for (duration, retry) in [(15, 2_000), (5, 1_000), (7, 1_000), (3600, 899_000), (2, 250)] {
+            let timings =
+                LeaseTimings { duration: Duration::from_secs(duration), retry_period: Duration::from_millis(retry) };
+            let cfg = LeaseConfig::new("ns", "lease", "me", timings);
+            let noticed = cfg.renew_deadline() + cfg.retry_period * 2;
+            assert!(noticed < cfg.lease_duration - Duration::from_secs(1) + Duration::from_millis(1), "{timings:?}");
+            assert!(cfg.renew_deadline() >= cfg.retry_period * 2, "at least two attempts: {timings:?}");
+        }
+    }
 }

@@ -47,7 +47,8 @@ pub struct ServeOptions {
     pub cluster_id: String,
     /// Other names of the local cluster that `clusterid` may carry.
     pub cluster_aliases: Vec<String>,
-    /// How callers' tokens are checked with TokenReview: audiences and result cache.
+    /// How callers' tokens are checked with TokenReview: audiences, timeout, and the caches of accepted and
+    /// rejected tokens.
     pub token: TokenReviewConfig,
     /// The Service clients dial (`<service>.<namespace>.svc`).
     pub service_name: String,
@@ -127,25 +128,39 @@ impl ServeOptions {
                 humantime::format_duration(MAX_LEASE_DURATION)
             ));
         }
-        // One missed renewal must not cost the Lease.
-        if retry_period.is_zero() || retry_period.saturating_mul(2) > duration {
+        // A leader that cannot renew steps down at the renew deadline (duration - 2 x retry - 1 s), which
+        // must leave it at least two attempts: so the duration is at least 4 retry periods and a second.
+        let needed = retry_period.saturating_mul(4).saturating_add(Duration::from_secs(1));
+        if retry_period.is_zero() || needed > duration {
             problems.push(format!(
-                "--lease-retry-period {} must be above zero and at most half of --lease-duration ({})",
+                "--lease-retry-period {} must be above zero, and --lease-duration ({}) at least 4 times it plus 1s, \
+                 so a leader that cannot renew steps down before another replica may take over",
                 humantime::format_duration(retry_period),
                 humantime::format_duration(duration)
             ));
         }
         let server = &self.server;
-        for (flag, value) in
-            [("--handshake-timeout", server.handshake_timeout), ("--request-timeout", server.request_timeout)]
-        {
-            if value.is_zero() {
-                problems.push(format!("{flag} must be above zero"));
+        // Bounded above too: a long handshake timeout lets idle clients hold connections open (slowloris),
+        // and a long negative cache keeps refusing a token the API server rejected once by mistake.
+        for (flag, value, max, zero_allowed) in [
+            ("--handshake-timeout", server.handshake_timeout, MAX_HANDSHAKE_TIMEOUT, false),
+            ("--request-timeout", server.request_timeout, MAX_REQUEST_TIMEOUT, false),
+            ("--token-review-timeout", self.token.timeout, MAX_REQUEST_TIMEOUT, false),
+            ("--token-negative-cache-ttl", self.token.negative_cache_ttl, MAX_NEGATIVE_CACHE_TTL, true),
+        ] {
+            if value > max || (value.is_zero() && !zero_allowed) {
+                problems.push(format!(
+                    "{flag} {} must be {}at most {}",
+                    humantime::format_duration(value),
+                    if zero_allowed { "" } else { "above zero and " },
+                    humantime::format_duration(max)
+                ));
             }
         }
-        if self.token.timeout.is_zero() {
-            problems.push("--token-review-timeout must be above zero".to_string());
-        } else if server.request_timeout <= self.token.timeout {
+        if !self.token.timeout.is_zero()
+            && !server.request_timeout.is_zero()
+            && server.request_timeout <= self.token.timeout
+        {
             problems.push(format!(
                 "--request-timeout ({}) must be longer than --token-review-timeout ({}): a request may wait for a \
                  TokenReview",
@@ -166,6 +181,15 @@ impl ServeOptions {
         problems
     }
 }
+
+/// The longest TLS handshake a client is given.
+pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest a request (or its TokenReview) may be given.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The longest a rejected token is refused from cache (0 turns that cache off).
+pub const MAX_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(300);
 
 /// The longest Lease duration accepted: longer only delays a takeover after a crash.
 pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(3600);

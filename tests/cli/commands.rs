@@ -348,6 +348,8 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
         "1024",
         "--max-concurrent-streams",
         "0",
+        "--token-negative-cache-ttl",
+        "1d",
     ]);
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
@@ -357,7 +359,8 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
         r#"--lease-name "lease_1" is not a valid object name"#,
         "--listen and --metrics-listen are the same address (0.0.0.0:9000)",
         "--cluster-id and each --cluster-alias must be non-empty",
-        "--lease-retry-period 6s must be above zero and at most half of --lease-duration (10s)",
+        "--lease-retry-period 6s must be above zero, and --lease-duration (10s) at least 4 times it plus 1s",
+        "--token-negative-cache-ttl 1day must be at most 5m",
         "--request-timeout (5s) must be longer than --token-review-timeout (5s)",
         "--max-header-bytes 1024 is below 8192",
         "--max-concurrent-streams must be at least 1",

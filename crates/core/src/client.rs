@@ -30,7 +30,7 @@ pub enum ClientError {
     },
     /// The response failed a check of [`verify_response`].
     #[error("the response is invalid: {0}")]
-    Response(#[from] ResponseError),
+    Response(ResponseError),
     /// A request header cannot carry the value (gRPC metadata is printable
     /// ASCII); the value itself is not shown, as it may be a token.
     #[error("the {0} cannot be sent: it is not printable ASCII")]
@@ -97,12 +97,12 @@ pub enum ResponseError {
     #[error("element {0} does not end in a newline")]
     NoNewline(usize),
     /// An element is not PEM certificates.
-    #[error("element {index}: {source}")]
+    #[error("element {index}: {error}")]
     Element {
         /// The element's index.
         index: usize,
         /// Why it does not decode.
-        source: PkiError,
+        error: PkiError,
     },
     /// An element holds other than one certificate.
     #[error("element {index} holds {count} certificates; exactly one is required")]
@@ -131,6 +131,13 @@ pub enum ResponseError {
     },
 }
 
+// Not `#[from]`: the message already says the cause, so it is not also a `source()` (printed twice in a chain).
+impl From<ResponseError> for ClientError {
+    fn from(e: ResponseError) -> Self {
+        ClientError::Response(e)
+    }
+}
+
 /// Checks a response: at least two elements; the leaf and each intermediate
 /// one certificate per element (ztunnel keeps only the first of each); the
 /// last element a bundle; the leaf chaining to `trusted` (the root we
@@ -151,7 +158,7 @@ pub fn verify_response(
             return Err(ResponseError::NoNewline(index).into());
         }
         let certs = pem::decode_certificates(element.as_bytes(), 1 << 20)
-            .map_err(|source| ResponseError::Element { index, source })?;
+            .map_err(|error| ResponseError::Element { index, error })?;
         let count = certs.len();
         let Ok([cert]) = <[_; 1]>::try_from(certs) else {
             return Err(ResponseError::NotOne { index, count }.into());

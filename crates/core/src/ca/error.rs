@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 /// and the audit log records; [`Failure::category`] decides the gRPC status and the metrics.
 #[derive(Debug, Error)]
 pub enum Failure {
-    /// No authenticator recognised the caller.
+    /// The authenticators rejected the caller's credentials, or none was presented.
     #[error(transparent)]
     Authentication(Rejection),
     /// The credentials could not be checked now.
@@ -41,12 +41,12 @@ pub enum Failure {
     #[error("the bearer token is empty")]
     EmptyBearerToken,
     /// `ImpersonatedIdentity` is not a workload SPIFFE ID.
-    #[error("impersonated identity {}: {source}", quote_input(.requested))]
+    #[error("impersonated identity {}: {error}", quote_input(.requested))]
     BadImpersonatedIdentity {
         /// The identity asked for.
         requested: String,
         /// Why it does not parse.
-        source: PkiError,
+        error: PkiError,
     },
     /// The caller asks to impersonate but is not a trusted node account of the target's mesh.
     #[error("{account} is not a trusted node account of mesh {mesh} and may not impersonate")]
@@ -66,7 +66,7 @@ pub enum Failure {
         /// That mesh's trust domain.
         mesh_trust_domain: String,
     },
-    /// The node authorizer refused: the target does not run on the caller's node.
+    /// The node authorizer refused: the caller's pod does not check out, or the target has no pod on its node.
     #[error("impersonation refused: {0}")]
     ImpersonationRefused(Rejection),
     /// No single mesh covers the namespace (or none is loaded yet).
@@ -140,12 +140,12 @@ pub enum Failure {
         why: NoSigner,
     },
     /// The mesh's signing certificate has expired or is not yet valid.
-    #[error("the signing certificate of mesh {mesh} is not valid now: {source}")]
+    #[error("the signing certificate of mesh {mesh} is not valid now: {error}")]
     SignerNotValidNow {
         /// The mesh.
         mesh: String,
         /// The validity error.
-        source: PkiError,
+        error: PkiError,
     },
     /// The caller's own SPIFFE ID cannot be formed (a name the API server allowed but SPIFFE does not).
     #[error("cannot form the caller's identity: {0}")]

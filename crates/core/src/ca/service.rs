@@ -102,7 +102,7 @@ impl CertificateService {
             mesh.signer.as_ref().map_err(|why| Failure::MeshNotReady { mesh: mesh.name.clone(), why: why.clone() })?;
         let issued = chain.issue_workload(csr.spki_der(), &identity_uri, ttl, OffsetDateTime::now_utc()).map_err(
             |e| match e {
-                PkiError::Expired { .. } => Failure::SignerNotValidNow { mesh: mesh.name.clone(), source: e },
+                PkiError::Expired { .. } => Failure::SignerNotValidNow { mesh: mesh.name.clone(), error: e },
                 other => Failure::Issue(other),
             },
         )?;
@@ -162,7 +162,7 @@ impl CertificateService {
         record.impersonated = true;
         record.identity = Some(quote_input(&requested));
         let target = WorkloadIdentity::parse(&requested)
-            .map_err(|source| Failure::BadImpersonatedIdentity { requested: requested.clone(), source })?;
+            .map_err(|error| Failure::BadImpersonatedIdentity { requested: requested.clone(), error })?;
         record.identity = Some(target.to_string());
         let mesh = self.route(&target.namespace)?;
         if let Some(td) = &caller.trust_domain {

@@ -24,7 +24,14 @@ pub enum ConstraintsError {
     Denied(#[from] Violations),
     /// The extension does not encode.
     #[error("encoding name constraints: {0}")]
-    Encoding(#[from] der::Error),
+    Encoding(der::Error),
+}
+
+// Not `#[from]`: the message already says the encoder's error, so it is not also a `source()`.
+impl From<der::Error> for ConstraintsError {
+    fn from(e: der::Error) -> Self {
+        ConstraintsError::Encoding(e)
+    }
 }
 
 /// The DER value of a NameConstraints extension for a CA issued under

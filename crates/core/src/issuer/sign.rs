@@ -65,15 +65,22 @@ pub enum SignError {
     Invalid(#[from] InvalidRequest),
     /// The issuer's policy does not allow what the request asks for.
     #[error("denied by the issuer's policy: {0}")]
-    Policy(#[from] Violations),
+    Policy(Violations),
     /// The signer cannot sign right now (expired, or its self-check failed); retry.
-    #[error("{signer} cannot sign: {source}")]
+    #[error("{signer} cannot sign: {error}")]
     Unavailable {
         /// The signer, described ("the root", "mesh X's intermediate").
         signer: String,
         /// Why.
-        source: PkiError,
+        error: PkiError,
     },
+}
+
+// Not `#[from]`: the message already says the violations, so they are not also a `source()`.
+impl From<Violations> for SignError {
+    fn from(violations: Violations) -> Self {
+        SignError::Policy(violations)
+    }
 }
 
 /// Why a request can never be signed as it is, whatever the policy.
@@ -221,7 +228,7 @@ pub fn sign(
     };
     let issued = issue_from_template(ca.authority(), &template, now).map_err(|e| match e {
         PkiError::Expired { .. } | PkiError::SelfCheck(_) | PkiError::Signing(_) => {
-            SignError::Unavailable { signer: ca.description().to_string(), source: e }
+            SignError::Unavailable { signer: ca.description().to_string(), error: e }
         }
         other => InvalidRequest::Template(other).into(),
     })?;
@@ -425,7 +432,7 @@ mod tests {
         let csr = dns_csr("a.example.com");
         let later = OffsetDateTime::now_utc() + Duration::days(2);
         let e = sign(&request(&csr, None, false), &open(), &ca, &tenancy(), later).unwrap_err();
-        assert!(matches!(e, SignError::Unavailable { source: PkiError::Expired { .. }, .. }), "{e:?}");
+        assert!(matches!(e, SignError::Unavailable { error: PkiError::Expired { .. }, .. }), "{e:?}");
     }
 
     #[test]
