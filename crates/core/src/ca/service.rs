@@ -337,6 +337,10 @@ mod tests {
                 .map(|i| (format!("k{i}"), Value { kind: Some(Kind::BoolValue(true)) }))
                 .collect(),
         };
+        // Exactly the most accepted is accepted.
+        let most = Struct { fields: many.fields.iter().skip(1).map(|(k, v)| (k.clone(), v.clone())).collect() };
+        assert_eq!(most.fields.len(), MAX_METADATA_FIELDS);
+        assert!(matches!(impersonated_identity(Some(&most)), Ok(None)));
         let failure = impersonated_identity(Some(&many)).err().unwrap();
         assert!(matches!(failure, Failure::TooManyMetadataFields { count: 33, max: 32 }), "{failure}");
         assert_eq!(failure.to_string(), "metadata has 33 fields; at most 32 are accepted");

@@ -323,3 +323,36 @@ async fn one_identity_over_its_limit_spends_none_of_its_nodes_budget() {
     *switch.0.lock().unwrap() = caller("ns1", "quiet", None, Some("n1"));
     ask("quiet").await.unwrap();
 }
+
+/// A CSR that asks for the caller's own identity and one more name of some kind is refused, naming the
+/// kind; so is one that asks for nothing.
+#[tokio::test]
+async fn a_csr_with_any_name_besides_the_identity_is_refused() {
+    use rcgen::{CertificateParams, KeyPair, OtherNameValue, SanType};
+    let f = fixture();
+    let identity = "spiffe://a.td/ns/ns1/sa/app";
+    let uri = || SanType::URI(identity.try_into().unwrap());
+    let upn =
+        SanType::OtherName((vec![1, 3, 6, 1, 4, 1, 311, 20, 2, 3], OtherNameValue::Utf8String("app@a.td".into())));
+    for (extra, named) in [
+        (Some(SanType::DnsName("app.example.com".try_into().unwrap())), "1 DNS name(s)"),
+        (Some(SanType::IpAddress("10.0.0.1".parse().unwrap())), "1 IP address(es)"),
+        (Some(SanType::Rfc822Name("app@example.com".try_into().unwrap())), "1 email address(es)"),
+        (Some(upn), "1 other name(s)"),
+        (None, "the CSR has no URI SAN"),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = match extra {
+            Some(san) => vec![uri(), san],
+            None => vec![],
+        };
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let mut req = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata: None });
+        req.metadata_mut().insert("authorization", "Bearer t1".parse().unwrap());
+        let refused = f.service.create_certificate(req).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{named}: {refused:?}");
+        assert!(refused.message().starts_with("not authorized: "), "{named}: {}", refused.message());
+        assert!(refused.message().contains(named), "{named}: {}", refused.message());
+    }
+}

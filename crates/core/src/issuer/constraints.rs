@@ -239,6 +239,43 @@ mod tests {
         assert_eq!(closed.len(), 5, "{closed:?}");
     }
 
+    /// meshroot's own serving names (`ca.example.com`, `10.96.0.50`) are protected as well.
+    fn tenancy_with_serving_names() -> Tenancy {
+        let mesh: crate::api::mesh::MeshSpec =
+            serde_saphyr::from_str("trustDomain: cluster.local\nistiod: {namespace: istio-system}").unwrap();
+        let own = OwnService {
+            namespace: "meshroot".into(),
+            name: "meshroot".into(),
+            extra_names: vec!["10.96.0.50".into(), "ca.example.com".into()],
+        };
+        Tenancy::new([("default", &mesh)], &own)
+    }
+
+    #[test]
+    fn a_ca_constrained_to_a_protected_name_or_address_needs_the_literal_grant() {
+        let t = tenancy_with_serving_names();
+        let refused = |yaml: &str| match for_ca(&policy(yaml), &t) {
+            Err(ConstraintsError::Denied(v)) => v.0,
+            other => panic!("{yaml}: expected a refusal, got {other:?}"),
+        };
+        // The constraint `ca.example.com` is itself meshroot's serving name.
+        let v = refused("allowCA: true\nallowedDNSNames: ['*.ca.example.com']");
+        assert!(matches!(v.as_slice(), [Violation::CaProtectedName { name, .. }] if name == "ca.example.com"), "{v:?}");
+        for_ca(&policy("allowCA: true\nallowedDNSNames: ['*.ca.example.com', 'ca.example.com']"), &t).unwrap();
+        // A range holding meshroot's address, unless that address alone is the grant.
+        let v = refused("allowCA: true\nallowedIPRanges: ['10.96.0.0/16']");
+        assert!(
+            matches!(v.as_slice(), [Violation::CaProtectedIp { ip, .. }] if ip.to_string() == "10.96.0.50"),
+            "{v:?}"
+        );
+        // Host bits set: written with the address, but a whole /16.
+        let v = refused("allowCA: true\nallowedIPRanges: ['10.96.0.50/16']");
+        assert!(matches!(v.as_slice(), [Violation::CaProtectedIp { .. }]), "{v:?}");
+        let v = refused("allowCA: true\nallowedIPRanges: ['10.96.0.51/32', '10.96.0.0/24']");
+        assert_eq!(v.len(), 1, "only the range that holds the address: {v:?}");
+        for_ca(&policy("allowCA: true\nallowedIPRanges: ['10.96.0.50/32', '10.97.0.0/16']"), &t).unwrap();
+    }
+
     #[test]
     fn a_ca_that_could_sign_protected_names_is_refused() {
         let t = tenancy();

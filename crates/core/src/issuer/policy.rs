@@ -447,6 +447,25 @@ mod tests {
     }
 
     #[test]
+    fn the_boundaries_of_protection_are_exact() {
+        // maxDuration may be exactly the shortest certificate issued.
+        assert_eq!(policy("maxDuration: 10m").max_duration, Some(MIN_DURATION));
+        // A namespaced Issuer may sign an unprotected address its policy allows.
+        let p = policy("allowedIPRanges: ['10.0.0.0/8']");
+        check_in("team-a", &p, &names(&[], &[], &["10.0.0.1"], &[])).unwrap();
+        // A literal entry for some other name does not make a pattern's match literal.
+        let p = policy("allowedDNSNames: ['other.example.com', '*.istio-system.svc']");
+        let e = check(&p, &names(&["istiod.istio-system.svc"], &[], &[], &[]), &[], false, &[]).unwrap_err();
+        assert!(e.contains("only a literal entry"), "{e}");
+        // A protected common name is granted by its literal allowedCommonNames entry, and only by that.
+        let p = policy("allowedCommonNames: ['istiod.istio-system.svc']\nallowedDNSNames: ['*.istio-system.svc']");
+        check(&p, &names(&[], &[], &[], &[]), &["istiod.istio-system.svc"], false, &[]).unwrap();
+        let p = policy("allowedCommonNames: ['ca.example.org']\nallowedDNSNames: ['*.istio-system.svc']");
+        let e = check(&p, &names(&[], &[], &[], &[]), &["istiod.istio-system.svc"], false, &[]).unwrap_err();
+        assert!(e.contains("only a literal entry"), "{e}");
+    }
+
+    #[test]
     fn an_empty_policy_allows_nothing() {
         let p = policy("{}");
         let n = names(&["a.example.com"], &["urn:example:x"], &["10.0.0.1"], &["a@b.c"]);
