@@ -395,6 +395,67 @@ mod tests {
     }
 
     #[test]
+    fn duration_limits_are_inclusive() {
+        let root = root_state(Duration::days(365));
+        let ca = by_root(&root);
+        let csr = dns_csr("a.example.com");
+        let now = OffsetDateTime::now_utc();
+        let sign_for = |d: Duration, p: &Policy| sign(&request(&csr, Some(d), false), p, &ca, &tenancy(), now);
+        // Exactly the shortest lifetime is issued; a second less is refused.
+        assert!(sign_for(MIN_DURATION, &open()).is_ok());
+        let e = sign_for(MIN_DURATION - Duration::SECOND, &open()).unwrap_err();
+        assert!(matches!(e, SignError::Invalid(InvalidRequest::TooShort(_))), "{e:?}");
+        // Exactly 100 years is a request to shorten, not a refusal.
+        assert!(sign_for(duration::MAX, &open()).unwrap().shortened.is_some());
+        // A request for exactly maxDuration is not "shortened".
+        let p = policy("allowedDNSNames: ['a.example.com']\nmaxDuration: 48h");
+        assert!(sign_for(Duration::hours(48), &p).unwrap().shortened.is_none());
+    }
+
+    /// cert-manager's rule: what the CSR's extensions say must be what the request says.
+    #[test]
+    fn csr_extensions_that_disagree_with_the_request_are_refused() {
+        use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose};
+        let root = root_state(Duration::days(365));
+        let ca = by_root(&root);
+        let p = policy(
+            "allowCA: true\nallowedDNSNames: ['a.example.com']\nallowedUsages: [digital signature, key encipherment, server auth, client auth, cert sign]",
+        );
+        let csr = |edit: &dyn Fn(&mut rcgen::CertificateParams)| {
+            let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["a.example.com".to_string()]).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            edit(&mut params);
+            params.serialize_request(&key).unwrap().pem().unwrap()
+        };
+        let now = OffsetDateTime::now_utc();
+        let usages: Vec<String> = ["digital signature", "key encipherment", "server auth"].map(String::from).to_vec();
+        let ask = |pem: &str, is_ca: bool| {
+            let req = SigningRequest { usages: &usages, ..request(pem, None, is_ca) };
+            sign(&req, &p, &ca, &tenancy(), now)
+        };
+        // Extensions that say exactly what the request says pass.
+        let agreeing = csr(&|c| {
+            c.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            c.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            c.is_ca = IsCa::ExplicitNoCa;
+        });
+        ask(&agreeing, false).unwrap();
+        let ca_flag = csr(&|c| c.is_ca = IsCa::Ca(BasicConstraints::Unconstrained));
+        let e = ask(&ca_flag, false).unwrap_err();
+        assert!(
+            matches!(e, SignError::Invalid(InvalidRequest::CsrBasicConstraints { csr: true, spec: false })),
+            "{e:?}"
+        );
+        let key_usages = csr(&|c| c.key_usages = vec![KeyUsagePurpose::DigitalSignature]);
+        let e = ask(&key_usages, false).unwrap_err();
+        assert!(matches!(e, SignError::Invalid(InvalidRequest::CsrKeyUsages { .. })), "{e:?}");
+        let extended = csr(&|c| c.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        let e = ask(&extended, false).unwrap_err();
+        assert!(matches!(e, SignError::Invalid(InvalidRequest::CsrExtendedKeyUsages { .. })), "{e:?}");
+    }
+
+    #[test]
     fn max_duration_shortens_the_certificate_itself() {
         let root = root_state(Duration::days(365));
         let ca = by_root(&root);
