@@ -466,6 +466,27 @@ mod tests {
     }
 
     #[test]
+    fn attribute_names_are_short_names_or_dotted_oids_other_than_cn_and_email() {
+        let spec = |name: &str| {
+            let yaml = format!("allowedSubjectAttributes: {{'{name}': ['*']}}");
+            Policy::from_spec(&serde_saphyr::from_str(&yaml).unwrap())
+        };
+        for good in ["O", "ou", "postalCode", "1.2.3", "2.5.4.97"] {
+            assert!(spec(good).is_ok(), "{good}");
+        }
+        for bad in ["1", "1..2", ".1.2", "1.2.", "1.2.a", "2.5.4.3", "1.2.840.113549.1.9.1", "CN", "Planet"] {
+            assert_eq!(spec(bad), Err(PolicySpecError::SubjectAttribute(bad.into())), "{bad}");
+        }
+        // Refusals name attributes as policies do: CN and emailAddress, not their OIDs.
+        let p = policy("{}");
+        for (oid, name) in [(OID_COMMON_NAME, "CN"), (OID_EMAIL_ADDRESS, "emailAddress"), ("2.5.4.10", "O")] {
+            let subject = [SubjectAttribute { oid: oid.into(), value: None }];
+            let e = check_subject(&p, &names(&[], &[], &[], &[]), &subject, false, &[]).unwrap_err();
+            assert_eq!(e, format!("subject attribute {name} has a non-string value, allowed only by \"*\""));
+        }
+    }
+
+    #[test]
     fn an_empty_policy_allows_nothing() {
         let p = policy("{}");
         let n = names(&["a.example.com"], &["urn:example:x"], &["10.0.0.1"], &["a@b.c"]);
