@@ -565,6 +565,26 @@ mod tests {
         let e = sign(&request(&csr, None, false), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
         assert!(matches!(&e, SignError::Invalid(InvalidRequest::SubjectIsSigner { .. })), "{e:?}");
         assert!(e.to_string().contains("is the name of a CA in the signing chain"), "{e}");
+
+        // The same name in other case and spacing is the same name to verifiers: refused too.
+        let mut shouted = rcgen::DistinguishedName::new();
+        shouted.push(rcgen::DnType::OrganizationName, "MESHROOT");
+        let root_cn = root_subject.split(", ").find_map(|part| part.strip_prefix("CN=")).unwrap();
+        shouted.push(rcgen::DnType::CommonName, format!("  {}", root_cn.to_uppercase()).as_str());
+        let csr = csr_with("a.example.com", shouted);
+        let p = policy(
+            "allowedDNSNames: ['a.example.com']\nallowedCommonNames: ['*']\nallowedSubjectAttributes: {O: ['*']}",
+        );
+        let e = sign(&request(&csr, None, false), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap_err();
+        assert!(matches!(&e, SignError::Invalid(InvalidRequest::SubjectIsSigner { .. })), "{e:?}");
+        // Another name is signed, and the certificate carries it.
+        let mut other = rcgen::DistinguishedName::new();
+        other.push(rcgen::DnType::OrganizationName, "meshroot");
+        other.push(rcgen::DnType::CommonName, "a.example.com");
+        let csr = csr_with("a.example.com", other);
+        let signed = sign(&request(&csr, None, false), &p, &ca, &tenancy(), OffsetDateTime::now_utc()).unwrap();
+        let der = CertificateDer::from(leaf(&signed));
+        assert_eq!(parse_certificate(&der).unwrap().subject().to_string(), "O=meshroot, CN=a.example.com");
     }
 
     #[test]
