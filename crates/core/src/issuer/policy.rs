@@ -453,6 +453,19 @@ mod tests {
         // A namespaced Issuer may sign an unprotected address its policy allows.
         let p = policy("allowedIPRanges: ['10.0.0.0/8']");
         check_in("team-a", &p, &names(&[], &[], &["10.0.0.1"], &[])).unwrap();
+        // meshroot's address is granted by its own /32 only, not by a range written with it (host bits set).
+        let p = policy("allowedIPRanges: ['10.96.0.50/16']");
+        let e = check(&p, &names(&[], &[], &["10.96.0.50"], &[]), &[], false, &[]).unwrap_err();
+        assert!(e.contains("is protected"), "{e}");
+        check(&policy("allowedIPRanges: ['10.96.0.50/32']"), &names(&[], &[], &["10.96.0.50"], &[]), &[], false, &[])
+            .unwrap();
+        // Every violation is listed, one after another.
+        let e = check(&policy("{}"), &names(&["a.example.com"], &[], &["10.0.0.1"], &[]), &[], false, &[]).unwrap_err();
+        assert_eq!(
+            e,
+            "DNS name \"a.example.com\" is not allowed by policy.allowedDNSNames; IP address 10.0.0.1 is not in \
+             policy.allowedIPRanges"
+        );
         // A literal entry for some other name does not make a pattern's match literal.
         let p = policy("allowedDNSNames: ['other.example.com', '*.istio-system.svc']");
         let e = check(&p, &names(&["istiod.istio-system.svc"], &[], &[], &[]), &[], false, &[]).unwrap_err();
