@@ -112,3 +112,36 @@ impl Authenticator for ClientCertificateAuthenticator {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthenticatorChain, BearerToken};
+    use crate::ca::static_tokens::StaticTokenAuthenticator;
+    use crate::pki::{Authority, CaSpec};
+
+    /// A chain's refusal names the authenticator that refused, as the client and the audit log see it.
+    #[tokio::test]
+    async fn a_refusal_names_the_authenticator_that_refused() {
+        let root = Authority::new_root(&CaSpec::root(time::Duration::days(1)), OffsetDateTime::now_utc()).unwrap();
+        let tokens = StaticTokenAuthenticator::parse("t1 ns1 app\n").unwrap();
+        let certs = ClientCertificateAuthenticator::new(Arc::new(MeshRegistry::default()));
+        let chain = AuthenticatorChain::new(vec![Arc::new(tokens), Arc::new(certs)]);
+        // A certificate that is not a workload's (the root itself), and no token.
+        let credentials = Credentials {
+            peer_certificates: Some(Arc::new(vec![root.certificate().clone()])),
+            ..Credentials::default()
+        };
+        let refused = chain.authenticate(&credentials).await.unwrap_err();
+        assert!(
+            matches!(&refused, AuthError::Rejected(Rejection::By { authenticator: "client-certificate", reason })
+                if matches!(**reason, Rejection::ClientCertificate(Refused::NotWorkload { .. }))),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().starts_with("client-certificate: client certificate: not a meshroot workload"));
+        // An unknown token, and no certificate.
+        let credentials = Credentials { bearer_token: Some(BearerToken::new("nope".into())), ..Credentials::default() };
+        let refused = chain.authenticate(&credentials).await.unwrap_err();
+        assert_eq!(refused.to_string(), "static-token: the bearer token is not recognised");
+    }
+}
