@@ -263,3 +263,43 @@ fn issuing_root(cert: &CertificateDer<'static>, bundle: &TrustBundle) -> Option<
         })
         .cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Authority, CaSpec};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    /// A root with pathLenConstraint `root_limit` and below it the signer with `signer_limit`.
+    fn chain(root_limit: u8, signer_limit: u8) -> IssuingCa {
+        let ca = |limit| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(limit));
+            params
+        };
+        let (root_key, signer_key) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        let root_params = ca(root_limit);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let issuer = Issuer::new(root_params, root_key);
+        let signer = ca(signer_limit).signed_by(&signer_key, &issuer).unwrap();
+        let any = Authority::new_root(&CaSpec::root(time::Duration::days(1)), time::OffsetDateTime::now_utc()).unwrap();
+        IssuingCa {
+            source: Source::Root(Arc::new(any)),
+            path: vec![signer.der().clone()],
+            root: root.der().clone(),
+            description: "test".into(),
+        }
+    }
+
+    /// The tightest pathLenConstraint in the chain decides, whichever certificate carries it.
+    #[test]
+    fn the_tightest_path_length_in_the_chain_decides() {
+        // The signer allows 4 more CAs below the new one, the root only 1 (the new CA is its second below).
+        assert_eq!(chain(2, 5).ca_allowance(), CaAllowance::UpTo(0));
+        assert_eq!(chain(5, 1).ca_allowance(), CaAllowance::UpTo(0));
+        assert_eq!(chain(9, 3).ca_allowance(), CaAllowance::UpTo(2));
+        assert_eq!(chain(4, 6).ca_allowance(), CaAllowance::UpTo(2));
+        assert_eq!(chain(1, 3).ca_allowance(), CaAllowance::Forbidden);
+        assert_eq!(chain(5, 0).ca_allowance(), CaAllowance::Forbidden);
+    }
+}
