@@ -241,14 +241,7 @@ mod tests {
 
     /// meshroot's own serving names (`ca.example.com`, `10.96.0.50`) are protected as well.
     fn tenancy_with_serving_names() -> Tenancy {
-        let mesh: crate::api::mesh::MeshSpec =
-            serde_saphyr::from_str("trustDomain: cluster.local\nistiod: {namespace: istio-system}").unwrap();
-        let own = OwnService {
-            namespace: "meshroot".into(),
-            name: "meshroot".into(),
-            extra_names: vec!["10.96.0.50".into(), "ca.example.com".into()],
-        };
-        Tenancy::new([("default", &mesh)], &own)
+        crate::issuer::policy::tests::tenancy()
     }
 
     #[test]

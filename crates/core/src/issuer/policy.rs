@@ -385,7 +385,7 @@ fn attribute_name(oid: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::issuer::tenancy::{OwnService, Tenancy};
 
@@ -403,7 +403,9 @@ mod tests {
         }
     }
 
-    fn tenancy() -> Tenancy {
+    /// One mesh (`cluster.local`, istiod in istio-system) and meshroot's serving names `10.96.0.50` and
+    /// `ca.example.com`: the protected names the issuer tests check against.
+    pub(in crate::issuer) fn tenancy() -> Tenancy {
         let mesh: crate::api::mesh::MeshSpec =
             serde_saphyr::from_str("trustDomain: cluster.local\nistiod: {namespace: istio-system}").unwrap();
         let own = OwnService {
