@@ -57,10 +57,11 @@ impl LeaseConfig {
 }
 
 impl LeaseConfig {
-    /// How long after its last successful renewal a leader that cannot renew steps down: early enough that
-    /// it has stopped before another replica may take the Lease. Another may take it `lease_duration` after
-    /// the last renewal, less up to 1 s (the Lease's clock is in seconds); the leader notices at its next
-    /// attempt, up to two retry periods later (the wait, then an attempt that is cut off at one period).
+    /// How long after the start of its last successful renewal a leader that cannot renew steps down:
+    /// early enough that it has stopped before another replica may take the Lease, which is only after
+    /// `lease_duration` from the renewal time written (taken after that start). The leader notices at its
+    /// next attempt, up to two retry periods later (the wait, then an attempt cut off at one period), so it
+    /// has stepped down at least 1 s before the Lease can be taken.
     pub fn renew_deadline(&self) -> Duration {
         self.lease_duration.saturating_sub(self.retry_period.saturating_mul(2)).saturating_sub(Duration::from_secs(1))
     }
@@ -173,6 +174,7 @@ pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> Election {
         let mut last_success = tokio::time::Instant::now();
         loop {
             // A hung request must not keep a leader that can no longer renew.
+            let started = tokio::time::Instant::now();
             let attempt = match tokio::time::timeout(cfg.retry_period, try_acquire(&api, &cfg)).await {
                 Ok(result) => result.map_err(|e| error_summary(&e)),
                 Err(_) => Err(format!("no answer within the retry period ({:?})", cfg.retry_period)),
@@ -180,7 +182,9 @@ pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> Election {
             match attempt {
                 Ok(held) => {
                     if held {
-                        last_success = tokio::time::Instant::now();
+                        // The renewal time written is taken after `started`: counting from here, the
+                        // leader never thinks its Lease younger than the others see it.
+                        last_success = started;
                     }
                     if *leader_tx.borrow() != held {
                         tracing::info!(identity = %cfg.identity, leader = held, "leadership changed");
