@@ -54,9 +54,7 @@ impl LeaseConfig {
             retry_period: timings.retry_period,
         }
     }
-}
 
-impl LeaseConfig {
     /// How long after the start of its last successful renewal a leader that cannot renew steps down:
     /// early enough that it has stopped before another replica may take the Lease, which is only after
     /// `lease_duration` from the renewal time written (taken after that start). The leader notices at its

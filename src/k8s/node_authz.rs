@@ -163,19 +163,17 @@ impl NodeAuthorizer for PodNodeAuthorizer {
         }
         let pod_ref = caller.pod.as_ref().ok_or(Rejection::Node(NodeRejection::NoPod))?;
         let key = (caller.namespace.clone(), pod_ref.name.clone());
-        let refused = |why: fn(String, String) -> NodeRejection| -> AuthError {
-            Rejection::Node(why(key.0.clone(), key.1.clone())).into()
+        let Some(pod) = shared.index.pods.get(&key) else {
+            let (namespace, name) = key;
+            return Err(Rejection::Node(NodeRejection::PodMissing { namespace, name }).into());
         };
-        let pod = shared
-            .index
-            .pods
-            .get(&key)
-            .ok_or_else(|| refused(|namespace, name| NodeRejection::PodMissing { namespace, name }))?;
         if pod.uid != pod_ref.uid {
-            return Err(refused(|namespace, name| NodeRejection::PodReplaced { namespace, name }));
+            let (namespace, name) = key;
+            return Err(Rejection::Node(NodeRejection::PodReplaced { namespace, name }).into());
         }
         if pod.service_account != caller.service_account {
-            return Err(refused(|namespace, name| NodeRejection::PodServiceAccount { namespace, name }));
+            let (namespace, name) = key;
+            return Err(Rejection::Node(NodeRejection::PodServiceAccount { namespace, name }).into());
         }
         let node = pod.node.as_ref().ok_or(Rejection::Node(NodeRejection::PodNotOnNode))?;
         let slot = (node.clone(), target.namespace.clone(), target.service_account.clone());

@@ -252,8 +252,9 @@ async fn review_token(client: kube::Client, token: String, config: &TokenReviewC
             return Err(Unavailable::TokenReviewTimeout.into());
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %kube_error_summary(&e), "TokenReview failed");
-            return Err(Unavailable::TokenReviewFailed { summary: kube_error_summary(&e) }.into());
+            let summary = kube_error_summary(&e);
+            tracing::warn!(error = %summary, "TokenReview failed");
+            return Err(Unavailable::TokenReviewFailed { summary }.into());
         }
         Ok(Ok(answer)) => answer,
     };

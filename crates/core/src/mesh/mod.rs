@@ -86,7 +86,7 @@ pub enum NoSigner {
 }
 
 /// Why no single mesh covers a namespace.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq, Eq)]
 pub enum RouteError {
     /// The registry holds no mesh yet; callers treat this as retryable.
     #[error("no mesh is ready to sign yet")]
