@@ -56,8 +56,9 @@ impl LeaseConfig {
     }
 
     /// How long after the start of its last successful renewal a leader that cannot renew steps down:
-    /// early enough that it has stopped before another replica may take the Lease, which is only after
-    /// `lease_duration` from the renewal time written (taken after that start). The leader notices at its
+    /// early enough that it has stopped before another replica may take the Lease, which is only
+    /// `lease_duration` after that replica saw the renewal (necessarily after that start; each replica
+    /// counts on its own monotonic clock, so skew between nodes does not matter). The leader notices at its
     /// next attempt, up to two retry periods later (the wait, then an attempt cut off at one period), so it
     /// has stepped down at least 1 s before the Lease can be taken.
     pub fn renew_deadline(&self) -> Duration {
@@ -93,17 +94,36 @@ fn now() -> Timestamp {
     Timestamp::now()
 }
 
-fn expired(spec: &LeaseSpec, at: Timestamp) -> bool {
-    let Some(MicroTime(renewed)) = spec.renew_time.as_ref() else {
-        return true;
-    };
-    let secs = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    let until = renewed.as_second().saturating_add(secs);
-    at.as_second() > until
+/// Another holder's Lease as this replica last saw it change, on this replica's own monotonic clock.
+/// Expiry is judged from that, never from the holder's `renewTime`: clocks differ between nodes, and
+/// a holder whose clock runs behind would otherwise lose a Lease it renews on time (client-go's rule).
+struct Observed {
+    spec: LeaseSpec,
+    at: tokio::time::Instant,
+}
+
+/// Whether `spec`, held by another replica, has gone unrenewed for its duration as this replica saw it.
+/// Any change to it (a renewal, another holder) restarts the count.
+fn expired(observed: &mut Option<Observed>, spec: &LeaseSpec) -> bool {
+    let now = tokio::time::Instant::now();
+    match observed {
+        Some(o) if o.spec == *spec => {
+            let secs = spec.lease_duration_seconds.unwrap_or(15);
+            now.saturating_duration_since(o.at) > Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+        }
+        _ => {
+            *observed = Some(Observed { spec: spec.clone(), at: now });
+            false
+        }
+    }
 }
 
 /// One attempt to acquire or renew. Returns whether we hold the Lease.
-async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+async fn try_acquire(
+    api: &Api<Lease>,
+    cfg: &LeaseConfig,
+    observed: &mut Option<Observed>,
+) -> Result<bool, kube::Error> {
     let at = now();
     let ours = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
         holder_identity: Some(cfg.identity.clone()),
@@ -133,7 +153,7 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::
     let transitions = spec.lease_transitions.unwrap_or(0);
     let new_spec = if holder == cfg.identity {
         ours(transitions, spec.acquire_time.clone())
-    } else if holder.is_empty() || expired(&spec, at) {
+    } else if holder.is_empty() || expired(observed, &spec) {
         ours(transitions.saturating_add(1), None)
     } else {
         return Ok(false);
@@ -170,10 +190,11 @@ pub fn spawn(client: kube::Client, cfg: LeaseConfig) -> Election {
     let (stop, mut stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let mut last_success = tokio::time::Instant::now();
+        let mut observed = None;
         loop {
             // A hung request must not keep a leader that can no longer renew.
             let started = tokio::time::Instant::now();
-            let attempt = match tokio::time::timeout(cfg.retry_period, try_acquire(&api, &cfg)).await {
+            let attempt = match tokio::time::timeout(cfg.retry_period, try_acquire(&api, &cfg, &mut observed)).await {
                 Ok(result) => result.map_err(|e| error_summary(&e)),
                 Err(_) => Err(format!("no answer within the retry period ({:?})", cfg.retry_period)),
             };
@@ -220,8 +241,8 @@ mod tests {
         let cfg = LeaseConfig::new("ns", "lease", "me", LeaseTimings::default());
         // client-go's defaults: a 15 s Lease, renewed every 2 s, given up after 10 s without renewal.
         assert_eq!(cfg.renew_deadline(), Duration::from_secs(10));
-        // The latest it notices (deadline + two retry periods) is before the earliest another replica may
-        // take the Lease (its duration less the 1 s of the Lease's clock), for every accepted setting.
+        // The latest it notices (deadline + two retry periods) is at least 1 s before the earliest another
+        // replica may take the Lease (its duration after the renewal), for every accepted setting.
         for (duration, retry) in [(15, 2_000), (5, 1_000), (7, 1_000), (3600, 899_000), (2, 250)] {
             let timings =
                 LeaseTimings { duration: Duration::from_secs(duration), retry_period: Duration::from_millis(retry) };

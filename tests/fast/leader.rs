@@ -94,3 +94,42 @@ async fn taking_over_a_lease_at_the_maximum_transition_count_does_not_overflow()
     assert_eq!(lease["spec"]["leaseTransitions"].as_i64(), Some(i64::from(i32::MAX)));
     a.stop().await;
 }
+
+/// Expiry is judged on the candidate's own clock, from when it last saw the
+/// Lease change, never from the holder's `renewTime`: a holder whose clock
+/// runs years behind keeps a Lease it renews, and one whose clock runs ahead
+/// loses it once it stops renewing.
+#[tokio::test]
+async fn lease_expiry_is_judged_on_the_candidates_clock_not_the_holders() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::{Api, PostParams};
+    let fake = setup();
+    let lease = |renewed: &str| {
+        json!({
+            "metadata": {"name": "meshroot-leader", "namespace": "meshroot"},
+            "spec": {"holderIdentity": "replica-skewed", "leaseDurationSeconds": 1, "renewTime": renewed},
+        })
+    };
+    fake.create("coordination.k8s.io/v1", "leases", "meshroot", lease("2020-01-01T00:00:00.000000Z"));
+    let a = leader::spawn(fake.client(), cfg("replica-a"));
+    // The skewed holder renews every 200 ms, its clock six years behind.
+    let leases: Api<Lease> = Api::namespaced(fake.client(), "meshroot");
+    let renewed_at = "2020-01-01T00:00:00Z".parse::<k8s_openapi::jiff::Timestamp>().unwrap();
+    for i in 1..=15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut current = leases.get("meshroot-leader").await.unwrap();
+        let spec = current.spec.as_mut().unwrap();
+        spec.renew_time = Some(MicroTime(renewed_at + Duration::from_millis(200 * i)));
+        leases.replace("meshroot-leader", &PostParams::default(), &current).await.unwrap();
+        assert!(!*a.is_leader.borrow(), "a took a Lease its holder renews on time (after {i} renewals)");
+    }
+    // Now the holder's clock runs a century ahead, and it stops renewing.
+    let mut current = leases.get("meshroot-leader").await.unwrap();
+    current.spec.as_mut().unwrap().renew_time = Some(MicroTime("2126-01-01T00:00:00Z".parse().unwrap()));
+    leases.replace("meshroot-leader", &PostParams::default(), &current).await.unwrap();
+    let stopped = std::time::Instant::now();
+    until("a to take over the Lease left unrenewed", || *a.is_leader.borrow()).await;
+    assert!(stopped.elapsed() >= Duration::from_secs(1), "taken before its duration passed: {:?}", stopped.elapsed());
+    a.stop().await;
+}
