@@ -288,3 +288,100 @@ async fn token_reviews_and_outages() {
     fake.set_outage(false);
     assert!(review("tok", &["istio-ca"]).await.is_ok());
 }
+
+/// Where a real API server refuses a write, the fake does too (so meshroot's
+/// tests cannot pass on writes a real cluster would refuse), and its
+/// resourceVersions are opaque: equal or not, never ordered.
+#[tokio::test]
+async fn refuses_what_a_real_api_server_refuses() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fake = FakeApi::with_crd_dirs(&[root.join("crds")]);
+    fake.namespace("ns1", json!({}));
+    let cms: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    let secrets: Api<Secret> = Api::namespaced(fake.client(), "ns1");
+    let pp = PostParams::default();
+
+    // Label keys and values.
+    for labels in [json!({"k": "v".repeat(64)}), json!({"k": "-v"}), json!({"bad key": "v"}), json!({"a/b/c": "v"})] {
+        let refused = cms.create(&pp, &cm("labelled", labels.clone())).await.unwrap_err();
+        assert_eq!(api_err(refused), (422, "Invalid".into()), "{labels}");
+    }
+    cms.create(&pp, &cm("labelled", json!({"example.com/k": "v".repeat(63), "empty": ""}))).await.unwrap();
+
+    // A kubernetes.io/tls Secret needs both keys (empty is allowed); its type never changes.
+    let tls = |data: serde_json::Value| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": "tls"}, "type": "kubernetes.io/tls", "data": data})).unwrap()
+    };
+    assert_eq!(api_err(secrets.create(&pp, &tls(json!({"tls.crt": "Yw=="}))).await.unwrap_err()).0, 422);
+    let created = secrets.create(&pp, &tls(json!({"tls.crt": "Yw==", "tls.key": ""}))).await.unwrap();
+    let mut retyped = created.clone();
+    retyped.type_ = Some("Opaque".into());
+    assert_eq!(api_err(secrets.replace("tls", &pp, &retyped).await.unwrap_err()).0, 422);
+    let opaque: Secret = serde_json::from_value(json!({"metadata": {"name": "plain"}})).unwrap();
+    assert_eq!(secrets.create(&pp, &opaque).await.unwrap().type_.as_deref(), Some("Opaque"), "defaulted");
+
+    // No /status on a kind without the subresource.
+    let mut status_write = cms.get("labelled").await.unwrap();
+    status_write.data = None;
+    let path_refused = cms.replace_status("labelled", &pp, &status_write).await;
+    assert_eq!(api_err(path_refused.unwrap_err()).0, 404);
+
+    // Custom resources and Leases: no update without the resourceVersion read,
+    // and (custom resources) no strategic merge patch.
+    let gvk = GroupVersionKind::gvk("meshroot.io", "v1alpha1", "Mesh");
+    let meshes: Api<DynamicObject> = Api::all_with(fake.client(), &ApiResource::from_gvk(&gvk));
+    let mesh: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "meshroot.io/v1alpha1", "kind": "Mesh", "metadata": {"name": "m"}, "spec": {}}),
+    )
+    .unwrap();
+    let mut mesh = meshes.create(&pp, &mesh).await.unwrap();
+    mesh.metadata.resource_version = None;
+    assert_eq!(api_err(meshes.replace("m", &pp, &mesh).await.unwrap_err()), (422, "Invalid".into()));
+    let strategic = Patch::Strategic(json!({"metadata": {"labels": {"a": "b"}}}));
+    assert_eq!(api_err(meshes.patch("m", &PatchParams::default(), &strategic).await.unwrap_err()).0, 415);
+    meshes
+        .patch("m", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})))
+        .await
+        .unwrap();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(fake.client(), "ns1");
+    let lease = leases.create(&pp, &serde_json::from_value(json!({"metadata": {"name": "l"}})).unwrap()).await.unwrap();
+    let mut unconditional = lease.clone();
+    unconditional.metadata.resource_version = None;
+    assert_eq!(api_err(leases.replace("l", &pp, &unconditional).await.unwrap_err()).0, 422);
+    // A ConfigMap may be replaced unconditionally.
+    let mut cm_unconditional = cms.get("labelled").await.unwrap();
+    cm_unconditional.metadata.resource_version = None;
+    cm_unconditional.data = Some([("k".to_string(), "v2".to_string())].into());
+    cms.replace("labelled", &pp, &cm_unconditional).await.unwrap();
+
+    // resourceVersions: successive writes do not count up.
+    let mut versions = Vec::new();
+    for i in 0..8 {
+        let written = cms.create(&pp, &cm(&format!("rv-{i}"), json!({}))).await.unwrap();
+        versions.push(written.metadata.resource_version.unwrap().parse::<u64>().unwrap());
+    }
+    assert!(versions.windows(2).any(|w| w[0] > w[1]), "ordered like counters: {versions:?}");
+    // ... and a watch from one of them still resumes right after it.
+    let from = versions[3].to_string();
+    let params = kube::api::WatchParams::default();
+    let mut events = cms.watch(&params, &from).await.unwrap().boxed();
+    let first = tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap().unwrap().unwrap();
+    let kube::api::WatchEvent::Added(after) = first else { panic!("{first:?}") };
+    assert_eq!(after.metadata.name.as_deref(), Some("rv-4"));
+}
+
+/// A paused server (SIGSTOP) holds requests unanswered, then serves them.
+#[tokio::test]
+async fn a_paused_server_answers_nothing_until_resumed() {
+    let fake = FakeApi::new();
+    fake.namespace("ns1", json!({}));
+    let cms: Api<ConfigMap> = Api::namespaced(fake.client(), "ns1");
+    fake.set_paused(true);
+    let held = tokio::time::timeout(Duration::from_millis(500), cms.get_opt("a")).await;
+    assert!(held.is_err(), "answered while paused: {held:?}");
+    let pending = tokio::spawn(async move { cms.get_opt("a").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fake.set_paused(false);
+    let answered = tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap().unwrap().unwrap();
+    assert!(answered.is_none());
+}

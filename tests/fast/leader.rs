@@ -133,3 +133,26 @@ async fn lease_expiry_is_judged_on_the_candidates_clock_not_the_holders() {
     assert!(stopped.elapsed() >= Duration::from_secs(1), "taken before its duration passed: {:?}", stopped.elapsed());
     a.stop().await;
 }
+
+/// An API server that stops answering (SIGSTOP) must not keep a leader: each
+/// attempt is cut off at the retry period, and the leader steps down before
+/// the Lease's duration has passed, so no other replica can hold it yet.
+#[tokio::test]
+async fn a_leader_whose_api_server_hangs_steps_down_before_its_lease_can_be_taken() {
+    let fake = setup();
+    let cfg = LeaseConfig {
+        lease_duration: Duration::from_secs(4),
+        retry_period: Duration::from_millis(250),
+        ..LeaseConfig::new("meshroot", "meshroot-leader", "replica-a", Default::default())
+    };
+    let a = leader::spawn(fake.client(), cfg);
+    until("a to lead", || *a.is_leader.borrow()).await;
+    fake.set_paused(true);
+    let paused = std::time::Instant::now();
+    until("a to step down", || !*a.is_leader.borrow()).await;
+    // The Lease was last renewed at most one retry period before the pause.
+    assert!(paused.elapsed() < Duration::from_millis(3750), "stepped down only after {:?}", paused.elapsed());
+    fake.set_paused(false);
+    until("a to lead again", || *a.is_leader.borrow()).await;
+    a.stop().await;
+}

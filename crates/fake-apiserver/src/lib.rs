@@ -15,12 +15,21 @@
 //! faults on a write (refused before it applies, or applied with the
 //! response lost).
 //!
+//! Strict where a real server is, and meshroot could get it wrong: label
+//! syntax, Secret `type` immutable and a `kubernetes.io/tls` Secret's keys
+//! required (`validation`), updates of custom resources and Leases refused
+//! without a resourceVersion, `/status` only on kinds that have it, no
+//! strategic merge patches on custom resources, and opaque resourceVersions
+//! (scrambled, so ordering them as numbers gives nonsense). A pause switch
+//! holds requests unanswered, as a server stopped with SIGSTOP.
+//!
 //! Not modelled: admission and CRD schema validation, field managers and
 //! apply conflicts (apply merges), strategic merge by list keys (treated as
 //! a merge patch), paging (everything in one page), watch bookmarks, RBAC.
 
 pub mod selectors;
 pub mod store;
+pub mod validation;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -64,6 +73,8 @@ struct Inner {
     store: Mutex<Store>,
     events: broadcast::Sender<Event>,
     outage: tokio::sync::watch::Sender<bool>,
+    /// While true, requests are held unanswered (a server stopped with SIGSTOP).
+    paused: tokio::sync::watch::Sender<bool>,
     requests: Mutex<Vec<Recorded>>,
     /// (method, path suffix, fault), each used once.
     faults: Mutex<Vec<(Method, String, Fault)>>,
@@ -103,6 +114,8 @@ fn builtin(store: &mut Store) {
         namespaced,
         status_subresource: status,
         selectable_fields: Vec::new(),
+        custom: false,
+        update_needs_resource_version: kind == "Lease",
     };
     let with_fields = |mut info: ResourceInfo, fields: &[&str]| {
         info.selectable_fields = fields.iter().map(|f| f.to_string()).collect();
@@ -158,6 +171,7 @@ impl FakeApi {
                 store: Mutex::new(store),
                 events,
                 outage: tokio::sync::watch::Sender::new(false),
+                paused: tokio::sync::watch::Sender::new(false),
                 requests: Mutex::new(Vec::new()),
                 faults: Mutex::new(Vec::new()),
             }),
@@ -208,6 +222,13 @@ impl FakeApi {
     /// when the API server is unreachable.
     pub fn set_outage(&self, on: bool) {
         self.inner.outage.send_replace(on);
+    }
+
+    /// While on, every new request is held without an answer, as by an API
+    /// server stopped with SIGSTOP; once off, held requests are served.
+    /// (Open watches are not held.)
+    pub fn set_paused(&self, on: bool) {
+        self.inner.paused.send_replace(on);
     }
 
     /// The next `method` request whose path ends with `path_suffix` fails with `fault`.
@@ -409,6 +430,8 @@ fn register_crd(store: &mut Store, crd: &Value) {
                 .flat_map(|v| v["selectableFields"].as_array().cloned().unwrap_or_default())
                 .filter_map(|f| f["jsonPath"].as_str().map(|p| p.trim_start_matches('.').to_string()))
                 .collect(),
+            custom: true,
+            update_needs_resource_version: true,
         },
     );
 }
@@ -487,6 +510,9 @@ async fn handle(
 ) -> Response<Body> {
     let unavailable =
         || ApiError::new(503, "ServiceUnavailable", "the server is currently unable to handle the request");
+    let mut paused = api.inner.paused.subscribe();
+    // A closed channel (the fake dropped) answers as if unpaused.
+    let _ = paused.wait_for(|held| !held).await;
     let fault = api.take_fault(&method, uri.path());
     let response = if *api.inner.outage.borrow() || fault == Some(Fault::Refused) {
         status_response(&unavailable())
@@ -567,7 +593,7 @@ fn dispatch(
                 &json!({
                     "apiVersion": info.api_version(&version, &key.group),
                     "kind": format!("{}List", info.kind),
-                    "metadata": {"resourceVersion": store.rv.to_string()},
+                    "metadata": {"resourceVersion": store::rv_string(store.rv)},
                     "items": items,
                 }),
             ))
@@ -592,6 +618,13 @@ fn dispatch(
             let patch = parse_body(body)?;
             let current = store.get(&key, &ns, &name);
             let patched = match content_type {
+                "application/strategic-merge-patch+json" if store.info(&key)?.custom => {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                    ));
+                }
                 "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
                     let mut cur = current?;
                     store::merge_patch(&mut cur, &patch);
@@ -702,10 +735,15 @@ fn watch(
             }
             store.rv
         }
-        n => n.parse().map_err(|_| ApiError::new(400, "BadRequest", format!("invalid resourceVersion {n:?}")))?,
+        n => store::parse_rv(n)
+            .ok_or_else(|| ApiError::new(400, "BadRequest", format!("invalid resourceVersion {n:?}")))?,
     };
     if from < store.oldest_rv {
-        let gone = ApiError::new(410, "Expired", format!("too old resource version: {from} ({})", store.oldest_rv));
+        let gone = ApiError::new(
+            410,
+            "Expired",
+            format!("too old resource version: {} ({})", store::rv_string(from), store::rv_string(store.oldest_rv)),
+        );
         initial.push(line("ERROR", &gone.body()));
     } else {
         for e in store.log.iter().filter(|e| e.rv > from) {

@@ -23,6 +23,11 @@ pub struct ResourceInfo {
     pub status_subresource: bool,
     /// Field selector paths beyond `metadata.name` and `metadata.namespace`.
     pub selectable_fields: Vec<String>,
+    /// A custom resource (from a CRD): no strategic merge patches.
+    pub custom: bool,
+    /// An update must carry the resourceVersion it read (custom resources
+    /// and Leases); others may be updated unconditionally.
+    pub update_needs_resource_version: bool,
 }
 
 impl ResourceInfo {
@@ -151,6 +156,30 @@ impl ListOptions {
             .is_none_or(|ns| obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns));
         ns_ok && self.labels.matches(obj) && self.fields.matches(obj)
     }
+}
+
+/// Multiplying by this odd constant (mod 2^64) scrambles resourceVersions,
+/// which are opaque: clients may only compare them for equality, and a
+/// client that orders them as numbers gets nonsense here.
+const RV_SCRAMBLE: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn rv_unscramble_factor() -> u64 {
+    // Newton's iteration for the inverse of an odd number mod 2^64.
+    let mut inverse = RV_SCRAMBLE;
+    for _ in 0..6 {
+        inverse = inverse.wrapping_mul(2u64.wrapping_sub(RV_SCRAMBLE.wrapping_mul(inverse)));
+    }
+    inverse
+}
+
+/// The resourceVersion clients see for the store's `rv`.
+pub fn rv_string(rv: u64) -> String {
+    rv.wrapping_mul(RV_SCRAMBLE).to_string()
+}
+
+/// The store's `rv` for a resourceVersion a client sent back.
+pub fn parse_rv(s: &str) -> Option<u64> {
+    s.parse::<u64>().ok().map(|v| v.wrapping_mul(rv_unscramble_factor()))
 }
 
 fn meta(obj: &Value, field: &str) -> Option<String> {
@@ -324,6 +353,8 @@ impl Store {
             return Err(e);
         }
         Self::normalise(key, &mut obj);
+        crate::validation::default_secret_type(key, &mut obj);
+        crate::validation::validate(key, None, &obj)?;
         if info.status_subresource {
             obj.as_object_mut().expect("object").remove("status");
         }
@@ -343,7 +374,7 @@ impl Store {
             m.remove("namespace");
         }
         m["uid"] = Value::String(format!("00000000-0000-4000-8000-{:012x}", self.uid));
-        m["resourceVersion"] = Value::String(rv.to_string());
+        m["resourceVersion"] = Value::String(rv_string(rv));
         m["creationTimestamp"] = Value::String(now());
         m["generation"] = json!(1);
         if let Some(m) = m.as_object_mut() {
@@ -375,8 +406,22 @@ impl Store {
         {
             return Err(ApiError::new(400, "BadRequest", "the name of the object does not match the name on the URL"));
         }
-        if let Some(rv) = meta(&new, "resourceVersion")
-            && !rv.is_empty()
+        let sent_rv = meta(&new, "resourceVersion").filter(|rv| !rv.is_empty());
+        if sent_rv.is_none() && info.update_needs_resource_version {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+            ));
+        }
+        if subresource == Some("status") && !info.status_subresource {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                format!("the server could not find the requested resource ({}/status)", key.plural),
+            ));
+        }
+        if let Some(rv) = sent_rv
             && Some(rv) != meta(&old, "resourceVersion")
         {
             let mut e = ApiError::new(
@@ -439,6 +484,8 @@ impl Store {
         }
         stored["apiVersion"] = old["apiVersion"].clone();
         stored["kind"] = old["kind"].clone();
+        crate::validation::default_secret_type(key, &mut stored);
+        crate::validation::validate(key, Some(&old), &stored)?;
         if comparable(&stored) == comparable(&old) {
             return Ok((old, Vec::new()));
         }
@@ -447,7 +494,7 @@ impl Store {
             stored["metadata"]["generation"] = json!(g + 1);
         }
         let rv = self.next_rv();
-        stored["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        stored["metadata"]["resourceVersion"] = Value::String(rv_string(rv));
         let deleting = stored.pointer("/metadata/deletionTimestamp").is_some();
         let finalizers_left =
             stored.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
@@ -572,12 +619,15 @@ impl Store {
     }
 }
 
-fn is_subdomain(s: &str) -> bool {
+/// A DNS-1123 subdomain as kube-apiserver checks object names: at most 253
+/// characters, dot-separated parts of lowercase alphanumerics and `-`, each
+/// starting and ending with an alphanumeric. (Like the real check, no
+/// 63-character limit per part.)
+pub fn is_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
             !l.is_empty()
-                && l.len() <= 63
                 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
