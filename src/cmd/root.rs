@@ -178,5 +178,6 @@ pub async fn apply(client: kube::Client, namespace: &str, name: &str, action: Ro
     };
     let written = rotation::write(&api, &updated).await?;
     let s = rotation::status(&written)?;
-    Ok(format!("root Secret {namespace}/{name} updated\nstage: {}\nsigning root: {}\n", s.stage(), s.signing))
+    let key = if s.online { "online" } else { "offline" };
+    Ok(format!("root Secret {namespace}/{name} updated\nstage: {}\nsigning root: {} ({key})\n", s.stage(), s.signing))
 }

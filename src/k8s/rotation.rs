@@ -23,6 +23,9 @@ use rustls_pki_types::CertificateDer;
 use thiserror::Error;
 use time::OffsetDateTime;
 
+/// The Secret type `kubectl create secret tls` makes; it requires `tls.key`.
+const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
+
 /// When `switch` ran, so `finish` can tell whether old leaves have expired.
 pub const SWITCHED_AT_ANNOTATION: &str = "meshroot.io/root-switched-at";
 
@@ -177,7 +180,10 @@ pub fn switch(
     others.insert(0, signing);
     let mut out = secret.clone();
     set(&mut out, TLS_CERT, Some(pem::encode_certificate(&new).into_bytes()));
-    set(&mut out, TLS_KEY, new_key_pem.map(<[u8]>::to_vec));
+    // A `kubernetes.io/tls` Secret must keep a `tls.key` (the API server
+    // requires it, and `type` is immutable): an offline root leaves it empty.
+    let offline_key = (secret.type_.as_deref() == Some(SECRET_TYPE_TLS)).then(Vec::new);
+    set(&mut out, TLS_KEY, new_key_pem.map(<[u8]>::to_vec).or(offline_key));
     set(&mut out, CA_CERT, Some(encode_roots(&others)));
     out.metadata
         .annotations
@@ -324,6 +330,27 @@ mod tests {
         let back =
             switch(&switched, old.certificate_pem().as_bytes(), Some(old.key().to_pem().as_bytes()), now).unwrap();
         assert_eq!(status(&back).unwrap().signing, crate::pki::chain::sha256_hex(old.certificate()));
+    }
+
+    /// Switching to a root without its key keeps a `kubernetes.io/tls`
+    /// Secret valid (an empty `tls.key`, which reads as offline) and leaves
+    /// other Secrets without one.
+    #[test]
+    fn switching_to_an_offline_root_keeps_a_tls_secret_valid() {
+        let now = OffsetDateTime::now_utc();
+        let (old, new) = (root(), root());
+        for (kind, key_left) in [(Some(SECRET_TYPE_TLS), Some(Vec::new())), (Some("Opaque"), None), (None, None)] {
+            let mut start = secret(&old);
+            start.type_ = kind.map(String::from);
+            let added = add(&start, new.certificate_pem().as_bytes(), now).unwrap();
+            let switched = switch(&added, new.certificate_pem().as_bytes(), None, now).unwrap();
+            let data = switched.data.as_ref().unwrap();
+            assert_eq!(data.get(TLS_KEY).map(|v| v.0.clone()), key_left, "{kind:?}");
+            assert_eq!(switched.type_.as_deref(), kind);
+            let s = status(&switched).unwrap();
+            assert!(!s.online && s.stage().starts_with("switched"), "{kind:?}: {s:?}");
+            assert!(parse_root_secret(&switched).unwrap().is_offline());
+        }
     }
 
     /// The switch time is read from an annotation anyone with write access

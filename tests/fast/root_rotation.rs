@@ -231,3 +231,36 @@ async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
     assert!(status.contains("stage: steady") && !status.contains("also trusted"), "{status}");
     server.shutdown().await.unwrap();
 }
+
+/// `root switch` without `--key` against a `kubernetes.io/tls` root Secret
+/// (what `kubectl create secret tls` makes): the API server requires its
+/// `tls.key` and refuses a `type` change, so the switch keeps the type and
+/// an empty `tls.key`, and the root reads as offline.
+#[tokio::test]
+async fn switching_a_tls_root_secret_to_an_offline_root_is_accepted_by_the_api_server() {
+    let fake = FakeApi::new();
+    fake.namespace(NS, serde_json::json!({}));
+    let now = OffsetDateTime::now_utc();
+    let old = Authority::new_root(&meshroot::pki::CaSpec::root(time::Duration::days(30)), now).unwrap();
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    fake.create(
+        "v1",
+        "secrets",
+        NS,
+        serde_json::json!({
+            "metadata": {"name": SECRET},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(old.certificate_pem()), "tls.key": b64(&old.key().to_pem())},
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("next");
+    generate(&out, KeyAlgorithm::EcdsaP256, time::Duration::days(3650)).unwrap();
+    let cert = out.join("root-cert.pem");
+    apply(fake.client(), NS, SECRET, RootAction::Add { cert: cert.clone() }).await.unwrap();
+    let said = apply(fake.client(), NS, SECRET, RootAction::Switch { cert, key: None }).await.unwrap();
+    assert!(said.contains("stage: switched") && said.contains("(offline)"), "{said}");
+    let stored = fake.get("v1", "secrets", NS, SECRET).unwrap();
+    assert_eq!(stored["type"], "kubernetes.io/tls");
+    assert_eq!(stored["data"]["tls.key"], "");
+}
