@@ -16,14 +16,16 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
-/// The start of an External mesh's intermediate Secret name; the mesh name follows.
+/// The start of an External mesh's intermediate Secret name; the mesh name follows (shortened, with a hash,
+/// where the whole would exceed an object name's 253 characters).
 pub const SECRET_PREFIX: &str = "meshroot-intermediate-";
-/// Label naming the mesh on every intermediate Secret meshroot writes.
+/// Label naming the mesh on every intermediate Secret meshroot writes: the mesh name, shortened with a hash
+/// where it exceeds a label value's 63 characters ([`super::bounded_name`]).
 pub const MESH_LABEL: &str = "meshroot.io/mesh";
 
 /// The name of an External mesh's intermediate Secret in meshroot's namespace.
 pub fn secret_name(mesh: &str) -> String {
-    format!("{SECRET_PREFIX}{mesh}")
+    super::bounded_name(&format!("{SECRET_PREFIX}{mesh}"), 253)
 }
 
 /// Istio's plug-in CA Secret name in istiod's namespace.
@@ -321,7 +323,7 @@ async fn write(
     resource_version: Option<String>,
 ) -> Result<(), IntermediateError> {
     let mut labels = managed_labels();
-    labels.insert(MESH_LABEL.into(), mesh.into());
+    labels.insert(MESH_LABEL.into(), super::bounded_name(mesh, 63));
     let root_pem = root.map(|r| r.certificate_pem().to_string()).unwrap_or_default();
     let creating = resource_version.is_none();
     let secret = Secret {

@@ -30,6 +30,24 @@ pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
     labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY_VALUE)
 }
 
+/// `name` if it is at most `max` bytes; otherwise a name that is: its start,
+/// then `-` and 10 hex digits of its SHA-256, so that different long names
+/// stay different. `name` is a DNS subdomain (every Kubernetes object name
+/// meshroot derives names from is), so the result is one, and also a valid
+/// label value when `max` is 63.
+pub fn bounded_name(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let hash = crate::pki::chain::sha256_hex(name.as_bytes());
+    let digest = hash.get(..10).unwrap_or(&hash);
+    // A DNS subdomain is ASCII, so any byte index is a char boundary; cut at
+    // one that leaves room for `-` and the digest, and end on an alphanumeric.
+    let keep = max.saturating_sub(digest.len().saturating_add(1));
+    let start = name.get(..keep).unwrap_or_default().trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if start.is_empty() { digest.to_string() } else { format!("{start}-{digest}") }
+}
+
 /// A Secret's value, if present.
 pub fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     secret.data.as_ref()?.get(key).map(|b| b.0.as_slice()).filter(|b| !b.is_empty())
@@ -89,6 +107,27 @@ impl std::error::Error for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use super::bounded_name;
+
+    #[test]
+    fn bounded_names_fit_stay_distinct_and_leave_short_names_alone() {
+        assert_eq!(bounded_name("default", 63), "default");
+        let at_limit = "a".repeat(63);
+        assert_eq!(bounded_name(&at_limit, 63), at_limit);
+        let long = |tail: &str| format!("{}.{tail}", "mesh-".repeat(60));
+        let (a, b) = (bounded_name(&long("a"), 63), bounded_name(&long("b"), 63));
+        assert_ne!(a, b, "different long names stay different");
+        for bounded in [&a, &b] {
+            assert_eq!(bounded.len(), 63, "{bounded}");
+            assert!(bounded.starts_with("mesh-mesh-"), "{bounded}");
+            assert!(bounded.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'));
+            assert!(bounded.ends_with(|c: char| c.is_ascii_alphanumeric()));
+            assert!(!bounded.contains("--") && !bounded.contains(".-"), "{bounded}");
+        }
+        assert_eq!(bounded_name(&long("a"), 63), a, "the same name, the same result");
+        assert_eq!(bounded_name("x".repeat(300).as_str(), 253).len(), 253);
+    }
+
     use super::ApiError;
     use std::error::Error as _;
 

@@ -62,6 +62,26 @@ async fn issues_once_then_reuses_without_writing() {
     assert!(s.fake.writes().is_empty(), "{:?}", s.fake.writes());
 }
 
+/// A Mesh name may be 253 characters; a label value only 63 and the
+/// Secret's name 253 in all. Both are shortened with a hash, so the API
+/// server accepts the Secret, and it is reused, not issued again.
+#[tokio::test]
+async fn a_mesh_with_the_longest_name_gets_a_secret_the_api_server_accepts() {
+    let s = setup();
+    let mesh = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
+    assert_eq!(mesh.len(), 253);
+    let target = IntermediateSecret::external(&mesh);
+    let first = ensure(&s.api, &target, &s.policy, Some(&s.root), &s.bundle, now()).await.unwrap();
+    assert!(first.issued);
+    let name = secret_name(&mesh);
+    assert!(name.len() <= 253 && name.starts_with("meshroot-intermediate-aaa"), "{name}");
+    let secret = s.api.get(&name).await.unwrap();
+    let label = &secret.metadata.labels.unwrap()["meshroot.io/mesh"];
+    assert!(label.len() <= 63 && label.starts_with("aaa"), "{label}");
+    let again = ensure(&s.api, &target, &s.policy, Some(&s.root), &s.bundle, now()).await.unwrap();
+    assert!(!again.issued, "found again under the same shortened name");
+}
+
 #[tokio::test]
 async fn renews_before_expiry_and_old_leaves_keep_verifying() {
     let s = setup();
