@@ -168,17 +168,20 @@ pub async fn execute(client: &kube::Client, actions: &[Action], bundle: &TrustBu
 /// next decision is made anyway.
 const CACHE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Whether the cache shows every applied ConfigMap at (at least) the
-/// version the write returned, so the next plan does not redo writes from
-/// a stale view (after thousands of writes the watch lags behind them).
-fn caught_up(store: &kube::runtime::reflector::Store<ConfigMap>, applied: &[((String, String), String)]) -> bool {
+/// Whether the cache shows every applied ConfigMap as written, so the next
+/// plan does not redo writes from a stale view (after thousands of writes
+/// the watch lags behind them). resourceVersions are opaque (equality is
+/// all the API promises), so a ConfigMap changed again since is caught up
+/// when it holds the bundle: the next plan leaves it alone either way.
+fn caught_up(
+    store: &kube::runtime::reflector::Store<ConfigMap>,
+    applied: &[((String, String), String)],
+    bundle_pem: &str,
+) -> bool {
     use kube::runtime::reflector::ObjectRef;
     applied.iter().all(|((namespace, name), rv)| {
         store.get(&ObjectRef::new(name).within(namespace)).is_some_and(|cm| {
-            // resourceVersions are opaque, but the fake's and etcd's grow;
-            // equality is the common case, a larger number a later change.
-            let seen = cm.metadata.resource_version.as_deref().unwrap_or_default();
-            seen == rv || seen.parse::<u64>().ok().zip(rv.parse::<u64>().ok()).is_some_and(|(s, w)| s > w)
+            cm.metadata.resource_version.as_deref() == Some(rv.as_str()) || holds_bundle(&cm, bundle_pem)
         })
     })
 }
@@ -237,7 +240,7 @@ pub fn spawn(
             // Read our own writes before deciding again.
             let started = tokio::time::Instant::now();
             let deadline = started.checked_add(CACHE_CATCH_UP).unwrap_or(started);
-            while !caught_up(&configmaps, &done.applied) && tokio::time::Instant::now() < deadline {
+            while !caught_up(&configmaps, &done.applied, current.pem()) && tokio::time::Instant::now() < deadline {
                 if let Ok(None) = tokio::time::timeout_at(deadline, changes.next()).await {
                     return;
                 }
