@@ -12,7 +12,7 @@ use super::signing::{FailureReason, Outcome, Signers, Unsignable};
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestStatus, RequestCondition};
 use crate::duration;
 use crate::issuer::sign::SigningRequest;
-use crate::k8s::error_summary;
+use crate::k8s::{FIELD_MANAGER, error_summary};
 use crate::telemetry::audit;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -131,6 +131,33 @@ pub fn next_status(cr: &CertificateRequest, outcome: &Outcome, now: OffsetDateTi
     status
 }
 
+/// The condition types meshroot sets on a CertificateRequest; the others
+/// (`Approved`, `Denied`) belong to approvers.
+const OWN_CONDITIONS: [&str; 2] = [READY, INVALID_REQUEST];
+
+/// `status` as meshroot's server-side apply of `/status`: only what it owns
+/// (its conditions, the certificate and CA, `failureTime`). `conditions` is
+/// a map list keyed by `type`, so the approver's conditions stay the
+/// approver's, untouched (cert-manager's webhook refuses any change to
+/// them). The resourceVersion read makes it a compare-and-swap: nothing is
+/// written from a stale view (a request denied since, say).
+fn applied_status(cr: &CertificateRequest, status: &CertificateRequestStatus) -> serde_json::Value {
+    let ours = CertificateRequestStatus {
+        conditions: status.conditions.iter().filter(|c| OWN_CONDITIONS.contains(&c.type_.as_str())).cloned().collect(),
+        ..status.clone()
+    };
+    serde_json::json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "CertificateRequest",
+        "metadata": {
+            "name": cr.name_any(),
+            "namespace": cr.namespace(),
+            "resourceVersion": cr.resource_version(),
+        },
+        "status": ours,
+    })
+}
+
 fn set_condition(
     conditions: &mut Vec<RequestCondition>,
     type_: &str,
@@ -213,13 +240,8 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
     let new = next_status(&cr, &outcome, OffsetDateTime::now_utc());
     if cr.status.as_ref() != Some(&new) {
         let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
-        // The resourceVersion makes this a compare-and-swap: the approver's
-        // conditions are never overwritten with a stale list.
-        let patch = Patch::Merge(serde_json::json!({
-            "metadata": { "resourceVersion": cr.resource_version() },
-            "status": new,
-        }));
-        api.patch_status(&cr.name_any(), &PatchParams::default(), &patch)
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch_status(&cr.name_any(), &params, &Patch::Apply(applied_status(&cr, &new)))
             .await
             .map_err(ReconcileError::api("writing the status"))?;
         announce(&ctx.events, cr.as_ref(), &outcome).await;

@@ -48,6 +48,15 @@ pub fn bounded_name(name: &str, max: usize) -> String {
     if start.is_empty() { digest.to_string() } else { format!("{start}-{digest}") }
 }
 
+/// A JSON patch (sent to `/status`) that replaces an object's whole
+/// `status`: fields the new status leaves out are removed, where a merge
+/// patch would leave them behind, stale. For the statuses meshroot alone
+/// writes (Mesh, Issuer, ClusterIssuer).
+pub fn replace_status<T: serde::Serialize>(status: &T) -> Result<kube::api::Patch<()>, serde_json::Error> {
+    let operations = serde_json::json!([{"op": "add", "path": "/status", "value": status}]);
+    Ok(kube::api::Patch::Json(serde_json::from_value(operations)?))
+}
+
 /// A Secret's value, if present.
 pub fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     secret.data.as_ref()?.get(key).map(|b| b.0.as_slice()).filter(|b| !b.is_empty())

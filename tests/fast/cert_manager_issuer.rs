@@ -6,7 +6,7 @@ use crate::support;
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::issuers::{ISSUER_API, IssuerWorld, cluster_ref, condition, decode_b64, issuer_ref};
+use support::issuers::{CR_API, ISSUER_API, IssuerWorld, cluster_ref, condition, decode_b64, issuer_ref};
 use support::openssl;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -59,6 +59,32 @@ async fn nothing_is_written_before_approval_and_success_is_one_write() {
     assert!(cr["status"]["certificate"].is_string() && cr["status"]["ca"].is_string());
     assert!(cr["status"]["failureTime"].is_null());
     assert!(condition(&cr, "InvalidRequest").is_none());
+}
+
+/// meshroot writes only its own conditions (a server-side apply of
+/// `/status`; `conditions` is a map list keyed by type): the approver's
+/// condition stays exactly as the approver wrote it, fields meshroot's types
+/// do not know included. cert-manager's webhook refuses any change to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvers_condition_is_never_rewritten() {
+    let world = IssuerWorld::start();
+    world.cluster_issuer("root", open_root());
+    let csr = dns_csr(&world, "a.example.com");
+    world.request("apps", "approved", &csr, cluster_ref("root"), json!({}));
+    let approved = json!({
+        "type": "Approved", "status": "True", "reason": "policy.example.com",
+        "message": "approved by a policy", "lastTransitionTime": "2026-01-01T00:00:00.123456Z",
+        "observedGeneration": 1,
+    });
+    world.fake.set_status(CR_API, "certificaterequests", "apps", "approved", json!({"conditions": [approved.clone()]}));
+    let cr = world.wait_ready_reason("apps", "approved", "Issued").await;
+    assert_eq!(condition(&cr, "Approved"), Some(&approved));
+    let writes: Vec<_> =
+        world.fake.writes().into_iter().filter(|w| w.path.ends_with("/certificaterequests/approved/status")).collect();
+    assert!(!writes.is_empty());
+    for w in writes {
+        assert_eq!(w.content_type, "application/apply-patch+yaml", "{w:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,6 +447,14 @@ async fn issuer_status_reports_readiness_with_observed_generation_and_signer() {
         })
         .await;
     assert_eq!(condition(&after, "Ready").unwrap()["status"], "True");
+
+    // Made unusable, it loses its signer from the status (replaced whole, not merged).
+    let mut obj = world.fake.get(ISSUER_API, "clusterissuers", "", "root").unwrap();
+    obj["spec"]["policy"] = json!({"allowedIPRanges": ["nonsense"]});
+    let broken: meshroot::api::ClusterIssuer = serde_json::from_value(obj).unwrap();
+    api.replace("root", &Default::default(), &broken).await.unwrap();
+    let failed = world.wait_issuer_ready("", "root", "False").await;
+    assert!(failed["status"].get("signer").is_none(), "a stale signer: {}", failed["status"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,3 +158,25 @@ async fn problems_become_conditions() {
         assert_eq!(condition(&w.fake, m, "Ready").unwrap().1, "NamespacesOverlap");
     }
 }
+
+/// The status is replaced whole: what a mesh no longer has (its
+/// intermediate, once its spec is invalid) leaves the status instead of
+/// lingering, and the status then converges, with no more writes.
+#[tokio::test]
+async fn a_mesh_that_stops_being_ready_loses_the_status_fields_it_no_longer_has() {
+    let w = world();
+    mesh(&w.fake, "default", default_spec());
+    eventually("Ready", || condition(&w.fake, "default", "Ready").filter(|c| c.0 == "True")).await;
+    let status = || w.fake.get("meshroot.io/v1alpha1", "meshes", "", "default").unwrap()["status"].clone();
+    assert!(status()["intermediate"].is_object());
+    let meshes: kube::Api<meshroot::api::mesh::Mesh> = kube::Api::all(w.fake.client());
+    let invalid = kube::api::Patch::Merge(json!({"spec": {"trustDomain": "Not Valid"}}));
+    meshes.patch("default", &kube::api::PatchParams::default(), &invalid).await.unwrap();
+    eventually("InvalidSpec", || condition(&w.fake, "default", "Ready").filter(|c| c.1 == "InvalidSpec")).await;
+    assert!(status().get("intermediate").is_none(), "a stale intermediate: {}", status());
+    // Several resyncs (every 300 ms) pass without a write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.fake.clear_requests();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(w.fake.writes().is_empty(), "{:?}", w.fake.writes());
+}

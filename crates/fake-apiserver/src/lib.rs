@@ -23,9 +23,14 @@
 //! (scrambled, so ordering them as numbers gives nonsense). A pause switch
 //! holds requests unanswered, as a server stopped with SIGSTOP.
 //!
+//! Server-side apply merges like a merge patch, except that lists a CRD
+//! declares `x-kubernetes-list-type: map` merge element by element on their
+//! keys (so an applier's condition leaves another manager's in place).
+//!
 //! Not modelled: admission and CRD schema validation, field managers and
-//! apply conflicts (apply merges), strategic merge by list keys (treated as
-//! a merge patch), paging (everything in one page), watch bookmarks, RBAC.
+//! apply conflicts (nothing an applier stops applying is removed), strategic
+//! merge by list keys (treated as a merge patch), paging (everything in one
+//! page), watch bookmarks, RBAC.
 
 pub mod selectors;
 pub mod store;
@@ -116,6 +121,7 @@ fn builtin(store: &mut Store) {
         selectable_fields: Vec::new(),
         custom: false,
         update_needs_resource_version: kind == "Lease",
+        list_maps: Vec::new(),
     };
     let with_fields = |mut info: ResourceInfo, fields: &[&str]| {
         info.selectable_fields = fields.iter().map(|f| f.to_string()).collect();
@@ -432,8 +438,28 @@ fn register_crd(store: &mut Store, crd: &Value) {
                 .collect(),
             custom: true,
             update_needs_resource_version: true,
+            list_maps: versions
+                .iter()
+                .flat_map(|v| {
+                    let mut found = Vec::new();
+                    list_maps(v.pointer("/schema/openAPIV3Schema").unwrap_or(&Value::Null), "", &mut found);
+                    found
+                })
+                .collect(),
         },
     );
+}
+
+/// The lists under `schema`'s properties declared `x-kubernetes-list-type: map`, with their keys.
+fn list_maps(schema: &Value, path: &str, found: &mut Vec<(String, Vec<String>)>) {
+    if schema["x-kubernetes-list-type"] == "map" {
+        let keys = schema["x-kubernetes-list-map-keys"].as_array().cloned().unwrap_or_default();
+        found.push((path.to_string(), keys.iter().filter_map(|k| k.as_str().map(String::from)).collect()));
+    }
+    for (name, child) in schema["properties"].as_object().into_iter().flatten() {
+        let child_path = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+        list_maps(child, &child_path, found);
+    }
 }
 
 fn status_response(e: &ApiError) -> Response<Body> {
@@ -636,7 +662,7 @@ fn dispatch(
                     }
                     match current {
                         Ok(mut cur) => {
-                            store::merge_patch(&mut cur, &patch);
+                            store::apply_patch(&mut cur, &patch, &store.info(&key)?.list_maps, "");
                             cur
                         }
                         Err(e) if e.code == 404 && sub.is_none() => {

@@ -28,6 +28,10 @@ pub struct ResourceInfo {
     /// An update must carry the resourceVersion it read (custom resources
     /// and Leases); others may be updated unconditionally.
     pub update_needs_resource_version: bool,
+    /// Lists the schema declares `x-kubernetes-list-type: map`: their
+    /// dotted path (`status.conditions`) and key fields. A server-side apply
+    /// merges them element by element.
+    pub list_maps: Vec<(String, Vec<String>)>,
 }
 
 impl ResourceInfo {
@@ -232,6 +236,45 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
             }
         }
         other => *target = other.clone(),
+    }
+}
+
+/// A server-side apply as far as the fake models it: a merge patch, except
+/// that lists declared as maps (`list_maps`) merge element by element on
+/// their keys: the applier's elements replace those with the same keys, and
+/// the others (another manager's) stay. Field ownership is not modelled.
+pub fn apply_patch(target: &mut Value, patch: &Value, list_maps: &[(String, Vec<String>)], path: &str) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let t = target.as_object_mut().expect("object");
+    for (k, v) in p {
+        let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let keys = list_maps.iter().find(|(p, _)| *p == child).map(|(_, keys)| keys);
+        match (v, keys) {
+            (Value::Null, _) => {
+                t.remove(k);
+            }
+            (Value::Array(applied), Some(keys)) => {
+                let entry = t.entry(k.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                if !entry.is_array() {
+                    *entry = Value::Array(Vec::new());
+                }
+                let merged = entry.as_array_mut().expect("array");
+                for element in applied {
+                    let same = |e: &Value| keys.iter().all(|key| e.get(key) == element.get(key));
+                    match merged.iter_mut().find(|e| same(e)) {
+                        Some(existing) => *existing = element.clone(),
+                        None => merged.push(element.clone()),
+                    }
+                }
+            }
+            _ => apply_patch(t.entry(k.clone()).or_insert(Value::Null), v, list_maps, &child),
+        }
     }
 }
 
