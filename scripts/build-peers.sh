@@ -8,6 +8,7 @@
 #
 # Components: etcd kube-apiserver kube-controller-manager
 #             cert-manager-controller cert-manager-webhook
+#             cert-manager-crds (only the CRDs, nothing built)
 #
 # Output: <cache>/peers/<key>/bin/<component>, and the cert-manager CRDs (Helm
 # placeholders rendered) in <cache>/peers/<key>/crds/cert-manager/*.yaml, where
@@ -47,7 +48,7 @@ all=(etcd kube-apiserver kube-controller-manager cert-manager-controller cert-ma
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all[@]}")
 for c in "${wanted[@]}"; do
-  [ -n "${pkg[$c]:-}" ] || die "unknown component '$c' (known: ${all[*]})"
+  [ "$c" = cert-manager-crds ] || [ -n "${pkg[$c]:-}" ] || die "unknown component '$c' (known: ${all[*]} cert-manager-crds)"
 done
 
 # Cache key: pins + recipe + toolchain.
@@ -93,6 +94,10 @@ ldflags_for() { # <harness-dir>
 
 need_crds=false
 for c in "${wanted[@]}"; do
+  if [ "$c" = cert-manager-crds ]; then
+    need_crds=true
+    continue
+  fi
   read -r dir p <<<"${pkg[$c]}"
   [ "$dir" = cert-manager ] && need_crds=true
   if [ -x "$bin/$c" ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, the Rust tests
 # (unit, in-process gRPC, TLS, CLI end to end, the Helm chart rendered by a
-# real helm), then the interop suite in which Python grpcio/cryptography and
+# real helm, and meshroot against a real etcd and kube-apiserver built from
+# their Go modules), then the interop suite in which Python grpcio/cryptography and
 # openssl drive the real binary and kubernetes-validate checks the chart.
 #
 # Everything it installs goes into a cache directory outside the repository:
@@ -63,7 +64,13 @@ MESHROOT_HELM=$(MESHROOT_CACHE_DIR="$cache" ./scripts/install-helm.sh)
 export MESHROOT_HELM
 "$MESHROOT_HELM" version --short
 
-step "cargo test (every crate, with the bench feature)"
+# The real-cluster tier (tests/real) runs these; the first build takes minutes, then the cache serves.
+step "real peers: etcd, kube-apiserver and cert-manager's CRDs from their Go modules (scripts/build-peers.sh)"
+command -v go >/dev/null 2>&1 || { echo "error: Go is required to build the real-cluster tier's peers" >&2; exit 1; }
+MESHROOT_PEERS=$(MESHROOT_CACHE_DIR="$cache" ./scripts/build-peers.sh etcd kube-apiserver cert-manager-crds)
+export MESHROOT_PEERS
+
+step "cargo test (every crate and tier, all features: bench, fuzz seeds, the real cluster)"
 cargo test --locked --workspace --all-features
 
 step "interop: Python grpcio + cryptography + openssl against the real binary; kubernetes-validate on the chart"

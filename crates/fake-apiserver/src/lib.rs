@@ -31,6 +31,14 @@
 //! apply conflicts (nothing an applier stops applying is removed), strategic
 //! merge by list keys (treated as a merge patch), paging (everything in one
 //! page), watch bookmarks, RBAC.
+//!
+//! The real-cluster tier (`tests/real`, a real kube-apiserver) checks the
+//! refusals above against the real server
+//! (`api_server::the_fakes_refusals_are_the_real_servers`), and covers what
+//! the fake does not model: the chart's RBAC as the real authorizer evaluates
+//! it (the Kubernetes CSR `sign` grant among it), real TokenRequest tokens
+//! bound to pods, server-side apply with field managers, and a server
+//! stopped with SIGSTOP.
 
 pub mod selectors;
 pub mod store;

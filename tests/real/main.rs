@@ -1,0 +1,14 @@
+//! The real-cluster tier: meshroot against etcd, kube-apiserver and
+//! kube-controller-manager built from their Go modules (scripts/build-peers.sh),
+//! on loopback. What the fake API server models, checked against the real
+//! thing, and what it cannot model (RBAC as the authorizer evaluates it, real
+//! service-account tokens, validation, a hung server). Needs Go; run it with
+//! `cargo test --features real-cluster --test real` (scripts/test.sh runs it).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod api_server;
+mod cluster;
+mod leader;
+mod serve;

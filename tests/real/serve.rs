@@ -1,0 +1,230 @@
+//! `meshroot serve` against a real API server, as the chart installs it: its
+//! ServiceAccount, the chart's rendered RBAC enforced by the real authorizer,
+//! its own token (never an admin credential), the chart's Meshes and Issuers.
+
+use crate::cluster::{Cluster, Options, cert_manager_crds};
+use crate::support::{eventually_async, helm};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use meshroot::pki::TrustBundle;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+const NS: &str = "meshroot";
+const SERVICE_ACCOUNT: &str = "mr-meshroot";
+const ROOT_SECRET: &str = "meshroot-root-ca";
+
+/// The chart's objects meshroot needs from the cluster: its ServiceAccount,
+/// RBAC, Meshes and Issuers (not its Deployment: the replicas run in process).
+fn chart_objects() -> Vec<Value> {
+    let docs = helm::template(&["-f", helm::openshift_values().to_str().unwrap()]).unwrap();
+    let kinds = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Mesh",
+        "Issuer",
+        "ClusterIssuer",
+    ];
+    docs.into_iter().filter(|d| d["kind"].as_str().is_some_and(|k| kinds.contains(&k))).collect()
+}
+
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let value = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(value.0.clone()).ok().filter(|s| !s.is_empty())
+}
+
+async fn secret(cluster: &Cluster, ns: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(cluster.admin.clone(), ns).get_opt(name).await.ok().flatten()
+}
+
+fn mesh_api(client: &kube::Client) -> Api<DynamicObject> {
+    Api::all_with(client.clone(), &ApiResource::from_gvk(&GroupVersionKind::gvk("meshroot.io", "v1alpha1", "Mesh")))
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn options_for_chart() -> meshroot::serve::ServeOptions {
+    meshroot::serve::ServeOptions {
+        root_secret: ROOT_SECRET.into(),
+        cert_manager_issuer: true,
+        kubernetes_csr_signer: true,
+        ..crate::support::replica::options("meshroot-0")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshroot_reconciles_both_meshes_and_signs_with_only_the_charts_rbac() {
+    let cluster = Cluster::start(Options::default()).await;
+    for (ns, labels) in [
+        (NS, json!({})),
+        ("istio-system", json!({})),
+        ("openshift-ingress", json!({})),
+        ("bookinfo", json!({"istio-injection": "enabled"})),
+    ] {
+        cluster.namespace(ns, labels).await;
+    }
+    cluster.apply_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")).await;
+    cluster.apply_dir(&cert_manager_crds()).await;
+    cluster.wait_for_crds().await;
+    for object in chart_objects() {
+        cluster.apply(&object).await;
+    }
+
+    // meshroot runs as its ServiceAccount, with a token from the TokenRequest API.
+    let token = cluster.token(NS, SERVICE_ACCOUNT, &[], None).await;
+    let client = cluster.client_with_token(&token).await;
+    let server = meshroot::serve::start(client, options_for_chart()).await.unwrap();
+
+    // Both meshes become Ready: the External one's intermediate, istiod's
+    // serving certificate and the root ConfigMaps; the PluginCA one's cacerts.
+    let meshes = mesh_api(&cluster.admin);
+    for name in ["service-mesh", "gateway-api"] {
+        eventually_async(&format!("Mesh {name} Ready"), async || {
+            let mesh = serde_json::to_value(meshes.get(name).await.ok()?).ok()?;
+            (condition(&mesh, "Ready")?["status"] == "True").then_some(())
+        })
+        .await;
+    }
+    let root = secret(&cluster, NS, ROOT_SECRET).await.expect("the generated root");
+    let bundle = TrustBundle::from_pem(secret_text(&root, "tls.crt").unwrap().as_bytes()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let chain = |s: &Secret, key: &str| {
+        meshroot::pki::pem::decode_certificates(secret_text(s, key).unwrap().as_bytes(), 1 << 20).unwrap()
+    };
+    let intermediate = secret(&cluster, NS, "meshroot-intermediate-service-mesh").await.expect("the intermediate");
+    let cacerts = secret(&cluster, "openshift-ingress", "cacerts").await.expect("cacerts");
+    for (what, certs) in
+        [("intermediate", chain(&intermediate, "tls.crt")), ("cacerts", chain(&cacerts, "ca-cert.pem"))]
+    {
+        assert!(meshroot::pki::authority::issued_by(&bundle.roots()[0], &certs[0]), "{what} under the root");
+    }
+    let istiod_tls =
+        eventually_async("istiod-tls", async || secret(&cluster, "istio-system", "istiod-tls").await).await;
+    let istiod_chain = chain(&istiod_tls, "tls.crt");
+    bundle.verify(&istiod_chain[0], &istiod_chain[1..], now).unwrap();
+    let root_cm = eventually_async("bookinfo's istio-ca-root-cert", async || {
+        Api::<ConfigMap>::namespaced(cluster.admin.clone(), "bookinfo")
+            .get_opt("istio-ca-root-cert")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(root_cm.data.unwrap()["root-cert.pem"], bundle.pem());
+
+    // A workload's own identity, with a real pod-bound projected token.
+    cluster.service_account("bookinfo", "reviews").await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "reviews-1"},
+        "spec": {"nodeName": "node-1", "serviceAccountName": "reviews", "containers": [{"name": "app", "image": "reviews"}]},
+    }))
+    .unwrap();
+    let pod =
+        Api::<Pod>::namespaced(cluster.admin.clone(), "bookinfo").create(&PostParams::default(), &pod).await.unwrap();
+    let uid = pod.metadata.uid.unwrap();
+    let workload_token = cluster.token("bookinfo", "reviews", &["istio-ca"], Some(("reviews-1", &uid))).await;
+    let identity = "spiffe://cluster.local/ns/bookinfo/sa/reviews";
+    let issued = ask(&server, bundle.pem(), &workload_token, identity).await.expect("its own identity");
+    let leaf = meshroot::pki::pem::decode_certificates(issued.cert_chain.concat().as_bytes(), 1 << 20).unwrap();
+    bundle.verify(&leaf[0], &leaf[1..], now).unwrap();
+    let refused = ask(&server, bundle.pem(), &workload_token, "spiffe://cluster.local/ns/bookinfo/sa/ratings").await;
+    let refused = refused.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().starts_with("not authorized"), "{}", refused.message());
+
+    // A Kubernetes CSR for the chart's ClusterIssuer, from a service account
+    // of openshift-ingress (the namespaces it serves), approved by the admin:
+    // meshroot signs it, which the API server allows only with the chart's
+    // `sign` grant on that signer.
+    cluster.service_account("openshift-ingress", "router").await;
+    for object in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "csr-creator"},
+            "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "router-csr-creator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-creator"},
+            "subjects": [{"kind": "ServiceAccount", "name": "router", "namespace": "openshift-ingress"}]}),
+    ] {
+        cluster.apply(&object).await;
+    }
+    let router = cluster.client_with_token(&cluster.token("openshift-ingress", "router", &[], None).await).await;
+    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shop.apps.example.com".to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let csrs: Api<CertificateSigningRequest> = Api::all(cluster.admin.clone());
+    let csr: CertificateSigningRequest = serde_json::from_value(json!({
+        "metadata": {"name": "shop"},
+        "spec": {
+            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr_pem),
+            "signerName": "clusterissuers.meshroot.io/ingress-certs",
+            "usages": ["digital signature", "server auth"],
+        },
+    }))
+    .unwrap();
+    Api::<CertificateSigningRequest>::all(router).create(&PostParams::default(), &csr).await.unwrap();
+    let approval = json!({"status": {"conditions": [{
+        "type": "Approved", "status": "True", "reason": "Test", "message": "approved by the test"}]}});
+    csrs.patch_approval("shop", &PatchParams::default(), &Patch::Merge(approval)).await.unwrap();
+    let signed = eventually_async("the Kubernetes CSR signed", async || {
+        let csr = csrs.get("shop").await.ok()?;
+        csr.status?.certificate.filter(|c| !c.0.is_empty())
+    })
+    .await;
+    let chain = meshroot::pki::pem::decode_certificates(&signed.0, 1 << 20).unwrap();
+    let mut path = chain.iter().chain(bundle.roots().iter().take(1)).peekable();
+    while let (Some(cert), Some(issuer)) = (path.next(), path.peek()) {
+        assert!(meshroot::pki::authority::issued_by(issuer, cert), "the chain breaks");
+    }
+    use x509_parser::prelude::FromDer as _;
+    let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(&chain[0]).unwrap();
+    let sans = leaf.subject_alternative_name().unwrap().unwrap();
+    use x509_parser::extensions::GeneralName;
+    assert!(matches!(sans.value.general_names.as_slice(), [GeneralName::DNSName("shop.apps.example.com")]), "{sans:?}");
+
+    // Converged: over several resyncs (every second), nothing meshroot
+    // writes changes (its status writes would change the Mesh's resourceVersion).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let versions = async || {
+        let mut out = Vec::new();
+        for name in ["service-mesh", "gateway-api"] {
+            out.push(meshes.get(name).await.unwrap().metadata.resource_version);
+        }
+        for (ns, name) in [
+            (NS, "meshroot-intermediate-service-mesh"),
+            ("openshift-ingress", "cacerts"),
+            ("istio-system", "istiod-tls"),
+        ] {
+            out.push(secret(&cluster, ns, name).await.unwrap().metadata.resource_version);
+        }
+        out
+    };
+    let before = versions().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(versions().await, before, "meshroot kept writing after converging");
+    server.shutdown().await.unwrap();
+}
+
+async fn ask(
+    server: &meshroot::serve::Server,
+    roots_pem: &str,
+    token: &str,
+    identity: &str,
+) -> Result<meshroot::pb::IstioCertificateResponse, tonic::Status> {
+    let address = format!("localhost:{}", server.grpc_addr.port());
+    let mut client = meshroot::client::connect(&address, roots_pem.as_bytes())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = meshroot::pki::csr::build_workload_csr(&key, identity).unwrap();
+    let body = meshroot::pb::IstioCertificateRequest { csr, validity_duration: 3600, metadata: None };
+    let request = meshroot::client::request(body, Some(token), "Kubernetes").unwrap();
+    client.create_certificate(request).await.map(|r| r.into_inner())
+}
