@@ -391,3 +391,50 @@ pub fn spawn(
             .await;
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(status: serde_json::Value) -> CertificateRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+            "metadata": {"name": "r", "namespace": "apps"},
+            "spec": {"request": "", "issuerRef": {"name": "i", "group": ISSUER_GROUP}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn ready(reason: &str) -> serde_json::Value {
+        serde_json::json!({"conditions": [{"type": READY, "status": "False", "reason": reason}]})
+    }
+
+    /// Each terminal mark finishes a request on its own (a certificate, a
+    /// true InvalidRequest, or Ready with reason Issued, Failed or Denied);
+    /// nothing else does.
+    #[test]
+    fn each_terminal_mark_alone_finishes_a_request() {
+        let finished = [
+            serde_json::json!({"certificate": "Y2VydA=="}),
+            serde_json::json!({"conditions": [{"type": INVALID_REQUEST, "status": "True"}]}),
+            ready(REASON_ISSUED),
+            ready(REASON_FAILED),
+            ready(REASON_DENIED),
+        ];
+        for status in finished {
+            assert!(is_finished(&request(status.clone())), "{status}");
+        }
+        let unfinished = [
+            serde_json::Value::Null,
+            serde_json::json!({}),
+            serde_json::json!({"certificate": ""}),
+            serde_json::json!({"conditions": [{"type": INVALID_REQUEST, "status": "False"}]}),
+            ready(REASON_PENDING),
+            serde_json::json!({"conditions": [{"type": READY, "status": "True"}]}),
+        ];
+        for status in unfinished {
+            assert!(!is_finished(&request(status.clone())), "{status}");
+        }
+    }
+}

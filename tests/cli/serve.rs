@@ -10,72 +10,12 @@ use meshroot::pb::IstioCertificateRequest;
 use meshroot::pki::{KeyAlgorithm, PrivateKey, TrustBundle};
 use prost_types::{Struct, Value as PbValue, value::Kind};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use support::eventually_async;
+use std::process::Command;
+use std::time::Duration;
+use support::{binary, eventually_async};
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshroot");
-
-struct Replica {
-    child: Child,
-    grpc: u16,
-    ops: u16,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts a replica whose log (at debug for meshroot) goes to `<kubeconfig dir>/<name>.log`.
-async fn start(kubeconfig: &std::path::Path, name: &str) -> Replica {
-    let kubeconfig = kubeconfig.to_path_buf();
-    let name = name.to_string();
-    tokio::task::spawn_blocking(move || start_blocking(&kubeconfig, &name)).await.unwrap()
-}
-
-fn log_path(kubeconfig: &std::path::Path, name: &str) -> std::path::PathBuf {
-    kubeconfig.parent().unwrap().join(format!("{name}.log"))
-}
-
-fn start_blocking(kubeconfig: &std::path::Path, name: &str) -> Replica {
-    let log = std::fs::File::create(log_path(kubeconfig, name)).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--namespace", "meshroot", "--pod-name", name, "--generate-root", "--listen", "127.0.0.1:0"])
-        .args(["--log-format", "json"])
-        .args([
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--serving-name",
-            "localhost",
-            "--drain-delay",
-            "200ms",
-            "--resync",
-            "2s",
-        ])
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info,meshroot=debug")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Some(rest) = line.strip_prefix("meshroot serve: Istio CA API on 127.0.0.1:") {
-            let grpc = rest.split(',').next().unwrap().parse().unwrap();
-            let ops = rest.split("health on 127.0.0.1:").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
-            return Replica { child, grpc, ops };
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("meshroot serve did not start");
-}
+/// Resyncs every 2 s, so idle periods of a few seconds see several.
+const RESYNC: &[&str] = &["--resync", "2s"];
 
 fn root_pem(fake: &FakeApi) -> Vec<u8> {
     use base64::Engine as _;
@@ -103,15 +43,6 @@ async fn request(
     )
     .unwrap();
     client.create_certificate(req).await.map(|r| r.into_inner())
-}
-
-async fn ready(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
-    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out.starts_with("HTTP/1.1 200")
 }
 
 fn pod(fake: &FakeApi, ns: &str, name: &str, sa: &str, node: &str) -> String {
@@ -152,8 +83,8 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     );
     let served = fake.serve().await;
 
-    let r1 = start(&served.kubeconfig, "replica-1").await;
-    eventually_async("replica-1 ready", async || ready(r1.ops).await.then_some(())).await;
+    let r1 = binary::start(&served.kubeconfig, "replica-1", RESYNC).await;
+    eventually_async("replica-1 ready", async || binary::ready(r1.ops).await.then_some(())).await;
     let reviews = "spiffe://cluster.local/ns/bookinfo/sa/reviews";
     let resp =
         eventually_async("a certificate", async || request(&fake, r1.grpc, "tok-reviews", reviews, None).await.ok())
@@ -223,8 +154,8 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     verify_response(&resp, &gateway_roots, reviews).unwrap();
 
     // A second replica serves but, not leading, writes nothing.
-    let r2 = start(&served.kubeconfig, "replica-2").await;
-    eventually_async("replica-2 ready", async || ready(r2.ops).await.then_some(())).await;
+    let r2 = binary::start(&served.kubeconfig, "replica-2", RESYNC).await;
+    eventually_async("replica-2 ready", async || binary::ready(r2.ops).await.then_some(())).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut requests = fake.requests();
     fake.clear_requests();
@@ -277,7 +208,7 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
     drop(r2);
     let logs: String = ["replica-1", "replica-2"]
         .iter()
-        .map(|n| std::fs::read_to_string(log_path(&served.kubeconfig, n)).unwrap())
+        .map(|n| std::fs::read_to_string(binary::log_path(&served.kubeconfig, n)).unwrap())
         .collect();
     assert!(logs.contains("certificate issued") && logs.contains("leading"), "the logs are not captured: {logs}");
     // One audit line per decision, for the gRPC API and the issuer alike.

@@ -224,6 +224,11 @@ impl Cluster {
             ],
         ));
 
+        // Every request, at Metadata level: who did what, to count meshroot's requests and writes.
+        write(
+            &path("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+        );
         let port = free_port();
         let server = format!("https://127.0.0.1:{port}");
         let p = |name: &str| path(name).display().to_string();
@@ -246,6 +251,8 @@ impl Cluster {
                 // unless asked for; pods name theirs explicitly.
                 "--disable-admission-plugins=ServiceAccount".into(),
                 format!("--cert-dir={}", p("apiserver-certs")),
+                format!("--audit-policy-file={}", p("audit-policy.yaml")),
+                format!("--audit-log-path={}", p("audit.log")),
             ],
         ));
 
@@ -281,11 +288,25 @@ impl Cluster {
         cluster
     }
 
+    /// A kubeconfig authenticating with `token`, as a pod's service account
+    /// would; replicas' logs go beside it.
+    pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
+        let dir = self.dir.path().join(format!("client-{}", free_port()));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("kubeconfig");
+        write(&path, &kubeconfig(&self.server, &self.ca_pem, json!({"token": token})));
+        path
+    }
+
     /// A client authenticating with `token`, as a pod's service account would.
     pub async fn client_with_token(&self, token: &str) -> kube::Client {
-        let path = self.dir.path().join(format!("token-{}.kubeconfig", free_port()));
-        write(&path, &kubeconfig(&self.server, &self.ca_pem, json!({"token": token})));
-        client_from(&path).await
+        client_from(&self.kubeconfig_with_token(token)).await
+    }
+
+    /// The API server's audit events so far (one per finished request).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// A token for `namespace/name` from the TokenRequest API, valid for an

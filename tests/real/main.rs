@@ -9,6 +9,8 @@
 mod support;
 
 mod api_server;
+mod chart;
 mod cluster;
 mod leader;
+mod replicas;
 mod serve;

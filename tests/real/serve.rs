@@ -2,52 +2,32 @@
 //! ServiceAccount, the chart's rendered RBAC enforced by the real authorizer,
 //! its own token (never an admin credential), the chart's Meshes and Issuers.
 
-use crate::cluster::{Cluster, Options, cert_manager_crds};
-use crate::support::{eventually_async, helm};
+use crate::cluster::{Cluster, Options};
+use crate::support::eventually_async;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use meshroot::pki::TrustBundle;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::time::Duration;
 
-const NS: &str = "meshroot";
-const SERVICE_ACCOUNT: &str = "mr-meshroot";
-const ROOT_SECRET: &str = "meshroot-root-ca";
+use crate::chart::{self, NS, ROOT_SECRET};
 
-/// The chart's objects meshroot needs from the cluster: its ServiceAccount,
-/// RBAC, Meshes and Issuers (not its Deployment: the replicas run in process).
-fn chart_objects() -> Vec<Value> {
-    let docs = helm::template(&["-f", helm::openshift_values().to_str().unwrap()]).unwrap();
-    let kinds = [
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "Mesh",
-        "Issuer",
-        "ClusterIssuer",
-    ];
-    docs.into_iter().filter(|d| d["kind"].as_str().is_some_and(|k| kinds.contains(&k))).collect()
-}
-
-fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
     let value = secret.data.as_ref()?.get(key)?;
     String::from_utf8(value.0.clone()).ok().filter(|s| !s.is_empty())
 }
 
-async fn secret(cluster: &Cluster, ns: &str, name: &str) -> Option<Secret> {
+pub async fn secret(cluster: &Cluster, ns: &str, name: &str) -> Option<Secret> {
     Api::<Secret>::namespaced(cluster.admin.clone(), ns).get_opt(name).await.ok().flatten()
 }
 
-fn mesh_api(client: &kube::Client) -> Api<DynamicObject> {
+pub fn mesh_api(client: &kube::Client) -> Api<DynamicObject> {
     Api::all_with(client.clone(), &ApiResource::from_gvk(&GroupVersionKind::gvk("meshroot.io", "v1alpha1", "Mesh")))
 }
 
-fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
     obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
 }
 
@@ -63,23 +43,10 @@ fn options_for_chart() -> meshroot::serve::ServeOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meshroot_reconciles_both_meshes_and_signs_with_only_the_charts_rbac() {
     let cluster = Cluster::start(Options::default()).await;
-    for (ns, labels) in [
-        (NS, json!({})),
-        ("istio-system", json!({})),
-        ("openshift-ingress", json!({})),
-        ("bookinfo", json!({"istio-injection": "enabled"})),
-    ] {
-        cluster.namespace(ns, labels).await;
-    }
-    cluster.apply_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")).await;
-    cluster.apply_dir(&cert_manager_crds()).await;
-    cluster.wait_for_crds().await;
-    for object in chart_objects() {
-        cluster.apply(&object).await;
-    }
+    chart::install(&cluster).await;
 
     // meshroot runs as its ServiceAccount, with a token from the TokenRequest API.
-    let token = cluster.token(NS, SERVICE_ACCOUNT, &[], None).await;
+    let token = cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await;
     let client = cluster.client_with_token(&token).await;
     let server = meshroot::serve::start(client, options_for_chart()).await.unwrap();
 
@@ -189,6 +156,40 @@ async fn meshroot_reconciles_both_meshes_and_signs_with_only_the_charts_rbac() {
     use x509_parser::extensions::GeneralName;
     assert!(matches!(sans.value.general_names.as_slice(), [GeneralName::DNSName("shop.apps.example.com")]), "{sans:?}");
 
+    // A cert-manager CertificateRequest for the chart's namespaced Issuer,
+    // approved (as cert-manager's approver would, through /status): meshroot
+    // signs it with a server-side apply of its own conditions, which the
+    // chart's `patch` on certificaterequests/status allows, and leaves the
+    // approver's condition as it was.
+    let mut params = rcgen::CertificateParams::new(vec!["gw.apps.example.com".to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "CertificateRequest");
+    let requests: Api<DynamicObject> =
+        Api::namespaced_with(cluster.admin.clone(), "openshift-ingress", &ApiResource::from_gvk(&gvk));
+    let request: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest", "metadata": {"name": "gw"},
+        "spec": {
+            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr_pem),
+            "issuerRef": {"group": "meshroot.io", "kind": "Issuer", "name": "gateways"},
+            "usages": ["digital signature", "key encipherment", "server auth"],
+        },
+    }))
+    .unwrap();
+    requests.create(&PostParams::default(), &request).await.unwrap();
+    let approved = json!({"type": "Approved", "status": "True", "reason": "cert-manager.io",
+        "message": "approved by the test", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    let approval = Patch::Merge(json!({"status": {"conditions": [approved.clone()]}}));
+    requests.patch_status("gw", &PatchParams::default(), &approval).await.unwrap();
+    let issued = eventually_async("the CertificateRequest issued", async || {
+        let cr = serde_json::to_value(requests.get("gw").await.ok()?).ok()?;
+        cr["status"]["certificate"].as_str().filter(|c| !c.is_empty())?;
+        Some(cr)
+    })
+    .await;
+    assert_eq!(condition(&issued, "Ready").unwrap()["reason"], "Issued");
+    assert_eq!(condition(&issued, "Approved"), Some(&approved), "the approver's condition, untouched");
+
     // Converged: over several resyncs (every second), nothing meshroot
     // writes changes (its status writes would change the Mesh's resourceVersion).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -212,7 +213,7 @@ async fn meshroot_reconciles_both_meshes_and_signs_with_only_the_charts_rbac() {
     server.shutdown().await.unwrap();
 }
 
-async fn ask(
+pub async fn ask(
     server: &meshroot::serve::Server,
     roots_pem: &str,
     token: &str,

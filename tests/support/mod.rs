@@ -2,6 +2,7 @@
 //! loopback, clients, and CSR builders.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod helm;
 pub mod issuers;
 pub mod openssl;

@@ -16,12 +16,15 @@ pub struct Attributes {
 }
 
 /// Every authorization check a recorded request needs: its own, plus
-/// `create` for a server-side apply (which creates a missing object, and
-/// the API server then checks `create` too).
+/// `create` for a server-side apply of an object (which creates it when it
+/// is missing, and the API server then checks `create` too). An apply to a
+/// subresource (`/status`) never creates: the object must exist, so only
+/// `patch` is checked.
 pub fn checks(r: &fake_apiserver::Recorded) -> Vec<Attributes> {
     let Some(a) = attributes(&r.method, &r.path, &r.query) else { return Vec::new() };
     let mut out = vec![a.clone()];
-    if r.method == "PATCH" && r.content_type.starts_with("application/apply-patch") {
+    let subresource = a.resource.contains('/');
+    if r.method == "PATCH" && r.content_type.starts_with("application/apply-patch") && !subresource {
         out.push(Attributes { verb: "create".into(), ..a });
     }
     out
