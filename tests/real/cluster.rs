@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The peers this tier runs (scripts/test.sh builds the same list).
-const PEER_COMPONENTS: [&str; 3] = ["etcd", "kube-apiserver", "cert-manager-crds"];
+const PEER_COMPONENTS: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "cert-manager-crds"];
 
 /// The directory holding the peer binaries: `MESHROOT_PEERS`, or what
 /// scripts/build-peers.sh builds (cached; seconds when up to date).
@@ -54,6 +54,7 @@ fn free_port() -> u16 {
 
 struct Process {
     name: &'static str,
+    args: Vec<String>,
     child: Child,
     log: PathBuf,
 }
@@ -166,7 +167,8 @@ async fn client_from(path: &Path) -> kube::Client {
 
 fn spawn(dir: &Path, name: &'static str, args: &[String]) -> Process {
     let log = dir.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log).unwrap();
+    // Appended to: a restarted process keeps one log.
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
     let child = Command::new(peers().join(name))
         .args(args)
         .stdin(Stdio::null())
@@ -174,7 +176,7 @@ fn spawn(dir: &Path, name: &'static str, args: &[String]) -> Process {
         .stderr(out)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    Process { name, child, log }
+    Process { name, args: args.to_vec(), child, log }
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut ready: impl AsyncFnMut() -> bool) {
@@ -345,6 +347,20 @@ impl Cluster {
             .create(&PostParams::default(), &sa)
             .await
             .unwrap();
+    }
+
+    /// Kills `process` (SIGKILL), as a crash or an outage.
+    pub fn stop(&mut self, process: &str) {
+        let p = self.processes.iter_mut().find(|p| p.name == process).expect("a process of the cluster");
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+
+    /// Starts `process` again with the arguments it had (etcd keeps its data directory).
+    pub fn restart(&mut self, process: &str) {
+        let dir = self.dir.path().to_path_buf();
+        let p = self.processes.iter_mut().find(|p| p.name == process).expect("a process of the cluster");
+        *p = spawn(&dir, p.name, &p.args);
     }
 
     /// Stops (SIGSTOP) or resumes (SIGCONT) `process`, as a hung server.

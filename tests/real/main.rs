@@ -11,6 +11,7 @@ mod support;
 mod api_server;
 mod chart;
 mod cluster;
+mod faults;
 mod leader;
 mod replicas;
 mod serve;
