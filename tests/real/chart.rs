@@ -50,3 +50,9 @@ pub async fn install(cluster: &Cluster) {
         cluster.apply(&object).await;
     }
 }
+
+/// `serve`'s options for an in-process replica `pod` of this install (the
+/// chart's root Secret, resyncing every second; the issuers off unless a test turns them on).
+pub fn serve_options(pod: &str) -> meshroot::serve::ServeOptions {
+    meshroot::serve::ServeOptions { root_secret: ROOT_SECRET.into(), ..crate::support::replica::options(pod) }
+}

@@ -13,7 +13,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The peers this tier runs (scripts/test.sh builds the same list).
-const PEER_COMPONENTS: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "cert-manager-crds"];
+const PEER_COMPONENTS: [&str; 5] =
+    ["etcd", "kube-apiserver", "kube-controller-manager", "cert-manager-controller", "cert-manager-webhook"];
 
 /// The directory holding the peer binaries: `MESHROOT_PEERS`, or what
 /// scripts/build-peers.sh builds (cached; seconds when up to date).
@@ -66,6 +67,7 @@ pub struct Cluster {
     /// `https://127.0.0.1:<port>`.
     pub server: String,
     ca_pem: String,
+    admin_kubeconfig: PathBuf,
     pub admin: kube::Client,
 }
 
@@ -104,6 +106,8 @@ fn write(path: &Path, contents: &str) {
 struct Pki {
     ca_pem: String,
     serving: (String, String),
+    /// For cert-manager's webhook, which kube-apiserver calls on localhost.
+    webhook: (String, String),
     admin: (String, String),
     sa_key_pem: String,
     sa_public_pem: String,
@@ -124,6 +128,11 @@ fn pki() -> Pki {
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let serving_cert = serving.signed_by(&serving_key, &issuer).unwrap();
 
+    let webhook_key = KeyPair::generate().unwrap();
+    let mut webhook = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    webhook.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let webhook_cert = webhook.signed_by(&webhook_key, &issuer).unwrap();
+
     let admin_key = KeyPair::generate().unwrap();
     let mut admin = CertificateParams::new(Vec::<String>::new()).unwrap();
     admin.distinguished_name.push(DnType::CommonName, "admin");
@@ -135,6 +144,7 @@ fn pki() -> Pki {
     Pki {
         ca_pem: ca_cert.pem(),
         serving: (serving_cert.pem(), serving_key.serialize_pem()),
+        webhook: (webhook_cert.pem(), webhook_key.serialize_pem()),
         admin: (admin_cert.pem(), admin_key.serialize_pem()),
         sa_key_pem: sa_key.serialize_pem(),
         sa_public_pem: sa_key.public_key_pem(),
@@ -148,7 +158,7 @@ fn base64(s: &str) -> String {
 
 /// A kubeconfig for `server` trusting `ca_pem`, authenticating with a
 /// client certificate or a bearer token.
-fn kubeconfig(server: &str, ca_pem: &str, user: serde_json::Value) -> String {
+fn kubeconfig(server: &str, ca_pem: &str, user: Value) -> String {
     serde_json::to_string(&json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "real", "cluster": {"server": server, "certificate-authority-data": base64(ca_pem)}}],
@@ -205,6 +215,8 @@ impl Cluster {
         write(&path("ca.crt"), &pki.ca_pem);
         write(&path("serving.crt"), &pki.serving.0);
         write(&path("serving.key"), &pki.serving.1);
+        write(&path("webhook.crt"), &pki.webhook.0);
+        write(&path("webhook.key"), &pki.webhook.1);
         write(&path("sa.key"), &pki.sa_key_pem);
         write(&path("sa.pub"), &pki.sa_public_pem);
         let mut processes = Vec::new();
@@ -263,7 +275,8 @@ impl Cluster {
             json!({"client-certificate-data": base64(&pki.admin.0), "client-key-data": base64(&pki.admin.1)});
         write(&admin_kubeconfig, &kubeconfig(&server, &pki.ca_pem, admin_user));
         let admin = client_from(&admin_kubeconfig).await;
-        let mut cluster = Cluster { dir, processes, server, ca_pem: pki.ca_pem, admin };
+        let mut cluster =
+            Cluster { dir, processes, server, ca_pem: pki.ca_pem, admin_kubeconfig: admin_kubeconfig.clone(), admin };
         let probe = cluster.admin.clone();
         wait_for("kube-apiserver", Duration::from_secs(90), async || {
             let request = http::Request::get("/readyz").body(Vec::new()).unwrap();
@@ -290,6 +303,61 @@ impl Cluster {
         cluster
     }
 
+    /// Starts cert-manager: its webhook (registered with the API server for
+    /// cert-manager's kinds, so it enforces the approval rules on every
+    /// CertificateRequest write) and its controller, without its approver:
+    /// tests approve and deny requests themselves.
+    pub async fn start_cert_manager(&mut self) {
+        self.namespace("cert-manager", json!({})).await;
+        let dir = self.dir.path().to_path_buf();
+        let (port, health) = (free_port(), free_port());
+        let kubeconfig = format!("--kubeconfig={}", self.admin_kubeconfig.display());
+        let webhook = spawn(
+            &dir,
+            "cert-manager-webhook",
+            &[
+                kubeconfig.clone(),
+                format!("--secure-port={port}"),
+                format!("--healthz-port={health}"),
+                format!("--tls-cert-file={}", dir.join("webhook.crt").display()),
+                format!("--tls-private-key-file={}", dir.join("webhook.key").display()),
+            ],
+        );
+        self.processes.push(webhook);
+        wait_for("cert-manager's webhook", Duration::from_secs(60), async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        let client_config =
+            |path: &str| json!({"url": format!("https://localhost:{port}/{path}"), "caBundle": base64(&self.ca_pem)});
+        let hook = |name: &str, path: &str, operations: Value, resources: Value| {
+            json!({"name": name, "clientConfig": client_config(path), "sideEffects": "None",
+                "admissionReviewVersions": ["v1"], "failurePolicy": "Fail", "timeoutSeconds": 10,
+                "rules": [{"apiGroups": ["cert-manager.io", "acme.cert-manager.io"], "apiVersions": ["v1"],
+                    "operations": operations, "resources": resources}]})
+        };
+        self.apply(&json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "cert-manager-webhook"},
+            "webhooks": [hook("webhook.cert-manager.io", "validate", json!(["CREATE", "UPDATE"]), json!(["*/*"]))]}))
+            .await;
+        self.apply(&json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "cert-manager-webhook"},
+            "webhooks": [hook("webhook.cert-manager.io", "mutate", json!(["CREATE"]), json!(["certificaterequests"]))]}))
+        .await;
+        let controller = spawn(
+            &dir,
+            "cert-manager-controller",
+            &[
+                kubeconfig,
+                "--leader-elect=false".into(),
+                format!("--metrics-listen-address=127.0.0.1:{}", free_port()),
+                "--cluster-resource-namespace=cert-manager".into(),
+                "--controllers=*,-certificaterequests-approver".into(),
+            ],
+        );
+        self.processes.push(controller);
+    }
+
     /// A kubeconfig authenticating with `token`, as a pod's service account
     /// would; replicas' logs go beside it.
     pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
@@ -306,7 +374,7 @@ impl Cluster {
     }
 
     /// The API server's audit events so far (one per finished request).
-    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+    pub fn audit_events(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
@@ -330,12 +398,12 @@ impl Cluster {
             .header("content-type", "application/json")
             .body(body)
             .unwrap();
-        let answer: serde_json::Value = self.admin.request(request).await.unwrap();
+        let answer: Value = self.admin.request(request).await.unwrap();
         answer["status"]["token"].as_str().expect("a token").to_string()
     }
 
     /// Creates namespace `name` with `labels`.
-    pub async fn namespace(&self, name: &str, labels: serde_json::Value) {
+    pub async fn namespace(&self, name: &str, labels: Value) {
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
         Api::<Namespace>::all(self.admin.clone()).create(&PostParams::default(), &ns).await.unwrap();
     }
@@ -382,7 +450,7 @@ impl Cluster {
         files.sort();
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
-            for doc in serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap() {
+            for doc in serde_saphyr::from_multiple::<Value>(&text).unwrap() {
                 if doc.is_object() {
                     self.apply(&doc).await;
                 }
@@ -391,7 +459,7 @@ impl Cluster {
     }
 
     /// Server-side applies one object (any kind the server knows), as the admin.
-    pub async fn apply(&self, object: &serde_json::Value) {
+    pub async fn apply(&self, object: &Value) {
         use kube::api::{DynamicObject, Patch, PatchParams};
         use kube::discovery::ApiResource;
         let api_version = object["apiVersion"].as_str().unwrap();

@@ -15,11 +15,7 @@ use std::time::Duration;
 async fn serve(cluster: &Cluster) -> meshroot::serve::Server {
     let token = cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await;
     let client = cluster.client_with_token(&token).await;
-    let options = meshroot::serve::ServeOptions {
-        root_secret: ROOT_SECRET.into(),
-        ..crate::support::replica::options("meshroot-0")
-    };
-    meshroot::serve::start(client, options).await.unwrap()
+    meshroot::serve::start(client, chart::serve_options("meshroot-0")).await.unwrap()
 }
 
 async fn root_configmap(cluster: &Cluster, ns: &str) -> Option<ConfigMap> {

@@ -9,6 +9,7 @@
 mod support;
 
 mod api_server;
+mod cert_manager;
 mod chart;
 mod cluster;
 mod faults;

@@ -33,10 +33,9 @@ pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
 
 fn options_for_chart() -> meshroot::serve::ServeOptions {
     meshroot::serve::ServeOptions {
-        root_secret: ROOT_SECRET.into(),
         cert_manager_issuer: true,
         kubernetes_csr_signer: true,
-        ..crate::support::replica::options("meshroot-0")
+        ..chart::serve_options("meshroot-0")
     }
 }
 
