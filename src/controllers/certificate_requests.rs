@@ -249,15 +249,7 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
     }
     match outcome {
         Outcome::Pending(why) => {
-            let n = ctx.attempts.lock().map(|mut a| {
-                // Requests deleted while pending leave entries; keep the map bounded.
-                if a.len() >= MAX_TRACKED_ATTEMPTS && !a.contains_key(&key) {
-                    a.clear();
-                }
-                let n = a.entry(key).or_insert(0);
-                *n = n.saturating_add(1);
-                *n
-            });
+            let n = ctx.attempts.lock().map(|mut a| count_attempt(&mut a, key, MAX_TRACKED_ATTEMPTS));
             let delay = backoff(n.unwrap_or(1));
             tracing::info!(request = %format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()), reason = %why, retry_in = ?delay, "CertificateRequest pending");
             Ok(Action::requeue(delay))
@@ -289,6 +281,18 @@ fn audit_decision(cr: &CertificateRequest, outcome: &Outcome) {
         Outcome::Denied => audit::request_denied(&decision, "Denied", "denied by an approval controller"),
         Outcome::Pending(_) => {}
     }
+}
+
+/// Counts one more pending attempt for `key` and returns the count. Requests
+/// deleted while pending leave entries behind: a map already holding `limit`
+/// others is emptied first, so it stays bounded.
+fn count_attempt<K: std::hash::Hash + Eq>(attempts: &mut HashMap<K, u32>, key: K, limit: usize) -> u32 {
+    if attempts.len() >= limit && !attempts.contains_key(&key) {
+        attempts.clear();
+    }
+    let n = attempts.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    *n
 }
 
 /// 1 s, 2 s, 4 s, ... up to five minutes.
@@ -408,6 +412,39 @@ mod tests {
 
     fn ready(reason: &str) -> serde_json::Value {
         serde_json::json!({"conditions": [{"type": READY, "status": "False", "reason": reason}]})
+    }
+
+    /// Attempts count up per request; a full map is emptied only for a new
+    /// request, never for one already counted.
+    #[test]
+    fn attempts_count_up_and_the_map_stays_bounded() {
+        let mut attempts = HashMap::new();
+        assert_eq!(count_attempt(&mut attempts, "a", 2), 1);
+        assert_eq!(count_attempt(&mut attempts, "a", 2), 2);
+        assert_eq!(count_attempt(&mut attempts, "b", 2), 1);
+        // Full: "a" keeps its count ...
+        assert_eq!(count_attempt(&mut attempts, "a", 2), 3);
+        assert_eq!(attempts.len(), 2);
+        // ... and a third request empties it first.
+        assert_eq!(count_attempt(&mut attempts, "c", 2), 1);
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(count_attempt(&mut attempts, "a", 2), 1, "forgotten with the rest");
+    }
+
+    /// A condition keeps its lastTransitionTime while its status stays, and
+    /// gets the new time when the status changes.
+    #[test]
+    fn a_condition_moves_its_transition_time_only_when_its_status_changes() {
+        let at = |s: i64| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap());
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, READY, "False", REASON_PENDING, "waiting", &at(100));
+        set_condition(&mut conditions, READY, "False", REASON_PENDING, "still waiting", &at(200));
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].last_transition_time, Some(at(100)), "same status: the time stays");
+        assert_eq!(conditions[0].message.as_deref(), Some("still waiting"));
+        set_condition(&mut conditions, READY, "True", REASON_ISSUED, "issued", &at(300));
+        assert_eq!(conditions[0].last_transition_time, Some(at(300)), "a new status: the new time");
+        assert_eq!(conditions[0].reason.as_deref(), Some(REASON_ISSUED));
     }
 
     /// Each terminal mark finishes a request on its own (a certificate, a

@@ -353,6 +353,25 @@ mod tests {
         }
     }
 
+    /// A new root is taken from its NotBefore up to, not including, its NotAfter.
+    #[test]
+    fn a_new_root_is_taken_only_within_its_validity() {
+        let new = root();
+        let pem = new.certificate_pem().as_bytes();
+        let parsed = crate::pki::authority::parse_certificate(new.certificate()).unwrap();
+        let (nb, na) = (parsed.validity().not_before.to_datetime(), parsed.validity().not_after.to_datetime());
+        let second = time::Duration::seconds(1);
+        assert!(new_root_certificate(pem, nb).is_ok());
+        assert!(new_root_certificate(pem, na - second).is_ok());
+        for outside in [nb - second, na] {
+            let refused = new_root_certificate(pem, outside);
+            assert!(
+                matches!(&refused, Err(RotationError::Refused(m)) if m.contains("not valid now")),
+                "{outside}: {refused:?}"
+            );
+        }
+    }
+
     /// The switch time is read from an annotation anyone with write access
     /// to the Secret can edit: one near the end of time is refused with a
     /// reason, not a panic in date arithmetic.
