@@ -15,4 +15,5 @@ mod cluster;
 mod faults;
 mod leader;
 mod replicas;
+mod rollout;
 mod serve;
