@@ -12,12 +12,20 @@
 #                                           instead of REF
 #
 # ARGS go to cargo-mutants, e.g. `--file src/issuer/glob.rs` (only that
-# module), `--list` (what would run), `--jobs 2`, `--in-place` (mutate this
-# tree and reuse its ./target: fastest, but leave the tree alone meanwhile),
-# and after `--` arguments for cargo test (e.g. `-- --lib` for a quick
-# pass). Each mutant is built and `cargo test` run against it: minutes each.
+# module), `--list` (what would run), `--shard K/N` (one of N parts, for N
+# clones run side by side), `--in-place` (mutate this tree and reuse its
+# ./target: fastest, but leave the tree alone meanwhile), and
+# `-C --lib -C --test=fast` (build and run only those test targets). Each
+# mutant is built and its tests run under cargo-nextest, which stops at the
+# first failure.
 #
-# cargo-mutants (pinned) is installed into the cache if it is not on PATH.
+# Not `--jobs N`: the copies it builds in share one CARGO_TARGET_DIR here,
+# and cargo names a workspace crate's test binaries alike in every copy, so
+# one job can run another's mutant. Run shards in separate clones, each with
+# its own target directory, instead.
+#
+# cargo-mutants and cargo-nextest (pinned) are installed into the cache if
+# they are not on PATH.
 # Everything is written outside the repository, under
 # ${MESHROOT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/meshroot}:
 #   mutants/<full|diff>/mutants.out/   the report (caught.txt, missed.txt,
@@ -30,8 +38,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${MESHROOT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/meshroot}"
 version="27.1.0"
+nextest_version="0.9.151"
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
 [ $# -ge 1 ] || usage
 mode=$1
 shift
@@ -51,6 +60,20 @@ if ! cargo mutants --version >/dev/null 2>&1; then
   fi
   export PATH="$cache/cargo-mutants-$version/bin:$PATH"
 fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  if [ ! -x "$cache/cargo-nextest-$nextest_version/bin/cargo-nextest" ]; then
+    echo "==> installing cargo-nextest $nextest_version into $cache/cargo-nextest-$nextest_version" >&2
+    cargo install --locked --quiet --root "$cache/cargo-nextest-$nextest_version" cargo-nextest --version "$nextest_version"
+  fi
+  export PATH="$cache/cargo-nextest-$nextest_version/bin:$PATH"
+fi
+case " $* " in
+  *" --jobs "* | *" -j "* | *" --jobs="*)
+    echo "error: --jobs shares one target directory between copies; use --shard K/N in separate clones" >&2
+    exit 64
+    ;;
+esac
 
 # The chart tests render with the pinned helm, as scripts/test.sh does.
 MESHROOT_HELM=$(MESHROOT_CACHE_DIR="$cache" ./scripts/install-helm.sh)
