@@ -6,9 +6,7 @@ use crate::support;
 
 use fake_apiserver::FakeApi;
 use meshroot::client::verify_response;
-use meshroot::pb::IstioCertificateRequest;
 use meshroot::pki::{KeyAlgorithm, PrivateKey, TrustBundle};
-use prost_types::{Struct, Value as PbValue, value::Kind};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -30,19 +28,7 @@ async fn request(
     identity: &str,
     impersonate: Option<&str>,
 ) -> Result<meshroot::pb::IstioCertificateResponse, tonic::Status> {
-    let mut client = meshroot::client::connect(&format!("localhost:{port}"), &root_pem(fake)).await.unwrap();
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let csr = meshroot::pki::csr::build_workload_csr(&key, identity).unwrap();
-    let metadata = impersonate.map(|id| Struct {
-        fields: [("ImpersonatedIdentity".to_string(), PbValue { kind: Some(Kind::StringValue(id.into())) })].into(),
-    });
-    let req = meshroot::client::request(
-        IstioCertificateRequest { csr, validity_duration: 3600, metadata },
-        Some(token),
-        "Kubernetes",
-    )
-    .unwrap();
-    client.create_certificate(req).await.map(|r| r.into_inner())
+    support::replica::ask_trusting(port, &root_pem(fake), token, identity, impersonate).await
 }
 
 fn pod(fake: &FakeApi, ns: &str, name: &str, sa: &str, node: &str) -> String {

@@ -7,12 +7,12 @@
 use crate::chart::{self, NS, ROOT_SECRET};
 use crate::cluster::{Cluster, Options};
 use crate::serve::{secret, secret_text};
+use crate::support::replica::ask_trusting;
 use crate::support::{binary, eventually_async};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, PostParams};
 use meshroot::pki::TrustBundle;
-use prost_types::{Struct, Value as PbValue, value::Kind};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -29,27 +29,6 @@ async fn pod_token(cluster: &Cluster, ns: &str, name: &str, sa: &str, node: &str
     .unwrap();
     let pod = Api::<Pod>::namespaced(cluster.admin.clone(), ns).create(&PostParams::default(), &pod).await.unwrap();
     cluster.token(ns, sa, &["istio-ca"], Some((name, &pod.metadata.uid.unwrap()))).await
-}
-
-/// Asks replica `port` for `identity`, as ztunnel does when `impersonate` is set.
-async fn request(
-    port: u16,
-    roots_pem: &str,
-    token: &str,
-    identity: &str,
-    impersonate: Option<&str>,
-) -> Result<meshroot::pb::IstioCertificateResponse, tonic::Status> {
-    let mut client = meshroot::client::connect(&format!("localhost:{port}"), roots_pem.as_bytes())
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
-    let csr = meshroot::pki::csr::build_workload_csr(&key, identity).unwrap();
-    let metadata = impersonate.map(|id| Struct {
-        fields: [("ImpersonatedIdentity".to_string(), PbValue { kind: Some(Kind::StringValue(id.into())) })].into(),
-    });
-    let body = meshroot::pb::IstioCertificateRequest { csr, validity_duration: 3600, metadata };
-    let request = meshroot::client::request(body, Some(token), "Kubernetes").unwrap();
-    client.create_certificate(request).await.map(|r| r.into_inner())
 }
 
 fn holder(lease: &Lease) -> Option<String> {
@@ -101,11 +80,12 @@ async fn two_replicas_one_writer_nothing_written_at_rest_and_a_killed_leader_rep
     let ratings = "spiffe://cluster.local/ns/bookinfo/sa/ratings";
     for replica in &replicas {
         let issued = eventually_async("a certificate for reviews, through ztunnel", async || {
-            request(replica.grpc, &roots_pem, &ztunnel, reviews, Some(reviews)).await.ok()
+            ask_trusting(replica.grpc, roots_pem.as_bytes(), &ztunnel, reviews, Some(reviews)).await.ok()
         })
         .await;
         meshroot::client::verify_response(&issued, &bundle, reviews).unwrap();
-        let refused = request(replica.grpc, &roots_pem, &ztunnel, ratings, Some(ratings)).await.unwrap_err();
+        let refused =
+            ask_trusting(replica.grpc, roots_pem.as_bytes(), &ztunnel, ratings, Some(ratings)).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     }
 

@@ -218,13 +218,6 @@ pub async fn ask(
     token: &str,
     identity: &str,
 ) -> Result<meshroot::pb::IstioCertificateResponse, tonic::Status> {
-    let address = format!("localhost:{}", server.grpc_addr.port());
-    let mut client = meshroot::client::connect(&address, roots_pem.as_bytes())
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
-    let csr = meshroot::pki::csr::build_workload_csr(&key, identity).unwrap();
-    let body = meshroot::pb::IstioCertificateRequest { csr, validity_duration: 3600, metadata: None };
-    let request = meshroot::client::request(body, Some(token), "Kubernetes").unwrap();
-    client.create_certificate(request).await.map(|r| r.into_inner())
+    let port = server.grpc_addr.port();
+    crate::support::replica::ask_trusting(port, roots_pem.as_bytes(), token, identity, None).await
 }

@@ -104,12 +104,29 @@ pub async fn ask(
     token: &str,
     identity: &str,
 ) -> Result<meshroot::pb::IstioCertificateResponse, tonic::Status> {
-    let mut client = meshroot::client::connect(&format!("localhost:{port}"), trusted_roots(fake).as_bytes())
+    ask_trusting(port, trusted_roots(fake).as_bytes(), token, identity, None).await
+}
+
+/// Asks the replica on `port` (TLS verified against `roots_pem`) for
+/// `identity` with `token`, as pilot-agent does, or as ztunnel does for a
+/// pod when `impersonate` names the identity it acts for.
+pub async fn ask_trusting(
+    port: u16,
+    roots_pem: &[u8],
+    token: &str,
+    identity: &str,
+    impersonate: Option<&str>,
+) -> Result<meshroot::pb::IstioCertificateResponse, tonic::Status> {
+    use prost_types::{Struct, Value, value::Kind};
+    let mut client = meshroot::client::connect(&format!("localhost:{port}"), roots_pem)
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
     let csr = meshroot::pki::csr::build_workload_csr(&key, identity).unwrap();
-    let body = meshroot::pb::IstioCertificateRequest { csr, validity_duration: 3600, metadata: None };
+    let metadata = impersonate.map(|id| Struct {
+        fields: [("ImpersonatedIdentity".to_string(), Value { kind: Some(Kind::StringValue(id.into())) })].into(),
+    });
+    let body = meshroot::pb::IstioCertificateRequest { csr, validity_duration: 3600, metadata };
     let req = meshroot::client::request(body, Some(token), "Kubernetes").unwrap();
     client.create_certificate(req).await.map(|r| r.into_inner())
 }
