@@ -414,6 +414,14 @@ mod tests {
         serde_json::json!({"conditions": [{"type": READY, "status": "False", "reason": reason}]})
     }
 
+    /// Retries of a pending request back off from 1 s, doubling, to five minutes.
+    #[test]
+    fn pending_retries_double_from_one_second_to_five_minutes() {
+        let secs: Vec<u64> = (0..=12).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
     /// Attempts count up per request; a full map is emptied only for a new
     /// request, never for one already counted.
     #[test]

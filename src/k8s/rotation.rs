@@ -353,6 +353,21 @@ mod tests {
         }
     }
 
+    /// `finish` runs from the moment the old chain's last leaf can have
+    /// expired (the switch plus the leaf lifetime), not a second before.
+    #[test]
+    fn finish_runs_from_the_moment_the_old_leaves_expire() {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let (old, new) = (root(), root());
+        let added = add(&secret(&old), new.certificate_pem().as_bytes(), now).unwrap();
+        let switched =
+            switch(&added, new.certificate_pem().as_bytes(), Some(new.key().to_pem().as_bytes()), now).unwrap();
+        let lifetime = time::Duration::hours(24);
+        let second = time::Duration::seconds(1);
+        assert!(finish(&switched, lifetime, false, now + lifetime - second).is_err());
+        assert!(finish(&switched, lifetime, false, now + lifetime).is_ok());
+    }
+
     /// A new root is taken from its NotBefore up to, not including, its NotAfter.
     #[test]
     fn a_new_root_is_taken_only_within_its_validity() {

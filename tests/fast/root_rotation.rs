@@ -264,3 +264,51 @@ async fn switching_a_tls_root_secret_to_an_offline_root_is_accepted_by_the_api_s
     assert_eq!(stored["type"], "kubernetes.io/tls");
     assert_eq!(stored["data"]["tls.key"], "");
 }
+
+/// `root finish` is refused while an intermediate meshroot manages is still
+/// under the old root (its workloads still need that root), naming it; once
+/// the intermediate is re-issued under the new root, it runs.
+#[tokio::test]
+async fn finish_waits_for_every_intermediate_to_move_under_the_new_root() {
+    use meshroot::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure};
+    let fake = FakeApi::new();
+    fake.namespace(NS, serde_json::json!({}));
+    let now = OffsetDateTime::now_utc();
+    let old = Authority::new_root(&meshroot::pki::CaSpec::root(time::Duration::days(30)), now).unwrap();
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    fake.create(
+        "v1",
+        "secrets",
+        NS,
+        serde_json::json!({
+            "metadata": {"name": SECRET},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(old.certificate_pem()), "tls.key": b64(&old.key().to_pem())},
+        }),
+    );
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(fake.client(), NS);
+    let policy = IntermediatePolicy {
+        key_algorithm: KeyAlgorithm::EcdsaP256,
+        lifetime: time::Duration::hours(1),
+        renew_before: time::Duration::minutes(20),
+    };
+    let target = IntermediateSecret::external("default");
+    let old_bundle = TrustBundle::new(vec![old.certificate().clone()]).unwrap();
+    ensure(&secrets, &target, &policy, Some(&old), &old_bundle, now).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("next");
+    generate(&out, KeyAlgorithm::EcdsaP256, time::Duration::days(3650)).unwrap();
+    let (cert, key) = (out.join("root-cert.pem"), out.join("root-key.pem"));
+    apply(fake.client(), NS, SECRET, RootAction::Add { cert: cert.clone() }).await.unwrap();
+    apply(fake.client(), NS, SECRET, RootAction::Switch { cert: cert.clone(), key: Some(key.clone()) }).await.unwrap();
+    let finish = || RootAction::Finish { leaf_lifetime: time::Duration::ZERO, force: false };
+    let refused = apply(fake.client(), NS, SECRET, finish()).await.unwrap_err().to_string();
+    assert!(refused.contains("meshroot/meshroot-intermediate-default"), "{refused}");
+
+    let new = Authority::from_pem(&std::fs::read(&cert).unwrap(), &std::fs::read(&key).unwrap()).unwrap();
+    let both = TrustBundle::new(vec![new.certificate().clone(), old.certificate().clone()]).unwrap();
+    assert!(ensure(&secrets, &target, &policy, Some(&new), &both, now).await.unwrap().issued);
+    let said = apply(fake.client(), NS, SECRET, finish()).await.unwrap();
+    assert!(said.contains("stage: steady"), "{said}");
+}
