@@ -16,4 +16,5 @@ mod faults;
 mod leader;
 mod replicas;
 mod rollout;
+mod rotation;
 mod serve;

@@ -56,7 +56,9 @@ async fn two_replicas_one_writer_nothing_written_at_rest_and_a_killed_leader_rep
     let cluster = Cluster::start(Options::default()).await;
     chart::install(&cluster).await;
     let kubeconfig = cluster.kubeconfig_with_token(&cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await);
-    let lease_flags = ["--resync", "2s", "--lease-duration", "5s", "--lease-retry-period", "500ms"];
+    // Reviews are cached for a second, so a token's loss of validity shows quickly.
+    let lease_flags =
+        ["--resync", "2s", "--lease-duration", "5s", "--lease-retry-period", "500ms", "--token-cache-ttl", "1s"];
     let mut replicas = vec![binary::start(&kubeconfig, "meshroot-0", &lease_flags).await];
     eventually_async("meshroot-0 ready", async || binary::ready(replicas[0].ops).await.then_some(())).await;
     replicas.push(binary::start(&kubeconfig, "meshroot-1", &lease_flags).await);
@@ -74,7 +76,7 @@ async fn two_replicas_one_writer_nothing_written_at_rest_and_a_killed_leader_rep
         cluster.service_account("bookinfo", sa).await;
     }
     let ztunnel = pod_token(&cluster, "istio-system", "ztunnel-a", "ztunnel", "node-1").await;
-    pod_token(&cluster, "bookinfo", "reviews-1", "reviews", "node-1").await;
+    let reviews_token = pod_token(&cluster, "bookinfo", "reviews-1", "reviews", "node-1").await;
     pod_token(&cluster, "bookinfo", "ratings-1", "ratings", "node-2").await;
     let reviews = "spiffe://cluster.local/ns/bookinfo/sa/reviews";
     let ratings = "spiffe://cluster.local/ns/bookinfo/sa/ratings";
@@ -88,6 +90,20 @@ async fn two_replicas_one_writer_nothing_written_at_rest_and_a_killed_leader_rep
             ask_trusting(replica.grpc, roots_pem.as_bytes(), &ztunnel, ratings, Some(ratings)).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     }
+
+    // A token bound to a pod is valid while the pod is: once the pod is
+    // deleted the review says no, and so does meshroot.
+    let own = ask_trusting(replicas[1].grpc, roots_pem.as_bytes(), &reviews_token, reviews, None).await.unwrap();
+    meshroot::client::verify_response(&own, &bundle, reviews).unwrap();
+    Api::<Pod>::namespaced(cluster.admin.clone(), "bookinfo")
+        .delete("reviews-1", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let refused = eventually_async("the deleted pod's token refused", async || {
+        ask_trusting(replicas[1].grpc, roots_pem.as_bytes(), &reviews_token, reviews, None).await.err()
+    })
+    .await;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 
     // Converged, then a quiet spell: the leader renews its Lease and nothing else is written.
     eventually_async("bookinfo's root ConfigMap", async || {

@@ -3,7 +3,7 @@
 //! its own token (never an admin credential), the chart's Meshes and Issuers.
 
 use crate::cluster::{Cluster, Options};
-use crate::support::eventually_async;
+use crate::support::{eventually_async, helm};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -107,20 +107,12 @@ async fn meshroot_reconciles_both_meshes_and_signs_with_only_the_charts_rbac() {
     assert!(refused.message().starts_with("not authorized"), "{}", refused.message());
 
     // A Kubernetes CSR for the chart's ClusterIssuer, from a service account
-    // of openshift-ingress (the namespaces it serves), approved by the admin:
-    // meshroot signs it, which the API server allows only with the chart's
-    // `sign` grant on that signer.
-    cluster.service_account("openshift-ingress", "router").await;
-    for object in [
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "csr-creator"},
-            "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get"]}]}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "router-csr-creator"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-creator"},
-            "subjects": [{"kind": "ServiceAccount", "name": "router", "namespace": "openshift-ingress"}]}),
-    ] {
-        cluster.apply(&object).await;
-    }
-    let router = cluster.client_with_token(&cluster.token("openshift-ingress", "router", &[], None).await).await;
+    // of openshift-ingress (the namespaces it serves), approved by a user who
+    // holds `approve` on that signer (one without it is refused): meshroot
+    // signs it, which the API server allows only with the chart's `sign`
+    // grant on that signer.
+    let router = csr_requester(&cluster).await;
+    let approver = csr_approver(&cluster).await;
     let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["shop.apps.example.com".to_string()]).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -136,9 +128,20 @@ async fn meshroot_reconciles_both_meshes_and_signs_with_only_the_charts_rbac() {
     }))
     .unwrap();
     Api::<CertificateSigningRequest>::all(router).create(&PostParams::default(), &csr).await.unwrap();
-    let approval = json!({"status": {"conditions": [{
-        "type": "Approved", "status": "True", "reason": "Test", "message": "approved by the test"}]}});
-    csrs.patch_approval("shop", &PatchParams::default(), &Patch::Merge(approval)).await.unwrap();
+    let approval = Patch::Merge(json!({"status": {"conditions": [{
+        "type": "Approved", "status": "True", "reason": "Test", "message": "approved by the test"}]}}));
+    let unentitled = cluster.client_with_token(&cluster.token("openshift-ingress", "router", &[], None).await).await;
+    let refused = Api::<CertificateSigningRequest>::all(unentitled)
+        .patch_approval("shop", &PatchParams::default(), &approval)
+        .await;
+    assert!(
+        matches!(refused, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "approved without the grant: {refused:?}"
+    );
+    Api::<CertificateSigningRequest>::all(approver)
+        .patch_approval("shop", &PatchParams::default(), &approval)
+        .await
+        .unwrap();
     let signed = eventually_async("the Kubernetes CSR signed", async || {
         let csr = csrs.get("shop").await.ok()?;
         csr.status?.certificate.filter(|c| !c.0.is_empty())
@@ -220,4 +223,96 @@ pub async fn ask(
 ) -> Result<meshroot::pb::IstioCertificateResponse, tonic::Status> {
     let port = server.grpc_addr.port();
     crate::support::replica::ask_trusting(port, roots_pem.as_bytes(), token, identity, None).await
+}
+
+/// A client for openshift-ingress/router, allowed to create Kubernetes CSRs.
+async fn csr_requester(cluster: &Cluster) -> kube::Client {
+    cluster.service_account("openshift-ingress", "router").await;
+    for object in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "csr-creator"},
+            "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "router-csr-creator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-creator"},
+            "subjects": [{"kind": "ServiceAccount", "name": "router", "namespace": "openshift-ingress"}]}),
+    ] {
+        cluster.apply(&object).await;
+    }
+    cluster.client_with_token(&cluster.token("openshift-ingress", "router", &[], None).await).await
+}
+
+/// A client for kube-system/csr-approver, which may approve Kubernetes CSRs
+/// for the chart's ClusterIssuer `ingress-certs` and no other signer.
+async fn csr_approver(cluster: &Cluster) -> kube::Client {
+    cluster.service_account("kube-system", "csr-approver").await;
+    for object in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "ingress-certs-approver"},
+        "rules": [
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["get"]},
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update", "patch"]},
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"],
+             "resourceNames": ["clusterissuers.meshroot.io/ingress-certs"]},
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "ingress-certs-approver"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ingress-certs-approver"},
+            "subjects": [{"kind": "ServiceAccount", "name": "csr-approver", "namespace": "kube-system"}]}),
+    ] {
+        cluster.apply(&object).await;
+    }
+    cluster.client_with_token(&cluster.token("kube-system", "csr-approver", &[], None).await).await
+}
+
+/// The chart grants `sign` on its signers; without that rule the API server
+/// refuses meshroot's certificate for an approved Kubernetes CSR, and the CSR
+/// stays unsigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_charts_sign_grant_meshroot_cannot_sign_a_kubernetes_csr() {
+    let cluster = Cluster::start(Options::default()).await;
+    chart::install(&cluster).await;
+    // The chart's ClusterRole, less its rule on signers.
+    let docs = helm::template(&["-f", helm::openshift_values().to_str().unwrap()]).unwrap();
+    let mut role =
+        docs.into_iter().find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "mr-meshroot").unwrap();
+    let rules =
+        role["rules"].as_array().unwrap().iter().filter(|r| r["resources"] != json!(["signers"])).cloned().collect();
+    role["rules"] = Value::Array(rules);
+    cluster.apply(&role).await;
+
+    let token = cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await;
+    let client = cluster.client_with_token(&token).await;
+    let server = meshroot::serve::start(client, options_for_chart()).await.unwrap();
+    let router = csr_requester(&cluster).await;
+    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shop.apps.example.com".to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let csr: CertificateSigningRequest = serde_json::from_value(json!({
+        "metadata": {"name": "shop"},
+        "spec": {
+            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr_pem),
+            "signerName": "clusterissuers.meshroot.io/ingress-certs",
+            "usages": ["digital signature", "server auth"],
+        },
+    }))
+    .unwrap();
+    Api::<CertificateSigningRequest>::all(router).create(&PostParams::default(), &csr).await.unwrap();
+    let csrs: Api<CertificateSigningRequest> = Api::all(cluster.admin.clone());
+    let approval = json!({"status": {"conditions": [{
+        "type": "Approved", "status": "True", "reason": "Test", "message": "approved by the test"}]}});
+    csrs.patch_approval("shop", &PatchParams::default(), &Patch::Merge(approval)).await.unwrap();
+
+    // meshroot tries, and the API server says no.
+    let user = format!("system:serviceaccount:{NS}:{}", chart::SERVICE_ACCOUNT);
+    let refusal = eventually_async("meshroot's refused status write", async || {
+        cluster.audit_events().into_iter().find(|e| {
+            e["user"]["username"] == user.as_str()
+                && e["stage"] == "ResponseComplete"
+                && e["objectRef"]["resource"] == "certificatesigningrequests"
+                && e["objectRef"]["subresource"] == "status"
+        })
+    })
+    .await;
+    assert_eq!(refusal["responseStatus"]["code"], 403, "{refusal:#}");
+    let csr = csrs.get("shop").await.unwrap();
+    assert!(csr.status.and_then(|s| s.certificate).is_none_or(|c| c.0.is_empty()), "signed without the grant");
+    server.shutdown().await.unwrap();
 }
