@@ -1,5 +1,7 @@
-//! cert-manager's own controller and webhook against meshroot's issuers:
-//! Certificates that name a meshroot Issuer or ClusterIssuer become Ready
+//! cert-manager's own controller, approver and webhook against meshroot's
+//! issuers: its approver approves what the chart grants it (the policed
+//! ClusterIssuer) and nothing else; Certificates that name a meshroot Issuer
+//! or ClusterIssuer become Ready
 //! with a Secret whose chain openssl verifies against the root; a denied
 //! request stays unsigned; the webhook, which guards the approval
 //! conditions, accepts every status write meshroot makes.
@@ -62,7 +64,9 @@ async fn certificates_for_meshroot_issuers_become_ready_and_denied_requests_stay
         }))
         .unwrap();
         certificates.create(&PostParams::default(), &certificate).await.unwrap();
-        // cert-manager makes the request; approve it.
+        // cert-manager makes the request. Its approver approves the
+        // ClusterIssuer's (the chart grants it `approve` on that signer) and
+        // not the Issuer's (no grant), which the test approves.
         let request = eventually_async("cert-manager's CertificateRequest", async || {
             let list = requests.list(&Default::default()).await.ok()?;
             list.items.into_iter().find(|r| {
@@ -73,13 +77,22 @@ async fn certificates_for_meshroot_issuers_become_ready_and_denied_requests_stay
             })
         })
         .await;
-        decide(&requests, &request.metadata.name.unwrap(), true).await;
+        let request_name = request.metadata.name.clone().unwrap();
+        if kind == "Issuer" {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let waiting = get(&requests, &request_name).await.unwrap();
+            assert!(condition(&waiting, "Approved").is_none(), "cert-manager approved without a grant: {waiting:#}");
+            decide(&requests, &request_name, true).await;
+        }
         let ready = eventually_async("the Certificate Ready", async || {
             let c = get(&certificates, name).await?;
             (condition(&c, "Ready")?["status"] == "True").then_some(c)
         })
         .await;
         assert_eq!(condition(&ready, "Ready").unwrap()["reason"], "Ready");
+        let approved = get(&requests, &request_name).await.unwrap();
+        let by = &condition(&approved, "Approved").unwrap()["reason"];
+        assert_eq!(*by, if kind == "Issuer" { "Test" } else { "cert-manager.io" }, "{name}: approved by");
         let tls =
             secret(&cluster, "openshift-ingress", &format!("{name}-tls")).await.expect("the Certificate's Secret");
         let chain = secret_text(&tls, "tls.crt").unwrap();

@@ -305,10 +305,42 @@ impl Cluster {
 
     /// Starts cert-manager: its webhook (registered with the API server for
     /// cert-manager's kinds, so it enforces the approval rules on every
-    /// CertificateRequest write) and its controller, without its approver:
-    /// tests approve and deny requests themselves.
+    /// CertificateRequest write) and its controller with its approver, as
+    /// the ServiceAccount cert-manager/cert-manager. That account may manage
+    /// cert-manager's kinds and Secrets, but approve requests only for the
+    /// signers some RBAC grants it (meshroot's chart grants its policed
+    /// ClusterIssuers); the approver approves exactly those.
     pub async fn start_cert_manager(&mut self) {
         self.namespace("cert-manager", json!({})).await;
+        self.service_account("cert-manager", "cert-manager").await;
+        let rule = |groups: Value, resources: Value, verbs: Value| json!({"apiGroups": groups, "resources": resources, "verbs": verbs});
+        self.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "cert-manager-controller"},
+        "rules": [
+            // Not `*`: that would include `signers`, and with it approval of every request.
+            rule(
+                json!(["cert-manager.io", "acme.cert-manager.io"]),
+                json!([
+                    "certificates", "certificaterequests", "issuers", "clusterissuers", "orders", "challenges",
+                    "certificates/status", "certificaterequests/status", "issuers/status", "clusterissuers/status",
+                    "orders/status", "challenges/status", "certificates/finalizers", "certificaterequests/finalizers",
+                ]),
+                json!(["*"]),
+            ),
+            rule(json!([""]), json!(["secrets", "events", "configmaps"]), json!(["*"])),
+            rule(json!([""]), json!(["pods", "services", "namespaces"]), json!(["get", "list", "watch"])),
+            rule(json!(["events.k8s.io"]), json!(["events"]), json!(["*"])),
+            rule(json!(["networking.k8s.io"]), json!(["ingresses"]), json!(["get", "list", "watch"])),
+            rule(json!(["authorization.k8s.io"]), json!(["subjectaccessreviews"]), json!(["create"])),
+        ]}))
+        .await;
+        self.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "cert-manager-controller"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cert-manager-controller"},
+            "subjects": [{"kind": "ServiceAccount", "name": "cert-manager", "namespace": "cert-manager"}]}))
+        .await;
+        let controller_kubeconfig =
+            self.kubeconfig_with_token(&self.token("cert-manager", "cert-manager", &[], None).await);
         let dir = self.dir.path().to_path_buf();
         let (port, health) = (free_port(), free_port());
         let kubeconfig = format!("--kubeconfig={}", self.admin_kubeconfig.display());
@@ -348,11 +380,10 @@ impl Cluster {
             &dir,
             "cert-manager-controller",
             &[
-                kubeconfig,
+                format!("--kubeconfig={}", controller_kubeconfig.display()),
                 "--leader-elect=false".into(),
                 format!("--metrics-listen-address=127.0.0.1:{}", free_port()),
                 "--cluster-resource-namespace=cert-manager".into(),
-                "--controllers=*,-certificaterequests-approver".into(),
             ],
         );
         self.processes.push(controller);
