@@ -325,3 +325,23 @@ impl Authenticator for TokenReviewAuthenticator {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached answer is good until its deadline and not at it: a review
+    /// never outlives the token's expiry or the cache TTL, not even by the
+    /// instant.
+    #[test]
+    fn a_cached_answer_ends_at_its_deadline() {
+        let mut cache = Bounded::default();
+        let now = Instant::now();
+        let until = now + Duration::from_secs(60);
+        cache.insert([7; 32], "accepted", until, 10);
+        assert_eq!(cache.get(&[7; 32], now), Some("accepted"));
+        assert_eq!(cache.get(&[7; 32], until - Duration::from_nanos(1)), Some("accepted"));
+        assert_eq!(cache.get(&[7; 32], until), None);
+        assert_eq!(cache.get(&[8; 32], now), None, "another token");
+    }
+}

@@ -312,3 +312,24 @@ async fn finish_waits_for_every_intermediate_to_move_under_the_new_root() {
     let said = apply(fake.client(), NS, SECRET, finish()).await.unwrap();
     assert!(said.contains("stage: steady"), "{said}");
 }
+
+/// Each rotation step writes back what it read, as a compare-and-swap: a
+/// Secret changed in between is a conflict (run the step again); any other
+/// refusal is an API error that says what the server said.
+#[tokio::test]
+async fn a_rotation_write_from_a_stale_read_is_a_conflict() {
+    use meshroot::k8s::rotation::{RotationError, write};
+    let fake = FakeApi::new();
+    fake.namespace(NS, serde_json::json!({}));
+    fake.create("v1", "secrets", NS, serde_json::json!({"metadata": {"name": SECRET}, "data": {"tls.crt": ""}}));
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(fake.client(), NS);
+    let read = secrets.get(SECRET).await.unwrap();
+    let mut changed = read.clone();
+    changed.metadata.annotations = Some([("changed".to_string(), "meanwhile".to_string())].into());
+    write(&secrets, &changed).await.unwrap();
+    assert!(matches!(write(&secrets, &read).await, Err(RotationError::Conflict)));
+    let mut missing = read.clone();
+    missing.metadata.name = Some("missing".into());
+    let refused = write(&secrets, &missing).await;
+    assert!(matches!(&refused, Err(RotationError::Api(m)) if m.starts_with("404")), "{refused:?}");
+}

@@ -53,6 +53,10 @@ async fn a_root_rotates_and_can_switch_to_an_offline_root() {
     let (cert, key, next) = new_root(dir.path(), "next");
     let client = || cluster.admin.clone();
     apply(client(), NS, ROOT_SECRET, RootAction::Add { cert: cert.clone() }).await.unwrap();
+    // The step's write is recorded as meshroot's.
+    let written = secret(&cluster, NS, ROOT_SECRET).await.unwrap();
+    let managers: Vec<_> = written.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+    assert!(managers.iter().any(|m| m == "meshroot"), "{managers:?}");
     eventually_async("both roots published", async || {
         (published().await? == vec![old.clone(), next.clone()]).then_some(())
     })
