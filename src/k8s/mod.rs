@@ -30,22 +30,27 @@ pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
     labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY_VALUE)
 }
 
-/// `name` if it is at most `max` bytes; otherwise a name that is: its start,
-/// then `-` and 10 hex digits of its SHA-256, so that different long names
-/// stay different. `name` is a DNS subdomain (every Kubernetes object name
-/// meshroot derives names from is), so the result is one, and also a valid
-/// label value when `max` is 63.
+/// `name` if it is at most `max - 11` bytes; otherwise exactly `max` bytes:
+/// its start, then `-` and 10 hex digits of its SHA-256. Different long
+/// names stay different, and a shortened name can never equal a name used
+/// as it is (those are at least 11 bytes shorter), so no name can be crafted
+/// to land on another's. `name` is a DNS subdomain (every Kubernetes object
+/// name meshroot derives names from is), so the result is one, and also a
+/// valid label value when `max` is 63.
 pub fn bounded_name(name: &str, max: usize) -> String {
-    if name.len() <= max {
+    const SUFFIX: usize = 11;
+    if name.len().saturating_add(SUFFIX) <= max {
         return name.to_string();
     }
     let hash = crate::pki::chain::sha256_hex(name.as_bytes());
-    let digest = hash.get(..10).unwrap_or(&hash);
-    // A DNS subdomain is ASCII, so any byte index is a char boundary; cut at
-    // one that leaves room for `-` and the digest, and end on an alphanumeric.
-    let keep = max.saturating_sub(digest.len().saturating_add(1));
-    let start = name.get(..keep).unwrap_or_default().trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-    if start.is_empty() { digest.to_string() } else { format!("{start}-{digest}") }
+    let digest = hash.get(..SUFFIX - 1).unwrap_or(&hash);
+    // A DNS subdomain is ASCII, so any byte index is a char boundary. The
+    // start must end on an alphanumeric: trailing `-` or `.` become `0`, so
+    // the length stays exactly `max`.
+    let start = name.get(..max.saturating_sub(SUFFIX)).unwrap_or_default();
+    let kept = start.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let padding = "0".repeat(start.len().saturating_sub(kept.len()));
+    format!("{kept}{padding}-{digest}")
 }
 
 /// A JSON patch (sent to `/status`) that replaces an object's whole
@@ -121,19 +126,27 @@ mod tests {
     #[test]
     fn bounded_names_fit_stay_distinct_and_leave_short_names_alone() {
         assert_eq!(bounded_name("default", 63), "default");
-        let at_limit = "a".repeat(63);
-        assert_eq!(bounded_name(&at_limit, 63), at_limit);
+        let longest_verbatim = "a".repeat(52);
+        assert_eq!(bounded_name(&longest_verbatim, 63), longest_verbatim);
         let long = |tail: &str| format!("{}.{tail}", "mesh-".repeat(60));
         let (a, b) = (bounded_name(&long("a"), 63), bounded_name(&long("b"), 63));
         assert_ne!(a, b, "different long names stay different");
-        for bounded in [&a, &b] {
+        for bounded in [&a, &b, &bounded_name(&"a".repeat(53), 63)] {
             assert_eq!(bounded.len(), 63, "{bounded}");
-            assert!(bounded.starts_with("mesh-mesh-"), "{bounded}");
             assert!(bounded.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'));
             assert!(bounded.ends_with(|c: char| c.is_ascii_alphanumeric()));
-            assert!(!bounded.contains("--") && !bounded.contains(".-"), "{bounded}");
         }
+        assert!(a.starts_with("mesh-mesh-"), "{a}");
         assert_eq!(bounded_name(&long("a"), 63), a, "the same name, the same result");
+        // A cut that ends in `-` or `.` is padded, not trimmed: still exactly the limit.
+        let dashes = format!("a{}b", "-".repeat(70));
+        assert!(
+            bounded_name(&dashes, 63).starts_with(&format!("a{}-", "0".repeat(51))),
+            "{}",
+            bounded_name(&dashes, 63)
+        );
+        // A name crafted to be another's shortened form is shortened itself, differently.
+        assert_ne!(bounded_name(&a, 63), a);
         assert_eq!(bounded_name("x".repeat(300).as_str(), 253).len(), 253);
     }
 

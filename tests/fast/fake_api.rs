@@ -368,6 +368,14 @@ async fn refuses_what_a_real_api_server_refuses() {
     let first = tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap().unwrap().unwrap();
     let kube::api::WatchEvent::Added(after) = first else { panic!("{first:?}") };
     assert_eq!(after.metadata.name.as_deref(), Some("rv-4"));
+    // A delete's resourceVersion is as opaque, and a watch resumes after it too.
+    let deleted = cms.delete("rv-7", &DeleteParams::default()).await.unwrap().left().unwrap();
+    cms.create(&pp, &cm("rv-8", json!({}))).await.unwrap();
+    let from = deleted.metadata.resource_version.unwrap();
+    let mut events = cms.watch(&params, &from).await.unwrap().boxed();
+    let first = tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap().unwrap().unwrap();
+    let kube::api::WatchEvent::Added(after) = first else { panic!("{first:?}") };
+    assert_eq!(after.metadata.name.as_deref(), Some("rv-8"));
 }
 
 /// A paused server (SIGSTOP) holds requests unanswered, then serves them.

@@ -48,6 +48,7 @@ async fn certificates_for_meshroot_issuers_become_ready_and_denied_requests_stay
     let root = eventually_async("the root", async || secret(&cluster, NS, ROOT_SECRET).await).await;
     let root_pem = secret_text(&root, "tls.crt").unwrap();
 
+    let files = tempfile::tempdir().unwrap();
     // Two Certificates: one for the chart's namespaced Issuer, one for its ClusterIssuer.
     let certificates = api(&cluster, "Certificate", "openshift-ingress");
     let requests = api(&cluster, "CertificateRequest", "openshift-ingress");
@@ -98,7 +99,7 @@ async fn certificates_for_meshroot_issuers_become_ready_and_denied_requests_stay
         let chain = secret_text(&tls, "tls.crt").unwrap();
         let blocks: Vec<String> = chain.split_inclusive("-----END CERTIFICATE-----\n").map(String::from).collect();
         let (leaf, intermediates) = blocks.split_first().unwrap();
-        openssl::verify(std::env::temp_dir().as_path(), &root_pem, &intermediates.concat(), leaf)
+        openssl::verify(files.path(), &root_pem, &intermediates.concat(), leaf)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(secret_text(&tls, "ca.crt").as_deref(), Some(root_pem.as_str()), "{name}: ca.crt is the root");
     }
@@ -132,7 +133,8 @@ async fn certificates_for_meshroot_issuers_become_ready_and_denied_requests_stay
     tampered["status"]["conditions"] = json!([]);
     let tampered: DynamicObject = serde_json::from_value(tampered).unwrap();
     let refused = requests.replace_status("denied", &PostParams::default(), &tampered).await;
-    assert!(refused.is_err(), "the webhook let the Denied condition be removed");
+    let refused = refused.expect_err("the webhook let the Denied condition be removed");
+    assert!(refused.to_string().contains("denied the request"), "refused, but not by the webhook: {refused}");
     // ... and refused none of meshroot's status writes.
     let user = format!("system:serviceaccount:{NS}:{}", chart::SERVICE_ACCOUNT);
     let writes: Vec<Value> = cluster

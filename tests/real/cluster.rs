@@ -18,7 +18,8 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The peers this tier runs (scripts/test.sh builds the same list).
@@ -60,6 +61,28 @@ struct Process {
     log: PathBuf,
 }
 
+impl Drop for Process {
+    /// A process dies with its handle, even when a cluster fails half started.
+    fn drop(&mut self) {
+        // Only a live child: a reaped one's pid may belong to another process by now.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// How many clusters run at once: each is an etcd and a kube-apiserver (and
+/// more), so a whole tier started together on two cores would miss the
+/// tests' deadlines.
+const CONCURRENT_CLUSTERS: usize = 3;
+
+fn slots() -> Arc<tokio::sync::Semaphore> {
+    static SLOTS: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
+    SLOTS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CLUSTERS))).clone()
+}
+
 /// A running control plane. Dropping it kills every process.
 pub struct Cluster {
     dir: tempfile::TempDir,
@@ -69,20 +92,20 @@ pub struct Cluster {
     ca_pem: String,
     admin_kubeconfig: PathBuf,
     pub admin: kube::Client,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for p in &mut self.processes {
-            let _ = Command::new("kill").args(["-CONT", &p.child.id().to_string()]).status();
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
+        // Each process dies with its handle; the logs are read after.
+        let processes = std::mem::take(&mut self.processes);
+        let logs: Vec<(&'static str, PathBuf)> = processes.iter().map(|p| (p.name, p.log.clone())).collect();
+        drop(processes);
         if std::thread::panicking() {
-            for p in &self.processes {
-                let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            for (name, log) in &logs {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!("---- {} log ({}), last lines ----", p.name, p.log.display());
+                eprintln!("---- {name} log ({}), last lines ----", log.display());
                 for line in tail.iter().rev() {
                     eprintln!("{line}");
                 }
@@ -209,6 +232,7 @@ impl Cluster {
     /// Starts etcd and kube-apiserver (and what `options` asks for), and
     /// waits until the API server is ready.
     pub async fn start(options: Options) -> Cluster {
+        let slot = slots().acquire_owned().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
         let pki = pki();
@@ -275,8 +299,15 @@ impl Cluster {
             json!({"client-certificate-data": base64(&pki.admin.0), "client-key-data": base64(&pki.admin.1)});
         write(&admin_kubeconfig, &kubeconfig(&server, &pki.ca_pem, admin_user));
         let admin = client_from(&admin_kubeconfig).await;
-        let mut cluster =
-            Cluster { dir, processes, server, ca_pem: pki.ca_pem, admin_kubeconfig: admin_kubeconfig.clone(), admin };
+        let mut cluster = Cluster {
+            dir,
+            processes,
+            server,
+            ca_pem: pki.ca_pem,
+            admin_kubeconfig: admin_kubeconfig.clone(),
+            admin,
+            _slot: slot,
+        };
         let probe = cluster.admin.clone();
         wait_for("kube-apiserver", Duration::from_secs(90), async || {
             let request = http::Request::get("/readyz").body(Vec::new()).unwrap();
@@ -392,7 +423,8 @@ impl Cluster {
     /// A kubeconfig authenticating with `token`, as a pod's service account
     /// would; replicas' logs go beside it.
     pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
-        let dir = self.dir.path().join(format!("client-{}", free_port()));
+        static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+        let dir = self.dir.path().join(format!("client-{}", CLIENTS.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&dir).unwrap();
         let path = dir.join("kubeconfig");
         write(&path, &kubeconfig(&self.server, &self.ca_pem, json!({"token": token})));

@@ -33,7 +33,8 @@
 //! page), watch bookmarks, RBAC.
 //!
 //! The real-cluster tier (`tests/real`, a real kube-apiserver) checks the
-//! refusals above against the real server
+//! validation refusals above (labels, Secret type and keys, resourceVersion
+//! required, `/status`, patch types) against the real server
 //! (`api_server::the_fakes_refusals_are_the_real_servers`), and covers what
 //! the fake does not model: the chart's RBAC as the real authorizer evaluates
 //! it (the Kubernetes CSR `sign` grant among it), real TokenRequest tokens

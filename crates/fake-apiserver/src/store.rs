@@ -562,7 +562,7 @@ impl Store {
             let mut marked = old.clone();
             marked["metadata"]["deletionTimestamp"] = Value::String(now());
             let rv = self.next_rv();
-            marked["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+            marked["metadata"]["resourceVersion"] = Value::String(rv_string(rv));
             self.put(key, ns, name, marked.clone());
             let e = self.emit(key, ns, "MODIFIED", marked.clone(), Some(old));
             return Ok((marked, vec![e]));
@@ -597,7 +597,7 @@ impl Store {
             .and_then(|m| m.remove(&(ns.to_string(), name.to_string())))
             .ok_or_else(|| ApiError::not_found(key, name))?;
         let rv = self.next_rv();
-        old["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        old["metadata"]["resourceVersion"] = Value::String(rv_string(rv));
         let e = self.emit(key, ns, "DELETED", old.clone(), None);
         Ok((old, vec![e]))
     }
