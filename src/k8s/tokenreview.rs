@@ -344,4 +344,24 @@ mod tests {
         assert_eq!(cache.get(&[7; 32], until), None);
         assert_eq!(cache.get(&[8; 32], now), None, "another token");
     }
+
+    /// A full cache makes room by dropping expired answers first, then the
+    /// oldest; rewriting a cached token's answer drops nothing.
+    #[test]
+    fn a_full_cache_drops_expired_answers_first_then_the_oldest() {
+        let mut cache = Bounded::default();
+        let now = Instant::now();
+        let future = now + Duration::from_secs(60);
+        let Some(past) = now.checked_sub(Duration::from_secs(1)) else { return };
+        cache.insert([1; 32], 1, past, 2);
+        cache.insert([2; 32], 2, future, 2);
+        cache.insert([3; 32], 3, future, 2);
+        assert_eq!((cache.get(&[2; 32], now), cache.get(&[3; 32], now)), (Some(2), Some(3)), "the expired one went");
+        assert_eq!(cache.len(), 2);
+        cache.insert([4; 32], 4, future, 2);
+        assert_eq!(cache.get(&[2; 32], now), None, "then the oldest");
+        assert_eq!((cache.get(&[3; 32], now), cache.get(&[4; 32], now)), (Some(3), Some(4)));
+        cache.insert([3; 32], 33, future, 2);
+        assert_eq!((cache.get(&[3; 32], now), cache.get(&[4; 32], now)), (Some(33), Some(4)));
+    }
 }

@@ -231,8 +231,14 @@ async fn the_cache_is_bounded() {
     let a = authenticator(&fake, TokenReviewConfig { max_entries: 3, ..Default::default() });
     for i in 0..10 {
         a.authenticate(&creds(&format!("t{i}"))).await.unwrap();
-        assert!(a.cached() <= 3, "{} entries", a.cached());
+        assert_eq!(a.cached(), (i + 1).min(3), "entries after {} tokens", i + 1);
     }
+    // The newest three are answered from the cache; the first was dropped.
+    let reviews = fake.token_reviews();
+    a.authenticate(&creds("t9")).await.unwrap();
+    assert_eq!(fake.token_reviews(), reviews, "t9 is cached");
+    a.authenticate(&creds("t0")).await.unwrap();
+    assert_eq!(fake.token_reviews(), reviews + 1, "t0 was dropped");
 }
 
 #[tokio::test]
