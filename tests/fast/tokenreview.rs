@@ -276,3 +276,38 @@ async fn an_unreachable_api_is_unavailable_and_cached_callers_keep_working() {
     fake.set_outage(false);
     assert!(a.authenticate(&creds("new")).await.unwrap().is_some());
 }
+
+/// A caller is a service account only if the review puts it in the service
+/// accounts' group and its user name is exactly
+/// `system:serviceaccount:<namespace>:<name>`, both parts present, the name
+/// without a colon: a user merely named like one (from another
+/// authenticator) and malformed names are refused.
+#[tokio::test]
+async fn only_well_formed_service_accounts_in_their_group_are_callers() {
+    let fake = FakeApi::new();
+    let answer = |username: &str, groups: &[&str]| TokenAnswer {
+        username: username.into(),
+        uid: "u".into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..Default::default()
+    };
+    let sa_groups = ["system:serviceaccounts", "system:serviceaccounts:ns", "system:authenticated"];
+    fake.add_token("lookalike", answer("system:serviceaccount:ns:sa", &["system:authenticated", "oidc:users"]));
+    fake.add_token("no-namespace", answer("system:serviceaccount::sa", &sa_groups));
+    fake.add_token("no-name", answer("system:serviceaccount:ns:", &sa_groups));
+    fake.add_token("colon-in-name", answer("system:serviceaccount:ns:sa:extra", &sa_groups));
+    fake.add_token("good", answer("system:serviceaccount:ns:sa", &sa_groups));
+    let a = authenticator(&fake, TokenReviewConfig::default());
+    match a.authenticate(&creds("lookalike")).await {
+        Err(AuthError::Rejected(Rejection::NotServiceAccount(user))) => assert_eq!(user, "system:serviceaccount:ns:sa"),
+        other => panic!("lookalike: {other:?}"),
+    }
+    for token in ["no-namespace", "no-name", "colon-in-name"] {
+        match a.authenticate(&creds(token)).await {
+            Err(AuthError::Rejected(Rejection::NotServiceAccountUsername(_))) => {}
+            other => panic!("{token}: {other:?}"),
+        }
+    }
+    let caller = a.authenticate(&creds("good")).await.unwrap().unwrap();
+    assert_eq!((caller.namespace.as_str(), caller.service_account.as_str()), ("ns", "sa"));
+}
