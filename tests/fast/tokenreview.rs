@@ -310,4 +310,8 @@ async fn only_well_formed_service_accounts_in_their_group_are_callers() {
     }
     let caller = a.authenticate(&creds("good")).await.unwrap().unwrap();
     assert_eq!((caller.namespace.as_str(), caller.service_account.as_str()), ("ns", "sa"));
+    // A refusal names this authenticator, as the client and the audit log see it.
+    let chain = meshroot::auth::AuthenticatorChain::new(vec![Arc::new(a)]);
+    let refused = chain.authenticate(&creds("lookalike")).await.unwrap_err();
+    assert!(refused.to_string().starts_with("kubernetes-tokenreview: "), "{refused}");
 }
