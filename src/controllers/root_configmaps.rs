@@ -262,6 +262,32 @@ pub fn spawn(
 mod tests {
     use super::*;
 
+    /// resourceVersions are compared for equality only: a cached ConfigMap
+    /// at another version (whatever its digits) is caught up only if it
+    /// holds the bundle written, since the next plan would rewrite it
+    /// otherwise.
+    #[test]
+    fn the_cache_is_caught_up_only_at_the_version_written_or_with_the_bundle() {
+        use kube::runtime::{reflector, watcher};
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let cached = |rv: &str, pem: &str| -> ConfigMap {
+            serde_json::from_value(json!({
+                "metadata": {"name": "istio-ca-root-cert", "namespace": "apps", "resourceVersion": rv,
+                    "labels": {ISTIO_CONFIG_LABEL: "true", MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
+                "data": {ROOT_CERT_KEY: pem},
+            }))
+            .unwrap()
+        };
+        let written = vec![(("apps".to_string(), "istio-ca-root-cert".to_string()), "9".to_string())];
+        // A larger number is not a later version: an old copy without the bundle is not caught up.
+        writer.apply_watcher_event(&watcher::Event::Apply(cached("10", "old bundle")));
+        assert!(!caught_up(&store, &written, "new bundle"));
+        writer.apply_watcher_event(&watcher::Event::Apply(cached("9", "old bundle")));
+        assert!(caught_up(&store, &written, "new bundle"), "the version written");
+        writer.apply_watcher_event(&watcher::Event::Apply(cached("3", "new bundle")));
+        assert!(caught_up(&store, &written, "new bundle"), "changed since, but holding the bundle");
+    }
+
     fn ns(name: &str, labels: serde_json::Value) -> Arc<Namespace> {
         Arc::new(serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap())
     }
