@@ -14,7 +14,7 @@ use crate::mesh::MeshRegistry;
 use crate::pki::rfc3339;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, PatchParams};
+use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use std::time::Duration;
 
@@ -117,11 +117,7 @@ where
     if let Some(ready) = status.conditions.first() {
         tracing::info!(issuer = %name, kind = %K::kind(&()), ready = %ready.status, reason = %ready.reason, message = %ready.message, "issuer status");
     }
-    let written = match crate::k8s::replace_status(&status) {
-        Ok(patch) => api.patch_status(&name, &PatchParams::default(), &patch).await.map(|_| ()),
-        Err(e) => Err(kube::Error::SerdeError(e)),
-    };
-    if let Err(e) = written {
+    if let Err(e) = crate::k8s::replace_status(api, &name, &status).await {
         tracing::warn!(issuer = %name, error = %error_summary(&e), "could not write the issuer status");
     }
 }

@@ -17,7 +17,7 @@ use crate::k8s::watch as kwatch;
 use crate::pki::TrustBundle;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, PatchParams};
+use kube::api::Api;
 use kube::runtime::{reflector, watcher};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -241,11 +241,7 @@ pub fn spawn(
                     continue;
                 }
                 let api: Api<Mesh> = Api::all(client.clone());
-                let written = match crate::k8s::replace_status(&new) {
-                    Ok(patch) => api.patch_status(&name, &PatchParams::default(), &patch).await.map(|_| ()),
-                    Err(e) => Err(kube::Error::SerdeError(e)),
-                };
-                if let Err(e) = written {
+                if let Err(e) = crate::k8s::replace_status(&api, &name, &new).await {
                     tracing::warn!(mesh = %name, error = %error_summary(&e), "could not write the Mesh status");
                 }
             }

@@ -53,13 +53,18 @@ pub fn bounded_name(name: &str, max: usize) -> String {
     format!("{kept}{padding}-{digest}")
 }
 
-/// A JSON patch (sent to `/status`) that replaces an object's whole
-/// `status`: fields the new status leaves out are removed, where a merge
+/// Replaces an object's whole `status` with a JSON patch of `/status`: fields the new status leaves out are removed, where a merge
 /// patch would leave them behind, stale. For the statuses meshroot alone
 /// writes (Mesh, Issuer, ClusterIssuer).
-pub fn replace_status<T: serde::Serialize>(status: &T) -> Result<kube::api::Patch<()>, serde_json::Error> {
+pub async fn replace_status<K, T>(api: &kube::Api<K>, name: &str, status: &T) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    T: serde::Serialize,
+{
     let operations = serde_json::json!([{"op": "add", "path": "/status", "value": status}]);
-    Ok(kube::api::Patch::Json(serde_json::from_value(operations)?))
+    let patch: kube::api::Patch<()> =
+        kube::api::Patch::Json(serde_json::from_value(operations).map_err(kube::Error::SerdeError)?);
+    api.patch_status(name, &kube::api::PatchParams::default(), &patch).await.map(|_| ())
 }
 
 /// A Secret's value, if present.

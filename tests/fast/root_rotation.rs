@@ -232,6 +232,24 @@ async fn a_root_rotates_without_any_leaf_ever_failing_to_verify() {
     server.shutdown().await.unwrap();
 }
 
+/// A new root in the root Secret as `kubectl create secret tls` makes it
+/// (type `kubernetes.io/tls`, `tls.crt` and `tls.key`).
+fn tls_root_secret(fake: &FakeApi, now: OffsetDateTime) -> Authority {
+    let root = Authority::new_root(&meshroot::pki::CaSpec::root(time::Duration::days(30)), now).unwrap();
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    fake.create(
+        "v1",
+        "secrets",
+        NS,
+        serde_json::json!({
+            "metadata": {"name": SECRET},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(root.certificate_pem()), "tls.key": b64(&root.key().to_pem())},
+        }),
+    );
+    root
+}
+
 /// `root switch` without `--key` against a `kubernetes.io/tls` root Secret
 /// (what `kubectl create secret tls` makes): the API server requires its
 /// `tls.key` and refuses a `type` change, so the switch keeps the type and
@@ -241,18 +259,7 @@ async fn switching_a_tls_root_secret_to_an_offline_root_is_accepted_by_the_api_s
     let fake = FakeApi::new();
     fake.namespace(NS, serde_json::json!({}));
     let now = OffsetDateTime::now_utc();
-    let old = Authority::new_root(&meshroot::pki::CaSpec::root(time::Duration::days(30)), now).unwrap();
-    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
-    fake.create(
-        "v1",
-        "secrets",
-        NS,
-        serde_json::json!({
-            "metadata": {"name": SECRET},
-            "type": "kubernetes.io/tls",
-            "data": {"tls.crt": b64(old.certificate_pem()), "tls.key": b64(&old.key().to_pem())},
-        }),
-    );
+    tls_root_secret(&fake, now);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("next");
     generate(&out, KeyAlgorithm::EcdsaP256, time::Duration::days(3650)).unwrap();
@@ -274,18 +281,7 @@ async fn finish_waits_for_every_intermediate_to_move_under_the_new_root() {
     let fake = FakeApi::new();
     fake.namespace(NS, serde_json::json!({}));
     let now = OffsetDateTime::now_utc();
-    let old = Authority::new_root(&meshroot::pki::CaSpec::root(time::Duration::days(30)), now).unwrap();
-    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
-    fake.create(
-        "v1",
-        "secrets",
-        NS,
-        serde_json::json!({
-            "metadata": {"name": SECRET},
-            "type": "kubernetes.io/tls",
-            "data": {"tls.crt": b64(old.certificate_pem()), "tls.key": b64(&old.key().to_pem())},
-        }),
-    );
+    let old = tls_root_secret(&fake, now);
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(fake.client(), NS);
     let policy = IntermediatePolicy {
         key_algorithm: KeyAlgorithm::EcdsaP256,

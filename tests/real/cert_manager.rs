@@ -41,10 +41,8 @@ async fn certificates_for_meshroot_issuers_become_ready_and_denied_requests_stay
     let mut cluster = Cluster::start(Options::default()).await;
     chart::install(&cluster).await;
     cluster.start_cert_manager().await;
-    let token = cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await;
-    let client = cluster.client_with_token(&token).await;
     let options = meshroot::serve::ServeOptions { cert_manager_issuer: true, ..chart::serve_options("meshroot-0") };
-    let server = meshroot::serve::start(client, options).await.unwrap();
+    let server = chart::serve(&cluster, options).await;
     let root = eventually_async("the root", async || secret(&cluster, NS, ROOT_SECRET).await).await;
     let root_pem = secret_text(&root, "tls.crt").unwrap();
 
@@ -105,10 +103,7 @@ async fn certificates_for_meshroot_issuers_become_ready_and_denied_requests_stay
     }
 
     // A request denied before meshroot signs it stays unsigned, and says so.
-    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["denied.apps.example.com".to_string()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let csr_pem = crate::serve::dns_csr_pem("denied.apps.example.com");
     let denied: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest", "metadata": {"name": "denied"},
         "spec": {

@@ -56,3 +56,11 @@ pub async fn install(cluster: &Cluster) {
 pub fn serve_options(pod: &str) -> meshroot::serve::ServeOptions {
     meshroot::serve::ServeOptions { root_secret: ROOT_SECRET.into(), ..crate::support::replica::options(pod) }
 }
+
+/// meshroot started in process as the chart's ServiceAccount, on a token from
+/// the TokenRequest API (never an admin credential).
+pub async fn serve(cluster: &Cluster, options: meshroot::serve::ServeOptions) -> meshroot::serve::Server {
+    let token = cluster.token(NS, SERVICE_ACCOUNT, &[], None).await;
+    let client = cluster.client_with_token(&token).await;
+    meshroot::serve::start(client, options).await.unwrap()
+}

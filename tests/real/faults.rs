@@ -13,9 +13,7 @@ use std::time::Duration;
 
 /// meshroot in process, as the chart's ServiceAccount, resyncing every second.
 async fn serve(cluster: &Cluster) -> meshroot::serve::Server {
-    let token = cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await;
-    let client = cluster.client_with_token(&token).await;
-    meshroot::serve::start(client, chart::serve_options("meshroot-0")).await.unwrap()
+    chart::serve(cluster, chart::serve_options("meshroot-0")).await
 }
 
 async fn root_configmap(cluster: &Cluster, ns: &str) -> Option<ConfigMap> {

@@ -19,12 +19,10 @@ const NAMESPACES: usize = 1000;
 async fn a_rollout_of_1000_namespaces_converges_with_one_write_each() {
     let cluster = Cluster::start(Options::default()).await;
     chart::install(&cluster).await;
-    let token = cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await;
-    let client = cluster.client_with_token(&token).await;
     // Event-driven convergence: the periodic resync (60 s) plays no part.
     let options =
         meshroot::serve::ServeOptions { resync: Duration::from_secs(60), ..chart::serve_options("meshroot-0") };
-    let server = meshroot::serve::start(client, options).await.unwrap();
+    let server = chart::serve(&cluster, options).await;
     let configmaps: Api<ConfigMap> = Api::all(cluster.admin.clone());
     let root_configmaps = ListParams::default().fields("metadata.name=istio-ca-root-cert");
     let bookinfo: Api<ConfigMap> = Api::namespaced(cluster.admin.clone(), "bookinfo");

@@ -30,9 +30,7 @@ fn new_root(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, 
 async fn a_root_rotates_and_can_switch_to_an_offline_root() {
     let cluster = Cluster::start(Options::default()).await;
     chart::install(&cluster).await;
-    let token = cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await;
-    let client = cluster.client_with_token(&token).await;
-    let server = meshroot::serve::start(client, chart::serve_options("meshroot-0")).await.unwrap();
+    let server = chart::serve(&cluster, chart::serve_options("meshroot-0")).await;
     let old = eventually_async("the root", async || secret(&cluster, NS, ROOT_SECRET).await).await;
     let old = certs(&secret_text(&old, "tls.crt").unwrap()).remove(0);
     let bookinfo: Api<ConfigMap> = Api::namespaced(cluster.admin.clone(), "bookinfo");

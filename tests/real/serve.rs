@@ -43,11 +43,7 @@ fn options_for_chart() -> meshroot::serve::ServeOptions {
 async fn meshroot_reconciles_both_meshes_and_signs_with_only_the_charts_rbac() {
     let cluster = Cluster::start(Options::default()).await;
     chart::install(&cluster).await;
-
-    // meshroot runs as its ServiceAccount, with a token from the TokenRequest API.
-    let token = cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await;
-    let client = cluster.client_with_token(&token).await;
-    let server = meshroot::serve::start(client, options_for_chart()).await.unwrap();
+    let server = chart::serve(&cluster, options_for_chart()).await;
 
     // Both meshes become Ready: the External one's intermediate, istiod's
     // serving certificate and the root ConfigMaps; the PluginCA one's cacerts.
@@ -113,20 +109,8 @@ async fn meshroot_reconciles_both_meshes_and_signs_with_only_the_charts_rbac() {
     // grant on that signer.
     let router = csr_requester(&cluster).await;
     let approver = csr_approver(&cluster).await;
-    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["shop.apps.example.com".to_string()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
     let csrs: Api<CertificateSigningRequest> = Api::all(cluster.admin.clone());
-    let csr: CertificateSigningRequest = serde_json::from_value(json!({
-        "metadata": {"name": "shop"},
-        "spec": {
-            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr_pem),
-            "signerName": "clusterissuers.meshroot.io/ingress-certs",
-            "usages": ["digital signature", "server auth"],
-        },
-    }))
-    .unwrap();
+    let csr = ingress_csr("shop.apps.example.com");
     Api::<CertificateSigningRequest>::all(router).create(&PostParams::default(), &csr).await.unwrap();
     let approval = Patch::Merge(json!({"status": {"conditions": [{
         "type": "Approved", "status": "True", "reason": "Test", "message": "approved by the test"}]}}));
@@ -163,9 +147,7 @@ async fn meshroot_reconciles_both_meshes_and_signs_with_only_the_charts_rbac() {
     // signs it with a server-side apply of its own conditions, which the
     // chart's `patch` on certificaterequests/status allows, and leaves the
     // approver's condition as it was.
-    let mut params = rcgen::CertificateParams::new(vec!["gw.apps.example.com".to_string()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let csr_pem = dns_csr_pem("gw.apps.example.com");
     let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "CertificateRequest");
     let requests: Api<DynamicObject> =
         Api::namespaced_with(cluster.admin.clone(), "openshift-ingress", &ApiResource::from_gvk(&gvk));
@@ -225,6 +207,27 @@ pub async fn ask(
     crate::support::replica::ask_trusting(port, roots_pem.as_bytes(), token, identity, None).await
 }
 
+/// A PEM CSR for `dns` with an empty subject, on a new P-256 key.
+pub fn dns_csr_pem(dns: &str) -> String {
+    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![dns.to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// A Kubernetes CSR `shop` for `dns`, to the chart's ClusterIssuer `ingress-certs`.
+fn ingress_csr(dns: &str) -> CertificateSigningRequest {
+    serde_json::from_value(json!({
+        "metadata": {"name": "shop"},
+        "spec": {
+            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, dns_csr_pem(dns)),
+            "signerName": "clusterissuers.meshroot.io/ingress-certs",
+            "usages": ["digital signature", "server auth"],
+        },
+    }))
+    .unwrap()
+}
+
 /// A client for openshift-ingress/router, allowed to create Kubernetes CSRs.
 async fn csr_requester(cluster: &Cluster) -> kube::Client {
     cluster.service_account("openshift-ingress", "router").await;
@@ -277,23 +280,9 @@ async fn without_the_charts_sign_grant_meshroot_cannot_sign_a_kubernetes_csr() {
     role["rules"] = Value::Array(rules);
     cluster.apply(&role).await;
 
-    let token = cluster.token(NS, chart::SERVICE_ACCOUNT, &[], None).await;
-    let client = cluster.client_with_token(&token).await;
-    let server = meshroot::serve::start(client, options_for_chart()).await.unwrap();
+    let server = chart::serve(&cluster, options_for_chart()).await;
     let router = csr_requester(&cluster).await;
-    let key = meshroot::pki::PrivateKey::generate(meshroot::pki::KeyAlgorithm::EcdsaP256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["shop.apps.example.com".to_string()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
-    let csr: CertificateSigningRequest = serde_json::from_value(json!({
-        "metadata": {"name": "shop"},
-        "spec": {
-            "request": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr_pem),
-            "signerName": "clusterissuers.meshroot.io/ingress-certs",
-            "usages": ["digital signature", "server auth"],
-        },
-    }))
-    .unwrap();
+    let csr = ingress_csr("shop.apps.example.com");
     Api::<CertificateSigningRequest>::all(router).create(&PostParams::default(), &csr).await.unwrap();
     let csrs: Api<CertificateSigningRequest> = Api::all(cluster.admin.clone());
     let approval = json!({"status": {"conditions": [{
