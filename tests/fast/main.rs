@@ -10,6 +10,7 @@ mod cert_manager_cacerts;
 mod cert_manager_conformance;
 mod cert_manager_issuer;
 mod crds;
+mod early_answer;
 mod fake_api;
 mod faults;
 #[cfg(feature = "fuzzing")]

@@ -3,11 +3,13 @@
 
 pub mod client_cert;
 pub mod error;
+pub mod quick_ack;
 pub mod rate_limit;
 pub mod server;
 pub mod service;
 pub mod static_tokens;
 pub mod tls;
+pub mod unary_body;
 
 #[cfg(test)]
 mod service_tests;

@@ -1,7 +1,9 @@
 //! The gRPC server: concurrent TLS handshakes feeding tonic.
 
+use super::quick_ack::QuickAck;
 use super::service::{CertificateService, MAX_REQUEST_BYTES};
 use super::tls::ServerTls;
+use super::unary_body::AnswerOnMessage;
 use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
 use std::future::Future;
 use std::sync::Arc;
@@ -61,7 +63,7 @@ pub async fn serve(
             let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(QuickAck::new(tcp))).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
                     }
@@ -76,7 +78,8 @@ pub async fn serve(
         .max_concurrent_streams(options.max_concurrent_streams)
         .http2_max_header_list_size(options.max_header_list_bytes)
         .timeout(options.request_timeout)
-        .add_service(grpc)
+        // Answer once the request's message is in, not at its END_STREAM (unary_body.rs).
+        .add_service(AnswerOnMessage::new(grpc))
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;
     accept_loop.abort();
