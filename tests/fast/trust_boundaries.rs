@@ -1,6 +1,6 @@
 //! Trust boundaries of the CA API, over gRPC with real TLS client
 //! certificates: only workload leaves that a mesh issued (current or
-//! recently replaced intermediate, with the workload marker) authenticate;
+//! recently replaced intermediate, with the workload mark) authenticate;
 //! a client certificate's trust domain is checked on every path; and an
 //! unauthenticated peer is rate limited before any TokenReview.
 
@@ -80,7 +80,7 @@ async fn a_leaf_from_a_tenant_ca_under_the_root_does_not_authenticate() {
     let tenant_cert = X509Certificate::from_der(tenant.certificate()).unwrap().1;
     let bc = tenant_cert.basic_constraints().unwrap().unwrap().value;
     assert!(bc.ca && bc.path_len_constraint == Some(0));
-    // ... signs istiod's identity, even with the workload marker ...
+    // ... signs istiod's identity, even with the workload mark ...
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let leaf =
         profile::issue_workload(&tenant, &key.spki_der(), ISTIOD_ID, Duration::hours(1), OffsetDateTime::now_utc())
@@ -99,7 +99,7 @@ async fn a_leaf_from_a_tenant_ca_under_the_root_does_not_authenticate() {
 }
 
 /// A leaf for `identity` from the issuer path (cert-manager, CSR signer):
-/// the same intermediate, but `pki::template`, so no workload marker.
+/// the same intermediate, but `pki::template`, so no workload mark.
 fn issuer_path_leaf(int: &Authority, identity: &str) -> (IssuedCertificate, PrivateKey) {
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let csr_pem = meshroot::pki::csr::build_workload_csr(&key, identity).unwrap();
@@ -118,18 +118,18 @@ fn issuer_path_leaf(int: &Authority, identity: &str) -> (IssuedCertificate, Priv
 }
 
 #[tokio::test]
-async fn a_leaf_from_the_mesh_intermediate_without_the_workload_marker_does_not_authenticate() {
+async fn a_leaf_from_the_mesh_intermediate_without_the_workload_mark_does_not_authenticate() {
     let ca = start_ca().await;
     let int = dev_intermediate(&ca);
     let (leaf, key) = issuer_path_leaf(&int, DEFAULT_ID);
     let cert = X509Certificate::from_der(&leaf.der).unwrap().1;
     assert!(meshroot::pki::authority::issued_by(int.certificate(), &leaf.der), "signed by the mesh intermediate");
     assert!(cert.extended_key_usage().unwrap().unwrap().value.client_auth);
-    assert!(!profile::has_workload_marker(&cert));
+    assert!(!profile::is_workload_certificate(&cert));
     let chain = format!("{}{}", leaf.pem, int.certificate_pem());
     assert_unauthenticated(
         ask_with_certificate(&ca, &chain, &key, DEFAULT_ID, None).await,
-        &["not a meshroot workload certificate", profile::WORKLOAD_MARKER_OID, "need a token"],
+        &["not a meshroot workload certificate", "subject key identifier", "need a token"],
     );
     // The same leaf plus the caller's token: served through the token.
     let mut client = client_with_identity(&ca, &chain, &key.to_pem()).await.unwrap();

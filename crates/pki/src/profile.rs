@@ -4,10 +4,7 @@
 use super::authority::Authority;
 use super::error::{PkiError, Result};
 use super::pem;
-use super::resign::EditError;
 use super::serial::random_serial;
-use der::asn1::Any;
-use der::{Decode, Encode, Tag, TagNumber, Tagged};
 use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
 use rustls_pki_types::CertificateDer;
 use std::net::IpAddr;
@@ -24,28 +21,34 @@ pub fn renewal_due(not_before: OffsetDateTime, not_after: OffsetDateTime, now: O
     two_thirds.and_then(|d| not_before.checked_add(d)).is_none_or(|due| now >= due)
 }
 
-/// The workload marker: a private, non-critical extension that only the
-/// workload profile ([`issue_workload`], what CreateCertificate signs) puts in
-/// a certificate. Client-certificate authentication on the CA API accepts
-/// only leaves that carry it, so a leaf that the same intermediate signed
-/// through another path (a cert-manager Issuer or the Kubernetes CSR signer,
-/// which build certificates in `template.rs` and never copy CSR extensions
-/// other than the SAN) can never renew a workload identity by itself.
-/// Its OID sits under the UUID arc `2.25` (ITU-T X.667), so it needs no
-/// registration and collides with nothing: the UUID is
-/// c914b6ae-a69e-4e66-b632-330a7a50d392, fixed once, at random.
-pub const WORKLOAD_MARKER_OID: &str = "2.25.267282378325752821241372292871766463378";
+/// The workload mark: a workload certificate's SubjectKeyIdentifier is
+/// [`workload_key_id`] of its own public key, which only the workload
+/// profile ([`issue_workload`], what CreateCertificate signs) writes. Every
+/// other leaf (a cert-manager Issuer's, the Kubernetes CSR signer's, made in
+/// `template.rs`, which never copies a CSR's extensions but the SAN; istiod's
+/// and meshroot's serving certificates) gets rcgen's plain SHA-256 key
+/// identifier. Client-certificate authentication on the CA API accepts only
+/// marked leaves, so a leaf that the same intermediate signed through
+/// another path can never renew a workload identity by itself.
+///
+/// An identifier rather than an extension of meshroot's own: an OID needs a
+/// registered arc, and the registration-free UUID arc (2.25) has arcs of 128
+/// bits, which Go's crypto/x509 refuses to parse ("malformed extension OID
+/// field"): pilot-agent and istiod would reject every certificate. The
+/// identifier is a hash, so no CSR can ask for it and nothing but meshroot's
+/// own code path can write it.
+pub const WORKLOAD_KEY_ID_CONTEXT: &[u8] = b"meshroot workload certificate v1\0";
 
-/// The DER content octets of [`WORKLOAD_MARKER_OID`] (what x509-parser's
-/// `Oid::as_bytes` returns). Its arc does not fit in 64 bits, so it is spelled
-/// out here and checked against the dotted form in the tests.
-pub const WORKLOAD_MARKER_OID_DER: &[u8] = &[
-    0x69, 0x83, 0x92, 0x94, 0xdb, 0xab, 0xd4, 0xe9, 0xf2, 0xb9, 0xcd, 0xb6, 0x99, 0x8c, 0xe1, 0xa7, 0xd2, 0xc3, 0xa7,
-    0x12,
-];
-
-/// The marker's extnValue: DER NULL. Its presence is the whole message.
-pub const WORKLOAD_MARKER_VALUE: &[u8] = &[0x05, 0x00];
+/// The SubjectKeyIdentifier of a workload certificate for the public key
+/// `spki_der` (a whole SubjectPublicKeyInfo): the first 20 octets of
+/// SHA-256 over [`WORKLOAD_KEY_ID_CONTEXT`] and the key, where other leaves
+/// get SHA-256 over the key alone (RFC 7093 method 1).
+pub fn workload_key_id(spki_der: &[u8]) -> Vec<u8> {
+    let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    hash.update(WORKLOAD_KEY_ID_CONTEXT);
+    hash.update(spki_der);
+    hash.finish().as_ref().iter().take(20).copied().collect()
+}
 
 /// A freshly signed certificate and the facts callers report about it.
 #[derive(Clone, Debug)]
@@ -76,49 +79,21 @@ pub fn issue_workload(
 ) -> Result<IssuedCertificate> {
     let san =
         SanType::URI(identity.try_into().map_err(|_| PkiError::Invalid("the identity is not an ASCII URI".into()))?);
-    let mut issued = issue_leaf(
+    issue_leaf(
         authority,
         spki_der,
         vec![san],
         &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         ttl,
         now,
-    )?;
-    issued.der = with_workload_marker(&issued.der, authority)?;
-    issued.pem = pem::encode_certificate(&issued.der);
-    Ok(issued)
+        Some(workload_key_id(spki_der)),
+    )
 }
 
-/// Appends the [`WORKLOAD_MARKER_OID`] extension (non-critical, DER NULL) to
-/// a certificate this authority just signed, and signs it again with the
-/// same key and algorithm. (rcgen writes OIDs with 64-bit arcs only.)
-fn with_workload_marker(cert: &CertificateDer<'_>, authority: &Authority) -> Result<CertificateDer<'static>> {
-    let marker = workload_marker_extension()?;
-    super::resign::resign(cert, authority, "adding the workload marker", |fields| {
-        // TBSCertificate ends with `extensions [3] EXPLICIT SEQUENCE OF Extension`.
-        let extensions_tag = Tag::ContextSpecific { constructed: true, number: TagNumber(3) };
-        let last = fields.last_mut().filter(|f| f.tag() == extensions_tag).ok_or(EditError::Layout("certificate"))?;
-        let mut extensions: Vec<Any> = Vec::from_der(last.value())?;
-        extensions.push(Any::from_der(&marker)?);
-        *last = Any::new(extensions_tag, extensions.to_der()?)?;
-        Ok(())
-    })
-}
-
-/// `Extension ::= SEQUENCE { extnID, extnValue OCTET STRING }` for the
-/// marker; `critical` is left out (DEFAULT FALSE).
-fn workload_marker_extension() -> Result<Vec<u8>> {
-    let der_err = |e: der::Error| PkiError::Signing(format!("encoding the workload marker: {e}"));
-    let oid = Any::new(Tag::ObjectIdentifier, WORKLOAD_MARKER_OID_DER).map_err(der_err)?;
-    let value = Any::new(Tag::OctetString, WORKLOAD_MARKER_VALUE).map_err(der_err)?;
-    vec![oid, value].to_der().map_err(der_err)
-}
-
-/// Whether `cert` carries the workload marker exactly as [`issue_workload`]
-/// writes it: once, non-critical, with a DER NULL value.
-pub fn has_workload_marker(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
-    let mut markers = cert.extensions().iter().filter(|e| e.oid.as_bytes() == WORKLOAD_MARKER_OID_DER);
-    matches!((markers.next(), markers.next()), (Some(m), None) if !m.critical && m.value == WORKLOAD_MARKER_VALUE)
+/// Whether `cert` carries the workload mark: its SubjectKeyIdentifier is
+/// [`workload_key_id`] of its own public key.
+pub fn is_workload_certificate(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    super::authority::subject_key_id(cert).is_some_and(|id| id == workload_key_id(cert.public_key().raw))
 }
 
 /// Signs a TLS server certificate for the given DNS names and IP addresses.
@@ -140,7 +115,7 @@ pub fn issue_server(
         ));
     }
     sans.extend(ips.iter().copied().map(SanType::IpAddress));
-    issue_leaf(authority, spki_der, sans, &[ExtendedKeyUsagePurpose::ServerAuth], lifetime, now)
+    issue_leaf(authority, spki_der, sans, &[ExtendedKeyUsagePurpose::ServerAuth], lifetime, now, None)
 }
 
 /// Signs istiod's serving certificate: DNS names plus istiod's SPIFFE ID,
@@ -163,7 +138,7 @@ pub fn issue_istiod(
         identity.try_into().map_err(|_| PkiError::Invalid("the identity is not an ASCII URI".into()))?,
     ));
     let ekus = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    issue_leaf(authority, spki_der, sans, &ekus, lifetime, now)
+    issue_leaf(authority, spki_der, sans, &ekus, lifetime, now, None)
 }
 
 fn issue_leaf(
@@ -173,6 +148,7 @@ fn issue_leaf(
     ekus: &[ExtendedKeyUsagePurpose],
     ttl: Duration,
     now: OffsetDateTime,
+    key_id: Option<Vec<u8>>,
 ) -> Result<IssuedCertificate> {
     if ttl <= Duration::ZERO {
         return Err(PkiError::Invalid("the lifetime must be positive".into()));
@@ -194,6 +170,9 @@ fn issue_leaf(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = ekus.to_vec();
     params.use_authority_key_identifier_extension = true;
+    if let Some(id) = key_id {
+        params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(id);
+    }
 
     let der = authority.sign(&params, spki_der)?;
     Ok(IssuedCertificate { pem: pem::encode_certificate(&der), der, serial_hex, not_before, not_after })

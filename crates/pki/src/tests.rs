@@ -125,13 +125,16 @@ fn check_workload_leaf(chain: &SigningChain, csr: &CertificateSigningRequest) {
     assert_eq!(nb, t - 120);
     assert_eq!(na, t + ttl.whole_seconds());
     assert_eq!(issued.not_after.unix_timestamp(), na);
-    // The workload marker: once, non-critical, DER NULL.
-    let markers: Vec<_> =
-        cert.extensions().iter().filter(|e| e.oid.as_bytes() == profile::WORKLOAD_MARKER_OID_DER).collect();
-    assert_eq!(markers.len(), 1);
-    assert!(!markers[0].critical);
-    assert_eq!(markers[0].value, [0x05, 0x00]);
-    assert!(profile::has_workload_marker(&cert));
+    // The workload mark: the key identifier derived for workloads, not the plain one.
+    let spki = cert.public_key().raw;
+    assert_eq!(ski(&cert), profile::workload_key_id(spki));
+    assert_ne!(ski(&cert), plain_key_id(spki));
+    assert!(profile::is_workload_certificate(&cert));
+    // Go's crypto/x509 (pilot-agent, istiod) refuses a certificate with an OID arc of 2^31 or
+    // more: "malformed extension OID field".
+    for ext in cert.extensions() {
+        assert!(ext.oid.iter().is_some_and(|mut arcs| arcs.all(|arc| arc < 1 << 31)), "{} is not for Go", ext.oid);
+    }
     // Only the extensions of the profile.
     for ext in cert.extensions() {
         assert!(
@@ -143,7 +146,7 @@ fn check_workload_leaf(chain: &SigningChain, csr: &CertificateSigningRequest) {
                     | ParsedExtension::BasicConstraints(_)
                     | ParsedExtension::AuthorityKeyIdentifier(_)
                     | ParsedExtension::SubjectKeyIdentifier(_)
-            ) || ext.oid.as_bytes() == profile::WORKLOAD_MARKER_OID_DER,
+            ),
             "unexpected extension {}",
             ext.oid
         );
@@ -425,27 +428,28 @@ fn bundle_reports_its_earliest_root_expiry() {
     assert!(!profile::renewal_due(now(), now() + Duration::days(30), now() + Duration::days(19)));
 }
 
-#[test]
-fn the_workload_marker_oid_is_the_uuid_arc_it_claims() {
-    // DER: first byte 40*2+25, then the UUID's integer in base 128.
-    let (first, rest) = profile::WORKLOAD_MARKER_OID_DER.split_first().unwrap();
-    assert_eq!(*first, 2 * 40 + 25);
-    let mut arc: u128 = 0;
-    for (i, b) in rest.iter().enumerate() {
-        assert_eq!(b & 0x80 == 0, i == rest.len() - 1, "only the last octet ends the arc");
-        arc = arc.checked_mul(128).unwrap() | u128::from(b & 0x7f);
-    }
-    assert_eq!(format!("2.25.{arc}"), profile::WORKLOAD_MARKER_OID);
-    assert_eq!(arc, 0xc914b6ae_a69e_4e66_b632_330a7a50d392, "the UUID in the doc comment");
+/// RFC 7093 method 1, as rcgen writes every key identifier but the workload one.
+fn plain_key_id(spki: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki).as_ref()[..20].to_vec()
 }
 
 #[test]
-fn only_the_workload_profile_carries_the_marker() {
+fn the_workload_key_id_is_sha256_over_its_context_and_the_key() {
+    // Computed independently: python3 -c 'import hashlib;
+    // print(hashlib.sha256(b"meshroot workload certificate v1\0" + b"spki").hexdigest()[:40])'
+    let expected = "335b472dff231a75e2d56bd1f4c009db0522b947";
+    let hex: String = profile::workload_key_id(b"spki").iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, expected);
+    assert_ne!(profile::workload_key_id(b"spki"), profile::workload_key_id(b"spkj"));
+}
+
+#[test]
+fn only_the_workload_profile_carries_the_workload_mark() {
     let root = root();
     let chain = chain_under(&root, KeyAlgorithm::EcdsaP256, Duration::days(30));
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let workload = chain.issue_workload(&key.spki_der(), IDENTITY, Duration::hours(1), now()).unwrap();
-    assert!(profile::has_workload_marker(&parse(&workload.der)));
+    assert!(profile::is_workload_certificate(&parse(&workload.der)));
     let server = profile::issue_server(
         chain.authority(),
         &key.spki_der(),
@@ -455,7 +459,7 @@ fn only_the_workload_profile_carries_the_marker() {
         now(),
     )
     .unwrap();
-    assert!(!profile::has_workload_marker(&parse(&server.der)));
+    assert!(!profile::is_workload_certificate(&parse(&server.der)));
     let istiod = profile::issue_istiod(
         chain.authority(),
         &key.spki_der(),
@@ -465,41 +469,58 @@ fn only_the_workload_profile_carries_the_marker() {
         now(),
     )
     .unwrap();
-    assert!(!profile::has_workload_marker(&parse(&istiod.der)));
+    assert!(!profile::is_workload_certificate(&parse(&istiod.der)));
 }
 
 #[test]
-fn a_csr_asking_for_the_workload_marker_does_not_get_it_from_the_template_path() {
+fn a_csr_asking_for_the_workload_mark_does_not_get_it_from_the_template_path() {
     use x509_parser::certification_request::X509CertificationRequest;
-    let pem = fixture!("csr-p256-wants-workload-marker.pem");
-    // The CSR really asks for it (openssl encoded the OID; it must match ours).
-    let der = pem::decode_one(pem.as_bytes(), pem::CERTIFICATE_REQUEST, 1 << 16).unwrap();
+    // An openssl CSR asking for a private extension (the UUID-arc marker that
+    // earlier versions wrote): never copied.
+    const PRIVATE_OID_DER: &[u8] = &[
+        0x69, 0x83, 0x92, 0x94, 0xdb, 0xab, 0xd4, 0xe9, 0xf2, 0xb9, 0xcd, 0xb6, 0x99, 0x8c, 0xe1, 0xa7, 0xd2, 0xc3,
+        0xa7, 0x12,
+    ];
+    let openssl_pem = fixture!("csr-p256-wants-workload-marker.pem");
+    let der = pem::decode_one(openssl_pem.as_bytes(), pem::CERTIFICATE_REQUEST, 1 << 16).unwrap();
     let (_, request) = X509CertificationRequest::from_der(&der).unwrap();
     let asked = request
         .requested_extensions()
         .unwrap()
-        .any(|e| matches!(e, ParsedExtension::UnsupportedExtension { oid } if oid.as_bytes() == profile::WORKLOAD_MARKER_OID_DER));
-    assert!(asked, "the fixture must request the marker");
-    let csr = CertificateSigningRequest::from_pem(pem.as_bytes()).unwrap();
+        .any(|e| matches!(e, ParsedExtension::UnsupportedExtension { oid } if oid.as_bytes() == PRIVATE_OID_DER));
+    assert!(asked, "the fixture must request the private extension");
+    // A CSR asking for the workload key identifier of its own key as its SubjectKeyIdentifier.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(IDENTITY.try_into().unwrap())];
+    let wanted = profile::workload_key_id(&rcgen::PublicKeyData::subject_public_key_info(&key));
+    let mut octets = vec![0x04, wanted.len() as u8];
+    octets.extend(&wanted);
+    params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 14], octets)];
+    let rcgen_pem = params.serialize_request(&key).unwrap().pem().unwrap();
     let chain = chain_under(&root(), KeyAlgorithm::EcdsaP256, Duration::days(30));
     let usages = usage::Usages::from_names(&["digital signature", "client auth", "server auth"], false).unwrap();
-    for is_ca in [false, true] {
-        let template = template::CertificateTemplate {
-            csr: &csr,
-            is_ca,
-            max_path_length: None,
-            name_constraints: None,
-            usages: &usages,
-            lifetime: Duration::hours(1),
-        };
-        let issued = template::issue_from_template(chain.authority(), &template, now()).unwrap();
-        let cert = parse(&issued.der);
-        assert_eq!(authority::uri_sans(&cert), vec![IDENTITY], "the SAN is copied");
-        assert!(
-            cert.extensions().iter().all(|e| e.oid.as_bytes() != profile::WORKLOAD_MARKER_OID_DER),
-            "the marker must never come from a CSR (is_ca: {is_ca})"
-        );
-        assert!(!profile::has_workload_marker(&cert));
+    for pem in [openssl_pem, rcgen_pem.as_str()] {
+        let csr = CertificateSigningRequest::from_pem(pem.as_bytes()).unwrap();
+        for is_ca in [false, true] {
+            let template = template::CertificateTemplate {
+                csr: &csr,
+                is_ca,
+                max_path_length: None,
+                name_constraints: None,
+                usages: &usages,
+                lifetime: Duration::hours(1),
+            };
+            let issued = template::issue_from_template(chain.authority(), &template, now()).unwrap();
+            let cert = parse(&issued.der);
+            assert_eq!(authority::uri_sans(&cert), vec![IDENTITY], "the SAN is copied");
+            assert!(
+                cert.extensions().iter().all(|e| e.oid.as_bytes() != PRIVATE_OID_DER),
+                "a private extension never comes from a CSR (is_ca: {is_ca})"
+            );
+            assert_eq!(ski(&cert), plain_key_id(cert.public_key().raw), "the plain key identifier (is_ca: {is_ca})");
+            assert!(!profile::is_workload_certificate(&cert));
+        }
     }
 }
 

@@ -60,15 +60,12 @@ pub enum ClientCertificateRejection {
     /// The certificate or one of its extensions does not parse (the parser's words).
     #[error("{0}")]
     Malformed(String),
-    /// It lacks meshroot's workload marker extension.
+    /// It lacks meshroot's workload mark (its key identifier is not the workload one).
     #[error(
-        "not a meshroot workload certificate (it lacks the workload extension {oid}); only certificates from \
-         CreateCertificate renew, others need a token"
+        "not a meshroot workload certificate (its subject key identifier is not the one CreateCertificate \
+         writes); only certificates from CreateCertificate renew, others need a token"
     )]
-    NotWorkload {
-        /// The marker extension's OID, dotted.
-        oid: &'static str,
-    },
+    NotWorkload,
     /// basicConstraints says CA:TRUE.
     #[error("it is a CA certificate (basicConstraints CA:TRUE)")]
     Ca,

@@ -7,9 +7,10 @@
 //! Kubernetes CSRs, so it is not enough. A leaf authenticates only if it is a
 //! workload certificate that a mesh issued for itself:
 //!
-//! - it carries the workload marker ([`WORKLOAD_MARKER_OID`]), which only the
-//!   workload profile writes (cert-manager and CSR-signer certificates are
-//!   made by `pki::template`, which never copies CSR extensions but the SAN);
+//! - it carries the workload mark (its key identifier is
+//!   [`workload_key_id`] of its key), which only the workload profile writes
+//!   (cert-manager and CSR-signer certificates are made by `pki::template`,
+//!   which never copies CSR extensions but the SAN);
 //! - it has exactly one URI SAN, a SPIFFE ID in the trust domain of the mesh
 //!   covering its namespace;
 //! - it is not a CA (basicConstraints absent or cA false) and its EKU lists
@@ -22,7 +23,7 @@
 //! authenticator chain then tries the next authenticator: a request that
 //! also carries a valid token is still served by the token.
 //!
-//! [`WORKLOAD_MARKER_OID`]: crate::pki::profile::WORKLOAD_MARKER_OID
+//! [`workload_key_id`]: crate::pki::profile::workload_key_id
 
 use crate::auth::{
     AuthError, Authenticator, Caller, ClientCertificateRejection as Refused, Credentials, Rejection, Unavailable,
@@ -30,7 +31,7 @@ use crate::auth::{
 use crate::mesh::{MeshRegistry, RouteError};
 use crate::pki::WorkloadIdentity;
 use crate::pki::authority::{issued_by, parse_certificate, uri_sans};
-use crate::pki::profile::{WORKLOAD_MARKER_OID, has_workload_marker};
+use crate::pki::profile::is_workload_certificate;
 use async_trait::async_trait;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -68,8 +69,8 @@ impl Authenticator for ClientCertificateAuthenticator {
             return Ok(None);
         };
         let cert = parse_certificate(leaf).map_err(malformed)?;
-        if !has_workload_marker(&cert) {
-            return Err(rejected(Refused::NotWorkload { oid: WORKLOAD_MARKER_OID }));
+        if !is_workload_certificate(&cert) {
+            return Err(rejected(Refused::NotWorkload));
         }
         let is_ca = cert.basic_constraints().map_err(malformed)?.is_some_and(|bc| bc.value.ca);
         if is_ca {
@@ -135,7 +136,7 @@ mod tests {
         let refused = chain.authenticate(&credentials).await.unwrap_err();
         assert!(
             matches!(&refused, AuthError::Rejected(Rejection::By { authenticator: "client-certificate", reason })
-                if matches!(**reason, Rejection::ClientCertificate(Refused::NotWorkload { .. }))),
+                if matches!(**reason, Rejection::ClientCertificate(Refused::NotWorkload))),
             "{refused:?}"
         );
         assert!(refused.to_string().starts_with("client-certificate: client certificate: not a meshroot workload"));
