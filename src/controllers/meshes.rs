@@ -6,7 +6,7 @@
 
 use super::conditions::condition;
 use super::istiod_tls;
-use super::root_configmaps::Coverage;
+use super::root_configmaps::{Coverage, MeshRoots};
 use crate::api::mesh::IntermediateStatus;
 use crate::api::selector;
 use crate::api::{Mesh, MeshMode, MeshStatus};
@@ -159,13 +159,38 @@ pub fn overlaps(meshes: &[Arc<Mesh>], namespaces: &[Arc<Namespace>]) -> BTreeMap
         .collect()
 }
 
+/// The `RootConfigMapsContested` reason and message: who else writes the
+/// mesh's root ConfigMap, where, and what to do about it.
+fn contest_message(mesh: &Mesh, contested: &[super::root_configmaps::Contest]) -> (&'static str, String) {
+    const SHOWN: usize = 5;
+    let name = &mesh.spec.root_config_map_name;
+    if contested.is_empty() {
+        return ("NotContested", format!("no other writer changes {name}"));
+    }
+    let writers: BTreeSet<&str> = contested.iter().map(|c| c.writer.as_str()).collect();
+    let shown: Vec<&str> = contested.iter().take(SHOWN).map(|c| c.key.0.as_str()).collect();
+    let more = contested.len().saturating_sub(SHOWN);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    let writers: Vec<&str> = writers.into_iter().collect();
+    (
+        "RewrittenByAnotherWriter",
+        format!(
+            "{name} in namespaces {}{more} is rewritten by {}; meshroot rewrites it once a resync instead of \
+             at once. If that is istiod, its CA server is still on: set ENABLE_CA_SERVER=false on istiod in {}",
+            shown.join(", "),
+            writers.join(", "),
+            mesh.spec.istiod.namespace
+        ),
+    )
+}
+
 /// The status for a mesh from its outcome.
 pub fn status(
     mesh: &Mesh,
     outcome: &Outcome,
     overlap: Option<&String>,
     bundle: &TrustBundle,
-    namespaces: Option<u32>,
+    roots: Option<&MeshRoots>,
 ) -> MeshStatus {
     let generation = mesh.metadata.generation;
     let previous = mesh.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
@@ -190,13 +215,23 @@ pub fn status(
             None => ("NoOverlap", "no namespace is selected by another mesh".to_string()),
         };
         conditions.push(condition("NamespacesOverlap", overlap.is_some(), reason, &msg, generation, &previous));
+        let contested = roots.map(|r| r.contested.as_slice()).unwrap_or_default();
+        let (reason, msg) = contest_message(mesh, contested);
+        conditions.push(condition(
+            "RootConfigMapsContested",
+            !contested.is_empty(),
+            reason,
+            &msg,
+            generation,
+            &previous,
+        ));
     }
     MeshStatus {
         observed_generation: generation,
         conditions,
         intermediate: outcome.intermediate.clone(),
         root_fingerprints: bundle.fingerprints(),
-        namespaces,
+        namespaces: roots.map(|r| r.namespaces),
     }
 }
 
@@ -235,8 +270,8 @@ pub fn spawn(
                 if let Some((reason, why)) = &outcome.problem {
                     tracing::warn!(mesh = %name, reason = reason.as_str(), problem = %why, "mesh is not ready");
                 }
-                let covered = coverage.lock().ok().and_then(|c| c.get(&name).copied());
-                let new = status(mesh, &outcome, overlap.get(&name), &current_root.bundle, covered);
+                let roots = coverage.lock().ok().and_then(|c| c.get(&name).cloned());
+                let new = status(mesh, &outcome, overlap.get(&name), &current_root.bundle, roots.as_ref());
                 if mesh.status.as_ref() == Some(&new) {
                     continue;
                 }

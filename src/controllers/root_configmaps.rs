@@ -7,12 +7,19 @@
 //! re-sync with nothing changed writes nothing. Edited or deleted ConfigMaps
 //! are restored; a namespace that leaves the mesh loses the ConfigMap only
 //! if meshroot owns it.
+//!
+//! A ConfigMap another writer keeps rewriting (an istiod whose CA server is
+//! still on writes its own root to the same name) is contested: its
+//! managedFields show meshroot's entry and another manager owning
+//! `root-cert.pem`. meshroot then rewrites it once a resync instead of at
+//! once, so the two do not trade writes, and the Mesh reports the contest.
 
 use crate::api::selector;
 use crate::api::{Mesh, MeshMode};
 use crate::k8s::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, error_summary, is_managed};
 use crate::pki::TrustBundle;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,12 +52,22 @@ pub enum Action {
     },
 }
 
+/// A root ConfigMap: (namespace, name).
+pub type ConfigMapKey = (String, String);
+
 /// Which (namespace, ConfigMap name) pairs should hold the bundle, and how
 /// many namespaces each mesh covers.
-pub fn desired(
+pub fn desired(meshes: &[Arc<Mesh>], namespaces: &[Arc<Namespace>]) -> (BTreeSet<ConfigMapKey>, BTreeMap<String, u32>) {
+    let by_mesh = desired_by_mesh(meshes, namespaces);
+    let counts = by_mesh.iter().map(|(mesh, keys)| (mesh.clone(), keys.len() as u32)).collect();
+    (by_mesh.into_values().flatten().collect(), counts)
+}
+
+/// The root ConfigMaps each External mesh wants.
+pub fn desired_by_mesh(
     meshes: &[Arc<Mesh>],
     namespaces: &[Arc<Namespace>],
-) -> (BTreeSet<(String, String)>, BTreeMap<String, u32>) {
+) -> BTreeMap<String, BTreeSet<ConfigMapKey>> {
     let live: Vec<&Namespace> = namespaces
         .iter()
         .map(|n| n.as_ref())
@@ -59,8 +76,7 @@ pub fn desired(
         .collect();
     let existing: BTreeSet<&str> = live.iter().filter_map(|n| n.metadata.name.as_deref()).collect();
     let empty = BTreeMap::new();
-    let mut want = BTreeSet::new();
-    let mut counts = BTreeMap::new();
+    let mut by_mesh = BTreeMap::new();
     for mesh in meshes.iter().filter(|m| m.spec.mode == MeshMode::External) {
         let Some(mesh_name) = mesh.metadata.name.clone() else {
             continue;
@@ -84,10 +100,52 @@ pub fn desired(
         targets
             .extend(spec.trusted_node_accounts.iter().filter_map(|a| a.split_once('/').map(|(ns, _)| ns.to_string())));
         targets.retain(|ns| existing.contains(ns.as_str()));
-        counts.insert(mesh_name, targets.len() as u32);
-        want.extend(targets.into_iter().map(|ns| (ns, spec.root_config_map_name.clone())));
+        let keys = targets.into_iter().map(|ns| (ns, spec.root_config_map_name.clone())).collect();
+        by_mesh.insert(mesh_name, keys);
     }
-    (want, counts)
+    by_mesh
+}
+
+/// Whether a managedFields entry owns the bundle's key.
+fn owns_root_cert(entry: &ManagedFieldsEntry) -> bool {
+    let key = format!("f:{ROOT_CERT_KEY}");
+    entry.fields_v1.as_ref().is_some_and(|f| f.0.get("f:data").and_then(|d| d.get(&key)).is_some())
+}
+
+/// The writer that changed `root-cert.pem` after meshroot wrote it: the
+/// ConfigMap still has meshroot's managedFields entry, but another
+/// manager's entry owns the key (an update moves a field it changes to its
+/// writer). None for a ConfigMap meshroot never wrote (istiod's leftover,
+/// taken over) or one whose key meshroot still owns.
+pub fn rewritten_by(cm: &ConfigMap) -> Option<String> {
+    let entries = cm.metadata.managed_fields.as_ref()?;
+    let is_ours = |e: &&ManagedFieldsEntry| e.manager.as_deref() == Some(FIELD_MANAGER);
+    if !entries.iter().any(|e| is_ours(&e)) {
+        return None;
+    }
+    entries
+        .iter()
+        .filter(|e| !is_ours(e))
+        .find(|e| owns_root_cert(e))
+        .map(|e| e.manager.clone().unwrap_or_else(|| "a writer without a field manager".into()))
+}
+
+/// A root ConfigMap that another writer keeps rewriting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contest {
+    /// The ConfigMap.
+    pub key: ConfigMapKey,
+    /// Its other writer's field manager (istiod's is `pilot-discovery`).
+    pub writer: String,
+}
+
+/// What [`plan`] decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The writes to make.
+    pub actions: Vec<Action>,
+    /// The contested ConfigMaps, whether rewritten this time or not.
+    pub contested: Vec<Contest>,
 }
 
 fn holds_bundle(cm: &ConfigMap, bundle_pem: &str) -> bool {
@@ -97,26 +155,41 @@ fn holds_bundle(cm: &ConfigMap, bundle_pem: &str) -> bool {
         && is_managed(labels)
 }
 
-/// The writes that bring `observed` to `want`: nothing when they agree.
-pub fn plan(want: &BTreeSet<(String, String)>, observed: &[Arc<ConfigMap>], bundle_pem: &str) -> Vec<Action> {
-    let observed: BTreeMap<(String, String), &ConfigMap> = observed
+/// The writes that bring `observed` to `want`: nothing when they agree. A
+/// contested ConfigMap is rewritten only when `rewrite_contested` says its
+/// turn has come.
+pub fn plan(
+    want: &BTreeSet<ConfigMapKey>,
+    observed: &[Arc<ConfigMap>],
+    bundle_pem: &str,
+    rewrite_contested: impl Fn(&ConfigMapKey) -> bool,
+) -> Plan {
+    let observed: BTreeMap<ConfigMapKey, &ConfigMap> = observed
         .iter()
         .filter_map(|cm| Some(((cm.metadata.namespace.clone()?, cm.metadata.name.clone()?), cm.as_ref())))
         .collect();
-    let mut actions = Vec::new();
-    for (namespace, name) in want {
-        let current = observed.get(&(namespace.clone(), name.clone()));
-        if !current.is_some_and(|cm| holds_bundle(cm, bundle_pem)) {
-            actions.push(Action::Apply { namespace: namespace.clone(), name: name.clone() });
+    let mut plan = Plan::default();
+    for key in want {
+        let current = observed.get(key);
+        if current.is_some_and(|cm| holds_bundle(cm, bundle_pem)) {
+            continue;
         }
+        if let Some(writer) = current.and_then(|cm| rewritten_by(cm)) {
+            plan.contested.push(Contest { key: key.clone(), writer });
+            if !rewrite_contested(key) {
+                continue;
+            }
+        }
+        plan.actions.push(Action::Apply { namespace: key.0.clone(), name: key.1.clone() });
     }
+    let actions = &mut plan.actions;
     for ((namespace, name), cm) in &observed {
         let unwanted = !want.contains(&(namespace.clone(), name.clone()));
         if unwanted && is_managed(cm.metadata.labels.as_ref()) && cm.metadata.deletion_timestamp.is_none() {
             actions.push(Action::Delete { namespace: namespace.clone(), name: name.clone() });
         }
     }
-    actions
+    plan
 }
 
 /// What a batch of writes left behind: each applied ConfigMap's
@@ -186,12 +259,21 @@ fn caught_up(
     })
 }
 
-/// How many namespaces each mesh covers, for the Mesh status.
-pub type Coverage = Arc<std::sync::Mutex<BTreeMap<String, u32>>>;
+/// One mesh's root ConfigMaps, for its status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshRoots {
+    /// How many namespaces the mesh covers.
+    pub namespaces: u32,
+    /// Its ConfigMaps another writer keeps rewriting.
+    pub contested: Vec<Contest>,
+}
+
+/// Each mesh's root ConfigMaps, by mesh name, for the Mesh status.
+pub type Coverage = Arc<std::sync::Mutex<BTreeMap<String, MeshRoots>>>;
 
 /// Keeps the root ConfigMaps converged until the task is dropped: on every
 /// change to Meshes, namespaces, root ConfigMaps or the bundle, and every
-/// `resync` besides.
+/// `resync` besides. A contested ConfigMap is rewritten at most once a `resync`.
 pub fn spawn(
     client: kube::Client,
     mut bundle: tokio::sync::watch::Receiver<Arc<TrustBundle>>,
@@ -216,6 +298,8 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(resync);
         let mut backoff = std::time::Duration::from_millis(500);
+        // When each contested ConfigMap was last rewritten.
+        let mut contest_writes: BTreeMap<ConfigMapKey, tokio::time::Instant> = BTreeMap::new();
         loop {
             tokio::select! {
                 c = changes.next() => if c.is_none() { return },
@@ -227,20 +311,54 @@ pub fn spawn(
                 continue;
             }
             let current = bundle.borrow().clone();
-            let (want, counts) = desired(&meshes.state(), &namespaces.state());
+            let by_mesh = desired_by_mesh(&meshes.state(), &namespaces.state());
+            let want: BTreeSet<ConfigMapKey> = by_mesh.values().flatten().cloned().collect();
+            let now = tokio::time::Instant::now();
+            let plan = plan(&want, &configmaps.state(), current.pem(), |key| {
+                contest_writes.get(key).is_none_or(|at| now.duration_since(*at) >= resync)
+            });
+            let report = by_mesh
+                .iter()
+                .map(|(mesh, keys)| {
+                    let contested = plan.contested.iter().filter(|c| keys.contains(&c.key)).cloned().collect();
+                    (mesh.clone(), MeshRoots { namespaces: keys.len() as u32, contested })
+                })
+                .collect();
             if let Ok(mut c) = coverage.lock() {
-                *c = counts;
+                *c = report;
             }
-            let actions = plan(&want, &configmaps.state(), current.pem());
-            if actions.is_empty() {
+            // Kept for a resync even while meshroot's write holds, so that the
+            // other writer's next rewrite waits its turn too.
+            contest_writes.retain(|_, at| now.duration_since(*at) < resync);
+            if plan.actions.is_empty() {
                 continue;
             }
-            tracing::info!(writes = actions.len(), "converging root ConfigMaps");
-            let done = execute(&client, &actions, &current).await;
-            // Read our own writes before deciding again.
+            let contested: BTreeSet<&ConfigMapKey> = plan.contested.iter().map(|c| &c.key).collect();
+            if !contested.is_empty() {
+                let writers: BTreeSet<&str> = plan.contested.iter().map(|c| c.writer.as_str()).collect();
+                tracing::warn!(
+                    contested = contested.len(),
+                    writers = ?writers,
+                    every = ?resync,
+                    "root ConfigMaps are rewritten by another writer; rewriting them once a resync"
+                );
+            }
+            tracing::info!(writes = plan.actions.len(), "converging root ConfigMaps");
+            let done = execute(&client, &plan.actions, &current).await;
+            for action in &plan.actions {
+                if let Action::Apply { namespace, name } = action {
+                    let key = (namespace.clone(), name.clone());
+                    if contested.contains(&key) {
+                        contest_writes.insert(key, now);
+                    }
+                }
+            }
+            // Read our own writes before deciding again (not the contested
+            // ones: their other writer may have changed them already).
+            let awaited: Vec<_> = done.applied.into_iter().filter(|(key, _)| !contested.contains(key)).collect();
             let started = tokio::time::Instant::now();
             let deadline = started.checked_add(CACHE_CATCH_UP).unwrap_or(started);
-            while !caught_up(&configmaps, &done.applied, current.pem()) && tokio::time::Instant::now() < deadline {
+            while !caught_up(&configmaps, &awaited, current.pem()) && tokio::time::Instant::now() < deadline {
                 if let Ok(None) = tokio::time::timeout_at(deadline, changes.next()).await {
                     return;
                 }
@@ -359,7 +477,7 @@ mod tests {
             cm("d", "x", "BUNDLE", true),  // namespace left the mesh: ours, delete
             cm("e", "x", "BUNDLE", false), // not ours: never deleted
         ];
-        let actions = plan(&want, &observed, "BUNDLE");
+        let actions = plan(&want, &observed, "BUNDLE", |_| true).actions;
         assert_eq!(
             actions,
             vec![
@@ -369,6 +487,73 @@ mod tests {
             ]
         );
         let converged = vec![cm("a", "x", "BUNDLE", true), cm("b", "x", "BUNDLE", true), cm("c", "x", "BUNDLE", true)];
-        assert!(plan(&want, &converged, "BUNDLE").is_empty());
+        assert_eq!(plan(&want, &converged, "BUNDLE", |_| true), Plan::default());
+    }
+
+    /// `cm` with managedFields entries: (manager, whether it owns `data.root-cert.pem`).
+    fn with_managers(cm: Arc<ConfigMap>, entries: &[(&str, bool)]) -> Arc<ConfigMap> {
+        let mut cm = (*cm).clone();
+        let entries = entries
+            .iter()
+            .map(|(manager, owns)| {
+                let mut fields = json!({"f:metadata": {"f:labels": {"f:istio.io/config": {}}}});
+                if *owns {
+                    fields["f:data"] = json!({format!("f:{ROOT_CERT_KEY}"): {}});
+                } else {
+                    fields["f:data"] = json!({"f:other": {}});
+                }
+                serde_json::from_value(
+                    json!({"manager": manager, "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": fields}),
+                )
+                .unwrap()
+            })
+            .collect();
+        cm.metadata.managed_fields = Some(entries);
+        Arc::new(cm)
+    }
+
+    #[test]
+    fn a_configmap_is_contested_when_another_writer_took_the_bundle_key_from_meshroot() {
+        let base = || cm("a", "x", "ISTIOD ROOT", true);
+        let contested = with_managers(base(), &[(FIELD_MANAGER, false), ("pilot-discovery", true)]);
+        assert_eq!(rewritten_by(&contested).as_deref(), Some("pilot-discovery"));
+        // meshroot never wrote it: istiod's leftover, taken over at once.
+        assert_eq!(rewritten_by(&with_managers(base(), &[("pilot-discovery", true)])), None);
+        // meshroot still owns the key; the other writer changed something else.
+        assert_eq!(rewritten_by(&with_managers(base(), &[(FIELD_MANAGER, true), ("kubectl", false)])), None);
+        assert_eq!(rewritten_by(&base()), None, "no managedFields");
+        let unnamed = with_managers(base(), &[(FIELD_MANAGER, false), ("", true)]);
+        assert_eq!(rewritten_by(&unnamed).as_deref(), Some(""), "an empty manager name is shown as it is");
+    }
+
+    #[test]
+    fn a_contested_configmap_is_rewritten_only_when_its_turn_comes() {
+        let want: BTreeSet<ConfigMapKey> =
+            [("a", "x"), ("b", "x")].iter().map(|(n, c)| (n.to_string(), c.to_string())).collect();
+        let observed = vec![
+            with_managers(cm("a", "x", "ISTIOD ROOT", true), &[(FIELD_MANAGER, false), ("pilot-discovery", true)]),
+            cm("b", "x", "OLD", true),
+        ];
+        let held = plan(&want, &observed, "BUNDLE", |_| false);
+        let contest = Contest { key: ("a".into(), "x".into()), writer: "pilot-discovery".into() };
+        assert_eq!(held.contested, vec![contest.clone()]);
+        assert_eq!(
+            held.actions,
+            vec![Action::Apply { namespace: "b".into(), name: "x".into() }],
+            "only the uncontested drift"
+        );
+        let due = plan(&want, &observed, "BUNDLE", |key| key.0 == "a");
+        assert_eq!(due.contested, vec![contest]);
+        assert_eq!(
+            due.actions,
+            vec![
+                Action::Apply { namespace: "a".into(), name: "x".into() },
+                Action::Apply { namespace: "b".into(), name: "x".into() },
+            ]
+        );
+        // Once it holds the bundle again, it is no longer contested, whoever wrote it.
+        let restored =
+            with_managers(cm("a", "x", "BUNDLE", true), &[(FIELD_MANAGER, false), ("pilot-discovery", true)]);
+        assert_eq!(plan(&want, &[restored, cm("b", "x", "BUNDLE", true)], "BUNDLE", |_| false), Plan::default());
     }
 }

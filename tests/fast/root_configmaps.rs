@@ -65,7 +65,7 @@ async fn distributes_the_bundle_and_repairs_drift() {
     assert!(root_pem(&w.fake, "other").is_none());
     let cm = w.fake.get("v1", "configmaps", "bookinfo", CM).unwrap();
     assert_eq!(cm["metadata"]["labels"]["istio.io/config"], "true");
-    assert_eq!(w.coverage.lock().unwrap()["default"], 3);
+    assert_eq!(w.coverage.lock().unwrap()["default"].namespaces, 3);
 
     // Nothing changes, nothing is written.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -203,7 +203,8 @@ pub struct MeshStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `IntermediateReady` and, for External meshes, `NamespacesOverlap`.
+    /// `Ready`, `IntermediateReady` and, for External meshes, `NamespacesOverlap` and
+    /// `RootConfigMapsContested`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The mesh's current intermediate; absent when meshroot has no usable one for it.
