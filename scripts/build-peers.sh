@@ -9,11 +9,17 @@
 # Components: etcd kube-apiserver kube-controller-manager
 #             cert-manager-controller cert-manager-webhook
 #             cert-manager-crds (only the CRDs, nothing built)
+#             pilot-discovery (istiod), istio-ca-client, mtls-probe
+#             istio-crds (only the CRDs, nothing built)
+# istio-ca-client and mtls-probe are our own test programs in the Istio
+# harness (tests/peers/istio/cmd): the first asks for certificates through
+# Istio's own CA client package, the second checks mutual TLS between two
+# workloads' certificates.
 #
 # Output: <cache>/peers/<key>/bin/<component>, and the cert-manager CRDs (Helm
 # placeholders rendered) in <cache>/peers/<key>/crds/cert-manager/*.yaml, where
 # <cache> is ${MESHROOT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/meshroot} and
-# <key> hashes the harness go.mod/go.sum files, this script and the Go version:
+# <key> hashes the harness files (go.mod, go.sum, our Go sources), this script and the Go version:
 # changing a pin rebuilds, otherwise the binaries are reused in seconds.
 # The last line on stdout is the bin directory; all logging goes to stderr.
 set -euo pipefail
@@ -42,20 +48,25 @@ declare -A pkg=(
   [kube-controller-manager]="kube k8s.io/kubernetes/cmd/kube-controller-manager"
   [cert-manager-controller]="cert-manager github.com/cert-manager/cert-manager/cmd/controller"
   [cert-manager-webhook]="cert-manager github.com/cert-manager/cert-manager/cmd/webhook"
+  [pilot-discovery]="istio istio.io/istio/pilot/cmd/pilot-discovery"
+  [istio-ca-client]="istio meshroot.invalid/peers/istio/cmd/istio-ca-client"
+  [mtls-probe]="istio meshroot.invalid/peers/istio/cmd/mtls-probe"
 )
-all=(etcd kube-apiserver kube-controller-manager cert-manager-controller cert-manager-webhook)
+all=(etcd kube-apiserver kube-controller-manager cert-manager-controller cert-manager-webhook
+  pilot-discovery istio-ca-client mtls-probe)
+crd_sets=(cert-manager-crds istio-crds)
 
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all[@]}")
 for c in "${wanted[@]}"; do
-  [ "$c" = cert-manager-crds ] || [ -n "${pkg[$c]:-}" ] || die "unknown component '$c' (known: ${all[*]} cert-manager-crds)"
+  [[ " ${crd_sets[*]} " == *" $c "* ]] || [ -n "${pkg[$c]:-}" ] || die "unknown component '$c' (known: ${all[*]} ${crd_sets[*]})"
 done
 
 # Cache key: pins + recipe + toolchain.
 key=$(
   {
     go env GOVERSION GOOS GOARCH
-    for f in "$harness"/*/go.mod "$harness"/*/go.sum; do
+    for f in $(find "$harness" -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) | LC_ALL=C sort); do
       printf '== %s\n' "${f#"$harness"/}"
       cat "$f"
     done
@@ -89,17 +100,22 @@ ldflags_for() { # <harness-dir>
       v=$(cd "$harness/cert-manager" && go list -m -f '{{.Version}}' github.com/cert-manager/cert-manager)
       printf ' -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=%s' "$v"
       ;;
+    istio)
+      v=$(cd "$harness/istio" && go list -m -f '{{.Version}}' istio.io/istio)
+      printf ' -X istio.io/istio/pkg/version.buildVersion=%s' "$v"
+      ;;
   esac
 }
 
-need_crds=false
+need_crds=false need_istio_crds=false
 for c in "${wanted[@]}"; do
-  if [ "$c" = cert-manager-crds ]; then
-    need_crds=true
-    continue
-  fi
+  case $c in
+    cert-manager-crds) need_crds=true; continue ;;
+    istio-crds) need_istio_crds=true; continue ;;
+  esac
   read -r dir p <<<"${pkg[$c]}"
   [ "$dir" = cert-manager ] && need_crds=true
+  [ "$c" = pilot-discovery ] && need_istio_crds=true
   if [ -x "$bin/$c" ]; then
     log "$c: up to date"
     continue
@@ -132,6 +148,19 @@ if $need_crds && [ ! -e "$out/crds/cert-manager/.done" ]; then
   ! grep -l '{{' "$out"/crds/cert-manager/*.yaml >&2 || die "unrendered template in CRDs"
   touch "$out/crds/cert-manager/.done"
   log "cert-manager CRDs: $out/crds/cert-manager"
+fi
+
+# Istio's CRDs from the istio.io/api version the istiod harness resolves.
+if $need_istio_crds && [ ! -s "$out/crds/istio/istio.yaml" ]; then
+  src=$(cd "$harness/istio" &&
+    go mod download istio.io/api >&2 &&
+    go list -m -f '{{.Dir}}' istio.io/api)
+  [ -f "$src/kubernetes/customresourcedefinitions.gen.yaml" ] || die "no kubernetes/customresourcedefinitions.gen.yaml in $src"
+  mkdir -p "$out/crds/istio"
+  cp "$src/kubernetes/customresourcedefinitions.gen.yaml" "$out/crds/istio/.istio.yaml.tmp"
+  chmod 644 "$out/crds/istio/.istio.yaml.tmp"
+  mv -f "$out/crds/istio/.istio.yaml.tmp" "$out/crds/istio/istio.yaml"
+  log "Istio CRDs: $out/crds/istio/istio.yaml"
 fi
 
 echo "$bin"

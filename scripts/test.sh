@@ -65,9 +65,10 @@ export MESHROOT_HELM
 "$MESHROOT_HELM" version --short
 
 # The real-cluster tier (tests/real) runs these; the first build takes minutes, then the cache serves.
-step "real peers: etcd, kube-apiserver, kube-controller-manager, cert-manager (controller, webhook, CRDs) from their Go modules (scripts/build-peers.sh)"
+step "real peers: etcd, kube-apiserver, kube-controller-manager, cert-manager (controller, webhook, CRDs), istiod and Istio's CA client from their Go modules (scripts/build-peers.sh)"
 command -v go >/dev/null 2>&1 || { echo "error: Go is required to build the real-cluster tier's peers" >&2; exit 1; }
-MESHROOT_PEERS=$(MESHROOT_CACHE_DIR="$cache" ./scripts/build-peers.sh etcd kube-apiserver kube-controller-manager cert-manager-controller cert-manager-webhook)
+MESHROOT_PEERS=$(MESHROOT_CACHE_DIR="$cache" ./scripts/build-peers.sh etcd kube-apiserver kube-controller-manager \
+  cert-manager-controller cert-manager-webhook pilot-discovery istio-ca-client mtls-probe)
 export MESHROOT_PEERS
 
 step "cargo test (every crate and tier, all features: bench, fuzz seeds, the real cluster)"

@@ -23,8 +23,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The peers this tier runs (scripts/test.sh builds the same list).
-const PEER_COMPONENTS: [&str; 5] =
-    ["etcd", "kube-apiserver", "kube-controller-manager", "cert-manager-controller", "cert-manager-webhook"];
+const PEER_COMPONENTS: [&str; 8] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "cert-manager-controller",
+    "cert-manager-webhook",
+    "pilot-discovery",
+    "istio-ca-client",
+    "mtls-probe",
+];
 
 /// The directory holding the peer binaries: `MESHROOT_PEERS`, or what
 /// scripts/build-peers.sh builds (cached; seconds when up to date).
@@ -50,13 +58,28 @@ pub fn cert_manager_crds() -> PathBuf {
     peers().parent().unwrap().join("crds/cert-manager")
 }
 
+/// Istio's CRDs, from the istio.io/api version istiod was built against.
+pub fn istio_crds() -> PathBuf {
+    peers().parent().unwrap().join("crds/istio")
+}
+
+/// A free loopback port.
+pub fn free_loopback_port() -> u16 {
+    free_port()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Process {
-    name: &'static str,
+    /// What the tests call it (the binary's name unless it runs twice).
+    name: String,
+    binary: &'static str,
     args: Vec<String>,
+    /// The working directory (istiod reads files relative to it) and environment.
+    cwd: Option<PathBuf>,
+    env: Vec<(String, String)>,
     child: Child,
     log: PathBuf,
 }
@@ -99,7 +122,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Each process dies with its handle; the logs are read after.
         let processes = std::mem::take(&mut self.processes);
-        let logs: Vec<(&'static str, PathBuf)> = processes.iter().map(|p| (p.name, p.log.clone())).collect();
+        let logs: Vec<(String, PathBuf)> = processes.iter().map(|p| (p.name.clone(), p.log.clone())).collect();
         drop(processes);
         if std::thread::panicking() {
             for (name, log) in &logs {
@@ -198,18 +221,29 @@ async fn client_from(path: &Path) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-fn spawn(dir: &Path, name: &'static str, args: &[String]) -> Process {
+fn spawn(dir: &Path, binary: &'static str, args: &[String]) -> Process {
+    spawn_as(dir, binary.to_string(), binary, args, None, Vec::new())
+}
+
+fn spawn_as(
+    dir: &Path,
+    name: String,
+    binary: &'static str,
+    args: &[String],
+    cwd: Option<PathBuf>,
+    env: Vec<(String, String)>,
+) -> Process {
     let log = dir.join(format!("{name}.log"));
     // Appended to: a restarted process keeps one log.
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-    let child = Command::new(peers().join(name))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    Process { name, args: args.to_vec(), child, log }
+    let mut command = Command::new(peers().join(binary));
+    command.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
+    if let Some(cwd) = &cwd {
+        command.current_dir(cwd);
+    }
+    let child =
+        command.stdout(out.try_clone().unwrap()).stderr(out).spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    Process { name, binary, args: args.to_vec(), cwd, env, child, log }
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut ready: impl AsyncFnMut() -> bool) {
@@ -491,7 +525,32 @@ impl Cluster {
     pub fn restart(&mut self, process: &str) {
         let dir = self.dir.path().to_path_buf();
         let p = self.processes.iter_mut().find(|p| p.name == process).expect("a process of the cluster");
-        *p = spawn(&dir, p.name, &p.args);
+        *p = spawn_as(&dir, p.name.clone(), p.binary, &p.args, p.cwd.clone(), p.env.clone());
+    }
+
+    /// Runs peer `binary` as `name` in `cwd` with `env` added; a running
+    /// process of that name is killed first (a restart with a new
+    /// configuration). It dies with the cluster, and its log is printed
+    /// when a test fails.
+    pub fn run(&mut self, name: &str, binary: &'static str, args: &[String], cwd: &Path, env: &[(&str, String)]) {
+        if let Some(i) = self.processes.iter().position(|p| p.name == name) {
+            drop(self.processes.remove(i));
+        }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let process = spawn_as(self.dir.path(), name.to_string(), binary, args, Some(cwd.to_path_buf()), env);
+        self.processes.push(process);
+    }
+
+    /// A directory of this cluster's own (kept with its logs when a test fails).
+    pub fn subdir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The admin's kubeconfig (system:masters).
+    pub fn admin_kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
     }
 
     /// Stops (SIGSTOP) or resumes (SIGCONT) `process`, as a hung server.

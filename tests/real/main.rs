@@ -1,6 +1,6 @@
-//! The real-cluster tier: meshroot against etcd, kube-apiserver and
-//! kube-controller-manager built from their Go modules (scripts/build-peers.sh),
-//! on loopback. What the fake API server models, checked against the real
+//! The real-cluster tier: meshroot against etcd, kube-apiserver,
+//! kube-controller-manager, cert-manager and istiod built from their Go modules
+//! (scripts/build-peers.sh), on loopback, with Istio's own CA client. What the fake API server models, checked against the real
 //! thing, and what it cannot model (RBAC as the authorizer evaluates it, real
 //! service-account tokens, validation, a hung server). Needs Go; run it with
 //! `cargo test --features real-cluster --test real` (scripts/test.sh runs it).
@@ -13,6 +13,7 @@ mod cert_manager;
 mod chart;
 mod cluster;
 mod faults;
+mod istio;
 mod leader;
 mod replicas;
 mod rollout;

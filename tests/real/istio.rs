@@ -1,0 +1,436 @@
+//! Real Istio: istiod (`pilot-discovery`, built from the istio.io/istio
+//! module), workloads that get their certificates through Istio's own CA
+//! client (`istio-ca-client`, our program around Istio's `citadel` client
+//! package, with real pod-bound tokens), and a Go `crypto/tls` mutual-TLS
+//! check between two workloads (`mtls-probe`). Both in tests/peers/istio.
+//!
+//! The problem meshroot exists for, reproduced and then fixed with the steps
+//! of docs/openshift.md: the Service Mesh istiod (`istio-system`) and the
+//! Gateway API istiod (`openshift-ingress`, revision `openshift-gateway`) each
+//! sign with a CA of their own, so a gateway and a mesh workload cannot
+//! complete a mutual-TLS handshake.
+
+use crate::chart::{self, NS, ROOT_SECRET};
+use crate::cluster::{Cluster, Options, free_loopback_port, istio_crds, peers};
+use crate::serve::{condition, mesh_api, secret, secret_text};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use meshroot::pki::TrustBundle;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The ConfigMap the gateway istiod writes its root to (`PILOT_CA_CERT_CONFIGMAP`): a name of its
+/// own, or the two istiods would overwrite each other's `istio-ca-root-cert`.
+const GATEWAY_ROOT_CONFIGMAP: &str = "openshift-gateway-ca-root-cert";
+
+/// Polls `f` until it answers, for at most `timeout` (istiod starts in seconds to a minute on
+/// a loaded two-core machine).
+async fn within<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One istiod run out of cluster, as the admin.
+struct Istiod {
+    namespace: &'static str,
+    /// The secure gRPC port (15012 in a cluster): xDS and, with its CA server on, the CA.
+    secure: u16,
+}
+
+/// How an istiod is configured: its CA server, its files (relative to its working directory, as
+/// a pod's mounts would place them) and its environment.
+struct IstiodSetup {
+    ca_server: bool,
+    files: Vec<(String, String)>,
+    revision: Option<&'static str>,
+    root_configmap: Option<&'static str>,
+}
+
+/// Starts (or restarts, with a new setup) istiod `name` in `namespace` and waits until it is ready.
+async fn start_istiod(cluster: &mut Cluster, name: &str, namespace: &'static str, setup: IstiodSetup) -> Istiod {
+    let cwd = cluster.subdir(name);
+    for tree in ["var", "etc"] {
+        let _ = std::fs::remove_dir_all(cwd.join(tree));
+    }
+    for (path, contents) in &setup.files {
+        let path = cwd.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    let [http, grpc, secure, monitoring, https, ctrlz] = std::array::from_fn(|_| free_loopback_port());
+    let args: Vec<String> = vec![
+        "discovery".into(),
+        format!("--kubeconfig={}", cluster.admin_kubeconfig().display()),
+        format!("--namespace={namespace}"),
+        "--clusterID=Kubernetes".into(),
+        format!("--httpAddr=127.0.0.1:{http}"),
+        format!("--grpcAddr=127.0.0.1:{grpc}"),
+        format!("--secureGRPCAddr=127.0.0.1:{secure}"),
+        format!("--monitoringAddr=127.0.0.1:{monitoring}"),
+        format!("--httpsAddr=127.0.0.1:{https}"),
+        format!("--ctrlz_port={ctrlz}"),
+        "--ctrlz_address=127.0.0.1".into(),
+    ];
+    let mut env = vec![
+        ("POD_NAMESPACE", namespace.to_string()),
+        ("POD_NAME", format!("{name}-0")),
+        ("ENABLE_CA_SERVER", setup.ca_server.to_string()),
+        ("PILOT_ENABLE_GATEWAY_API", "false".to_string()),
+    ];
+    if let Some(revision) = setup.revision {
+        env.push(("REVISION", revision.to_string()));
+    }
+    if let Some(configmap) = setup.root_configmap {
+        env.push(("PILOT_CA_CERT_CONFIGMAP", configmap.to_string()));
+    }
+    cluster.run(name, "pilot-discovery", &args, &cwd, &env);
+    let ready = std::net::SocketAddr::from(([127, 0, 0, 1], http));
+    within(&format!("{name} ready"), Duration::from_secs(120), async || {
+        tokio::net::TcpStream::connect(ready).await.ok()?;
+        crate::support::http_get(ready, "/ready").await.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    Istiod { namespace, secure }
+}
+
+/// A workload: a pod of service account `namespace/sa` on node-1, and its `istio-ca` token.
+struct Workload {
+    namespace: &'static str,
+    sa: &'static str,
+    token: String,
+}
+
+impl Workload {
+    async fn create(cluster: &Cluster, namespace: &'static str, sa: &'static str) -> Workload {
+        cluster.service_account(namespace, sa).await;
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("{sa}-1")},
+            "spec": {"nodeName": "node-1", "serviceAccountName": sa, "containers": [{"name": "app", "image": sa}]},
+        }))
+        .unwrap();
+        let pod = Api::<Pod>::namespaced(cluster.admin.clone(), namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+        let bound = (format!("{sa}-1"), pod.metadata.uid.unwrap());
+        let token = cluster.token(namespace, sa, &["istio-ca"], Some((&bound.0, &bound.1))).await;
+        Workload { namespace, sa, token }
+    }
+
+    fn identity(&self) -> String {
+        format!("spiffe://cluster.local/ns/{}/sa/{}", self.namespace, self.sa)
+    }
+
+    /// A certificate from the CA at `127.0.0.1:port` through Istio's CA client, as pilot-agent asks
+    /// (RSA-2048, the ClusterID header, its token); the CA's serving certificate must chain to
+    /// `ca_roots` under `server_name`. The files land in `<cluster>/<label>`.
+    async fn certificate(
+        &self,
+        cluster: &Cluster,
+        label: &str,
+        port: u16,
+        server_name: &str,
+        ca_roots: &str,
+    ) -> Result<PathBuf, String> {
+        let out = cluster.subdir(label);
+        let (token, roots) = (out.join("token"), out.join("ca-roots.pem"));
+        std::fs::write(&token, &self.token).unwrap();
+        std::fs::write(&roots, ca_roots).unwrap();
+        let run = tokio::process::Command::new(peers().join("istio-ca-client"))
+            .arg(format!("--ca-addr=127.0.0.1:{port}"))
+            .arg(format!("--server-name={server_name}"))
+            .arg(format!("--root-cert={}", roots.display()))
+            .arg(format!("--token-file={}", token.display()))
+            .arg(format!("--spiffe={}", self.identity()))
+            .arg("--key=rsa")
+            .arg("--cluster-id=Kubernetes")
+            .arg(format!("--out-dir={}", out.display()))
+            .output()
+            .await
+            .unwrap();
+        if run.status.success() {
+            Ok(out)
+        } else {
+            Err(format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr)))
+        }
+    }
+}
+
+/// A mutual-TLS handshake between workload `server` and workload `client` (directories holding
+/// `cert-chain.pem` and `key.pem`), each trusting only its own roots: "OK …" or the refusal.
+fn handshake(server: &Path, server_trusts: &str, client: &Path, client_trusts: &str) -> Result<String, String> {
+    let trusts = |dir: &Path, pem: &str| {
+        let path = dir.join("trusts.pem");
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let (server_ca, client_ca) = (trusts(server, server_trusts), trusts(client, client_trusts));
+    let run = std::process::Command::new(peers().join("mtls-probe"))
+        .arg(format!("--a-cert={}", server.join("cert-chain.pem").display()))
+        .arg(format!("--a-key={}", server.join("key.pem").display()))
+        .arg(format!("--a-ca={}", server_ca.display()))
+        .arg(format!("--b-cert={}", client.join("cert-chain.pem").display()))
+        .arg(format!("--b-key={}", client.join("key.pem").display()))
+        .arg(format!("--b-ca={}", client_ca.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
+    if run.status.success() { Ok(text) } else { Err(text) }
+}
+
+async fn configmap_pem(cluster: &Cluster, namespace: &str, name: &str) -> Option<String> {
+    let cm = Api::<ConfigMap>::namespaced(cluster.admin.clone(), namespace).get_opt(name).await.ok()??;
+    cm.data?.get("root-cert.pem").cloned()
+}
+
+async fn secret_key(cluster: &Cluster, namespace: &str, name: &str, key: &str) -> Option<String> {
+    secret_text(&secret(cluster, namespace, name).await?, key)
+}
+
+/// The leaf of a workload's `cert-chain.pem` verifies against `roots` (intermediates from the chain).
+fn chains_to(workload: &Path, roots: &TrustBundle) -> bool {
+    let pem = std::fs::read(workload.join("cert-chain.pem")).unwrap();
+    let chain = meshroot::pki::pem::decode_certificates(&pem, 1 << 20).unwrap();
+    roots.verify(&chain[0], &chain[1..], time::OffsetDateTime::now_utc()).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_istiods_fail_mutual_tls_until_meshroot_gives_them_one_root() {
+    let mut cluster = Cluster::start(Options::default()).await;
+    // The namespaces and meshroot's CRDs and chart objects (inert: meshroot is not running yet).
+    chart::install(&cluster).await;
+    cluster.apply_dir(&istio_crds()).await;
+    cluster.wait_for_crds().await;
+
+    // Before meshroot: each istiod signs with its own self-signed CA.
+    let mesh_setup = || IstiodSetup { ca_server: true, files: Vec::new(), revision: None, root_configmap: None };
+    let gateway_setup = |files| IstiodSetup {
+        ca_server: true,
+        files,
+        revision: Some("openshift-gateway"),
+        root_configmap: Some(GATEWAY_ROOT_CONFIGMAP),
+    };
+    let mesh_istiod = start_istiod(&mut cluster, "istiod", "istio-system", mesh_setup()).await;
+    let gateway_istiod =
+        start_istiod(&mut cluster, "istiod-openshift-gateway", "openshift-ingress", gateway_setup(Vec::new())).await;
+    let sidecar = Workload::create(&cluster, "bookinfo", "reviews").await;
+    let gateway = Workload::create(&cluster, "openshift-ingress", "gateway").await;
+    let wait = Duration::from_secs(60);
+    let old_mesh_roots = within("the mesh istiod's root in bookinfo", wait, async || {
+        configmap_pem(&cluster, "bookinfo", "istio-ca-root-cert").await
+    })
+    .await;
+    let old_gateway_roots = within("the gateway istiod's root in openshift-ingress", wait, async || {
+        configmap_pem(&cluster, "openshift-ingress", GATEWAY_ROOT_CONFIGMAP).await
+    })
+    .await;
+    assert_ne!(old_mesh_roots, old_gateway_roots, "two self-signed CAs");
+    let server_name = |istiod: &Istiod| format!("istiod.{}.svc", istiod.namespace);
+    let old_sidecar = sidecar
+        .certificate(&cluster, "sidecar-before", mesh_istiod.secure, &server_name(&mesh_istiod), &old_mesh_roots)
+        .await
+        .expect("a sidecar certificate from the mesh istiod");
+    let old_gateway = gateway
+        .certificate(
+            &cluster,
+            "gateway-before",
+            gateway_istiod.secure,
+            "istiod-openshift-gateway.openshift-ingress.svc",
+            &old_gateway_roots,
+        )
+        .await
+        .expect("a gateway certificate from the gateway istiod");
+    let refused = handshake(&old_sidecar, &old_mesh_roots, &old_gateway, &old_gateway_roots)
+        .expect_err("two roots: the handshake fails");
+    assert!(refused.contains("certificate signed by unknown authority"), "{refused}");
+
+    // docs/openshift.md step 1: the roots in use today, from each istiod's istio-ca-secret.
+    let old_roots = [
+        secret_key(&cluster, "istio-system", "istio-ca-secret", "ca-cert.pem").await.expect("the mesh root"),
+        secret_key(&cluster, "openshift-ingress", "istio-ca-secret", "ca-cert.pem").await.expect("the gateway root"),
+    ]
+    .concat();
+
+    // Step 2: install meshroot, add the old roots to its bundle, wait for both meshes.
+    let server = chart::serve(&cluster, chart::serve_options("meshroot-0")).await;
+    let root_secret = within("the generated root", wait, async || secret(&cluster, NS, ROOT_SECRET).await).await;
+    let root_pem = secret_text(&root_secret, "tls.crt").unwrap();
+    let ca_crt = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &old_roots);
+    Api::<Secret>::namespaced(cluster.admin.clone(), NS)
+        .patch(ROOT_SECRET, &PatchParams::default(), &Patch::Merge(json!({"data": {"ca.crt": ca_crt}})))
+        .await
+        .unwrap();
+    let meshes = mesh_api(&cluster.admin);
+    for name in ["service-mesh", "gateway-api"] {
+        within(&format!("Mesh {name} Ready with three roots"), wait, async || {
+            let mesh = serde_json::to_value(meshes.get(name).await.ok()?).ok()?;
+            let ready = condition(&mesh, "Ready")?["status"] == "True";
+            (ready && mesh["status"]["rootFingerprints"].as_array()?.len() == 3).then_some(())
+        })
+        .await;
+    }
+    let istiod_tls = within("istiod-tls", wait, async || secret(&cluster, "istio-system", "istiod-tls").await).await;
+    let cacerts = within("cacerts with the bundle", wait, async || {
+        let s = secret(&cluster, "openshift-ingress", "cacerts").await?;
+        secret_text(&s, "root-cert.pem").filter(|pem| pem.contains(old_roots.trim())).map(|_| s)
+    })
+    .await;
+    // istiod's CA server is still on, and it writes its own root to istio-ca-root-cert too:
+    // meshroot sees the contest in managedFields, reports it, and rewrites those ConfigMaps only
+    // once a resync (1 s here, 60 s by default) instead of trading writes with istiod.
+    let contest = within("the contest reported on the Mesh", wait, async || {
+        let mesh = serde_json::to_value(meshes.get("service-mesh").await.ok()?).ok()?;
+        let c = condition(&mesh, "RootConfigMapsContested")?;
+        (c["status"] == "True").then(|| c["message"].as_str().unwrap_or_default().to_string())
+    })
+    .await;
+    assert!(contest.contains("ENABLE_CA_SERVER=false"), "{contest}");
+    let writes = |cluster: &Cluster| {
+        let (mut meshroot, mut others) = (0, 0);
+        for e in cluster.audit_events() {
+            let verb = e["verb"].as_str().unwrap_or_default();
+            let name = e["objectRef"]["name"].as_str().unwrap_or_default();
+            if e["objectRef"]["resource"] == "configmaps"
+                && name == "istio-ca-root-cert"
+                && ["update", "patch"].contains(&verb)
+            {
+                if e["user"]["username"] == format!("system:serviceaccount:{NS}:{}", chart::SERVICE_ACCOUNT) {
+                    meshroot += 1;
+                } else {
+                    others += 1;
+                }
+            }
+        }
+        (meshroot, others)
+    };
+    let (meshroot_before, others_before) = writes(&cluster);
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let (meshroot_after, others_after) = writes(&cluster);
+    let (by_meshroot, by_istiod) = (meshroot_after - meshroot_before, others_after - others_before);
+    eprintln!(
+        "contest over {window:?}: meshroot wrote istio-ca-root-cert {by_meshroot} times, istiod {by_istiod}: {contest}"
+    );
+    // bookinfo and istio-system, at most once a second each (and one pass in flight).
+    assert!(by_meshroot <= 2 * (window.as_secs() as usize + 1), "{by_meshroot} writes in {window:?}");
+
+    // Step 3: the mesh istiod stops signing and serves meshroot's istiod-tls, mounted where its
+    // chart mounts it, with istio-system's root ConfigMap.
+    let file = |s: &Secret, key: &str| secret_text(s, key).unwrap();
+    let mesh_istiod = start_istiod(
+        &mut cluster,
+        "istiod",
+        "istio-system",
+        IstiodSetup {
+            ca_server: false,
+            files: vec![
+                ("var/run/secrets/istiod/tls/tls.crt".into(), file(&istiod_tls, "tls.crt")),
+                ("var/run/secrets/istiod/tls/tls.key".into(), file(&istiod_tls, "tls.key")),
+                // The bundle, as kubelet projects istio-system's root ConfigMap once meshroot holds it.
+                ("var/run/secrets/istiod/ca/root-cert.pem".into(), [root_pem.as_str(), &old_roots].concat()),
+            ],
+            ..mesh_setup()
+        },
+    )
+    .await;
+    // Step 4.1: the gateway istiod restarts on cacerts.
+    let cacerts_files = ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"]
+        .map(|key| (format!("etc/cacerts/{key}"), file(&cacerts, key)));
+    let gateway_istiod = start_istiod(
+        &mut cluster,
+        "istiod-openshift-gateway",
+        "openshift-ingress",
+        gateway_setup(cacerts_files.to_vec()),
+    )
+    .await;
+    // With istiod's CA server off, meshroot's next rewrite holds: the contest ends.
+    let mesh_bundle = within("bookinfo's root ConfigMap with the bundle", wait, async || {
+        configmap_pem(&cluster, "bookinfo", "istio-ca-root-cert").await.filter(|pem| pem.contains(root_pem.trim()))
+    })
+    .await;
+    within("istio-system's root ConfigMap with the bundle", wait, async || {
+        configmap_pem(&cluster, "istio-system", "istio-ca-root-cert").await.filter(|pem| pem.contains(root_pem.trim()))
+    })
+    .await;
+    within("the contest over", wait, async || {
+        let mesh = serde_json::to_value(meshes.get("service-mesh").await.ok()?).ok()?;
+        (condition(&mesh, "RootConfigMapsContested")?["status"] == "False").then_some(())
+    })
+    .await;
+    let gateway_bundle = within("the gateway istiod's root ConfigMap with the bundle", wait, async || {
+        configmap_pem(&cluster, "openshift-ingress", GATEWAY_ROOT_CONFIGMAP)
+            .await
+            .filter(|pem| pem.contains(root_pem.trim()))
+    })
+    .await;
+
+    // Steps 4.2 and 4.3: restarted workloads ask again: the sidecar meshroot, the gateway its istiod.
+    let new_sidecar = sidecar
+        .certificate(&cluster, "sidecar-after", server.grpc_addr.port(), "localhost", &mesh_bundle)
+        .await
+        .expect("a sidecar certificate from meshroot");
+    let new_gateway = gateway
+        .certificate(
+            &cluster,
+            "gateway-after",
+            gateway_istiod.secure,
+            "istiod-openshift-gateway.openshift-ingress.svc",
+            &gateway_bundle,
+        )
+        .await
+        .expect("a gateway certificate from the gateway istiod on cacerts");
+    let root = TrustBundle::from_pem(root_pem.as_bytes()).unwrap();
+    assert!(chains_to(&new_sidecar, &root), "the sidecar's certificate is under meshroot's root");
+    assert!(chains_to(&new_gateway, &root), "the gateway's certificate is under meshroot's root");
+
+    // Mutual TLS now works both ways, each side trusting only what its mesh distributes.
+    for (server_side, server_trusts, client_side, client_trusts) in [
+        (&new_sidecar, &mesh_bundle, &new_gateway, &gateway_bundle),
+        (&new_gateway, &gateway_bundle, &new_sidecar, &mesh_bundle),
+    ] {
+        let ok = handshake(server_side, server_trusts, client_side, client_trusts)
+            .expect("one root: the handshake succeeds");
+        assert!(ok.starts_with("OK"), "{ok}");
+    }
+
+    // A sidecar not yet restarted still trusts only the root its CA answered with (pilot-agent
+    // takes the workload trust from that answer): it refuses a restarted peer of its own mesh,
+    // although the restarted one would accept it (its bundle holds the old roots).
+    let refused = handshake(&old_sidecar, &old_mesh_roots, &new_sidecar, &mesh_bundle)
+        .expect_err("an old sidecar refuses a new one");
+    assert!(refused.contains("certificate signed by unknown authority"), "{refused}");
+
+    // The mesh istiod serves xDS with meshroot's istiod-tls, verified against the root.
+    let served = served_certificate(mesh_istiod.secure, "istiod.istio-system.svc", &root_pem).await;
+    let issued = meshroot::pki::pem::decode_certificates(file(&istiod_tls, "tls.crt").as_bytes(), 1 << 20).unwrap();
+    assert_eq!(served, issued[0].to_vec(), "istiod serves meshroot's istiod-tls");
+}
+
+/// The leaf certificate served on `127.0.0.1:port` to a client that verifies it against `roots` as `name`.
+async fn served_certificate(port: u16, name: &str, roots: &str) -> Vec<u8> {
+    use rustls::pki_types::ServerName;
+    let mut store = rustls::RootCertStore::empty();
+    for root in meshroot::pki::pem::decode_certificates(roots.as_bytes(), 1 << 20).unwrap() {
+        store.add(root).unwrap();
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+        .await
+        .expect("istiod's serving certificate verifies against the root");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
