@@ -100,7 +100,7 @@ async fn start_istiod(cluster: &mut Cluster, name: &str, namespace: &'static str
     Istiod { namespace, secure }
 }
 
-/// A workload: a pod of service account `namespace/sa` on node-1, and its `istio-ca` token.
+/// A workload: a pod of service account `namespace/sa` on a node, and its `istio-ca` token.
 struct Workload {
     namespace: &'static str,
     sa: &'static str,
@@ -109,10 +109,14 @@ struct Workload {
 
 impl Workload {
     async fn create(cluster: &Cluster, namespace: &'static str, sa: &'static str) -> Workload {
+        Self::on_node(cluster, namespace, sa, "node-1").await
+    }
+
+    async fn on_node(cluster: &Cluster, namespace: &'static str, sa: &'static str, node: &str) -> Workload {
         cluster.service_account(namespace, sa).await;
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": format!("{sa}-1")},
-            "spec": {"nodeName": "node-1", "serviceAccountName": sa, "containers": [{"name": "app", "image": sa}]},
+            "spec": {"nodeName": node, "serviceAccountName": sa, "containers": [{"name": "app", "image": sa}]},
         }))
         .unwrap();
         let pod = Api::<Pod>::namespaced(cluster.admin.clone(), namespace)
@@ -139,27 +143,54 @@ impl Workload {
         server_name: &str,
         ca_roots: &str,
     ) -> Result<PathBuf, String> {
-        let out = cluster.subdir(label);
-        let (token, roots) = (out.join("token"), out.join("ca-roots.pem"));
-        std::fs::write(&token, &self.token).unwrap();
-        std::fs::write(&roots, ca_roots).unwrap();
-        let run = tokio::process::Command::new(peers().join("istio-ca-client"))
-            .arg(format!("--ca-addr=127.0.0.1:{port}"))
-            .arg(format!("--server-name={server_name}"))
-            .arg(format!("--root-cert={}", roots.display()))
-            .arg(format!("--token-file={}", token.display()))
-            .arg(format!("--spiffe={}", self.identity()))
-            .arg("--key=rsa")
-            .arg("--cluster-id=Kubernetes")
-            .arg(format!("--out-dir={}", out.display()))
-            .output()
-            .await
-            .unwrap();
-        if run.status.success() {
-            Ok(out)
-        } else {
-            Err(format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr)))
-        }
+        let args = [format!("--spiffe={}", self.identity()), "--key=rsa".to_string()];
+        istio_ca_client(cluster, label, port, server_name, ca_roots, &self.token, &args).await
+    }
+
+    /// A certificate for `target`, asked for by this workload as a node proxy, the way ztunnel
+    /// asks (P-256, empty subject, `ImpersonatedIdentity` in the request's metadata).
+    async fn impersonating(
+        &self,
+        target: &Workload,
+        cluster: &Cluster,
+        label: &str,
+        port: u16,
+        ca_roots: &str,
+    ) -> Result<PathBuf, String> {
+        let args = [format!("--impersonate={}", target.identity())];
+        istio_ca_client(cluster, label, port, "localhost", ca_roots, &self.token, &args).await
+    }
+}
+
+/// Runs Istio's CA client against `127.0.0.1:port` with `token`; its files land in `<cluster>/<label>`.
+async fn istio_ca_client(
+    cluster: &Cluster,
+    label: &str,
+    port: u16,
+    server_name: &str,
+    ca_roots: &str,
+    token: &str,
+    args: &[String],
+) -> Result<PathBuf, String> {
+    let out = cluster.subdir(label);
+    let (token_file, roots) = (out.join("token"), out.join("ca-roots.pem"));
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::write(&roots, ca_roots).unwrap();
+    let run = tokio::process::Command::new(peers().join("istio-ca-client"))
+        .arg(format!("--ca-addr=127.0.0.1:{port}"))
+        .arg(format!("--server-name={server_name}"))
+        .arg(format!("--root-cert={}", roots.display()))
+        .arg(format!("--token-file={}", token_file.display()))
+        .arg("--cluster-id=Kubernetes")
+        .arg(format!("--out-dir={}", out.display()))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    if run.status.success() {
+        Ok(out)
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr)))
     }
 }
 
@@ -408,13 +439,69 @@ async fn two_istiods_fail_mutual_tls_until_meshroot_gives_them_one_root() {
     assert!(refused.contains("certificate signed by unknown authority"), "{refused}");
 
     // The mesh istiod serves xDS with meshroot's istiod-tls, verified against the root.
+    let leaf = |s: &Secret| {
+        meshroot::pki::pem::decode_certificates(file(s, "tls.crt").as_bytes(), 1 << 20).unwrap()[0].to_vec()
+    };
     let served = served_certificate(mesh_istiod.secure, "istiod.istio-system.svc", &root_pem).await;
-    let issued = meshroot::pki::pem::decode_certificates(file(&istiod_tls, "tls.crt").as_bytes(), 1 << 20).unwrap();
-    assert_eq!(served, issued[0].to_vec(), "istiod serves meshroot's istiod-tls");
+    assert_eq!(served, Some(leaf(&istiod_tls)), "istiod serves meshroot's istiod-tls");
+
+    // A renewed istiod-tls (here the Secret is deleted and meshroot issues it again), projected
+    // into istiod's files as kubelet does (written aside, then renamed into place): istiod serves
+    // it without a restart.
+    Api::<Secret>::namespaced(cluster.admin.clone(), "istio-system")
+        .delete("istiod-tls", &Default::default())
+        .await
+        .unwrap();
+    let renewed = within("istiod-tls issued again", wait, async || {
+        secret(&cluster, "istio-system", "istiod-tls").await.filter(|s| leaf(s) != leaf(&istiod_tls))
+    })
+    .await;
+    let tls_dir = cluster.subdir("istiod").join("var/run/secrets/istiod/tls");
+    for key in ["tls.key", "tls.crt"] {
+        let aside = tls_dir.join(format!(".{key}.new"));
+        std::fs::write(&aside, file(&renewed, key)).unwrap();
+        std::fs::rename(&aside, tls_dir.join(key)).unwrap();
+    }
+    within("istiod serving the renewed istiod-tls", wait, async || {
+        let served = served_certificate(mesh_istiod.secure, "istiod.istio-system.svc", &root_pem).await;
+        (served == Some(leaf(&renewed))).then_some(())
+    })
+    .await;
 }
 
-/// The leaf certificate served on `127.0.0.1:port` to a client that verifies it against `roots` as `name`.
-async fn served_certificate(port: u16, name: &str, roots: &str) -> Vec<u8> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ztunnel_asks_for_pods_on_its_node_only_through_istios_client() {
+    let cluster = Cluster::start(Options::default()).await;
+    chart::install(&cluster).await;
+    let server = chart::serve(&cluster, chart::serve_options("meshroot-0")).await;
+    let wait = Duration::from_secs(60);
+    let root_pem =
+        within("the generated root", wait, async || secret_text(&secret(&cluster, NS, ROOT_SECRET).await?, "tls.crt"))
+            .await;
+    // The chart's External mesh trusts istio-system/ztunnel as a node proxy.
+    let ztunnel = Workload::on_node(&cluster, "istio-system", "ztunnel", "node-1").await;
+    let reviews = Workload::on_node(&cluster, "bookinfo", "reviews", "node-1").await;
+    let ratings = Workload::on_node(&cluster, "bookinfo", "ratings", "node-2").await;
+    let port = server.grpc_addr.port();
+    let issued = within("reviews' certificate through ztunnel", wait, async || {
+        ztunnel.impersonating(&reviews, &cluster, "ztunnel-reviews", port, &root_pem).await.ok()
+    })
+    .await;
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(issued.join("response.json")).unwrap()).unwrap();
+    assert_eq!(summary["summary"]["leaf"]["uris"], json!([reviews.identity()]));
+    assert_eq!(summary["summary"]["verified"], true);
+    let root = TrustBundle::from_pem(root_pem.as_bytes()).unwrap();
+    assert!(chains_to(&issued, &root));
+    // ratings runs on node-2: not ztunnel's to ask for.
+    let refused = ztunnel.impersonating(&ratings, &cluster, "ztunnel-ratings", port, &root_pem).await.unwrap_err();
+    assert!(refused.contains("code = Unauthenticated"), "{refused}");
+    assert!(refused.contains("node"), "the refusal says why: {refused}");
+}
+
+/// The leaf certificate served on `127.0.0.1:port` to a client that verifies it against `roots`
+/// as `name`; None if that verification or the connection fails.
+async fn served_certificate(port: u16, name: &str, roots: &str) -> Option<Vec<u8>> {
     use rustls::pki_types::ServerName;
     let mut store = rustls::RootCertStore::empty();
     for root in meshroot::pki::pem::decode_certificates(roots.as_bytes(), 1 << 20).unwrap() {
@@ -427,10 +514,10 @@ async fn served_certificate(port: u16, name: &str, roots: &str) -> Vec<u8> {
             .with_root_certificates(store)
             .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
         .await
-        .expect("istiod's serving certificate verifies against the root");
-    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        .ok()?;
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
 }

@@ -2,7 +2,7 @@
 // (istiod = pilot-discovery) from the published istio.io/istio module, plus two
 // small test programs of our own (cmd/istio-ca-client, cmd/mtls-probe).
 // Why a separate module: istio.io/istio pins its own k8s.io/* and grpc versions;
-// keeping it apart from the Kubernetes / cert-manager / istio-csr harnesses avoids
+// keeping it apart from the Kubernetes and cert-manager harnesses avoids
 // minimal-version-selection conflicts. Nothing from Istio is copied here; the
 // sources come from the Go module proxy.
 //
