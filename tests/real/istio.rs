@@ -26,7 +26,7 @@ const GATEWAY_ROOT_CONFIGMAP: &str = "openshift-gateway-ca-root-cert";
 
 /// Polls `f` until it answers, for at most `timeout` (istiod starts in seconds to a minute on
 /// a loaded two-core machine).
-async fn within<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn within<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let started = Instant::now();
     loop {
         if let Some(v) = f().await {
@@ -38,23 +38,30 @@ async fn within<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Op
 }
 
 /// One istiod run out of cluster, as the admin.
-struct Istiod {
-    namespace: &'static str,
+pub(crate) struct Istiod {
+    pub(crate) namespace: &'static str,
     /// The secure gRPC port (15012 in a cluster): xDS and, with its CA server on, the CA.
-    secure: u16,
+    pub(crate) secure: u16,
 }
 
 /// How an istiod is configured: its CA server, its files (relative to its working directory, as
 /// a pod's mounts would place them) and its environment.
-struct IstiodSetup {
-    ca_server: bool,
-    files: Vec<(String, String)>,
-    revision: Option<&'static str>,
-    root_configmap: Option<&'static str>,
+pub(crate) struct IstiodSetup {
+    pub(crate) ca_server: bool,
+    pub(crate) files: Vec<(String, String)>,
+    pub(crate) revision: Option<&'static str>,
+    pub(crate) root_configmap: Option<&'static str>,
+    /// More `pilot-discovery discovery` flags.
+    pub(crate) extra_args: Vec<String>,
 }
 
 /// Starts (or restarts, with a new setup) istiod `name` in `namespace` and waits until it is ready.
-async fn start_istiod(cluster: &mut Cluster, name: &str, namespace: &'static str, setup: IstiodSetup) -> Istiod {
+pub(crate) async fn start_istiod(
+    cluster: &mut Cluster,
+    name: &str,
+    namespace: &'static str,
+    setup: IstiodSetup,
+) -> Istiod {
     let cwd = cluster.subdir(name);
     for tree in ["var", "etc"] {
         let _ = std::fs::remove_dir_all(cwd.join(tree));
@@ -78,6 +85,7 @@ async fn start_istiod(cluster: &mut Cluster, name: &str, namespace: &'static str
         format!("--ctrlz_port={ctrlz}"),
         "--ctrlz_address=127.0.0.1".into(),
     ];
+    let args: Vec<String> = args.into_iter().chain(setup.extra_args.iter().cloned()).collect();
     let mut env = vec![
         ("POD_NAMESPACE", namespace.to_string()),
         ("POD_NAME", format!("{name}-0")),
@@ -101,14 +109,14 @@ async fn start_istiod(cluster: &mut Cluster, name: &str, namespace: &'static str
 }
 
 /// A workload: a pod of service account `namespace/sa` on a node, and its `istio-ca` token.
-struct Workload {
+pub(crate) struct Workload {
     namespace: &'static str,
     sa: &'static str,
-    token: String,
+    pub(crate) token: String,
 }
 
 impl Workload {
-    async fn create(cluster: &Cluster, namespace: &'static str, sa: &'static str) -> Workload {
+    pub(crate) async fn create(cluster: &Cluster, namespace: &'static str, sa: &'static str) -> Workload {
         Self::on_node(cluster, namespace, sa, "node-1").await
     }
 
@@ -128,7 +136,7 @@ impl Workload {
         Workload { namespace, sa, token }
     }
 
-    fn identity(&self) -> String {
+    pub(crate) fn identity(&self) -> String {
         format!("spiffe://cluster.local/ns/{}/sa/{}", self.namespace, self.sa)
     }
 
@@ -221,7 +229,7 @@ async fn configmap_pem(cluster: &Cluster, namespace: &str, name: &str) -> Option
     cm.data?.get("root-cert.pem").cloned()
 }
 
-async fn secret_key(cluster: &Cluster, namespace: &str, name: &str, key: &str) -> Option<String> {
+pub(crate) async fn secret_key(cluster: &Cluster, namespace: &str, name: &str, key: &str) -> Option<String> {
     secret_text(&secret(cluster, namespace, name).await?, key)
 }
 
@@ -241,12 +249,19 @@ async fn two_istiods_fail_mutual_tls_until_meshroot_gives_them_one_root() {
     cluster.wait_for_crds().await;
 
     // Before meshroot: each istiod signs with its own self-signed CA.
-    let mesh_setup = || IstiodSetup { ca_server: true, files: Vec::new(), revision: None, root_configmap: None };
+    let mesh_setup = || IstiodSetup {
+        ca_server: true,
+        files: Vec::new(),
+        revision: None,
+        root_configmap: None,
+        extra_args: Vec::new(),
+    };
     let gateway_setup = |files| IstiodSetup {
         ca_server: true,
         files,
         revision: Some("openshift-gateway"),
         root_configmap: Some(GATEWAY_ROOT_CONFIGMAP),
+        extra_args: Vec::new(),
     };
     let mesh_istiod = start_istiod(&mut cluster, "istiod", "istio-system", mesh_setup()).await;
     let gateway_istiod =
@@ -520,4 +535,157 @@ async fn served_certificate(port: u16, name: &str, roots: &str) -> Option<Vec<u8
         .await
         .ok()?;
     Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+/// Writes `files` (name, contents) into `dir` as kubelet updates a mounted Secret: each written
+/// aside, then renamed into place.
+fn project(dir: &Path, files: &[(&str, String)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, contents) in files {
+        let aside = dir.join(format!(".{name}.new"));
+        std::fs::write(&aside, contents).unwrap();
+        std::fs::rename(&aside, dir.join(name)).unwrap();
+    }
+}
+
+/// The four files of a `cacerts` Secret, as a PluginCA istiod reads them.
+fn cacerts_files(cacerts: &Secret) -> Vec<(&'static str, String)> {
+    ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"]
+        .map(|key| (key, secret_text(cacerts, key).unwrap()))
+        .to_vec()
+}
+
+/// The roots a workload trusts: the last element of its CA's answer, where pilot-agent takes them.
+fn trusted_roots(workload: &Path) -> String {
+    std::fs::read_to_string(workload.join("root-cert.pem")).unwrap()
+}
+
+/// Every pair of (sidecar, gateway) certificates completes a mutual-TLS handshake in both
+/// directions, each side trusting the roots its CA gave it.
+fn all_handshake(sidecars: &[&Path], gateways: &[&Path]) -> Result<(), String> {
+    for sidecar in sidecars {
+        for gateway in gateways {
+            let (s, g) = (trusted_roots(sidecar), trusted_roots(gateway));
+            handshake(sidecar, &s, gateway, &g)?;
+            handshake(gateway, &g, sidecar, &s)?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_keeps_the_two_meshes_talking_when_the_gateway_istiod_restarts_after_add_and_switch() {
+    let mut cluster = Cluster::start(Options::default()).await;
+    chart::install(&cluster).await;
+    cluster.apply_dir(&istio_crds()).await;
+    cluster.wait_for_crds().await;
+    let server = chart::serve(&cluster, chart::serve_options("meshroot-0")).await;
+    let wait = Duration::from_secs(60);
+    let cacerts = async |cluster: &Cluster, ready: &dyn Fn(&Secret) -> bool| {
+        within("cacerts", wait, async || secret(cluster, "openshift-ingress", "cacerts").await.filter(|s| ready(s)))
+            .await
+    };
+    let gateway_setup = |cacerts: &Secret| IstiodSetup {
+        ca_server: true,
+        files: cacerts_files(cacerts).into_iter().map(|(k, v)| (format!("etc/cacerts/{k}"), v)).collect(),
+        revision: Some("openshift-gateway"),
+        root_configmap: Some(GATEWAY_ROOT_CONFIGMAP),
+        extra_args: Vec::new(),
+    };
+    let first = cacerts(&cluster, &|_| true).await;
+    let mut gateway_istiod =
+        start_istiod(&mut cluster, "istiod-openshift-gateway", "openshift-ingress", gateway_setup(&first)).await;
+    let sidecar = Workload::create(&cluster, "bookinfo", "reviews").await;
+    let gateway = Workload::create(&cluster, "openshift-ingress", "gateway").await;
+    let root_pem = secret_key(&cluster, NS, ROOT_SECRET, "tls.crt").await.unwrap();
+    let gateway_name = "istiod-openshift-gateway.openshift-ingress.svc";
+    let port = server.grpc_addr.port();
+
+    // Each step: both workloads renew (the gateway through its istiod), and the certificates of
+    // this step and of the one before (the procedure waits a renewal between steps, so no older
+    // one is left) complete a handshake with each of the other mesh.
+    let (mut sidecars, mut gateways) = (Vec::new(), Vec::new());
+    let mut renew = async |cluster: &Cluster, step: &str, istiod: &Istiod, ca_roots: &str| {
+        let s = within(&format!("{step}: the sidecar's certificate"), wait, async || {
+            sidecar.certificate(cluster, &format!("sidecar-{step}"), port, "localhost", ca_roots).await.ok()
+        })
+        .await;
+        let g = within(&format!("{step}: the gateway's certificate"), wait, async || {
+            gateway.certificate(cluster, &format!("gateway-{step}"), istiod.secure, gateway_name, ca_roots).await.ok()
+        })
+        .await;
+        sidecars.push(s);
+        gateways.push(g);
+        let s: Vec<&Path> = sidecars.iter().rev().take(2).map(PathBuf::as_path).collect();
+        let g: Vec<&Path> = gateways.iter().rev().take(2).map(PathBuf::as_path).collect();
+        all_handshake(&s, &g).unwrap_or_else(|e| panic!("{step}: {e}"));
+    };
+    renew(&cluster, "start", &gateway_istiod, &root_pem).await;
+
+    let dir = cluster.subdir("next-root");
+    meshroot::cmd::root::generate(&dir, meshroot::pki::KeyAlgorithm::EcdsaP256, time::Duration::days(3650)).unwrap();
+    let next_pem = std::fs::read_to_string(dir.join("root-cert.pem")).unwrap();
+    let both = [root_pem.as_str(), &next_pem].concat();
+    let admin = cluster.admin.clone();
+    let apply = async |action| meshroot::cmd::root::apply(admin.clone(), NS, ROOT_SECRET, action).await.unwrap();
+
+    // 1. add. The gateway istiod ignores a changed root-cert.pem while it runs ("Multi root is
+    // disabled"), so its workloads would never learn the new root: restart it.
+    apply(meshroot::cmd::root::RootAction::Add { cert: dir.join("root-cert.pem") }).await;
+    let added =
+        cacerts(&cluster, &|s| secret_text(s, "root-cert.pem").is_some_and(|r| r.contains(next_pem.trim()))).await;
+    let stale = gateway
+        .certificate(&cluster, "gateway-add-no-restart", gateway_istiod.secure, gateway_name, &both)
+        .await
+        .unwrap();
+    assert!(!trusted_roots(&stale).contains(next_pem.trim()), "measured: the running istiod kept its old roots");
+    gateway_istiod =
+        start_istiod(&mut cluster, "istiod-openshift-gateway", "openshift-ingress", gateway_setup(&added)).await;
+    renew(&cluster, "add", &gateway_istiod, &both).await;
+
+    // 2. switch: new intermediates under the new root; restart the gateway istiod on its new cacerts.
+    apply(meshroot::cmd::root::RootAction::Switch {
+        cert: dir.join("root-cert.pem"),
+        key: Some(dir.join("root-key.pem")),
+    })
+    .await;
+    let next = TrustBundle::from_pem(next_pem.as_bytes()).unwrap();
+    let switched = cacerts(&cluster, &|s| {
+        let ca = meshroot::pki::pem::decode_certificates(secret_text(s, "ca-cert.pem").unwrap().as_bytes(), 1 << 20);
+        ca.ok()
+            .and_then(|c| c.first().cloned())
+            .is_some_and(|c| meshroot::pki::authority::issued_by(&next.roots()[0], &c))
+    })
+    .await;
+    // Measured: had it only been restarted here (the earlier guide), the gateway's certificate
+    // from before (trusting only the old root) refuses a sidecar under the new root.
+    let stale_vs_new_sidecar = {
+        let s = within("switch: a sidecar under the new root", wait, async || {
+            let s = sidecar.certificate(&cluster, "sidecar-switch-probe", port, "localhost", &both).await.ok()?;
+            chains_to(&s, &next).then_some(s)
+        })
+        .await;
+        handshake(&s, &trusted_roots(&s), &stale, &trusted_roots(&stale))
+    };
+    assert!(stale_vs_new_sidecar.is_err_and(|e| e.contains("unknown authority")), "measured");
+    gateway_istiod =
+        start_istiod(&mut cluster, "istiod-openshift-gateway", "openshift-ingress", gateway_setup(&switched)).await;
+    renew(&cluster, "switch", &gateway_istiod, &both).await;
+    assert!(chains_to(gateways.last().unwrap(), &next), "the restarted gateway istiod signs under the new root");
+
+    // 3. finish: the old root leaves the bundle. The gateway istiod needs no restart: it already
+    // signs under the new root, and its workloads' extra trust in the old one is harmless.
+    let said =
+        apply(meshroot::cmd::root::RootAction::Finish { leaf_lifetime: time::Duration::ZERO, force: true }).await;
+    assert!(said.contains("steady"), "{said}");
+    cacerts(&cluster, &|s| secret_text(s, "root-cert.pem").is_some_and(|r| !r.contains(root_pem.trim()))).await;
+    project(&cluster.subdir("istiod-openshift-gateway").join("etc/cacerts"), &cacerts_files(&switched));
+    // Certificates from now on: the sidecar trusts only the new root.
+    let s = within("finish: the sidecar trusting only the new root", wait, async || {
+        let s = sidecar.certificate(&cluster, "sidecar-finish", port, "localhost", &next_pem).await.ok()?;
+        (!trusted_roots(&s).contains(root_pem.trim())).then_some(s)
+    })
+    .await;
+    let g = gateway.certificate(&cluster, "gateway-finish", gateway_istiod.secure, gateway_name, &both).await.unwrap();
+    all_handshake(&[&s], &[&g, &gateways[gateways.len() - 1]]).unwrap_or_else(|e| panic!("finish: {e}"));
 }
