@@ -410,6 +410,10 @@ async fn two_istiods_fail_mutual_tls_until_meshroot_gives_them_one_root() {
         (condition(&mesh, "RootConfigMapsContested")?["status"] == "False").then_some(())
     })
     .await;
+    // And at rest nobody writes them: istiod with its CA off leaves them alone.
+    let (meshroot_before, others_before) = writes(&cluster);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(writes(&cluster), (meshroot_before, others_before), "istio-ca-root-cert written at rest");
     let gateway_bundle = within("the gateway istiod's root ConfigMap with the bundle", wait, async || {
         configmap_pem(&cluster, "openshift-ingress", GATEWAY_ROOT_CONFIGMAP)
             .await
