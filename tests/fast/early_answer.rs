@@ -9,36 +9,8 @@ use crate::support;
 use meshroot::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use meshroot::pki::KeyAlgorithm;
 use prost::Message;
-use rustls::pki_types::ServerName;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
-use tokio::net::TcpStream;
-
-/// An HTTP/2 client over TLS on a socket that keeps Nagle's algorithm on,
-/// as ztunnel's does.
-async fn nagle_client(ca: &TestCa) -> h2::client::SendRequest<bytes::Bytes> {
-    let mut roots = rustls::RootCertStore::empty();
-    for r in ca.bundle().roots() {
-        roots.add(r.clone()).unwrap();
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(ca.server.grpc_addr).await.unwrap();
-    tcp.set_nodelay(false).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
 
 /// One length-prefixed CreateCertificate message for `identity`.
 fn framed_request(identity: &str) -> bytes::Bytes {
@@ -108,7 +80,7 @@ fn leaf_uris(response: &IstioCertificateResponse) -> Vec<String> {
 #[tokio::test]
 async fn a_call_is_answered_before_the_client_ends_its_stream() {
     let ca = start_ca().await;
-    let client = nagle_client(&ca).await;
+    let client = h2_client(&ca, true).await;
     let (response, mut stream) = open_call(&client, framed_request(DEFAULT_ID)).await;
     // END_STREAM is never sent: a server that waits for it never answers.
     let (status, message) = tokio::time::timeout(Duration::from_secs(10), read_response(response))
@@ -129,7 +101,7 @@ async fn a_call_is_answered_before_the_client_ends_its_stream() {
 #[tokio::test]
 async fn a_refusal_is_answered_before_the_client_ends_its_stream_too() {
     let ca = start_ca().await;
-    let client = nagle_client(&ca).await;
+    let client = h2_client(&ca, true).await;
     let (response, _stream) = open_call(&client, framed_request("spiffe://cluster.local/ns/other/sa/x")).await;
     let (status, _) = tokio::time::timeout(Duration::from_secs(10), read_response(response))
         .await
@@ -141,7 +113,7 @@ async fn a_refusal_is_answered_before_the_client_ends_its_stream_too() {
 #[tokio::test]
 async fn a_message_split_across_frames_is_answered_once_complete() {
     let ca = start_ca().await;
-    let client = nagle_client(&ca).await;
+    let client = h2_client(&ca, true).await;
     let body = framed_request(DEFAULT_ID);
     let (head, tail) = (body.slice(..3), body.slice(3..));
     let (response, mut stream) = open_call(&client, head).await;
@@ -161,7 +133,7 @@ async fn a_message_split_across_frames_is_answered_once_complete() {
 #[tokio::test]
 async fn round_trip_of_a_call_whose_end_stream_comes_in_a_second_write() {
     let ca = start_ca().await;
-    let client = nagle_client(&ca).await;
+    let client = h2_client(&ca, true).await;
     let mut times = Vec::new();
     for _ in 0..20 {
         let body = framed_request(DEFAULT_ID);

@@ -10,9 +10,7 @@ use meshroot::pki::KeyAlgorithm;
 use prost::Message;
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct};
-use std::sync::Arc;
 use support::*;
-use tokio::net::TcpStream;
 use tonic::Code;
 
 /// What a client sends: header pairs (raw bytes allowed) and a gRPC body.
@@ -123,29 +121,6 @@ fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
     out.extend((message.len() as u32).to_be_bytes());
     out.extend_from_slice(message);
     out
-}
-
-async fn connect(ca: &TestCa) -> h2::client::SendRequest<bytes::Bytes> {
-    use rustls::pki_types::ServerName;
-    let mut roots = rustls::RootCertStore::empty();
-    for r in ca.bundle().roots() {
-        roots.add(r.clone()).unwrap();
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(ca.server.grpc_addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 /// Sends one call; the gRPC status, or the HTTP/2 refusal as text.
@@ -525,7 +500,7 @@ fn cases() -> Vec<Case> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hostile_input_gets_its_status_and_the_server_stays_healthy() {
     let ca = start_ca().await;
-    let client = connect(&ca).await;
+    let client = h2_client(&ca, false).await;
     let cases = cases();
     assert!(cases.len() >= 30, "only {} cases", cases.len());
     let mut failures = Vec::new();
@@ -569,7 +544,7 @@ async fn every_hostile_input_gets_its_status_and_the_server_stays_healthy() {
 #[tokio::test]
 async fn oversized_headers_are_refused_and_the_server_carries_on() {
     let ca = start_ca().await;
-    let client = connect(&ca).await;
+    let client = h2_client(&ca, false).await;
     let call_with_big_header = Call {
         headers: [app_headers(), vec![("x-padding", vec![b'a'; 100 * 1024])]].concat(),
         body: message(&good_csr(), 0, None),
@@ -613,7 +588,7 @@ use x509_parser::prelude::FromDer;
 #[tokio::test]
 async fn concurrent_streams_per_connection_are_capped() {
     let ca = start_ca().await;
-    let client = connect(&ca).await;
+    let client = h2_client(&ca, false).await;
     // SETTINGS arrive with the server's preface; one round trip makes sure they were read.
     let _ = send(&client, app(&good_csr()), None).await.unwrap();
     assert_eq!(client.current_max_send_streams(), 1024);

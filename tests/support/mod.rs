@@ -157,6 +157,31 @@ pub async fn eventually_async<T>(what: &str, mut f: impl AsyncFnMut() -> Option<
     panic!("timed out waiting for {what}");
 }
 
+/// A raw HTTP/2 client over TLS (ALPN h2) to the CA's gRPC port, trusting its roots, for tests
+/// that write frames themselves. `nagle` keeps Nagle's algorithm on, as ztunnel's client does.
+pub async fn h2_client(ca: &TestCa, nagle: bool) -> h2::client::SendRequest<bytes::Bytes> {
+    let mut roots = rustls::RootCertStore::empty();
+    for r in ca.bundle().roots() {
+        roots.add(r.clone()).unwrap();
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(ca.server.grpc_addr).await.unwrap();
+    tcp.set_nodelay(!nagle).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// A minimal HTTP/1.1 GET (so the tests need no HTTP client crate): the whole response.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
