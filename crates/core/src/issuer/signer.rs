@@ -291,6 +291,29 @@ mod tests {
         }
     }
 
+    /// Two roots with the same name, as in a rotation where both were generated alike: the one
+    /// whose key signed the certificate is its issuing root, not the first of that name.
+    #[test]
+    fn the_issuing_root_is_the_one_whose_key_signed_not_the_first_of_that_name() {
+        use rcgen::DnType;
+        let root = || {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, "meshroot root CA");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (cert.der().clone(), Issuer::new(params, key))
+        };
+        let ((old, _), (new, new_issuer)) = (root(), root());
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let intermediate = params.signed_by(&KeyPair::generate().unwrap(), &new_issuer).unwrap().der().clone();
+        let both = TrustBundle::new(vec![old.clone(), new.clone()]).unwrap();
+        assert_eq!(issuing_root(&intermediate, &both), Some(new.clone()));
+        assert_eq!(issuing_root(&intermediate, &TrustBundle::new(vec![old.clone()]).unwrap()), None);
+        assert_eq!(issuing_root(&old, &both), Some(old), "a root is its own");
+    }
+
     /// The tightest pathLenConstraint in the chain decides, whichever certificate carries it.
     #[test]
     fn the_tightest_path_length_in_the_chain_decides() {
