@@ -51,10 +51,13 @@ async fn a_root_rotates_and_can_switch_to_an_offline_root() {
     let (cert, key, next) = new_root(dir.path(), "next");
     let client = || cluster.admin.clone();
     apply(client(), NS, ROOT_SECRET, RootAction::Add { cert: cert.clone() }).await.unwrap();
-    // The step's write is recorded as meshroot's.
+    // The step's write is recorded as meshroot's: the Secret has no other field manager (a write
+    // without one would appear under the client's user agent).
     let written = secret(&cluster, NS, ROOT_SECRET).await.unwrap();
-    let managers: Vec<_> = written.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
-    assert!(managers.iter().any(|m| m == "meshroot"), "{managers:?}");
+    let entries = written.metadata.managed_fields.clone().unwrap_or_default();
+    let managers: Vec<_> = entries.iter().map(|m| (m.manager.clone(), m.operation.clone())).collect();
+    assert!(managers.iter().all(|(m, _)| m.as_deref() == Some("meshroot")), "{managers:?}");
+    assert!(managers.iter().any(|(_, op)| op.as_deref() == Some("Update")), "the step's update: {managers:?}");
     eventually_async("both roots published", async || {
         (published().await? == vec![old.clone(), next.clone()]).then_some(())
     })
