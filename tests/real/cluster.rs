@@ -541,6 +541,11 @@ impl Cluster {
         self.processes.push(process);
     }
 
+    /// The process id of `name`, a process of this cluster.
+    pub fn pid(&self, name: &str) -> u32 {
+        self.processes.iter().find(|p| p.name == name).expect("a process of the cluster").child.id()
+    }
+
     /// A directory of this cluster's own (kept with its logs when a test fails).
     pub fn subdir(&self, name: &str) -> PathBuf {
         let dir = self.dir.path().join(name);

@@ -39,14 +39,19 @@ pub fn log_path(kubeconfig: &Path, name: &str) -> PathBuf {
 /// Starts `meshroot serve` as `name` (its pod name) with `KUBECONFIG`, the
 /// usual loopback flags, and `extra`; returns once its banner names its ports.
 pub async fn start(kubeconfig: &Path, name: &str, extra: &[&str]) -> Replica {
-    let (kubeconfig, name) = (kubeconfig.to_path_buf(), name.to_string());
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || start_blocking(&kubeconfig, &name, &extra)).await.unwrap()
+    start_binary(Path::new(BIN), kubeconfig, name, extra).await
 }
 
-fn start_blocking(kubeconfig: &Path, name: &str, extra: &[String]) -> Replica {
+/// As [`start`], with another build of meshroot (a release build, for measurements).
+pub async fn start_binary(bin: &Path, kubeconfig: &Path, name: &str, extra: &[&str]) -> Replica {
+    let (bin, kubeconfig, name) = (bin.to_path_buf(), kubeconfig.to_path_buf(), name.to_string());
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || start_blocking(&bin, &kubeconfig, &name, &extra)).await.unwrap()
+}
+
+fn start_blocking(bin: &Path, kubeconfig: &Path, name: &str, extra: &[String]) -> Replica {
     let log = log_path(kubeconfig, name);
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin)
         .args(["serve", "--namespace", "meshroot", "--pod-name", name, "--generate-root", "--listen", "127.0.0.1:0"])
         .args(["--log-format", "json"])
         .args(["--metrics-listen", "127.0.0.1:0", "--serving-name", "localhost", "--drain-delay", "200ms"])
