@@ -159,6 +159,9 @@ pub fn overlaps(meshes: &[Arc<Mesh>], namespaces: &[Arc<Namespace>]) -> BTreeMap
         .collect()
 }
 
+/// The field manager istiod writes with (client-go's default: the binary's name).
+const ISTIOD_FIELD_MANAGER: &str = "pilot-discovery";
+
 /// The `RootConfigMapsContested` reason and message: who else writes the
 /// mesh's root ConfigMap, where, and what to do about it.
 fn contest_message(mesh: &Mesh, contested: &[super::root_configmaps::Contest]) -> (&'static str, String) {
@@ -167,19 +170,33 @@ fn contest_message(mesh: &Mesh, contested: &[super::root_configmaps::Contest]) -
     if contested.is_empty() {
         return ("NotContested", format!("no other writer changes {name}"));
     }
+    // Field manager names are the writers' own choice: quoted, cut short, and few.
+    const WRITERS_SHOWN: usize = 3;
     let writers: BTreeSet<&str> = contested.iter().map(|c| c.writer.as_str()).collect();
     let shown: Vec<&str> = contested.iter().take(SHOWN).map(|c| c.key.0.as_str()).collect();
     let more = contested.len().saturating_sub(SHOWN);
     let more = if more > 0 { format!(" and {more} more") } else { String::new() };
-    let writers: Vec<&str> = writers.into_iter().collect();
+    let istiod = writers.contains(ISTIOD_FIELD_MANAGER);
+    let mut named: Vec<String> =
+        writers.iter().take(WRITERS_SHOWN).map(|w| format!("{:?}", w.chars().take(64).collect::<String>())).collect();
+    if writers.len() > WRITERS_SHOWN {
+        named.push(format!("{} more", writers.len().saturating_sub(WRITERS_SHOWN)));
+    }
+    let advice = if istiod {
+        format!(
+            " {ISTIOD_FIELD_MANAGER} is istiod: its CA server is still on; set ENABLE_CA_SERVER=false on istiod in {}",
+            mesh.spec.istiod.namespace
+        )
+    } else {
+        " Stop the other writer, or give this mesh another rootConfigMapName".to_string()
+    };
     (
         "RewrittenByAnotherWriter",
         format!(
-            "{name} in namespaces {}{more} is rewritten by {}; meshroot rewrites it once a resync instead of \
-             at once. If that is istiod, its CA server is still on: set ENABLE_CA_SERVER=false on istiod in {}",
+            "{name} in namespaces {}{more} is rewritten by field manager {}; meshroot rewrites it once a resync \
+             instead of at once.{advice}",
             shown.join(", "),
-            writers.join(", "),
-            mesh.spec.istiod.namespace
+            named.join(", "),
         ),
     )
 }
@@ -282,4 +299,41 @@ pub fn spawn(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::root_configmaps::Contest;
+
+    fn mesh() -> Mesh {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "meshroot.io/v1alpha1", "kind": "Mesh", "metadata": {"name": "m"},
+            "spec": {"trustDomain": "cluster.local", "istiod": {"namespace": "istio-system"}},
+        }))
+        .unwrap()
+    }
+
+    fn contest(ns: &str, writer: &str) -> Contest {
+        Contest { key: (ns.into(), "istio-ca-root-cert".into()), writer: writer.into() }
+    }
+
+    #[test]
+    fn a_contest_names_quoted_writers_and_advises_on_istiod_only_when_istiod_writes() {
+        assert_eq!(contest_message(&mesh(), &[]).0, "NotContested");
+        let (reason, message) = contest_message(&mesh(), &[contest("a", "pilot-discovery"), contest("b", "kubectl")]);
+        assert_eq!(reason, "RewrittenByAnotherWriter");
+        assert!(message.contains(r#"field manager "kubectl", "pilot-discovery""#), "{message}");
+        assert!(message.contains("set ENABLE_CA_SERVER=false on istiod in istio-system"), "{message}");
+        let (_, message) = contest_message(&mesh(), &[contest("a", "kubectl")]);
+        assert!(!message.contains("ENABLE_CA_SERVER"), "no istiod advice for another writer: {message}");
+        // A tenant chooses its field manager's name: quoted, cut at 64 characters, at most three shown.
+        let long = "x\"y".repeat(100);
+        let many: Vec<Contest> = ["w1", "w2", "w3", "w4", &long].iter().map(|w| contest("a", w)).collect();
+        let (_, message) = contest_message(&mesh(), &many);
+        assert!(message.contains("2 more"), "{message}");
+        assert!(!message.contains(&long[..70]), "{message}");
+        let (_, message) = contest_message(&mesh(), &[contest("a", &long)]);
+        assert!(message.contains(r#"\""#) && message.len() < 400, "{message}");
+    }
 }

@@ -314,8 +314,11 @@ pub fn spawn(
             let by_mesh = desired_by_mesh(&meshes.state(), &namespaces.state());
             let want: BTreeSet<ConfigMapKey> = by_mesh.values().flatten().cloned().collect();
             let now = tokio::time::Instant::now();
+            // Due a little early, so that the tick a resync later (the write happened after
+            // the settle) finds it due rather than one more resync on.
+            let due = resync.saturating_sub(resync.checked_div(10).unwrap_or_default());
             let plan = plan(&want, &configmaps.state(), current.pem(), |key| {
-                contest_writes.get(key).is_none_or(|at| now.duration_since(*at) >= resync)
+                contest_writes.get(key).is_none_or(|at| now.duration_since(*at) >= due)
             });
             let report = by_mesh
                 .iter()
@@ -345,12 +348,10 @@ pub fn spawn(
             }
             tracing::info!(writes = plan.actions.len(), "converging root ConfigMaps");
             let done = execute(&client, &plan.actions, &current).await;
-            for action in &plan.actions {
-                if let Action::Apply { namespace, name } = action {
-                    let key = (namespace.clone(), name.clone());
-                    if contested.contains(&key) {
-                        contest_writes.insert(key, now);
-                    }
+            // Only writes that happened wait their turn; a failed one is retried with the backoff.
+            for (key, _) in &done.applied {
+                if contested.contains(key) {
+                    contest_writes.insert(key.clone(), now);
                 }
             }
             // Read our own writes before deciding again (not the contested
