@@ -86,8 +86,17 @@ pub fn issue_workload(
         &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         ttl,
         now,
-        Some(workload_key_id(spki_der)),
+        Some(workload_key_id(&written_spki(spki_der)?)),
     )
+}
+
+/// The SubjectPublicKeyInfo as the certificate will carry it: rcgen writes the key again from its
+/// algorithm and bits, so a CSR's encoding that is not canonical DER still gets the mark of what
+/// the certificate holds.
+fn written_spki(spki_der: &[u8]) -> Result<Vec<u8>> {
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|e| PkiError::UnsupportedKey(format!("public key: {e}")))?;
+    Ok(rcgen::PublicKeyData::subject_public_key_info(&spki))
 }
 
 /// Whether `cert` carries the workload mark: its SubjectKeyIdentifier is
