@@ -38,8 +38,12 @@ pub struct ServerArgs {
     cpu: Option<usize>,
 }
 
+/// The machine's cores, counted once: the count follows the process's CPU set, which
+/// [`pin_load`] narrows to one core before the report asks (it said "1 cores" and left the
+/// server unpinned).
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// Pins the load generator to core 1 (threads inherit the CPU set, so this
@@ -86,4 +90,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// `meshroot bench-server`: the server process `bench` starts; runs until its stdin closes.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     crate::bench::server::run(args.dir).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pinning (this test's thread only) does not change the count the report uses.
+    #[test]
+    fn the_core_count_is_taken_before_pinning() {
+        let before = cores();
+        pin(0);
+        assert_eq!(cores(), before);
+        assert!(before >= 1);
+    }
 }
