@@ -298,8 +298,8 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(resync);
         let mut backoff = std::time::Duration::from_millis(500);
-        // When each contested ConfigMap was last rewritten.
-        let mut contest_writes: BTreeMap<ConfigMapKey, tokio::time::Instant> = BTreeMap::new();
+        // When each contested ConfigMap was last rewritten, and by whom it was contested.
+        let mut contest_writes: BTreeMap<ConfigMapKey, (tokio::time::Instant, String)> = BTreeMap::new();
         loop {
             tokio::select! {
                 c = changes.next() => if c.is_none() { return },
@@ -318,21 +318,29 @@ pub fn spawn(
             // the settle) finds it due rather than one more resync on.
             let due = resync.saturating_sub(resync.checked_div(10).unwrap_or_default());
             let plan = plan(&want, &configmaps.state(), current.pem(), |key| {
-                contest_writes.get(key).is_none_or(|at| now.duration_since(*at) >= due)
+                contest_writes.get(key).is_none_or(|(at, _)| now.duration_since(*at) >= due)
             });
+            // Kept for a resync even while meshroot's write holds, so that the
+            // other writer's next rewrite waits its turn too, and the Mesh keeps
+            // reporting the contest rather than flapping with each write.
+            contest_writes.retain(|_, (at, _)| now.duration_since(*at) < resync);
+            let mut contests: BTreeMap<&ConfigMapKey, &str> =
+                contest_writes.iter().map(|(key, (_, writer))| (key, writer.as_str())).collect();
+            contests.extend(plan.contested.iter().map(|c| (&c.key, c.writer.as_str())));
             let report = by_mesh
                 .iter()
                 .map(|(mesh, keys)| {
-                    let contested = plan.contested.iter().filter(|c| keys.contains(&c.key)).cloned().collect();
+                    let contested = contests
+                        .iter()
+                        .filter(|(key, _)| keys.contains(*key))
+                        .map(|(key, writer)| Contest { key: (*key).clone(), writer: writer.to_string() })
+                        .collect();
                     (mesh.clone(), MeshRoots { namespaces: keys.len() as u32, contested })
                 })
                 .collect();
             if let Ok(mut c) = coverage.lock() {
                 *c = report;
             }
-            // Kept for a resync even while meshroot's write holds, so that the
-            // other writer's next rewrite waits its turn too.
-            contest_writes.retain(|_, at| now.duration_since(*at) < resync);
             if plan.actions.is_empty() {
                 continue;
             }
@@ -350,8 +358,8 @@ pub fn spawn(
             let done = execute(&client, &plan.actions, &current).await;
             // Only writes that happened wait their turn; a failed one is retried with the backoff.
             for (key, _) in &done.applied {
-                if contested.contains(key) {
-                    contest_writes.insert(key.clone(), now);
+                if let Some(contest) = plan.contested.iter().find(|c| &c.key == key) {
+                    contest_writes.insert(key.clone(), (now, contest.writer.clone()));
                 }
             }
             // Read our own writes before deciding again (not the contested
