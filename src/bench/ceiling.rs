@@ -2,7 +2,8 @@
 //! work each certificate needs (parse and verify the CSR, sign the leaf,
 //! encode it), with the same signer and CSRs the server gets.
 
-use crate::pki::{CertificateSigningRequest, SigningChain};
+use crate::pki::{CertificateSigningRequest, KeyAlgorithm, SigningChain};
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,4 +42,67 @@ pub fn measure_on(
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the ceiling thread panicked"))?
+}
+
+/// The primitive ceiling: only the two public-key operations each certificate needs, with the
+/// same crypto library (aws-lc): verify a CSR's signature (CSRs parsed beforehand) and sign a
+/// message the size of a leaf's TBSCertificate with a key of the signer's algorithm. Nothing
+/// that serves certificates can go faster; the gap to [`measure`] is parsing and encoding.
+pub fn measure_primitives(
+    signer: KeyAlgorithm,
+    chain: &SigningChain,
+    csrs: &[String],
+    identity: &str,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::prelude::FromDer;
+    let ders = csrs
+        .iter()
+        .map(|p| Ok(crate::pki::pem::decode_one(p.as_bytes(), crate::pki::pem::CERTIFICATE_REQUEST, 1 << 16)?.to_vec()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let parsed = ders
+        .iter()
+        .map(|der| X509CertificationRequest::from_der(der).map(|(_, r)| r).map_err(|e| anyhow::anyhow!("CSR: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let first = CertificateSigningRequest::from_pem(csrs.first().context("no CSRs")?.as_bytes())?;
+    let leaf =
+        chain.issue_workload(first.spki_der(), identity, time::Duration::hours(1), time::OffsetDateTime::now_utc())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf.der).map_err(|e| anyhow::anyhow!("leaf: {e}"))?;
+    let tbs = cert.tbs_certificate.as_ref().to_vec();
+    let key = match signer {
+        KeyAlgorithm::EcdsaP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
+        KeyAlgorithm::EcdsaP384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?,
+        KeyAlgorithm::Rsa2048 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?,
+        KeyAlgorithm::Rsa3072 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)?,
+        KeyAlgorithm::Rsa4096 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)?,
+    };
+    let start = Instant::now();
+    let mut done = 0u64;
+    while start.elapsed() < duration {
+        let request = &parsed[done as usize % parsed.len()];
+        request.verify_signature().map_err(|e| anyhow::anyhow!("CSR signature: {e}"))?;
+        rcgen::SigningKey::sign(&key, &tbs)?;
+        done += 1;
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// [`measure_primitives`] on a thread pinned to `core` (when given).
+pub fn measure_primitives_on(
+    core: Option<usize>,
+    signer: KeyAlgorithm,
+    chain: Arc<SigningChain>,
+    csrs: Arc<Vec<String>>,
+    identity: String,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    std::thread::spawn(move || {
+        if let Some(id) = core {
+            core_affinity::set_for_current(core_affinity::CoreId { id });
+        }
+        measure_primitives(signer, &chain, &csrs, &identity, duration)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the primitive ceiling thread panicked"))?
 }

@@ -283,8 +283,11 @@ fn bench_runs_every_scenario_and_prints_the_ratio() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     for line in [
         "crypto ceiling, 1 core",
+        "primitive ceiling, 1 core (verify an RSA-2048 CSR's signature, sign a leaf-sized TBS",
         "steady, RSA-2048 CSRs (pilot-agent):",
         "ratio: served",
+        "% of the primitive ceiling (",
+        "% of their primitive ceiling (",
         "half of peak, paced at",
         "steady, P-256 CSRs (ztunnel):",
         "burst: 40 identities at once over 2 connections",
