@@ -142,6 +142,22 @@ mod tests {
         assert_eq!(RateLimits::default(), expected);
     }
 
+    /// `meshroot root`'s namespace and Secret may follow the step, as with kubectl
+    /// (`meshroot root status -n X` was refused).
+    #[test]
+    fn root_flags_may_come_before_or_after_the_step() {
+        for args in [
+            &["root", "-n", "mesh-ca", "--secret", "ca", "status"][..],
+            &["root", "status", "-n", "mesh-ca", "--secret", "ca"],
+            &["root", "--namespace", "mesh-ca", "status", "--secret=ca"],
+        ] {
+            let Command::Root(root) = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command else {
+                unreachable!()
+            };
+            assert_eq!((root.namespace(), root.secret()), ("mesh-ca", "ca"), "{args:?}");
+        }
+    }
+
     /// `serve`'s flag defaults are the library's: TokenReview, Lease and gRPC server settings.
     #[test]
     fn serve_flags_default_to_the_library_defaults() {

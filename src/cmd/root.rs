@@ -14,14 +14,25 @@ use time::OffsetDateTime;
 /// The flags of `meshroot root`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// meshroot's namespace, where the root Secret is.
-    #[arg(long, short = 'n', env = "POD_NAMESPACE", default_value = "meshroot")]
+    /// meshroot's namespace, where the root Secret is (before or after the step).
+    #[arg(long, short = 'n', global = true, env = "POD_NAMESPACE", default_value = "meshroot")]
     namespace: String,
-    /// The root Secret.
-    #[arg(long, env = "MESHROOT_ROOT_SECRET", default_value = crate::k8s::root::DEFAULT_SECRET)]
+    /// The root Secret (before or after the step).
+    #[arg(long, global = true, env = "MESHROOT_ROOT_SECRET", default_value = crate::k8s::root::DEFAULT_SECRET)]
     secret: String,
     #[command(subcommand)]
     step: Step,
+}
+
+#[cfg(test)]
+impl Args {
+    pub(super) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub(super) fn secret(&self) -> &str {
+        &self.secret
+    }
 }
 
 #[derive(clap::Subcommand)]
