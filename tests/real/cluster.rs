@@ -541,6 +541,11 @@ impl Cluster {
         self.processes.push(process);
     }
 
+    /// Whether process `name` has exited (a port taken between choosing it and binding it, say).
+    pub fn exited(&mut self, name: &str) -> bool {
+        self.processes.iter_mut().find(|p| p.name == name).is_some_and(|p| matches!(p.child.try_wait(), Ok(Some(_))))
+    }
+
     /// The process id of `name`, a process of this cluster.
     pub fn pid(&self, name: &str) -> u32 {
         self.processes.iter().find(|p| p.name == name).expect("a process of the cluster").child.id()

@@ -71,41 +71,54 @@ pub(crate) async fn start_istiod(
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, contents).unwrap();
     }
-    let [http, grpc, secure, monitoring, https, ctrlz] = std::array::from_fn(|_| free_loopback_port());
-    let args: Vec<String> = vec![
-        "discovery".into(),
-        format!("--kubeconfig={}", cluster.admin_kubeconfig().display()),
-        format!("--namespace={namespace}"),
-        "--clusterID=Kubernetes".into(),
-        format!("--httpAddr=127.0.0.1:{http}"),
-        format!("--grpcAddr=127.0.0.1:{grpc}"),
-        format!("--secureGRPCAddr=127.0.0.1:{secure}"),
-        format!("--monitoringAddr=127.0.0.1:{monitoring}"),
-        format!("--httpsAddr=127.0.0.1:{https}"),
-        format!("--ctrlz_port={ctrlz}"),
-        "--ctrlz_address=127.0.0.1".into(),
-    ];
-    let args: Vec<String> = args.into_iter().chain(setup.extra_args.iter().cloned()).collect();
-    let mut env = vec![
-        ("POD_NAMESPACE", namespace.to_string()),
-        ("POD_NAME", format!("{name}-0")),
-        ("ENABLE_CA_SERVER", setup.ca_server.to_string()),
-        ("PILOT_ENABLE_GATEWAY_API", "false".to_string()),
-    ];
-    if let Some(revision) = setup.revision {
-        env.push(("REVISION", revision.to_string()));
+    // A free port can be taken by another test between choosing it and istiod binding it: then
+    // istiod exits, and starts again on other ports.
+    for attempt in 1..=3 {
+        let [http, grpc, secure, monitoring, https, ctrlz] = std::array::from_fn(|_| free_loopback_port());
+        let args: Vec<String> = vec![
+            "discovery".into(),
+            format!("--kubeconfig={}", cluster.admin_kubeconfig().display()),
+            format!("--namespace={namespace}"),
+            "--clusterID=Kubernetes".into(),
+            format!("--httpAddr=127.0.0.1:{http}"),
+            format!("--grpcAddr=127.0.0.1:{grpc}"),
+            format!("--secureGRPCAddr=127.0.0.1:{secure}"),
+            format!("--monitoringAddr=127.0.0.1:{monitoring}"),
+            format!("--httpsAddr=127.0.0.1:{https}"),
+            format!("--ctrlz_port={ctrlz}"),
+            "--ctrlz_address=127.0.0.1".into(),
+        ];
+        let args: Vec<String> = args.into_iter().chain(setup.extra_args.iter().cloned()).collect();
+        let mut env = vec![
+            ("POD_NAMESPACE", namespace.to_string()),
+            ("POD_NAME", format!("{name}-0")),
+            ("ENABLE_CA_SERVER", setup.ca_server.to_string()),
+            ("PILOT_ENABLE_GATEWAY_API", "false".to_string()),
+        ];
+        if let Some(revision) = setup.revision {
+            env.push(("REVISION", revision.to_string()));
+        }
+        if let Some(configmap) = setup.root_configmap {
+            env.push(("PILOT_CA_CERT_CONFIGMAP", configmap.to_string()));
+        }
+        cluster.run(name, "pilot-discovery", &args, &cwd, &env);
+        let ready = std::net::SocketAddr::from(([127, 0, 0, 1], http));
+        let started = Instant::now();
+        loop {
+            let up = tokio::net::TcpStream::connect(ready).await.is_ok()
+                && crate::support::http_get(ready, "/ready").await.starts_with("HTTP/1.1 200");
+            if up {
+                return Istiod { namespace, secure };
+            }
+            if cluster.exited(name) {
+                eprintln!("{name} exited (attempt {attempt}); starting it again on other ports");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "{name} not ready after 120 s");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
-    if let Some(configmap) = setup.root_configmap {
-        env.push(("PILOT_CA_CERT_CONFIGMAP", configmap.to_string()));
-    }
-    cluster.run(name, "pilot-discovery", &args, &cwd, &env);
-    let ready = std::net::SocketAddr::from(([127, 0, 0, 1], http));
-    within(&format!("{name} ready"), Duration::from_secs(120), async || {
-        tokio::net::TcpStream::connect(ready).await.ok()?;
-        crate::support::http_get(ready, "/ready").await.starts_with("HTTP/1.1 200").then_some(())
-    })
-    .await;
-    Istiod { namespace, secure }
+    panic!("{name} exited three times");
 }
 
 /// A workload: a pod of service account `namespace/sa` on a node, and its `istio-ca` token.
