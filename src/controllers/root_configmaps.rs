@@ -55,14 +55,6 @@ pub enum Action {
 /// A root ConfigMap: (namespace, name).
 pub type ConfigMapKey = (String, String);
 
-/// Which (namespace, ConfigMap name) pairs should hold the bundle, and how
-/// many namespaces each mesh covers.
-pub fn desired(meshes: &[Arc<Mesh>], namespaces: &[Arc<Namespace>]) -> (BTreeSet<ConfigMapKey>, BTreeMap<String, u32>) {
-    let by_mesh = desired_by_mesh(meshes, namespaces);
-    let counts = by_mesh.iter().map(|(mesh, keys)| (mesh.clone(), keys.len() as u32)).collect();
-    (by_mesh.into_values().flatten().collect(), counts)
-}
-
 /// The root ConfigMaps each External mesh wants.
 pub fn desired_by_mesh(
     meshes: &[Arc<Mesh>],
@@ -458,7 +450,9 @@ mod tests {
             ),
             mesh("gw", json!({"trustDomain": "cluster.local", "mode": "PluginCA", "istiod": {"namespace": "other"}})),
         ];
-        let (want, counts) = desired(&meshes, &namespaces);
+        let by_mesh = desired_by_mesh(&meshes, &namespaces);
+        let want: BTreeSet<ConfigMapKey> = by_mesh.values().flatten().cloned().collect();
+        let counts: BTreeMap<String, usize> = by_mesh.iter().map(|(m, keys)| (m.clone(), keys.len())).collect();
         let names: Vec<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["bookinfo", "istio-system", "ztunnel"]);
         assert!(want.iter().all(|(_, cm)| cm == "istio-ca-root-cert"));
@@ -469,7 +463,7 @@ mod tests {
             "all",
             json!({"trustDomain": "td", "istiod": {"namespace": "istio-system"}, "rootConfigMapName": "custom-root"}),
         )];
-        let (want, _) = desired(&all, &namespaces);
+        let want: BTreeSet<ConfigMapKey> = desired_by_mesh(&all, &namespaces).into_values().flatten().collect();
         assert_eq!(want.len(), 4);
         assert!(!want.iter().any(|(n, _)| n == "kube-public"));
         assert!(want.iter().all(|(_, cm)| cm == "custom-root"));

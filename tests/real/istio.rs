@@ -547,19 +547,9 @@ async fn ztunnel_asks_for_pods_on_its_node_only_through_istios_client() {
 /// as `name`; None if that verification or the connection fails.
 async fn served_certificate(port: u16, name: &str, roots: &str) -> Option<Vec<u8>> {
     use rustls::pki_types::ServerName;
-    let mut store = rustls::RootCertStore::empty();
-    for root in meshroot::pki::pem::decode_certificates(roots.as_bytes(), 1 << 20).unwrap() {
-        store.add(root).unwrap();
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(store)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let roots = meshroot::pki::pem::decode_certificates(roots.as_bytes(), 1 << 20).unwrap();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    let tls = crate::support::h2_tls_connector(roots)
         .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
         .await
         .ok()?;

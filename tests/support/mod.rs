@@ -157,23 +157,30 @@ pub async fn eventually_async<T>(what: &str, mut f: impl AsyncFnMut() -> Option<
     panic!("timed out waiting for {what}");
 }
 
-/// A raw HTTP/2 client over TLS (ALPN h2) to the CA's gRPC port, trusting its roots, for tests
-/// that write frames themselves. `nagle` keeps Nagle's algorithm on, as ztunnel's client does.
-pub async fn h2_client(ca: &TestCa, nagle: bool) -> h2::client::SendRequest<bytes::Bytes> {
-    let mut roots = rustls::RootCertStore::empty();
-    for r in ca.bundle().roots() {
-        roots.add(r.clone()).unwrap();
+/// A TLS client connector (aws-lc, ALPN h2) trusting only `roots`.
+pub fn h2_tls_connector(
+    roots: impl IntoIterator<Item = rustls::pki_types::CertificateDer<'static>>,
+) -> tokio_rustls::TlsConnector {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root).unwrap();
     }
     let mut config =
         rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
+            .with_root_certificates(store)
             .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// A raw HTTP/2 client over TLS (ALPN h2) to the CA's gRPC port, trusting its roots, for tests
+/// that write frames themselves. `nagle` keeps Nagle's algorithm on, as ztunnel's client does.
+pub async fn h2_client(ca: &TestCa, nagle: bool) -> h2::client::SendRequest<bytes::Bytes> {
     let tcp = tokio::net::TcpStream::connect(ca.server.grpc_addr).await.unwrap();
     tcp.set_nodelay(!nagle).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    let tls = h2_tls_connector(ca.bundle().roots().iter().cloned())
         .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();

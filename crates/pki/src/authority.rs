@@ -196,9 +196,16 @@ impl Authority {
 
     /// Signs `params` for the public key `spki_der` (DER SubjectPublicKeyInfo).
     pub fn sign(&self, params: &CertificateParams, spki_der: &[u8]) -> Result<CertificateDer<'static>> {
-        let spki = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
-            .map_err(|e| PkiError::UnsupportedKey(format!("public key: {e}")))?;
-        Ok(params.signed_by(&spki, &self.issuer)?.der().clone())
+        self.sign_key(params, &parse_spki(spki_der)?)
+    }
+
+    /// Signs `params` for a public key already parsed with [`parse_spki`].
+    pub fn sign_key(
+        &self,
+        params: &CertificateParams,
+        spki: &rcgen::SubjectPublicKeyInfo,
+    ) -> Result<CertificateDer<'static>> {
+        Ok(params.signed_by(spki, &self.issuer)?.der().clone())
     }
 
     /// Fails unless `now` lies within this CA certificate's validity.
@@ -321,6 +328,11 @@ pub fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
             _ => None,
         })
         .collect()
+}
+
+/// Parses a DER SubjectPublicKeyInfo for signing.
+pub fn parse_spki(spki_der: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo> {
+    rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| PkiError::UnsupportedKey(format!("public key: {e}")))
 }
 
 pub(crate) fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {

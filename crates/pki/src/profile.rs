@@ -86,17 +86,16 @@ pub fn issue_workload(
         &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         ttl,
         now,
-        Some(workload_key_id(&written_spki(spki_der)?)),
+        KeyId::Workload,
     )
 }
 
-/// The SubjectPublicKeyInfo as the certificate will carry it: rcgen writes the key again from its
-/// algorithm and bits, so a CSR's encoding that is not canonical DER still gets the mark of what
-/// the certificate holds.
-fn written_spki(spki_der: &[u8]) -> Result<Vec<u8>> {
-    let spki = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
-        .map_err(|e| PkiError::UnsupportedKey(format!("public key: {e}")))?;
-    Ok(rcgen::PublicKeyData::subject_public_key_info(&spki))
+/// Which SubjectKeyIdentifier a leaf gets.
+enum KeyId {
+    /// rcgen's: SHA-256 over the key.
+    Plain,
+    /// [`workload_key_id`] of the key as the certificate carries it.
+    Workload,
 }
 
 /// Whether `cert` carries the workload mark: its SubjectKeyIdentifier is
@@ -124,7 +123,7 @@ pub fn issue_server(
         ));
     }
     sans.extend(ips.iter().copied().map(SanType::IpAddress));
-    issue_leaf(authority, spki_der, sans, &[ExtendedKeyUsagePurpose::ServerAuth], lifetime, now, None)
+    issue_leaf(authority, spki_der, sans, &[ExtendedKeyUsagePurpose::ServerAuth], lifetime, now, KeyId::Plain)
 }
 
 /// Signs istiod's serving certificate: DNS names plus istiod's SPIFFE ID,
@@ -147,7 +146,7 @@ pub fn issue_istiod(
         identity.try_into().map_err(|_| PkiError::Invalid("the identity is not an ASCII URI".into()))?,
     ));
     let ekus = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    issue_leaf(authority, spki_der, sans, &ekus, lifetime, now, None)
+    issue_leaf(authority, spki_der, sans, &ekus, lifetime, now, KeyId::Plain)
 }
 
 fn issue_leaf(
@@ -157,7 +156,7 @@ fn issue_leaf(
     ekus: &[ExtendedKeyUsagePurpose],
     ttl: Duration,
     now: OffsetDateTime,
-    key_id: Option<Vec<u8>>,
+    key_id: KeyId,
 ) -> Result<IssuedCertificate> {
     if ttl <= Duration::ZERO {
         return Err(PkiError::Invalid("the lifetime must be positive".into()));
@@ -179,10 +178,15 @@ fn issue_leaf(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = ekus.to_vec();
     params.use_authority_key_identifier_extension = true;
-    if let Some(id) = key_id {
-        params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(id);
+    // Parsed once: rcgen writes the key again from it, and the workload mark is
+    // derived from what it writes, not from the CSR's bytes (which need not be
+    // canonical DER).
+    let spki = super::authority::parse_spki(spki_der)?;
+    if let KeyId::Workload = key_id {
+        let written = rcgen::PublicKeyData::subject_public_key_info(&spki);
+        params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(workload_key_id(&written));
     }
 
-    let der = authority.sign(&params, spki_der)?;
+    let der = authority.sign_key(&params, &spki)?;
     Ok(IssuedCertificate { pem: pem::encode_certificate(&der), der, serial_hex, not_before, not_after })
 }
