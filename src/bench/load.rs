@@ -22,6 +22,8 @@ pub struct Outcome {
     pub errors: u64,
     /// Wall-clock time from the phase's start until its last request finished.
     pub elapsed: Duration,
+    /// Paced load only: how long after its due time each request was sent.
+    pub lags: Vec<Duration>,
 }
 
 impl Outcome {
@@ -92,28 +94,25 @@ pub async fn closed_loop(clients: &[Client], csrs: Arc<Vec<String>>, duration: D
     gather(tasks, start).await
 }
 
-/// Paced load: `rate` requests per second in all, spread evenly over the
-/// connections. Latency counts from when a request was due, so a server
-/// that falls behind cannot hide it (no coordinated omission).
-pub async fn open_loop(clients: &[Client], csrs: Arc<Vec<String>>, rate: f64, duration: Duration) -> Outcome {
+/// Every connection sends back to back, one request in flight each, until
+/// `total` requests have been sent in all (for counting, not timing).
+pub async fn counted(clients: &[Client], csrs: Arc<Vec<String>>, total: usize) -> Outcome {
     let start = Instant::now();
-    let n = clients.len();
-    let interval = Duration::from_secs_f64(n as f64 / rate.max(1.0));
-    let per_connection = (duration.as_secs_f64() / interval.as_secs_f64()) as usize;
-    let mut tasks = Vec::with_capacity(n);
-    for (c, client) in clients.iter().cloned().enumerate() {
-        let csrs = csrs.clone();
-        // Stagger the connections across one interval.
-        let offset = interval.mul_f64(c as f64 / n as f64);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(clients.len());
+    for client in clients.iter().cloned() {
+        let (csrs, next) = (csrs.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = client;
             let mut out = Outcome::default();
-            for k in 0..per_connection {
-                let due = start + offset + interval * k as u32;
-                tokio::time::sleep_until(due.into()).await;
-                let i = (c + k * n) % csrs.len();
-                match call(&mut client, &csrs, i).await {
-                    Ok(()) => out.latencies.push(due.elapsed()),
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let sent = Instant::now();
+                match call(&mut client, &csrs, i % csrs.len()).await {
+                    Ok(()) => out.latencies.push(sent.elapsed()),
                     Err(_) => out.errors += 1,
                 }
             }
@@ -121,6 +120,58 @@ pub async fn open_loop(clients: &[Client], csrs: Arc<Vec<String>>, rate: f64, du
         }));
     }
     gather(tasks, start).await
+}
+
+/// Paced load: `rate` requests per second in all, dealt round-robin to the
+/// connections. Latency counts from when a request was due, so a server
+/// that falls behind cannot hide it (no coordinated omission).
+///
+/// The schedule is kept by an OS thread that sleeps to each due time and
+/// hands the request to its connection's task: the async runtime's timer has
+/// 1 ms granularity, which alone put about a millisecond into every
+/// request's latency. How late each request still started is in
+/// [`Outcome::lags`].
+pub async fn open_loop(clients: &[Client], csrs: Arc<Vec<String>>, rate: f64, duration: Duration) -> Outcome {
+    let n = clients.len().max(1);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let total = (duration.as_secs_f64() * rate.max(1.0)) as usize;
+    let mut senders = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for (c, client) in clients.iter().cloned().enumerate() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+        senders.push(tx);
+        let csrs = csrs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut out = Outcome::default();
+            while let Some((k, due)) = rx.recv().await {
+                out.lags.push(due.elapsed());
+                match call(&mut client, &csrs, (c + k) % csrs.len()).await {
+                    Ok(()) => out.latencies.push(due.elapsed()),
+                    Err(_) => out.errors += 1,
+                }
+            }
+            out
+        }));
+    }
+    let start = Instant::now();
+    let pacer = std::thread::spawn(move || {
+        for k in 0..total {
+            let due = start + interval.mul_f64(k as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if let Some(tx) = senders.get(k % senders.len()) {
+                let _ = tx.send((k, due));
+            }
+        }
+        // Dropping the senders ends each connection's task once its queue is empty.
+    });
+    let mut outcome = gather(tasks, start).await;
+    if pacer.join().is_err() {
+        outcome.errors += 1;
+    }
+    outcome
 }
 
 /// Every identity at once: each connection sends its share of `csrs`
@@ -151,6 +202,7 @@ async fn gather(tasks: Vec<tokio::task::JoinHandle<Outcome>>, start: Instant) ->
         match t.await {
             Ok(o) => {
                 all.latencies.extend(o.latencies);
+                all.lags.extend(o.lags);
                 all.errors += o.errors;
             }
             Err(_) => all.errors += 1,

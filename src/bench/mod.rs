@@ -4,6 +4,7 @@
 
 pub mod ceiling;
 pub mod fixture;
+pub mod instructions;
 pub mod load;
 pub mod server;
 pub mod stats;
@@ -64,16 +65,33 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(dir: &Path, core: Option<usize>) -> anyhow::Result<Self> {
+    /// Starts `meshroot bench-server` over `dir`, pinned to `core`, under `wrapper` (a command
+    /// line the server's own is appended to, such as valgrind's) when it is not empty.
+    fn start(dir: &Path, core: Option<usize>, wrapper: &[String]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the meshroot binary")?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
         cmd.args(["--log-level", "info", "bench-server", "--dir"]).arg(dir);
         if let Some(core) = core {
             cmd.args(["--cpu", &core.to_string()]);
         }
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| {
+                format!(
+                    "starting the bench server{}",
+                    wrapper.first().map(|w| format!(" under {w}")).unwrap_or_default()
+                )
+            })?;
         let ready = dir.join("ready");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under valgrind the server starts some fifty times slower.
+        let deadline =
+            Instant::now() + if wrapper.is_empty() { Duration::from_secs(30) } else { Duration::from_secs(180) };
         loop {
             if let Ok(port) = std::fs::read_to_string(&ready)
                 && !port.is_empty()
@@ -85,7 +103,7 @@ impl ServerProcess {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("the bench server did not start within 30 s");
+                bail!("the bench server did not start in time");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -119,6 +137,8 @@ struct Phase {
     outcome: load::Outcome,
     percentiles: Percentiles,
     server_cpu: Duration,
+    /// The part of `server_cpu` spent in the kernel.
+    server_system: Duration,
     /// The load generator's CPU time (this process).
     client_cpu: Duration,
 }
@@ -127,24 +147,28 @@ impl Phase {
     /// Consecutive slices as one phase.
     fn merge(slices: Vec<Phase>) -> Phase {
         let mut outcome = load::Outcome::default();
-        let (mut server_cpu, mut client_cpu) = (Duration::ZERO, Duration::ZERO);
+        let (mut server_cpu, mut server_system, mut client_cpu) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         for s in slices {
             outcome.latencies.extend(s.outcome.latencies);
+            outcome.lags.extend(s.outcome.lags);
             outcome.errors += s.outcome.errors;
             outcome.elapsed += s.outcome.elapsed;
             server_cpu += s.server_cpu;
+            server_system += s.server_system;
             client_cpu += s.client_cpu;
         }
         let percentiles = Percentiles::of(&mut outcome.latencies);
-        Phase { outcome, percentiles, server_cpu, client_cpu }
+        Phase { outcome, percentiles, server_cpu, server_system, client_cpu }
     }
 
     fn line(&self, label: &str) -> String {
         let p = &self.percentiles;
-        let per_cert = self.server_cpu.as_secs_f64() * 1e6 / (self.outcome.completed().max(1) as f64);
+        let certs = self.outcome.completed().max(1) as f64;
+        let per_cert = self.server_cpu.as_secs_f64() * 1e6 / certs;
+        let system_per_cert = self.server_system.as_secs_f64() * 1e6 / certs;
         let secs = self.outcome.elapsed.as_secs_f64().max(1e-9);
         format!(
-            "  {label}: {:.0} certs/s, {} errors; latency p50 {} p90 {} p99 {} p99.9 {}; server CPU {per_cert:.0} µs/cert, busy {:.0}%; load generator busy {:.0}%",
+            "  {label}: {:.0} certs/s, {} errors; latency p50 {} p90 {} p99 {} p99.9 {}; server CPU {per_cert:.0} µs/cert ({system_per_cert:.0} µs in the kernel), busy {:.0}%; load generator busy {:.0}%",
             self.outcome.throughput(),
             self.outcome.errors,
             human(p.p50),
@@ -167,6 +191,7 @@ async fn measured(server: &ServerProcess, run: impl Future<Output = load::Outcom
         outcome,
         percentiles,
         server_cpu: after.cpu.saturating_sub(before.cpu),
+        server_system: after.system.saturating_sub(before.system),
         client_cpu: client_after.cpu.saturating_sub(client_before.cpu),
     }
 }
@@ -193,7 +218,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         let dir = tempfile::Builder::new().prefix("meshroot-bench-").tempdir()?;
         let (files, chain, root_pem) = fixture::create(dir.path(), *signer, opts.burst.max(POOL))?;
         let _ = writeln!(out, "\nsigner: {signer} intermediate");
-        let server = ServerProcess::start(&files.dir, server_core)?;
+        let server = ServerProcess::start(&files.dir, server_core, &[])?;
         let mut clients = load::connect_all(&server.addr, root_pem.as_bytes(), opts.connections).await?;
         load::check_one(&mut clients[0], &rsa_csrs, &TrustBundle::from_pem(root_pem.as_bytes())?).await?;
         load::closed_loop(&clients, rsa_csrs.clone(), Duration::from_secs(1).min(opts.duration)).await;
@@ -245,6 +270,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         let half_rate = served / 2.0;
         let half = measured(&server, load::open_loop(&clients, rsa_csrs.clone(), half_rate, opts.duration)).await;
         let _ = writeln!(out, "{}", half.line(&format!("half of peak, paced at {half_rate:.0}/s")));
+        let lag = Percentiles::of(&mut half.outcome.lags.clone());
+        let _ = writeln!(
+            out,
+            "    of which the load generator's: requests left it p50 {} p99 {} after they were due",
+            human(lag.p50),
+            human(lag.p99)
+        );
         let p256_ceiling = ceiling::measure_on(
             server_core,
             chain.clone(),
@@ -280,7 +312,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
             );
         }
         let usage = server.usage();
-        let _ = writeln!(out, "  server peak RSS: {:.1} MiB", usage.peak_rss_kib as f64 / 1024.0);
+        let _ = writeln!(
+            out,
+            "  server RSS: {:.1} MiB now, {:.1} MiB at its peak",
+            usage.rss_kib as f64 / 1024.0,
+            usage.peak_rss_kib as f64 / 1024.0
+        );
         drop(clients);
         server.stop()?;
     }

@@ -37,8 +37,12 @@ impl Percentiles {
 pub struct ProcessUsage {
     /// User plus system CPU time so far, at /proc's 10 ms resolution.
     pub cpu: Duration,
+    /// The part of `cpu` spent in the kernel (system calls, the network stack).
+    pub system: Duration,
     /// Peak resident memory (VmHWM), in KiB.
     pub peak_rss_kib: u64,
+    /// Resident memory now (VmRSS), in KiB.
+    pub rss_kib: u64,
 }
 
 /// USER_HZ: the unit of /proc's CPU times, 100 on every Linux ABI.
@@ -54,13 +58,16 @@ pub fn process_usage(pid: u32) -> std::io::Result<ProcessUsage> {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     let cpu_ticks = ticks(11) + ticks(12);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let peak_rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok(ProcessUsage { cpu: Duration::from_millis(cpu_ticks * 1000 / TICKS_PER_SECOND), peak_rss_kib })
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let ms = |ticks: u64| Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND);
+    Ok(ProcessUsage { cpu: ms(cpu_ticks), system: ms(ticks(12)), peak_rss_kib: kib("VmHWM:"), rss_kib: kib("VmRSS:") })
 }
 
 /// Durations in the unit that reads best: µs below 10 ms, else ms.
@@ -89,6 +96,7 @@ mod tests {
     #[test]
     fn this_process_has_usage() {
         let u = process_usage(std::process::id()).unwrap();
-        assert!(u.peak_rss_kib > 0);
+        assert!(u.peak_rss_kib > 0 && u.rss_kib > 0 && u.rss_kib <= u.peak_rss_kib);
+        assert!(u.system <= u.cpu);
     }
 }

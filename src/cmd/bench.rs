@@ -26,6 +26,16 @@ pub struct Args {
     /// Do not pin the server to core 0 and the load to core 1.
     #[arg(long)]
     no_pin: bool,
+    /// Count the server's instructions per certificate under callgrind (valgrind) instead of
+    /// timing it: a figure that does not drift with the machine's load. Uses the first --signer.
+    #[arg(long)]
+    instructions: bool,
+    /// With --instructions: requests counted per CSR type (after as many as a warm-up).
+    #[arg(long, default_value = "2000", requires = "instructions")]
+    requests: usize,
+    /// With --instructions: keep callgrind's dumps in this directory, for callgrind_annotate.
+    #[arg(long, value_name = "DIR", requires = "instructions")]
+    keep_profile: Option<PathBuf>,
 }
 
 /// The benchmark's server process.
@@ -73,6 +83,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!(
             "warning: this is a debug build; run `cargo run --release --features bench -- bench` for real figures"
         );
+    }
+    if args.instructions {
+        let opts = crate::bench::instructions::InstructionOptions {
+            requests: args.requests.max(1),
+            connections: args.connections.max(1),
+            signer: args.signers.first().copied().unwrap_or(KeyAlgorithm::EcdsaP256),
+            keep: args.keep_profile,
+        };
+        print!("{}", crate::bench::instructions::run(&opts).await?);
+        return Ok(());
     }
     let opts = crate::bench::BenchOptions {
         duration: std::time::Duration::try_from(args.duration)?,

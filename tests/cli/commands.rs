@@ -290,12 +290,48 @@ fn bench_runs_every_scenario_and_prints_the_ratio() {
         "% of their primitive ceiling (",
         "half of peak, paced at",
         "steady, P-256 CSRs (ztunnel):",
+        "of which the load generator's: requests left it p50",
+        "µs in the kernel)",
         "burst: 40 identities at once over 2 connections",
-        "server peak RSS:",
+        "server RSS: ",
+        " MiB at its peak",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
     assert_eq!(text.matches(", 0 errors").count(), 4, "every phase without errors:\n{text}");
+}
+
+/// `bench --instructions` counts the server's instructions per certificate under callgrind, split
+/// by where they ran; without valgrind it says what is missing.
+#[cfg(feature = "bench")]
+#[test]
+fn bench_counts_instructions_per_certificate_under_callgrind() {
+    let dumps = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "--instructions", "--requests", "20", "--connections", "2", "--signer", "ecdsa-p256"])
+        .arg("--keep-profile")
+        .arg(dumps.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let has_valgrind = Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !has_valgrind {
+        assert!(!out.status.success());
+        assert!(err.contains("under valgrind"), "{err}");
+        return;
+    }
+    assert!(out.status.success(), "{text}{err}");
+    for label in ["RSA-2048 CSRs (pilot-agent): ", "P-256 CSRs (ztunnel): "] {
+        let line = text.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no {label:?} in:\n{text}"));
+        let count: f64 = line.split(label).nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        // Two signatures' worth of work at the least; a count of nothing would be a broken parse.
+        assert!(count > 100_000.0, "{line}");
+        assert!(line.ends_with(", 0 errors"), "{line}");
+    }
+    assert!(text.contains("cryptography (aws-lc: signatures, hashes, AES-GCM)"), "{text}");
+    let kept = std::fs::read_dir(dumps.path()).unwrap().count();
+    assert!(kept >= 2, "callgrind's dumps are kept: {kept}");
 }
 
 /// `serve --check-config` refuses what `serve` would refuse, every problem
