@@ -2,6 +2,7 @@
 //! shaping, error mapping, rate limits, TLS and the server loop.
 
 pub mod client_cert;
+pub mod coalesce;
 pub mod error;
 pub mod quick_ack;
 pub mod rate_limit;

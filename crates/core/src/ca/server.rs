@@ -1,5 +1,6 @@
 //! The gRPC server: concurrent TLS handshakes feeding tonic.
 
+use super::coalesce::Coalesce;
 use super::quick_ack::QuickAck;
 use super::service::{CertificateService, MAX_REQUEST_BYTES};
 use super::tls::ServerTls;
@@ -63,8 +64,10 @@ pub async fn serve(
             let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(QuickAck::new(tcp))).await {
-                    Ok(Ok(stream)) => {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(Coalesce::new(QuickAck::new(tcp)))).await
+                {
+                    Ok(Ok(mut stream)) => {
+                        stream.get_mut().0.enable();
                         let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
