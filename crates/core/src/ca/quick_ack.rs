@@ -5,8 +5,13 @@
 //! no answer (an HTTP/2 WINDOW_UPDATE, a PING ACK, a late END_STREAM), the
 //! server's kernel delays its ACK by up to 40 ms, and the client's next
 //! request waits that long behind it. Linux's TCP_QUICKACK switches the
-//! delay off; the kernel may switch it back on after any read or write, so
-//! it is set again after each. Elsewhere this is a plain TCP stream.
+//! delay off and sends an ACK the kernel is holding back at once; the kernel
+//! switches the delay back on as the connection turns interactive, so it is
+//! set again after each read: whatever the client sent is acknowledged as
+//! soon as meshroot has read it. Not after writes too: the read that follows
+//! any segment the client sends is what matters, and the second system call
+//! per request cost throughput (docs/performance.md). Elsewhere this is a
+//! plain TCP stream.
 
 use std::io;
 use std::pin::Pin;
@@ -51,11 +56,7 @@ impl AsyncRead for QuickAck {
 
 impl AsyncWrite for QuickAck {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if polled.is_ready() {
-            self.rearm();
-        }
-        polled
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -63,11 +64,7 @@ impl AsyncWrite for QuickAck {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if polled.is_ready() {
-            self.rearm();
-        }
-        polled
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -107,7 +104,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn quickack_is_on_from_the_start_and_again_after_each_read_and_write() {
+    async fn quickack_is_on_from_the_start_and_again_after_each_read() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let mut server = QuickAck::new(listener.accept().await.unwrap().0);
@@ -119,9 +116,10 @@ mod tests {
         server.read_exact(&mut buf).await.unwrap();
         assert!(quickack(&server), "on again after a read");
 
+        // A write leaves the setting alone (one system call fewer per response).
         clear(&server);
         server.write_all(b"pong").await.unwrap();
-        assert!(quickack(&server), "on again after a write");
+        assert!(!quickack(&server), "a write makes no setsockopt");
         client.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
         assert_eq!(server.connect_info().remote_addr, Some(client.local_addr().unwrap()));
