@@ -32,7 +32,34 @@ pub struct InstructionOptions {
 /// Where instructions ran, by the function they were counted in (after inlining), in the order
 /// the report prints them. The first area whose prefix a function's name starts with takes it.
 const AREAS: &[(&str, &[&str])] = &[
-    ("cryptography (aws-lc: signatures, hashes, AES-GCM)", &["aws_lc_", "aws_lc_rs::"]),
+    // aws-lc's assembly keeps its own names: P-256 field arithmetic, AES-GCM, bignums, SHA-2.
+    (
+        "cryptography (aws-lc: signatures, hashes, AES-GCM)",
+        &[
+            "aws_lc_",
+            "aws_lc_rs::",
+            "__ecp_",
+            "ecp_",
+            "_aesni",
+            "aesni_",
+            "aead_",
+            "bn_",
+            "__bn_",
+            "Lbignum",
+            "bignum_",
+            "beeu_",
+            "sha256_block",
+            "sha512_block",
+            "gcm_",
+            "_x86_64",
+            "rsaz_",
+            "__rsaz",
+            "CRYPTO_",
+            "ChaCha20",
+            "chacha20",
+            "poly1305",
+        ],
+    ),
     ("TLS records (rustls)", &["rustls::", "tokio_rustls::"]),
     ("HTTP/2 (h2, hpack)", &["h2::"]),
     (
@@ -337,5 +364,10 @@ totals: 1000
             "logging, audit and metrics (tracing, prometheus)"
         );
         assert_eq!(area_of("std::sys::pal::unix::time::Timespec::now"), "other (std, core, glue)");
+        for asm in
+            ["__ecp_nistz256_mul_montq", "_aesni_ctr32_ghash_6x", "bn_mul_mont_nohw", "sha256_block_data_order_avx"]
+        {
+            assert_eq!(area_of(asm), "cryptography (aws-lc: signatures, hashes, AES-GCM)", "{asm}");
+        }
     }
 }
