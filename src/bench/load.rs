@@ -24,9 +24,19 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Paced load only: how long after its due time each request was sent.
     pub lags: Vec<Duration>,
+    /// The first error, as the client saw it.
+    pub first_error: Option<String>,
 }
 
 impl Outcome {
+    /// Counts a failed request, keeping the first error's text.
+    fn error(&mut self, status: &tonic::Status) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(format!("{}: {}", status.code(), status.message()));
+        }
+    }
+
     /// Successful requests.
     pub fn completed(&self) -> u64 {
         self.latencies.len() as u64
@@ -85,7 +95,7 @@ pub async fn closed_loop(clients: &[Client], csrs: Arc<Vec<String>>, duration: D
                 let sent = Instant::now();
                 match call(&mut client, &csrs, i).await {
                     Ok(()) => out.latencies.push(sent.elapsed()),
-                    Err(_) => out.errors += 1,
+                    Err(status) => out.error(&status),
                 }
             }
             out
@@ -113,7 +123,7 @@ pub async fn counted(clients: &[Client], csrs: Arc<Vec<String>>, total: usize) -
                 let sent = Instant::now();
                 match call(&mut client, &csrs, i % csrs.len()).await {
                     Ok(()) => out.latencies.push(sent.elapsed()),
-                    Err(_) => out.errors += 1,
+                    Err(status) => out.error(&status),
                 }
             }
             out
@@ -148,7 +158,7 @@ pub async fn open_loop(clients: &[Client], csrs: Arc<Vec<String>>, rate: f64, du
                 out.lags.push(due.elapsed());
                 match call(&mut client, &csrs, (c + k) % csrs.len()).await {
                     Ok(()) => out.latencies.push(due.elapsed()),
-                    Err(_) => out.errors += 1,
+                    Err(status) => out.error(&status),
                 }
             }
             out
@@ -188,7 +198,7 @@ pub async fn burst(clients: &[Client], csrs: Arc<Vec<String>>) -> Outcome {
             let mut out = Outcome::default();
             match call(&mut client, &csrs, i).await {
                 Ok(()) => out.latencies.push(sent.elapsed()),
-                Err(_) => out.errors += 1,
+                Err(status) => out.error(&status),
             }
             out
         }));
@@ -204,6 +214,9 @@ async fn gather(tasks: Vec<tokio::task::JoinHandle<Outcome>>, start: Instant) ->
                 all.latencies.extend(o.latencies);
                 all.lags.extend(o.lags);
                 all.errors += o.errors;
+                if all.first_error.is_none() {
+                    all.first_error = o.first_error;
+                }
             }
             Err(_) => all.errors += 1,
         }

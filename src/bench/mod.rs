@@ -151,6 +151,7 @@ impl Phase {
         for s in slices {
             outcome.latencies.extend(s.outcome.latencies);
             outcome.lags.extend(s.outcome.lags);
+            outcome.first_error = outcome.first_error.or(s.outcome.first_error);
             outcome.errors += s.outcome.errors;
             outcome.elapsed += s.outcome.elapsed;
             server_cpu += s.server_cpu;
@@ -177,8 +178,13 @@ impl Phase {
             human(p.p999),
             100.0 * self.server_cpu.as_secs_f64() / secs,
             100.0 * self.client_cpu.as_secs_f64() / secs,
-        )
+        ) + &first_error(&self.outcome)
     }
+}
+
+/// The first error of a phase, on a line of its own, when there was one.
+fn first_error(outcome: &load::Outcome) -> String {
+    outcome.first_error.as_ref().map(|e| format!("\n    first error: {e}")).unwrap_or_default()
 }
 
 async fn measured(server: &ServerProcess, run: impl Future<Output = load::Outcome>) -> Phase {
@@ -310,6 +316,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
                 human(b.percentiles.p99),
                 human(b.percentiles.max)
             );
+            out.push_str(first_error(&b.outcome).trim_start_matches('\n'));
+            if b.outcome.first_error.is_some() {
+                out.push('\n');
+            }
         }
         let usage = server.usage();
         let _ = writeln!(
