@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, default_value = "100")]
     burst_connections: usize,
     /// Intermediate key types to measure. Repeatable.
-    #[arg(long = "signer", default_values = ["ecdsa-p256", "rsa-4096"])]
+    #[arg(long = "signer", default_values = ["ecdsa-p256", "rsa-4096"], value_parser = super::key_algorithms())]
     signers: Vec<KeyAlgorithm>,
     /// Do not pin the server to core 0 and the load to core 1.
     #[arg(long)]

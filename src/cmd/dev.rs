@@ -86,13 +86,17 @@ pub fn banner(server: &DevServer, opts: &DevOptions) -> String {
     };
     let host =
         if server.grpc_addr.ip().is_loopback() { "localhost".to_string() } else { server.grpc_addr.ip().to_string() };
+    // The binary as it runs (`cargo run` leaves no `meshroot` on PATH), and the workload's key
+    // under the state directory, which is git-ignored, not in the working tree.
+    let program = std::env::current_exe().map_or_else(|_| "meshroot".to_string(), |p| p.display().to_string());
     let _ = writeln!(out, "\nRequest a workload certificate:");
     let _ = writeln!(
         out,
-        "  meshroot request --ca-addr {host}:{} --root-cert {} {token_arg} --identity spiffe://{}/ns/default/sa/default --out ./workload",
+        "  {program} request --ca-addr {host}:{} --root-cert {} {token_arg} --identity spiffe://{}/ns/default/sa/default --out {}",
         server.grpc_addr.port(),
         s.bundle_path.display(),
-        opts.trust_domain
+        opts.trust_domain,
+        s.dir.join("workload").display()
     );
     out
 }

@@ -53,6 +53,14 @@ enum Command {
     BenchServer(bench::ServerArgs),
 }
 
+/// Key types for a `--key-type` or `--signer` flag, listed in `--help` and in the error for an
+/// unknown one.
+pub fn key_algorithms() -> impl clap::builder::TypedValueParser<Value = crate::pki::KeyAlgorithm> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(crate::pki::KeyAlgorithm::ALL.map(|a| a.name()))
+        .try_map(|name| name.parse::<crate::pki::KeyAlgorithm>())
+}
+
 /// Parses the command line and runs the command; the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -140,6 +148,28 @@ mod tests {
         }
         // The library's default (embedders, the in-process tests) is the same.
         assert_eq!(RateLimits::default(), expected);
+    }
+
+    /// `--key-type` names its values in the help and in the refusal of an unknown one, and
+    /// `request` makes the key pilot-agent makes by default (RSA-2048).
+    #[test]
+    fn key_types_are_listed_and_request_defaults_to_pilot_agents() {
+        let err = parse(&["request", "--ca-addr", "x:1", "--root-cert", "r", "--identity", "i", "--key-type", "dsa"])
+            .err()
+            .unwrap()
+            .to_string();
+        for name in crate::pki::KeyAlgorithm::ALL.map(|a| a.name()) {
+            assert!(err.contains(name), "{name} missing from: {err}");
+        }
+        match parse(&["request", "--ca-addr", "x:1", "--root-cert", "r", "--identity", "i"]).unwrap().command {
+            Command::Request(a) => assert_eq!(a.key_type, crate::pki::KeyAlgorithm::Rsa2048),
+            _ => unreachable!(),
+        }
+        let help = match parse(&["pki", "init", "--help"]) {
+            Err(e) => e.to_string(),
+            Ok(_) => unreachable!(),
+        };
+        assert!(help.contains("possible values: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096"), "{help}");
     }
 
     /// `meshroot root`'s namespace and Secret may follow the step, as with kubectl

@@ -80,7 +80,7 @@ pub struct InitArgs {
     #[arg(long = "mesh", required = true)]
     pub meshes: Vec<MeshArg>,
     /// Key type for created keys.
-    #[arg(long, default_value = "ecdsa-p256")]
+    #[arg(long, default_value = "ecdsa-p256", value_parser = super::key_algorithms())]
     pub key_type: KeyAlgorithm,
     /// Lifetime of a created root (ignored with --root-cert), e.g. 3650d.
     #[arg(long, default_value = "3650d", value_parser = duration::parse)]

@@ -32,8 +32,9 @@ pub struct Args {
     /// The SPIFFE ID to request.
     #[arg(long)]
     pub identity: String,
-    /// Key type of the workload key generated for the CSR.
-    #[arg(long, default_value = "ecdsa-p256")]
+    /// Key type of the workload key generated for the CSR: RSA-2048 as pilot-agent's default
+    /// (ztunnel sends ECDSA P-256).
+    #[arg(long, default_value = "rsa-2048", value_parser = super::key_algorithms())]
     pub key_type: KeyAlgorithm,
     /// Lifetime to request; the CA may clamp it.
     #[arg(long, default_value = "24h", value_parser = duration::parse)]

@@ -43,7 +43,7 @@ enum Step {
     Generate {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "ecdsa-p256")]
+        #[arg(long, default_value = "ecdsa-p256", value_parser = super::key_algorithms())]
         key_type: KeyAlgorithm,
         #[arg(long, default_value = "3650d", value_parser = crate::duration::parse)]
         lifetime: time::Duration,

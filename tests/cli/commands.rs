@@ -44,7 +44,7 @@ fn start_dev_logging(cwd: &Path, log: Option<&Path>) -> Dev {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
-        let done = line.trim_start().starts_with("meshroot request");
+        let done = line.contains(" request --ca-addr ");
         banner.push(line);
         if done {
             return Dev { child, banner };
@@ -58,6 +58,15 @@ fn start_dev_logging(cwd: &Path, log: Option<&Path>) -> Dev {
 fn request_args(dev: &Dev) -> Vec<String> {
     let cmd = dev.banner.last().unwrap().trim();
     cmd.split_whitespace().skip(1).map(String::from).collect()
+}
+
+/// The banner's request command, run exactly as printed (its first word is the program).
+fn banner_command(dev: &Dev) -> Command {
+    let cmd = dev.banner.last().unwrap().trim();
+    let mut words = cmd.split_whitespace();
+    let mut command = Command::new(words.next().unwrap());
+    command.args(words);
+    command
 }
 
 fn mode(path: &Path) -> u32 {
@@ -82,12 +91,15 @@ fn request_against_dev_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let dev = start_dev(dir.path());
     assert!(dev.banner.iter().any(|l| l.starts_with("created root CA")), "{:?}", dev.banner);
-    let out = Command::new(BIN).args(request_args(&dev)).current_dir(dir.path()).output().unwrap();
+    // The banner's command works pasted as it is: `cargo run` puts no meshroot on PATH.
+    let out = banner_command(&dev).current_dir(dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("SAN:     spiffe://cluster.local/ns/default/sa/default"), "{stdout}");
     assert!(stdout.contains("(in 23h 59m)"), "{stdout}");
-    let w = dir.path().join("workload");
+    // The workload's key lands in the git-ignored state directory, not the working tree.
+    let w = dir.path().join(".meshroot/workload");
+    assert!(!dir.path().join("workload").exists());
     assert_eq!(mode(&w.join("key.pem")), 0o600);
     assert_eq!(mode(&dir.path().join(".meshroot/root/ca.key")), 0o600);
     assert_eq!(mode(&dir.path().join(".meshroot/meshes/default/ca-key.pem")), 0o600);
@@ -148,7 +160,8 @@ fn one_audit_line_per_request_and_no_secret_in_any_log() {
     assert_eq!(issued["outcome"], "issued");
     assert_eq!(issued["identity"], "spiffe://cluster.local/ns/default/sa/default");
     assert_eq!(issued["caller"], "default/default");
-    assert_eq!(issued["key_type"], "ecdsa-p256");
+    // `request` makes pilot-agent's default key.
+    assert_eq!(issued["key_type"], "rsa-2048");
     assert_eq!(issued["serial"].as_str().unwrap().len(), 40);
     assert!(issued["not_after"].as_i64().unwrap() > 0 && issued["latency_us"].as_u64().is_some());
     assert_eq!(audit[1]["outcome"], "denied");
@@ -158,7 +171,7 @@ fn one_audit_line_per_request_and_no_secret_in_any_log() {
     let token = std::fs::read_to_string(dir.path().join(".meshroot/default.token")).unwrap();
     assert!(!text.contains(token.trim()) && !text.contains("not-a-valid-token-4242"));
     assert!(!text.contains("PRIVATE KEY"));
-    for key in [".meshroot/root/ca.key", ".meshroot/meshes/default/ca-key.pem", "workload/key.pem"] {
+    for key in [".meshroot/root/ca.key", ".meshroot/meshes/default/ca-key.pem", ".meshroot/workload/key.pem"] {
         let pem = std::fs::read_to_string(dir.path().join(key)).unwrap();
         let body = pem.lines().nth(1).unwrap();
         assert!(!text.contains(body), "{key} leaked into the logs");
