@@ -11,7 +11,7 @@ use crate::pki::{Authority, CaSpec, KeyAlgorithm, PkiError, TrustBundle};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
 /// One `--mesh NAME[=TRUST_DOMAIN]` value of `pki init`.
@@ -67,7 +67,8 @@ enum Command {
 /// The flags of `meshroot pki init`, which are its options as they are.
 #[derive(Clone, Debug, clap::Args)]
 pub struct InitArgs {
-    /// Output directory (existing files are never overwritten).
+    /// Output directory. Existing files are never overwritten; run again on the same directory to
+    /// add meshes under the root already there.
     #[arg(long)]
     pub out: PathBuf,
     /// Import this root certificate instead of creating one.
@@ -122,7 +123,9 @@ struct SecretMetadata {
     annotations: BTreeMap<&'static str, String>,
 }
 
-/// `pki init`: writes the root and one `cacerts` directory per mesh.
+/// `pki init`: writes the root and one `cacerts` directory per mesh. Run again on the same
+/// directory, it adds meshes under the root already there. On a failure, whatever this run
+/// created is removed again, so a refused run leaves the directory as it found it.
 pub fn init(opts: &InitArgs) -> anyhow::Result<PkiInitOutcome> {
     if opts.meshes.is_empty() {
         bail!("give at least one --mesh NAME[=TRUST_DOMAIN]");
@@ -133,9 +136,59 @@ pub fn init(opts: &InitArgs) -> anyhow::Result<PkiInitOutcome> {
             bail!("mesh {} is given twice", m.name);
         }
     }
+    let mut created = Created::default();
+    let outcome = init_into(opts, &mut created);
+    if outcome.is_err() {
+        created.remove();
+    }
+    outcome
+}
+
+/// What one run of `pki init` created, to be removed if the run fails.
+#[derive(Default)]
+struct Created {
+    files: Vec<PathBuf>,
+    /// Directories that did not exist before the run: all they hold is the run's.
+    dirs: Vec<PathBuf>,
+}
+
+impl Created {
+    fn dir(&mut self, path: &Path) -> std::io::Result<()> {
+        let existed = path.exists();
+        fsutil::create_private_dir(path)?;
+        if !existed {
+            self.dirs.push(path.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn remove(self) {
+        for file in self.files.iter().rev() {
+            let _ = std::fs::remove_file(file);
+        }
+        for dir in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn init_into(opts: &InitArgs, created: &mut Created) -> anyhow::Result<PkiInitOutcome> {
     let now = OffsetDateTime::now_utc();
-    fsutil::create_private_dir(&opts.out)?;
+    for mesh in &opts.meshes {
+        let dir = opts.out.join(&mesh.name);
+        if dir.exists() {
+            bail!(
+                "{} already exists: mesh {} was made before; choose another name, or remove the directory to make it again",
+                dir.display(),
+                mesh.name
+            );
+        }
+    }
+    created.dir(&opts.out)?;
     let mut lines = Vec::new();
+    let root_cert_path = opts.out.join("root-cert.pem");
+    let root_key_path = opts.out.join("root-key.pem");
+    let existing_root = root_cert_path.exists().then(|| fsutil::read(&root_cert_path)).transpose()?;
 
     let root = match (&opts.root_cert, &opts.root_key) {
         (Some(cert), Some(key)) => {
@@ -145,25 +198,66 @@ pub fn init(opts: &InitArgs) -> anyhow::Result<PkiInitOutcome> {
                 bail!("{} is not a self-signed root; import the root itself", cert.display());
             }
             root.check_valid_at(now).context("the imported root")?;
-            lines.push(format!("imported root {} ({})", root.subject(), root.key_kind()));
+            if let Some(existing) = &existing_root {
+                let existing = TrustBundle::from_pem(existing)
+                    .with_context(|| format!("reading the root already in {}", root_cert_path.display()))?;
+                if existing.roots() != [root.certificate().clone()] {
+                    bail!("{} already holds another root; give a new --out for {}", opts.out.display(), cert.display());
+                }
+                lines.push(format!("adding meshes under the imported root {} ({})", root.subject(), root.key_kind()));
+            } else {
+                lines.push(format!("imported root {} ({})", root.subject(), root.key_kind()));
+            }
             root
         }
-        (None, None) => {
-            let mut spec = CaSpec::root(opts.root_lifetime);
-            spec.key_algorithm = opts.key_type;
-            let root = Authority::new_root(&spec, now)?;
-            fsutil::write_private(&opts.out.join("root-key.pem"), root.key().to_pem().as_bytes(), Existing::Refuse)?;
-            lines.push(format!("created root {} ({}), key in root-key.pem", root.subject(), root.key_kind()));
-            root
-        }
+        (None, None) => match &existing_root {
+            Some(cert) => {
+                if !root_key_path.exists() {
+                    bail!(
+                        "{} holds a root without its key (an imported root's key is not kept there): give --root-cert and --root-key to add meshes under it",
+                        opts.out.display()
+                    );
+                }
+                let root = Authority::from_pem(cert, &fsutil::read(&root_key_path)?)
+                    .with_context(|| format!("loading the root in {}", opts.out.display()))?;
+                root.check_valid_at(now).context("the root already there")?;
+                lines.push(format!(
+                    "adding meshes under the root in {}: {} ({})",
+                    opts.out.display(),
+                    root.subject(),
+                    root.key_kind()
+                ));
+                root
+            }
+            None => {
+                if root_key_path.exists() {
+                    bail!("{} holds root-key.pem without root-cert.pem; refusing to replace it", opts.out.display());
+                }
+                let mut spec = CaSpec::root(opts.root_lifetime);
+                spec.key_algorithm = opts.key_type;
+                let root = Authority::new_root(&spec, now)?;
+                fsutil::write_private(&root_key_path, root.key().to_pem().as_bytes(), Existing::Refuse)?;
+                created.files.push(root_key_path.clone());
+                lines.push(format!(
+                    "created root {} ({}), key in root-key.pem, expires {}",
+                    root.subject(),
+                    root.key_kind(),
+                    rfc3339(root.not_after())
+                ));
+                root
+            }
+        },
         _ => bail!("--root-cert and --root-key go together"),
     };
     let bundle = TrustBundle::new(vec![root.certificate().clone()])?;
-    fsutil::write_public(&opts.out.join("root-cert.pem"), root.certificate_pem().as_bytes(), Existing::Refuse)?;
+    if existing_root.is_none() {
+        fsutil::write_public(&root_cert_path, root.certificate_pem().as_bytes(), Existing::Refuse)?;
+        created.files.push(root_cert_path.clone());
+    }
 
     for mesh in &opts.meshes {
         let dir = opts.out.join(&mesh.name);
-        fsutil::create_private_dir(&dir)?;
+        created.dir(&dir)?;
         let mut spec = CaSpec::intermediate(&mesh.name, opts.intermediate_lifetime);
         spec.key_algorithm = opts.key_type;
         let int = root.new_intermediate(&spec, now)?;
@@ -179,11 +273,16 @@ pub fn init(opts: &InitArgs) -> anyhow::Result<PkiInitOutcome> {
             mesh.name,
             mesh.trust_domain,
             dir.display(),
-            int.not_after(),
+            rfc3339(int.not_after()),
             dir.join("cacerts-secret.yaml").display()
         ));
     }
     Ok(PkiInitOutcome { lines })
+}
+
+/// A time as RFC 3339, as `openssl x509 -dateopt iso_8601` and Kubernetes print them.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 fn secret_manifest(int: &Authority, root: &Authority, bundle: &TrustBundle, mesh: &MeshArg) -> anyhow::Result<String> {

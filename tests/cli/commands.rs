@@ -242,12 +242,73 @@ fn pki_init_creates_a_root_and_istio_cacerts_per_mesh() {
     let root = std::fs::read(out_dir.join("root-cert.pem")).unwrap();
     assert_eq!(std::fs::read(out_dir.join("gateway/root-cert.pem")).unwrap(), root);
 
+    // Every date printed is RFC 3339.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dates: Vec<&str> =
+        stdout.split("expires ").skip(1).map(|rest| rest.split([';', ' ', '\n']).next().unwrap()).collect();
+    assert_eq!(dates.len(), 3, "{stdout}");
+    for date in dates {
+        time::OffsetDateTime::parse(date, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{date:?} is not RFC 3339 ({e}): {stdout}"));
+    }
+
     // Running again never overwrites keys.
     let key_before = std::fs::read(out_dir.join("root-key.pem")).unwrap();
+    let gateway_key = std::fs::read(out_dir.join("gateway/ca-key.pem")).unwrap();
     let again = pki_init(&out_dir, &[]);
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists: mesh default was made before"));
     assert_eq!(std::fs::read(out_dir.join("root-key.pem")).unwrap(), key_before);
+    assert_eq!(std::fs::read(out_dir.join("gateway/ca-key.pem")).unwrap(), gateway_key);
+
+    // A mesh added later chains to the same root, and nothing else changes.
+    let added =
+        Command::new(BIN).args(["pki", "init", "--out"]).arg(&out_dir).args(["--mesh", "ingress"]).output().unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(String::from_utf8_lossy(&added.stdout).contains("adding meshes under the root in"));
+    check_cacerts(&out_dir.join("ingress"));
+    assert_eq!(std::fs::read(out_dir.join("ingress/root-cert.pem")).unwrap(), root);
+    assert_eq!(std::fs::read(out_dir.join("root-key.pem")).unwrap(), key_before);
+}
+
+/// A refused `pki init` leaves no directory or file of its own behind.
+#[test]
+fn pki_init_that_fails_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("pki");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let out = pki_init(&out_dir, &["--root-cert", junk.to_str().unwrap(), "--root-key", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("importing the root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out_dir.exists(), "the output directory this run created is gone");
+
+    // In a directory that already holds a root, a run that fails removes only what it made.
+    assert!(pki_init(&out_dir, &[]).status.success());
+    let before: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let other = meshroot::pki::Authority::new_root(
+        &meshroot::pki::CaSpec::root(time::Duration::days(1)),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let (cert, key) = (dir.path().join("other.pem"), dir.path().join("other-key.pem"));
+    std::fs::write(&cert, other.certificate_pem()).unwrap();
+    std::fs::write(&key, other.key().to_pem().as_bytes()).unwrap();
+    let refused = Command::new(BIN)
+        .args(["pki", "init", "--out"])
+        .arg(&out_dir)
+        .args(["--mesh", "third", "--root-cert", cert.to_str().unwrap(), "--root-key", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already holds another root"));
+    let after: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(after, before);
+    assert!(out_dir.exists());
 }
 
 #[test]
