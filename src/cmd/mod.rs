@@ -61,6 +61,24 @@ pub fn key_algorithms() -> impl clap::builder::TypedValueParser<Value = crate::p
         .try_map(|name| name.parse::<crate::pki::KeyAlgorithm>())
 }
 
+/// An error and its causes on one line, each cause once: some libraries' messages already
+/// include their source's text (kube's configuration errors did, three levels deep), and
+/// printing the chain repeated it.
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}
+
 /// Parses the command line and runs the command; the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -90,7 +108,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -148,6 +166,31 @@ mod tests {
         }
         // The library's default (embedders, the in-process tests) is the same.
         assert_eq!(RateLimits::default(), expected);
+    }
+
+    /// Each cause is printed once, even when a message already carries its source's text.
+    #[test]
+    fn an_error_chain_repeats_no_cause() {
+        #[derive(Debug)]
+        struct Wrapping(std::io::Error);
+        impl std::fmt::Display for Wrapping {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "failed to read kubeconfig: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapping {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let err = anyhow::Error::new(Wrapping(io)).context("connecting to the Kubernetes API");
+        let text = describe(&err);
+        assert_eq!(text, "connecting to the Kubernetes API: failed to read kubeconfig: No such file or directory");
+        assert_eq!(format!("{err:#}").matches("No such file").count(), 2, "the chain as anyhow prints it");
+        // Causes that add something are all kept.
+        let plain = anyhow::anyhow!("root cause").context("middle").context("top");
+        assert_eq!(describe(&plain), "top: middle: root cause");
     }
 
     /// `--key-type` names its values in the help and in the refusal of an unknown one, and
