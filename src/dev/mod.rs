@@ -9,11 +9,12 @@ use crate::ca::client_cert::ClientCertificateAuthenticator;
 use crate::ca::rate_limit::RateLimits;
 use crate::ca::server::ServerOptions;
 use crate::ca::service::{CertificateService, ServiceConfig};
-use crate::ca::static_tokens::StaticTokenAuthenticator;
 use crate::ca::tls::{ServerTls, ServingCertificate};
+use crate::ca::token_file::TokenFile;
 use crate::frontend::FrontEnd;
 use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
 use crate::pki::spiffe::validate_trust_domain;
+use crate::supervise::AbortOnDrop;
 use crate::telemetry::Metrics;
 use anyhow::{Context, bail};
 use state::{DEV_MESH, DevState};
@@ -101,6 +102,8 @@ pub struct DevServer {
     /// intermediate) takes effect on the next request.
     pub registry: Arc<MeshRegistry>,
     front: FrontEnd,
+    /// Stops watching the token file when the server goes.
+    _token_watch: AbortOnDrop,
 }
 
 fn validate(opts: &DevOptions) -> anyhow::Result<()> {
@@ -124,10 +127,9 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     let state = DevState::load_or_init(&opts.state_dir, &names, opts.token_file.as_deref())
         .with_context(|| format!("preparing state in {}", opts.state_dir.display()))?;
 
-    let tokens_text = std::fs::read_to_string(&state.tokens_path)
-        .with_context(|| format!("reading token file {}", state.tokens_path.display()))?;
-    let tokens = StaticTokenAuthenticator::parse(&tokens_text)
-        .with_context(|| format!("token file {}", state.tokens_path.display()))?;
+    // Reloaded while running: a line added for a new identity works within a second.
+    let tokens = TokenFile::load(&state.tokens_path)?;
+    let token_watch = AbortOnDrop(tokio::spawn(tokens.clone().watch()));
 
     let chain = state.chain.clone();
     let mesh = Mesh {
@@ -151,10 +153,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
             cluster_aliases: Vec::new(),
             rate_limits: opts.rate_limits,
         },
-        AuthenticatorChain::new(vec![
-            Arc::new(ClientCertificateAuthenticator::new(registry.clone())),
-            Arc::new(tokens),
-        ]),
+        AuthenticatorChain::new(vec![Arc::new(ClientCertificateAuthenticator::new(registry.clone())), tokens]),
         registry.clone(),
         metrics.clone(),
     );
@@ -167,7 +166,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     front.serve(tls, service, ServerOptions::default())?;
     front.readiness().set(true);
     let (grpc_addr, ops_addr) = (front.grpc_addr, front.ops_addr.unwrap_or(opts.ops_listen));
-    Ok(DevServer { grpc_addr, ops_addr, state, metrics, registry, front })
+    Ok(DevServer { grpc_addr, ops_addr, state, metrics, registry, front, _token_watch: token_watch })
 }
 
 impl DevServer {

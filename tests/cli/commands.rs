@@ -178,6 +178,40 @@ fn one_audit_line_per_request_and_no_secret_in_any_log() {
     }
 }
 
+/// A token line added while `dev` runs works without a restart.
+#[test]
+fn dev_picks_up_a_token_added_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(dir.path());
+    let tokens = dir.path().join(".meshroot/tokens");
+    let mut text = std::fs::read_to_string(&tokens).unwrap();
+    text.push_str("added-while-running shop checkout\n");
+    std::fs::write(&tokens, text).unwrap();
+    let mut args = request_args(&dev);
+    let i = args.iter().position(|a| a == "--token-file").unwrap();
+    args.splice(i..i + 2, ["--token".to_string(), "added-while-running".to_string()]);
+    let i = args.iter().position(|a| a == "--identity").unwrap();
+    args[i + 1] = "spiffe://cluster.local/ns/shop/sa/checkout".into();
+    // Within a few reload intervals (one second each).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(BIN).args(&args).current_dir(dir.path()).output().unwrap();
+        if out.status.success() {
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("SAN:     spiffe://cluster.local/ns/shop/sa/checkout")
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new token was never accepted: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(dev);
+}
+
 #[test]
 fn dev_refuses_partial_state_instead_of_replacing_it() {
     let dir = tempfile::tempdir().unwrap();

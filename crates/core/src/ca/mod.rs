@@ -10,6 +10,7 @@ pub mod server;
 pub mod service;
 pub mod static_tokens;
 pub mod tls;
+pub mod token_file;
 pub mod unary_body;
 
 #[cfg(test)]
