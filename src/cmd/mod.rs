@@ -168,6 +168,46 @@ mod tests {
         assert_eq!(RateLimits::default(), expected);
     }
 
+    /// Every switch of `serve` takes both styles: `--flag` alone and `--flag=true|false`.
+    #[test]
+    fn serve_switches_accept_both_styles() {
+        let options = |extra: &[&str]| {
+            let mut args = vec!["serve", "--namespace", "m", "--pod-name", "p"];
+            args.extend_from_slice(extra);
+            match parse(&args).unwrap().command {
+                Command::Serve(a) => a.options().unwrap(),
+                _ => unreachable!(),
+            }
+        };
+        for var in ["MESHROOT_GENERATE_ROOT", "MESHROOT_CERT_MANAGER_ISSUER", "MESHROOT_KUBERNETES_CSR_SIGNER"] {
+            assert!(std::env::var_os(var).is_none(), "{var} is set: the defaults cannot be tested");
+        }
+        let defaults = options(&[]);
+        assert!(!defaults.generate_root && defaults.cert_manager_issuer && defaults.kubernetes_csr_signer);
+        assert!(options(&["--generate-root"]).generate_root);
+        assert!(options(&["--generate-root=true"]).generate_root);
+        assert!(!options(&["--generate-root=false"]).generate_root);
+        assert!(options(&["--generate-root", "--cert-manager-issuer=false"]).generate_root);
+        assert!(!options(&["--cert-manager-issuer=false"]).cert_manager_issuer);
+        assert!(!options(&["--cert-manager-issuer", "false"]).cert_manager_issuer, "the older spelling still works");
+        assert!(options(&["--kubernetes-csr-signer"]).kubernetes_csr_signer);
+        assert!(!options(&["--kubernetes-csr-signer=false"]).kubernetes_csr_signer);
+        assert!(parse(&["serve", "--generate-root=maybe"]).is_err());
+    }
+
+    /// `root`'s flags have the names `pki init` gives the same things, too.
+    #[test]
+    fn root_flags_accept_pki_inits_names() {
+        for args in [
+            &["root", "add", "--root-cert", "new.pem"][..],
+            &["root", "switch", "--root-cert", "new.pem", "--root-key", "new-key.pem"],
+            &["root", "generate", "--out", "d", "--root-lifetime", "365d"],
+            &["root", "add", "--cert", "new.pem"],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+    }
+
     /// Each cause is printed once, even when a message already carries its source's text.
     #[test]
     fn an_error_chain_repeats_no_cause() {

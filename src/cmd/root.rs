@@ -41,24 +41,29 @@ enum Step {
     Status,
     /// Create a new root in files (root-cert.pem, root-key.pem 0600), for `add` and `switch`.
     Generate {
+        /// Directory for root-cert.pem and root-key.pem (existing files are never overwritten).
         #[arg(long)]
         out: PathBuf,
+        /// Key type of the new root.
         #[arg(long, default_value = "ecdsa-p256", value_parser = super::key_algorithms())]
         key_type: KeyAlgorithm,
-        #[arg(long, default_value = "3650d", value_parser = crate::duration::parse)]
+        /// Lifetime of the new root, e.g. 3650d (`pki init` calls it --root-lifetime, also accepted).
+        #[arg(long, visible_alias = "root-lifetime", default_value = "3650d", value_parser = crate::duration::parse)]
         lifetime: time::Duration,
     },
     /// Step 1: trust the new root beside the current one, everywhere.
     Add {
-        #[arg(long)]
+        /// The new root's certificate (PEM), from `meshroot root generate` or your own CA.
+        #[arg(long, visible_alias = "root-cert")]
         cert: PathBuf,
     },
     /// Step 2: sign with the new root; intermediates are re-issued under it.
     Switch {
-        #[arg(long)]
+        /// The new root's certificate (PEM), as given to `add`.
+        #[arg(long, visible_alias = "root-cert")]
         cert: PathBuf,
         /// The new root's key; leave out for an offline root.
-        #[arg(long)]
+        #[arg(long, visible_alias = "root-key")]
         key: Option<PathBuf>,
     },
     /// Step 3: stop trusting the old root, once no leaf of its chain is valid.

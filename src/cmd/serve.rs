@@ -29,8 +29,9 @@ pub struct Args {
     /// Secret holding the root (tls.crt, tls.key, optional ca.crt).
     #[arg(long, env = "MESHROOT_ROOT_SECRET", default_value = crate::k8s::root::DEFAULT_SECRET)]
     root_secret: String,
-    /// Generate the root into that Secret if it does not exist (ECDSA P-256).
-    #[arg(long, env = "MESHROOT_GENERATE_ROOT")]
+    /// Generate the root into that Secret if it does not exist (ECDSA P-256). Like every switch
+    /// of `serve`, both `--generate-root` and `--generate-root=true|false` are accepted.
+    #[arg(long, env = "MESHROOT_GENERATE_ROOT", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     generate_root: bool,
     /// The local cluster id (`clusterid` header).
     #[arg(long, env = "MESHROOT_CLUSTER_ID", default_value = DEFAULT_CLUSTER_ID)]
@@ -96,10 +97,10 @@ pub struct Args {
     #[arg(long, env = "MESHROOT_DRAIN_DELAY", default_value = "5s", value_parser = duration::parse)]
     drain_delay: time::Duration,
     /// Sign cert-manager CertificateRequests for meshroot's Issuers and ClusterIssuers.
-    #[arg(long, env = "MESHROOT_CERT_MANAGER_ISSUER", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "MESHROOT_CERT_MANAGER_ISSUER", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     cert_manager_issuer: bool,
     /// Sign Kubernetes CertificateSigningRequests for meshroot's signer names.
-    #[arg(long, env = "MESHROOT_KUBERNETES_CSR_SIGNER", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "MESHROOT_KUBERNETES_CSR_SIGNER", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     kubernetes_csr_signer: bool,
     #[command(flatten)]
     pub(super) rate_limits: rate_limits::Args,
