@@ -17,7 +17,10 @@
 //! the 10,000-request burst 10–20 MiB more memory: each response then waited
 //! for its connection's task to come round again, behind every request
 //! already queued. No more than [`MAX_BUFFERED`] bytes are ever held, and an
-//! idle connection holds no buffer.
+//! idle connection holds no buffer. What a deferred flush left is also sent
+//! before the next read, which may find the client gone. One case is still
+//! lost: an alert rustls writes after the handshake just before it reports a
+//! broken record, since the connection is then dropped without a flush.
 //!
 //! Writes pass straight through until [`Coalesce::enable`], which the server
 //! calls once the TLS handshake is done: a failed handshake writes its alert
@@ -86,7 +89,13 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
 
     /// Makes room for `len` more bytes; `Ready(false)` when they are too many to hold at all.
     fn poll_room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<bool>> {
-        if self.pending().saturating_add(len) > MAX_BUFFERED {
+        // What a partial write already sent is dropped before anything is added, so the buffer
+        // itself, not only what it still has to send, stays within the bound.
+        if self.sent > 0 {
+            self.buffer.drain(..self.sent.min(self.buffer.len()));
+            self.sent = 0;
+        }
+        if self.buffer.len().saturating_add(len) > MAX_BUFFERED {
             std::task::ready!(self.poll_drain(cx))?;
         }
         Poll::Ready(Ok(len <= MAX_BUFFERED))
@@ -141,8 +150,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesce<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        // The poll after a deferred flush reads before it flushes; if that read ends the
+        // connection (a client that half-closed), what was deferred would be dropped unsent.
+        if self.deferred && self.pending() > 0 {
+            let _ = self.poll_drain(cx);
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -271,6 +285,81 @@ mod tests {
         assert_eq!(Pin::new(&mut c).poll_write(&mut cx, &huge).map(|r| r.unwrap()), Poll::Ready(10_000));
         assert_eq!(c.get_ref().writes.iter().map(Vec::len).sum::<usize>(), before + chunk.len() + 10_000);
         assert_eq!(c.pending(), 0);
+    }
+
+    /// A socket that takes part of a write and then pushes back: what was sent is dropped from
+    /// the buffer before more is added, so the buffer never grows past the bound.
+    #[test]
+    fn a_socket_that_pushes_back_never_lets_the_buffer_grow_past_the_bound() {
+        struct Slow {
+            taken: usize,
+            turn: usize,
+        }
+        impl AsyncWrite for Slow {
+            fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+                self.turn += 1;
+                if self.turn.is_multiple_of(2) {
+                    return Poll::Pending;
+                }
+                let n = buf.len().min(6000);
+                self.taken += n;
+                Poll::Ready(Ok(n))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut c = Coalesce::new(Slow { taken: 0, turn: 0 });
+        c.enable();
+        let chunk = vec![3u8; 5000];
+        let mut accepted = 0;
+        for _ in 0..200 {
+            if let Poll::Ready(Ok(n)) = Pin::new(&mut c).poll_write(&mut cx, &chunk) {
+                accepted += n;
+            }
+            let _ = Pin::new(&mut c).poll_flush(&mut cx);
+            assert!(c.buffer.len() <= MAX_BUFFERED, "buffer {} bytes", c.buffer.len());
+        }
+        assert_eq!(accepted, c.inner.taken + c.pending(), "nothing lost, nothing sent twice");
+    }
+
+    /// What a deferred flush left is written before the next read, which may be the last.
+    #[test]
+    fn a_read_sends_what_a_deferred_flush_left() {
+        struct Both(Recorder);
+        impl AsyncWrite for Both {
+            fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.0).poll_write(cx, buf)
+            }
+            fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.0).poll_flush(cx)
+            }
+            fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.0).poll_shutdown(cx)
+            }
+        }
+        impl AsyncRead for Both {
+            fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+                // End of stream: the client is gone.
+                Poll::Ready(Ok(()))
+            }
+        }
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut c = Coalesce::new(Both(Recorder::default()));
+        c.enable();
+        assert!(Pin::new(&mut c).poll_write(&mut cx, b"last response").is_ready());
+        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
+        assert!(c.inner.0.writes.is_empty(), "deferred");
+        let mut space = [0u8; 8];
+        let mut read = ReadBuf::new(&mut space);
+        assert!(Pin::new(&mut c).poll_read(&mut cx, &mut read).is_ready());
+        assert_eq!(c.inner.0.writes, vec![b"last response".to_vec()]);
     }
 
     #[test]
