@@ -74,10 +74,16 @@ fn decode_lone_csr(input: &[u8]) -> Option<Vec<u8>> {
     let body = input.trim_ascii().strip_prefix(BEGIN)?.strip_suffix(END)?;
     let mut der = Vec::with_capacity((body.len() / 4).saturating_mul(3));
     let mut padded = false;
-    for line in body.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect();
+    let last = lines.len().saturating_sub(1);
+    for (i, line) in lines.into_iter().enumerate() {
+        // Only the ends of the BEGIN and END lines may be empty: a blank line inside the body
+        // is an RFC 1421 header separator to the pem crate, which the general path judges.
         if line.is_empty() {
-            continue;
+            if i == 0 || i == last {
+                continue;
+            }
+            return None;
         }
         // Padding ends the data: a line after it, or a line of partial quads, is for the general path.
         if padded || line.len() % 4 != 0 {
@@ -234,6 +240,12 @@ mod tests {
         // Padding in the middle, or a line cut inside a quad, is left to the general path too.
         let padded_early = "-----BEGIN CERTIFICATE REQUEST-----\nAQ==\nAQID\n-----END CERTIFICATE REQUEST-----\n";
         let split_quad = "-----BEGIN CERTIFICATE REQUEST-----\nAQI\nD\n-----END CERTIFICATE REQUEST-----\n";
+        let blank_inside = "-----BEGIN CERTIFICATE REQUEST-----\nAQID\n\nAQID\n-----END CERTIFICATE REQUEST-----\n";
+        let blank_before_end = "-----BEGIN CERTIFICATE REQUEST-----\nAQID\n\n-----END CERTIFICATE REQUEST-----\n";
+        for refused in [blank_inside, blank_before_end] {
+            assert!(decode_all(refused.as_bytes(), 10_000).is_err(), "the general path refuses {refused:?}");
+            assert_eq!(decode_lone_csr(refused.as_bytes()), None, "{refused:?}");
+        }
         assert!(decode_all(padded_early.as_bytes(), 10_000).is_err(), "the general path refuses it as well");
         for other in [explained.as_str(), spaced.as_str(), lowered.as_str(), two.as_str(), padded_early, split_quad] {
             assert_eq!(decode_lone_csr(other.as_bytes()), None, "{other:?}");
