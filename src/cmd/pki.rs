@@ -153,13 +153,19 @@ struct Created {
 }
 
 impl Created {
+    /// Creates `path` (and its parents) 0700. Only a directory this call itself created is
+    /// recorded: `create_dir` is atomic, so of two runs racing for one directory, only the run
+    /// that made it may remove it.
     fn dir(&mut self, path: &Path) -> std::io::Result<()> {
-        let existed = path.exists();
-        fsutil::create_private_dir(path)?;
-        if !existed {
-            self.dirs.push(path.to_path_buf());
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
         }
-        Ok(())
+        match std::fs::create_dir(path) {
+            Ok(()) => self.dirs.push(path.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        fsutil::create_private_dir(path)
     }
 
     fn remove(self) {
