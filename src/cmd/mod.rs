@@ -66,15 +66,19 @@ pub fn key_algorithms() -> impl clap::builder::TypedValueParser<Value = crate::p
 /// printing the chain repeated it.
 pub fn describe(err: &anyhow::Error) -> String {
     let mut text = String::new();
+    let mut previous = String::new();
     for cause in err.chain() {
         let message = cause.to_string();
-        if text.contains(&message) {
+        // Only what the message just before already says is left out: text that happens to
+        // appear elsewhere (a short cause inside a path) is still printed.
+        if previous.contains(&message) {
             continue;
         }
         if !text.is_empty() {
             text.push_str(": ");
         }
         text.push_str(&message);
+        previous = message;
     }
     text
 }
@@ -228,9 +232,11 @@ mod tests {
         let text = describe(&err);
         assert_eq!(text, "connecting to the Kubernetes API: failed to read kubeconfig: No such file or directory");
         assert_eq!(format!("{err:#}").matches("No such file").count(), 2, "the chain as anyhow prints it");
-        // Causes that add something are all kept.
+        // Causes that add something are all kept, even when their text appears further up.
         let plain = anyhow::anyhow!("root cause").context("middle").context("top");
         assert_eq!(describe(&plain), "top: middle: root cause");
+        let short = anyhow::anyhow!("invalid").context("parsing").context("reading /etc/invalid/x.pem");
+        assert_eq!(describe(&short), "reading /etc/invalid/x.pem: parsing: invalid");
     }
 
     /// `--key-type` names its values in the help and in the refusal of an unknown one, and
