@@ -76,6 +76,11 @@ impl StaticTokenAuthenticator {
         }
         Ok(Self { accounts })
     }
+
+    /// No tokens at all: every bearer token is refused.
+    pub fn empty() -> Self {
+        Self { accounts: HashMap::new() }
+    }
 }
 
 #[async_trait]

@@ -1,7 +1,9 @@
 //! Dev mode's token file, reloaded while the server runs: a line added for a
-//! new identity works within a second, without a restart. A file that no
-//! longer parses keeps the tokens last loaded, and the warning names the line
-//! (never a token).
+//! new identity works within a second, without a restart, and a file emptied
+//! revokes every token. A file that no longer parses keeps the tokens last
+//! loaded, and the warning names the line (never a token). A version is its
+//! modification time and length, so the file should be written whole (an
+//! editor's save, a rename), not rewritten in place byte by byte.
 
 use super::static_tokens::StaticTokenAuthenticator;
 use crate::auth::{AuthError, Authenticator, Caller, Credentials};
@@ -75,9 +77,14 @@ impl TokenFile {
                 return false;
             }
         }
-        let outcome = std::fs::read_to_string(&self.path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| StaticTokenAuthenticator::parse(&text).map_err(|e| e.to_string()));
+        let outcome = std::fs::read_to_string(&self.path).map_err(|e| e.to_string()).and_then(|text| {
+            match StaticTokenAuthenticator::parse(&text) {
+                Ok(tokens) => Ok(tokens),
+                // Emptied on purpose: every token is revoked, not kept.
+                Err(e) if e.line == 0 => Ok(StaticTokenAuthenticator::empty()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
         // Recorded either way, so a broken file is reported once, not every second.
         if let Ok(mut last) = self.version.lock() {
             *last = version;
@@ -163,6 +170,10 @@ mod tests {
         rewrite(&path, "second shop checkout\n");
         assert!(file.reload_if_changed());
         assert!(file.authenticate(&creds("first")).await.is_err());
+        // A file emptied revokes every token.
+        rewrite(&path, "# none left\n");
+        assert!(file.reload_if_changed());
+        assert!(file.authenticate(&creds("second")).await.is_err());
         assert!(!format!("{file:?}").contains("second"), "no token in Debug output");
     }
 
