@@ -268,6 +268,13 @@ pub async fn run(opts: &InstructionOptions) -> anyhow::Result<String> {
     let dumps = opts.keep.clone().unwrap_or_else(|| work.path().to_path_buf());
     std::fs::create_dir_all(&dumps).with_context(|| format!("creating {}", dumps.display()))?;
     let dump_base = dumps.join("callgrind.out");
+    // Dumps are told apart by number: an earlier run's would be read as this one's.
+    let stale = std::fs::read_dir(&dumps)?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("callgrind.out"));
+    if stale {
+        bail!("{} already holds callgrind dumps; give an empty or new directory", dumps.display());
+    }
     let identities = opts.requests.max(256);
     let (files, _chain, root_pem) = fixture::create(work.path(), opts.signer, identities)?;
     let wrapper = vec![

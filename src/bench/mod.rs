@@ -279,7 +279,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         let lag = Percentiles::of(&mut half.outcome.lags.clone());
         let _ = writeln!(
             out,
-            "    of which the load generator's: requests left it p50 {} p99 {} after they were due",
+            "    of which the load generator's: requests left it p50 {} p99 {} after they were due (including any wait behind the connection's previous request)",
             human(lag.p50),
             human(lag.p99)
         );

@@ -440,6 +440,14 @@ fn bench_counts_instructions_per_certificate_under_callgrind() {
     assert!(text.contains("cryptography (aws-lc: signatures, hashes, AES-GCM)"), "{text}");
     let kept = std::fs::read_dir(dumps.path()).unwrap().count();
     assert!(kept >= 2, "callgrind's dumps are kept: {kept}");
+    // A directory holding an earlier run's dumps is refused: they would be read as this run's.
+    let again = Command::new(BIN)
+        .args(["bench", "--instructions", "--requests", "20", "--connections", "2", "--keep-profile"])
+        .arg(dumps.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds callgrind dumps"));
 }
 
 /// `serve --check-config` refuses what `serve` would refuse, every problem
