@@ -171,7 +171,7 @@ pub async fn open_loop(clients: &[Client], csrs: Arc<Vec<String>>, rate: f64, du
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            if let Some(tx) = senders.get(k % senders.len()) {
+            if let Some(tx) = k.checked_rem(senders.len()).and_then(|c| senders.get(c)) {
                 let _ = tx.send((k, due));
             }
         }
