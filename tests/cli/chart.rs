@@ -10,7 +10,7 @@ use std::process::Command;
 
 use crate::support;
 
-use support::helm::{chart, openshift_values, template};
+use support::helm::{chart, notes, openshift_values, template};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshroot");
 const NAMESPACE: &str = support::helm::NAMESPACE;
@@ -28,6 +28,21 @@ fn all<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array().into_iter().flatten().map(|s| s.as_str().unwrap().to_string()).collect()
+}
+
+/// An image without a registry cannot be pulled: the install notes say so, and how to fix it,
+/// instead of only "installed".
+#[test]
+fn the_notes_warn_when_the_image_names_no_registry() {
+    let default = notes(&[]);
+    assert!(
+        default.contains("WARNING: the image is \"meshroot:") && default.contains("\", with no registry"),
+        "{default}"
+    );
+    assert!(default.contains("--set image.repository=<registry>/meshroot"), "{default}");
+    let pushed = notes(&["--set", "image.repository=quay.io/example/meshroot"]);
+    assert!(!pushed.contains("WARNING"), "{pushed}");
+    assert!(pushed.contains("Istio CA address:"), "{pushed}");
 }
 
 #[test]

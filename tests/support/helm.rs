@@ -58,3 +58,16 @@ pub fn template(args: &[&str]) -> Result<Vec<Value>, String> {
     }
     Ok(docs)
 }
+
+/// The NOTES a `helm install` of release `mr` in namespace `meshroot` would print (a client-side
+/// dry run: no cluster).
+pub fn notes(args: &[&str]) -> String {
+    let out = Command::new(helm())
+        .args(["install", RELEASE, chart().to_str().unwrap(), "--namespace", NAMESPACE, "--dry-run=client"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm install --dry-run: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_once("NOTES:").map(|(_, notes)| notes.to_string()).unwrap_or_else(|| panic!("no NOTES in: {text}"))
+}
