@@ -4,7 +4,6 @@
 
 use crate::pki::{CertificateSigningRequest, KeyAlgorithm, SigningChain};
 use anyhow::Context as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Certificates per second on the calling thread, over `duration`.
@@ -24,24 +23,6 @@ pub fn measure(
         done += 1;
     }
     Ok(done as f64 / start.elapsed().as_secs_f64())
-}
-
-/// [`measure`] on a thread pinned to `core` (when given).
-pub fn measure_on(
-    core: Option<usize>,
-    chain: Arc<SigningChain>,
-    csrs: Arc<Vec<String>>,
-    identities: Arc<Vec<String>>,
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    std::thread::spawn(move || {
-        if let Some(id) = core {
-            core_affinity::set_for_current(core_affinity::CoreId { id });
-        }
-        measure(&chain, &csrs, &identities, duration)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the ceiling thread panicked"))?
 }
 
 /// The primitive ceiling: only the two public-key operations each certificate needs, with the
@@ -88,21 +69,17 @@ pub fn measure_primitives(
     Ok(done as f64 / start.elapsed().as_secs_f64())
 }
 
-/// [`measure_primitives`] on a thread pinned to `core` (when given).
-pub fn measure_primitives_on(
+/// `measure` run on a thread of its own, pinned to `core` (when given), as the ceilings are.
+pub fn on_core<T: Send + 'static>(
     core: Option<usize>,
-    signer: KeyAlgorithm,
-    chain: Arc<SigningChain>,
-    csrs: Arc<Vec<String>>,
-    identity: String,
-    duration: Duration,
-) -> anyhow::Result<f64> {
+    measure: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
     std::thread::spawn(move || {
         if let Some(id) = core {
             core_affinity::set_for_current(core_affinity::CoreId { id });
         }
-        measure_primitives(signer, &chain, &csrs, &identity, duration)
+        measure()
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("the primitive ceiling thread panicked"))?
+    .map_err(|_| anyhow::anyhow!("a ceiling thread panicked"))?
 }

@@ -210,32 +210,21 @@ fn callgrind_control(args: &[&str], pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The newest dump callgrind wrote for `base` (`base.1`, `base.2`, …).
-fn newest_dump(base: &Path, before: usize) -> anyhow::Result<PathBuf> {
-    let name = base.file_name().and_then(|n| n.to_str()).context("dump name")?.to_string();
-    let dir = base.parent().context("dump directory")?;
+/// Waits for callgrind's dump number `n` of `base` (`base.1`, `base.2`, …; the directory held
+/// none before this run) to be complete, and reads it.
+async fn read_dump(base: &Path, n: usize) -> anyhow::Result<String> {
+    let mut path = base.as_os_str().to_owned();
+    path.push(format!(".{n}"));
     for _ in 0..600 {
-        let mut dumps: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let file = e.file_name().to_str()?.to_string();
-                let n = file.strip_prefix(&name)?.strip_prefix('.')?.parse().ok()?;
-                Some((n, e.path()))
-            })
-            .collect();
-        dumps.sort();
-        if dumps.len() > before
-            && let Some((_, path)) = dumps.pop()
+        // Callgrind writes its totals last.
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && (text.contains("\ntotals:") || text.contains("\nsummary:"))
         {
-            // Callgrind writes the file and then its totals last.
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if text.contains("\ntotals:") || text.contains("\nsummary:") {
-                return Ok(path);
-            }
+            return Ok(text);
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    bail!("callgrind wrote no dump within a minute")
+    bail!("callgrind wrote no {} within a minute", PathBuf::from(path).display())
 }
 
 async fn count_phase(
@@ -244,16 +233,14 @@ async fn count_phase(
     csrs: &Arc<Vec<String>>,
     requests: usize,
     dump_base: &Path,
-    dumps_so_far: &mut usize,
+    dump: usize,
 ) -> anyhow::Result<Counted> {
     let pid = server.child.id();
     load::counted(clients, csrs.clone(), requests).await;
     callgrind_control(&["--zero"], pid)?;
     let outcome = load::counted(clients, csrs.clone(), requests).await;
     callgrind_control(&["--dump"], pid)?;
-    let dump = newest_dump(dump_base, *dumps_so_far)?;
-    *dumps_so_far += 1;
-    let counts = parse(&std::fs::read_to_string(&dump)?)?;
+    let counts = parse(&read_dump(dump_base, dump).await?)?;
     let n = outcome.completed().max(1) as f64;
     Ok(Counted {
         per_certificate: counts.total as f64 / n,
@@ -291,12 +278,11 @@ pub async fn run(opts: &InstructionOptions) -> anyhow::Result<String> {
         "meshroot bench --instructions: server under callgrind, {} requests per CSR type after as many as a warm-up, {} connections, {} intermediate",
         opts.requests, opts.connections, opts.signer
     );
-    let mut dumps_so_far = 0;
-    for (label, kind) in
-        [("RSA-2048 CSRs (pilot-agent)", KeyAlgorithm::Rsa2048), ("P-256 CSRs (ztunnel)", KeyAlgorithm::EcdsaP256)]
-    {
+    let phases =
+        [("RSA-2048 CSRs (pilot-agent)", KeyAlgorithm::Rsa2048), ("P-256 CSRs (ztunnel)", KeyAlgorithm::EcdsaP256)];
+    for (dump, (label, kind)) in (1..).zip(phases) {
         let csrs = Arc::new(fixture::csrs(kind, identities)?);
-        let counted = count_phase(&server, &clients, &csrs, opts.requests, &dump_base, &mut dumps_so_far).await?;
+        let counted = count_phase(&server, &clients, &csrs, opts.requests, &dump_base, dump).await?;
         let _ = writeln!(
             out,
             "  {label}: {:.0} instructions per certificate, {} errors",

@@ -79,45 +79,35 @@ pub async fn check_one(client: &mut Client, csrs: &[String], root: &TrustBundle)
 /// Every connection sends back to back, one request in flight each, for
 /// `duration`.
 pub async fn closed_loop(clients: &[Client], csrs: Arc<Vec<String>>, duration: Duration) -> Outcome {
-    let start = Instant::now();
-    let deadline = start + duration;
-    let n = clients.len();
-    let mut tasks = Vec::with_capacity(n);
-    for (c, client) in clients.iter().cloned().enumerate() {
-        let csrs = csrs.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut client = client;
-            let mut out = Outcome::default();
-            let mut k = 0usize;
-            while Instant::now() < deadline {
-                let i = (c + k * n) % csrs.len();
-                k += 1;
-                let sent = Instant::now();
-                match call(&mut client, &csrs, i).await {
-                    Ok(()) => out.latencies.push(sent.elapsed()),
-                    Err(status) => out.error(&status),
-                }
-            }
-            out
-        }));
-    }
-    gather(tasks, start).await
+    let deadline = Instant::now() + duration;
+    back_to_back(clients, csrs, move |_| Instant::now() < deadline).await
 }
 
 /// Every connection sends back to back, one request in flight each, until
 /// `total` requests have been sent in all (for counting, not timing).
 pub async fn counted(clients: &[Client], csrs: Arc<Vec<String>>, total: usize) -> Outcome {
+    back_to_back(clients, csrs, move |sent| sent < total).await
+}
+
+/// One request in flight per connection, back to back, while `more(requests sent so far)`
+/// holds; the CSRs are taken in turn.
+async fn back_to_back(
+    clients: &[Client],
+    csrs: Arc<Vec<String>>,
+    more: impl Fn(usize) -> bool + Send + Sync + 'static,
+) -> Outcome {
     let start = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let more = Arc::new(more);
     let mut tasks = Vec::with_capacity(clients.len());
     for client in clients.iter().cloned() {
-        let (csrs, next) = (csrs.clone(), next.clone());
+        let (csrs, next, more) = (csrs.clone(), next.clone(), more.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = client;
             let mut out = Outcome::default();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
+                if !more(i) {
                     break;
                 }
                 let sent = Instant::now();

@@ -182,7 +182,7 @@ impl Phase {
     }
 }
 
-/// The first error of a phase, on a line of its own, when there was one.
+/// The first error of a phase, as a line of its own after the phase's, when there was one.
 fn first_error(outcome: &load::Outcome) -> String {
     outcome.first_error.as_ref().map(|e| format!("\n    first error: {e}")).unwrap_or_default()
 }
@@ -232,12 +232,15 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         // The machine's speed drifts (shared hosts), so the ceiling is
         // measured in slices between slices of the steady load, on the
         // server's core while the server idles, and both are summed.
+        let crypto = |csrs: &Arc<Vec<String>>, duration: Duration| {
+            let (chain, csrs, identities) = (chain.clone(), csrs.clone(), identities.clone());
+            ceiling::on_core(server_core, move || ceiling::measure(&chain, &csrs, &identities, duration))
+        };
         let mut ceilings = Vec::with_capacity(ROUNDS);
         let mut slices = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {
             let slice = (opts.duration / ROUNDS as u32).max(Duration::from_millis(200));
-            let c = ceiling::measure_on(server_core, chain.clone(), rsa_csrs.clone(), identities.clone(), slice / 3)?;
-            ceilings.push(c);
+            ceilings.push(crypto(&rsa_csrs, slice / 3)?);
             slices.push(measured(&server, load::closed_loop(&clients, rsa_csrs.clone(), slice)).await);
         }
         let ceiling = ceilings.iter().sum::<f64>() / ceilings.len() as f64;
@@ -247,16 +250,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
             human(Duration::from_secs_f64(1.0 / ceiling.max(1e-9))),
             ceilings.iter().map(|c| format!("{c:.0}")).collect::<Vec<_>>().join(", ")
         );
+        let short_slice = (opts.duration / 10).max(Duration::from_millis(200));
         let primitives = |csrs: &Arc<Vec<String>>| {
-            let slice = (opts.duration / 10).max(Duration::from_millis(200));
-            ceiling::measure_primitives_on(
-                server_core,
-                *signer,
-                chain.clone(),
-                csrs.clone(),
-                identities[0].clone(),
-                slice,
-            )
+            let (signer, chain, csrs, identity) = (*signer, chain.clone(), csrs.clone(), identities[0].clone());
+            ceiling::on_core(server_core, move || {
+                ceiling::measure_primitives(signer, &chain, &csrs, &identity, short_slice)
+            })
         };
         let rsa_primitives = primitives(&rsa_csrs)?;
         let _ = writeln!(
@@ -283,13 +282,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
             human(lag.p50),
             human(lag.p99)
         );
-        let p256_ceiling = ceiling::measure_on(
-            server_core,
-            chain.clone(),
-            p256_csrs.clone(),
-            identities.clone(),
-            (opts.duration / 10).max(Duration::from_millis(200)),
-        )?;
+        let p256_ceiling = crypto(&p256_csrs, short_slice)?;
         let p256_primitives = primitives(&p256_csrs)?;
         let p256 = measured(&server, load::closed_loop(&clients, p256_csrs.clone(), opts.duration / 2)).await;
         let _ = writeln!(out, "{}", p256.line("steady, P-256 CSRs (ztunnel)"));
@@ -305,8 +298,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
             let burst_csrs = Arc::new(fixture::csrs(KeyAlgorithm::EcdsaP256, opts.burst)?);
             let burst_clients = load::connect_all(&server.addr, root_pem.as_bytes(), opts.burst_connections).await?;
             let b = measured(&server, load::burst(&burst_clients, burst_csrs)).await;
-            let _ = writeln!(
-                out,
+            let burst = format!(
                 "  burst: {} identities at once over {} connections: drained in {}, {} errors; latency p50 {} p99 {} max {}",
                 opts.burst,
                 opts.burst_connections,
@@ -314,12 +306,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
                 b.outcome.errors,
                 human(b.percentiles.p50),
                 human(b.percentiles.p99),
-                human(b.percentiles.max)
-            );
-            out.push_str(first_error(&b.outcome).trim_start_matches('\n'));
-            if b.outcome.first_error.is_some() {
-                out.push('\n');
-            }
+                human(b.percentiles.max),
+            ) + &first_error(&b.outcome);
+            let _ = writeln!(out, "{burst}");
         }
         let usage = server.usage();
         let _ = writeln!(

@@ -165,7 +165,7 @@ impl Created {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        fsutil::create_private_dir(path)
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
     }
 
     fn remove(self) {

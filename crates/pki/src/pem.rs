@@ -72,21 +72,18 @@ fn decode_lone_csr(input: &[u8]) -> Option<Vec<u8>> {
     const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE REQUEST-----";
     const END: &[u8] = b"-----END CERTIFICATE REQUEST-----";
     let body = input.trim_ascii().strip_prefix(BEGIN)?.strip_suffix(END)?;
+    // The line breaks ending the BEGIN line and the last body line; any other empty line is a
+    // blank line inside the body, an RFC 1421 header separator to the pem crate, which the
+    // general path judges.
+    let body = body.strip_prefix(b"\r\n").or_else(|| body.strip_prefix(b"\n")).unwrap_or(body);
+    let body = body.strip_suffix(b"\r\n").or_else(|| body.strip_suffix(b"\n")).unwrap_or(body);
     let mut der = Vec::with_capacity((body.len() / 4).saturating_mul(3));
     let mut padded = false;
-    let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect();
-    let last = lines.len().saturating_sub(1);
-    for (i, line) in lines.into_iter().enumerate() {
-        // Only the ends of the BEGIN and END lines may be empty: a blank line inside the body
-        // is an RFC 1421 header separator to the pem crate, which the general path judges.
-        if line.is_empty() {
-            if i == 0 || i == last {
-                continue;
-            }
-            return None;
-        }
-        // Padding ends the data: a line after it, or a line of partial quads, is for the general path.
-        if padded || line.len() % 4 != 0 {
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // Padding ends the data: a line after it, a blank line, or a line of partial quads is for
+        // the general path.
+        if padded || line.is_empty() || line.len() % 4 != 0 {
             return None;
         }
         padded = line.ends_with(b"=");

@@ -60,11 +60,6 @@ impl<T> Coalesce<T> {
         self.enabled = true;
     }
 
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     fn pending(&self) -> usize {
         self.buffer.len().saturating_sub(self.sent)
     }
@@ -233,23 +228,23 @@ mod tests {
         write(&mut c, &mut cx, b"headers+data");
         assert_eq!(flush(&mut c, &mut cx), Poll::Ready(()), "the first flush is deferred");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "and wakes the task, so that another flush comes");
-        assert!(c.get_ref().writes.is_empty());
-        assert_eq!(c.get_ref().flushes, 0);
+        assert!(c.inner.writes.is_empty());
+        assert_eq!(c.inner.flushes, 0);
         write(&mut c, &mut cx, b"trailers");
         assert_eq!(flush(&mut c, &mut cx), Poll::Ready(()));
-        assert_eq!(c.get_ref().writes, vec![b"headers+datatrailers".to_vec()]);
-        assert_eq!(c.get_ref().flushes, 1);
+        assert_eq!(c.inner.writes, vec![b"headers+datatrailers".to_vec()]);
+        assert_eq!(c.inner.flushes, 1);
         // Nothing held: a flush passes straight through, without deferring.
         assert_eq!(flush(&mut c, &mut cx), Poll::Ready(()));
-        assert_eq!(c.get_ref().flushes, 2);
+        assert_eq!(c.inner.flushes, 2);
         assert_eq!(c.buffer.capacity(), 0, "an idle connection holds no buffer");
         // The next bytes are deferred once again, and the task woken again.
         write(&mut c, &mut cx, b"next");
         assert_eq!(flush(&mut c, &mut cx), Poll::Ready(()));
-        assert_eq!(c.get_ref().writes.len(), 1);
+        assert_eq!(c.inner.writes.len(), 1);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
         assert_eq!(flush(&mut c, &mut cx), Poll::Ready(()));
-        assert_eq!(c.get_ref().writes.len(), 2);
+        assert_eq!(c.inner.writes.len(), 2);
     }
 
     #[test]
@@ -262,9 +257,9 @@ mod tests {
         assert_eq!(Pin::new(&mut c).poll_write_vectored(&mut cx, &slices).map(|r| r.unwrap()), Poll::Ready(4));
         write(&mut c, &mut cx, b"e");
         assert!(flush(&mut c, &mut cx).is_ready());
-        assert!(c.get_ref().writes.is_empty());
+        assert!(c.inner.writes.is_empty());
         assert!(flush(&mut c, &mut cx).is_ready());
-        assert_eq!(c.get_ref().writes, vec![b"abcde".to_vec()]);
+        assert_eq!(c.inner.writes, vec![b"abcde".to_vec()]);
     }
 
     #[test]
@@ -274,16 +269,16 @@ mod tests {
         let mut c = enabled(Recorder { limit: Some(10_000), ..Recorder::default() });
         let chunk = vec![7u8; MAX_BUFFERED / 8 * 5];
         write(&mut c, &mut cx, &chunk);
-        assert!(c.get_ref().writes.is_empty());
+        assert!(c.inner.writes.is_empty());
         // The second chunk would pass the bound: what is held goes out first, in several writes.
         write(&mut c, &mut cx, &chunk);
-        assert_eq!(c.get_ref().writes.iter().map(Vec::len).sum::<usize>(), chunk.len());
+        assert_eq!(c.inner.writes.iter().map(Vec::len).sum::<usize>(), chunk.len());
         assert!(c.pending() <= MAX_BUFFERED);
         // A write larger than the bound is not held at all.
         let huge = vec![1u8; MAX_BUFFERED + 1];
-        let before = c.get_ref().writes.iter().map(Vec::len).sum::<usize>();
+        let before = c.inner.writes.iter().map(Vec::len).sum::<usize>();
         assert_eq!(Pin::new(&mut c).poll_write(&mut cx, &huge).map(|r| r.unwrap()), Poll::Ready(10_000));
-        assert_eq!(c.get_ref().writes.iter().map(Vec::len).sum::<usize>(), before + chunk.len() + 10_000);
+        assert_eq!(c.inner.writes.iter().map(Vec::len).sum::<usize>(), before + chunk.len() + 10_000);
         assert_eq!(c.pending(), 0);
     }
 
@@ -369,12 +364,12 @@ mod tests {
         let mut c = Coalesce::new(Recorder::default());
         // A handshake's alert, written and never flushed, still reaches the peer.
         write(&mut c, &mut cx, b"alert");
-        assert_eq!(c.get_ref().writes, vec![b"alert".to_vec()]);
+        assert_eq!(c.inner.writes, vec![b"alert".to_vec()]);
         assert!(!c.is_write_vectored(), "as the inner stream until enabled");
         assert_eq!(flush(&mut c, &mut cx), Poll::Ready(()), "nothing deferred");
         c.enable();
         write(&mut c, &mut cx, b"held");
-        assert_eq!(c.get_ref().writes.len(), 1);
+        assert_eq!(c.inner.writes.len(), 1);
     }
 
     #[tokio::test]
@@ -382,8 +377,8 @@ mod tests {
         let mut c = enabled(Recorder::default());
         poll_fn(|cx| Pin::new(&mut c).poll_write(cx, b"goaway")).await.unwrap();
         poll_fn(|cx| Pin::new(&mut c).poll_shutdown(cx)).await.unwrap();
-        assert_eq!(c.get_ref().writes, vec![b"goaway".to_vec()]);
-        assert!(c.get_ref().shut);
+        assert_eq!(c.inner.writes, vec![b"goaway".to_vec()]);
+        assert!(c.inner.shut);
     }
 
     /// A task that flushes once and then waits (as h2 does when it has nothing more to write) is
@@ -398,10 +393,10 @@ mod tests {
                 assert!(Pin::new(&mut c).poll_write(cx, b"ping ack").is_ready());
             }
             assert!(Pin::new(&mut c).poll_flush(cx).is_ready());
-            if c.get_ref().writes.is_empty() { Poll::Pending } else { Poll::Ready(()) }
+            if c.inner.writes.is_empty() { Poll::Pending } else { Poll::Ready(()) }
         })
         .await;
         assert_eq!(polls, 2, "woken once, without anything else waking it");
-        assert_eq!(c.get_ref().writes, vec![b"ping ack".to_vec()]);
+        assert_eq!(c.inner.writes, vec![b"ping ack".to_vec()]);
     }
 }
