@@ -269,6 +269,7 @@ pub fn issuer(data: &[u8]) -> Option<IssuerDecision> {
     let root_state = crate::k8s::root::RootState {
         authority: Some(fixture.root.clone()),
         bundle: Arc::new(fixture.mesh.bundle().clone()),
+        chain: Default::default(),
     };
     let registry = MeshRegistry::new(vec![Arc::new(Mesh {
         name: "fuzz".into(),

@@ -5,7 +5,10 @@
 
 use crate::api::MeshSpec;
 use crate::k8s::root::{CA_CERT, TLS_CERT, TLS_KEY};
-use crate::k8s::{FIELD_MANAGER, error_summary, is_managed, managed_labels, secret_data, secret_value};
+use crate::k8s::{
+    ADOPT_ANNOTATION, FIELD_MANAGER, adoption_requested, error_summary, is_managed, managed_labels, secret_data,
+    secret_value,
+};
 use crate::pki::authority::parse_certificate;
 use crate::pki::{KeyAlgorithm, PrivateKey, SigningChain, pem, profile};
 use k8s_openapi::api::core::v1::Secret;
@@ -24,7 +27,10 @@ pub const LIFETIME: Duration = Duration::days(30);
 #[derive(Debug, Error)]
 pub enum IstiodTlsError {
     /// A Secret of that name exists without meshroot's labels (its `namespace/name`).
-    #[error("Secret {0} is not managed by meshroot; refusing to overwrite it")]
+    #[error(
+        "Secret {0} is not managed by meshroot; refusing to overwrite it. To hand it over, stop its other writer \
+         (istio-csr: app.tls.istiodCertificateEnable=false), then annotate it {ADOPT_ANNOTATION}=true"
+    )]
     NotOwned(String),
     /// Generating the key or issuing the certificate failed.
     #[error("issuing istiod's certificate: {0}")]
@@ -112,9 +118,11 @@ pub async fn ensure(
     let existing = api.get_opt(ISTIOD_TLS).await.map_err(|e| IstiodTlsError::Api(error_summary(&e)))?;
     if let Some(secret) = &existing {
         if !is_managed(secret.metadata.labels.as_ref()) {
-            return Err(IstiodTlsError::NotOwned(where_));
-        }
-        if current(secret, &wanted, &id, chain, now) {
+            if !adoption_requested(secret.metadata.annotations.as_ref()) {
+                return Err(IstiodTlsError::NotOwned(where_));
+            }
+            tracing::warn!(secret = %where_, annotation = ADOPT_ANNOTATION, "taking over a Secret another writer made, as its annotation asks");
+        } else if current(secret, &wanted, &id, chain, now) {
             return Ok(false);
         }
     }

@@ -6,7 +6,7 @@
 
 use super::conditions::condition;
 use super::istiod_tls;
-use super::root_configmaps::{Coverage, MeshRoots};
+use super::root_configmaps::{ADOPT_ROOT_CONFIGMAPS, Coverage, ISTIOD_FIELD_MANAGER, MeshRoots};
 use crate::api::mesh::IntermediateStatus;
 use crate::api::selector;
 use crate::api::{Mesh, MeshMode, MeshStatus};
@@ -93,7 +93,8 @@ pub async fn reconcile(
             (Api::<Secret>::namespaced(client.clone(), &spec.istiod.namespace), IntermediateSecret::cacerts(&name))
         }
     };
-    let ensured = match ensure(&api, &target, &policy, root.authority.as_deref(), &root.bundle, now).await {
+    let ensured = match ensure(&api, &target, &policy, root.authority.as_deref(), &root.chain, &root.bundle, now).await
+    {
         Ok(e) => e,
         Err(e) => {
             let reason = match e {
@@ -159,29 +160,15 @@ pub fn overlaps(meshes: &[Arc<Mesh>], namespaces: &[Arc<Namespace>]) -> BTreeMap
         .collect()
 }
 
-/// The field manager istiod writes with (client-go's default: the binary's name).
-const ISTIOD_FIELD_MANAGER: &str = "pilot-discovery";
-
 /// The `RootConfigMapsContested` reason and message: who else writes the
 /// mesh's root ConfigMap, where, and what to do about it.
 fn contest_message(mesh: &Mesh, contested: &[super::root_configmaps::Contest]) -> (&'static str, String) {
-    const SHOWN: usize = 5;
     let name = &mesh.spec.root_config_map_name;
     if contested.is_empty() {
         return ("NotContested", format!("no other writer changes {name}"));
     }
-    // Field manager names are the writers' own choice: quoted, cut short, and few.
-    const WRITERS_SHOWN: usize = 3;
-    let writers: BTreeSet<&str> = contested.iter().map(|c| c.writer.as_str()).collect();
-    let shown: Vec<&str> = contested.iter().take(SHOWN).map(|c| c.key.0.as_str()).collect();
-    let more = contested.len().saturating_sub(SHOWN);
-    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
-    let istiod = writers.contains(ISTIOD_FIELD_MANAGER);
-    let mut named: Vec<String> =
-        writers.iter().take(WRITERS_SHOWN).map(|w| format!("{:?}", w.chars().take(64).collect::<String>())).collect();
-    if writers.len() > WRITERS_SHOWN {
-        named.push(format!("{} more", writers.len().saturating_sub(WRITERS_SHOWN)));
-    }
+    let (namespaces, writers) = where_and_who(contested);
+    let istiod = contested.iter().any(|c| c.writer == ISTIOD_FIELD_MANAGER);
     let advice = if istiod {
         format!(
             " {ISTIOD_FIELD_MANAGER} is istiod: its CA server is still on; set ENABLE_CA_SERVER=false on istiod in {}",
@@ -193,12 +180,46 @@ fn contest_message(mesh: &Mesh, contested: &[super::root_configmaps::Contest]) -
     (
         "RewrittenByAnotherWriter",
         format!(
-            "{name} in namespaces {}{more} is rewritten by field manager {}; meshroot rewrites it once a resync \
-             instead of at once.{advice}",
-            shown.join(", "),
-            named.join(", "),
+            "{name} in namespaces {namespaces} is rewritten by field manager {writers}; meshroot rewrites it once a \
+             resync instead of at once.{advice}"
         ),
     )
+}
+
+/// The `RootConfigMapsHeldByOthers` reason and message: which root ConfigMaps another tool wrote,
+/// which meshroot leaves alone, and how to hand them over.
+fn foreign_message(mesh: &Mesh, foreign: &[super::root_configmaps::Contest]) -> (&'static str, String) {
+    let name = &mesh.spec.root_config_map_name;
+    if foreign.is_empty() {
+        return ("NoneHeld", format!("no {name} of this mesh is another tool's"));
+    }
+    let (namespaces, writers) = where_and_who(foreign);
+    (
+        "WrittenByAnotherTool",
+        format!(
+            "{name} in namespaces {namespaces} was written by field manager {writers}, not meshroot, and is left \
+             alone. Stop that writer (istio-csr: app.controller.configmapNamespaceSelector matching no namespace), \
+             then annotate this Mesh {ADOPT_ROOT_CONFIGMAPS}=true"
+        ),
+    )
+}
+
+/// The namespaces of some root ConfigMaps and their other writers, for a condition's message:
+/// a few of each, the rest counted. Field manager names are the writers' own choice: quoted
+/// and cut short.
+fn where_and_who(configmaps: &[super::root_configmaps::Contest]) -> (String, String) {
+    const SHOWN: usize = 5;
+    const WRITERS_SHOWN: usize = 3;
+    let namespaces: Vec<&str> = configmaps.iter().take(SHOWN).map(|c| c.key.0.as_str()).collect();
+    let more = configmaps.len().saturating_sub(SHOWN);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    let writers: BTreeSet<&str> = configmaps.iter().map(|c| c.writer.as_str()).collect();
+    let mut named: Vec<String> =
+        writers.iter().take(WRITERS_SHOWN).map(|w| format!("{:?}", w.chars().take(64).collect::<String>())).collect();
+    if writers.len() > WRITERS_SHOWN {
+        named.push(format!("{} more", writers.len().saturating_sub(WRITERS_SHOWN)));
+    }
+    (format!("{}{more}", namespaces.join(", ")), named.join(", "))
 }
 
 /// The status for a mesh from its outcome.
@@ -237,6 +258,16 @@ pub fn status(
         conditions.push(condition(
             "RootConfigMapsContested",
             !contested.is_empty(),
+            reason,
+            &msg,
+            generation,
+            &previous,
+        ));
+        let foreign = roots.map(|r| r.foreign.as_slice()).unwrap_or_default();
+        let (reason, msg) = foreign_message(mesh, foreign);
+        conditions.push(condition(
+            "RootConfigMapsHeldByOthers",
+            !foreign.is_empty(),
             reason,
             &msg,
             generation,

@@ -17,10 +17,11 @@
 use crate::api::selector;
 use crate::api::{Mesh, MeshMode};
 use crate::k8s::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, error_summary, is_managed};
-use crate::pki::TrustBundle;
+use crate::pki::{TrustBundle, pem};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use rustls_pki_types::CertificateDer;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -98,6 +99,31 @@ pub fn desired_by_mesh(
     by_mesh
 }
 
+/// The field manager istiod writes with (client-go's default: the binary's name).
+pub const ISTIOD_FIELD_MANAGER: &str = "pilot-discovery";
+
+/// The annotation on a `Mesh` (value `"true"`) that hands it the root ConfigMaps another tool
+/// wrote (istio-csr's, for example). Without it meshroot leaves them alone and says so.
+pub const ADOPT_ROOT_CONFIGMAPS: &str = "meshroot.io/adopt-root-configmaps";
+
+/// The writer of a root ConfigMap meshroot never wrote, when that writer is not istiod:
+/// another tool's ConfigMap, which meshroot takes over only when its Mesh says so, or at once
+/// when it trusts a root meshroot's bundle does not hold. (istiod's
+/// are taken over: meshroot replaces istiod's CA, docs/openshift.md.) None for meshroot's own,
+/// for istiod's, and for a ConfigMap without managedFields.
+pub fn foreign_writer(cm: &ConfigMap) -> Option<String> {
+    if is_managed(cm.metadata.labels.as_ref()) {
+        return None;
+    }
+    let entries = cm.metadata.managed_fields.as_ref()?;
+    if entries.iter().any(|e| e.manager.as_deref() == Some(FIELD_MANAGER)) {
+        return None;
+    }
+    let owner = entries.iter().find(|e| owns_root_cert(e))?;
+    let writer = owner.manager.clone().unwrap_or_default();
+    (writer != ISTIOD_FIELD_MANAGER).then_some(writer)
+}
+
 /// Whether a managedFields entry owns the bundle's key.
 fn owns_root_cert(entry: &ManagedFieldsEntry) -> bool {
     let key = format!("f:{ROOT_CERT_KEY}");
@@ -131,6 +157,18 @@ pub struct Contest {
     pub writer: String,
 }
 
+/// Largest bundle or ConfigMap PEM read when comparing roots.
+const MAX_BUNDLE_BYTES: usize = 1 << 20;
+
+/// Whether every root `cm` holds is in `bundle` (and it holds some).
+fn trusts_only(cm: &ConfigMap, bundle: &[CertificateDer<'static>]) -> bool {
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(ROOT_CERT_KEY)) else { return false };
+    match pem::decode_certificates(text.as_bytes(), MAX_BUNDLE_BYTES) {
+        Ok(roots) => !roots.is_empty() && roots.iter().all(|r| bundle.contains(r)),
+        Err(_) => false,
+    }
+}
+
 /// What [`plan`] decided.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -138,6 +176,8 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// The contested ConfigMaps, whether rewritten this time or not.
     pub contested: Vec<Contest>,
+    /// ConfigMaps another tool wrote, left alone because their Mesh did not ask for them.
+    pub foreign: Vec<Contest>,
 }
 
 fn holds_bundle(cm: &ConfigMap, bundle_pem: &str) -> bool {
@@ -149,21 +189,32 @@ fn holds_bundle(cm: &ConfigMap, bundle_pem: &str) -> bool {
 
 /// The writes that bring `observed` to `want`: nothing when they agree. A
 /// contested ConfigMap is rewritten only when `rewrite_contested` says its
-/// turn has come.
+/// turn has come; another tool's ConfigMap only when it is in `adoptable`.
 pub fn plan(
     want: &BTreeSet<ConfigMapKey>,
     observed: &[Arc<ConfigMap>],
     bundle_pem: &str,
+    adoptable: &BTreeSet<ConfigMapKey>,
     rewrite_contested: impl Fn(&ConfigMapKey) -> bool,
 ) -> Plan {
     let observed: BTreeMap<ConfigMapKey, &ConfigMap> = observed
         .iter()
         .filter_map(|cm| Some(((cm.metadata.namespace.clone()?, cm.metadata.name.clone()?), cm.as_ref())))
         .collect();
+    let bundle_roots = pem::decode_certificates(bundle_pem.as_bytes(), MAX_BUNDLE_BYTES).unwrap_or_default();
     let mut plan = Plan::default();
     for key in want {
         let current = observed.get(key);
         if current.is_some_and(|cm| holds_bundle(cm, bundle_pem)) {
+            continue;
+        }
+        // Left to its writer only while it trusts nothing meshroot does not: one that trusts
+        // another root (planted, or stale) is corrected at once.
+        if let Some(writer) = current.and_then(|cm| foreign_writer(cm))
+            && !adoptable.contains(key)
+            && current.is_some_and(|cm| trusts_only(cm, &bundle_roots))
+        {
+            plan.foreign.push(Contest { key: key.clone(), writer });
             continue;
         }
         if let Some(writer) = current.and_then(|cm| rewritten_by(cm)) {
@@ -258,6 +309,8 @@ pub struct MeshRoots {
     pub namespaces: u32,
     /// Its ConfigMaps another writer keeps rewriting.
     pub contested: Vec<Contest>,
+    /// Its ConfigMaps another tool wrote, left alone until the Mesh asks for them.
+    pub foreign: Vec<Contest>,
 }
 
 /// Each mesh's root ConfigMaps, by mesh name, for the Mesh status.
@@ -309,7 +362,21 @@ pub fn spawn(
             // Due a little early, so that the tick a resync later (the write happened after
             // the settle) finds it due rather than one more resync on.
             let due = resync.saturating_sub(resync.checked_div(10).unwrap_or_default());
-            let plan = plan(&want, &configmaps.state(), current.pem(), |key| {
+            let meshes_now = meshes.state();
+            let adoptable: BTreeSet<ConfigMapKey> = meshes_now
+                .iter()
+                .filter(|m| {
+                    m.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ADOPT_ROOT_CONFIGMAPS))
+                        .is_some_and(|v| v == "true")
+                })
+                .filter_map(|m| m.metadata.name.as_ref().and_then(|name| by_mesh.get(name)))
+                .flatten()
+                .cloned()
+                .collect();
+            let plan = plan(&want, &configmaps.state(), current.pem(), &adoptable, |key| {
                 contest_writes.get(key).is_none_or(|(at, _)| now.duration_since(*at) >= due)
             });
             // Kept for a resync even while meshroot's write holds, so that the
@@ -327,7 +394,8 @@ pub fn spawn(
                         .filter(|(key, _)| keys.contains(*key))
                         .map(|(key, writer)| Contest { key: (*key).clone(), writer: writer.to_string() })
                         .collect();
-                    (mesh.clone(), MeshRoots { namespaces: keys.len() as u32, contested })
+                    let foreign = plan.foreign.iter().filter(|c| keys.contains(&c.key)).cloned().collect();
+                    (mesh.clone(), MeshRoots { namespaces: keys.len() as u32, contested, foreign })
                 })
                 .collect();
             if let Ok(mut c) = coverage.lock() {
@@ -480,7 +548,7 @@ mod tests {
             cm("d", "x", "BUNDLE", true),  // namespace left the mesh: ours, delete
             cm("e", "x", "BUNDLE", false), // not ours: never deleted
         ];
-        let actions = plan(&want, &observed, "BUNDLE", |_| true).actions;
+        let actions = plan(&want, &observed, "BUNDLE", &BTreeSet::new(), |_| true).actions;
         assert_eq!(
             actions,
             vec![
@@ -490,7 +558,7 @@ mod tests {
             ]
         );
         let converged = vec![cm("a", "x", "BUNDLE", true), cm("b", "x", "BUNDLE", true), cm("c", "x", "BUNDLE", true)];
-        assert_eq!(plan(&want, &converged, "BUNDLE", |_| true), Plan::default());
+        assert_eq!(plan(&want, &converged, "BUNDLE", &BTreeSet::new(), |_| true), Plan::default());
     }
 
     /// `cm` with managedFields entries: (manager, whether it owns `data.root-cert.pem`).
@@ -529,6 +597,46 @@ mod tests {
         assert_eq!(rewritten_by(&unnamed).as_deref(), Some(""), "an empty manager name is shown as it is");
     }
 
+    /// istiod's root ConfigMaps are taken over (its CA is what meshroot replaces); another
+    /// tool's (istio-csr's) only when the Mesh is annotated for it, and reported until then.
+    #[test]
+    fn another_tools_configmap_is_left_alone_until_its_mesh_asks_for_it() {
+        let now = time::OffsetDateTime::now_utc();
+        let root = || crate::pki::Authority::new_root(&crate::pki::CaSpec::root(time::Duration::days(1)), now).unwrap();
+        let (ours, planted) = (root(), root());
+        let bundle = ours.certificate_pem();
+        let key = ("apps".to_string(), "x".to_string());
+        let want: BTreeSet<ConfigMapKey> = [key.clone()].into();
+        let istio_csr = with_managers(cm("apps", "x", bundle, false), &[("cert-manager-istio-csr", true)]);
+        assert_eq!(foreign_writer(&istio_csr).as_deref(), Some("cert-manager-istio-csr"));
+        let istiods = with_managers(cm("apps", "x", "THEIRS", false), &[(ISTIOD_FIELD_MANAGER, true)]);
+        assert_eq!(foreign_writer(&istiods), None, "istiod's leftover");
+        let mine = with_managers(cm("apps", "x", "OLD", true), &[(FIELD_MANAGER, true)]);
+        assert_eq!(foreign_writer(&mine), None);
+        // Written by meshroot before, rewritten since by the other tool: a contest, not foreign.
+        let contested = with_managers(cm("apps", "x", "THEIRS", false), &[(FIELD_MANAGER, false), ("kubectl", true)]);
+        assert_eq!(foreign_writer(&contested), None);
+
+        // istio-csr's, holding a root meshroot trusts too (the migration's step 1): left alone.
+        let held = plan(&want, std::slice::from_ref(&istio_csr), bundle, &BTreeSet::new(), |_| true);
+        assert!(held.actions.is_empty(), "left alone: {held:?}");
+        assert_eq!(held.foreign, vec![Contest { key: key.clone(), writer: "cert-manager-istio-csr".into() }]);
+        let handed_over = plan(&want, std::slice::from_ref(&istio_csr), bundle, &want, |_| true);
+        assert_eq!(handed_over.actions, vec![Action::Apply { namespace: "apps".into(), name: "x".into() }]);
+        assert!(handed_over.foreign.is_empty());
+        let taken = plan(&want, std::slice::from_ref(&istiods), bundle, &BTreeSet::new(), |_| true);
+        assert_eq!(taken.actions.len(), 1, "istiod's is taken over without asking");
+        // One that trusts a root meshroot does not (planted by a namespace's owner) is corrected
+        // at once, whoever wrote it.
+        let both = [ours.certificate_pem(), planted.certificate_pem()].concat();
+        for data in [planted.certificate_pem(), both.as_str(), "not PEM"] {
+            let planted_cm = with_managers(cm("apps", "x", data, false), &[("kubectl-create", true)]);
+            let corrected = plan(&want, std::slice::from_ref(&planted_cm), bundle, &BTreeSet::new(), |_| true);
+            assert_eq!(corrected.actions.len(), 1, "{data}");
+            assert!(corrected.foreign.is_empty());
+        }
+    }
+
     #[test]
     fn a_contested_configmap_is_rewritten_only_when_its_turn_comes() {
         let want: BTreeSet<ConfigMapKey> =
@@ -537,7 +645,7 @@ mod tests {
             with_managers(cm("a", "x", "ISTIOD ROOT", true), &[(FIELD_MANAGER, false), ("pilot-discovery", true)]),
             cm("b", "x", "OLD", true),
         ];
-        let held = plan(&want, &observed, "BUNDLE", |_| false);
+        let held = plan(&want, &observed, "BUNDLE", &BTreeSet::new(), |_| false);
         let contest = Contest { key: ("a".into(), "x".into()), writer: "pilot-discovery".into() };
         assert_eq!(held.contested, vec![contest.clone()]);
         assert_eq!(
@@ -545,7 +653,7 @@ mod tests {
             vec![Action::Apply { namespace: "b".into(), name: "x".into() }],
             "only the uncontested drift"
         );
-        let due = plan(&want, &observed, "BUNDLE", |key| key.0 == "a");
+        let due = plan(&want, &observed, "BUNDLE", &BTreeSet::new(), |key| key.0 == "a");
         assert_eq!(due.contested, vec![contest]);
         assert_eq!(
             due.actions,
@@ -557,6 +665,9 @@ mod tests {
         // Once it holds the bundle again, it is no longer contested, whoever wrote it.
         let restored =
             with_managers(cm("a", "x", "BUNDLE", true), &[(FIELD_MANAGER, false), ("pilot-discovery", true)]);
-        assert_eq!(plan(&want, &[restored, cm("b", "x", "BUNDLE", true)], "BUNDLE", |_| false), Plan::default());
+        assert_eq!(
+            plan(&want, &[restored, cm("b", "x", "BUNDLE", true)], "BUNDLE", &BTreeSet::new(), |_| false),
+            Plan::default()
+        );
     }
 }

@@ -10,9 +10,10 @@ use super::root::{CA_CERT, TLS_CERT, TLS_KEY};
 use super::{FIELD_MANAGER, error_summary, is_managed, managed_labels, secret_data, secret_value};
 use crate::api::mesh::IntermediateSpec;
 use crate::duration;
-use crate::pki::{Authority, CaSpec, KeyAlgorithm, PkiError, SigningChain, TrustBundle};
+use crate::pki::{Authority, CaSpec, KeyAlgorithm, PkiError, SigningChain, TrustBundle, pem};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
+use rustls_pki_types::CertificateDer;
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
@@ -69,14 +70,16 @@ impl Layout {
         let a = chain.authority();
         let key = a.key().to_pem();
         let bundle = chain.bundle().pem();
+        // The intermediate, then any CA above it below the root (an imported intermediate's).
+        let with_chain: String = chain.ca_path().iter().map(|c| pem::encode_certificate(c)).collect();
         match self {
             Layout::KubernetesTls => secret_data(&[
-                (TLS_CERT, a.certificate_pem().as_bytes()),
+                (TLS_CERT, with_chain.as_bytes()),
                 (TLS_KEY, key.as_bytes()),
                 (CA_CERT, bundle.as_bytes()),
             ]),
             Layout::IstioCacerts => {
-                let cert_chain = format!("{}{root_pem}", a.certificate_pem());
+                let cert_chain = format!("{with_chain}{root_pem}");
                 secret_data(&[
                     ("ca-cert.pem", a.certificate_pem().as_bytes()),
                     ("ca-key.pem", key.as_bytes()),
@@ -163,7 +166,8 @@ impl IntermediatePolicy {
 pub enum IntermediateError {
     /// The Secret exists without meshroot's labels and holds no usable intermediate.
     #[error(
-        "Secret {0} is not managed by meshroot and does not hold a usable intermediate; meshroot will not overwrite it"
+        "Secret {0} is not managed by meshroot and does not hold a usable intermediate; meshroot will not overwrite it \
+         unless it is annotated meshroot.io/adopt=true"
     )]
     NotOwned(String),
     /// meshroot's own Secret holds something that does not parse or chain; it is left for a person to fix.
@@ -205,18 +209,45 @@ pub fn parse_layout(
     let missing = |k: &str| PkiError::Invalid(format!("no {k}"));
     let cert = secret_value(secret, layout.cert_key()).ok_or_else(|| missing(layout.cert_key()))?;
     let key = secret_value(secret, layout.key_key()).ok_or_else(|| missing(layout.key_key()))?;
-    SigningChain::new_at(Authority::from_pem(cert, key)?, Vec::new(), bundle.clone(), now)
+    // The CAs above the intermediate (under an imported intermediate): after it in tls.crt, or
+    // in cacerts' cert-chain.pem. Roots among them are dropped by the chain.
+    let chain_pem = match layout {
+        Layout::KubernetesTls => cert,
+        Layout::IstioCacerts => secret_value(secret, "cert-chain.pem").unwrap_or(cert),
+    };
+    let mut certs = pem::decode_certificates(chain_pem, crate::pki::authority::MAX_CERT_PEM_BYTES)?;
+    let own = pem::decode_certificates(cert, crate::pki::authority::MAX_CERT_PEM_BYTES)?;
+    let first = own.first().ok_or_else(|| missing(layout.cert_key()))?;
+    certs.retain(|c| c != first);
+    SigningChain::new_at(
+        Authority::from_pem(pem::encode_certificate(first).as_bytes(), key)?,
+        certs,
+        bundle.clone(),
+        now,
+    )
 }
 
 /// Why an existing intermediate must be replaced, if it must.
-fn replacement_reason(chain: &SigningChain, policy: &IntermediatePolicy, now: OffsetDateTime) -> Option<String> {
+fn replacement_reason(
+    chain: &SigningChain,
+    policy: &IntermediatePolicy,
+    upstream: &[CertificateDer<'static>],
+    now: OffsetDateTime,
+) -> Option<String> {
     let a = chain.authority();
     // Step 2 of a root rotation: the new root signs (it is first in the
-    // bundle, online or not), so intermediates move under it.
-    if let Some(signing_root) = chain.bundle().roots().first()
-        && !crate::pki::authority::issued_by(signing_root, a.certificate())
+    // bundle, online or not), so intermediates move under it. Under an
+    // imported intermediate, that intermediate signs.
+    if let Some(signing) = upstream.first().or_else(|| chain.bundle().roots().first())
+        && !crate::pki::authority::issued_by(signing, a.certificate())
     {
-        return Some("it was issued by another root than the signing root".into());
+        let signer =
+            if upstream.is_empty() { "root than the signing root" } else { "CA than the imported intermediate" };
+        return Some(format!("it was issued by another {signer}"));
+    }
+    // The imported intermediate above it was renewed: chains must carry the current copy.
+    if !upstream.is_empty() && chain.intermediates() != upstream {
+        return Some("the imported intermediate above it changed".into());
     }
     if now >= policy.renew_at(a.not_after()) {
         return Some(format!("it expires at {} (renewing {} before)", a.not_after(), policy.renew_before));
@@ -249,6 +280,7 @@ pub async fn ensure(
     target: &IntermediateSecret,
     policy: &IntermediatePolicy,
     root: Option<&Authority>,
+    upstream: &[CertificateDer<'static>],
     bundle: &TrustBundle,
     now: OffsetDateTime,
 ) -> Result<Ensured, IntermediateError> {
@@ -259,10 +291,21 @@ pub async fn ensure(
     let api_err = |e: kube::Error| IntermediateError::Api(error_summary(&e));
     let existing = api.get_opt(&name).await.map_err(api_err)?;
     if let Some(secret) = &existing {
-        let owned = is_managed(secret.metadata.labels.as_ref());
+        // Another writer's Secret becomes meshroot's only when an administrator says so.
+        let adopt = !is_managed(secret.metadata.labels.as_ref())
+            && super::adoption_requested(secret.metadata.annotations.as_ref());
+        if adopt {
+            tracing::warn!(mesh, secret = %id(), annotation = super::ADOPT_ANNOTATION, "taking over a Secret another writer made, as its annotation asks");
+        }
+        let owned = is_managed(secret.metadata.labels.as_ref()) || adopt;
         match parse_layout(secret, layout, bundle, now) {
             Ok(chain) => {
-                let Some(why) = replacement_reason(&chain, policy, now) else {
+                // Handed over: meshroot issues its own, with a key only it holds.
+                let why = match adopt {
+                    true => Some("it was handed over (meshroot.io/adopt), so meshroot issues its own".to_string()),
+                    false => replacement_reason(&chain, policy, upstream, now),
+                };
+                let Some(why) = why else {
                     let stored_bundle = secret_value(secret, layout.bundle_key());
                     if owned && stored_bundle != Some(bundle.pem().as_bytes()) {
                         // Same intermediate, new bundle (a root added or removed).
@@ -283,6 +326,10 @@ pub async fn ensure(
             Err(e @ (PkiError::SelfCheck(_) | PkiError::Expired { .. })) if owned => {
                 tracing::info!(mesh, reason = %e, "re-issuing the mesh intermediate");
             }
+            // Handed over: whatever the other writer left is replaced.
+            Err(e) if adopt => {
+                tracing::info!(mesh, reason = %e, "replacing the handed-over Secret's contents with a new intermediate");
+            }
             Err(error) if owned => return Err(IntermediateError::Corrupt { secret: id(), error }),
             Err(_) => return Err(IntermediateError::NotOwned(id())),
         }
@@ -291,7 +338,7 @@ pub async fn ensure(
     let mut spec = CaSpec::intermediate(mesh, policy.lifetime);
     spec.key_algorithm = policy.key_algorithm;
     let int = root.new_intermediate(&spec, now).map_err(IntermediateError::Issue)?;
-    let chain = SigningChain::new_at(int, Vec::new(), bundle.clone(), now).map_err(IntermediateError::Issue)?;
+    let chain = SigningChain::new_at(int, upstream.to_vec(), bundle.clone(), now).map_err(IntermediateError::Issue)?;
     let written =
         write(api, &name, mesh, layout, &chain, Some(root), existing.and_then(|s| s.metadata.resource_version)).await;
     match written {
@@ -324,7 +371,11 @@ async fn write(
 ) -> Result<(), IntermediateError> {
     let mut labels = managed_labels();
     labels.insert(MESH_LABEL.into(), super::bounded_name(mesh, 63));
-    let root_pem = root.map(|r| r.certificate_pem().to_string()).unwrap_or_default();
+    // cert-chain.pem ends at the root: the signing root, or an imported intermediate's root.
+    let root_pem = match root {
+        Some(_) => chain.bundle().roots().first().map(|r| pem::encode_certificate(r)).unwrap_or_default(),
+        None => String::new(),
+    };
     let creating = resource_version.is_none();
     let secret = Secret {
         metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels), resource_version, ..Default::default() },

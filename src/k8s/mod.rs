@@ -30,6 +30,17 @@ pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
     labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY_VALUE)
 }
 
+/// The annotation by which an administrator hands an existing object to meshroot (value
+/// `"true"`): an `istiod-tls` or `cacerts` another tool wrote, for example istio-csr through
+/// cert-manager. meshroot never overwrites an object it did not create without it; its first
+/// write replaces the object whole, annotation included.
+pub const ADOPT_ANNOTATION: &str = "meshroot.io/adopt";
+
+/// Whether an administrator asked meshroot to take the object over ([`ADOPT_ANNOTATION`]).
+pub fn adoption_requested(annotations: Option<&BTreeMap<String, String>>) -> bool {
+    annotations.and_then(|a| a.get(ADOPT_ANNOTATION)).is_some_and(|v| v == "true")
+}
+
 /// `name` if it is at most `max - 11` bytes; otherwise exactly `max` bytes:
 /// its start, then `-` and 10 hex digits of its SHA-256. Different long
 /// names stay different, and a shortened name can never equal a name used

@@ -5,9 +5,10 @@
 //! offline (no `tls.key`: nothing is signed by the root online).
 
 use super::{FIELD_MANAGER, error_summary, managed_labels, secret_data, secret_value};
-use crate::pki::{Authority, CaSpec, PkiError, TrustBundle, pem};
+use crate::pki::{Authority, CaSpec, PkiError, TrustBundle, names_itself, path_to_root, pem};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
+use rustls_pki_types::CertificateDer;
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
 
@@ -46,9 +47,15 @@ pub enum RootError {
         /// What is wrong.
         error: PkiError,
     },
-    /// `tls.crt` with its key is not a self-signed CA: an intermediate, for example.
-    #[error("root Secret {0}: {TLS_CERT} is not a self-signed root CA")]
-    NotRoot(String),
+    /// `tls.crt` is neither a self-signed root nor an intermediate whose chain to a root (in
+    /// `tls.crt` or `ca.crt`) is complete; the text says which link is missing.
+    #[error("root Secret {secret}: {why}")]
+    NotRoot {
+        /// The Secret.
+        secret: String,
+        /// What is wrong with the chain.
+        why: String,
+    },
     /// Reading or creating the Secret failed (the API error, summarised).
     #[error("Kubernetes API: {0}")]
     Api(String),
@@ -64,6 +71,9 @@ pub struct Root {
     pub bundle: TrustBundle,
     /// The Secret's resourceVersion, to notice changes.
     pub resource_version: Option<String>,
+    /// The imported intermediate and the CAs above it, up to (excluding) the bundle's first
+    /// root; empty when `tls.crt` is the root itself.
+    pub chain: Vec<CertificateDer<'static>>,
 }
 
 impl Root {
@@ -75,32 +85,121 @@ impl Root {
 
 /// Parses a root Secret. A corrupt Secret is an error, never replaced.
 pub fn parse_root_secret(secret: &Secret) -> Result<Root, RootError> {
-    let id = format!(
+    let id = secret_id(secret);
+    let (mut certs, extra) = certificates(secret, &id)?;
+    let signing = certs.remove(0);
+    let authority = match secret_value(secret, TLS_KEY) {
+        Some(key_pem) => Some(
+            Authority::from_pem(pem::encode_certificate(&signing).as_bytes(), key_pem)
+                .map_err(|error| RootError::Invalid { secret: id.clone(), error })?,
+        ),
+        None => None,
+    };
+    let (anchor, chain) = anchor(&id, &signing, &certs, &extra)?;
+    let imported = !chain.is_empty();
+    if let Some(a) = authority.as_ref().filter(|_| imported) {
+        signs_cas(a).map_err(|why| RootError::NotRoot { secret: id.clone(), why })?;
+        proves(a, &chain, &anchor).map_err(|why| RootError::NotRoot { secret: id.clone(), why })?;
+    }
+    // An imported chain's root is usually in ca.crt too: listed once, first.
+    let others: Vec<_> = extra.into_iter().filter(|r| !(imported && *r == anchor)).collect();
+    let mut roots = vec![anchor];
+    roots.extend(others);
+    let bundle = TrustBundle::new(roots).map_err(|error| RootError::Invalid { secret: id, error })?;
+    Ok(Root { authority, bundle, resource_version: secret.metadata.resource_version.clone(), chain })
+}
+
+/// The root certificates signed under this Secret chain to (the signing root, or an imported
+/// intermediate's root), without reading the key: for `meshroot doctor`.
+pub fn trust_anchor(secret: &Secret) -> Result<CertificateDer<'static>, RootError> {
+    let id = secret_id(secret);
+    let (mut certs, extra) = certificates(secret, &id)?;
+    let signing = certs.remove(0);
+    anchor(&id, &signing, &certs, &extra).map(|(anchor, _)| anchor)
+}
+
+/// The Secret as errors name it: `namespace/name`.
+fn secret_id(secret: &Secret) -> String {
+    format!(
         "{}/{}",
         secret.metadata.namespace.as_deref().unwrap_or_default(),
         secret.metadata.name.as_deref().unwrap_or_default()
-    );
-    let invalid = |error| RootError::Invalid { secret: id.clone(), error };
-    let cert_pem = secret_value(secret, TLS_CERT).ok_or_else(|| RootError::NoCertificate(id.clone()))?;
-    let mut certs = pem::decode_certificates(cert_pem, crate::pki::authority::MAX_CERT_PEM_BYTES).map_err(invalid)?;
-    let root_cert = certs.remove(0);
-    let authority = match secret_value(secret, TLS_KEY) {
-        Some(key_pem) => {
-            let authority =
-                Authority::from_pem(pem::encode_certificate(&root_cert).as_bytes(), key_pem).map_err(invalid)?;
-            if !authority.is_self_signed() {
-                return Err(RootError::NotRoot(id));
-            }
-            Some(authority)
-        }
-        None => None,
+    )
+}
+
+/// The certificates of `tls.crt` (at least one: the PEM decoder refuses none) and of `ca.crt`.
+fn certificates(
+    secret: &Secret,
+    id: &str,
+) -> Result<(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>), RootError> {
+    let decode = |bytes| {
+        pem::decode_certificates(bytes, crate::pki::authority::MAX_CERT_PEM_BYTES)
+            .map_err(|error| RootError::Invalid { secret: id.to_string(), error })
     };
-    let mut roots = vec![root_cert];
-    if let Some(extra) = secret_value(secret, CA_CERT) {
-        roots.extend(pem::decode_certificates(extra, crate::pki::authority::MAX_CERT_PEM_BYTES).map_err(invalid)?);
+    let cert_pem = secret_value(secret, TLS_CERT).ok_or_else(|| RootError::NoCertificate(id.to_string()))?;
+    let certs = decode(cert_pem)?;
+    if certs.is_empty() {
+        return Err(RootError::NoCertificate(id.to_string()));
     }
-    let bundle = TrustBundle::new(roots).map_err(invalid)?;
-    Ok(Root { authority, bundle, resource_version: secret.metadata.resource_version.clone() })
+    let extra = secret_value(secret, CA_CERT).map(decode).transpose()?.unwrap_or_default();
+    Ok((certs, extra))
+}
+
+/// The root certificates signed by `signing` chain to, and the path there: `signing` itself
+/// when it is a root; otherwise an imported intermediate's, linked by signature through the
+/// rest of `tls.crt` (`above`) to a root in `ca.crt` (`extra`) or at the end of `tls.crt`.
+fn anchor(
+    id: &str,
+    signing: &CertificateDer<'static>,
+    above: &[CertificateDer<'static>],
+    extra: &[CertificateDer<'static>],
+) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>), RootError> {
+    let refused = |why: String| RootError::NotRoot { secret: id.to_string(), why };
+    // Each link costs signature checks against every candidate: a real chain has a few.
+    const MAX_CERTIFICATES: usize = 16;
+    if !names_itself(signing) && above.len().saturating_add(extra.len()) > MAX_CERTIFICATES {
+        return Err(refused(format!("{TLS_CERT} and {CA_CERT} hold more than {MAX_CERTIFICATES} certificates")));
+    }
+    path_to_root(signing, above, extra).ok_or_else(|| {
+        refused(format!(
+            "{TLS_CERT} starts with an intermediate whose chain does not reach a self-signed root: put the CAs above it after it in {TLS_CERT}, and its root in {CA_CERT} (or at the end of {TLS_CERT})"
+        ))
+    })
+}
+
+/// A certificate the imported intermediate signs verifies to `anchor` through `chain` now (every
+/// link valid, a CA, within its path length), as webpki, which ztunnel uses, checks it.
+fn proves(
+    authority: &Authority,
+    chain: &[CertificateDer<'static>],
+    anchor: &CertificateDer<'static>,
+) -> Result<(), String> {
+    let now = OffsetDateTime::now_utc();
+    let key = crate::pki::PrivateKey::generate(crate::pki::KeyAlgorithm::EcdsaP256).map_err(|e| e.to_string())?;
+    let probe = crate::pki::profile::issue_workload(
+        authority,
+        &key.spki_der(),
+        "spiffe://meshroot.invalid/ns/probe/sa/probe",
+        Duration::minutes(1),
+        now,
+    )
+    .map_err(|e| e.to_string())?;
+    let bundle = TrustBundle::new(vec![anchor.clone()]).map_err(|e| e.to_string())?;
+    bundle
+        .verify(&probe.der, chain, now)
+        .map_err(|e| format!("a certificate signed by the intermediate in {TLS_CERT} does not verify to its root: {e}"))
+}
+
+/// An imported intermediate signs meshroot's mesh intermediates, so it must be allowed to sign CAs.
+fn signs_cas(authority: &Authority) -> Result<(), String> {
+    let cert = crate::pki::authority::parse_certificate(authority.certificate()).map_err(|e| e.to_string())?;
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca && bc.value.path_len_constraint != Some(0) => Ok(()),
+        Ok(Some(bc)) if bc.value.ca => Err(format!(
+            "the intermediate in {TLS_CERT} has pathLenConstraint 0, so it cannot sign meshroot's mesh intermediates; issue it with a path length of at least 1"
+        )),
+        _ => Err(format!("the certificate in {TLS_CERT} is not a CA")),
+    }
 }
 
 /// Loads the root Secret, generating it first when `generate` is set and it
@@ -150,7 +249,11 @@ pub use crate::pki::RootState;
 
 impl From<Root> for RootState {
     fn from(r: Root) -> Self {
-        Self { authority: r.authority.map(std::sync::Arc::new), bundle: std::sync::Arc::new(r.bundle) }
+        Self {
+            authority: r.authority.map(std::sync::Arc::new),
+            bundle: std::sync::Arc::new(r.bundle),
+            chain: std::sync::Arc::new(r.chain),
+        }
     }
 }
 
@@ -190,6 +293,7 @@ pub fn spawn_watch(
                     if new.bundle.pem() != root.borrow().bundle.pem()
                         || new.authority.as_ref().map(|a| a.serial_hex().to_string())
                             != root.borrow().authority.as_ref().map(|a| a.serial_hex().to_string())
+                        || new.chain != root.borrow().chain
                     {
                         tracing::info!(secret = %id, roots = new.bundle.roots().len(), offline = new.authority.is_none(), "root changed");
                         root.send_replace(new);
@@ -219,7 +323,7 @@ mod tests {
         let key_lines: Vec<String> = root.key().to_pem().lines().filter(|l| l.len() == 64).map(String::from).collect();
         assert!(!key_lines.is_empty());
         let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
-        let state = RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle) };
+        let state = RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle), chain: Default::default() };
         let token = BearerToken::new("eyJhbGciOiJSUzI1NiJ9.secret-token-value".into());
         for debug in [format!("{state:?}"), format!("{state:#?}"), format!("{token:?}")] {
             assert!(debug.contains("redacted"), "{debug}");

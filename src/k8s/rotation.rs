@@ -85,6 +85,20 @@ fn current_roots(secret: &Secret) -> Result<(CertificateDer<'static>, Vec<Certif
     Ok((signing.clone(), others.to_vec()))
 }
 
+/// Rotation steps move between self-signed roots; under an imported intermediate the Secret's
+/// `tls.crt` and `tls.key` are replaced instead (docs/root-ca.md).
+fn refuse_imported(secret: &Secret) -> Result<(), RotationError> {
+    let root = parse_root_secret(secret).map_err(|e| RotationError::Current(e.to_string()))?;
+    if root.chain.is_empty() {
+        return Ok(());
+    }
+    Err(RotationError::Refused(
+        "the root Secret holds an imported intermediate, not a root: to move to another one, replace its tls.crt \
+         (the intermediate and its chain) and tls.key (docs/root-ca.md); rotation steps take a self-signed root"
+            .into(),
+    ))
+}
+
 /// Reads the rotation status from the root Secret; an error if it holds no valid root.
 pub fn status(secret: &Secret) -> Result<RotationStatus, RotationError> {
     let (signing, extra) = current_roots(secret)?;
@@ -138,6 +152,7 @@ fn set(secret: &mut Secret, key: &str, value: Option<Vec<u8>>) {
 
 /// Step 1: trust `new_root_pem` beside the current root.
 pub fn add(secret: &Secret, new_root_pem: &[u8], now: OffsetDateTime) -> Result<Secret, RotationError> {
+    refuse_imported(secret)?;
     let (signing, mut extra) = current_roots(secret)?;
     let new = new_root_certificate(new_root_pem, now)?;
     if new == signing {
@@ -160,6 +175,7 @@ pub fn switch(
     new_key_pem: Option<&[u8]>,
     now: OffsetDateTime,
 ) -> Result<Secret, RotationError> {
+    refuse_imported(secret)?;
     let (signing, extra) = current_roots(secret)?;
     let new = new_root_certificate(new_root_pem, now)?;
     if new == signing {
@@ -200,6 +216,7 @@ pub fn finish(
     force: bool,
     now: OffsetDateTime,
 ) -> Result<Secret, RotationError> {
+    refuse_imported(secret)?;
     let (_, extra) = current_roots(secret)?;
     if extra.is_empty() {
         return Err(RotationError::Refused("only one root is trusted; nothing to finish".into()));

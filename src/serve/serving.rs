@@ -73,8 +73,9 @@ pub fn issue(
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
     if let Some(root_ca) = &root.authority {
         let issued = profile::issue_server(root_ca, &key.spki_der(), &dns, &ips, LIFETIME, now)?;
+        // Under an imported intermediate, the chain to the root goes through it.
         return Ok(Serving {
-            chain: vec![issued.der],
+            chain: std::iter::once(issued.der).chain(root.chain.iter().cloned()).collect(),
             key,
             not_before: issued.not_before,
             not_after: issued.not_after,
@@ -120,7 +121,7 @@ mod tests {
         let chain = Arc::new(SigningChain::new(int, vec![], (*bundle).clone()).unwrap());
         let registry = MeshRegistry::default();
 
-        let offline = RootState { authority: None, bundle: bundle.clone() };
+        let offline = RootState { authority: None, bundle: bundle.clone(), chain: Default::default() };
         assert!(matches!(issue(&offline, &registry, &names, now), Err(ServingError::NoSigner)));
         registry.replace(vec![Arc::new(Mesh {
             name: "b-mesh".into(),
@@ -136,7 +137,7 @@ mod tests {
         assert_eq!(via_mesh.chain.len(), 2, "leaf + intermediate");
         bundle.verify_server(&via_mesh.chain[0], &via_mesh.chain[1..], now).unwrap();
 
-        let online = RootState { authority: Some(Arc::new(root)), bundle: bundle.clone() };
+        let online = RootState { authority: Some(Arc::new(root)), bundle: bundle.clone(), chain: Default::default() };
         let direct = issue(&online, &registry, &names, now).unwrap();
         assert_eq!(direct.chain.len(), 1);
         bundle.verify_server(&direct.chain[0], &[], now).unwrap();

@@ -84,7 +84,7 @@ async fn split_brain_leaders_end_with_one_intermediate_per_mesh() {
     replica::world(&fake);
     let (root, bundle) = root_state();
     let root = Arc::new(root);
-    let state = RootState { authority: Some(root.clone()), bundle: Arc::new(bundle) };
+    let state = RootState { authority: Some(root.clone()), bundle: Arc::new(bundle), chain: Default::default() };
     // Two controllers that both believe they lead (a lease that expired under
     // a paused leader), started together.
     let (tx_a, rx_a) = tokio::sync::watch::channel(state.clone());
@@ -180,18 +180,18 @@ async fn a_crash_mid_renewal_loses_nothing_and_issues_no_duplicate() {
     // The renewal's write never lands (the API refused it, or the process
     // died before it): the old intermediate is still there and still signs.
     fake.inject("PUT", &path, Fault::Refused);
-    assert!(ensure(&api, &target, &due_policy(), Some(&root), &bundle, now).await.is_err());
+    assert!(ensure(&api, &target, &due_policy(), Some(&root), &[], &bundle, now).await.is_err());
     assert_eq!(stored_serial(&fake, &bundle), old, "nothing was lost");
 
     // The write lands but the answer is lost, and the process restarts.
     fake.inject("PUT", &path, Fault::ResponseLost);
-    assert!(ensure(&api, &target, &due_policy(), Some(&root), &bundle, now).await.is_err());
+    assert!(ensure(&api, &target, &due_policy(), Some(&root), &[], &bundle, now).await.is_err());
     let renewed = stored_serial(&fake, &bundle);
     assert_ne!(renewed, old, "the renewal landed");
     fake.clear_requests();
     // After the restart meshroot finds the renewed intermediate and uses it,
     // rather than issuing another.
-    let again = ensure(&api, &target, &due_policy(), Some(&root), &bundle, now).await.unwrap();
+    let again = ensure(&api, &target, &due_policy(), Some(&root), &[], &bundle, now).await.unwrap();
     assert!(!again.issued);
     assert_eq!(again.chain.authority().serial_hex(), renewed);
     assert_eq!(secret_writes(&fake, NS, &secret_name("default")), 0, "no second renewal after the restart");
@@ -204,7 +204,8 @@ async fn a_controller_killed_mid_renewal_is_replaced_without_a_second_renewal() 
     let (root, bundle) = root_state();
     // 10 days left, and meshes renew 30 days (720h) before expiry.
     let old = due_intermediate(&fake, &root, &bundle);
-    let state = RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle.clone()) };
+    let state =
+        RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle.clone()), chain: Default::default() };
     let (tx, rx) = tokio::sync::watch::channel(state);
     fake.inject("PUT", &format!("/secrets/{}", secret_name("default")), Fault::ResponseLost);
     let first = meshes::spawn(fake.client(), NS.into(), rx.clone(), Coverage::default(), Duration::from_millis(200));

@@ -94,3 +94,37 @@ async fn an_istiod_tls_meshroot_does_not_own_is_left_alone() {
     assert!(matches!(e, IstiodTlsError::NotOwned(_)), "{e}");
     assert!(fake.writes().is_empty());
 }
+
+/// istio-csr's `istiod-tls` (cert-manager's Secret) is handed over only by its annotation: then
+/// meshroot replaces it whole, with its own labels and a certificate under the mesh's chain, and
+/// the other tool's annotations (and the hand-over one) are gone.
+#[tokio::test]
+async fn an_istiod_tls_is_taken_over_only_when_annotated_for_it() {
+    let (fake, api) = setup();
+    fake.create(
+        "v1",
+        "secrets",
+        "istio-system",
+        json!({"metadata": {"name": "istiod-tls", "annotations": {"cert-manager.io/certificate-name": "istiod"}},
+               "type": "kubernetes.io/tls", "stringData": {"tls.crt": "istio-csr's", "tls.key": "istio-csr's"}}),
+    );
+    let c = chain();
+    let e = ensure(&api, &spec(&[]), &c, OffsetDateTime::now_utc()).await.unwrap_err();
+    assert!(e.to_string().contains("annotate it meshroot.io/adopt=true"), "the refusal says how: {e}");
+    // Another value than "true" is not a hand-over.
+    let annotate = async |value: &str| {
+        let patch = json!({"metadata": {"annotations": {"meshroot.io/adopt": value}}});
+        api.patch("istiod-tls", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch)).await.unwrap();
+    };
+    annotate("yes").await;
+    assert!(matches!(ensure(&api, &spec(&[]), &c, OffsetDateTime::now_utc()).await, Err(IstiodTlsError::NotOwned(_))));
+    annotate("true").await;
+    assert!(ensure(&api, &spec(&[]), &c, OffsetDateTime::now_utc()).await.unwrap(), "taken over");
+    let secret = api.get("istiod-tls").await.unwrap();
+    assert!(meshroot::k8s::is_managed(secret.metadata.labels.as_ref()));
+    assert!(secret.metadata.annotations.unwrap_or_default().is_empty(), "the other tool's annotations are gone");
+    let certs = pem::decode_certificates(&secret.data.unwrap()["tls.crt"].0, 1 << 20).unwrap();
+    assert!(c.authority().issued(&certs[0]), "issued under the mesh's intermediate");
+    // From now on it is meshroot's: current, so left as it is.
+    assert!(!ensure(&api, &spec(&[]), &c, OffsetDateTime::now_utc()).await.unwrap());
+}

@@ -55,10 +55,17 @@ async fn issue(w: &World, name: &str, key_algorithm: KeyAlgorithm) -> String {
         lifetime: time::Duration::hours(2),
         renew_before: time::Duration::hours(1),
     };
-    let ensured =
-        ensure(&api, &IntermediateSecret::external(name), &policy, Some(&w.root), &w.bundle, OffsetDateTime::now_utc())
-            .await
-            .unwrap();
+    let ensured = ensure(
+        &api,
+        &IntermediateSecret::external(name),
+        &policy,
+        Some(&w.root),
+        &[],
+        &w.bundle,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     ensured.chain.authority().serial_hex().to_string()
 }
 

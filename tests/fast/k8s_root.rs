@@ -116,3 +116,114 @@ async fn corrupt_or_mismatched_roots_are_reported_and_never_replaced() {
     Api::<Secret>::namespaced(fake.client(), NS).create(&PostParams::default(), &s).await.unwrap();
     assert!(matches!(load_or_generate(fake.client(), NS, "empty", true).await, Err(RootError::NoCertificate(_))));
 }
+
+/// An intermediate whose root's key is held elsewhere (Vault, a corporate PKI), imported as a
+/// chain: `tls.crt` the intermediate (and any CA above it), `tls.key` its key, `ca.crt` the
+/// root. meshroot signs its mesh intermediates with it, and everything chains to that root.
+#[tokio::test]
+async fn an_imported_intermediate_signs_under_a_root_whose_key_is_elsewhere() {
+    use meshroot::k8s::intermediates::{IntermediatePolicy, IntermediateSecret, ensure, parse_secret, secret_name};
+    use meshroot::pki::{Authority, CaSpec, KeyAlgorithm, PrivateKey, RootState, pem};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+    use time::{Duration, OffsetDateTime};
+    let now = OffsetDateTime::now_utc();
+    let their_root = Authority::new_root(&CaSpec::root(Duration::days(3650)), now).unwrap();
+    let intermediate = |path_len: u8| {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "Vault intermediate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(365);
+        let cert = their_root.sign(&params, &key.spki_der()).unwrap();
+        (pem::encode_certificate(&cert), key.to_pem().to_string(), cert)
+    };
+    let fake = setup();
+    let (cert_pem, key_pem, imported) = intermediate(2);
+    let key_pem_of_imported = key_pem.clone();
+    tls_secret(
+        &fake,
+        "imported",
+        json!({"tls.crt": cert_pem, "tls.key": key_pem, "ca.crt": their_root.certificate_pem()}),
+    );
+    let root: RootState = load_or_generate(fake.client(), NS, "imported", false).await.unwrap().into();
+    assert_eq!(root.bundle.roots(), [their_root.certificate().clone()], "their root, once, anchors the bundle");
+    assert_eq!(root.chain.as_slice(), std::slice::from_ref(&imported));
+    assert_eq!(root.authority.as_ref().unwrap().certificate(), &imported);
+    // What `meshroot doctor` takes as meshroot's root, without reading the key.
+    let stored = Api::<Secret>::namespaced(fake.client(), NS).get("imported").await.unwrap();
+    assert_eq!(&meshroot::k8s::root::trust_anchor(&stored).unwrap(), their_root.certificate());
+
+    // A mesh intermediate under it; the Secret carries the chain, so every replica can use it.
+    let api: Api<Secret> = Api::namespaced(fake.client(), NS);
+    let policy = IntermediatePolicy {
+        key_algorithm: KeyAlgorithm::EcdsaP256,
+        lifetime: Duration::hours(1),
+        renew_before: Duration::minutes(20),
+    };
+    let authority = root.authority.as_deref();
+    let made = ensure(&api, &IntermediateSecret::external("m"), &policy, authority, &root.chain, &root.bundle, now)
+        .await
+        .unwrap();
+    assert!(made.issued);
+    assert_eq!(&made.chain.ca_path()[1..], std::slice::from_ref(&imported));
+    let read = parse_secret(&api.get(&secret_name("m")).await.unwrap(), &root.bundle, now).unwrap();
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    for chain in [&made.chain, &read] {
+        let leaf =
+            chain.issue_workload(&key.spki_der(), "spiffe://cluster.local/ns/a/sa/b", Duration::hours(1), now).unwrap();
+        root.bundle.verify(&leaf.der, &chain.ca_path(), now).expect("a workload chains to their root");
+    }
+    // Not renewed on the next pass: it is under the signing CA.
+    let again = ensure(&api, &IntermediateSecret::external("m"), &policy, authority, &root.chain, &root.bundle, now)
+        .await
+        .unwrap();
+    assert!(!again.issued);
+    // The imported intermediate renewed with the same key: the mesh intermediate is issued
+    // again, so chains carry the current copy rather than one that will expire.
+    let mut renewed_params = CertificateParams::default();
+    renewed_params.distinguished_name.push(DnType::CommonName, "Vault intermediate");
+    renewed_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(2));
+    renewed_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    renewed_params.not_before = now - Duration::minutes(1);
+    renewed_params.not_after = now + Duration::days(400);
+    let imported_key = PrivateKey::from_pem(key_pem_of_imported.as_bytes()).unwrap();
+    let renewed = their_root.sign(&renewed_params, &imported_key.spki_der()).unwrap();
+    let renewed_chain = vec![renewed.clone()];
+    let moved = ensure(&api, &IntermediateSecret::external("m"), &policy, authority, &renewed_chain, &root.bundle, now)
+        .await
+        .unwrap();
+    assert!(moved.issued, "re-issued under the renewed copy");
+    assert_eq!(&moved.chain.ca_path()[1..], std::slice::from_ref(&renewed));
+    // Istio's cacerts: cert-chain.pem goes through the imported intermediate to the root.
+    fake.namespace("istio-system", json!({}));
+    let istio: Api<Secret> = Api::namespaced(fake.client(), "istio-system");
+    ensure(&istio, &IntermediateSecret::cacerts("g"), &policy, authority, &root.chain, &root.bundle, now)
+        .await
+        .unwrap();
+    let cacerts = istio.get("cacerts").await.unwrap().data.unwrap();
+    let chain = pem::decode_certificates(&cacerts["cert-chain.pem"].0, 1 << 20).unwrap();
+    assert_eq!(chain.len(), 3, "intermediate, imported intermediate, root");
+    assert_eq!(chain[1..], [imported, their_root.certificate().clone()]);
+
+    // Rotation steps take self-signed roots: under an imported intermediate they are refused,
+    // rather than dropping its root from ca.crt (the Secret would no longer load).
+    let e = meshroot::k8s::rotation::add(&stored, their_root.certificate_pem().as_bytes(), now).unwrap_err();
+    assert!(e.to_string().contains("holds an imported intermediate"), "{e}");
+    let e = meshroot::k8s::rotation::finish(&stored, Duration::hours(1), true, now).unwrap_err();
+    assert!(e.to_string().contains("holds an imported intermediate"), "{e}");
+    // Refused, with the reason: an intermediate that may not sign CAs, and a chain without its root.
+    let (cert_pem, key_pem, _) = intermediate(0);
+    tls_secret(
+        &fake,
+        "no-cas",
+        json!({"tls.crt": cert_pem, "tls.key": key_pem, "ca.crt": their_root.certificate_pem()}),
+    );
+    let e = load_or_generate(fake.client(), NS, "no-cas", false).await.unwrap_err().to_string();
+    assert!(e.contains("pathLenConstraint 0"), "{e}");
+    let (cert_pem, key_pem, _) = intermediate(1);
+    tls_secret(&fake, "rootless", json!({"tls.crt": cert_pem, "tls.key": key_pem}));
+    let e = load_or_generate(fake.client(), NS, "rootless", false).await.unwrap_err().to_string();
+    assert!(e.contains("does not reach a self-signed root"), "{e}");
+}

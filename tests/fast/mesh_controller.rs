@@ -35,8 +35,11 @@ fn world() -> World {
     support::replica::namespaces(&fake);
     let root = Authority::new_root(&CaSpec::root(time::Duration::days(3650)), OffsetDateTime::now_utc()).unwrap();
     let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
-    let (root_tx, root_rx) =
-        tokio::sync::watch::channel(RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle.clone()) });
+    let (root_tx, root_rx) = tokio::sync::watch::channel(RootState {
+        authority: Some(Arc::new(root)),
+        bundle: Arc::new(bundle.clone()),
+        chain: Default::default(),
+    });
     let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(Arc::new(bundle.clone()));
     let coverage = Coverage::default();
     let tasks = vec![

@@ -290,7 +290,7 @@ async fn finish_waits_for_every_intermediate_to_move_under_the_new_root() {
     };
     let target = IntermediateSecret::external("default");
     let old_bundle = TrustBundle::new(vec![old.certificate().clone()]).unwrap();
-    ensure(&secrets, &target, &policy, Some(&old), &old_bundle, now).await.unwrap();
+    ensure(&secrets, &target, &policy, Some(&old), &[], &old_bundle, now).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("next");
@@ -304,7 +304,7 @@ async fn finish_waits_for_every_intermediate_to_move_under_the_new_root() {
 
     let new = Authority::from_pem(&std::fs::read(&cert).unwrap(), &std::fs::read(&key).unwrap()).unwrap();
     let both = TrustBundle::new(vec![new.certificate().clone(), old.certificate().clone()]).unwrap();
-    assert!(ensure(&secrets, &target, &policy, Some(&new), &both, now).await.unwrap().issued);
+    assert!(ensure(&secrets, &target, &policy, Some(&new), &[], &both, now).await.unwrap().issued);
     let said = apply(fake.client(), NS, SECRET, finish()).await.unwrap();
     assert!(said.contains("stage: steady"), "{said}");
 }

@@ -68,7 +68,11 @@ impl IssuerWorld {
             Authority::new_root(&CaSpec::root(time::Duration::days(3650)), OffsetDateTime::now_utc()).unwrap(),
         );
         let bundle = Arc::new(TrustBundle::new(vec![root.certificate().clone()]).unwrap());
-        let (root_tx, root_rx) = watch::channel(RootState { authority: Some(root.clone()), bundle: bundle.clone() });
+        let (root_tx, root_rx) = watch::channel(RootState {
+            authority: Some(root.clone()),
+            bundle: bundle.clone(),
+            chain: Default::default(),
+        });
         let registry = Arc::new(MeshRegistry::default());
         let client = fake.client();
         let (cache, cache_task) = issuer_cache::IssuerCache::spawn(client.clone());

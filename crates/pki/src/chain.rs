@@ -118,6 +118,39 @@ impl TrustBundle {
     }
 }
 
+/// Whether a certificate names itself as its issuer: a root, as trust anchors are judged (a
+/// root's own signature is not what makes it trusted).
+pub fn names_itself(cert: &CertificateDer<'_>) -> bool {
+    parse_certificate(cert).is_ok_and(|c| c.subject().as_raw() == c.issuer().as_raw())
+}
+
+/// The root `signer` chains to, and the path from `signer` (included) up to it (excluded): each
+/// link found by signature, not by name, among `above`; the root a certificate of `roots`, then
+/// of `above`, that names itself and signed the last link. A signer that names itself is its own
+/// root, with an empty path. `None` when the chain does not reach a root.
+pub fn path_to_root(
+    signer: &CertificateDer<'static>,
+    above: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Option<(CertificateDer<'static>, Vec<CertificateDer<'static>>)> {
+    if names_itself(signer) {
+        return Some((signer.clone(), Vec::new()));
+    }
+    let mut path = vec![signer.clone()];
+    let mut current = signer.clone();
+    // Each step adds a certificate not yet in the path, so this ends.
+    for _ in 0..=above.len() {
+        let issuer = |c: &&CertificateDer<'static>| super::authority::issued_by(c, &current);
+        if let Some(root) = roots.iter().chain(above).filter(|r| names_itself(r)).find(issuer) {
+            return Some((root.clone(), path));
+        }
+        let next = above.iter().filter(|c| !path.contains(c)).find(issuer)?.clone();
+        path.push(next.clone());
+        current = next;
+    }
+    None
+}
+
 /// SHA-256 of `data` as lowercase hex: how certificates and bundles are named in logs and status.
 pub fn sha256_hex(data: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
@@ -234,4 +267,8 @@ pub struct RootState {
     pub authority: Option<std::sync::Arc<Authority>>,
     /// Every root to trust, the current one included: one normally, two during a rotation.
     pub bundle: std::sync::Arc<TrustBundle>,
+    /// What a certificate the authority signs chains through to the bundle's first root: empty
+    /// when the authority is that root; an imported intermediate (whose root's key is held
+    /// elsewhere) and any CA above it otherwise.
+    pub chain: std::sync::Arc<Vec<CertificateDer<'static>>>,
 }

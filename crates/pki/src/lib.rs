@@ -32,7 +32,7 @@ pub mod template;
 pub mod usage;
 
 pub use authority::{Authority, CaSpec};
-pub use chain::{RootState, SigningChain, TrustBundle};
+pub use chain::{RootState, SigningChain, TrustBundle, names_itself, path_to_root};
 pub use csr::CertificateSigningRequest;
 pub use error::PkiError;
 pub use keys::{KeyAlgorithm, PrivateKey, PublicKeyKind};

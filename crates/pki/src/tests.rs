@@ -614,3 +614,23 @@ fn the_csr_size_limit_is_inclusive() {
     let over = vec![0u8; csr::MAX_CSR_PEM_BYTES + 1];
     assert!(matches!(CertificateSigningRequest::from_der(&over), Err(PkiError::TooLarge { .. })));
 }
+
+/// The path to a root is followed by signature: a root names itself; an intermediate reaches
+/// the root that signed its chain, not another of the same name; a chain without it reaches none.
+#[test]
+fn path_to_root_follows_signatures_to_a_root_that_names_itself() {
+    let now = OffsetDateTime::now_utc();
+    let root = Authority::new_root(&CaSpec::root(Duration::days(30)), now).unwrap();
+    let impostor = Authority::new_root(&CaSpec::root(Duration::days(30)), now).unwrap();
+    let upper = root.new_intermediate(&CaSpec::intermediate("upper", Duration::days(1)), now).unwrap();
+    let lower = upper.new_intermediate(&CaSpec::intermediate("lower", Duration::days(1)), now).unwrap();
+    let c = |a: &Authority| a.certificate().clone();
+    assert_eq!(path_to_root(&c(&root), &[], &[]), Some((c(&root), vec![])), "a root is its own");
+    let found = path_to_root(&c(&lower), &[c(&upper)], &[c(&impostor), c(&root)]);
+    assert_eq!(found, Some((c(&root), vec![c(&lower), c(&upper)])));
+    // The root may end the chain instead of standing apart.
+    assert_eq!(path_to_root(&c(&lower), &[c(&upper), c(&root)], &[]), Some((c(&root), vec![c(&lower), c(&upper)])));
+    assert_eq!(path_to_root(&c(&lower), &[c(&upper)], &[c(&impostor)]), None);
+    assert_eq!(path_to_root(&c(&lower), &[], &[c(&root)]), None, "a missing link");
+    assert!(names_itself(&c(&impostor)) && !names_itself(&c(&upper)));
+}

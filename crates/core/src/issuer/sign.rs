@@ -329,7 +329,7 @@ mod tests {
     fn root_state(lifetime: Duration) -> RootState {
         let root = Authority::new_root(&CaSpec::root(lifetime), OffsetDateTime::now_utc()).unwrap();
         let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
-        RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle) }
+        RootState { authority: Some(Arc::new(root)), bundle: Arc::new(bundle), chain: Default::default() }
     }
 
     fn tenancy() -> Tenancy {

@@ -218,10 +218,14 @@ pub fn resolve(
             let Some(authority) = root.authority.clone() else {
                 return Err(SignerUnavailable::RootKeyOffline.into());
             };
-            let root_cert = authority.certificate().clone();
+            // Under an imported intermediate, the chain goes through it to the bundle's first root.
+            let root_cert = match root.chain.is_empty() {
+                true => authority.certificate().clone(),
+                false => root.bundle.roots().first().cloned().unwrap_or_else(|| authority.certificate().clone()),
+            };
             Ok(IssuingCa {
                 source: Source::Root(authority),
-                path: Vec::new(),
+                path: root.chain.to_vec(),
                 root: root_cert,
                 description: "the root".into(),
             })
