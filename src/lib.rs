@@ -42,5 +42,6 @@ pub mod serve;
 pub mod supervise;
 
 pub mod dev;
+pub mod doctor;
 pub mod fsutil;
 pub mod k8s;

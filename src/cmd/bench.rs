@@ -18,6 +18,7 @@ pub struct Args {
     /// Distinct identities requesting at once in the burst (0: no burst).
     #[arg(long, default_value = "10000")]
     burst: usize,
+    /// Connections the burst's requests are spread over.
     #[arg(long, default_value = "100")]
     burst_connections: usize,
     /// Intermediate key types to measure. Repeatable.
@@ -41,6 +42,7 @@ pub struct Args {
 /// The benchmark's server process.
 #[derive(clap::Args)]
 pub struct ServerArgs {
+    /// The fixture directory the benchmark prepared (certificates, keys, tokens).
     #[arg(long)]
     dir: PathBuf,
     /// Pin the process to this core.

@@ -21,6 +21,7 @@ pub struct Args {
     /// Directory holding the root, intermediate, serving certificate and tokens.
     #[arg(long, default_value = defaults::STATE_DIR)]
     state_dir: PathBuf,
+    /// SPIFFE trust domain of the identities the dev mesh signs.
     #[arg(long, default_value = defaults::TRUST_DOMAIN)]
     trust_domain: String,
     /// Token file (TOKEN NAMESPACE SERVICEACCOUNT per line); default DIR/tokens.

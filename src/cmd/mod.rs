@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod crds;
 pub mod dev;
+pub mod doctor;
 pub mod pki;
 pub mod rate_limits;
 pub mod request;
@@ -44,6 +45,8 @@ enum Command {
     Root(root::Args),
     /// Offline PKI tasks.
     Pki(pki::Args),
+    /// Whether the cluster's Istio meshes can complete mutual TLS with each other, and what to change.
+    Doctor(doctor::Args),
     /// Measure CreateCertificate under load against the crypto ceiling (use a release build).
     #[cfg(feature = "bench")]
     Bench(bench::Args),
@@ -111,6 +114,11 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A verdict, not a failure: the report is printed; the status says which verdict.
+        Err(e) if e.is::<doctor::Unhealthy>() => {
+            eprintln!("doctor: {e}");
+            e.downcast_ref::<doctor::Unhealthy>().map_or(ExitCode::FAILURE, |u| ExitCode::from(u.code))
+        }
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
@@ -126,6 +134,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Crds(args) => crds::run(args),
         Command::Root(args) => root::run(args).await,
         Command::Pki(args) => pki::run(args),
+        Command::Doctor(args) => doctor::run(args).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(args).await,
         #[cfg(feature = "bench")]
@@ -210,6 +219,26 @@ mod tests {
         ] {
             assert!(parse(args).is_ok(), "{args:?}");
         }
+    }
+
+    /// Every flag and argument of every command says what it is in `--help`.
+    #[test]
+    fn every_flag_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "meshroot", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
     }
 
     /// Each cause is printed once, even when a message already carries its source's text.

@@ -524,3 +524,25 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
     }
     assert!(bad.stdout.is_empty(), "nothing is described when the configuration is refused");
 }
+
+/// `meshroot doctor` documents its exit statuses, and a cluster it cannot reach is a failure
+/// (status 1) with the reason, never a verdict.
+#[test]
+fn doctor_says_what_its_exit_statuses_mean_and_fails_without_a_cluster() {
+    let help = Command::new(BIN).args(["doctor", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for status in ["0 when every pair of meshes can complete mutual TLS", "2 when trust is split", "3 when it cannot"] {
+        assert!(help.contains(status), "{status}: {help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = Command::new(BIN)
+        .args(["doctor", "-o", "json"])
+        .env("KUBECONFIG", dir.path().join("missing-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(run.stdout.is_empty(), "no report without a cluster");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.starts_with("error: connecting to the Kubernetes API (KUBECONFIG)"), "{stderr}");
+}

@@ -62,6 +62,7 @@ pub(crate) async fn start_istiod(
     namespace: &'static str,
     setup: IstiodSetup,
 ) -> Istiod {
+    declare_istiod(cluster, name, namespace, &setup).await;
     let cwd = cluster.subdir(name);
     for tree in ["var", "etc"] {
         let _ = std::fs::remove_dir_all(cwd.join(tree));
@@ -119,6 +120,76 @@ pub(crate) async fn start_istiod(
         }
     }
     panic!("{name} exited three times");
+}
+
+/// The Deployment a chart would have made for this istiod, as `meshroot doctor` reads it (this
+/// tier has no kubelet: the process above is what runs, with the same environment).
+async fn declare_istiod(cluster: &Cluster, name: &str, namespace: &str, setup: &IstiodSetup) {
+    let mut labels = json!({"app": "istiod"});
+    let mut env = vec![json!({"name": "ENABLE_CA_SERVER", "value": setup.ca_server.to_string()})];
+    if let Some(revision) = setup.revision {
+        labels["istio.io/rev"] = json!(revision);
+        env.push(json!({"name": "REVISION", "value": revision}));
+    }
+    if let Some(configmap) = setup.root_configmap {
+        env.push(json!({"name": "PILOT_CA_CERT_CONFIGMAP", "value": configmap}));
+    }
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "discovery", "image": "pilot", "env": env}]},
+            },
+        },
+    });
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(cluster.admin.clone(), namespace)
+        .patch(name, &PatchParams::apply("istio-tier").force(), &Patch::Apply(deployment))
+        .await
+        .unwrap();
+}
+
+/// `meshroot doctor -o json` and `meshroot doctor` against the cluster, as its admin: the exit
+/// status, the report and the table.
+async fn doctor(cluster: &Cluster) -> (Option<i32>, serde_json::Value, String) {
+    let run = |format: &'static str| {
+        tokio::process::Command::new(crate::support::binary::BIN)
+            .args(["doctor", "-o", format])
+            .env("KUBECONFIG", cluster.admin_kubeconfig())
+            .env_remove("POD_NAMESPACE")
+            .output()
+    };
+    let (json_run, table_run) = (run("json").await.unwrap(), run("table").await.unwrap());
+    let report = serde_json::from_slice(&json_run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor's JSON: {e}: {}{}",
+            String::from_utf8_lossy(&json_run.stdout),
+            String::from_utf8_lossy(&json_run.stderr)
+        )
+    });
+    assert_eq!(json_run.status.code(), table_run.status.code(), "one verdict in both formats");
+    (json_run.status.code(), report, String::from_utf8_lossy(&table_run.stdout).into_owned())
+}
+
+/// Each istiod in a doctor report: its mesh, CA mode and issuing root.
+fn istiods(report: &serde_json::Value) -> Vec<(&str, &str, &str)> {
+    fn text(v: &serde_json::Value) -> &str {
+        v.as_str().unwrap_or("(none)")
+    }
+    report["istiods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (text(&i["mesh"]), text(&i["caMode"]), text(&i["issuingRoot"])))
+        .collect()
+}
+
+/// The certificate's SHA-256, as the doctor names roots.
+fn fingerprint(pem: &str) -> String {
+    meshroot::pki::chain::sha256_hex(&meshroot::pki::pem::decode_certificates(pem.as_bytes(), 1 << 20).unwrap()[0])
 }
 
 /// A workload: a pod of service account `namespace/sa` on a node, and its `istio-ca` token.
@@ -310,6 +381,27 @@ async fn two_istiods_fail_mutual_tls_until_meshroot_gives_them_one_root() {
         .expect_err("two roots: the handshake fails");
     assert!(refused.contains("certificate signed by unknown authority"), "{refused}");
 
+    // meshroot doctor sees the same: the two meshes' trust is split, and says where.
+    let (status, report, table) = doctor(&cluster).await;
+    eprintln!("meshroot doctor, before meshroot:\n{table}");
+    assert_eq!(status, Some(2), "split trust exits 2: {table}");
+    assert_eq!(report["verdict"], "split", "{table}");
+    assert_eq!(
+        istiods(&report),
+        [
+            ("istio-system/default", "own-ca", fingerprint(&old_mesh_roots).as_str()),
+            ("openshift-ingress/openshift-gateway", "own-ca", fingerprint(&old_gateway_roots).as_str()),
+        ]
+    );
+    let split: Vec<_> = report["pairs"].as_array().unwrap().iter().filter(|p| p["status"] == "split").collect();
+    assert_eq!(split.len(), 1, "{table}");
+    assert_eq!(split[0]["meshes"], json!(["istio-system/default", "openshift-ingress/openshift-gateway"]));
+    let reasons = split[0]["reasons"].to_string();
+    for namespace in ["bookinfo:", "istio-system:", "openshift-ingress:"] {
+        assert!(reasons.contains(namespace), "{namespace} named: {reasons}");
+    }
+    assert!(table.contains("SPLIT") && table.contains("WHAT TO CHANGE"), "{table}");
+
     // docs/openshift.md step 1: the roots in use today, from each istiod's istio-ca-secret.
     let old_roots = [
         secret_key(&cluster, "istio-system", "istio-ca-secret", "ca-cert.pem").await.expect("the mesh root"),
@@ -470,6 +562,26 @@ async fn two_istiods_fail_mutual_tls_until_meshroot_gives_them_one_root() {
         let ok = handshake(server_side, server_trusts, client_side, client_trusts)
             .expect("one root: the handshake succeeds");
         assert!(ok.starts_with("OK"), "{ok}");
+    }
+
+    // And meshroot doctor confirms one root: meshroot's, for both meshes; the old roots, still in
+    // the bundles, are named for retirement.
+    let (status, report, table) = doctor(&cluster).await;
+    eprintln!("meshroot doctor, after:\n{table}");
+    assert_eq!(status, Some(0), "{table}");
+    assert_eq!(report["verdict"], "one-root", "{table}");
+    let meshroot_root = fingerprint(&root_pem);
+    assert_eq!(
+        istiods(&report),
+        [
+            ("istio-system/default", "external", meshroot_root.as_str()),
+            ("openshift-ingress/openshift-gateway", "cacerts", meshroot_root.as_str()),
+        ],
+        "{table}"
+    );
+    let advice = report["advice"].to_string();
+    for old in [&old_mesh_roots, &old_gateway_roots] {
+        assert!(advice.contains(&fingerprint(old)[..16]), "old root named for retirement: {advice}");
     }
 
     // A sidecar not yet restarted still trusts only the root its CA answered with (pilot-agent

@@ -15,6 +15,7 @@ mod cluster;
 mod faults;
 mod istio;
 mod leader;
+mod migration;
 mod race;
 mod replicas;
 mod rollout;
