@@ -28,6 +28,11 @@ need openssl openssl
 need python3 python3
 need npm npm
 need unzip unzip
+# The image test (tests/cli/image.rs): Debian's packages as the image's base, and its root
+# filesystem entered without a container engine.
+need apt-get apt
+need dpkg-deb dpkg
+need unshare util-linux
 
 # The pinned toolchain (rust-toolchain.toml). rustup may be told not to
 # install toolchains on its own (RUSTUP_AUTO_INSTALL=0), so install it here

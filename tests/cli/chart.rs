@@ -30,19 +30,23 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array().into_iter().flatten().map(|s| s.as_str().unwrap().to_string()).collect()
 }
 
-/// An image without a registry cannot be pulled: the install notes say so, and how to fix it,
-/// instead of only "installed".
+/// A plain install pulls the published image (a reference with a registry); an image named
+/// without a registry cannot be pulled, and the install notes say so and how to fix it, instead
+/// of only "installed".
 #[test]
-fn the_notes_warn_when_the_image_names_no_registry() {
+fn a_plain_install_names_a_pullable_image_and_the_notes_warn_when_it_does_not() {
+    let docs = template(&[]).unwrap();
+    let deployment = all(&docs, "Deployment")[0];
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
+    let registry = image.split('/').next().unwrap();
+    assert!(image.contains('/') && (registry.contains('.') || registry.contains(':')), "no registry in {image}");
+    assert_eq!(image, concat!("ghcr.io/meshroot/meshroot:", env!("CARGO_PKG_VERSION")));
     let default = notes(&[]);
-    assert!(
-        default.contains("WARNING: the image is \"meshroot:") && default.contains("\", with no registry"),
-        "{default}"
-    );
-    assert!(default.contains("--set image.repository=<registry>/meshroot"), "{default}");
-    let pushed = notes(&["--set", "image.repository=quay.io/example/meshroot"]);
-    assert!(!pushed.contains("WARNING"), "{pushed}");
-    assert!(pushed.contains("Istio CA address:"), "{pushed}");
+    assert!(!default.contains("WARNING"), "{default}");
+    assert!(default.contains("Istio CA address:"), "{default}");
+    let local = notes(&["--set", "image.repository=meshroot"]);
+    assert!(local.contains("WARNING: the image is \"meshroot:") && local.contains("\", with no registry"), "{local}");
+    assert!(local.contains("--set image.repository=<registry>/meshroot"), "{local}");
 }
 
 #[test]

@@ -7,4 +7,5 @@ mod support;
 
 mod chart;
 mod commands;
+mod image;
 mod serve;
