@@ -5,7 +5,7 @@
 use super::error::{PkiError, Result};
 use super::keys::{KeyAlgorithm, PrivateKey, PublicKeyKind, classify_spki};
 use super::pem;
-use super::serial::random_serial;
+use super::serial::{random_serial, random_serial_bytes};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose, PublicKeyData,
     SignatureAlgorithm, SigningKey,
@@ -79,6 +79,8 @@ pub struct Authority {
     not_after: OffsetDateTime,
     self_signed: bool,
     issuer: rcgen::Issuer<'static, PrivateKey>,
+    /// What every workload certificate it signs shares; `None` only while it is being loaded.
+    workload: Option<super::workload_template::WorkloadTemplate>,
 }
 
 impl fmt::Debug for Authority {
@@ -152,7 +154,7 @@ impl Authority {
             )
         };
         let issuer = rcgen::Issuer::from_ca_cert_der(&cert, key)?;
-        let authority = Self {
+        let mut authority = Self {
             cert_pem: pem::encode_certificate(&cert),
             cert,
             subject,
@@ -161,8 +163,10 @@ impl Authority {
             not_after,
             self_signed,
             issuer,
+            workload: None,
         };
         authority.self_check()?;
+        authority.workload = Some(authority.workload_prototype()?);
         Ok(authority)
     }
 
@@ -192,6 +196,29 @@ impl Authority {
             return Err(PkiError::SelfCheck("authority key identifier does not match".into()));
         }
         Ok(())
+    }
+
+    /// The workload template, from a prototype rcgen signs for this authority's own key (any key
+    /// would do: only the fields all workload certificates share are kept).
+    fn workload_prototype(&self) -> Result<super::workload_template::WorkloadTemplate> {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).map_err(|e| PkiError::Invalid(e.to_string()))?;
+        let later =
+            now.checked_add(Duration::minutes(1)).ok_or(PkiError::TimeOutOfRange("the prototype's NotAfter"))?;
+        let (serial, _) = random_serial_bytes()?;
+        let prototype = super::profile::rcgen_workload(
+            self,
+            &self.issuer.key().spki_der(),
+            "spiffe://prototype/ns/prototype/sa/prototype",
+            &serial,
+            now,
+            later,
+        )?;
+        super::workload_template::WorkloadTemplate::from_prototype(&prototype)
+    }
+
+    /// What every workload certificate this authority signs shares.
+    pub(crate) fn workload_template(&self) -> Result<&super::workload_template::WorkloadTemplate> {
+        self.workload.as_ref().ok_or_else(|| PkiError::Signing("the authority is still being loaded".into()))
     }
 
     /// Signs `params` for the public key `spki_der` (DER SubjectPublicKeyInfo).

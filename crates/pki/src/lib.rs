@@ -30,6 +30,7 @@ pub mod serial;
 pub mod spiffe;
 pub mod template;
 pub mod usage;
+mod workload_template;
 
 pub use authority::{Authority, CaSpec};
 pub use chain::{RootState, SigningChain, TrustBundle, names_itself, path_to_root};

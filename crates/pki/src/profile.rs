@@ -4,8 +4,11 @@
 use super::authority::Authority;
 use super::error::{PkiError, Result};
 use super::pem;
-use super::serial::random_serial;
-use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
+use super::serial::{random_serial, random_serial_bytes};
+use super::workload_template::{WorkloadFields, canonical_spki};
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SerialNumber,
+};
 use rustls_pki_types::CertificateDer;
 use std::net::IpAddr;
 use time::{Duration, OffsetDateTime};
@@ -77,17 +80,36 @@ pub fn issue_workload(
     ttl: Duration,
     now: OffsetDateTime,
 ) -> Result<IssuedCertificate> {
+    let (not_before, not_after) = leaf_validity(authority, ttl, now)?;
+    // The key as the certificate carries it; the workload mark is derived from that, not from
+    // the CSR's bytes (which need not be canonical DER).
+    let spki = canonical_spki(spki_der)?;
+    let key_id = workload_key_id(&spki);
+    let (serial, serial_hex) = random_serial_bytes()?;
+    let template = authority.workload_template()?;
+    let fields = WorkloadFields { serial: &serial, not_before, not_after, spki: &spki, identity };
+    let tbs = template.tbs(&fields, &key_id)?;
+    let signature = rcgen::SigningKey::sign(authority.key(), &tbs)?;
+    let der = template.certificate(&tbs, &signature)?;
+    Ok(IssuedCertificate { pem: pem::encode_certificate(&der), der, serial_hex, not_before, not_after })
+}
+
+/// A workload certificate for `spki_der` signed the general way, with rcgen: the prototype the
+/// workload template takes its constant fields from (and, in tests, the template's oracle).
+/// No validity check: an authority is loaded before anyone asks whether it is current.
+pub(crate) fn rcgen_workload(
+    authority: &Authority,
+    spki_der: &[u8],
+    identity: &str,
+    serial: &[u8],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateDer<'static>> {
     let san =
         SanType::URI(identity.try_into().map_err(|_| PkiError::Invalid("the identity is not an ASCII URI".into()))?);
-    issue_leaf(
-        authority,
-        spki_der,
-        vec![san],
-        &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        ttl,
-        now,
-        KeyId::Workload,
-    )
+    let ekus = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let params = leaf_params(vec![san], &ekus, not_before, not_after, SerialNumber::from_slice(serial));
+    rcgen_sign(authority, params, spki_der, KeyId::Workload)
 }
 
 /// Which SubjectKeyIdentifier a leaf gets.
@@ -158,6 +180,19 @@ fn issue_leaf(
     now: OffsetDateTime,
     key_id: KeyId,
 ) -> Result<IssuedCertificate> {
+    let (not_before, not_after) = leaf_validity(authority, ttl, now)?;
+    let (serial, serial_hex) = random_serial()?;
+    let der = rcgen_sign(authority, leaf_params(sans, ekus, not_before, not_after, serial), spki_der, key_id)?;
+    Ok(IssuedCertificate { pem: pem::encode_certificate(&der), der, serial_hex, not_before, not_after })
+}
+
+/// A leaf's NotBefore and NotAfter for `ttl` from `now`: back-dated by [`CLOCK_SKEW_GRACE`], cut at
+/// the authority's NotAfter, in whole seconds. Fails unless the authority is valid at `now`.
+fn leaf_validity(
+    authority: &Authority,
+    ttl: Duration,
+    now: OffsetDateTime,
+) -> Result<(OffsetDateTime, OffsetDateTime)> {
     if ttl <= Duration::ZERO {
         return Err(PkiError::Invalid("the lifetime must be positive".into()));
     }
@@ -166,8 +201,16 @@ fn issue_leaf(
     authority.check_valid_at(now)?;
     let not_before = now.checked_sub(CLOCK_SKEW_GRACE).ok_or(PkiError::TimeOutOfRange("the leaf's NotBefore"))?;
     let not_after = now.checked_add(ttl).unwrap_or(authority.not_after()).min(authority.not_after());
-    let (serial, serial_hex) = random_serial()?;
+    Ok((not_before, not_after))
+}
 
+fn leaf_params(
+    sans: Vec<SanType>,
+    ekus: &[ExtendedKeyUsagePurpose],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    serial: SerialNumber,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.subject_alt_names = sans;
@@ -178,6 +221,15 @@ fn issue_leaf(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = ekus.to_vec();
     params.use_authority_key_identifier_extension = true;
+    params
+}
+
+fn rcgen_sign(
+    authority: &Authority,
+    mut params: CertificateParams,
+    spki_der: &[u8],
+    key_id: KeyId,
+) -> Result<CertificateDer<'static>> {
     // Parsed once: rcgen writes the key again from it, and the workload mark is
     // derived from what it writes, not from the CSR's bytes (which need not be
     // canonical DER).
@@ -186,7 +238,5 @@ fn issue_leaf(
         let written = rcgen::PublicKeyData::subject_public_key_info(&spki);
         params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(workload_key_id(&written));
     }
-
-    let der = authority.sign_key(&params, &spki)?;
-    Ok(IssuedCertificate { pem: pem::encode_certificate(&der), der, serial_hex, not_before, not_after })
+    authority.sign_key(&params, &spki)
 }

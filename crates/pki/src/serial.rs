@@ -11,6 +11,12 @@ pub const SERIAL_BYTES: usize = 20;
 /// Returns a fresh serial and its lowercase hex form. A failing system RNG
 /// is an error: a CA must never fall back to a predictable serial.
 pub fn random_serial() -> Result<(SerialNumber, String)> {
+    let (bytes, hex) = random_serial_bytes()?;
+    Ok((SerialNumber::from_slice(&bytes), hex))
+}
+
+/// [`random_serial`] as its bytes, without a `SerialNumber` to allocate.
+pub fn random_serial_bytes() -> Result<([u8; SERIAL_BYTES], String)> {
     let mut bytes = [0u8; SERIAL_BYTES];
     aws_lc_rs::rand::fill(&mut bytes)
         .map_err(|_| PkiError::Signing("the system random number generator failed".into()))?;
@@ -18,8 +24,11 @@ pub fn random_serial() -> Result<(SerialNumber, String)> {
     if bytes[0] == 0 {
         bytes[0] = 0x01;
     }
-    let hex = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((SerialNumber::from_slice(&bytes), hex))
+    let mut hex = String::with_capacity(2 * SERIAL_BYTES);
+    for b in bytes {
+        hex.extend([b >> 4, b & 0x0f].map(|digit| char::from_digit(u32::from(digit), 16).unwrap_or('0')));
+    }
+    Ok((bytes, hex))
 }
 
 #[cfg(test)]
