@@ -198,22 +198,29 @@ impl Authority {
         Ok(())
     }
 
-    /// The workload template, from a prototype rcgen signs for this authority's own key (any key
-    /// would do: only the fields all workload certificates share are kept).
+    /// The workload template, from a prototype rcgen signs with this authority for a throwaway
+    /// key: a real certificate, never stored or sent, and dropped here. Only the fields all
+    /// workload certificates share are kept, and the template must rebuild the prototype exactly.
     fn workload_prototype(&self) -> Result<super::workload_template::WorkloadTemplate> {
         let now = OffsetDateTime::now_utc().replace_nanosecond(0).map_err(|e| PkiError::Invalid(e.to_string()))?;
         let later =
             now.checked_add(Duration::minutes(1)).ok_or(PkiError::TimeOutOfRange("the prototype's NotAfter"))?;
         let (serial, _) = random_serial_bytes()?;
-        let prototype = super::profile::rcgen_workload(
-            self,
-            &self.issuer.key().spki_der(),
-            "spiffe://prototype/ns/prototype/sa/prototype",
-            &serial,
-            now,
-            later,
-        )?;
-        super::workload_template::WorkloadTemplate::from_prototype(&prototype)
+        let spki = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?.spki_der();
+        let identity = "spiffe://prototype/ns/prototype/sa/prototype";
+        let prototype = super::profile::rcgen_workload(self, &spki, identity, &serial, now, later)?;
+        let fields = super::workload_template::WorkloadFields {
+            serial: &serial,
+            not_before: now,
+            not_after: later,
+            spki: &spki,
+            identity,
+        };
+        super::workload_template::WorkloadTemplate::from_prototype(
+            &prototype,
+            &fields,
+            &super::profile::workload_key_id(&spki),
+        )
     }
 
     /// What every workload certificate this authority signs shares.

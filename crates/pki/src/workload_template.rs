@@ -51,6 +51,7 @@ pub(crate) struct WorkloadTemplate {
 }
 
 /// The variable fields of one workload certificate.
+#[derive(Clone, Copy)]
 pub(crate) struct WorkloadFields<'a> {
     /// Serial number: 20 bytes, positive, first byte non-zero ([`super::serial::random_serial`]).
     pub serial: &'a [u8; super::serial::SERIAL_BYTES],
@@ -75,14 +76,17 @@ fn der_err(e: der::Error) -> PkiError {
 
 impl WorkloadTemplate {
     /// Takes the shared fields from `prototype`, a workload certificate rcgen signed with the
-    /// authority. Its extensions must be exactly AKI, SAN, KeyUsage, EKU, SKI and BasicConstraints
-    /// in rcgen's order, which is what lets the variable ones be written between the constant ones.
-    pub(crate) fn from_prototype(prototype: &[u8]) -> Result<Self> {
+    /// authority for `fields` and `key_id`. Its extensions must be exactly AKI, SAN, KeyUsage, EKU,
+    /// SKI and BasicConstraints in rcgen's order, which is what lets the variable ones be written
+    /// between the constant ones; and the template must write the prototype's TBSCertificate
+    /// again from `fields`, byte for byte, or it is refused (so a change in how rcgen lays out a
+    /// field fails when an authority loads, never in a certificate).
+    pub(crate) fn from_prototype(prototype: &[u8], fields: &WorkloadFields<'_>, key_id: &[u8]) -> Result<Self> {
         let cert: Vec<der::asn1::AnyRef<'_>> = Vec::from_der(prototype).map_err(der_err)?;
         let tbs = cert.first().ok_or_else(|| layout("certificate"))?;
         let tbs = tbs.to_der().map_err(der_err)?;
-        let fields: Vec<der::asn1::AnyRef<'_>> = Vec::from_der(&tbs).map_err(der_err)?;
-        let [_version, _serial, algorithm, issuer, _validity, _subject, _spki, extensions] = fields.as_slice() else {
+        let parts: Vec<der::asn1::AnyRef<'_>> = Vec::from_der(&tbs).map_err(der_err)?;
+        let [_version, _serial, algorithm, issuer, _validity, _subject, _spki, extensions] = parts.as_slice() else {
             return Err(layout("TBSCertificate"));
         };
         let extensions: Vec<der::asn1::AnyRef<'_>> = Vec::from_der(extensions.value()).map_err(der_err)?;
@@ -117,13 +121,17 @@ impl WorkloadTemplate {
         usages.extend(next()?);
         let _ski = next()?;
         let basic_constraints = next()?;
-        Ok(Self {
+        let template = Self {
             signature_algorithm: algorithm.to_der().map_err(der_err)?,
             issuer: issuer.to_der().map_err(der_err)?,
             authority_key_id,
             usages,
             basic_constraints,
-        })
+        };
+        if template.tbs(fields, key_id)? != tbs {
+            return Err(PkiError::SelfCheck("the workload certificate template does not rebuild its prototype".into()));
+        }
+        Ok(template)
     }
 
     /// The TBSCertificate for `fields`, with `key_id` as its SubjectKeyIdentifier.
@@ -276,7 +284,8 @@ impl Time {
         let since_epoch = u64::try_from(t.unix_timestamp())
             .map_err(|_| PkiError::TimeOutOfRange("a workload certificate's validity"))?;
         let since_epoch = std::time::Duration::from_secs(since_epoch);
-        Ok(if (1950..2050).contains(&t.year()) {
+        // The year in UTC, the zone X.509 times are written in.
+        Ok(if (1950..2050).contains(&t.to_offset(time::UtcOffset::UTC).year()) {
             Self::Utc(UtcTime::from_unix_duration(since_epoch).map_err(der_err)?)
         } else {
             Self::Generalized(GeneralizedTime::from_unix_duration(since_epoch).map_err(der_err)?)
@@ -424,18 +433,68 @@ mod tests {
         let no_null = der::asn1::AnyRef::new(Tag::Sequence, &no_null).unwrap().to_der().unwrap();
         // Ed448 (1.3.101.113), which meshroot does not accept.
         let ed448 = [0x30, 0x0a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x71, 0x03, 0x01, 0x00];
+        let spki = |algorithm: &[u8], key: &[u8]| {
+            let mut body = algorithm.to_vec();
+            body.extend(der::asn1::BitStringRef::new(0, key).unwrap().to_der().unwrap());
+            der::asn1::AnyRef::new(Tag::Sequence, &body).unwrap().to_der().unwrap()
+        };
+        // id-ecPublicKey on secp521r1, and id-Ed25519 with NULL parameters (RFC 8410 says absent).
+        let p521 = spki(
+            &[
+                0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00,
+                0x23,
+            ],
+            &[4; 133],
+        );
+        let ed25519_null = spki(&[0x30, 0x07, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x05, 0x00], &[7; 32]);
         let mut trailing = p256.clone();
         trailing.push(0);
         let mut unused_bits = p256.clone();
         let bit_string = unused_bits.len() - 66;
         unused_bits[bit_string] = 1;
-        for (what, spki) in
-            [("no NULL", no_null), ("Ed448", ed448.to_vec()), ("trailing", trailing), ("unused bits", unused_bits)]
-        {
+        for (what, spki) in [
+            ("no NULL", no_null),
+            ("Ed448", ed448.to_vec()),
+            ("P-521", p521),
+            ("Ed25519 with NULL", ed25519_null),
+            ("trailing", trailing),
+            ("unused bits", unused_bits),
+        ] {
             let err = canonical_spki(&spki).unwrap_err();
             assert!(matches!(err, PkiError::UnsupportedKey(_)), "{what}: {err}");
         }
         assert_eq!(canonical_spki(&p256).unwrap(), p256);
+    }
+
+    /// A prototype laid out otherwise, or one the template cannot write again from its fields, is
+    /// refused: the template never drifts from what rcgen writes without the authority failing to load.
+    #[test]
+    fn refuses_a_prototype_it_cannot_rebuild() {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let later = now + time::Duration::minutes(1);
+        let root = Authority::new_root(&CaSpec::root(time::Duration::days(30)), now).unwrap();
+        let spki = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap().spki_der();
+        let (serial, _) = crate::serial::random_serial_bytes().unwrap();
+        let identity = "spiffe://td/ns/a/sa/b";
+        let fields = WorkloadFields { serial: &serial, not_before: now, not_after: later, spki: &spki, identity };
+        let key_id = crate::profile::workload_key_id(&spki);
+        let prototype = crate::profile::rcgen_workload(&root, &spki, identity, &serial, now, later).unwrap();
+        WorkloadTemplate::from_prototype(&prototype, &fields, &key_id).unwrap();
+
+        // A CA certificate: other extensions.
+        let err = WorkloadTemplate::from_prototype(root.certificate(), &fields, &key_id).unwrap_err();
+        assert!(err.to_string().contains("unexpected extensions"), "{err}");
+        // The right layout, but not what these fields make: another identity, time or key id.
+        let other_identity = WorkloadFields { identity: "spiffe://td/ns/a/sa/c", ..fields };
+        let other_time = WorkloadFields { not_after: later + time::Duration::seconds(1), ..fields };
+        for (what, fields, key_id) in [
+            ("identity", &other_identity, key_id.as_slice()),
+            ("time", &other_time, key_id.as_slice()),
+            ("key id", &fields, &[0u8; 20][..]),
+        ] {
+            let err = WorkloadTemplate::from_prototype(&prototype, fields, key_id).unwrap_err();
+            assert!(matches!(err, PkiError::SelfCheck(_)), "{what}: {err}");
+        }
     }
 
     #[test]
