@@ -24,12 +24,12 @@ pub struct Args {
     /// Intermediate key types to measure. Repeatable.
     #[arg(long = "signer", default_values = ["ecdsa-p256", "rsa-4096"], value_parser = super::key_algorithms())]
     signers: Vec<KeyAlgorithm>,
-    /// Do not pin the server to core 0 and the load to core 1.
-    #[arg(long)]
-    no_pin: bool,
+    /// Pin the server to core 0 and the load to core 1 (`--pin=false`: let the scheduler place them).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pin: bool,
     /// Count the server's instructions per certificate under callgrind (valgrind) instead of
     /// timing it: a figure that does not drift with the machine's load. Uses the first --signer.
-    #[arg(long)]
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     instructions: bool,
     /// With --instructions: requests counted per CSR type (after as many as a warm-up).
     #[arg(long, default_value = "2000", requires = "instructions")]
@@ -61,7 +61,7 @@ fn cores() -> usize {
 /// Pins the load generator to core 1 (threads inherit the CPU set, so this
 /// runs before the runtime starts any).
 pub fn pin_load(args: &Args) {
-    if !args.no_pin && cores() >= 2 {
+    if args.pin && cores() >= 2 {
         pin(1);
     }
 }
@@ -102,7 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         burst: args.burst,
         burst_connections: args.burst_connections.max(1),
         signers: args.signers,
-        server_core: (!args.no_pin).then_some(0),
+        server_core: args.pin.then_some(0),
         cores: cores(),
     };
     print!("{}", crate::bench::run(&opts).await?);

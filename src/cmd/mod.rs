@@ -221,24 +221,44 @@ mod tests {
         }
     }
 
-    /// Every flag and argument of every command says what it is in `--help`.
+    /// Every flag and argument of every command says what it is in `--help`, and every boolean
+    /// takes one style: `--flag` or `--flag=true|false` (none is bare-only, none is a negative name).
     #[test]
-    fn every_flag_has_help() {
+    fn every_flag_has_help_and_booleans_take_one_style() {
         use clap::CommandFactory;
-        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>, bare: &mut Vec<String>) {
             for arg in cmd.get_arguments() {
                 let builtin = ["help", "version"].contains(&arg.get_id().as_str());
                 if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
                     missing.push(format!("{path} --{}", arg.get_id()));
                 }
+                let bare_only = matches!(arg.get_action(), clap::ArgAction::SetTrue | clap::ArgAction::SetFalse);
+                if bare_only || arg.get_long().is_some_and(|l| l.starts_with("no-")) {
+                    bare.push(format!("{path} --{}", arg.get_id()));
+                }
             }
             for sub in cmd.get_subcommands() {
-                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+                walk(sub, &format!("{path} {}", sub.get_name()), missing, bare);
             }
         }
-        let mut missing = Vec::new();
-        walk(&Cli::command(), "meshroot", &mut missing);
+        let (mut missing, mut bare) = (Vec::new(), Vec::new());
+        walk(&Cli::command(), "meshroot", &mut missing, &mut bare);
         assert!(missing.is_empty(), "flags without help: {missing:?}");
+        assert!(bare.is_empty(), "booleans in another style: {bare:?}");
+    }
+
+    /// A boolean takes `--flag` and `--flag=false`.
+    #[test]
+    fn a_boolean_is_set_bare_or_with_a_value() {
+        use clap::Parser;
+        let force = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Root(root)) => root.force(),
+            other => panic!("{args:?}: {}", other.err().map(|e| e.to_string()).unwrap_or_default()),
+        };
+        assert_eq!(force(&["meshroot", "root", "finish"]), Some(false));
+        assert_eq!(force(&["meshroot", "root", "finish", "--force"]), Some(true));
+        assert_eq!(force(&["meshroot", "root", "finish", "--force=false"]), Some(false));
+        assert_eq!(force(&["meshroot", "root", "finish", "--force=true"]), Some(true));
     }
 
     /// Each cause is printed once, even when a message already carries its source's text.

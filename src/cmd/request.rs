@@ -36,14 +36,16 @@ pub struct Args {
     /// (ztunnel sends ECDSA P-256).
     #[arg(long, default_value = "rsa-2048", value_parser = super::key_algorithms())]
     pub key_type: KeyAlgorithm,
-    /// Lifetime to request; the CA may clamp it.
+    /// Lifetime to request; the CA may clamp it. A workload certificate's lifetime is its TTL, as
+    /// in Istio and in `dev`'s and `serve`'s `--default-ttl` and `--max-ttl`.
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
     pub ttl: time::Duration,
     /// The cluster id to send in `clusterid`.
     #[arg(long, default_value = DEFAULT_CLUSTER_ID)]
     pub cluster_id: String,
-    /// Output directory for key.pem, cert-chain.pem and root-cert.pem.
-    #[arg(long, default_value = ".")]
+    /// Output directory for key.pem, cert-chain.pem and root-cert.pem; created if missing. The default
+    /// is git-ignored and kept out of the image's build context, so a key never lands in a commit.
+    #[arg(long, default_value = ".meshroot/workload")]
     pub out: PathBuf,
 }
 

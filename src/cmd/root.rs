@@ -30,6 +30,14 @@ impl Args {
         &self.namespace
     }
 
+    /// `finish`'s `--force`; `None` for another step.
+    pub(super) fn force(&self) -> Option<bool> {
+        match &self.step {
+            Step::Finish { force, .. } => Some(*force),
+            _ => None,
+        }
+    }
+
     pub(super) fn secret(&self) -> &str {
         &self.secret
     }
@@ -71,8 +79,8 @@ enum Step {
         /// The longest leaf lifetime issued under the old root.
         #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
         leaf_lifetime: time::Duration,
-        /// Skip the waiting and intermediate checks.
-        #[arg(long)]
+        /// Skip the waiting and intermediate checks (`--force` or `--force=true`).
+        #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
         force: bool,
     },
 }

@@ -106,7 +106,7 @@ pub struct Args {
     pub(super) rate_limits: rate_limits::Args,
     /// Check the flags and environment, print the effective settings, and exit
     /// without contacting the cluster.
-    #[arg(long)]
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     check_config: bool,
 }
 

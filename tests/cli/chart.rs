@@ -10,7 +10,7 @@ use std::process::Command;
 
 use crate::support;
 
-use support::helm::{chart, notes, openshift_values, template};
+use support::helm::{chart, notes, openshift_ambient_values, openshift_values, template};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshroot");
 const NAMESPACE: &str = support::helm::NAMESPACE;
@@ -346,6 +346,45 @@ fn meshes_and_issuers_deserialize_into_meshroots_types() {
     find(&docs, "ServiceMonitor", "mr-meshroot");
     let np = find(&docs, "NetworkPolicy", "mr-meshroot");
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+}
+
+/// The ambient overlay (OSSM 3.1+): ztunnel is trusted as ztunnel/ztunnel, and the service mesh
+/// covers ambient namespaces, injected ones and ztunnel's own, but not the gateway istiod's or
+/// meshroot's; the rest of the OpenShift values (issuers) stays.
+#[test]
+fn the_ambient_values_trust_ztunnel_in_its_namespace_and_cover_ambient_namespaces() {
+    let (base, ambient) = (openshift_values(), openshift_ambient_values());
+    let files = ["-f", base.to_str().unwrap(), "-f", ambient.to_str().unwrap()];
+    let out = Command::new(support::helm::helm()).arg("lint").arg(chart()).args(files).output().unwrap();
+    assert!(out.status.success(), "helm lint: {}", String::from_utf8_lossy(&out.stdout));
+    let docs = template(&files).unwrap();
+    let meshes: Vec<meshroot::api::Mesh> =
+        all(&docs, "Mesh").into_iter().map(|m| serde_json::from_value(m.clone()).unwrap()).collect();
+    assert_eq!(meshes.len(), 2);
+    for m in &meshes {
+        m.spec.validate().unwrap();
+    }
+    let mesh = |name: &str| meshes.iter().find(|m| m.metadata.name.as_deref() == Some(name)).unwrap();
+    let service_mesh = mesh("service-mesh");
+    assert_eq!(service_mesh.spec.trusted_node_accounts, ["ztunnel/ztunnel"]);
+    let selector = service_mesh.spec.namespace_selector.as_ref().expect("a namespace selector");
+    let labels = |name: &str, extra: &[(&str, &str)]| {
+        let mut labels: std::collections::BTreeMap<String, String> =
+            extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        labels.insert("kubernetes.io/metadata.name".into(), name.into());
+        labels
+    };
+    for (namespace, extra, covered) in [
+        ("bookinfo", &[("istio.io/dataplane-mode", "ambient")][..], true),
+        ("legacy", &[("istio-injection", "enabled")][..], true),
+        ("ztunnel", &[][..], true),
+        ("openshift-ingress", &[][..], false),
+        ("meshroot", &[][..], false),
+    ] {
+        assert_eq!(meshroot::api::selector::matches(selector, &labels(namespace, extra)), covered, "{namespace}");
+    }
+    find(&docs, "Issuer", "gateways");
+    find(&docs, "ClusterIssuer", "ingress-certs");
 }
 
 #[test]

@@ -116,6 +116,16 @@ fn request_against_dev_end_to_end() {
         <x509_parser::prelude::X509Certificate<'_> as x509_parser::prelude::FromDer<_>>::from_der(&chain[0]).unwrap();
     assert_eq!(leaf.public_key().raw, key.spki_der().as_slice());
 
+    // Without --out, the key goes to the same git-ignored place, never the working directory.
+    let mut args = request_args(&dev);
+    let i = args.iter().position(|a| a == "--out").unwrap();
+    args.drain(i..i + 2);
+    std::fs::remove_dir_all(&w).unwrap();
+    let out = Command::new(BIN).args(&args).current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&w.join("key.pem")), 0o600);
+    assert!(!dir.path().join("key.pem").exists());
+
     // Asking for someone else's identity fails with a clear message and a non-zero exit.
     let mut args = request_args(&dev);
     let i = args.iter().position(|a| a == "--identity").unwrap();

@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The ConfigMap the gateway istiod writes its root to (`PILOT_CA_CERT_CONFIGMAP`): a name of its
-/// own, or the two istiods would overwrite each other's `istio-ca-root-cert`.
-const GATEWAY_ROOT_CONFIGMAP: &str = "openshift-gateway-ca-root-cert";
+/// own, or the two istiods would overwrite each other's `istio-ca-root-cert`. This is the name the
+/// OpenShift ingress operator gives it (`OpenShiftGatewayCARootCertName`), as docs/openshift.md says.
+const GATEWAY_ROOT_CONFIGMAP: &str = "openshift-gw-ca-root-cert";
 
 /// Polls `f` until it answers, for at most `timeout` (istiod starts in seconds to a minute on
 /// a loaded two-core machine).

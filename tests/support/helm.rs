@@ -34,6 +34,11 @@ pub fn openshift_values() -> PathBuf {
     chart().join("ci/openshift-values.yaml")
 }
 
+/// The ambient overlay, given after [`openshift_values`].
+pub fn openshift_ambient_values() -> PathBuf {
+    chart().join("ci/openshift-ambient-values.yaml")
+}
+
 /// `helm template` of release `mr` in namespace `meshroot`, parsed; Err
 /// with helm's message when it refuses the values.
 pub fn template(args: &[&str]) -> Result<Vec<Value>, String> {
