@@ -536,6 +536,15 @@ async fn two_istiods_fail_mutual_tls_until_meshroot_gives_them_one_root() {
     })
     .await;
 
+    // Step 4's deadline: a pod not restarted yet still asks istiod (the CA address it started
+    // with), whose CA server is now off, so it cannot renew; every restart must finish within one
+    // workload certificate lifetime.
+    let stale = sidecar
+        .certificate(&cluster, "sidecar-not-restarted", mesh_istiod.secure, "istiod.istio-system.svc", &mesh_bundle)
+        .await
+        .expect_err("istiod signed with its CA server off");
+    assert!(stale.contains("Unimplemented") || stale.contains("unknown service"), "{stale}");
+
     // Steps 4.2 and 4.3: restarted workloads ask again: the sidecar meshroot, the gateway its istiod.
     let new_sidecar = sidecar
         .certificate(&cluster, "sidecar-after", server.grpc_addr.port(), "localhost", &mesh_bundle)
@@ -621,6 +630,34 @@ async fn two_istiods_fail_mutual_tls_until_meshroot_gives_them_one_root() {
         (served == Some(leaf(&renewed))).then_some(())
     })
     .await;
+
+    // Roll back (docs/openshift.md): istiod's CA server on again. While meshroot's istiod-tls is
+    // still mounted, istiod keeps serving it, not a certificate of its own CA (mounted
+    // certificates win), which is why the guide deletes istiod-tls too. Without it, istiod
+    // serves a certificate of its own CA, under the root it kept in istio-ca-secret.
+    // The pod keeps both mounts: istiod-tls, and istio-system's root ConfigMap (meshroot's bundle).
+    // (With istiod-tls alone and no CA bundle mounted, istiod serves its own CA's certificate: the
+    // first version of this test, without the second mount, saw that.)
+    let tls_files = vec![
+        ("var/run/secrets/istiod/tls/tls.crt".to_string(), file(&renewed, "tls.crt")),
+        ("var/run/secrets/istiod/tls/tls.key".to_string(), file(&renewed, "tls.key")),
+        ("var/run/secrets/istiod/ca/root-cert.pem".to_string(), [root_pem.as_str(), &old_roots].concat()),
+    ];
+    let rolled_back =
+        start_istiod(&mut cluster, "istiod", "istio-system", IstiodSetup { files: tls_files, ..mesh_setup() }).await;
+    let served = served_certificate(rolled_back.secure, "istiod.istio-system.svc", &root_pem).await;
+    assert_eq!(served, Some(leaf(&renewed)), "with its CA on, istiod still serves a mounted istiod-tls");
+    let rolled_back = start_istiod(&mut cluster, "istiod", "istio-system", mesh_setup()).await;
+    let own_root = secret_key(&cluster, "istio-system", "istio-ca-secret", "ca-cert.pem").await.expect("istiod's root");
+    let own = within("istiod serving a certificate of its own CA", wait, async || {
+        served_certificate(rolled_back.secure, "istiod.istio-system.svc", &own_root).await
+    })
+    .await;
+    assert_ne!(own, leaf(&renewed));
+    assert!(
+        served_certificate(rolled_back.secure, "istiod.istio-system.svc", &root_pem).await.is_none(),
+        "once istiod-tls is gone, nothing meshroot issued is served"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
