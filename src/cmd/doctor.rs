@@ -18,12 +18,12 @@ pub enum Output {
 #[command(after_help = "Exit status: 0 when every pair of meshes can complete mutual TLS, 2 when trust is split, \
 3 when it cannot be confirmed (a mesh's root is not visible, or no istiod was found), 1 when the cluster cannot be read.")]
 pub struct Args {
-    /// meshroot's namespace, where its root Secret is (it need not be installed).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "meshroot")]
-    meshroot_namespace: String,
-    /// meshroot's root Secret.
-    #[arg(long, env = "MESHROOT_ROOT_SECRET", default_value = crate::k8s::root::DEFAULT_SECRET)]
-    root_secret: String,
+    /// meshroot's namespace, where its root Secret is (it need not be installed); as `root --namespace`.
+    #[arg(long, short = 'n', visible_alias = "meshroot-namespace", env = "POD_NAMESPACE", default_value = "meshroot")]
+    namespace: String,
+    /// meshroot's root Secret; as `root --secret`.
+    #[arg(long, visible_alias = "root-secret", env = "MESHROOT_ROOT_SECRET", default_value = crate::k8s::root::DEFAULT_SECRET)]
+    secret: String,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     output: Output,
@@ -43,7 +43,7 @@ pub struct Unhealthy {
 /// mutual TLS works between every pair of meshes.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG)")?;
-    let target = Target { namespace: args.meshroot_namespace, root_secret: args.root_secret };
+    let target = Target { namespace: args.namespace, root_secret: args.secret };
     let snapshot = doctor::collect(&client, &target).await?;
     let report = doctor::diagnose(&snapshot);
     match args.output {

@@ -247,6 +247,23 @@ mod tests {
         assert!(bare.is_empty(), "booleans in another style: {bare:?}");
     }
 
+    /// meshroot's namespace and root Secret have the same names in `root` and `doctor`.
+    #[test]
+    fn root_and_doctor_name_meshroots_namespace_and_secret_alike() {
+        use clap::Parser;
+        for command in ["root status", "doctor"] {
+            let mut args: Vec<&str> = std::iter::once("meshroot").chain(command.split(' ')).collect();
+            args.extend(["-n", "mr", "--namespace", "mr", "--secret", "s"]);
+            // Given twice (short and long) is refused: both are the same flag.
+            assert!(Cli::try_parse_from(&args).is_err(), "{command}");
+            let base = &args[..args.len() - 6];
+            for flags in [&["-n", "mr", "--secret", "s"], &["--namespace", "mr", "--secret", "s"]] {
+                let ok = [base, flags].concat();
+                assert!(Cli::try_parse_from(&ok).is_ok(), "{command}: {ok:?}");
+            }
+        }
+    }
+
     /// A boolean takes `--flag` and `--flag=false`.
     #[test]
     fn a_boolean_is_set_bare_or_with_a_value() {

@@ -237,7 +237,7 @@ fn issuing_root(istiod: &Istiod, meshroot: &Meshroot) -> Result<CertificateDer<'
                 SigningRoot::Known(root) => Ok(root.clone()),
                 SigningRoot::Unknown(why) => Err(why.clone()),
                 SigningRoot::Absent => Err(format!(
-                    "Mesh {} names this istiod, but meshroot's root Secret {} does not exist (is meshroot installed in another namespace? see --meshroot-namespace)",
+                    "Mesh {} names this istiod, but meshroot's root Secret {} does not exist (is meshroot installed in another namespace? see --namespace)",
                     mesh.name, meshroot.root_secret
                 )),
             }
@@ -515,7 +515,7 @@ fn advice(
     }
     match &meshroot.signing_root {
         SigningRoot::Absent if !meshroot.meshes.is_empty() => advice.push(format!(
-            "meshroot's Meshes exist, but its root Secret {} does not: is meshroot running (with root.mode=generate it creates the root when it first starts)? If it runs in another namespace, pass --meshroot-namespace",
+            "meshroot's Meshes exist, but its root Secret {} does not: is meshroot running (with root.mode=generate it creates the root when it first starts)? If it runs in another namespace, pass --namespace",
             meshroot.root_secret
         )),
         SigningRoot::Unknown(why) => advice.push(format!("meshroot: {why}")),

@@ -250,7 +250,7 @@ fn an_external_ca_the_doctor_cannot_see_leaves_trust_unconfirmed() {
     snapshot.meshroot.root_secret = "meshroot/meshroot-root-ca".into();
     let report = diagnose(&snapshot);
     let why = report.istiods[0].issuing_root_unknown.clone().unwrap();
-    assert!(why.contains("meshroot/meshroot-root-ca does not exist") && why.contains("--meshroot-namespace"), "{why}");
+    assert!(why.contains("meshroot/meshroot-root-ca does not exist") && why.contains("--namespace"), "{why}");
     assert!(
         report.advice.iter().any(|a| a.starts_with("meshroot's Meshes exist, but its root Secret")),
         "{:?}",
