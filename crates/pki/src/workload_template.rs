@@ -3,8 +3,8 @@
 //! key, the URI SAN and the key identifier vary; the rest (version, signature algorithm, issuer,
 //! empty subject, AKI, KeyUsage, EKU, BasicConstraints) is copied from a prototype that rcgen
 //! signed when the authority was loaded. The output is byte for byte what rcgen writes for the same
-//! fields (a test holds it to that), at a fraction of the work: no parameter structures, no
-//! algorithm search per key, a handful of allocations.
+//! fields (the authority does not load otherwise, and a test holds it to that), at a fraction of
+//! the work: no parameter structures, no algorithm search per key, a handful of allocations.
 
 use super::error::{PkiError, Result};
 use der::asn1::{GeneralizedTime, ObjectIdentifier, UtcTime};
