@@ -139,17 +139,29 @@ async fn two_replicas_serve_one_root_and_only_the_leader_writes() {
         TrustBundle::from_pem(text("openshift-ingress", "cacerts", "root-cert.pem").unwrap().as_bytes()).unwrap();
     verify_response(&resp, &gateway_roots, reviews).unwrap();
 
-    // A second replica serves but, not leading, writes nothing.
-    let r2 = binary::start(&served.kubeconfig, "replica-2", RESYNC).await;
+    // A second replica serves but, not leading, writes nothing. It has a token of its own, so the
+    // fake tells its requests from the leader's, which may still be converging under load.
+    let kubeconfig_2 = served.kubeconfig.with_file_name("kubeconfig-replica-2");
+    let admin_config = std::fs::read_to_string(&served.kubeconfig).unwrap();
+    assert!(admin_config.contains("token: fake-admin-token"), "{admin_config}");
+    std::fs::write(&kubeconfig_2, admin_config.replace("token: fake-admin-token", "token: replica-2")).unwrap();
+    let r2 = binary::start(&kubeconfig_2, "replica-2", RESYNC).await;
     eventually_async("replica-2 ready", async || binary::ready(r2.ops).await.then_some(())).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut requests = fake.requests();
+    assert!(requests.iter().any(|r| r.client == "replica-2"), "replica-2's requests are told apart");
     fake.clear_requests();
     let resp = request(&fake, r2.grpc, "tok-reviews", reviews, None).await.unwrap();
     verify_response(&resp, &bundle, reviews).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let writes: Vec<_> = fake.writes().into_iter().filter(|w| !w.path.contains("/leases/")).collect();
-    assert!(writes.is_empty(), "{writes:?}");
+    let writes: Vec<_> = requests
+        .iter()
+        .cloned()
+        .chain(fake.writes())
+        .filter(|w| w.client == "replica-2" && w.method != "GET" && !w.path.contains("/leases/"))
+        .filter(|w| !w.path.ends_with("/tokenreviews") && !w.path.ends_with("/subjectaccessreviews"))
+        .collect();
+    assert!(writes.is_empty(), "replica-2 wrote: {writes:?}");
     let lease = fake.get("coordination.k8s.io/v1", "leases", "meshroot", "meshroot-leader").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "replica-1");
 

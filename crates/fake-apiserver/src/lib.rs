@@ -70,9 +70,28 @@ pub struct Recorded {
     pub status: u16,
     /// For a create, the name in the body (the path names only the collection).
     pub created_name: Option<String>,
-    /// Who sent it: the name given to [`FakeApi::client_as`], else empty.
+    /// Who sent it: the name given to [`FakeApi::client_as`], else the bearer token of a kubeconfig
+    /// other than the served admin one, else empty.
     pub client: String,
 }
+
+/// Who sent a request: the name [`FakeApi::client_as`] gave it, else the bearer token of a
+/// kubeconfig other than [`FakeApi::serve`]'s own admin one (so processes sharing one served fake
+/// can be told apart by their tokens), else empty.
+fn client_name(headers: &HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(name) = header(CLIENT_HEADER) {
+        return name.to_string();
+    }
+    header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|token| *token != ADMIN_TOKEN)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The token of the kubeconfig [`FakeApi::serve`] writes.
+const ADMIN_TOKEN: &str = "fake-admin-token";
 
 /// A one-shot failure of the next matching write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,7 +245,7 @@ impl FakeApi {
         std::fs::write(
             &kubeconfig,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: fake-admin-token\n"
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: {ADMIN_TOKEN}\n"
             ),
         )
         .unwrap();
@@ -403,7 +422,7 @@ impl FakeApi {
             query: uri.query().unwrap_or_default().to_string(),
             content_type: headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
             status,
-            client: headers.get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+            client: client_name(headers),
         });
     }
 
