@@ -365,13 +365,7 @@ pub fn spawn(
             let meshes_now = meshes.state();
             let adoptable: BTreeSet<ConfigMapKey> = meshes_now
                 .iter()
-                .filter(|m| {
-                    m.metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(ADOPT_ROOT_CONFIGMAPS))
-                        .is_some_and(|v| v == "true")
-                })
+                .filter(|m| crate::k8s::annotation_is_true(m.metadata.annotations.as_ref(), ADOPT_ROOT_CONFIGMAPS))
                 .filter_map(|m| m.metadata.name.as_ref().and_then(|name| by_mesh.get(name)))
                 .flatten()
                 .cloned()

@@ -38,7 +38,12 @@ pub const ADOPT_ANNOTATION: &str = "meshroot.io/adopt";
 
 /// Whether an administrator asked meshroot to take the object over ([`ADOPT_ANNOTATION`]).
 pub fn adoption_requested(annotations: Option<&BTreeMap<String, String>>) -> bool {
-    annotations.and_then(|a| a.get(ADOPT_ANNOTATION)).is_some_and(|v| v == "true")
+    annotation_is_true(annotations, ADOPT_ANNOTATION)
+}
+
+/// Whether annotation `key` is set to `"true"`, as meshroot's opt-in annotations are.
+pub fn annotation_is_true(annotations: Option<&BTreeMap<String, String>>, key: &str) -> bool {
+    annotations.and_then(|a| a.get(key)).is_some_and(|v| v == "true")
 }
 
 /// `name` if it is at most `max - 11` bytes; otherwise exactly `max` bytes:

@@ -165,24 +165,23 @@ impl Authority {
             issuer,
             workload: None,
         };
-        authority.self_check()?;
-        authority.workload = Some(authority.workload_prototype()?);
+        authority.workload = Some(authority.self_check()?);
         Ok(authority)
     }
 
-    /// Signs a probe certificate and checks that its issuer name, AKI and
-    /// signature match this CA certificate exactly, so a re-encoded name or
-    /// a wrong key can never produce certificates that do not chain.
-    fn self_check(&self) -> Result<()> {
-        let now = OffsetDateTime::now_utc();
-        let mut params = CertificateParams::default();
-        params.not_before = now;
-        params.not_after =
-            now.checked_add(Duration::minutes(1)).ok_or(PkiError::TimeOutOfRange("the probe's NotAfter"))?;
-        params.use_authority_key_identifier_extension = true;
-        let probe_key = self.issuer.key().spki_der();
-        let probe = self.sign(&params, &probe_key)?;
-        let probe = parse_certificate(&probe)?;
+    /// Signs a probe, a workload certificate for this authority's own key (a real certificate,
+    /// never stored or sent, dropped here), and checks that its issuer name, AKI and signature
+    /// match this CA certificate exactly, so a re-encoded name or a wrong key can never produce
+    /// certificates that do not chain. The same probe is the workload template's prototype: only
+    /// the fields all workload certificates share are kept, and the template must rebuild it.
+    fn self_check(&self) -> Result<super::workload_template::WorkloadTemplate> {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).map_err(|e| PkiError::Invalid(e.to_string()))?;
+        let later = now.checked_add(Duration::minutes(1)).ok_or(PkiError::TimeOutOfRange("the probe's NotAfter"))?;
+        let (serial, _) = random_serial_bytes()?;
+        let spki = self.issuer.key().spki_der();
+        let identity = "spiffe://prototype/ns/prototype/sa/prototype";
+        let der = super::profile::rcgen_workload(self, &spki, identity, &serial, now, later)?;
+        let probe = parse_certificate(&der)?;
         let ca = parse_certificate(&self.cert)?;
         if probe.issuer().as_raw() != ca.subject().as_raw() {
             return Err(PkiError::SelfCheck("issued certificates would not name this CA as issuer".into()));
@@ -195,20 +194,6 @@ impl Authority {
         {
             return Err(PkiError::SelfCheck("authority key identifier does not match".into()));
         }
-        Ok(())
-    }
-
-    /// The workload template, from a prototype rcgen signs with this authority for a throwaway
-    /// key: a real certificate, never stored or sent, and dropped here. Only the fields all
-    /// workload certificates share are kept, and the template must rebuild the prototype exactly.
-    fn workload_prototype(&self) -> Result<super::workload_template::WorkloadTemplate> {
-        let now = OffsetDateTime::now_utc().replace_nanosecond(0).map_err(|e| PkiError::Invalid(e.to_string()))?;
-        let later =
-            now.checked_add(Duration::minutes(1)).ok_or(PkiError::TimeOutOfRange("the prototype's NotAfter"))?;
-        let (serial, _) = random_serial_bytes()?;
-        let spki = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?.spki_der();
-        let identity = "spiffe://prototype/ns/prototype/sa/prototype";
-        let prototype = super::profile::rcgen_workload(self, &spki, identity, &serial, now, later)?;
         let fields = super::workload_template::WorkloadFields {
             serial: &serial,
             not_before: now,
@@ -217,7 +202,7 @@ impl Authority {
             identity,
         };
         super::workload_template::WorkloadTemplate::from_prototype(
-            &prototype,
+            &der,
             &fields,
             &super::profile::workload_key_id(&spki),
         )

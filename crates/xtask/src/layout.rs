@@ -103,11 +103,13 @@ pub fn write(out: &Path, image: &Image<'_>) -> anyhow::Result<String> {
         ])
         .build()?;
     let config_json = canonical(&configuration)?;
+    let config_descriptor = descriptor(MediaType::ImageConfig, &config_json)?;
+    let layer_descriptor = descriptor(MediaType::ImageLayerGzip, &image.layer.gzip)?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(descriptor(MediaType::ImageConfig, &config_json)?)
-        .layers(vec![descriptor(MediaType::ImageLayerGzip, &image.layer.gzip)?])
+        .config(config_descriptor.clone())
+        .layers(vec![layer_descriptor.clone()])
         .annotations(labels)
         .build()?;
     let manifest_json = canonical(&manifest)?;
@@ -132,8 +134,13 @@ pub fn write(out: &Path, image: &Image<'_>) -> anyhow::Result<String> {
         std::fs::remove_dir_all(&building).with_context(|| format!("removing {}", building.display()))?;
     }
     std::fs::create_dir_all(building.join("blobs/sha256"))?;
-    for data in [&image.layer.gzip, &config_json, &manifest_json] {
-        std::fs::write(blob_path(&building, &crate::sha256_digest(data))?, data)?;
+    // Each blob under the digest its descriptor already holds (the layer is megabytes: hashed once).
+    for (described, data) in [
+        (&layer_descriptor, &image.layer.gzip),
+        (&config_descriptor, &config_json),
+        (&manifest_descriptor, &manifest_json),
+    ] {
+        std::fs::write(blob_path(&building, &described.digest().to_string())?, data)?;
     }
     std::fs::write(building.join("index.json"), canonical(&index)?)?;
     let layout = OciLayoutBuilder::default().image_layout_version("1.0.0").build()?;
