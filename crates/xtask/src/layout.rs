@@ -140,7 +140,7 @@ pub fn write(out: &Path, image: &Image<'_>) -> anyhow::Result<String> {
         (&config_descriptor, &config_json),
         (&manifest_descriptor, &manifest_json),
     ] {
-        std::fs::write(blob_path(&building, &described.digest().to_string())?, data)?;
+        std::fs::write(blob_path(&building, described.digest().as_ref())?, data)?;
     }
     std::fs::write(building.join("index.json"), canonical(&index)?)?;
     let layout = OciLayoutBuilder::default().image_layout_version("1.0.0").build()?;
