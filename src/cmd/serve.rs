@@ -76,7 +76,7 @@ pub struct Args {
     /// Server-side deadline for one CreateCertificate; longer than --token-review-timeout. Default 30s.
     #[arg(long, env = "MESHROOT_REQUEST_TIMEOUT", value_parser = duration::parse)]
     request_timeout: Option<time::Duration>,
-    /// The most concurrent requests (HTTP/2 streams) on one gRPC connection. Default 1024.
+    /// The most concurrent requests (HTTP/2 streams) on one gRPC connection; further ones wait in the client. Default 100.
     #[arg(long, env = "MESHROOT_MAX_CONCURRENT_STREAMS")]
     max_concurrent_streams: Option<u32>,
     /// The largest header block a request may send, in bytes (at least 8192). Default 65536.

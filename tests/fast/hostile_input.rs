@@ -583,13 +583,32 @@ async fn ttls_are_clamped_never_trusted() {
 
 use x509_parser::prelude::FromDer;
 
-/// The server caps concurrent streams per connection (1024) and says so in its
-/// SETTINGS, so one client cannot open unbounded work on one connection.
+/// The server caps concurrent streams per connection and says so in its SETTINGS, so one
+/// client cannot open unbounded work on one connection (h2 keeps a connection's stream tables
+/// at their largest until it closes).
 #[tokio::test]
 async fn concurrent_streams_per_connection_are_capped() {
     let ca = start_ca().await;
     let client = h2_client(&ca, false).await;
     // SETTINGS arrive with the server's preface; one round trip makes sure they were read.
     let _ = send(&client, app(&good_csr()), None).await.unwrap();
-    assert_eq!(client.current_max_send_streams(), 1024);
+    assert_eq!(client.current_max_send_streams(), 100);
+}
+
+/// A client that fires a burst on a fresh connection opens as many streams as it assumes
+/// allowed before the server's SETTINGS reach it: 100 for hyper (tonic, ztunnel), grpc-go
+/// (pilot-agent) and nghttp2. None of them may be refused: a cap below that would turn a
+/// node's restart into REFUSED_STREAM errors.
+#[tokio::test]
+async fn a_burst_on_a_fresh_connection_is_never_refused() {
+    let ca = start_ca().await;
+    // Raw h2 assumes no limit at all; the clients above assume 100.
+    let client = h2_client_with(&ca, false, h2::client::Builder::new().initial_max_send_streams(100)).await;
+    let csr = good_csr();
+    // One poll of join_all opens every stream the client believes it may, before its
+    // connection task has read the server's SETTINGS.
+    let calls = (0..250).map(|_| send(&client, app(&csr), None));
+    let results = futures::future::join_all(calls).await;
+    let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(s) if s.code() == Code::Ok)).collect();
+    assert!(failed.is_empty(), "{} of 250 failed, the first: {:?}", failed.len(), failed.first());
 }

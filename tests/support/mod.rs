@@ -178,13 +178,22 @@ pub fn h2_tls_connector(
 /// A raw HTTP/2 client over TLS (ALPN h2) to the CA's gRPC port, trusting its roots, for tests
 /// that write frames themselves. `nagle` keeps Nagle's algorithm on, as ztunnel's client does.
 pub async fn h2_client(ca: &TestCa, nagle: bool) -> h2::client::SendRequest<bytes::Bytes> {
+    h2_client_with(ca, nagle, &h2::client::Builder::new()).await
+}
+
+/// [`h2_client`] with the HTTP/2 settings of `builder`.
+pub async fn h2_client_with(
+    ca: &TestCa,
+    nagle: bool,
+    builder: &h2::client::Builder,
+) -> h2::client::SendRequest<bytes::Bytes> {
     let tcp = tokio::net::TcpStream::connect(ca.server.grpc_addr).await.unwrap();
     tcp.set_nodelay(!nagle).unwrap();
     let tls = h2_tls_connector(ca.bundle().roots().iter().cloned())
         .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let (client, connection) = builder.handshake(tls).await.unwrap();
     tokio::spawn(connection);
     client
 }

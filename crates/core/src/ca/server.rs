@@ -20,18 +20,25 @@ pub struct ServerOptions {
     pub handshake_timeout: Duration,
     /// Server-side deadline for one CreateCertificate.
     pub request_timeout: Duration,
-    /// The most concurrent HTTP/2 streams (requests) on one connection.
+    /// The most concurrent HTTP/2 streams (requests) on one connection. h2 keeps the
+    /// per-stream tables a connection ever needed for as long as it lives, so this also
+    /// bounds what one connection holds after a burst.
     pub max_concurrent_streams: u32,
     /// Largest header block a request may send (a bearer token is a few KiB).
     pub max_header_list_bytes: u32,
 }
+
+/// What Rust's h2 client and grpc-go assume a server allows until its SETTINGS arrive. A lower
+/// cap would refuse (REFUSED_STREAM) the streams such a client opens on a fresh connection
+/// before it has read the limit; at this one they never exceed it, and later ones wait.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
-            max_concurrent_streams: 1024,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_header_list_bytes: 64 * 1024,
         }
     }
