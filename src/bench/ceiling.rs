@@ -2,6 +2,7 @@
 //! work each certificate needs (parse and verify the CSR, sign the leaf,
 //! encode it), with the same signer and CSRs the server gets.
 
+use super::stats::Percentiles;
 use crate::pki::{CertificateSigningRequest, KeyAlgorithm, SigningChain};
 use anyhow::Context as _;
 use std::time::{Duration, Instant};
@@ -23,6 +24,47 @@ pub fn measure(
         done += 1;
     }
     Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// How a gap before each certificate's work is spent, in [`measure_after_gap`].
+#[derive(Clone, Copy, Debug)]
+pub enum Gap {
+    /// No gap: back to back.
+    None,
+    /// The thread spins, so the core never idles.
+    Spin(Duration),
+    /// The thread sleeps, so the core idles (and a virtual machine's vCPU may halt), as the
+    /// server's core does between requests at half of peak.
+    Sleep(Duration),
+}
+
+/// The crypto ceiling's work, timed one certificate at a time after `gap`: the median of
+/// `count`. Only the work is timed, never the gap.
+pub fn measure_after_gap(
+    chain: &SigningChain,
+    csrs: &[String],
+    identities: &[String],
+    gap: Gap,
+    count: usize,
+) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(count);
+    for (csr, identity) in csrs.iter().zip(identities).cycle().take(count) {
+        match gap {
+            Gap::None => {}
+            Gap::Spin(d) => {
+                let until = Instant::now() + d;
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
+            Gap::Sleep(d) => std::thread::sleep(d),
+        }
+        let start = Instant::now();
+        let csr = CertificateSigningRequest::from_pem(csr.as_bytes())?;
+        chain.issue_workload(csr.spki_der(), identity, time::Duration::hours(1), time::OffsetDateTime::now_utc())?;
+        times.push(start.elapsed());
+    }
+    Ok(Percentiles::of(&mut times).p50)
 }
 
 /// The primitive ceiling: only the two public-key operations each certificate needs, with the

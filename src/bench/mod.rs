@@ -36,6 +36,8 @@ pub struct BenchOptions {
     pub server_core: Option<usize>,
     /// The machine's cores (counted before anything was pinned).
     pub cores: usize,
+    /// A command line the server's own is appended to (a profiler's); empty for none.
+    pub server_wrapper: Vec<String>,
 }
 
 impl Default for BenchOptions {
@@ -48,6 +50,7 @@ impl Default for BenchOptions {
             signers: vec![KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa4096],
             server_core: Some(0),
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            server_wrapper: Vec::new(),
         }
     }
 }
@@ -209,13 +212,19 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "meshroot bench: {cores} cores; server {}; {} connections; {} s phases",
-        match server_core {
-            Some(c) => format!("pinned to core {c}, load generator on the others"),
-            None => "unpinned (fewer than 2 cores)".to_string(),
+        "meshroot bench: {cores} cores; server {}; {} connections; {} s phases{}",
+        match (server_core, opts.server_core) {
+            (Some(c), _) => format!("pinned to core {c}, load generator on the others"),
+            (None, None) => "unpinned (--pin=false)".to_string(),
+            (None, Some(_)) => "unpinned (fewer than 2 cores)".to_string(),
         },
         opts.connections,
-        opts.duration.as_secs_f64()
+        opts.duration.as_secs_f64(),
+        match opts.server_wrapper.is_empty() {
+            true => String::new(),
+            false =>
+                format!("; server run under `{}`, so its timings are not meshroot's", opts.server_wrapper.join(" ")),
+        }
     );
     let identities: Arc<Vec<String>> = Arc::new((0..opts.burst.max(POOL)).map(fixture::identity).collect());
     let rsa_csrs = Arc::new(fixture::csrs(KeyAlgorithm::Rsa2048, POOL)?);
@@ -224,7 +233,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         let dir = tempfile::Builder::new().prefix("meshroot-bench-").tempdir()?;
         let (files, chain, root_pem) = fixture::create(dir.path(), *signer, opts.burst.max(POOL))?;
         let _ = writeln!(out, "\nsigner: {signer} intermediate");
-        let server = ServerProcess::start(&files.dir, server_core, &[])?;
+        let server = ServerProcess::start(&files.dir, server_core, &opts.server_wrapper)?;
         let mut clients = load::connect_all(&server.addr, root_pem.as_bytes(), opts.connections).await?;
         load::check_one(&mut clients[0], &rsa_csrs, &TrustBundle::from_pem(root_pem.as_bytes())?).await?;
         load::closed_loop(&clients, rsa_csrs.clone(), Duration::from_secs(1).min(opts.duration)).await;
@@ -281,6 +290,31 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
             "    of which the load generator's: requests left it p50 {} p99 {} after they were due (including any wait behind the connection's previous request)",
             human(lag.p50),
             human(lag.p99)
+        );
+        // Whether a certificate's work itself costs more once the core has idled, as it does
+        // between requests at half of peak, apart from anything the server does per wake-up;
+        // spinning through the same gap tells the idle state's share from the gap's.
+        let gap = Duration::from_secs_f64(1.0 / half_rate.max(1.0))
+            .clamp(Duration::from_micros(50), Duration::from_millis(10));
+        // A thousand per gap at the default 10 s phases; fewer for short runs.
+        let samples = (opts.duration.as_millis() / 10).clamp(20, 1000) as usize;
+        let after = |gap: ceiling::Gap| {
+            let (chain, csrs, identities) = (chain.clone(), rsa_csrs.clone(), identities.clone());
+            ceiling::on_core(server_core, move || ceiling::measure_after_gap(&chain, &csrs, &identities, gap, samples))
+        };
+        let back_to_back = after(ceiling::Gap::None)?;
+        let spun = after(ceiling::Gap::Spin(gap))?;
+        let slept = after(ceiling::Gap::Sleep(gap))?;
+        let times = |d: Duration| d.as_secs_f64() / back_to_back.as_secs_f64().max(1e-9);
+        let _ = writeln!(
+            out,
+            "    the crypto ceiling's work alone, one certificate at a time (p50): {} back to back; {} ({:.2}x) after spinning {}; {} ({:.2}x) after sleeping as long, the core idle",
+            human(back_to_back),
+            human(spun),
+            times(spun),
+            human(gap),
+            human(slept),
+            times(slept)
         );
         let p256_ceiling = crypto(&p256_csrs, short_slice)?;
         let p256_primitives = primitives(&p256_csrs)?;

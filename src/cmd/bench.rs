@@ -37,6 +37,10 @@ pub struct Args {
     /// With --instructions: keep callgrind's dumps in this directory, for callgrind_annotate.
     #[arg(long, value_name = "DIR", requires = "instructions")]
     keep_profile: Option<PathBuf>,
+    /// Run the server under this command, split at spaces, such as
+    /// "valgrind --tool=massif --massif-out-file=massif.out" to see what holds its memory.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "instructions")]
+    server_wrapper: Option<String>,
 }
 
 /// The benchmark's server process.
@@ -104,6 +108,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         signers: args.signers,
         server_core: args.pin.then_some(0),
         cores: cores(),
+        server_wrapper: args
+            .server_wrapper
+            .map(|w| w.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
     };
     print!("{}", crate::bench::run(&opts).await?);
     Ok(())

@@ -409,6 +409,10 @@ fn bench_runs_every_scenario_and_prints_the_ratio() {
         "half of peak, paced at",
         "steady, P-256 CSRs (ztunnel):",
         "of which the load generator's: requests left it p50",
+        "the crypto ceiling's work alone, one certificate at a time (p50): ",
+        " back to back; ",
+        "x) after spinning ",
+        "x) after sleeping as long, the core idle",
         "µs in the kernel)",
         "burst: 40 identities at once over 2 connections",
         "server RSS: ",
@@ -417,6 +421,29 @@ fn bench_runs_every_scenario_and_prints_the_ratio() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
     assert_eq!(text.matches(", 0 errors").count(), 4, "every phase without errors:\n{text}");
+}
+
+/// `bench --server-wrapper` runs the server under the command given (a profiler, in use), says
+/// so in the report, and still measures every phase.
+#[cfg(feature = "bench")]
+#[test]
+fn bench_runs_the_server_under_a_wrapper() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("wrapped");
+    let wrapper = dir.path().join("wrap.sh");
+    std::fs::write(&wrapper, format!("#!/bin/sh\necho \"$@\" > {}\nshift\nexec \"$@\"\n", marker.display())).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "--duration", "1s", "--connections", "2", "--burst", "0", "--signer", "ecdsa-p256"])
+        .args(["--server-wrapper", &format!("{} --ignored-by-the-wrapper", wrapper.display())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("server run under `{} --ignored-by-the-wrapper`", wrapper.display())), "{text}");
+    let argv = std::fs::read_to_string(&marker).expect("the wrapper ran");
+    assert!(argv.starts_with("--ignored-by-the-wrapper ") && argv.contains(" bench-server --dir "), "{argv}");
+    assert_eq!(text.matches(", 0 errors").count(), 3, "every phase without errors:\n{text}");
 }
 
 /// `bench --instructions` counts the server's instructions per certificate under callgrind, split
