@@ -8,8 +8,10 @@ use super::error::{PkiError, Result};
 use super::keys::{PublicKeyKind, classify_spki};
 use super::pem;
 use super::usage::{KeyUsage, extended_from_x509};
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use x509_parser::asn1_rs::{Oid, oid};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
@@ -18,7 +20,7 @@ use x509_parser::prelude::FromDer;
 /// The largest CSR PEM meshroot reads. An RSA-8192 CSR is under 3 KiB.
 pub const MAX_CSR_PEM_BYTES: usize = 64 * 1024;
 
-const OID_SAN: &str = "2.5.29.17";
+const OID_SAN: &[u8] = &oid!(raw 2.5.29.17);
 
 /// The subject alternative names a CSR asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,7 +69,8 @@ pub struct CertificateSigningRequest {
     basic_constraints_ca: Option<bool>,
     key_usage: Option<BTreeSet<KeyUsage>>,
     extended_key_usage: Option<BTreeSet<String>>,
-    extension_oids: Vec<String>,
+    /// Each requested extension's OID, as encoded (without tag and length).
+    extension_oids: Vec<Vec<u8>>,
 }
 
 impl CertificateSigningRequest {
@@ -100,14 +103,14 @@ impl CertificateSigningRequest {
         let mut extended_key_usage = None;
         let mut extension_oids = Vec::new();
         if let Some(extensions) = requested_extensions(&csr)? {
-            for ext in extensions {
-                let oid = ext.oid.to_id_string();
-                if oid == OID_SAN {
+            for (i, ext) in extensions.iter().enumerate() {
+                // Compared as encoded; dotted text only for what is reported.
+                if ext.oid.as_bytes() == OID_SAN {
                     san_critical = Some(ext.critical);
                     san_der = Some(ext.value.to_vec());
                 }
-                if extension_oids.contains(&oid) {
-                    return Err(PkiError::Invalid(format!("the CSR repeats extension {oid}")));
+                if extensions.get(..i).is_some_and(|before| before.iter().any(|b| b.oid == ext.oid)) {
+                    return Err(PkiError::Invalid(format!("the CSR repeats extension {}", ext.oid.to_id_string())));
                 }
                 match ext.parsed_extension() {
                     ParsedExtension::SubjectAlternativeName(san) => {
@@ -119,11 +122,11 @@ impl CertificateSigningRequest {
                     ParsedExtension::KeyUsage(ku) => key_usage = Some(KeyUsage::from_x509(ku)),
                     ParsedExtension::ExtendedKeyUsage(eku) => extended_key_usage = Some(extended_from_x509(eku)),
                     ParsedExtension::ParseError { error } => {
-                        return Err(PkiError::Der(format!("extension {oid}: {error}")));
+                        return Err(PkiError::Der(format!("extension {}: {error}", ext.oid.to_id_string())));
                     }
                     _ => {}
                 }
-                extension_oids.push(oid);
+                extension_oids.push(ext.oid.as_bytes().to_vec());
             }
         }
         Ok(Self {
@@ -231,9 +234,9 @@ impl CertificateSigningRequest {
         self.extended_key_usage.as_ref()
     }
 
-    /// OIDs of every requested extension, in order.
-    pub fn extension_oids(&self) -> &[String] {
-        &self.extension_oids
+    /// OIDs of every requested extension, in order, as dotted text.
+    pub fn extension_oids(&self) -> Vec<String> {
+        self.extension_oids.iter().map(|raw| Oid::new(Cow::Borrowed(raw)).to_id_string()).collect()
     }
 }
 
@@ -268,24 +271,24 @@ fn collect_name(name: &GeneralName<'_>, names: &mut RequestedNames) -> Result<()
     Ok(())
 }
 
-const OID_SHA1_RSA: &str = "1.2.840.113549.1.1.5";
-const OID_SHA1_RSA_OLD: &str = "1.3.14.3.2.29";
-const OID_SHA256_RSA: &str = "1.2.840.113549.1.1.11";
-const OID_SHA384_RSA: &str = "1.2.840.113549.1.1.12";
-const OID_SHA512_RSA: &str = "1.2.840.113549.1.1.13";
-const OID_RSA_PSS: &str = "1.2.840.113549.1.1.10";
-const OID_ECDSA_SHA1: &str = "1.2.840.10045.4.1";
-const OID_ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
-const OID_ECDSA_SHA384: &str = "1.2.840.10045.4.3.3";
-const OID_ED25519_SIG: &str = "1.3.101.112";
-const OID_MD5_RSA: &str = "1.2.840.113549.1.1.4";
+const OID_SHA1_RSA: &[u8] = &oid!(raw 1.2.840.113549.1.1.5);
+const OID_SHA1_RSA_OLD: &[u8] = &oid!(raw 1.3.14.3.2.29);
+const OID_SHA256_RSA: &[u8] = &oid!(raw 1.2.840.113549.1.1.11);
+const OID_SHA384_RSA: &[u8] = &oid!(raw 1.2.840.113549.1.1.12);
+const OID_SHA512_RSA: &[u8] = &oid!(raw 1.2.840.113549.1.1.13);
+const OID_RSA_PSS: &[u8] = &oid!(raw 1.2.840.113549.1.1.10);
+const OID_ECDSA_SHA1: &[u8] = &oid!(raw 1.2.840.10045.4.1);
+const OID_ECDSA_SHA256: &[u8] = &oid!(raw 1.2.840.10045.4.3.2);
+const OID_ECDSA_SHA384: &[u8] = &oid!(raw 1.2.840.10045.4.3.3);
+const OID_ED25519_SIG: &[u8] = &oid!(raw 1.3.101.112);
+const OID_MD5_RSA: &[u8] = &oid!(raw 1.2.840.113549.1.1.4);
 
 /// Accepts SHA-2 RSA (PKCS#1 v1.5 and PSS), ECDSA with SHA-256/384 and
 /// Ed25519, each only with a matching key type. SHA-1 and MD5 are refused
 /// even though the verifier would accept SHA-1 "for legacy use".
 fn check_signature_algorithm(csr: &X509CertificationRequest<'_>, key: PublicKeyKind) -> Result<()> {
-    let oid = csr.signature_algorithm.algorithm.to_id_string();
-    let key_matches = match oid.as_str() {
+    let oid = &csr.signature_algorithm.algorithm;
+    let key_matches = match oid.as_bytes() {
         OID_SHA256_RSA | OID_SHA384_RSA | OID_SHA512_RSA | OID_RSA_PSS => {
             matches!(key, PublicKeyKind::Rsa { .. })
         }
@@ -297,10 +300,10 @@ fn check_signature_algorithm(csr: &X509CertificationRequest<'_>, key: PublicKeyK
             return Err(PkiError::UnsupportedSignature("SHA-1 (use SHA-256 or stronger)".into()));
         }
         OID_MD5_RSA => return Err(PkiError::UnsupportedSignature("MD5".into())),
-        other => return Err(PkiError::UnsupportedSignature(other.to_string())),
+        _ => return Err(PkiError::UnsupportedSignature(oid.to_id_string())),
     };
     if !key_matches {
-        return Err(PkiError::UnsupportedSignature(format!("{oid} does not match a {key} key")));
+        return Err(PkiError::UnsupportedSignature(format!("{} does not match a {key} key", oid.to_id_string())));
     }
     Ok(())
 }

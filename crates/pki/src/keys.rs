@@ -5,6 +5,7 @@ use super::pem;
 use rcgen::{KeyPair, PublicKeyData};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use std::fmt;
+use x509_parser::asn1_rs::oid;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -98,21 +99,23 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// The largest RSA modulus accepted, in bits.
 pub const MAX_RSA_BITS: usize = 8192;
 
-const OID_RSA: &str = "1.2.840.113549.1.1.1";
-const OID_RSA_PSS: &str = "1.2.840.113549.1.1.10";
-const OID_EC: &str = "1.2.840.10045.2.1";
-const OID_P256: &str = "1.2.840.10045.3.1.7";
-const OID_P384: &str = "1.3.132.0.34";
-const OID_P521: &str = "1.3.132.0.35";
-const OID_ED25519: &str = "1.3.101.112";
-const OID_ED448: &str = "1.3.101.113";
-const OID_DSA: &str = "1.2.840.10040.4.1";
+const OID_RSA: &[u8] = &oid!(raw 1.2.840.113549.1.1.1);
+const OID_RSA_PSS: &[u8] = &oid!(raw 1.2.840.113549.1.1.10);
+const OID_EC: &[u8] = &oid!(raw 1.2.840.10045.2.1);
+const OID_P256: &[u8] = &oid!(raw 1.2.840.10045.3.1.7);
+const OID_P384: &[u8] = &oid!(raw 1.3.132.0.34);
+const OID_P521: &[u8] = &oid!(raw 1.3.132.0.35);
+const OID_ED25519: &[u8] = &oid!(raw 1.3.101.112);
+const OID_ED448: &[u8] = &oid!(raw 1.3.101.113);
+const OID_DSA: &[u8] = &oid!(raw 1.2.840.10040.4.1);
 
 /// Classifies a SubjectPublicKeyInfo and enforces the key policy: RSA of
 /// 2048 to 8192 bits, ECDSA P-256 or P-384, or Ed25519.
 pub fn classify_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKeyKind> {
-    let alg = spki.algorithm.algorithm.to_id_string();
-    match alg.as_str() {
+    // OIDs are compared as encoded: turning them into dotted text costs more than the rest of
+    // this check, once per CSR on the signing path.
+    let alg = &spki.algorithm.algorithm;
+    match alg.as_bytes() {
         OID_RSA => {
             let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
                 return Err(PkiError::UnsupportedKey("malformed RSA public key".into()));
@@ -126,26 +129,23 @@ pub fn classify_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKeyKind> {
             Ok(PublicKeyKind::Rsa { bits })
         }
         OID_EC => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string())
-                .unwrap_or_default();
-            match curve.as_str() {
-                OID_P256 => Ok(PublicKeyKind::EcdsaP256),
-                OID_P384 => Ok(PublicKeyKind::EcdsaP384),
-                OID_P521 => Err(PkiError::UnsupportedKey("ECDSA P-521 (use P-256 or P-384)".into())),
-                "" => Err(PkiError::UnsupportedKey("EC key without a named curve".into())),
-                other => Err(PkiError::UnsupportedKey(format!("EC curve {other}"))),
+            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+            match curve.as_ref().map(|c| c.as_bytes()) {
+                Some(OID_P256) => Ok(PublicKeyKind::EcdsaP256),
+                Some(OID_P384) => Ok(PublicKeyKind::EcdsaP384),
+                Some(OID_P521) => Err(PkiError::UnsupportedKey("ECDSA P-521 (use P-256 or P-384)".into())),
+                None => Err(PkiError::UnsupportedKey("EC key without a named curve".into())),
+                Some(_) => Err(PkiError::UnsupportedKey(format!(
+                    "EC curve {}",
+                    curve.map(|c| c.to_id_string()).unwrap_or_default()
+                ))),
             }
         }
         OID_ED25519 => Ok(PublicKeyKind::Ed25519),
         OID_DSA => Err(PkiError::UnsupportedKey("DSA keys are not accepted".into())),
         OID_ED448 => Err(PkiError::UnsupportedKey("Ed448 keys are not accepted".into())),
         OID_RSA_PSS => Err(PkiError::UnsupportedKey("RSASSA-PSS-only keys are not accepted".into())),
-        other => Err(PkiError::UnsupportedKey(format!("key algorithm {other}"))),
+        _ => Err(PkiError::UnsupportedKey(format!("key algorithm {}", alg.to_id_string()))),
     }
 }
 

@@ -258,6 +258,50 @@ fn csr_refusals_name_the_problem() {
     }
 }
 
+/// OIDs are compared as encoded; the ones refused are still named as dotted text. Each case
+/// rewrites one OID of an openssl P-256 CSR (the checks run before its signature is verified).
+#[test]
+fn csr_refusals_name_the_oids_they_do_not_accept() {
+    let der = pem::decode_one(fixture!("csr-p256.pem").as_bytes(), pem::CERTIFICATE_REQUEST, 1 << 16).unwrap().to_vec();
+    let rewritten = |from: &[u8], to: &[u8]| {
+        let at: Vec<_> = der.windows(from.len()).enumerate().filter(|(_, w)| *w == from).map(|(i, _)| i).collect();
+        assert_eq!(at.len(), 1, "{from:02x?} occurs once");
+        let mut out = der.clone();
+        out[at[0]..at[0] + from.len()].copy_from_slice(to);
+        out
+    };
+    let ec_key = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    let p256 = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let ecdsa_sha256 = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    let cases = [
+        (
+            "key algorithm",
+            rewritten(&ec_key, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x02]),
+            "key algorithm 1.2.840.10045.2.2",
+        ),
+        ("curve", rewritten(&p256, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x01]), "EC curve 1.2.840.10045.3.1.1"),
+        (
+            "signature",
+            rewritten(&ecdsa_sha256, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04]),
+            "1.2.840.10045.4.3.4",
+        ),
+    ];
+    for (name, der, expect) in cases {
+        let err = CertificateSigningRequest::from_der(&der).unwrap_err().to_string();
+        assert!(err.contains(expect), "{name}: {err}");
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    let twice = rcgen::CustomExtension::from_oid_content(&[1, 2, 3, 4], vec![0x05, 0x00]);
+    params.custom_extensions = vec![twice.clone(), twice];
+    let err = CertificateSigningRequest::from_der(params.serialize_request(&key).unwrap().der()).unwrap_err();
+    assert!(err.to_string().contains("the CSR repeats extension 1.2.3.4"), "{err}");
+    let mut params = rcgen::CertificateParams::default();
+    params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&[1, 2, 3, 4], vec![0x05, 0x00])];
+    let once = CertificateSigningRequest::from_der(params.serialize_request(&key).unwrap().der()).unwrap();
+    assert_eq!(once.extension_oids(), ["1.2.3.4"]);
+}
+
 #[test]
 fn csr_with_a_tampered_body_or_signature_is_refused() {
     let der = pem::decode_one(fixture!("csr-p256.pem").as_bytes(), pem::CERTIFICATE_REQUEST, 10_000).unwrap();
