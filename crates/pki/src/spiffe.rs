@@ -20,18 +20,7 @@ impl SpiffeId {
     /// [`validate_trust_domain`] allows, and an optional path of non-empty segments of letters,
     /// digits, `.`, `-` and `_`, with no dot segments and no trailing slash.
     pub fn parse(input: &str) -> Result<Self> {
-        if input.len() > MAX_SPIFFE_ID_BYTES {
-            return Err(err(format!("longer than {MAX_SPIFFE_ID_BYTES} bytes")));
-        }
-        let Some(rest) = input.strip_prefix("spiffe://") else {
-            return Err(err("scheme must be spiffe://, in lowercase"));
-        };
-        let (td, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        validate_trust_domain(td)?;
-        validate_path(path)?;
+        let (td, path) = split(input)?;
         Ok(Self { trust_domain: td.to_string(), path: path.to_string() })
     }
 
@@ -50,6 +39,24 @@ impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "spiffe://{}{}", self.trust_domain, self.path)
     }
+}
+
+/// Validates a SPIFFE ID as [`SpiffeId::parse`] does and returns its trust domain and path
+/// (empty or starting with `/`), borrowed: the signing path needs only the parts.
+fn split(input: &str) -> Result<(&str, &str)> {
+    if input.len() > MAX_SPIFFE_ID_BYTES {
+        return Err(err(format!("longer than {MAX_SPIFFE_ID_BYTES} bytes")));
+    }
+    let Some(rest) = input.strip_prefix("spiffe://") else {
+        return Err(err("scheme must be spiffe://, in lowercase"));
+    };
+    let (td, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    validate_trust_domain(td)?;
+    validate_path(path)?;
+    Ok((td, path))
 }
 
 /// Validates a trust domain name: lowercase letters, digits, `.`, `-`, `_`.
@@ -82,7 +89,10 @@ fn validate_path(path: &str) -> Result<()> {
     if path.ends_with('/') {
         return Err(err("path has a trailing slash"));
     }
-    for segment in path[1..].split('/') {
+    let Some(segments) = path.strip_prefix('/') else {
+        return Err(err("path does not start with /"));
+    };
+    for segment in segments.split('/') {
         match segment {
             "" => return Err(err("path has an empty segment")),
             "." | ".." => return Err(err("path has a dot segment")),
@@ -119,22 +129,17 @@ pub struct WorkloadIdentity {
 impl WorkloadIdentity {
     /// Builds an identity from its parts, which must form a valid SPIFFE ID.
     pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self> {
-        let id = Self {
-            trust_domain: trust_domain.to_string(),
-            namespace: namespace.to_string(),
-            service_account: service_account.to_string(),
-        };
         // Validate by parsing the URI form, so both constructors agree.
-        Self::parse(&id.to_string())
+        Self::parse(&format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"))
     }
 
     /// Parses `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`; any other path is refused.
     pub fn parse(input: &str) -> Result<Self> {
-        let id = SpiffeId::parse(input)?;
-        let parts: Vec<&str> = id.path().split('/').collect();
-        match parts.as_slice() {
-            ["", "ns", ns, "sa", sa] => Ok(Self {
-                trust_domain: id.trust_domain().to_string(),
+        let (trust_domain, path) = split(input)?;
+        let mut parts = path.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(""), Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Ok(Self {
+                trust_domain: trust_domain.to_string(),
                 namespace: ns.to_string(),
                 service_account: sa.to_string(),
             }),
