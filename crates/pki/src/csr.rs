@@ -11,7 +11,7 @@ use super::usage::{KeyUsage, extended_from_x509};
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use x509_parser::asn1_rs::{Oid, oid};
+use x509_parser::asn1_rs::{Oid, Tag, oid};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
@@ -91,6 +91,7 @@ impl CertificateSigningRequest {
             return Err(PkiError::Der("trailing bytes after the CSR".into()));
         }
         let info = &csr.certification_request_info;
+        check_oids_are_canonical(&csr)?;
         let key_kind = classify_spki(&info.subject_pki)?;
         check_signature_algorithm(&csr, key_kind)?;
         csr.verify_signature().map_err(|e| PkiError::CsrSignature(e.to_string()))?;
@@ -238,6 +239,62 @@ impl CertificateSigningRequest {
     pub fn extension_oids(&self) -> Vec<String> {
         self.extension_oids.iter().map(|raw| Oid::new(Cow::Borrowed(raw)).to_id_string()).collect()
     }
+}
+
+/// Refuses a CSR with an OID that is not in canonical DER anywhere meshroot reads one: the
+/// signature and key algorithms, the curve, the subject's attribute types, the request's
+/// attributes, the requested extensions and extended key usages. asn1-rs reads a padded
+/// subidentifier (`55 1d 80 11`) as 2.5.29.17 like the real encoding (`55 1d 11`), while
+/// x509-parser and certificate verifiers match OIDs by their bytes: a CSR that means one thing to
+/// one reader and another to the next is refused before anything is read from it.
+fn check_oids_are_canonical(csr: &X509CertificationRequest<'_>) -> Result<()> {
+    let info = &csr.certification_request_info;
+    let check = |what: &str, oid: &Oid<'_>| match is_canonical_oid(oid.as_bytes()) {
+        true => Ok(()),
+        false => Err(PkiError::Der(format!(
+            "the CSR's {what} OID ({}) is not in canonical DER: a padded or unfinished subidentifier",
+            hex(oid.as_bytes())
+        ))),
+    };
+    check("signature algorithm", &csr.signature_algorithm.algorithm)?;
+    check("key algorithm", &info.subject_pki.algorithm.algorithm)?;
+    // An EC key's parameters name its curve; an RSA key's are NULL, which as_oid() reads as empty.
+    let parameters = info.subject_pki.algorithm.parameters.as_ref().filter(|p| p.tag() == Tag::Oid);
+    if let Some(curve) = parameters.and_then(|p| p.as_oid().ok()) {
+        check("curve", &curve)?;
+    }
+    for attribute in info.subject.iter_attributes() {
+        check("subject attribute", attribute.attr_type())?;
+    }
+    for attribute in info.iter_attributes() {
+        check("request attribute", &attribute.oid)?;
+    }
+    for ext in requested_extensions(csr)?.unwrap_or_default() {
+        check("extension", &ext.oid)?;
+        if let ParsedExtension::ExtendedKeyUsage(eku) = ext.parsed_extension() {
+            for usage in &eku.other {
+                check("extended key usage", usage)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `content` (an OID's bytes, without tag and length) is canonical DER: not empty, no
+/// subidentifier starting with a padding byte (0x80), and the last one finished.
+fn is_canonical_oid(content: &[u8]) -> bool {
+    let mut starts_subidentifier = true;
+    for &byte in content {
+        if starts_subidentifier && byte == 0x80 {
+            return false;
+        }
+        starts_subidentifier = byte & 0x80 == 0;
+    }
+    !content.is_empty() && starts_subidentifier
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 fn requested_extensions<'b>(csr: &'b X509CertificationRequest<'_>) -> Result<Option<&'b [X509Extension<'b>]>> {

@@ -5,7 +5,7 @@ use super::pem;
 use rcgen::{KeyPair, PublicKeyData};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use std::fmt;
-use x509_parser::asn1_rs::oid;
+use x509_parser::asn1_rs::{Tag, oid};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -129,7 +129,9 @@ pub fn classify_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKeyKind> {
             Ok(PublicKeyKind::Rsa { bits })
         }
         OID_EC => {
-            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+            // Only an OID names a curve: as_oid() reads NULL (or any other value) as an empty one.
+            let curve =
+                spki.algorithm.parameters.as_ref().filter(|p| p.tag() == Tag::Oid).and_then(|p| p.as_oid().ok());
             match curve.as_ref().map(|c| c.as_bytes()) {
                 Some(OID_P256) => Ok(PublicKeyKind::EcdsaP256),
                 Some(OID_P384) => Ok(PublicKeyKind::EcdsaP384),

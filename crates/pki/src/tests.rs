@@ -285,6 +285,12 @@ fn csr_refusals_name_the_oids_they_do_not_accept() {
             rewritten(&ecdsa_sha256, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04]),
             "1.2.840.10045.4.3.4",
         ),
+        // The curve's OID turned into an OCTET STRING of the same bytes: no named curve.
+        (
+            "no curve",
+            rewritten(&[&[0x06, 0x08][..], &p256].concat(), &[&[0x04, 0x08][..], &p256].concat()),
+            "EC key without a named curve",
+        ),
     ];
     for (name, der, expect) in cases {
         let err = CertificateSigningRequest::from_der(&der).unwrap_err().to_string();
@@ -300,6 +306,55 @@ fn csr_refusals_name_the_oids_they_do_not_accept() {
     params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&[1, 2, 3, 4], vec![0x05, 0x00])];
     let once = CertificateSigningRequest::from_der(params.serialize_request(&key).unwrap().der()).unwrap();
     assert_eq!(once.extension_oids(), ["1.2.3.4"]);
+}
+
+/// An OID in non-canonical DER reads as another's dotted text (`55 1d 80 11` as 2.5.29.17, the
+/// SAN's): refused wherever the CSR has one, before its signature is even checked. Each case
+/// patches one byte of an rcgen CSR whose OID has an arc of two bytes, the first `81`.
+#[test]
+fn csrs_with_padded_or_unfinished_oids_are_refused() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let patched = |params: rcgen::CertificateParams, from: &[u8], to: &[u8]| {
+        let mut der = params.serialize_request(&key).unwrap().der().to_vec();
+        let at = der.windows(from.len()).position(|w| w == from).expect("the OID is in the CSR");
+        der[at..at + to.len()].copy_from_slice(to);
+        der
+    };
+    let mut san = rcgen::CertificateParams::default();
+    san.custom_extensions =
+        vec![rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 145], vec![0x30, 0x03, 0x86, 0x01, b'x'])];
+    let mut subject = rcgen::CertificateParams::default();
+    subject.distinguished_name.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 131]), "x");
+    let mut eku = rcgen::CertificateParams::default();
+    eku.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+        &[2, 5, 29, 37],
+        // SEQUENCE { 1.3.6.1.5.5.7.3.129 }, to be made serverAuth's dotted text.
+        vec![0x30, 0x0b, 0x06, 0x09, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x81, 0x01],
+    )];
+    let cases = [
+        (
+            "padded SAN",
+            patched(san.clone(), &[0x55, 0x1d, 0x81, 0x11], &[0x55, 0x1d, 0x80]),
+            "extension OID (55 1d 80 11)",
+        ),
+        (
+            "padded CN",
+            patched(subject, &[0x55, 0x04, 0x81, 0x03], &[0x55, 0x04, 0x80]),
+            "subject attribute OID (55 04 80 03)",
+        ),
+        (
+            "padded serverAuth",
+            patched(eku, &[0x03, 0x81, 0x01], &[0x03, 0x80]),
+            "extended key usage OID (2b 06 01 05 05 07 03 80 01)",
+        ),
+    ];
+    for (name, der, expect) in cases {
+        let err = CertificateSigningRequest::from_der(&der).unwrap_err().to_string();
+        assert!(err.contains(expect) && err.contains("not in canonical DER"), "{name}: {err}");
+    }
+    // The last subidentifier left unfinished: refused, by whichever reader meets it first.
+    let unfinished = patched(san, &[0x55, 0x1d, 0x81, 0x11], &[0x55, 0x1d, 0x81, 0x91]);
+    assert!(CertificateSigningRequest::from_der(&unfinished).is_err());
 }
 
 #[test]

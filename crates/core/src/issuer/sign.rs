@@ -544,6 +544,64 @@ mod tests {
         assert!(matches!(&e, SignError::Invalid(InvalidRequest::CertSignWithoutCa)), "{e:?}");
     }
 
+    /// A validly signed CSR whose SAN extension's OID is padded: `55 1d 80 11` reads as
+    /// 2.5.29.17 in dotted text but is not the SAN's encoding (`55 1d 11`), so x509-parser and
+    /// every verifier see an unknown extension. Made with extension 2.5.29.145 (`55 1d 81 11`),
+    /// patched, and signed again.
+    fn csr_with_a_padded_san_oid(common_name: &str, uri: &str) -> String {
+        use x509_parser::certification_request::X509CertificationRequest;
+        use x509_parser::prelude::FromDer;
+        let tlv = |tag: u8, content: &[u8]| {
+            let mut out = vec![tag, u8::try_from(content.len()).unwrap()];
+            out.extend_from_slice(content);
+            out
+        };
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        let general_names = tlv(0x30, &tlv(0x86, uri.as_bytes()));
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 145], general_names)];
+        let mut der = params.serialize_request(&key).unwrap().der().to_vec();
+        let at = der.windows(4).position(|w| w == [0x55, 0x1d, 0x81, 0x11]).unwrap();
+        der[at + 2] = 0x80;
+        let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
+        let info = csr.certification_request_info.raw;
+        let signature = rcgen::SigningKey::sign(&key, info).unwrap();
+        let ecdsa_with_sha256 = [0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+        let bits = tlv(0x03, &[&[0u8][..], &signature].concat());
+        let body = [info, &ecdsa_with_sha256[..], &bits].concat();
+        let mut outer = vec![0x30, 0x82];
+        outer.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+        outer.extend_from_slice(&body);
+        pem::encode(pem::CERTIFICATE_REQUEST, &outer)
+    }
+
+    /// Before OIDs were compared as encoded, meshroot took the padded extension for the SAN by
+    /// its dotted text and copied its names into the certificate, while the policy, reading
+    /// x509-parser's parse, saw none: a namespace allowed one common name could get istiod's
+    /// identity. Such a CSR is now refused before anything is read from it.
+    #[test]
+    fn a_san_under_a_padded_oid_is_refused_not_copied() {
+        let root = root_state(Duration::days(30));
+        let ca = by_root(&root);
+        let policy = policy("allowedCommonNames: [app.example.com]\nallowedDNSNames: ['**.example.com']");
+        let istiod = "spiffe://cluster.local/ns/istio-system/sa/istiod";
+        let forged = csr_with_a_padded_san_oid("app.example.com", istiod);
+        let now = OffsetDateTime::now_utc();
+        let refused = sign(&request(&forged, None, false), &policy, &ca, &tenancy(), now).unwrap_err();
+        assert!(refused.to_string().contains("OID (55 1d 80 11) is not in canonical DER"), "{refused}");
+        // The same CSR with the SAN's own OID is judged on its names.
+        let honest = {
+            let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name.push(rcgen::DnType::CommonName, "app.example.com");
+            params.subject_alt_names = vec![rcgen::SanType::URI(istiod.try_into().unwrap())];
+            params.serialize_request(&key).unwrap().pem().unwrap()
+        };
+        let refused = sign(&request(&honest, None, false), &policy, &ca, &tenancy(), now).unwrap_err();
+        assert!(matches!(refused, SignError::Policy(_)), "{refused}");
+    }
+
     #[test]
     fn a_subject_equal_to_a_signer_name_is_refused() {
         let root = root_state(Duration::days(30));
