@@ -5,6 +5,8 @@
 use crate::dev::state::write_cacerts;
 use crate::duration;
 use crate::fsutil::{self, Existing};
+use crate::k8s::intermediates::{CACERTS_CERT, CACERTS_CHAIN, CACERTS_KEY};
+use crate::k8s::root::ROOT_CERT_KEY;
 use crate::names::is_dns1123_label;
 use crate::pki::spiffe::validate_trust_domain;
 use crate::pki::{Authority, CaSpec, KeyAlgorithm, PkiError, TrustBundle};
@@ -305,10 +307,10 @@ fn secret_manifest(int: &Authority, root: &Authority, bundle: &TrustBundle, mesh
         },
         type_: "Opaque",
         string_data: [
-            ("ca-cert.pem", int.certificate_pem().to_string()),
-            ("ca-key.pem", int.key().to_pem().to_string()),
-            ("cert-chain.pem", format!("{}{}", int.certificate_pem(), root.certificate_pem())),
-            ("root-cert.pem", bundle.pem().to_string()),
+            (CACERTS_CERT, int.certificate_pem().to_string()),
+            (CACERTS_KEY, int.key().to_pem().to_string()),
+            (CACERTS_CHAIN, format!("{}{}", int.certificate_pem(), root.certificate_pem())),
+            (ROOT_CERT_KEY, bundle.pem().to_string()),
         ]
         .into(),
     };

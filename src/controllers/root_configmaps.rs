@@ -26,8 +26,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// The ConfigMap key holding the bundle (PEM).
-pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+pub use crate::k8s::root::ROOT_CERT_KEY;
 /// The label istiod puts on its root ConfigMaps; meshroot sets it to `true` as well.
 pub const ISTIO_CONFIG_LABEL: &str = "istio.io/config";
 
@@ -201,7 +200,11 @@ pub fn plan(
         .iter()
         .filter_map(|cm| Some(((cm.metadata.namespace.clone()?, cm.metadata.name.clone()?), cm.as_ref())))
         .collect();
-    let bundle_roots = pem::decode_certificates(bundle_pem.as_bytes(), MAX_BUNDLE_BYTES).unwrap_or_default();
+    // Decoded only when another writer's ConfigMap is in view, not on every pass.
+    let decoded = std::cell::OnceCell::new();
+    let bundle_roots = || {
+        decoded.get_or_init(|| pem::decode_certificates(bundle_pem.as_bytes(), MAX_BUNDLE_BYTES).unwrap_or_default())
+    };
     let mut plan = Plan::default();
     for key in want {
         let current = observed.get(key);
@@ -212,7 +215,7 @@ pub fn plan(
         // another root (planted, or stale) is corrected at once.
         if let Some(writer) = current.and_then(|cm| foreign_writer(cm))
             && !adoptable.contains(key)
-            && current.is_some_and(|cm| trusts_only(cm, &bundle_roots))
+            && current.is_some_and(|cm| trusts_only(cm, bundle_roots()))
         {
             plan.foreign.push(Contest { key: key.clone(), writer });
             continue;

@@ -7,6 +7,7 @@ use super::{
     ROOT_CERT_KEY, SigningRoot, Snapshot,
 };
 use crate::api::mesh::Mesh;
+use crate::k8s::intermediates::CACERTS;
 use crate::k8s::{error_summary, is_managed, secret_value};
 use crate::names::is_dns1123_subdomain;
 use crate::pki::pem;
@@ -175,10 +176,10 @@ async fn istiod(client: &kube::Client, deployment: &Deployment) -> Istiod {
     } else {
         let secrets = Api::<Secret>::namespaced(client.clone(), &istiod.namespace);
         // istiod prefers a plugged-in CA (`cacerts`) to its own.
-        match secrets.get_opt("cacerts").await {
+        match secrets.get_opt(CACERTS).await {
             Ok(Some(s)) => CaMode::Cacerts {
                 managed_by_meshroot: is_managed(s.metadata.labels.as_ref()),
-                material: material(&istiod.namespace, "cacerts", &s),
+                material: material(&istiod.namespace, CACERTS, &s),
             },
             Ok(None) => CaMode::Own(match secrets.get_opt("istio-ca-secret").await {
                 Ok(Some(s)) => material(&istiod.namespace, "istio-ca-secret", &s),
@@ -190,7 +191,7 @@ async fn istiod(client: &kube::Client, deployment: &Deployment) -> Istiod {
             }),
             // Whether istiod uses a plugged-in CA is unknown: say so rather than guess its own.
             Err(e) => {
-                CaMode::Cacerts { material: unreadable(&istiod.namespace, "cacerts", &e), managed_by_meshroot: false }
+                CaMode::Cacerts { material: unreadable(&istiod.namespace, CACERTS, &e), managed_by_meshroot: false }
             }
         }
     };
@@ -248,19 +249,21 @@ fn secret_certs(
 /// `root-cert.pem`), or the `kubernetes.io/tls` one istiod reads first when `tls.crt` is there
 /// (`tls.crt` = the CA and its chain, `ca.crt` = the roots), as cert-manager writes it.
 fn material(namespace: &str, name: &str, secret: &Secret) -> CaMaterial {
-    use crate::k8s::root::{CA_CERT, TLS_CERT};
+    use crate::k8s::intermediates::{CACERTS_CHAIN, Layout};
     let certs = |key: &str| secret_certs(namespace, name, secret, key);
-    let tls_layout = secret_value(secret, TLS_CERT).is_some();
-    let (cert_key, roots_key) = if tls_layout { (TLS_CERT, CA_CERT) } else { ("ca-cert.pem", ROOT_CERT_KEY) };
+    let layout = Layout::of(secret);
     let parsed = (|| {
-        let mut with_chain = certs(cert_key)?;
+        let mut with_chain = certs(layout.cert_key())?;
         if with_chain.is_empty() {
-            return Err(format!("Secret {namespace}/{name} has no certificate in {cert_key}"));
+            return Err(format!("Secret {namespace}/{name} has no certificate in {}", layout.cert_key()));
         }
         let signer = with_chain.remove(0);
         // The TLS layout keeps the chain after the CA; istiod's, in cert-chain.pem.
-        let chain = if tls_layout { with_chain } else { certs("cert-chain.pem")? };
-        Ok(CaMaterial::Found { signer, chain, roots: certs(roots_key)? })
+        let chain = match layout {
+            Layout::KubernetesTls => with_chain,
+            Layout::IstioCacerts => certs(CACERTS_CHAIN)?,
+        };
+        Ok(CaMaterial::Found { signer, chain, roots: certs(layout.bundle_key())? })
     })();
     parsed.unwrap_or_else(CaMaterial::Unavailable)
 }

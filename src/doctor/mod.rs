@@ -26,8 +26,7 @@ pub use diagnose::{Report, Verdict, diagnose};
 pub const ISTIOD_SELECTOR: &str = "app=istiod";
 /// The root ConfigMap istiod writes unless `PILOT_CA_CERT_CONFIGMAP` names another.
 pub const DEFAULT_ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
-/// The key of the roots in a root ConfigMap and in `cacerts`.
-pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+pub use crate::k8s::root::ROOT_CERT_KEY;
 /// Largest PEM the doctor parses from one ConfigMap or Secret value.
 const PEM_LIMIT: usize = 1 << 20;
 

@@ -6,7 +6,7 @@
 //! valid, and both chain to the same root, so certificates from the old one
 //! keep verifying until they expire.
 
-use super::root::{CA_CERT, TLS_CERT, TLS_KEY};
+use super::root::{CA_CERT, ROOT_CERT_KEY, TLS_CERT, TLS_KEY};
 use super::{FIELD_MANAGER, error_summary, is_managed, managed_labels, secret_data, secret_value};
 use crate::api::mesh::IntermediateSpec;
 use crate::duration;
@@ -31,6 +31,12 @@ pub fn secret_name(mesh: &str) -> String {
 
 /// Istio's plug-in CA Secret name in istiod's namespace.
 pub const CACERTS: &str = "cacerts";
+/// `cacerts`' key of the intermediate.
+pub const CACERTS_CERT: &str = "ca-cert.pem";
+/// `cacerts`' key of the intermediate's private key.
+pub const CACERTS_KEY: &str = "ca-key.pem";
+/// `cacerts`' key of the intermediate followed by the CAs above it, the root last.
+pub const CACERTS_CHAIN: &str = "cert-chain.pem";
 
 /// How an intermediate is laid out in its Secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,22 +49,32 @@ pub enum Layout {
 }
 
 impl Layout {
-    fn cert_key(self) -> &'static str {
+    /// The layout istiod reads a CA Secret in: `kubernetes.io/tls` keys when `tls.crt` is
+    /// there, its own otherwise.
+    pub fn of(secret: &Secret) -> Self {
+        match secret_value(secret, TLS_CERT) {
+            Some(_) => Layout::KubernetesTls,
+            None => Layout::IstioCacerts,
+        }
+    }
+    /// The key of the CA certificate (followed by the CAs above it in `tls.crt`).
+    pub fn cert_key(self) -> &'static str {
         match self {
             Layout::KubernetesTls => TLS_CERT,
-            Layout::IstioCacerts => "ca-cert.pem",
+            Layout::IstioCacerts => CACERTS_CERT,
         }
     }
     fn key_key(self) -> &'static str {
         match self {
             Layout::KubernetesTls => TLS_KEY,
-            Layout::IstioCacerts => "ca-key.pem",
+            Layout::IstioCacerts => CACERTS_KEY,
         }
     }
-    fn bundle_key(self) -> &'static str {
+    /// The key of the roots the CA's workloads trust.
+    pub fn bundle_key(self) -> &'static str {
         match self {
             Layout::KubernetesTls => CA_CERT,
-            Layout::IstioCacerts => "root-cert.pem",
+            Layout::IstioCacerts => ROOT_CERT_KEY,
         }
     }
 
@@ -81,10 +97,10 @@ impl Layout {
             Layout::IstioCacerts => {
                 let cert_chain = format!("{with_chain}{root_pem}");
                 secret_data(&[
-                    ("ca-cert.pem", a.certificate_pem().as_bytes()),
-                    ("ca-key.pem", key.as_bytes()),
-                    ("cert-chain.pem", cert_chain.as_bytes()),
-                    ("root-cert.pem", bundle.as_bytes()),
+                    (CACERTS_CERT, a.certificate_pem().as_bytes()),
+                    (CACERTS_KEY, key.as_bytes()),
+                    (CACERTS_CHAIN, cert_chain.as_bytes()),
+                    (ROOT_CERT_KEY, bundle.as_bytes()),
                 ])
             }
         }
@@ -213,7 +229,7 @@ pub fn parse_layout(
     // in cacerts' cert-chain.pem. Roots among them are dropped by the chain.
     let chain_pem = match layout {
         Layout::KubernetesTls => cert,
-        Layout::IstioCacerts => secret_value(secret, "cert-chain.pem").unwrap_or(cert),
+        Layout::IstioCacerts => secret_value(secret, CACERTS_CHAIN).unwrap_or(cert),
     };
     let mut certs = pem::decode_certificates(chain_pem, crate::pki::authority::MAX_CERT_PEM_BYTES)?;
     let own = pem::decode_certificates(cert, crate::pki::authority::MAX_CERT_PEM_BYTES)?;

@@ -20,6 +20,8 @@ pub const TLS_CERT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 /// The Secret key of the other trusted roots (PEM); optional.
 pub const CA_CERT: &str = "ca.crt";
+/// Istio's key for the roots: in a root ConfigMap (`istio-ca-root-cert`) and in `cacerts`.
+pub const ROOT_CERT_KEY: &str = "root-cert.pem";
 /// Lifetime of a root meshroot generates into a missing Secret.
 pub const GENERATED_ROOT_LIFETIME: Duration = Duration::days(3650);
 
@@ -175,15 +177,7 @@ fn proves(
     anchor: &CertificateDer<'static>,
 ) -> Result<(), String> {
     let now = OffsetDateTime::now_utc();
-    let key = crate::pki::PrivateKey::generate(crate::pki::KeyAlgorithm::EcdsaP256).map_err(|e| e.to_string())?;
-    let probe = crate::pki::profile::issue_workload(
-        authority,
-        &key.spki_der(),
-        "spiffe://meshroot.invalid/ns/probe/sa/probe",
-        Duration::minutes(1),
-        now,
-    )
-    .map_err(|e| e.to_string())?;
+    let probe = crate::pki::profile::issue_probe(authority, now).map_err(|e| e.to_string())?;
     let bundle = TrustBundle::new(vec![anchor.clone()]).map_err(|e| e.to_string())?;
     bundle
         .verify(&probe.der, chain, now)

@@ -12,8 +12,8 @@
 //! Each step refuses to run out of order, and every write is a
 //! compare-and-swap on the resourceVersion read.
 
-use super::intermediates::MESH_LABEL;
-use super::root::{CA_CERT, TLS_CERT, TLS_KEY, parse_root_secret};
+use super::intermediates::{Layout, MESH_LABEL};
+use super::root::{CA_CERT, Root, TLS_CERT, TLS_KEY, parse_root_secret};
 use super::{error_summary, is_managed, secret_value};
 use crate::pki::{Authority, PkiError, TrustBundle, pem};
 use k8s_openapi::ByteString;
@@ -78,25 +78,30 @@ fn fingerprint(cert: &CertificateDer<'_>) -> String {
 }
 
 fn current_roots(secret: &Secret) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>), RotationError> {
+    roots_of(&parse_root_secret(secret).map_err(|e| RotationError::Current(e.to_string()))?)
+}
+
+/// [`current_roots`] for a rotation step, which moves between self-signed roots: under an
+/// imported intermediate the Secret's `tls.crt` and `tls.key` are replaced instead
+/// (docs/root-ca.md).
+fn step_roots(secret: &Secret) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>), RotationError> {
     let root = parse_root_secret(secret).map_err(|e| RotationError::Current(e.to_string()))?;
+    if !root.chain.is_empty() {
+        return Err(RotationError::Refused(
+            "the root Secret holds an imported intermediate, not a root: to move to another one, replace its tls.crt \
+             (the intermediate and its chain) and tls.key (docs/root-ca.md); rotation steps take a self-signed root"
+                .into(),
+        ));
+    }
+    roots_of(&root)
+}
+
+/// The signing root, then the other roots trusted.
+fn roots_of(root: &Root) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>), RotationError> {
     let Some((signing, others)) = root.bundle.roots().split_first() else {
         return Err(RotationError::Current("the root Secret trusts no root".into()));
     };
     Ok((signing.clone(), others.to_vec()))
-}
-
-/// Rotation steps move between self-signed roots; under an imported intermediate the Secret's
-/// `tls.crt` and `tls.key` are replaced instead (docs/root-ca.md).
-fn refuse_imported(secret: &Secret) -> Result<(), RotationError> {
-    let root = parse_root_secret(secret).map_err(|e| RotationError::Current(e.to_string()))?;
-    if root.chain.is_empty() {
-        return Ok(());
-    }
-    Err(RotationError::Refused(
-        "the root Secret holds an imported intermediate, not a root: to move to another one, replace its tls.crt \
-         (the intermediate and its chain) and tls.key (docs/root-ca.md); rotation steps take a self-signed root"
-            .into(),
-    ))
 }
 
 /// Reads the rotation status from the root Secret; an error if it holds no valid root.
@@ -152,8 +157,7 @@ fn set(secret: &mut Secret, key: &str, value: Option<Vec<u8>>) {
 
 /// Step 1: trust `new_root_pem` beside the current root.
 pub fn add(secret: &Secret, new_root_pem: &[u8], now: OffsetDateTime) -> Result<Secret, RotationError> {
-    refuse_imported(secret)?;
-    let (signing, mut extra) = current_roots(secret)?;
+    let (signing, mut extra) = step_roots(secret)?;
     let new = new_root_certificate(new_root_pem, now)?;
     if new == signing {
         return Err(RotationError::Refused("that root already signs".into()));
@@ -175,8 +179,7 @@ pub fn switch(
     new_key_pem: Option<&[u8]>,
     now: OffsetDateTime,
 ) -> Result<Secret, RotationError> {
-    refuse_imported(secret)?;
-    let (signing, extra) = current_roots(secret)?;
+    let (signing, extra) = step_roots(secret)?;
     let new = new_root_certificate(new_root_pem, now)?;
     if new == signing {
         return Err(RotationError::Refused("that root already signs; next: finish".into()));
@@ -216,8 +219,7 @@ pub fn finish(
     force: bool,
     now: OffsetDateTime,
 ) -> Result<Secret, RotationError> {
-    refuse_imported(secret)?;
-    let (_, extra) = current_roots(secret)?;
+    let (_, extra) = step_roots(secret)?;
     if extra.is_empty() {
         return Err(RotationError::Refused("only one root is trusted; nothing to finish".into()));
     }
@@ -261,7 +263,7 @@ pub async fn stale_intermediates(
         api.list(&ListParams::default().labels(MESH_LABEL)).await.map_err(|e| RotationError::Api(error_summary(&e)))?;
     let mut stale = Vec::new();
     for s in list.items.iter().filter(|s| is_managed(s.metadata.labels.as_ref())) {
-        let cert = secret_value(s, TLS_CERT).or_else(|| secret_value(s, "ca-cert.pem"));
+        let cert = secret_value(s, Layout::of(s).cert_key());
         let issued = cert
             .and_then(|c| pem::decode_certificates(c, 1 << 20).ok())
             .and_then(|c| c.into_iter().next())

@@ -5,7 +5,6 @@ use super::authority::{Authority, MAX_CERT_PEM_BYTES, parse_certificate};
 use super::error::{PkiError, Result};
 use super::pem;
 use super::profile::{self, IssuedCertificate};
-use crate::keys::KeyAlgorithm;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use time::{Duration, OffsetDateTime};
 
@@ -193,14 +192,7 @@ impl SigningChain {
         // Roots that appear in the chain file are dropped: the bundle carries them.
         path.extend(intermediates.into_iter().filter(|c| !bundle.roots().contains(c)));
 
-        let probe_key = crate::keys::PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
-        let probe = profile::issue_workload(
-            &authority,
-            &probe_key.spki_der(),
-            "spiffe://meshroot.invalid/ns/probe/sa/probe",
-            Duration::minutes(1),
-            now,
-        )?;
+        let probe = profile::issue_probe(&authority, now)?;
         bundle
             .verify(&probe.der, &path, now)
             .map_err(|e| PkiError::SelfCheck(format!("the signer does not chain to the trust bundle: {e}")))?;

@@ -94,6 +94,13 @@ pub fn issue_workload(
     Ok(IssuedCertificate { pem: pem::encode_certificate(&der), der, serial_hex, not_before, not_after })
 }
 
+/// A workload certificate `authority` signs at `now` for a throwaway key, valid for a minute: a
+/// probe to check a chain of trust with, never stored or sent.
+pub fn issue_probe(authority: &Authority, now: OffsetDateTime) -> Result<IssuedCertificate> {
+    let key = crate::keys::PrivateKey::generate(crate::keys::KeyAlgorithm::EcdsaP256)?;
+    issue_workload(authority, &key.spki_der(), "spiffe://meshroot.invalid/ns/probe/sa/probe", Duration::minutes(1), now)
+}
+
 /// A workload certificate for `spki_der` signed the general way, with rcgen: the prototype the
 /// workload template takes its constant fields from (and, in tests, the template's oracle).
 /// No validity check: an authority is loaded before anyone asks whether it is current.
