@@ -222,8 +222,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         opts.duration.as_secs_f64(),
         match opts.server_wrapper.is_empty() {
             true => String::new(),
-            false =>
-                format!("; server run under `{}`, so its timings are not meshroot's", opts.server_wrapper.join(" ")),
+            false => format!(
+                "; server run under `{}`, so its timings and memory are not meshroot's",
+                opts.server_wrapper.join(" ")
+            ),
         }
     );
     let identities: Arc<Vec<String>> = Arc::new((0..opts.burst.max(POOL)).map(fixture::identity).collect());

@@ -606,7 +606,8 @@ async fn a_burst_on_a_fresh_connection_is_never_refused() {
     let client = h2_client_with(&ca, false, h2::client::Builder::new().initial_max_send_streams(100)).await;
     let csr = good_csr();
     // One poll of join_all opens every stream the client believes it may, before its
-    // connection task has read the server's SETTINGS.
+    // connection task has read the server's SETTINGS: on this test's current-thread runtime
+    // that task runs only once this one yields.
     let calls = (0..250).map(|_| send(&client, app(&csr), None));
     let results = futures::future::join_all(calls).await;
     let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(s) if s.code() == Code::Ok)).collect();
