@@ -23,7 +23,7 @@ fn check_generated_crds(relative: &str) {
     for (file, crd) in meshroot::api::crds() {
         let want = meshroot::api::crd_yaml(&crd).unwrap();
         let have = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
-        assert!(have == want, "{relative}/{file} is stale: run `cargo run -- crds --out {relative}`");
+        assert!(have == want, "{relative}/{file} is stale: run `cargo run --bin meshroot -- crds --out {relative}`");
         expected.push(file);
     }
     let mut present: Vec<String> =

@@ -49,15 +49,18 @@ pub struct IssuancePolicy {
     #[serde(default, rename = "allowedDNSNames", skip_serializing_if = "Option::is_none")]
     pub allowed_dns_names: Option<Vec<String>>,
     /// URI patterns: `*` matches within one path segment
-    /// (`spiffe://cluster.local/ns/*/sa/*`), `**` matches anything. SPIFFE
-    /// IDs of a mesh's trust domain need a literal entry; for a CA,
-    /// `spiffe://<trust domain>` literally grants the whole trust domain.
+    /// (`spiffe://example.org/svc/*`), `**` matches anything. SPIFFE IDs of a
+    /// mesh's trust domain, and URIs of the form `spiffe://<any>/ns/<ns>/sa/<sa>`
+    /// (istiod reads them as identities), need a literal entry, or, for a
+    /// ClusterIssuer, `spiffe://<trust domain>` literally, which grants the
+    /// whole trust domain.
     #[serde(default, rename = "allowedURIs", skip_serializing_if = "Option::is_none")]
     pub allowed_uris: Option<Vec<String>>,
     /// CIDR ranges, such as `10.0.0.0/8` or `fd00::/8`.
     #[serde(default, rename = "allowedIPRanges", skip_serializing_if = "Option::is_none")]
     pub allowed_ip_ranges: Option<Vec<String>>,
     /// Email patterns: `*` matches within the local part or one domain label.
+    /// An address that starts with `spiffe:` is never issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_emails: Option<Vec<String>>,
     /// Common name patterns (`*` matches anything). A common name is also

@@ -286,6 +286,11 @@ impl Policy {
     }
 
     fn check_email(&self, violations: &mut Vec<Violation>, what: &'static str, email: &str) {
+        // Never an identity by another name: istiod reads any SAN entry of that form as one.
+        if email.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:")) {
+            violations.push(Violation::EmailLooksLikeIdentity { what, email: email.to_string() });
+            return;
+        }
         // `*` stays within the local part, or within one label of the domain.
         let matches = |pattern: &str| {
             let email = email.to_ascii_lowercase();
@@ -536,21 +541,21 @@ pub(super) mod tests {
     #[test]
     fn names_outside_the_patterns_are_each_reported() {
         let p = policy(
-            "allowedDNSNames: ['*.apps.example.com']\nallowedURIs: ['spiffe://other.domain/ns/*/sa/*']\n\
+            "allowedDNSNames: ['*.apps.example.com']\nallowedURIs: ['spiffe://other.domain/svc/*']\n\
              allowedIPRanges: ['10.0.0.0/8', 'fd00::/8']\nallowedEmails: ['*@example.com']",
         );
         let good = names(
             &["web.apps.example.com"],
-            &["spiffe://other.domain/ns/a/sa/b"],
+            &["spiffe://other.domain/svc/b"],
             &["10.1.2.3", "fd00::1"],
             &["ops@example.com"],
         );
         assert_eq!(check(&p, &good, &["web.apps.example.com"], false, &[]), Ok(()));
-        let bad = names(&["evil.com"], &["spiffe://third/ns/a/sa/b"], &["192.168.0.1"], &["x@evil.com"]);
+        let bad = names(&["evil.com"], &["spiffe://third/svc/b"], &["192.168.0.1"], &["x@evil.com"]);
         let e = check(&p, &bad, &["not-a-host"], false, &[]).unwrap_err();
         for part in [
             "DNS name \"evil.com\" is not allowed by policy.allowedDNSNames",
-            "URI \"spiffe://third/ns/a/sa/b\" is not allowed by policy.allowedURIs",
+            "URI \"spiffe://third/svc/b\" is not allowed by policy.allowedURIs",
             "IP address 192.168.0.1 is not in policy.allowedIPRanges",
             "email \"x@evil.com\" is not allowed by policy.allowedEmails",
             "common name \"not-a-host\" is not allowed by policy.allowedCommonNames or policy.allowedDNSNames",
@@ -668,6 +673,39 @@ pub(super) mod tests {
             let e = check(&p, &names(&[], &[], &[], &[]), &[cn], false, &[]).unwrap_err();
             assert!(e.contains("has a wildcard other than a leading"), "{cn}: {e}");
         }
+    }
+
+    /// istiod takes every SAN entry of the form spiffe://<any>/ns/<ns>/sa/<sa> for a workload
+    /// identity of that namespace, whatever the entry's type or trust domain (its XDS
+    /// authentication compares only the namespace and service account). Such a URI in a foreign
+    /// trust domain is protected like a mesh identity, and such an email is never issued.
+    #[test]
+    fn what_istiod_reads_as_an_identity_is_protected_in_any_trust_domain_and_san_type() {
+        let foreign_istiod = "spiffe://evil.example/ns/istio-system/sa/istiod";
+        let n = names(&[], &[foreign_istiod], &[], &[]);
+        for glob in ["spiffe://evil.example/**", "**"] {
+            let e = check(&policy(&format!("allowedURIs: ['{glob}']")), &n, &[], false, &[]).unwrap_err();
+            assert!(e.contains("istiod reads it as a workload identity, whatever its trust domain"), "{glob}: {e}");
+            assert!(e.contains("only a literal entry in policy.allowedURIs"), "{e}");
+        }
+        let literal = policy(&format!("allowedURIs: ['{foreign_istiod}', 'spiffe://evil.example/ns/team-a/sa/web']"));
+        assert_eq!(check(&literal, &n, &[], false, &[]), Ok(()), "a ClusterIssuer's literal grant");
+        let e = check_in("team-a", &literal, &n).unwrap_err();
+        assert!(e.contains("never grants identities of another namespace"), "{e}");
+        let own = names(&[], &["spiffe://evil.example/ns/team-a/sa/web"], &[], &[]);
+        assert_eq!(check_in("team-a", &literal, &own), Ok(()));
+        // Not of that form, so not an identity to istiod: an ordinary URI.
+        let deeper = names(&[], &["spiffe://evil.example/ns/istio-system/sa/istiod/x"], &[], &[]);
+        assert_eq!(check(&policy("allowedURIs: ['spiffe://evil.example/**']"), &deeper, &[], false, &[]), Ok(()));
+        // The same identity as an email SAN, under an email pattern that matches it.
+        let emails = policy("allowedEmails: ['*@example.com']");
+        for email in
+            ["spiffe://cluster.local/ns/victim/sa/x@example.com", "SPIFFE://cluster.local/ns/victim/sa/x@example.com"]
+        {
+            let e = check(&emails, &names(&[], &[], &[], &[email]), &[], false, &[]).unwrap_err();
+            assert!(e.contains("starts with spiffe:") && e.contains("never issued"), "{email}: {e}");
+        }
+        assert_eq!(check(&emails, &names(&[], &[], &[], &["ops@example.com"]), &[], false, &[]), Ok(()));
     }
 
     #[test]

@@ -138,12 +138,16 @@ impl Tenancy {
     }
 
     /// Why the URI `uri` is protected, if it is: every SPIFFE ID of a mesh's
-    /// trust domain is a workload identity the mesh accepts.
+    /// trust domain is a workload identity the mesh accepts, and istiod takes
+    /// one of the form `spiffe://<any>/ns/<ns>/sa/<sa>` for an identity of that
+    /// namespace whatever its trust domain ([`istio_reads_identity`]).
     pub fn protected_uri(&self, uri: &str) -> Option<Protection> {
         let domain = spiffe_trust_domain(uri)?;
-        self.trust_domains
-            .get(&domain)
-            .map(|meshes| Protection(format!("it is a workload identity of mesh {}", meshes.join(", "))))
+        if let Some(meshes) = self.trust_domains.get(&domain) {
+            return Some(Protection(format!("it is a workload identity of mesh {}", meshes.join(", "))));
+        }
+        istio_reads_identity(uri)
+            .then(|| Protection("istiod reads it as a workload identity, whatever its trust domain".into()))
     }
 
     /// Every protected DNS name in the forms clients dial (`.svc` and
@@ -178,6 +182,19 @@ impl Tenancy {
     pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
         self.trust_domains.keys().map(String::as_str)
     }
+}
+
+/// Whether istiod reads `value`, a SAN entry of any type, as a workload identity: its
+/// `util.ExtractIDs` takes every entry of the SAN, `spiffe.ParseIdentity` accepts
+/// `spiffe://<td>/ns/<ns>/sa/<sa>` with any segments, and its XDS authentication compares only
+/// the namespace and service account.
+pub fn istio_reads_identity(value: &str) -> bool {
+    let Some(rest) = value.strip_prefix("spiffe://") else { return false };
+    let mut parts = rest.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(_), Some("ns"), Some(_), Some("sa"), Some(_), None)
+    )
 }
 
 /// The trust domain (lowercase) of a `spiffe://` URI, scheme matched
@@ -263,17 +280,27 @@ mod tests {
     }
 
     #[test]
-    fn every_spiffe_id_of_a_mesh_trust_domain_is_protected() {
+    fn every_spiffe_id_of_a_mesh_trust_domain_and_every_identity_istiod_reads_is_protected() {
         let t = tenancy();
         for uri in [
             "spiffe://cluster.local/ns/istio-system/sa/istiod",
             "SPIFFE://Cluster.Local/ns/a/sa/b",
             "spiffe://user@cluster.local:443/ns/a/sa/b",
             "spiffe://gateway.local/anything",
+            // Any trust domain, and segments as istiod's parser takes them.
+            "spiffe://other.domain/ns/a/sa/b",
+            "spiffe:///ns//sa/",
+            "spiffe://other.domain/ns/a/sa/b?x",
         ] {
             assert!(t.protected_uri(uri).is_some(), "{uri}");
         }
-        for uri in ["spiffe://other.domain/ns/a/sa/b", "https://cluster.local/ns/a", "urn:x"] {
+        for uri in [
+            "spiffe://other.domain/svc/a",
+            "spiffe://other.domain/ns/a/sa/b/c",
+            "SPIFFE://other.domain/ns/a/sa/b",
+            "https://cluster.local/ns/a",
+            "urn:x",
+        ] {
             assert_eq!(t.protected_uri(uri), None, "{uri}");
         }
     }

@@ -34,9 +34,10 @@ pub enum Violation {
     /// A URI no `allowedURIs` entry matches.
     #[error("URI {} is not allowed by policy.allowedURIs", shown(.0))]
     UriNotAllowed(String),
-    /// A URI in a mesh's trust domain that is not a plain workload identity.
+    /// A protected URI (a mesh's trust domain, or one istiod reads as an identity) that is not a
+    /// plain workload identity.
     #[error(
-        "URI {} is in a mesh's trust domain ({why}) but is not a workload identity of the form \
+        "URI {} is protected ({why}) but is not a workload identity of the form \
          spiffe://<trust domain>/ns/<namespace>/sa/<service account>",
         shown(.uri)
     )]
@@ -147,6 +148,18 @@ pub enum Violation {
     /// An email address no `allowedEmails` entry matches.
     #[error("{what} {} is not allowed by policy.allowedEmails", shown(.email))]
     EmailNotAllowed {
+        /// "email" (a SAN) or "subject emailAddress".
+        what: &'static str,
+        /// The address asked for.
+        email: String,
+    },
+    /// An email address that istiod would read as a workload identity.
+    #[error(
+        "{what} {} starts with spiffe:, and istiod reads every SAN entry, whatever its type, as a workload \
+         identity when it has that form; never issued",
+        shown(.email)
+    )]
+    EmailLooksLikeIdentity {
         /// "email" (a SAN) or "subject emailAddress".
         what: &'static str,
         /// The address asked for.
