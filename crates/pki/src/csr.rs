@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use x509_parser::asn1_rs::{Oid, Tag, oid};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
-use x509_parser::extensions::{GeneralName, ParsedExtension, X509Extension};
+use x509_parser::extensions::{GeneralName, ParsedExtension, SubjectAlternativeName, X509Extension};
 use x509_parser::prelude::FromDer;
 
 /// The largest CSR PEM meshroot reads. An RSA-8192 CSR is under 3 KiB.
@@ -107,11 +107,21 @@ impl CertificateSigningRequest {
             for (i, ext) in extensions.iter().enumerate() {
                 // Compared as encoded; dotted text only for what is reported.
                 if ext.oid.as_bytes() == OID_SAN {
+                    // Its bytes are copied into certificates, so they must be exactly the names
+                    // x509-parser read: it ignores anything after them.
+                    match SubjectAlternativeName::from_der(ext.value) {
+                        Ok(([], _)) => {}
+                        _ => {
+                            return Err(PkiError::Der(
+                                "the CSR's SAN extension is not exactly one list of names".into(),
+                            ));
+                        }
+                    }
                     san_critical = Some(ext.critical);
                     san_der = Some(ext.value.to_vec());
                 }
                 if extensions.get(..i).is_some_and(|before| before.iter().any(|b| b.oid == ext.oid)) {
-                    return Err(PkiError::Invalid(format!("the CSR repeats extension {}", ext.oid.to_id_string())));
+                    return Err(PkiError::Invalid(format!("the CSR repeats extension {}", oid_text(&ext.oid))));
                 }
                 match ext.parsed_extension() {
                     ParsedExtension::SubjectAlternativeName(san) => {
@@ -123,7 +133,7 @@ impl CertificateSigningRequest {
                     ParsedExtension::KeyUsage(ku) => key_usage = Some(KeyUsage::from_x509(ku)),
                     ParsedExtension::ExtendedKeyUsage(eku) => extended_key_usage = Some(extended_from_x509(eku)),
                     ParsedExtension::ParseError { error } => {
-                        return Err(PkiError::Der(format!("extension {}: {error}", ext.oid.to_id_string())));
+                        return Err(PkiError::Der(format!("extension {}: {error}", oid_text(&ext.oid))));
                     }
                     _ => {}
                 }
@@ -249,12 +259,22 @@ impl CertificateSigningRequest {
 /// one reader and another to the next is refused before anything is read from it.
 fn check_oids_are_canonical(csr: &X509CertificationRequest<'_>) -> Result<()> {
     let info = &csr.certification_request_info;
-    let check = |what: &str, oid: &Oid<'_>| match is_canonical_oid(oid.as_bytes()) {
-        true => Ok(()),
-        false => Err(PkiError::Der(format!(
-            "the CSR's {what} OID ({}) is not in canonical DER: a padded or unfinished subidentifier",
-            hex(oid.as_bytes())
-        ))),
+    let check = |what: &str, oid: &Oid<'_>| {
+        if !is_canonical_oid(oid.as_bytes()) {
+            return Err(PkiError::Der(format!(
+                "the CSR's {what} OID ({}) is not in canonical DER: a padded or unfinished subidentifier",
+                hex(oid.as_bytes())
+            )));
+        }
+        // asn1-rs decodes the first two arcs from the first byte alone, so 2.48 and above
+        // (`81 00`) would read as another OID's text (3.9.0). No OID a CSR needs is there.
+        if oid.as_bytes().first().is_some_and(|b| b & 0x80 != 0) {
+            return Err(PkiError::Der(format!(
+                "the CSR's {what} OID ({}) is under arc 2.48 or above, which meshroot does not read",
+                hex(oid.as_bytes())
+            )));
+        }
+        Ok(())
     };
     check("signature algorithm", &csr.signature_algorithm.algorithm)?;
     check("key algorithm", &info.subject_pki.algorithm.algorithm)?;
@@ -293,8 +313,20 @@ fn is_canonical_oid(content: &[u8]) -> bool {
     !content.is_empty() && starts_subidentifier
 }
 
+/// An OID as a refusal names it: dotted text, or, for an OID of more than 32 bytes (a CSR may
+/// hold one of kilobytes), its first 16 bytes in hex and its length.
+pub(crate) fn oid_text(oid: &Oid<'_>) -> String {
+    match oid.as_bytes() {
+        long if long.len() > 32 => format!("{}… ({} bytes)", hex(long.get(..16).unwrap_or(long)), long.len()),
+        _ => oid.to_id_string(),
+    }
+}
+
+/// `bytes` in hex, at most 32 of them.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    let shown: Vec<String> = bytes.iter().take(32).map(|b| format!("{b:02x}")).collect();
+    let more = if bytes.len() > 32 { format!(" … ({} bytes)", bytes.len()) } else { String::new() };
+    format!("{}{more}", shown.join(" "))
 }
 
 fn requested_extensions<'b>(csr: &'b X509CertificationRequest<'_>) -> Result<Option<&'b [X509Extension<'b>]>> {
@@ -357,10 +389,10 @@ fn check_signature_algorithm(csr: &X509CertificationRequest<'_>, key: PublicKeyK
             return Err(PkiError::UnsupportedSignature("SHA-1 (use SHA-256 or stronger)".into()));
         }
         OID_MD5_RSA => return Err(PkiError::UnsupportedSignature("MD5".into())),
-        _ => return Err(PkiError::UnsupportedSignature(oid.to_id_string())),
+        _ => return Err(PkiError::UnsupportedSignature(oid_text(oid))),
     };
     if !key_matches {
-        return Err(PkiError::UnsupportedSignature(format!("{} does not match a {key} key", oid.to_id_string())));
+        return Err(PkiError::UnsupportedSignature(format!("{} does not match a {key} key", oid_text(oid))));
     }
     Ok(())
 }

@@ -139,7 +139,7 @@ pub fn classify_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKeyKind> {
                 None => Err(PkiError::UnsupportedKey("EC key without a named curve".into())),
                 Some(_) => Err(PkiError::UnsupportedKey(format!(
                     "EC curve {}",
-                    curve.map(|c| c.to_id_string()).unwrap_or_default()
+                    curve.map(|c| super::csr::oid_text(&c)).unwrap_or_default()
                 ))),
             }
         }
@@ -147,7 +147,7 @@ pub fn classify_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKeyKind> {
         OID_DSA => Err(PkiError::UnsupportedKey("DSA keys are not accepted".into())),
         OID_ED448 => Err(PkiError::UnsupportedKey("Ed448 keys are not accepted".into())),
         OID_RSA_PSS => Err(PkiError::UnsupportedKey("RSASSA-PSS-only keys are not accepted".into())),
-        _ => Err(PkiError::UnsupportedKey(format!("key algorithm {}", alg.to_id_string()))),
+        _ => Err(PkiError::UnsupportedKey(format!("key algorithm {}", super::csr::oid_text(alg)))),
     }
 }
 

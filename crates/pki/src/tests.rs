@@ -352,6 +352,24 @@ fn csrs_with_padded_or_unfinished_oids_are_refused() {
         let err = CertificateSigningRequest::from_der(&der).unwrap_err().to_string();
         assert!(err.contains(expect) && err.contains("not in canonical DER"), "{name}: {err}");
     }
+    // Under arc 2.48 or above, which asn1-rs would print as another OID (2.999.1 as 3...).
+    let mut high = rcgen::CertificateParams::default();
+    high.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&[2, 999, 1], vec![0x05, 0x00])];
+    let err = CertificateSigningRequest::from_der(high.serialize_request(&key).unwrap().der()).unwrap_err();
+    assert!(err.to_string().contains("is under arc 2.48 or above"), "{err}");
+    // A SAN with a byte after its names: the names are copied into certificates, so refused.
+    let mut trailing = rcgen::CertificateParams::default();
+    trailing.custom_extensions =
+        vec![rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], vec![0x30, 0x03, 0x86, 0x01, b'x', 0x00])];
+    let err = CertificateSigningRequest::from_der(trailing.serialize_request(&key).unwrap().der()).unwrap_err();
+    assert!(err.to_string().contains("SAN extension is not exactly one list of names"), "{err}");
+    // A refusal names a long OID by its first bytes and length, not all of it.
+    let arcs: Vec<u64> = [1, 2].into_iter().chain(std::iter::repeat_n(1_000_000, 2000)).collect();
+    let twice = rcgen::CustomExtension::from_oid_content(&arcs, vec![0x05, 0x00]);
+    let mut long = rcgen::CertificateParams::default();
+    long.custom_extensions = vec![twice.clone(), twice];
+    let err = CertificateSigningRequest::from_der(long.serialize_request(&key).unwrap().der()).unwrap_err().to_string();
+    assert!(err.contains("the CSR repeats extension 2a ") && err.contains("(6001 bytes)") && err.len() < 200, "{err}");
     // The last subidentifier left unfinished: refused, by whichever reader meets it first.
     let unfinished = patched(san, &[0x55, 0x1d, 0x81, 0x11], &[0x55, 0x1d, 0x81, 0x91]);
     assert!(CertificateSigningRequest::from_der(&unfinished).is_err());
