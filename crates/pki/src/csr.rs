@@ -161,7 +161,7 @@ impl CertificateSigningRequest {
                 .subject
                 .iter_attributes()
                 .map(|a| SubjectAttribute {
-                    oid: a.attr_type().to_id_string(),
+                    oid: oid_text(a.attr_type()),
                     // A value that is not a string matches only a `*` pattern.
                     value: a.as_str().map(str::to_string).ok(),
                 })

@@ -370,6 +370,13 @@ fn csrs_with_padded_or_unfinished_oids_are_refused() {
     long.custom_extensions = vec![twice.clone(), twice];
     let err = CertificateSigningRequest::from_der(long.serialize_request(&key).unwrap().der()).unwrap_err().to_string();
     assert!(err.contains("the CSR repeats extension 2a ") && err.contains("(6001 bytes)") && err.len() < 200, "{err}");
+    // So does what the policy reports of a subject attribute's type.
+    let mut subject = rcgen::CertificateParams::default();
+    subject.distinguished_name = rcgen::DistinguishedName::new();
+    subject.distinguished_name.push(rcgen::DnType::CustomDnType(arcs.clone()), "x");
+    let csr = CertificateSigningRequest::from_der(subject.serialize_request(&key).unwrap().der()).unwrap();
+    let oid = &csr.subject_attributes()[0].oid;
+    assert!(oid.starts_with("2a ") && oid.ends_with("(6001 bytes)") && oid.len() < 100, "{oid}");
     // The last subidentifier left unfinished: refused, by whichever reader meets it first.
     let unfinished = patched(san, &[0x55, 0x1d, 0x81, 0x11], &[0x55, 0x1d, 0x81, 0x91]);
     assert!(CertificateSigningRequest::from_der(&unfinished).is_err());

@@ -238,7 +238,7 @@ pub fn extended_from_x509(eku: &x509_parser::extensions::ExtendedKeyUsage<'_>) -
     .filter(|(set, _)| *set)
     .map(|(_, oid)| oid.to_string())
     .collect();
-    set.extend(eku.other.iter().map(|oid| oid.to_id_string()));
+    set.extend(eku.other.iter().map(super::csr::oid_text));
     set
 }
 

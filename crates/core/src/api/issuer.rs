@@ -50,10 +50,11 @@ pub struct IssuancePolicy {
     pub allowed_dns_names: Option<Vec<String>>,
     /// URI patterns: `*` matches within one path segment
     /// (`spiffe://example.org/svc/*`), `**` matches anything. SPIFFE IDs of a
-    /// mesh's trust domain, and URIs of the form `spiffe://<any>/ns/<ns>/sa/<sa>`
-    /// (istiod reads them as identities), need a literal entry, or, for a
-    /// ClusterIssuer, `spiffe://<trust domain>` literally, which grants the
-    /// whole trust domain.
+    /// mesh's trust domain, and any URI with `/ns/` in it (Istio reads it as an
+    /// identity or a namespace), must be exactly
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>` and need a literal entry, or, for a
+    /// ClusterIssuer and a mesh's trust domain, `spiffe://<trust domain>`
+    /// literally, which grants the whole trust domain.
     #[serde(default, rename = "allowedURIs", skip_serializing_if = "Option::is_none")]
     pub allowed_uris: Option<Vec<String>>,
     /// CIDR ranges, such as `10.0.0.0/8` or `fd00::/8`.

@@ -210,6 +210,10 @@ impl Policy {
     /// as `spiffe://<trust domain>`. A namespaced Issuer grants identities
     /// of its own namespace only.
     fn check_uri(&self, violations: &mut Vec<Violation>, uri: &str, issuer_namespace: Option<&str>, tenancy: &Tenancy) {
+        if uri.contains(',') {
+            violations.push(Violation::CommaInName { what: "URI", name: uri.to_string() });
+            return;
+        }
         let allowed = self.uris.iter().any(|p| glob::matches(p, uri, &['/']));
         let Some(why) = tenancy.protected_uri(uri) else {
             if !allowed {
@@ -223,8 +227,10 @@ impl Policy {
             return;
         };
         let literal = self.uris.iter().any(|p| p == uri);
-        let whole_domain =
-            self.uris.iter().any(|p| p.eq_ignore_ascii_case(&format!("spiffe://{}", identity.trust_domain)));
+        // Only a mesh's own trust domain can be granted whole: istiod compares no trust domain, so
+        // another one's would grant every namespace's identities.
+        let whole_domain = tenancy.is_mesh_trust_domain(&identity.trust_domain)
+            && self.uris.iter().any(|p| p.eq_ignore_ascii_case(&format!("spiffe://{}", identity.trust_domain)));
         let uri = uri.to_string();
         match issuer_namespace {
             Some(ns) if identity.namespace != ns => {
@@ -286,6 +292,10 @@ impl Policy {
     }
 
     fn check_email(&self, violations: &mut Vec<Violation>, what: &'static str, email: &str) {
+        if email.contains(',') {
+            violations.push(Violation::CommaInName { what, name: email.to_string() });
+            return;
+        }
         // Never an identity by another name: istiod reads any SAN entry of that form as one.
         if email.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:")) {
             violations.push(Violation::EmailLooksLikeIdentity { what, email: email.to_string() });
@@ -312,6 +322,12 @@ impl Policy {
         tenancy: &Tenancy,
     ) {
         let name = attribute_name(&attribute.oid);
+        // Envoy's principal is the subject when a certificate has no URI or DNS SAN, and Istio
+        // matches a namespace as /ns/<namespace>/ anywhere in it.
+        if let Some(value) = attribute.value.as_deref().filter(|v| v.to_ascii_lowercase().contains("/ns/")) {
+            violations.push(Violation::SubjectLooksLikeIdentity { name: name.to_string(), value: value.to_string() });
+            return;
+        }
         let Some(value) = &attribute.value else {
             let ok = self.subject_attributes.get(&attribute.oid).is_some_and(|ps| ps.iter().any(|p| p == "*"));
             if !ok {
@@ -694,9 +710,33 @@ pub(super) mod tests {
         assert!(e.contains("never grants identities of another namespace"), "{e}");
         let own = names(&[], &["spiffe://evil.example/ns/team-a/sa/web"], &[], &[]);
         assert_eq!(check_in("team-a", &literal, &own), Ok(()));
-        // Not of that form, so not an identity to istiod: an ordinary URI.
-        let deeper = names(&[], &["spiffe://evil.example/ns/istio-system/sa/istiod/x"], &[], &[]);
-        assert_eq!(check(&policy("allowedURIs: ['spiffe://evil.example/**']"), &deeper, &[], false, &[]), Ok(()));
+        // Not of that form, but a namespace to an authorization policy: never issued.
+        for uri in ["spiffe://evil.example/ns/istio-system/sa/istiod/x", "https://example.org/ns/istio-system/"] {
+            let p = policy(&format!("allowedURIs: ['**', '{uri}']"));
+            let e = check(&p, &names(&[], &[uri], &[], &[]), &[], false, &[]).unwrap_err();
+            assert!(e.contains("is not a workload identity of the form"), "{uri}: {e}");
+        }
+        // A foreign trust domain cannot be granted whole: istiod would take it for every namespace's.
+        let whole = policy("allowedURIs: ['spiffe://evil.example', 'spiffe://evil.example/ns/*/sa/*']");
+        let e = check(&whole, &n, &[], false, &[]).unwrap_err();
+        assert!(e.contains("only a literal entry"), "{e}");
+        // A comma: istiod's CA joins a caller's SANs with commas and splits them again.
+        let commas = policy("allowedURIs: ['https://example.org/**']\nallowedEmails: ['*@example.com']");
+        let smuggled = "spiffe://cluster.local/ns/victim/sa/admin";
+        let n =
+            names(&[], &[&format!("https://example.org/a,{smuggled}")], &[], &[&format!("a,{smuggled},b@example.com")]);
+        let e = check(&commas, &n, &[], false, &[]).unwrap_err();
+        assert!(e.contains("URI") && e.contains("email") && e.matches("contains a comma").count() == 2, "{e}");
+        // A subject value that reads as a namespace, where Envoy falls back to the subject.
+        let e = check(
+            &policy("allowedCommonNames: ['*']"),
+            &names(&[], &[], &[], &[]),
+            &["x/ns/victim/sa/admin"],
+            false,
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("reads as a namespace"), "{e}");
         // The same identity as an email SAN, under an email pattern that matches it.
         let emails = policy("allowedEmails: ['*@example.com']");
         for email in

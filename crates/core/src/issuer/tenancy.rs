@@ -142,12 +142,22 @@ impl Tenancy {
     /// one of the form `spiffe://<any>/ns/<ns>/sa/<sa>` for an identity of that
     /// namespace whatever its trust domain ([`istio_reads_identity`]).
     pub fn protected_uri(&self, uri: &str) -> Option<Protection> {
-        let domain = spiffe_trust_domain(uri)?;
-        if let Some(meshes) = self.trust_domains.get(&domain) {
+        if let Some(meshes) = spiffe_trust_domain(uri).and_then(|domain| self.trust_domains.get(&domain)) {
             return Some(Protection(format!("it is a workload identity of mesh {}", meshes.join(", "))));
         }
-        istio_reads_identity(uri)
-            .then(|| Protection("istiod reads it as a workload identity, whatever its trust domain".into()))
+        if istio_reads_identity(uri) {
+            return Some(Protection("istiod reads it as a workload identity, whatever its trust domain".into()));
+        }
+        // Istio compiles `source.namespaces: [n]` to the principal pattern `.*/ns/n/.*`, and
+        // Envoy's principal is a certificate's first URI SAN, whatever its scheme or domain.
+        uri.to_ascii_lowercase().contains("/ns/").then(|| {
+            Protection("Istio's authorization policies read /ns/<namespace>/ anywhere in a URI as a namespace".into())
+        })
+    }
+
+    /// Whether `domain` is a mesh's trust domain (compared in lowercase).
+    pub fn is_mesh_trust_domain(&self, domain: &str) -> bool {
+        self.trust_domains.contains_key(&domain.to_ascii_lowercase())
     }
 
     /// Every protected DNS name in the forms clients dial (`.svc` and
@@ -291,16 +301,14 @@ mod tests {
             "spiffe://other.domain/ns/a/sa/b",
             "spiffe:///ns//sa/",
             "spiffe://other.domain/ns/a/sa/b?x",
+            // Any URI an authorization policy's namespace pattern matches.
+            "spiffe://other.domain/ns/a/sa/b/c",
+            "SPIFFE://other.domain/ns/a/sa/b",
+            "https://example.org/NS/victim/",
         ] {
             assert!(t.protected_uri(uri).is_some(), "{uri}");
         }
-        for uri in [
-            "spiffe://other.domain/svc/a",
-            "spiffe://other.domain/ns/a/sa/b/c",
-            "SPIFFE://other.domain/ns/a/sa/b",
-            "https://cluster.local/ns/a",
-            "urn:x",
-        ] {
+        for uri in ["spiffe://other.domain/svc/a", "https://example.org/nsx/a", "urn:x"] {
             assert_eq!(t.protected_uri(uri), None, "{uri}");
         }
     }

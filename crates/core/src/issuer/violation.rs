@@ -153,6 +153,31 @@ pub enum Violation {
         /// The address asked for.
         email: String,
     },
+    /// A URI or email with a comma: istiod's CA joins a caller's SANs with commas and splits them
+    /// again, so one entry could become several, a workload identity among them.
+    #[error(
+        "{what} {} contains a comma, which istiod's CA splits SAN lists on; never issued",
+        shown(.name)
+    )]
+    CommaInName {
+        /// "URI", "email" or "subject emailAddress".
+        what: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+    /// A subject value with `/ns/` in it, which Istio's authorization policies match as a
+    /// namespace when Envoy takes the subject for the principal.
+    #[error(
+        "subject attribute {name}={} reads as a namespace to Istio's authorization policies (/ns/ in it); \
+         never issued",
+        shown(.value)
+    )]
+    SubjectLooksLikeIdentity {
+        /// The attribute's short name or dotted OID.
+        name: String,
+        /// The value asked for.
+        value: String,
+    },
     /// An email address that istiod would read as a workload identity.
     #[error(
         "{what} {} starts with spiffe:, and istiod reads every SAN entry, whatever its type, as a workload \
