@@ -50,7 +50,7 @@ pub struct IssuancePolicy {
     pub allowed_dns_names: Option<Vec<String>>,
     /// URI patterns: `*` matches within one path segment
     /// (`spiffe://example.org/svc/*`), `**` matches anything. SPIFFE IDs of a
-    /// mesh's trust domain, and any URI with `/ns/` in it (Istio reads it as an
+    /// mesh's trust domain, and any URI with `/ns/` or `/sa/` in it (Istio reads it as an
     /// identity or a namespace), must be exactly
     /// `spiffe://<td>/ns/<ns>/sa/<sa>` and need a literal entry, or, for a
     /// ClusterIssuer and a mesh's trust domain, `spiffe://<trust domain>`
@@ -61,7 +61,7 @@ pub struct IssuancePolicy {
     #[serde(default, rename = "allowedIPRanges", skip_serializing_if = "Option::is_none")]
     pub allowed_ip_ranges: Option<Vec<String>>,
     /// Email patterns: `*` matches within the local part or one domain label.
-    /// An address that starts with `spiffe:` is never issued.
+    /// Only plain `local@domain` addresses are issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_emails: Option<Vec<String>>,
     /// Common name patterns (`*` matches anything). A common name is also

@@ -226,6 +226,11 @@ impl Policy {
             violations.push(Violation::UriNotWorkloadIdentity { uri: uri.to_string(), why });
             return;
         };
+        // In spiffe://ns/ns/<n>/... Istio's pattern .*/ns/ns/.* finds namespace "ns" as well.
+        if identity.trust_domain == "ns" {
+            violations.push(Violation::UriNotWorkloadIdentity { uri: uri.to_string(), why });
+            return;
+        }
         let literal = self.uris.iter().any(|p| p == uri);
         // Only a mesh's own trust domain can be granted whole: istiod compares no trust domain, so
         // another one's would grant every namespace's identities.
@@ -301,6 +306,12 @@ impl Policy {
             violations.push(Violation::EmailLooksLikeIdentity { what, email: email.to_string() });
             return;
         }
+        // istiod's CA turns a SAN entry it cannot classify into a DNS name, which Envoy takes for
+        // the principal when there is no URI: no `/` (so no `/ns/`) may ride along.
+        if !is_plain_email(email) {
+            violations.push(Violation::EmailNotPlain { what, email: email.to_string() });
+            return;
+        }
         // `*` stays within the local part, or within one label of the domain.
         let matches = |pattern: &str| {
             let email = email.to_ascii_lowercase();
@@ -328,11 +339,10 @@ impl Policy {
             violations.push(Violation::SubjectLooksLikeIdentity { name: name.to_string(), value: value.to_string() });
             return;
         }
+        // A value of another string type (BMP, Teletex, Universal...) would pass no check here and
+        // still be text to Envoy, which reads the subject as the principal when there is no SAN.
         let Some(value) = &attribute.value else {
-            let ok = self.subject_attributes.get(&attribute.oid).is_some_and(|ps| ps.iter().any(|p| p == "*"));
-            if !ok {
-                violations.push(Violation::AttributeNotString(name.to_string()));
-            }
+            violations.push(Violation::AttributeNotString(name.to_string()));
             return;
         };
         match attribute.oid.as_str() {
@@ -403,6 +413,14 @@ fn attribute_name(oid: &str) -> &str {
         OID_EMAIL_ADDRESS => "emailAddress",
         _ => ATTRIBUTE_NAMES.iter().find(|(_, o)| *o == oid).map_or(oid, |(n, _)| n),
     }
+}
+
+/// `local@domain` with a local part of RFC 5322 atext and dots, without `/`, and a DNS name for
+/// the domain.
+fn is_plain_email(email: &str) -> bool {
+    let Some((local, domain)) = email.rsplit_once('@') else { return false };
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+=?^_`{|}~.-".contains(c);
+    !local.is_empty() && local.chars().all(atext) && crate::names::is_dns_name(domain)
 }
 
 #[cfg(test)]
@@ -518,7 +536,10 @@ pub(super) mod tests {
         for (oid, name) in [(OID_COMMON_NAME, "CN"), (OID_EMAIL_ADDRESS, "emailAddress"), ("2.5.4.10", "O")] {
             let subject = [SubjectAttribute { oid: oid.into(), value: None }];
             let e = check_subject(&p, &names(&[], &[], &[], &[]), &subject, false, &[]).unwrap_err();
-            assert_eq!(e, format!("subject attribute {name} has a non-string value, allowed only by \"*\""));
+            assert!(
+                e.starts_with(&format!("subject attribute {name} has a value meshroot does not read as text")),
+                "{e}"
+            );
         }
     }
 
@@ -632,9 +653,11 @@ pub(super) mod tests {
         ] {
             assert!(e.contains(part), "missing {part:?} in {e}");
         }
-        let opaque = vec![SubjectAttribute { oid: "2.5.4.10".into(), value: None }];
-        let e = check_subject(&policy("allowedSubjectAttributes: {O: ['x']}"), &none, &opaque, false, &[]).unwrap_err();
-        assert!(e.contains("non-string value"), "{e}");
+        // A value in a string type meshroot does not read (a BMPString, say): never, even under "*".
+        let opaque = vec![SubjectAttribute { oid: "2.5.4.11".into(), value: None }];
+        let e =
+            check_subject(&policy("allowedSubjectAttributes: {OU: ['*']}"), &none, &opaque, false, &[]).unwrap_err();
+        assert!(e.contains("has a value meshroot does not read as text"), "{e}");
     }
 
     #[test]
@@ -727,6 +750,32 @@ pub(super) mod tests {
             names(&[], &[&format!("https://example.org/a,{smuggled}")], &[], &[&format!("a,{smuggled},b@example.com")]);
         let e = check(&commas, &n, &[], false, &[]).unwrap_err();
         assert!(e.contains("URI") && e.contains("email") && e.matches("contains a comma").count() == 2, "{e}");
+        // The trust domain "ns" would put a second namespace in front of the real one.
+        let ns_domain = policy("allowedURIs: ['spiffe://ns/ns/team-a/sa/web']");
+        let e = check_in("team-a", &ns_domain, &names(&[], &["spiffe://ns/ns/team-a/sa/web"], &[], &[])).unwrap_err();
+        assert!(e.contains("is not a workload identity of the form"), "{e}");
+        // A principal pattern such as */sa/admin matches a URI without /ns/.
+        let e = check(
+            &policy("allowedURIs: ['**']"),
+            &names(&[], &["spiffe://foreign.example/sa/admin"], &[], &[]),
+            &[],
+            false,
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("is protected"), "{e}");
+        // An email istiod's CA would turn into a DNS name with /ns/ in it, and other non-plain forms.
+        let open_emails = policy("allowedEmails: ['*@example.com', '*@*']");
+        for email in
+            ["x/ns/victim/y@example.com", "a@b@example.com", "\"x\"@example.com", "x@exa_mple..com", "@example.com"]
+        {
+            let e = check(&open_emails, &names(&[], &[], &[], &[email]), &[], false, &[]).unwrap_err();
+            assert!(e.contains("is not a plain address"), "{email}: {e}");
+        }
+        assert_eq!(
+            check(&open_emails, &names(&[], &[], &[], &["first.last+tag@example.com"]), &[], false, &[]),
+            Ok(())
+        );
         // A subject value that reads as a namespace, where Envoy falls back to the subject.
         let e = check(
             &policy("allowedCommonNames: ['*']"),

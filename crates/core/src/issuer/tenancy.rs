@@ -148,10 +148,14 @@ impl Tenancy {
         if istio_reads_identity(uri) {
             return Some(Protection("istiod reads it as a workload identity, whatever its trust domain".into()));
         }
-        // Istio compiles `source.namespaces: [n]` to the principal pattern `.*/ns/n/.*`, and
-        // Envoy's principal is a certificate's first URI SAN, whatever its scheme or domain.
-        uri.to_ascii_lowercase().contains("/ns/").then(|| {
-            Protection("Istio's authorization policies read /ns/<namespace>/ anywhere in a URI as a namespace".into())
+        // Istio compiles `source.namespaces: [n]` to the principal pattern `.*/ns/n/.*`, and a
+        // principal `*/sa/s` to `spiffe://.*/sa/s`; Envoy's principal is a certificate's first
+        // URI SAN, whatever its scheme or domain.
+        let lower = uri.to_ascii_lowercase();
+        (lower.contains("/ns/") || lower.contains("/sa/")).then(|| {
+            Protection(
+                "Istio's authorization policies read /ns/<namespace>/ and /sa/<account> anywhere in a URI".into(),
+            )
         })
     }
 
@@ -308,6 +312,7 @@ mod tests {
         ] {
             assert!(t.protected_uri(uri).is_some(), "{uri}");
         }
+        assert!(t.protected_uri("spiffe://foreign.example/sa/admin").is_some());
         for uri in ["spiffe://other.domain/svc/a", "https://example.org/nsx/a", "urn:x"] {
             assert_eq!(t.protected_uri(uri), None, "{uri}");
         }

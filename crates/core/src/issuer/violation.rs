@@ -178,6 +178,18 @@ pub enum Violation {
         /// The value asked for.
         value: String,
     },
+    /// An email address outside the plain `local@domain` form meshroot issues.
+    #[error(
+        "{what} {} is not a plain address (letters, digits and !#$%&'*+=?^_`{{|}}~.- before one @, a DNS name \
+         after it): istiod's CA would turn it into a DNS name that authorization policies match; never issued",
+        shown(.email)
+    )]
+    EmailNotPlain {
+        /// "email" (a SAN) or "subject emailAddress".
+        what: &'static str,
+        /// The address asked for.
+        email: String,
+    },
     /// An email address that istiod would read as a workload identity.
     #[error(
         "{what} {} starts with spiffe:, and istiod reads every SAN entry, whatever its type, as a workload \
@@ -191,7 +203,10 @@ pub enum Violation {
         email: String,
     },
     /// A subject attribute whose value is not a string, without a `"*"` grant.
-    #[error("subject attribute {0} has a non-string value, allowed only by \"*\"")]
+    #[error(
+        "subject attribute {0} has a value meshroot does not read as text (not a UTF8, Printable, IA5 or \
+         Numeric string); never issued, since verifiers may read it as text that no check saw"
+    )]
     AttributeNotString(String),
     /// A subject attribute no `allowedSubjectAttributes` entry matches.
     #[error("subject attribute {name}={} is not allowed by policy.allowedSubjectAttributes", shown(.value))]
