@@ -162,7 +162,7 @@ impl CertificateSigningRequest {
                 .iter_attributes()
                 .map(|a| SubjectAttribute {
                     oid: oid_text(a.attr_type()),
-                    // A value that is not a string matches only a `*` pattern.
+                    // None for a value in a string type x509-parser does not decode: never issued.
                     value: a.as_str().map(str::to_string).ok(),
                 })
                 .collect(),

@@ -228,7 +228,7 @@ impl Policy {
         };
         // In spiffe://ns/ns/<n>/... Istio's pattern .*/ns/ns/.* finds namespace "ns" as well.
         if identity.trust_domain == "ns" {
-            violations.push(Violation::UriNotWorkloadIdentity { uri: uri.to_string(), why });
+            violations.push(Violation::TrustDomainNs(uri.to_string()));
             return;
         }
         let literal = self.uris.iter().any(|p| p == uri);
@@ -415,12 +415,14 @@ fn attribute_name(oid: &str) -> &str {
     }
 }
 
-/// `local@domain` with a local part of RFC 5322 atext and dots, without `/`, and a DNS name for
-/// the domain.
+/// `local@domain` with an RFC 5322 dot-atom local part without `/`, and a DNS name without a
+/// wildcard for the domain.
 fn is_plain_email(email: &str) -> bool {
     let Some((local, domain)) = email.rsplit_once('@') else { return false };
-    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+=?^_`{|}~.-".contains(c);
-    !local.is_empty() && local.chars().all(atext) && crate::names::is_dns_name(domain)
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+=?^_`{|}~-".contains(c);
+    local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext))
+        && !domain.starts_with('*')
+        && crate::names::is_dns_name(domain)
 }
 
 #[cfg(test)]
@@ -753,7 +755,7 @@ pub(super) mod tests {
         // The trust domain "ns" would put a second namespace in front of the real one.
         let ns_domain = policy("allowedURIs: ['spiffe://ns/ns/team-a/sa/web']");
         let e = check_in("team-a", &ns_domain, &names(&[], &["spiffe://ns/ns/team-a/sa/web"], &[], &[])).unwrap_err();
-        assert!(e.contains("is not a workload identity of the form"), "{e}");
+        assert!(e.contains("has the trust domain ns"), "{e}");
         // A principal pattern such as */sa/admin matches a URI without /ns/.
         let e = check(
             &policy("allowedURIs: ['**']"),
@@ -767,7 +769,9 @@ pub(super) mod tests {
         // An email istiod's CA would turn into a DNS name with /ns/ in it, and other non-plain forms.
         let open_emails = policy("allowedEmails: ['*@example.com', '*@*']");
         for email in
-            ["x/ns/victim/y@example.com", "a@b@example.com", "\"x\"@example.com", "x@exa_mple..com", "@example.com"]
+            ["x/ns/victim/y@example.com", "a@b@example.com", "\"x\"@example.com", "x@example..com", "@example.com"]
+                .into_iter()
+                .chain([".x@example.com", "x.@example.com", "x..y@example.com", "x@*.example.com"])
         {
             let e = check(&open_emails, &names(&[], &[], &[], &[email]), &[], false, &[]).unwrap_err();
             assert!(e.contains("is not a plain address"), "{email}: {e}");

@@ -178,10 +178,18 @@ pub enum Violation {
         /// The value asked for.
         value: String,
     },
+    /// An identity in the trust domain `ns`.
+    #[error(
+        "URI {} has the trust domain ns, so Istio's namespace pattern .*/ns/<namespace>/.* would also read \
+         it as namespace \"ns\"; never issued",
+        shown(.0)
+    )]
+    TrustDomainNs(String),
     /// An email address outside the plain `local@domain` form meshroot issues.
     #[error(
-        "{what} {} is not a plain address (letters, digits and !#$%&'*+=?^_`{{|}}~.- before one @, a DNS name \
-         after it): istiod's CA would turn it into a DNS name that authorization policies match; never issued",
+        "{what} {} is not a plain address (dot-separated letters, digits and !#$%&'*+=?^_`{{|}}~- before one @, \
+         a DNS name without a wildcard after it): istiod's CA would turn it into a DNS name that authorization \
+         policies match; never issued",
         shown(.email)
     )]
     EmailNotPlain {
@@ -202,7 +210,7 @@ pub enum Violation {
         /// The address asked for.
         email: String,
     },
-    /// A subject attribute whose value is not a string, without a `"*"` grant.
+    /// A subject attribute whose value is not in a string type meshroot reads as text.
     #[error(
         "subject attribute {0} has a value meshroot does not read as text (not a UTF8, Printable, IA5 or \
          Numeric string); never issued, since verifiers may read it as text that no check saw"
