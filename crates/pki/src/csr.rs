@@ -11,7 +11,7 @@ use super::usage::{KeyUsage, extended_from_x509};
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use x509_parser::asn1_rs::{Oid, Tag, oid};
+use x509_parser::asn1_rs::{Oid, oid};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension, SubjectAlternativeName, X509Extension};
@@ -91,7 +91,7 @@ impl CertificateSigningRequest {
             return Err(PkiError::Der("trailing bytes after the CSR".into()));
         }
         let info = &csr.certification_request_info;
-        check_oids_are_canonical(&csr)?;
+        let extensions = check_oids_are_canonical(&csr)?;
         let key_kind = classify_spki(&info.subject_pki)?;
         check_signature_algorithm(&csr, key_kind)?;
         csr.verify_signature().map_err(|e| PkiError::CsrSignature(e.to_string()))?;
@@ -103,7 +103,7 @@ impl CertificateSigningRequest {
         let mut key_usage = None;
         let mut extended_key_usage = None;
         let mut extension_oids = Vec::new();
-        if let Some(extensions) = requested_extensions(&csr)? {
+        if let Some(extensions) = extensions {
             for (i, ext) in extensions.iter().enumerate() {
                 // Compared as encoded; dotted text only for what is reported.
                 if ext.oid.as_bytes() == OID_SAN {
@@ -257,7 +257,8 @@ impl CertificateSigningRequest {
 /// subidentifier (`55 1d 80 11`) as 2.5.29.17 like the real encoding (`55 1d 11`), while
 /// x509-parser and certificate verifiers match OIDs by their bytes: a CSR that means one thing to
 /// one reader and another to the next is refused before anything is read from it.
-fn check_oids_are_canonical(csr: &X509CertificationRequest<'_>) -> Result<()> {
+/// Returns the requested extensions, which it had to find.
+fn check_oids_are_canonical<'b>(csr: &'b X509CertificationRequest<'_>) -> Result<Option<&'b [X509Extension<'b>]>> {
     let info = &csr.certification_request_info;
     let check = |what: &str, oid: &Oid<'_>| {
         if !is_canonical_oid(oid.as_bytes()) {
@@ -278,9 +279,7 @@ fn check_oids_are_canonical(csr: &X509CertificationRequest<'_>) -> Result<()> {
     };
     check("signature algorithm", &csr.signature_algorithm.algorithm)?;
     check("key algorithm", &info.subject_pki.algorithm.algorithm)?;
-    // An EC key's parameters name its curve; an RSA key's are NULL, which as_oid() reads as empty.
-    let parameters = info.subject_pki.algorithm.parameters.as_ref().filter(|p| p.tag() == Tag::Oid);
-    if let Some(curve) = parameters.and_then(|p| p.as_oid().ok()) {
+    if let Some(curve) = super::keys::named_curve(&info.subject_pki.algorithm) {
         check("curve", &curve)?;
     }
     for attribute in info.subject.iter_attributes() {
@@ -289,7 +288,8 @@ fn check_oids_are_canonical(csr: &X509CertificationRequest<'_>) -> Result<()> {
     for attribute in info.iter_attributes() {
         check("request attribute", &attribute.oid)?;
     }
-    for ext in requested_extensions(csr)?.unwrap_or_default() {
+    let extensions = requested_extensions(csr)?;
+    for ext in extensions.unwrap_or_default() {
         check("extension", &ext.oid)?;
         if let ParsedExtension::ExtendedKeyUsage(eku) = ext.parsed_extension() {
             for usage in &eku.other {
@@ -297,7 +297,7 @@ fn check_oids_are_canonical(csr: &X509CertificationRequest<'_>) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(extensions)
 }
 
 /// Whether `content` (an OID's bytes, without tag and length) is canonical DER: not empty, no

@@ -5,9 +5,10 @@ use super::pem;
 use rcgen::{KeyPair, PublicKeyData};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 use std::fmt;
-use x509_parser::asn1_rs::{Tag, oid};
+use x509_parser::asn1_rs::{Oid, Tag, oid};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
+use x509_parser::x509::AlgorithmIdentifier;
 use x509_parser::x509::SubjectPublicKeyInfo;
 use zeroize::Zeroizing;
 
@@ -129,18 +130,14 @@ pub fn classify_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKeyKind> {
             Ok(PublicKeyKind::Rsa { bits })
         }
         OID_EC => {
-            // Only an OID names a curve: as_oid() reads NULL (or any other value) as an empty one.
-            let curve =
-                spki.algorithm.parameters.as_ref().filter(|p| p.tag() == Tag::Oid).and_then(|p| p.as_oid().ok());
-            match curve.as_ref().map(|c| c.as_bytes()) {
-                Some(OID_P256) => Ok(PublicKeyKind::EcdsaP256),
-                Some(OID_P384) => Ok(PublicKeyKind::EcdsaP384),
-                Some(OID_P521) => Err(PkiError::UnsupportedKey("ECDSA P-521 (use P-256 or P-384)".into())),
-                None => Err(PkiError::UnsupportedKey("EC key without a named curve".into())),
-                Some(_) => Err(PkiError::UnsupportedKey(format!(
-                    "EC curve {}",
-                    curve.map(|c| super::csr::oid_text(&c)).unwrap_or_default()
-                ))),
+            let Some(curve) = named_curve(&spki.algorithm) else {
+                return Err(PkiError::UnsupportedKey("EC key without a named curve".into()));
+            };
+            match curve.as_bytes() {
+                OID_P256 => Ok(PublicKeyKind::EcdsaP256),
+                OID_P384 => Ok(PublicKeyKind::EcdsaP384),
+                OID_P521 => Err(PkiError::UnsupportedKey("ECDSA P-521 (use P-256 or P-384)".into())),
+                _ => Err(PkiError::UnsupportedKey(format!("EC curve {}", super::csr::oid_text(&curve)))),
             }
         }
         OID_ED25519 => Ok(PublicKeyKind::Ed25519),
@@ -149,6 +146,12 @@ pub fn classify_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKeyKind> {
         OID_RSA_PSS => Err(PkiError::UnsupportedKey("RSASSA-PSS-only keys are not accepted".into())),
         _ => Err(PkiError::UnsupportedKey(format!("key algorithm {}", super::csr::oid_text(alg)))),
     }
+}
+
+/// The curve an algorithm's parameters name. Only an OID names one: `as_oid()` reads NULL (an
+/// RSA key's parameters) or any other value as an empty OID.
+pub(crate) fn named_curve<'a>(algorithm: &'a AlgorithmIdentifier<'_>) -> Option<Oid<'a>> {
+    algorithm.parameters.as_ref().filter(|p| p.tag() == Tag::Oid).and_then(|p| p.as_oid().ok())
 }
 
 /// Classifies a DER SubjectPublicKeyInfo.

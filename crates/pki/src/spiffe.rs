@@ -136,15 +136,26 @@ impl WorkloadIdentity {
     /// Parses `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`; any other path is refused.
     pub fn parse(input: &str) -> Result<Self> {
         let (trust_domain, path) = split(input)?;
-        let mut parts = path.split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(""), Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Ok(Self {
+        match namespace_and_account(path) {
+            Some((ns, sa)) => Ok(Self {
                 trust_domain: trust_domain.to_string(),
                 namespace: ns.to_string(),
                 service_account: sa.to_string(),
             }),
-            _ => Err(err("an Istio identity has the form spiffe://<trust domain>/ns/<namespace>/sa/<service account>")),
+            None => {
+                Err(err("an Istio identity has the form spiffe://<trust domain>/ns/<namespace>/sa/<service account>"))
+            }
         }
+    }
+}
+
+/// The namespace and service account of a path `/ns/<namespace>/sa/<service account>`, with
+/// any (even empty) segments and no others, as Istio's `spiffe.ParseIdentity` splits it.
+pub fn namespace_and_account(path: &str) -> Option<(&str, &str)> {
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(""), Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
+        _ => None,
     }
 }
 

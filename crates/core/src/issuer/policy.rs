@@ -4,7 +4,7 @@
 //! by a literal entry.
 
 use super::glob;
-use super::tenancy::Tenancy;
+use super::tenancy::{Tenancy, contains_ignore_ascii_case};
 use super::violation::{Violation, Violations};
 use crate::api::issuer::IssuancePolicy;
 use crate::duration;
@@ -234,8 +234,9 @@ impl Policy {
         let literal = self.uris.iter().any(|p| p == uri);
         // Only a mesh's own trust domain can be granted whole: istiod compares no trust domain, so
         // another one's would grant every namespace's identities.
+        let domain_grant = format!("spiffe://{}", identity.trust_domain);
         let whole_domain = tenancy.is_mesh_trust_domain(&identity.trust_domain)
-            && self.uris.iter().any(|p| p.eq_ignore_ascii_case(&format!("spiffe://{}", identity.trust_domain)));
+            && self.uris.iter().any(|p| p.eq_ignore_ascii_case(&domain_grant));
         let uri = uri.to_string();
         match issuer_namespace {
             Some(ns) if identity.namespace != ns => {
@@ -313,12 +314,11 @@ impl Policy {
             return;
         }
         // `*` stays within the local part, or within one label of the domain.
-        let matches = |pattern: &str| {
-            let email = email.to_ascii_lowercase();
-            match (pattern.rsplit_once('@'), email.rsplit_once('@')) {
-                (Some((pl, pd)), Some((el, ed))) => glob::matches(pl, el, &[]) && glob::matches(pd, ed, &['.']),
-                _ => false,
-            }
+        let lowercase = email.to_ascii_lowercase();
+        let asked = lowercase.rsplit_once('@');
+        let matches = |pattern: &str| match (pattern.rsplit_once('@'), asked) {
+            (Some((pl, pd)), Some((el, ed))) => glob::matches(pl, el, &[]) && glob::matches(pd, ed, &['.']),
+            _ => false,
         };
         if !self.emails.iter().any(|p| matches(p)) {
             violations.push(Violation::EmailNotAllowed { what, email: email.to_string() });
@@ -335,7 +335,7 @@ impl Policy {
         let name = attribute_name(&attribute.oid);
         // Envoy's principal is the subject when a certificate has no URI or DNS SAN, and Istio
         // matches a namespace as /ns/<namespace>/ anywhere in it.
-        if let Some(value) = attribute.value.as_deref().filter(|v| v.to_ascii_lowercase().contains("/ns/")) {
+        if let Some(value) = attribute.value.as_deref().filter(|v| contains_ignore_ascii_case(v, "/ns/")) {
             violations.push(Violation::SubjectLooksLikeIdentity { name: name.to_string(), value: value.to_string() });
             return;
         }
@@ -757,22 +757,23 @@ pub(super) mod tests {
         let e = check_in("team-a", &ns_domain, &names(&[], &["spiffe://ns/ns/team-a/sa/web"], &[], &[])).unwrap_err();
         assert!(e.contains("has the trust domain ns"), "{e}");
         // A principal pattern such as */sa/admin matches a URI without /ns/.
-        let e = check(
-            &policy("allowedURIs: ['**']"),
-            &names(&[], &["spiffe://foreign.example/sa/admin"], &[], &[]),
-            &[],
-            false,
-            &[],
-        )
-        .unwrap_err();
+        let leaf = |p: &str, n: RequestedNames, cns: &[&str]| check(&policy(p), &n, cns, false, &[]);
+        let e =
+            leaf("allowedURIs: ['**']", names(&[], &["spiffe://foreign.example/sa/admin"], &[], &[]), &[]).unwrap_err();
         assert!(e.contains("is protected"), "{e}");
         // An email istiod's CA would turn into a DNS name with /ns/ in it, and other non-plain forms.
         let open_emails = policy("allowedEmails: ['*@example.com', '*@*']");
-        for email in
-            ["x/ns/victim/y@example.com", "a@b@example.com", "\"x\"@example.com", "x@example..com", "@example.com"]
-                .into_iter()
-                .chain([".x@example.com", "x.@example.com", "x..y@example.com", "x@*.example.com"])
-        {
+        for email in [
+            "x/ns/victim/y@example.com",
+            "a@b@example.com",
+            "\"x\"@example.com",
+            "x@example..com",
+            "@example.com",
+            ".x@example.com",
+            "x.@example.com",
+            "x..y@example.com",
+            "x@*.example.com",
+        ] {
             let e = check(&open_emails, &names(&[], &[], &[], &[email]), &[], false, &[]).unwrap_err();
             assert!(e.contains("is not a plain address"), "{email}: {e}");
         }
@@ -781,14 +782,7 @@ pub(super) mod tests {
             Ok(())
         );
         // A subject value that reads as a namespace, where Envoy falls back to the subject.
-        let e = check(
-            &policy("allowedCommonNames: ['*']"),
-            &names(&[], &[], &[], &[]),
-            &["x/ns/victim/sa/admin"],
-            false,
-            &[],
-        )
-        .unwrap_err();
+        let e = leaf("allowedCommonNames: ['*']", names(&[], &[], &[], &[]), &["x/ns/victim/sa/admin"]).unwrap_err();
         assert!(e.contains("reads as a namespace"), "{e}");
         // The same identity as an email SAN, under an email pattern that matches it.
         let emails = policy("allowedEmails: ['*@example.com']");

@@ -151,17 +151,16 @@ impl Tenancy {
         // Istio compiles `source.namespaces: [n]` to the principal pattern `.*/ns/n/.*`, and a
         // principal `*/sa/s` to `spiffe://.*/sa/s`; Envoy's principal is a certificate's first
         // URI SAN, whatever its scheme or domain.
-        let lower = uri.to_ascii_lowercase();
-        (lower.contains("/ns/") || lower.contains("/sa/")).then(|| {
+        (contains_ignore_ascii_case(uri, "/ns/") || contains_ignore_ascii_case(uri, "/sa/")).then(|| {
             Protection(
                 "Istio's authorization policies read /ns/<namespace>/ and /sa/<account> anywhere in a URI".into(),
             )
         })
     }
 
-    /// Whether `domain` is a mesh's trust domain (compared in lowercase).
+    /// Whether `domain`, in lowercase as a parsed SPIFFE ID's, is a mesh's trust domain.
     pub fn is_mesh_trust_domain(&self, domain: &str) -> bool {
-        self.trust_domains.contains_key(&domain.to_ascii_lowercase())
+        self.trust_domains.contains_key(domain)
     }
 
     /// Every protected DNS name in the forms clients dial (`.svc` and
@@ -203,12 +202,13 @@ impl Tenancy {
 /// `spiffe://<td>/ns/<ns>/sa/<sa>` with any segments, and its XDS authentication compares only
 /// the namespace and service account.
 pub fn istio_reads_identity(value: &str) -> bool {
-    let Some(rest) = value.strip_prefix("spiffe://") else { return false };
-    let mut parts = rest.split('/');
-    matches!(
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
-        (Some(_), Some("ns"), Some(_), Some("sa"), Some(_), None)
-    )
+    let path = value.strip_prefix("spiffe://").and_then(|rest| rest.find('/').and_then(|i| rest.get(i..)));
+    path.and_then(crate::pki::spiffe::namespace_and_account).is_some()
+}
+
+/// Whether `haystack` contains `needle`, ASCII letters compared without case.
+pub fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// The trust domain (lowercase) of a `spiffe://` URI, scheme matched
