@@ -6,6 +6,7 @@ use super::fixture::{self, Files, TRUST_DOMAIN};
 use crate::auth::AuthenticatorChain;
 use crate::auth::node::TrustedAccountOnly;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
+use crate::ca::connection::ConnectionLimits;
 use crate::ca::rate_limit::RateLimits;
 use crate::ca::server::ServerOptions;
 use crate::ca::service::{CertificateService, ServiceConfig};
@@ -61,7 +62,11 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     // reads this process's CPU time and memory from /proc instead.
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let mut front = FrontEnd::bind(loopback, None, Metrics::new(), std::time::Duration::ZERO).await?;
-    front.serve(tls, service, ServerOptions::default())?;
+    // Production's connection limits, but not per peer, as for the rate limit above.
+    let defaults = ServerOptions::default();
+    let connections =
+        ConnectionLimits { max_connections_per_peer: defaults.connections.max_connections, ..defaults.connections };
+    front.serve(tls, service, ServerOptions { connections, ..defaults })?;
     std::fs::write(files.ready(), front.grpc_addr.port().to_string()).context("writing the ready file")?;
     // The parent keeps our stdin open for as long as it wants us.
     let mut stdin = tokio::io::stdin();

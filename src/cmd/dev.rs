@@ -61,6 +61,7 @@ impl Args {
             trusted_node_accounts: self.trusted_node_accounts,
             serving_names: self.serving_names,
             rate_limits: self.rate_limits.limits(),
+            ..DevOptions::default()
         }
     }
 }

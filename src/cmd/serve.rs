@@ -1,6 +1,7 @@
 //! `meshroot serve`: run until SIGTERM or Ctrl-C, then shut down gracefully.
 
 use super::rate_limits;
+use crate::ca::connection::ConnectionLimits;
 use crate::ca::server::ServerOptions;
 use crate::duration;
 use crate::k8s::leader::LeaseTimings;
@@ -82,13 +83,24 @@ pub struct Args {
     /// The largest header block a request may send, in bytes (at least 8192). Default 65536.
     #[arg(long, env = "MESHROOT_MAX_HEADER_BYTES")]
     max_header_bytes: Option<u32>,
+    /// The most gRPC connections open at once, handshakes included; further ones are closed at accept.
+    /// Default 4096.
+    #[arg(long, env = "MESHROOT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// The most gRPC connections open at once from one IP address. Default 256.
+    #[arg(long, env = "MESHROOT_MAX_CONNECTIONS_PER_PEER")]
+    max_connections_per_peer: Option<usize>,
+    /// A gRPC connection from which nothing was read for this long is closed, within twice as long (0 to
+    /// never); longer than --request-timeout. Default 5m.
+    #[arg(long, env = "MESHROOT_IDLE_TIMEOUT", value_parser = duration::parse_or_zero)]
+    idle_timeout: Option<time::Duration>,
     /// How long the API server has to answer a TokenReview before the request is refused as unavailable.
     /// Default 5s.
     #[arg(long, env = "MESHROOT_TOKEN_REVIEW_TIMEOUT", value_parser = duration::parse)]
     token_review_timeout: Option<time::Duration>,
     /// How long a rejected token is refused from cache without asking again (0 to never; at most 5m).
     /// Default 10s.
-    #[arg(long, env = "MESHROOT_TOKEN_NEGATIVE_CACHE_TTL", value_parser = duration::parse)]
+    #[arg(long, env = "MESHROOT_TOKEN_NEGATIVE_CACHE_TTL", value_parser = duration::parse_or_zero)]
     token_negative_cache_ttl: Option<time::Duration>,
     /// Periodic re-sync of controllers (renewals, drift in istiod namespaces).
     #[arg(long, env = "MESHROOT_RESYNC", default_value = "60s", value_parser = duration::parse)]
@@ -147,6 +159,16 @@ impl Args {
                 request_timeout: or(self.request_timeout, server.request_timeout),
                 max_concurrent_streams: self.max_concurrent_streams.unwrap_or(server.max_concurrent_streams),
                 max_header_list_bytes: self.max_header_bytes.unwrap_or(server.max_header_list_bytes),
+                connections: ConnectionLimits {
+                    max_connections: self.max_connections.unwrap_or(server.connections.max_connections),
+                    max_connections_per_peer: self
+                        .max_connections_per_peer
+                        .unwrap_or(server.connections.max_connections_per_peer),
+                    idle_timeout: match self.idle_timeout {
+                        Some(flag) => Some(std_duration(flag)).filter(|d| !d.is_zero()),
+                        None => server.connections.idle_timeout,
+                    },
+                },
             },
             resync: std_duration(self.resync),
             drain_delay: std_duration(self.drain_delay),
@@ -200,6 +222,12 @@ pub fn describe(opts: &ServeOptions) -> String {
         ("request timeout", humantime::format_duration(opts.server.request_timeout).to_string()),
         ("max concurrent streams", opts.server.max_concurrent_streams.to_string()),
         ("max header bytes", opts.server.max_header_list_bytes.to_string()),
+        ("max connections", opts.server.connections.max_connections.to_string()),
+        ("max connections per peer", opts.server.connections.max_connections_per_peer.to_string()),
+        (
+            "idle timeout",
+            opts.server.connections.idle_timeout.map_or("never".into(), |d| humantime::format_duration(d).to_string()),
+        ),
         ("token review timeout", humantime::format_duration(opts.token.timeout).to_string()),
         ("token negative cache ttl", humantime::format_duration(opts.token.negative_cache_ttl).to_string()),
         ("resync", humantime::format_duration(opts.resync).to_string()),

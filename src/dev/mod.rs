@@ -50,6 +50,8 @@ pub struct DevOptions {
     pub serving_names: Vec<String>,
     /// CreateCertificate rate limits.
     pub rate_limits: RateLimits,
+    /// The gRPC server's timeouts and connection limits: production's.
+    pub server: ServerOptions,
 }
 
 /// The defaults of `meshroot dev`, which its flags show (`cmd::dev`).
@@ -84,6 +86,7 @@ impl Default for DevOptions {
             trusted_node_accounts: vec![defaults::TRUSTED_NODE_ACCOUNT.into()],
             serving_names: Vec::new(),
             rate_limits: RateLimits::default(),
+            server: ServerOptions::default(),
         }
     }
 }
@@ -163,7 +166,7 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
     // No drain delay: nothing routes traffic to a dev server by readiness.
     let mut front =
         FrontEnd::bind(opts.listen, Some(opts.ops_listen), metrics.clone(), std::time::Duration::ZERO).await?;
-    front.serve(tls, service, ServerOptions::default())?;
+    front.serve(tls, service, opts.server.clone())?;
     front.readiness().set(true);
     let (grpc_addr, ops_addr) = (front.grpc_addr, front.ops_addr.unwrap_or(opts.ops_listen));
     Ok(DevServer { grpc_addr, ops_addr, state, metrics, registry, front, _token_watch: token_watch })

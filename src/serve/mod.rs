@@ -171,6 +171,22 @@ impl ServeOptions {
         if server.max_concurrent_streams == 0 {
             problems.push("--max-concurrent-streams must be at least 1".to_string());
         }
+        let connections = &server.connections;
+        if connections.max_connections == 0 || connections.max_connections_per_peer == 0 {
+            problems.push("--max-connections and --max-connections-per-peer must be at least 1".to_string());
+        }
+        // A silent connection may be one waiting for its answer, which comes within the request timeout.
+        if let Some(idle) = connections.idle_timeout
+            && (idle <= server.request_timeout || idle > MAX_IDLE_TIMEOUT)
+        {
+            problems.push(format!(
+                "--idle-timeout ({}) must be 0 (never), or longer than --request-timeout ({}) and at most {}: a \
+                 client waiting for its answer sends nothing",
+                humantime::format_duration(idle),
+                humantime::format_duration(server.request_timeout),
+                humantime::format_duration(MAX_IDLE_TIMEOUT)
+            ));
+        }
         if server.max_header_list_bytes < MIN_HEADER_LIST_BYTES {
             problems.push(format!(
                 "--max-header-bytes {} is below {MIN_HEADER_LIST_BYTES}: a bound service account token alone can \
@@ -187,6 +203,9 @@ pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The longest a request (or its TokenReview) may be given.
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The longest `--idle-timeout`; `0` keeps silent connections for ever.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The longest a rejected token is refused from cache (0 turns that cache off).
 pub const MAX_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(300);

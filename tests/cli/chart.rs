@@ -133,6 +133,11 @@ fn the_deployment_runs_hardened_with_arguments_the_binary_accepts() {
 /// `meshroot serve --check-config` with `args`, in a pod's environment
 /// and no MESHROOT_* variables: the (name, value) lines about rate limits.
 fn rate_limit_settings(args: &[String]) -> Vec<(String, String)> {
+    settings(args, |name| name.ends_with("rate limit"))
+}
+
+/// The (name, value) lines of `meshroot serve --check-config` with `args` whose name `wanted` picks.
+fn settings(args: &[String], wanted: impl Fn(&str) -> bool) -> Vec<(String, String)> {
     let mut cmd = Command::new(BIN);
     cmd.args(args).arg("--check-config").env("POD_NAMESPACE", NAMESPACE).env("POD_NAME", "mr-meshroot-0");
     for (var, _) in std::env::vars_os() {
@@ -146,9 +151,35 @@ fn rate_limit_settings(args: &[String]) -> Vec<(String, String)> {
     stdout
         .lines()
         .filter_map(|l| l.split_once(": "))
-        .filter(|(name, _)| name.ends_with("rate limit"))
+        .filter(|(name, _)| wanted(name))
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect()
+}
+
+#[test]
+fn the_chart_keeps_the_binarys_connection_limits_and_passes_its_own() {
+    let connection_settings =
+        |args: &[String]| settings(args, |name| name.contains("connections") || name == "idle timeout");
+    let bare = connection_settings(&["serve".to_string()]);
+    let expected = [("max connections", "4096"), ("max connections per peer", "256"), ("idle timeout", "5m")]
+        .map(|(n, v)| (n.to_string(), v.to_string()));
+    assert_eq!(bare, expected);
+    let container_args = |docs: &[Value]| {
+        strings(&find(docs, "Deployment", "mr-meshroot")["spec"]["template"]["spec"]["containers"][0]["args"])
+    };
+    assert_eq!(connection_settings(&container_args(&template(&[]).unwrap())), expected);
+    let set = template(&[
+        "--set",
+        "connections.max=100000",
+        "--set",
+        "connections.maxPerPeer=2000",
+        "--set-string",
+        "connections.idleTimeout=0",
+    ])
+    .unwrap();
+    let expected = [("max connections", "100000"), ("max connections per peer", "2000"), ("idle timeout", "never")]
+        .map(|(n, v)| (n.to_string(), v.to_string()));
+    assert_eq!(connection_settings(&container_args(&set)), expected);
 }
 
 #[test]
@@ -396,6 +427,8 @@ fn invalid_values_are_refused_at_install_time_with_the_field_named() {
         (&["--set", "rateLimits.identity=fast"], "/rateLimits/identity"),
         (&["--set", "rateLimits.node=-5/s"], "/rateLimits/node"),
         (&["--set", "rateLimits.peer=lots"], "/rateLimits/peer"),
+        (&["--set", "connections.max=0"], "/connections/max"),
+        (&["--set", "connections.idleTimeout=soon"], "/connections/idleTimeout"),
         (&["--set", "meshes[0].name=m", "--set", "meshes[0].istiod.namespace=istio-system"], "trustDomain"),
         (
             &[

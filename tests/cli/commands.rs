@@ -517,9 +517,30 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
     {
         assert!(described.contains(default), "missing {default:?} in {described}");
     }
-    let set = check(&["--lease-duration", "30s", "--lease-retry-period", "5s", "--token-review-timeout", "2s"]);
+    let set = check(&[
+        "--lease-duration",
+        "30s",
+        "--lease-retry-period",
+        "5s",
+        "--token-review-timeout",
+        "2s",
+        "--idle-timeout",
+        "0",
+        "--max-connections",
+        "100",
+        "--token-negative-cache-ttl",
+        "0",
+    ]);
     let described = String::from_utf8_lossy(&set.stdout);
-    for value in ["lease duration: 30s\n", "lease retry period: 5s\n", "token review timeout: 2s\n"] {
+    for value in [
+        "lease duration: 30s\n",
+        "lease retry period: 5s\n",
+        "token review timeout: 2s\n",
+        "idle timeout: never\n",
+        "token negative cache ttl: 0s\n",
+        "max connections: 100\n",
+        "max connections per peer: 256\n",
+    ] {
         assert!(described.contains(value), "missing {value:?} in {described}");
     }
 
@@ -546,6 +567,10 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
         "1024",
         "--max-concurrent-streams",
         "0",
+        "--max-connections-per-peer",
+        "0",
+        "--idle-timeout",
+        "5s",
         "--token-negative-cache-ttl",
         "1d",
     ]);
@@ -562,6 +587,8 @@ fn serve_check_config_refuses_every_invalid_setting_at_once() {
         "--request-timeout (5s) must be longer than --token-review-timeout (5s)",
         "--max-header-bytes 1024 is below 8192",
         "--max-concurrent-streams must be at least 1",
+        "--max-connections and --max-connections-per-peer must be at least 1",
+        "--idle-timeout (5s) must be 0 (never), or longer than --request-timeout (5s) and at most 1day",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
     }

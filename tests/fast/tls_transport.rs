@@ -168,9 +168,16 @@ async fn bare() -> (Bare, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(meshroot::ca::server::serve(listener, tls.clone(), service, Default::default(), async {
-        let _ = rx.await;
-    }));
+    tokio::spawn(meshroot::ca::server::serve(
+        listener,
+        tls.clone(),
+        service,
+        Default::default(),
+        meshroot::telemetry::Metrics::new(),
+        async {
+            let _ = rx.await;
+        },
+    ));
     (Bare { addr, root, tls, _stop: stop }, serial)
 }
 
@@ -229,4 +236,77 @@ async fn rotating_the_serving_certificate_keeps_open_connections() {
     // ... and a new handshake gets the new certificate.
     assert_eq!(peer_serial(&bare_handshake(&b).await), second_serial);
     assert_ne!(first_serial, second_serial);
+}
+
+fn connection_limits(
+    per_peer: usize,
+    idle: Option<std::time::Duration>,
+) -> impl FnOnce(&mut meshroot::dev::DevOptions) {
+    move |opts| {
+        opts.server.connections.max_connections_per_peer = per_peer;
+        opts.server.connections.idle_timeout = idle;
+    }
+}
+
+/// One address cannot take the whole port: beyond its limit a connection is closed before its
+/// handshake, counted, and a closed connection makes room again.
+#[tokio::test]
+async fn connections_beyond_the_per_peer_limit_are_closed_before_the_handshake() {
+    let ca = start_ca_with(connection_limits(2, None)).await;
+    let first = handshake(&ca, "localhost", ClientTls::default()).await.unwrap();
+    let _second = handshake(&ca, "localhost", ClientTls::default()).await.unwrap();
+    assert!(handshake(&ca, "localhost", ClientTls::default()).await.is_err(), "a third connection was served");
+    let metrics = ca.server.metrics.render(0);
+    assert!(metrics.contains("meshroot_grpc_connections_refused_total{reason=\"max_connections_per_peer\"} 1"));
+    assert!(metrics.contains("meshroot_grpc_connections 2\n"), "{metrics}");
+    drop(first);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if handshake(&ca, "localhost", ClientTls::default()).await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no room after a connection closed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A connection nothing is read from is closed (between one and two idle timeouts), so dead
+/// peers and idle clients do not hold memory for ever.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    let ca = start_ca_with(connection_limits(10, Some(std::time::Duration::from_secs(1)))).await;
+    let started = std::time::Instant::now();
+    let mut tls = handshake(&ca, "localhost", ClientTls::default()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    // The server's HTTP/2 preface (SETTINGS) comes first; then nothing, until the close.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after 10 s");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "closed after {:?}", started.elapsed());
+    assert_eq!(ca.server.metrics.grpc_connections_idle_closed.get(), 1);
+}
+
+/// Requests keep a connection open: it is closed for silence, never for age.
+#[tokio::test]
+async fn a_connection_in_use_outlives_the_idle_timeout() {
+    let ca = start_ca_with(connection_limits(10, Some(std::time::Duration::from_secs(1)))).await;
+    let mut client = ca.client().await;
+    let (_key, csr) = csr_for(DEFAULT_ID, meshroot::pki::KeyAlgorithm::EcdsaP256);
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        let headers = [("authorization", bearer(DEV_TOKEN))];
+        let headers: Vec<_> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        client.create_certificate(request(&csr, 3600, None, &headers)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(ca.server.metrics.grpc_connections_idle_closed.get(), 0);
+    assert_eq!(ca.server.metrics.grpc_connections.get(), 1, "the client had to reconnect");
 }

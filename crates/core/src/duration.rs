@@ -42,6 +42,15 @@ pub fn parse(value: &str) -> Result<Duration, DurationError> {
     parse_inner(None, value)
 }
 
+/// [`parse`], but zero (`0`, `0s`) too: for settings where zero switches something off.
+pub fn parse_or_zero(value: &str) -> Result<Duration, DurationError> {
+    match parse(value) {
+        // humantime reads no negative durations: not positive is zero.
+        Err(e) if e.problem == DurationProblem::NotPositive => Ok(Duration::ZERO),
+        read => read,
+    }
+}
+
 /// [`parse`] for a named field, whose name the error carries.
 pub fn parse_field(field: &'static str, value: &str) -> Result<Duration, DurationError> {
     parse_inner(Some(field), value)
@@ -83,6 +92,15 @@ pub fn exact(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_is_read_only_where_it_switches_something_off() {
+        assert_eq!(parse_or_zero("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_or_zero("5m").unwrap(), Duration::minutes(5));
+        assert_eq!(parse("0").unwrap_err().problem, DurationProblem::NotPositive);
+        assert_eq!(parse_or_zero("0s").unwrap(), Duration::ZERO);
+        assert!(matches!(parse_or_zero("soon").unwrap_err().problem, DurationProblem::Unreadable(_)));
+    }
 
     #[test]
     fn parses_positive_bounded_durations() {

@@ -58,6 +58,7 @@ pub struct FrontEnd {
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     ops: Option<JoinHandle<std::io::Result<()>>>,
     drain_delay: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl FrontEnd {
@@ -75,7 +76,8 @@ impl FrontEnd {
         let (ops_addr, ops) = match ops_port {
             Some(addr) => {
                 let (listener, local) = bind("metrics/health", addr).await?;
-                let task = tokio::spawn(ops::serve(listener, metrics, readiness.clone(), wait_for(shutdown_rx)));
+                let task =
+                    tokio::spawn(ops::serve(listener, metrics.clone(), readiness.clone(), wait_for(shutdown_rx)));
                 (Some(local), Some(task))
             }
             None => (None, None),
@@ -90,6 +92,7 @@ impl FrontEnd {
             grpc: None,
             ops,
             drain_delay,
+            metrics,
         })
     }
 
@@ -102,7 +105,7 @@ impl FrontEnd {
     ) -> Result<(), FrontEndError> {
         let listener = self.grpc_listener.take().ok_or(FrontEndError::AlreadyServing)?;
         let stop = wait_for(self.shutdown.subscribe());
-        self.grpc = Some(tokio::spawn(server::serve(listener, tls, service, options, stop)));
+        self.grpc = Some(tokio::spawn(server::serve(listener, tls, service, options, self.metrics.clone(), stop)));
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 pub mod client_cert;
 pub mod coalesce;
+pub mod connection;
 pub mod error;
 pub mod quick_ack;
 pub mod rate_limit;

@@ -1,11 +1,13 @@
 //! The gRPC server: concurrent TLS handshakes feeding tonic.
 
 use super::coalesce::Coalesce;
+use super::connection::{Admission, ConnectionLimits, Watched};
 use super::quick_ack::QuickAck;
 use super::service::{CertificateService, MAX_REQUEST_BYTES};
 use super::tls::ServerTls;
 use super::unary_body::AnswerOnMessage;
 use crate::pb::istio_certificate_service_server::IstioCertificateServiceServer;
+use crate::telemetry::Metrics;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,8 @@ pub struct ServerOptions {
     pub max_concurrent_streams: u32,
     /// Largest header block a request may send (a bearer token is a few KiB).
     pub max_header_list_bytes: u32,
+    /// How many connections may be open, in all and from one address, and how long one may be silent.
+    pub connections: ConnectionLimits,
 }
 
 /// What Rust's h2 client and grpc-go assume a server allows until its SETTINGS arrive. A lower
@@ -40,6 +44,7 @@ impl Default for ServerOptions {
             request_timeout: Duration::from_secs(30),
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_header_list_bytes: 64 * 1024,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -51,10 +56,12 @@ pub async fn serve(
     tls: Arc<ServerTls>,
     service: CertificateService,
     options: ServerOptions,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let handshake_timeout = options.handshake_timeout;
+    let admission = Admission::new(options.connections.clone(), metrics);
     // Each handshake runs in its own task, so a slow client cannot hold up
     // the others.
     let accept_loop = tokio::spawn(async move {
@@ -67,12 +74,20 @@ pub async fn serve(
                     continue;
                 }
             };
+            // Refused before any work: closing it at once tells the client to back off.
+            let permit = match admission.admit(peer.ip().to_canonical()) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    admission.report(refusal, peer);
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(Coalesce::new(QuickAck::new(tcp)))).await
-                {
+                let stream = Coalesce::new(Watched::new(QuickAck::new(tcp), permit));
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(mut stream)) => {
                         stream.get_mut().0.enable();
                         let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;

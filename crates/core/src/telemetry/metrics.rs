@@ -68,6 +68,13 @@ pub struct ControllerLabels {
     pub controller: &'static str,
 }
 
+/// Why a gRPC connection was closed unserved.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The limit it met: `max_connections` or `max_connections_per_peer`.
+    pub reason: &'static str,
+}
+
 /// Every metric meshroot exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -100,6 +107,12 @@ pub struct Metrics {
     pub task_up: Family<TaskLabels, Gauge>,
     /// Objects whose signing panicked (each failed alone).
     pub reconcile_panics: Family<ControllerLabels, Counter>,
+    /// gRPC connections open now, handshakes included.
+    pub grpc_connections: Gauge,
+    /// gRPC connections closed at accept because a connection limit was met.
+    pub grpc_connections_refused: Family<RefusalLabels, Counter>,
+    /// gRPC connections closed because nothing was read from them for the idle timeout.
+    pub grpc_connections_idle_closed: Counter,
     root_expiry: AtomicI64,
     chain_expiry: AtomicI64,
 }
@@ -128,6 +141,9 @@ impl Metrics {
             task_restarts: Family::default(),
             task_up: Family::default(),
             reconcile_panics: Family::default(),
+            grpc_connections: Gauge::default(),
+            grpc_connections_refused: Family::default(),
+            grpc_connections_idle_closed: Counter::default(),
             root_expiry: AtomicI64::new(0),
             chain_expiry: AtomicI64::new(0),
         };
@@ -195,6 +211,21 @@ impl Metrics {
             "meshroot_reconcile_panics",
             "Objects whose signing panicked and that were failed alone, by controller",
             m.reconcile_panics.clone(),
+        );
+        r.register(
+            "meshroot_grpc_connections",
+            "gRPC connections open, handshakes included",
+            m.grpc_connections.clone(),
+        );
+        r.register(
+            "meshroot_grpc_connections_refused",
+            "gRPC connections closed at accept because a connection limit was met, by limit",
+            m.grpc_connections_refused.clone(),
+        );
+        r.register(
+            "meshroot_grpc_connections_idle_closed",
+            "gRPC connections closed because nothing was read from them for the idle timeout",
+            m.grpc_connections_idle_closed.clone(),
         );
         Arc::new(m)
     }
