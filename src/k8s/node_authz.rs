@@ -18,7 +18,9 @@ use std::sync::{Arc, RwLock};
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PodFacts {
     uid: String,
-    service_account: String,
+    /// None for a pod that names none: after admission only a mirror (static) pod, which a node
+    /// may create in any namespace and which runs no workload identity (Istio skips it too).
+    service_account: Option<String>,
     node: Option<String>,
     failed: bool,
 }
@@ -34,19 +36,16 @@ struct Index {
 impl Index {
     fn insert(&mut self, key: (String, String), facts: PodFacts) {
         self.remove(&key);
-        if let (Some(node), false) = (&facts.node, facts.failed) {
-            self.by_node
-                .entry((node.clone(), key.0.clone(), facts.service_account.clone()))
-                .or_default()
-                .insert(key.clone());
+        if let (Some(node), Some(account), false) = (&facts.node, &facts.service_account, facts.failed) {
+            self.by_node.entry((node.clone(), key.0.clone(), account.clone())).or_default().insert(key.clone());
         }
         self.pods.insert(key, facts);
     }
 
     fn remove(&mut self, key: &(String, String)) {
         let Some(old) = self.pods.remove(key) else { return };
-        if let Some(node) = old.node {
-            let slot = (node, key.0.clone(), old.service_account);
+        if let (Some(node), Some(account)) = (old.node, old.service_account) {
+            let slot = (node, key.0.clone(), account);
             if let Some(set) = self.by_node.get_mut(&slot) {
                 set.remove(key);
                 if set.is_empty() {
@@ -64,7 +63,7 @@ fn facts(pod: &Pod) -> Option<((String, String), PodFacts)> {
         key,
         PodFacts {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
-            service_account: spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into()),
+            service_account: spec.and_then(|s| s.service_account_name.clone()).filter(|s| !s.is_empty()),
             node: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
             failed: pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"),
         },
@@ -171,9 +170,14 @@ impl NodeAuthorizer for PodNodeAuthorizer {
             let (namespace, name) = key;
             return Err(Rejection::Node(NodeRejection::PodReplaced { namespace, name }).into());
         }
-        if pod.service_account != caller.service_account {
+        if pod.service_account.as_deref() != Some(caller.service_account.as_str()) {
             let (namespace, name) = key;
             return Err(Rejection::Node(NodeRejection::PodServiceAccount { namespace, name }).into());
+        }
+        // A Failed pod's token still passes a TokenReview; what ran in it no longer acts for the node.
+        if pod.failed {
+            let (namespace, name) = key;
+            return Err(Rejection::Node(NodeRejection::PodFailed { namespace, name }).into());
         }
         let node = pod.node.as_ref().ok_or(Rejection::Node(NodeRejection::PodNotOnNode))?;
         let slot = (node.clone(), target.namespace.clone(), target.service_account.clone());

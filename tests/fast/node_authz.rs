@@ -150,3 +150,54 @@ async fn an_unsynced_cache_is_unavailable_not_a_refusal() {
     let r = a.authorize(&ztunnel("z", "u"), &target("bookinfo", "reviews")).await;
     assert!(matches!(r, Err(AuthError::Unavailable(_))), "{r:?}");
 }
+
+/// A mirror (static) pod names no service account, and a node may create one bound to itself in
+/// any namespace. It is no pod of `default`: otherwise a node, or the ztunnel on a control-plane
+/// node running static pods, could obtain any namespace's `default` identity.
+#[tokio::test]
+async fn a_pod_without_a_service_account_is_no_workload_of_default() {
+    let fake = FakeApi::new();
+    for ns in ["istio-system", "victim"] {
+        fake.namespace(ns, json!({}));
+    }
+    let z = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    fake.create(
+        "v1",
+        "pods",
+        "victim",
+        json!({
+            "metadata": {"name": "static-node-1", "annotations": {"kubernetes.io/config.mirror": "x"}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "i"}]},
+        }),
+    );
+    let (a, _task) = PodNodeAuthorizer::spawn(fake.client());
+    let e = decide(&a, &ztunnel("ztunnel-a", &z), &target("victim", "default")).await.unwrap_err();
+    assert_eq!(
+        e,
+        refused(NodeRejection::NotOnNode { namespace: s("victim"), service_account: s("default"), node: s("node-1") })
+    );
+    // A real pod of default on the node is what it takes.
+    pod(&fake, "victim", "app-1", "default", Some("node-1"));
+    eventually(&a, &ztunnel("ztunnel-a", &z), &target("victim", "default"), true).await;
+}
+
+/// A Failed pod's token still passes a TokenReview, but its pod no longer acts for the node.
+#[tokio::test]
+async fn a_caller_whose_pod_failed_is_refused() {
+    let fake = FakeApi::new();
+    for ns in ["istio-system", "bookinfo"] {
+        fake.namespace(ns, json!({}));
+    }
+    let z = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    pod(&fake, "bookinfo", "reviews-1", "reviews", Some("node-1"));
+    let (a, _task) = PodNodeAuthorizer::spawn(fake.client());
+    decide(&a, &ztunnel("ztunnel-a", &z), &target("bookinfo", "reviews")).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "istio-system");
+    pods.patch_status("ztunnel-a", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Failed"}})))
+        .await
+        .unwrap();
+    eventually(&a, &ztunnel("ztunnel-a", &z), &target("bookinfo", "reviews"), false).await;
+    let e = decide(&a, &ztunnel("ztunnel-a", &z), &target("bookinfo", "reviews")).await.unwrap_err();
+    assert_eq!(e, refused(NodeRejection::PodFailed { namespace: s("istio-system"), name: s("ztunnel-a") }));
+    assert_eq!(e.to_string(), "the caller's pod istio-system/ztunnel-a has failed");
+}

@@ -142,6 +142,14 @@ pub enum NodeRejection {
         /// The pod's name.
         name: String,
     },
+    /// The caller's pod has failed.
+    #[error("the caller's pod {namespace}/{name} has failed")]
+    PodFailed {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        name: String,
+    },
     /// The caller's pod is not scheduled.
     #[error("the caller's pod is not on a node")]
     PodNotOnNode,
