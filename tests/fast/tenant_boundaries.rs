@@ -163,15 +163,24 @@ async fn a_namespaced_issuer_signs_only_with_what_its_namespace_is_granted() {
         "team-a",
         "web",
         json!({"signer": {"mesh": "default"}, "policy": {
-            "allowedDNSNames": ["*.team-a.svc", "istiod.istio-system.svc", "meshroot.meshroot.svc", "reviews.bookinfo.svc"],
-            "allowedURIs": ["spiffe://cluster.local", ISTIOD_ID, "spiffe://cluster.local/ns/team-a/sa/web"]}}),
+            "allowedDNSNames": ["*.team-a.svc", "istiod.istio-system.svc", "meshroot.meshroot.svc", "reviews.bookinfo.svc",
+                "reviews.bookinfo", "reviews"],
+            "allowedURIs": ["spiffe://cluster.local", ISTIOD_ID, "spiffe://cluster.local/ns/team-a/sa/web",
+                "spiffe://other.example/ns/team-a/sa/web"]}}),
     );
     world.wait_issuer_ready("team-a", "web", "True").await;
     for (name, san, why) in [
         ("istiod-id", format!("URI:{ISTIOD_ID}"), "never grants identities of another namespace"),
         ("istiod-dns", "DNS:istiod.istio-system.svc".into(), "a namespaced Issuer never grants it"),
         ("meshroot-dns", "DNS:meshroot.meshroot.svc".into(), "a namespaced Issuer never grants it"),
-        ("other-service", "DNS:reviews.bookinfo.svc".into(), "Service name of namespace \"bookinfo\""),
+        ("other-service", "DNS:reviews.bookinfo.svc".into(), "Service or pod name of namespace \"bookinfo\""),
+        ("short-service", "DNS:reviews.bookinfo".into(), "Service or pod name of namespace \"bookinfo\""),
+        ("bare-service", "DNS:reviews".into(), "has one label"),
+        (
+            "other-trust-domain",
+            "URI:spiffe://other.example/ns/team-a/sa/web".into(),
+            "only in the trust domain of the mesh it signs with, \"cluster.local\"",
+        ),
     ] {
         let c = csr(&world, "/", &[&format!("subjectAltName={san}")]);
         let cr = refused(&world, "team-a", name, &c, issuer_ref("web"), json!({})).await;

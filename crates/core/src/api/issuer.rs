@@ -105,8 +105,10 @@ pub struct IssuerSpec {
     pub signer: SignerRef,
     /// What this Issuer will sign. Deny by default: every SAN and subject attribute of a request must be
     /// allowed by a list (an absent or empty list allows none). Held to the Issuer's namespace: istiod's and
-    /// meshroot's DNS names and meshroot's IP addresses are never granted, nor SPIFFE IDs or Service names
-    /// (`<name>.<namespace>.svc...`) of another namespace; a mesh's SPIFFE IDs need a literal entry; and
+    /// meshroot's DNS names and meshroot's IP addresses are never granted, nor SPIFFE IDs of another
+    /// namespace or another trust domain than the signing mesh's, nor names the cluster's DNS reads as
+    /// another namespace's Service or pod (`<name>.<namespace>`, `....<namespace>.svc...`,
+    /// `....<namespace>.pod...`), nor single-label names; a mesh's SPIFFE IDs need a literal entry; and
     /// `allowCA` is refused.
     #[serde(default)]
     pub policy: IssuancePolicy,

@@ -53,11 +53,6 @@ pub fn prepare(
 ) -> Result<ReadyIssuer, SignerProblem> {
     let scope = issuer.scope();
     let policy = Policy::from_spec(issuer.policy()).map_err(IssuerSpecError::Policy)?;
-    // A namespaced Issuer's policy is its tenant's own: held to that namespace.
-    let policy = match scope {
-        IssuerScope::Namespaced { namespace } => policy.held_to(namespace),
-        IssuerScope::Cluster { .. } => policy,
-    };
     let namespaces = match scope {
         IssuerScope::Namespaced { .. } => None,
         IssuerScope::Cluster { allowed_namespaces: [] } => {
@@ -74,6 +69,13 @@ pub fn prepare(
         .into());
     } else {
         resolved?
+    };
+    // A namespaced Issuer's policy is its tenant's own: held to that namespace and to the trust
+    // domain of the mesh it signs with (a namespace never signs with the root, so there is one; were
+    // there none, the empty trust domain would match no identity).
+    let policy = match scope {
+        IssuerScope::Namespaced { namespace } => policy.held_to(namespace, ca.trust_domain().unwrap_or_default()),
+        IssuerScope::Cluster { .. } => policy,
     };
     ca.authority()
         .check_valid_at(time::OffsetDateTime::now_utc())

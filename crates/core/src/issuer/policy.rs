@@ -94,6 +94,8 @@ pub struct Policy {
     /// policy: such a policy never grants a protected name, a SPIFFE ID
     /// outside its namespace, or another namespace's Service names.
     issuer_namespace: Option<String>,
+    /// For a namespaced Issuer: its signing mesh's trust domain, the only one its identities may have.
+    issuer_trust_domain: Option<String>,
 }
 
 /// What a request asks for, as the policy sees it.
@@ -157,13 +159,19 @@ impl Policy {
             usages,
             subject_attributes,
             issuer_namespace: None,
+            issuer_trust_domain: None,
         })
     }
 
-    /// This policy as a namespaced Issuer in `namespace` holds it: written
-    /// by that namespace's users, so held to that namespace.
-    pub fn held_to(self, namespace: &str) -> Self {
-        Self { issuer_namespace: Some(namespace.to_string()), ..self }
+    /// This policy as a namespaced Issuer in `namespace`, signing with a mesh of `trust_domain`, holds
+    /// it: written by that namespace's users, so held to that namespace, and to that trust domain
+    /// (every mesh under the root accepts its own trust domain's identities from any of them).
+    pub fn held_to(self, namespace: &str, trust_domain: &str) -> Self {
+        Self {
+            issuer_namespace: Some(namespace.to_string()),
+            issuer_trust_domain: Some(trust_domain.to_ascii_lowercase()),
+            ..self
+        }
     }
 
     /// Every way `asked` breaks the policy or touches a protected name, or
@@ -238,9 +246,14 @@ impl Policy {
         let whole_domain = tenancy.is_mesh_trust_domain(&identity.trust_domain)
             && self.uris.iter().any(|p| p.eq_ignore_ascii_case(&domain_grant));
         let uri = uri.to_string();
+        let signing_trust_domain = self.issuer_trust_domain.as_deref().unwrap_or_default();
         match issuer_namespace {
             Some(ns) if identity.namespace != ns => {
                 violations.push(Violation::UriOtherNamespace { uri, why, namespace: ns.to_string() });
+            }
+            Some(_) if !identity.trust_domain.eq_ignore_ascii_case(signing_trust_domain) => {
+                let trust_domain = signing_trust_domain.to_string();
+                violations.push(Violation::UriOtherTrustDomain { uri, why, trust_domain });
             }
             Some(_) if !literal => violations.push(Violation::UriPatternInNamespace { uri, why }),
             None if !(literal || whole_domain) => violations.push(Violation::UriPattern { uri, why }),
@@ -275,23 +288,21 @@ impl Policy {
             violations.push(Violation::Wildcard { what, name: name.to_string() });
             return;
         }
-        let other_service = issuer_namespace.and_then(|ns| {
-            let labels: Vec<&str> = lower.split('.').collect();
-            match labels.as_slice() {
-                [_, other, "svc", ..] if *other != ns => Some(*other),
-                _ => None,
-            }
+        let other_namespace = issuer_namespace.and_then(|ns| match cluster_dns_namespace(&lower) {
+            Some(ClusterDnsNamespace::Named(named)) if named == ns => None,
+            other => other,
         });
         let name = name.to_string();
-        match (tenancy.protected_dns(&name), other_service) {
+        match (tenancy.protected_dns(&name), other_namespace) {
             (Some(why), _) if issuer_namespace.is_some() => {
                 violations.push(Violation::ProtectedNameInNamespace { what, name, why });
             }
             (Some(why), _) if !literal => violations.push(Violation::ProtectedNamePattern { what, name, why, lists }),
-            (None, Some(other)) => {
+            (None, Some(ClusterDnsNamespace::Named(other))) => {
                 let namespace = other.to_string();
                 violations.push(Violation::OtherNamespaceService { what, name, namespace });
             }
+            (None, Some(ClusterDnsNamespace::Every)) => violations.push(Violation::SingleLabelName { what, name }),
             _ if !(by_dns || by_cn) => violations.push(Violation::NameNotAllowed { what, name, lists }),
             _ => {}
         }
@@ -415,6 +426,30 @@ fn attribute_name(oid: &str) -> &str {
     }
 }
 
+/// Which namespace a (lowercase) DNS name designates to the cluster's DNS, if any.
+#[derive(Debug, PartialEq, Eq)]
+enum ClusterDnsNamespace<'a> {
+    /// One label: a client's search path makes it a Service of the client's own namespace, whichever.
+    Every,
+    /// `<svc>.<ns>` (the search path completes it), or the label before the first `svc` or `pod` after the
+    /// first label (`<svc>.<ns>.svc…`, `<pod>.<svc>.<ns>.svc…`, `<ip>.<ns>.pod…`). A wildcard there is a
+    /// namespace too, never the Issuer's own.
+    Named(&'a str),
+}
+
+fn cluster_dns_namespace(name: &str) -> Option<ClusterDnsNamespace<'_>> {
+    let labels: Vec<&str> = name.split('.').collect();
+    match labels.as_slice() {
+        [_] => Some(ClusterDnsNamespace::Every),
+        [_, namespace] => Some(ClusterDnsNamespace::Named(namespace)),
+        _ => labels
+            .windows(2)
+            .find(|pair| matches!(pair, [_, "svc" | "pod"]))
+            .and_then(|pair| pair.first())
+            .map(|namespace| ClusterDnsNamespace::Named(namespace)),
+    }
+}
+
 /// `local@domain` with an RFC 5322 dot-atom local part without `/`, and a DNS name without a
 /// wildcard for the domain.
 fn is_plain_email(email: &str) -> bool {
@@ -457,11 +492,22 @@ pub(super) mod tests {
         Tenancy::new([("default", &mesh)], &own)
     }
 
+    /// As `check_in`, for a request whose only name is the common name `cn`.
+    fn check_in_with_cn(ns: &str, p: &Policy, cn: &str) -> Result<(), String> {
+        let usages = Usages::from_names::<&str>(&[], false).unwrap();
+        let subject = [SubjectAttribute { oid: OID_COMMON_NAME.to_string(), value: Some(cn.to_string()) }];
+        let names = names(&[], &[], &[], &[]);
+        p.clone()
+            .held_to(ns, "cluster.local")
+            .check(&Asked { names: &names, subject: &subject, is_ca: false, usages: &usages }, &tenancy())
+            .map_err(|v| v.to_string())
+    }
+
     /// As `check`, for a namespaced Issuer in `ns`.
     fn check_in(ns: &str, p: &Policy, names: &RequestedNames) -> Result<(), String> {
         let usages = Usages::from_names::<&str>(&[], false).unwrap();
         p.clone()
-            .held_to(ns)
+            .held_to(ns, "cluster.local")
             .check(&Asked { names, subject: &[], is_ca: false, usages: &usages }, &tenancy())
             .map_err(|v| v.to_string())
     }
@@ -688,11 +734,48 @@ pub(super) mod tests {
             (names(&[], &[istiod], &[], &[]), "never grants identities of another namespace"),
             (names(&["istiod.istio-system.svc"], &[], &[], &[]), "a namespaced Issuer never grants it"),
             (names(&["meshroot.meshroot.svc"], &[], &[], &[]), "a namespaced Issuer never grants it"),
-            (names(&["reviews.bookinfo.svc"], &[], &[], &[]), "is a Service name of namespace \"bookinfo\""),
+            (names(&["reviews.bookinfo.svc"], &[], &[], &[]), "is a Service or pod name of namespace \"bookinfo\""),
             (names(&[], &[], &["10.96.0.50"], &[]), "is protected (meshroot's serving address)"),
         ] {
             let e = check_in("team-a", &p, &n).unwrap_err();
             assert!(e.contains(why), "{n:?}: {e}");
+        }
+        // Every form in which the cluster's DNS names another namespace, whatever the policy allows.
+        let anything = policy("allowedDNSNames: ['**']\nallowedCommonNames: ['*']");
+        for (name, namespace) in [
+            ("payments.finance", "finance"),
+            ("*.finance", "finance"),
+            ("payments.finance.svc.cluster.local", "finance"),
+            ("kafka-0.kafka-hl.finance.svc.cluster.local", "finance"),
+            ("*.kafka-hl.finance.svc.cluster.local", "finance"),
+            ("10-0-0-1.finance.pod.cluster.local", "finance"),
+            ("*.svc.cluster.local", "*"),
+            ("web.team-a.x.svc", "x"),
+        ] {
+            let e = check_in("team-a", &anything, &names(&[name], &[], &[], &[])).unwrap_err();
+            assert!(e.contains(&format!("is a Service or pod name of namespace {namespace:?}")), "{name}: {e}");
+            let e = check_in_with_cn("team-a", &anything, name).unwrap_err();
+            assert!(e.contains(&format!("namespace {namespace:?}")), "{name} as a common name: {e}");
+        }
+        for name in ["payments", "*"] {
+            let e = check_in("team-a", &anything, &names(&[name], &[], &[], &[])).unwrap_err();
+            assert!(e.contains("has one label"), "{name}: {e}");
+        }
+        // Its own namespace's names in each form, and names the cluster's DNS does not read as one.
+        for name in [
+            "web.team-a",
+            "*.team-a",
+            "web.team-a.svc.cluster.local",
+            "web-0.web-hl.team-a.svc.cluster.local",
+            "10-0-0-1.team-a.pod.cluster.local",
+            "api.example.com",
+            "svc.example.com",
+        ] {
+            assert_eq!(check_in("team-a", &anything, &names(&[name], &[], &[], &[])), Ok(()), "{name}");
+        }
+        // A ClusterIssuer, an administrator's, may grant them.
+        for name in ["payments", "payments.finance", "kafka-0.kafka-hl.finance.svc.cluster.local"] {
+            assert_eq!(check(&anything, &names(&[name], &[], &[], &[]), &[], false, &[]), Ok(()), "{name}");
         }
         // Its own namespace: its identities (literally) and its Service names.
         assert_eq!(check_in("team-a", &p, &names(&["web.team-a.svc"], &[own], &[], &[])), Ok(()));
@@ -733,8 +816,18 @@ pub(super) mod tests {
         assert_eq!(check(&literal, &n, &[], false, &[]), Ok(()), "a ClusterIssuer's literal grant");
         let e = check_in("team-a", &literal, &n).unwrap_err();
         assert!(e.contains("never grants identities of another namespace"), "{e}");
+        // Its own namespace, but in another trust domain than its signing mesh's (cluster.local): every
+        // mesh of that trust domain would take it for one of its own.
         let own = names(&[], &["spiffe://evil.example/ns/team-a/sa/web"], &[], &[]);
-        assert_eq!(check_in("team-a", &literal, &own), Ok(()));
+        let e = check_in("team-a", &literal, &own).unwrap_err();
+        assert!(e.contains("only in the trust domain of the mesh it signs with, \"cluster.local\""), "{e}");
+        let in_mesh = "spiffe://cluster.local/ns/team-a/sa/web";
+        let p = policy(&format!("allowedURIs: ['{in_mesh}']"));
+        assert_eq!(check_in("team-a", &p, &names(&[], &[in_mesh], &[], &[])), Ok(()));
+        // Held to the signing mesh's trust domain, whichever that is.
+        let usages = Usages::from_names::<&str>(&[], false).unwrap();
+        let held = literal.clone().held_to("team-a", "Evil.Example");
+        assert_eq!(held.check(&Asked { names: &own, subject: &[], is_ca: false, usages: &usages }, &tenancy()), Ok(()));
         // Not of that form, but a namespace to an authorization policy: never issued.
         for uri in ["spiffe://evil.example/ns/istio-system/sa/istiod/x", "https://example.org/ns/istio-system/"] {
             let p = policy(&format!("allowedURIs: ['**', '{uri}']"));

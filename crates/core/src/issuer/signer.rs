@@ -127,9 +127,16 @@ pub struct IssuingCa {
     path: Vec<CertificateDer<'static>>,
     root: CertificateDer<'static>,
     description: String,
+    /// The signing mesh's trust domain; None for the root.
+    trust_domain: Option<String>,
 }
 
 impl IssuingCa {
+    /// The trust domain of the mesh whose intermediate signs; None when the root signs.
+    pub fn trust_domain(&self) -> Option<&str> {
+        self.trust_domain.as_deref()
+    }
+
     /// The CA that signs: the root, or the mesh's current intermediate.
     pub fn authority(&self) -> &Authority {
         match &self.source {
@@ -228,6 +235,7 @@ pub fn resolve(
                 path: root.chain.to_vec(),
                 root: root_cert,
                 description: "the root".into(),
+                trust_domain: None,
             })
         }
         (false, Some(name)) => {
@@ -246,6 +254,7 @@ pub fn resolve(
                 path,
                 root,
                 description: format!("mesh {name}'s intermediate"),
+                trust_domain: Some(mesh.trust_domain.clone()),
             })
         }
     }
@@ -292,6 +301,7 @@ mod tests {
             path: vec![signer.der().clone()],
             root: root.der().clone(),
             description: "test".into(),
+            trust_domain: None,
         }
     }
 

@@ -61,6 +61,21 @@ pub enum Violation {
         /// The Issuer's namespace.
         namespace: String,
     },
+    /// A namespaced Issuer's identity in another trust domain than its signing mesh's.
+    #[error(
+        "URI {} is protected ({why}); a namespace's Issuer issues identities only in the trust domain of the \
+         mesh it signs with, {trust_domain:?}: every mesh under the root accepts its own trust domain's \
+         identities from any of them",
+        shown(.uri)
+    )]
+    UriOtherTrustDomain {
+        /// The URI asked for.
+        uri: String,
+        /// Whose identity it is.
+        why: Protection,
+        /// The signing mesh's trust domain.
+        trust_domain: String,
+    },
     /// A protected identity matched by a pattern only, in a namespaced Issuer's policy.
     #[error(
         "URI {} is protected ({why}); only a literal entry in policy.allowedURIs grants it, not a pattern",
@@ -121,10 +136,11 @@ pub enum Violation {
         /// The policy lists that could grant it.
         lists: &'static str,
     },
-    /// A namespaced Issuer asked for another namespace's Service name.
+    /// A namespaced Issuer asked for another namespace's Service or pod name, as the cluster's DNS
+    /// reads it (`<svc>.<ns>`, `….<ns>.svc…`, `….<ns>.pod…`).
     #[error(
-        "{what} {} is a Service name of namespace {namespace:?}; a namespaced Issuer signs its own namespace's \
-         Service names only",
+        "{what} {} is a Service or pod name of namespace {namespace:?} (as the cluster's DNS reads it); a \
+         namespaced Issuer signs its own namespace's names only, and a ClusterIssuer grants others",
         shown(.name)
     )]
     OtherNamespaceService {
@@ -134,6 +150,18 @@ pub enum Violation {
         name: String,
         /// The namespace whose Service it names.
         namespace: String,
+    },
+    /// A namespaced Issuer asked for a single-label name.
+    #[error(
+        "{what} {} has one label, which every namespace's clients read as a Service of their own namespace; a \
+         namespaced Issuer never grants it, a ClusterIssuer may",
+        shown(.name)
+    )]
+    SingleLabelName {
+        /// "DNS name" or "common name".
+        what: &'static str,
+        /// The name asked for.
+        name: String,
     },
     /// A name no entry matches.
     #[error("{what} {} is not allowed by {lists}", shown(.name))]
