@@ -12,7 +12,7 @@ pub struct Args {
     /// Per identity certified (all pods of one service account).
     #[arg(long, env = "MESHROOT_IDENTITY_RATE_LIMIT", default_value = "50/s,burst=1000", value_parser = rate_limit::parse_limit)]
     identity_rate_limit: Limit,
-    /// Per node the caller runs on (when its token names the node).
+    /// Per node the caller runs on and its namespace (when its token names the node).
     #[arg(long, env = "MESHROOT_NODE_RATE_LIMIT", default_value = "100/s,burst=1000", value_parser = rate_limit::parse_limit)]
     node_rate_limit: Limit,
     /// Per peer IP address, checked before authentication (a node's ztunnel is one address).

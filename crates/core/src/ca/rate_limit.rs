@@ -1,9 +1,11 @@
 //! Rate limits on CreateCertificate: token buckets keyed by the peer's IP
 //! address (checked before any authentication), by the identity being
-//! certified and by the caller's node (in that order, so one identity over
-//! its limit spends none of its node's tokens). A looping workload cannot
-//! flood the CA or the audit log; it shares its node's budget with its
-//! neighbours only up to its own identity's rate; and an
+//! certified and by the caller's node and namespace (in that order, so one
+//! identity over its limit spends none of its node's tokens). A looping
+//! workload cannot flood the CA or the audit log. The node's budget is kept
+//! per namespace: any namespace can bind tokens to pods on any node, so a
+//! budget shared by the whole node would let one namespace spend that of
+//! the node's ztunnel and every other tenant there; and an
 //! unauthenticated peer cannot make the CA send TokenReviews without bound;
 //! a refused request gets `ResourceExhausted`, which pilot-agent and ztunnel
 //! retry with backoff, plus a retry hint.
@@ -140,10 +142,10 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for the caller's node (if known).
-    pub fn check_node(&self, node: Option<&str>) -> Result<(), Exceeded> {
+    /// Takes one token for the caller's namespace on its node (if the node is known).
+    pub fn check_node(&self, node: Option<&str>, namespace: &str) -> Result<(), Exceeded> {
         match (node, &self.node) {
-            (Some(node), Some(bucket)) => self.take(bucket, "node", node),
+            (Some(node), Some(bucket)) => self.take(bucket, "node", &format!("{node} (namespace {namespace})")),
             _ => Ok(()),
         }
     }
@@ -243,17 +245,34 @@ mod tests {
         limiter.check_identity("b").unwrap();
         // No node limit configured, and no node known: never refused.
         for _ in 0..10 {
-            limiter.check_node(Some("n1")).unwrap();
+            limiter.check_node(Some("n1"), "ns1").unwrap();
         }
     }
 
     #[test]
     fn the_node_limit_applies_only_when_the_node_is_known() {
         let limiter = RateLimiter::new(RateLimits { node: Limit { per_second: 1, burst: 1 }, ..RateLimits::OFF });
-        limiter.check_node(Some("n1")).unwrap();
-        assert_eq!(limiter.check_node(Some("n1")).unwrap_err().scope, "node");
+        limiter.check_node(Some("n1"), "ns1").unwrap();
+        let refused = limiter.check_node(Some("n1"), "ns1").unwrap_err();
+        assert_eq!((refused.scope, refused.key.as_str()), ("node", "n1 (namespace ns1)"));
         for _ in 0..10 {
-            limiter.check_node(None).unwrap();
+            limiter.check_node(None, "ns1").unwrap();
+        }
+    }
+
+    /// Any namespace can bind tokens to a pod on any node: a namespace that spends its budget on a
+    /// node spends none of the node's ztunnel's, nor another namespace's there.
+    #[test]
+    fn one_namespace_on_a_node_cannot_spend_the_others_budget_there() {
+        let limiter = RateLimiter::new(RateLimits { node: Limit { per_second: 1, burst: 5 }, ..RateLimits::OFF });
+        for _ in 0..5 {
+            limiter.check_node(Some("n1"), "attacker").unwrap();
+        }
+        assert!(limiter.check_node(Some("n1"), "attacker").is_err());
+        for namespace in ["istio-system", "tenant-b"] {
+            for _ in 0..5 {
+                limiter.check_node(Some("n1"), namespace).unwrap();
+            }
         }
     }
 
@@ -280,7 +299,7 @@ mod tests {
         for pod in 0..250 {
             for _ in 0..2 {
                 limiter.check_peer(Some([10, 0, 0, 7].into())).unwrap();
-                limiter.check_node(Some("worker-1")).unwrap();
+                limiter.check_node(Some("worker-1"), "a").unwrap();
                 let sa = if pod < 100 {
                     "spiffe://td/ns/a/sa/big".to_string()
                 } else {

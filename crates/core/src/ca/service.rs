@@ -90,7 +90,7 @@ impl CertificateService {
         // The identity's bucket first: requests one identity is refused never
         // spend the tokens its node's other workloads share.
         self.limiter.check_identity(&identity_uri).map_err(Failure::RateLimited)?;
-        self.limiter.check_node(caller.node.as_deref()).map_err(Failure::RateLimited)?;
+        self.limiter.check_node(caller.node.as_deref(), &caller.namespace).map_err(Failure::RateLimited)?;
 
         let csr = CertificateSigningRequest::from_pem(body.csr.as_bytes()).map_err(Failure::Csr)?;
         record.key_type = Some(csr.key_kind().to_string());

@@ -239,7 +239,7 @@ async fn per_node_rate_limits_refuse_with_a_retry_hint_and_spare_other_nodes() {
     let refused = ask(&n1).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(
-        refused.message().starts_with("rate limited: node n1 is over its rate limit of 1/s (burst 2)"),
+        refused.message().starts_with("rate limited: node n1 (namespace ns1) is over its rate limit of 1/s (burst 2)"),
         "{}",
         refused.message()
     );
