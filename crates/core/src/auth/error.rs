@@ -66,6 +66,15 @@ pub enum ClientCertificateRejection {
          writes); only certificates from CreateCertificate renew, others need a token"
     )]
     NotWorkload,
+    /// It is not valid now: TLS checked it at the handshake, but a resumed session or a long-lived
+    /// connection carries it past its expiry.
+    #[error("it is not valid now (valid from {not_before} to {not_after}); renew before it expires, or use a token")]
+    NotValidNow {
+        /// Its notBefore, RFC 3339.
+        not_before: String,
+        /// Its notAfter, RFC 3339.
+        not_after: String,
+    },
     /// basicConstraints says CA:TRUE.
     #[error("it is a CA certificate (basicConstraints CA:TRUE)")]
     Ca,

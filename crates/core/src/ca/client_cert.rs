@@ -35,6 +35,7 @@ use crate::pki::profile::is_workload_certificate;
 use async_trait::async_trait;
 use std::sync::Arc;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// Authenticates a caller by its verified TLS client certificate, which must be a workload leaf of the mesh
 /// covering its namespace, as the module documentation lists. Does not apply when no certificate was presented.
@@ -72,6 +73,17 @@ impl Authenticator for ClientCertificateAuthenticator {
         if !is_workload_certificate(&cert) {
             return Err(rejected(Refused::NotWorkload));
         }
+        // The handshake checked the validity period, but TLS resumption copies a session's client
+        // certificate forward unchecked, and a connection may outlive its certificate.
+        let now = OffsetDateTime::now_utc();
+        let validity = cert.validity();
+        if now < validity.not_before.to_datetime() || now > validity.not_after.to_datetime() {
+            let shown = |t: x509_parser::time::ASN1Time| t.to_datetime().format(&Rfc3339).unwrap_or_default();
+            return Err(rejected(Refused::NotValidNow {
+                not_before: shown(validity.not_before),
+                not_after: shown(validity.not_after),
+            }));
+        }
         let is_ca = cert.basic_constraints().map_err(malformed)?.is_some_and(|bc| bc.value.ca);
         if is_ca {
             return Err(rejected(Refused::Ca));
@@ -98,7 +110,7 @@ impl Authenticator for ClientCertificateAuthenticator {
                 mesh_trust_domain: mesh.trust_domain.clone(),
             }));
         }
-        let signers = self.registry.signing_certificates(&mesh, OffsetDateTime::now_utc());
+        let signers = self.registry.signing_certificates(&mesh, now);
         if !signers.iter().any(|signer| issued_by(signer, leaf)) {
             return Err(rejected(Refused::NotIssuedByMesh { mesh: mesh.name.clone() }));
         }
@@ -120,6 +132,51 @@ mod tests {
     use crate::auth::{AuthenticatorChain, BearerToken};
     use crate::ca::static_tokens::StaticTokenAuthenticator;
     use crate::pki::{Authority, CaSpec};
+
+    /// TLS checks a client certificate's validity at the full handshake only: a resumed session, or a
+    /// connection that outlives it, would carry it on. The authenticator checks it at each request.
+    #[tokio::test]
+    async fn a_workload_certificate_outside_its_validity_is_refused_at_each_request() {
+        use crate::auth::node::TrustedAccountOnly;
+        use crate::mesh::{Mesh, NamespaceScope};
+        use crate::pki::{KeyAlgorithm, PrivateKey, SigningChain, TrustBundle};
+        let now = OffsetDateTime::now_utc();
+        let long_ago = now - time::Duration::days(1);
+        let root = Authority::new_root(&CaSpec::root(time::Duration::days(30)), long_ago).unwrap();
+        let bundle = TrustBundle::new(vec![root.certificate().clone()]).unwrap();
+        let intermediate =
+            root.new_intermediate(&CaSpec::intermediate("a", time::Duration::days(10)), long_ago).unwrap();
+        let chain = Arc::new(SigningChain::new(intermediate, vec![], bundle).unwrap());
+        let registry = Arc::new(MeshRegistry::new(vec![Arc::new(Mesh {
+            name: "a".into(),
+            trust_domain: "a.td".into(),
+            scope: NamespaceScope::All,
+            signer: Ok(chain.clone()),
+            default_ttl: time::Duration::hours(24),
+            max_ttl: time::Duration::days(1),
+            trusted_node_accounts: Default::default(),
+            node_authorizer: Arc::new(TrustedAccountOnly),
+        })]));
+        let authenticator = ClientCertificateAuthenticator::new(registry);
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let presenting = |issued_at: OffsetDateTime| {
+            let issued = chain
+                .issue_workload(&key.spki_der(), "spiffe://a.td/ns/ns1/sa/app", time::Duration::hours(1), issued_at)
+                .unwrap();
+            let der = crate::pki::pem::decode_certificates(issued.pem.as_bytes(), 1 << 16).unwrap().remove(0);
+            Credentials { peer_certificates: Some(Arc::new(vec![der])), ..Credentials::default() }
+        };
+        let caller = authenticator.authenticate(&presenting(now)).await.unwrap().unwrap();
+        assert_eq!((caller.namespace.as_str(), caller.service_account.as_str()), ("ns1", "app"));
+        for issued_at in [now - time::Duration::hours(2), now + time::Duration::hours(2)] {
+            let refused = authenticator.authenticate(&presenting(issued_at)).await.unwrap_err();
+            assert!(
+                matches!(&refused, AuthError::Rejected(Rejection::ClientCertificate(Refused::NotValidNow { .. }))),
+                "{refused:?}"
+            );
+            assert!(refused.to_string().contains("is not valid now (valid from "), "{refused}");
+        }
+    }
 
     /// A chain's refusal names the authenticator that refused, as the client and the audit log see it.
     #[tokio::test]
