@@ -189,7 +189,7 @@ pub async fn apply(client: kube::Client, namespace: &str, name: &str, action: Ro
                     .and_then(|c| crate::pki::pem::decode_certificates(c, 1 << 20).ok())
                     .and_then(|c| c.into_iter().next())
                     .ok_or_else(|| RotationError::Current("no tls.crt".into()))?;
-                let stale = rotation::stale_intermediates(&client, &signing).await?;
+                let stale = rotation::stale_intermediates(&client, namespace, &signing).await?;
                 if !stale.is_empty() {
                     anyhow::bail!(
                         "these intermediates are not yet under the signing root, so their workloads still need the old one: {}; wait for meshroot to re-issue them (or pass --force)",

@@ -229,8 +229,12 @@ pub fn plan(
         plan.actions.push(Action::Apply { namespace: key.0.clone(), name: key.1.clone() });
     }
     let actions = &mut plan.actions;
+    // Only names meshroot writes are ever deleted: anyone may put meshroot's labels on a ConfigMap
+    // of any name in their namespace, and a delete the RBAC refuses would fail every pass, slowing
+    // every root ConfigMap write behind its backoff.
+    let names: BTreeSet<&str> = want.iter().map(|(_, name)| name.as_str()).collect();
     for ((namespace, name), cm) in &observed {
-        let unwanted = !want.contains(&(namespace.clone(), name.clone()));
+        let unwanted = !want.contains(&(namespace.clone(), name.clone())) && names.contains(name.as_str());
         if unwanted && is_managed(cm.metadata.labels.as_ref()) && cm.metadata.deletion_timestamp.is_none() {
             actions.push(Action::Delete { namespace: namespace.clone(), name: name.clone() });
         }
@@ -544,6 +548,7 @@ mod tests {
             cm("c", "x", "BUNDLE", false), // istiod's leftover: take it over
             cm("d", "x", "BUNDLE", true),  // namespace left the mesh: ours, delete
             cm("e", "x", "BUNDLE", false), // not ours: never deleted
+            cm("f", "y", "BUNDLE", true),  // labelled as ours, but a name meshroot never writes: left
         ];
         let actions = plan(&want, &observed, "BUNDLE", &BTreeSet::new(), |_| true).actions;
         assert_eq!(

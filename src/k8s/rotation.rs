@@ -12,14 +12,16 @@
 //! Each step refuses to run out of order, and every write is a
 //! compare-and-swap on the resourceVersion read.
 
-use super::intermediates::{Layout, MESH_LABEL};
+use super::intermediates::{CACERTS, Layout, MESH_LABEL};
 use super::root::{CA_CERT, Root, TLS_CERT, TLS_KEY, parse_root_secret};
 use super::{error_summary, is_managed, secret_value};
+use crate::api::mesh::Mesh;
 use crate::pki::{Authority, PkiError, TrustBundle, pem};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
 use rustls_pki_types::CertificateDer;
+use std::collections::BTreeSet;
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -253,16 +255,27 @@ pub fn finish(
 }
 
 /// Intermediates meshroot manages that are not yet under the signing root:
-/// `finish` must not run while any remain.
+/// `finish` must not run while any remain. Only where meshroot keeps them
+/// (its own namespace, and `cacerts` in each Mesh's istiod namespace): anyone
+/// may put meshroot's labels on a Secret of their own, which would otherwise
+/// hold `finish` back for good.
 pub async fn stale_intermediates(
     client: &kube::Client,
+    own_namespace: &str,
     signing: &CertificateDer<'_>,
 ) -> Result<Vec<String>, RotationError> {
+    let api_error = |e: kube::Error| RotationError::Api(error_summary(&e));
+    let meshes = Api::<Mesh>::all(client.clone()).list(&ListParams::default()).await.map_err(api_error)?;
+    let istiod_namespaces: BTreeSet<&str> = meshes.items.iter().map(|m| m.spec.istiod.namespace.as_str()).collect();
+    let kept_by_meshroot = |s: &Secret| {
+        let namespace = s.metadata.namespace.as_deref().unwrap_or_default();
+        namespace == own_namespace
+            || (s.metadata.name.as_deref() == Some(CACERTS) && istiod_namespaces.contains(namespace))
+    };
     let api: Api<Secret> = Api::all(client.clone());
-    let list =
-        api.list(&ListParams::default().labels(MESH_LABEL)).await.map_err(|e| RotationError::Api(error_summary(&e)))?;
+    let list = api.list(&ListParams::default().labels(MESH_LABEL)).await.map_err(api_error)?;
     let mut stale = Vec::new();
-    for s in list.items.iter().filter(|s| is_managed(s.metadata.labels.as_ref())) {
+    for s in list.items.iter().filter(|s| is_managed(s.metadata.labels.as_ref()) && kept_by_meshroot(s)) {
         let cert = secret_value(s, Layout::of(s).cert_key());
         let issued = cert
             .and_then(|c| pem::decode_certificates(c, 1 << 20).ok())

@@ -305,6 +305,32 @@ async fn finish_waits_for_every_intermediate_to_move_under_the_new_root() {
     let new = Authority::from_pem(&std::fs::read(&cert).unwrap(), &std::fs::read(&key).unwrap()).unwrap();
     let both = TrustBundle::new(vec![new.certificate().clone(), old.certificate().clone()]).unwrap();
     assert!(ensure(&secrets, &target, &policy, Some(&new), &[], &both, now).await.unwrap().issued);
+
+    // A `cacerts` meshroot keeps in a Mesh's istiod namespace counts too; a Secret a tenant labels
+    // as meshroot's, in its own namespace, does not (it would hold finish back for good).
+    let labels = serde_json::json!({"meshroot.io/mesh": "default", "app.kubernetes.io/managed-by": "meshroot"});
+    let old_pem = pem::encode_certificate(old.certificate());
+    let b64 = |text: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text);
+    for ns in ["istio-system", "team-a"] {
+        fake.namespace(ns, serde_json::json!({}));
+        fake.create(
+            "v1",
+            "secrets",
+            ns,
+            serde_json::json!({"metadata": {"name": "cacerts", "labels": labels}, "data": {"ca-cert.pem": b64(&old_pem)}}),
+        );
+    }
+    fake.create(
+        "meshroot.io/v1alpha1",
+        "meshes",
+        "",
+        serde_json::json!({"metadata": {"name": "default"}, "spec": {"trustDomain": "cluster.local", "mode": "PluginCA",
+            "istiod": {"namespace": "istio-system"}}}),
+    );
+    let refused = apply(fake.client(), NS, SECRET, finish()).await.unwrap_err().to_string();
+    assert!(refused.contains("istio-system/cacerts") && !refused.contains("team-a"), "{refused}");
+    let in_istiod: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(fake.client(), "istio-system");
+    in_istiod.delete("cacerts", &Default::default()).await.unwrap();
     let said = apply(fake.client(), NS, SECRET, finish()).await.unwrap();
     assert!(said.contains("stage: steady"), "{said}");
 }
