@@ -108,7 +108,7 @@ pub struct IssuerSpec {
     /// meshroot's DNS names and meshroot's IP addresses are never granted, nor SPIFFE IDs of another
     /// namespace or another trust domain than the signing mesh's, nor names the cluster's DNS reads as
     /// another namespace's Service or pod (`<name>.<namespace>`, `....<namespace>.svc...`,
-    /// `....<namespace>.pod...`), nor single-label names; a mesh's SPIFFE IDs need a literal entry; and
+    /// `....<namespace>.pod...`), nor single-label DNS names; a mesh's SPIFFE IDs need a literal entry; and
     /// `allowCA` is refused.
     #[serde(default)]
     pub policy: IssuancePolicy,

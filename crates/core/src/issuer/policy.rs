@@ -302,7 +302,11 @@ impl Policy {
                 let namespace = other.to_string();
                 violations.push(Violation::OtherNamespaceService { what, name, namespace });
             }
-            (None, Some(ClusterDnsNamespace::Every)) => violations.push(Violation::SingleLabelName { what, name }),
+            // A one-label common name is as often a user's or a client's name; TLS clients match
+            // host names against SANs only (Go, and RFC 6125 when a SAN is present).
+            (None, Some(ClusterDnsNamespace::Every)) if !is_cn => {
+                violations.push(Violation::SingleLabelName { what, name });
+            }
             _ if !(by_dns || by_cn) => violations.push(Violation::NameNotAllowed { what, name, lists }),
             _ => {}
         }
@@ -761,6 +765,8 @@ pub(super) mod tests {
             let e = check_in("team-a", &anything, &names(&[name], &[], &[], &[])).unwrap_err();
             assert!(e.contains("has one label"), "{name}: {e}");
         }
+        // As a common name, one label is a client's or a user's name as often.
+        assert_eq!(check_in_with_cn("team-a", &anything, "payments"), Ok(()));
         // Its own namespace's names in each form, and names the cluster's DNS does not read as one.
         for name in [
             "web.team-a",

@@ -151,7 +151,7 @@ pub enum Violation {
         /// The namespace whose Service it names.
         namespace: String,
     },
-    /// A namespaced Issuer asked for a single-label name.
+    /// A namespaced Issuer asked for a single-label DNS name (not a common name).
     #[error(
         "{what} {} has one label, which every namespace's clients read as a Service of their own namespace; a \
          namespaced Issuer never grants it, a ClusterIssuer may",
