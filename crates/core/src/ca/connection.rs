@@ -273,17 +273,27 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => match this.idle.as_mut().map(|idle| idle.poll_silent(cx)) {
-                Some(Poll::Ready(error)) => Poll::Ready(Err(error)),
-                _ => Poll::Pending,
-            },
+            Poll::Pending => this.blocked(cx, Poll::Pending),
+        }
+    }
+}
+
+impl<T> Watched<T> {
+    /// A write that cannot proceed is checked for silence too: h2 stops reading while its
+    /// writes are blocked, so a peer that sends nothing and reads nothing would otherwise never
+    /// reach the read side's check.
+    fn blocked<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match (polled, self.idle.as_mut()) {
+            (Poll::Pending, Some(idle)) => idle.poll_silent(cx).map(Err),
+            (polled, _) => polled,
         }
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.blocked(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -291,7 +301,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.blocked(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -299,7 +310,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.blocked(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -368,7 +380,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_connection_silent_for_two_idle_timeouts_ends_with_an_error() {
+    async fn a_connection_silent_from_the_start_ends_with_an_error_after_one_idle_timeout() {
         let (admission, metrics) = admission(10, 10, Some(Duration::from_secs(60)));
         let (server, _client) = pair().await;
         let mut watched = Watched::new(server, admission.admit(A).unwrap());
@@ -429,6 +441,25 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         // Heard at 30 s: the period ending at 60 s saw it, the one ending at 120 s did not.
         assert_eq!(started.elapsed(), Duration::from_secs(120));
+    }
+
+    /// A peer that reads nothing blocks the writes; h2 then stops reading, so the write side must
+    /// notice the silence too.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_whose_writes_are_blocked_and_that_sends_nothing_is_closed() {
+        let (admission, _) = admission(10, 10, Some(Duration::from_secs(60)));
+        let (server, _client) = pair().await;
+        let mut watched = Watched::new(server, admission.admit(A).unwrap());
+        let started = Instant::now();
+        let chunk = vec![0u8; 1 << 16];
+        let error = loop {
+            // The client never reads: the socket buffers fill, then the write waits.
+            if let Err(e) = watched.write(&chunk).await {
+                break e;
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
     }
 
     #[tokio::test(start_paused = true)]
