@@ -9,6 +9,7 @@ use crate::k8s::root::RootState;
 use crate::k8s::watch as kwatch;
 use crate::mesh::MeshRegistry;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher};
@@ -45,6 +46,8 @@ pub struct IssuerCache {
     issuers: Store<Issuer>,
     cluster_issuers: Store<ClusterIssuer>,
     meshes: Store<Mesh>,
+    /// Which namespaces exist: the cluster's DNS reads a name's last label as one.
+    namespaces: Store<Namespace>,
     changes: watch::Receiver<u64>,
     synced: watch::Receiver<bool>,
 }
@@ -62,10 +65,22 @@ impl IssuerCache {
         let (issuers, issuers_w) = reflector::store::<Issuer>();
         let (cluster_issuers, cluster_w) = reflector::store::<ClusterIssuer>();
         let (meshes, meshes_w) = reflector::store::<Mesh>();
+        let (namespaces, namespaces_w) = reflector::store::<Namespace>();
+        // A namespace's coming or going changes no issuer's readiness: it is read at each signing,
+        // and signals no change (which would run every request again).
         let changes = futures::stream::select_all([
-            kwatch::changes(issuers_w, Api::<Issuer>::all(client.clone()), watcher::Config::default()),
-            kwatch::changes(cluster_w, Api::<ClusterIssuer>::all(client.clone()), watcher::Config::default()),
-            kwatch::changes(meshes_w, Api::<Mesh>::all(client), watcher::Config::default()),
+            kwatch::changes(issuers_w, Api::<Issuer>::all(client.clone()), watcher::Config::default())
+                .map(|()| true)
+                .boxed(),
+            kwatch::changes(cluster_w, Api::<ClusterIssuer>::all(client.clone()), watcher::Config::default())
+                .map(|()| true)
+                .boxed(),
+            kwatch::changes(meshes_w, Api::<Mesh>::all(client.clone()), watcher::Config::default())
+                .map(|()| true)
+                .boxed(),
+            kwatch::changes(namespaces_w, Api::<Namespace>::all(client), watcher::Config::default())
+                .map(|()| false)
+                .boxed(),
         ])
         .boxed();
         let (tx, rx) = watch::channel(0u64);
@@ -77,14 +92,16 @@ impl IssuerCache {
             issuers: issuers.clone(),
             cluster_issuers: cluster_issuers.clone(),
             meshes: meshes.clone(),
+            namespaces: namespaces.clone(),
         };
-        (Self { issuers, cluster_issuers, meshes, changes: rx, synced }, feed)
+        (Self { issuers, cluster_issuers, meshes, namespaces, changes: rx, synced }, feed)
     }
 
-    /// The tenant boundary as every Mesh and meshroot's own Service draw it.
+    /// The tenant boundary as every Mesh, meshroot's own Service and the namespaces draw it.
     pub fn tenancy(&self, own: &OwnService) -> Tenancy {
         let meshes = self.meshes.state();
         Tenancy::new(meshes.iter().map(|m| (m.metadata.name.as_deref().unwrap_or_default(), &m.spec)), own)
+            .with_namespaces(self.namespaces.state().iter().filter_map(|n| n.metadata.name.clone()))
     }
 
     /// Waits until both issuer kinds and the meshes have been listed once. (Not through
@@ -150,12 +167,14 @@ pub fn signer_changes(
 pub struct IssuerFeed {
     // The stores' writers live in this stream, so it is kept across runs:
     // a tokio Mutex is not poisoned by a run that panicked holding it.
-    changes: Arc<tokio::sync::Mutex<futures::stream::BoxStream<'static, ()>>>,
+    /// Each item: whether the change is one of an issuer or a mesh (a namespace's is not).
+    changes: Arc<tokio::sync::Mutex<futures::stream::BoxStream<'static, bool>>>,
     tx: watch::Sender<u64>,
     synced_tx: watch::Sender<bool>,
     issuers: Store<Issuer>,
     cluster_issuers: Store<ClusterIssuer>,
     meshes: Store<Mesh>,
+    namespaces: Store<Namespace>,
 }
 
 impl IssuerFeed {
@@ -164,13 +183,17 @@ impl IssuerFeed {
         let feed = self.clone();
         async move {
             let mut changes = feed.changes.lock().await;
-            while changes.next().await.is_some() {
+            while let Some(issuer_change) = changes.next().await {
                 if !*feed.synced_tx.borrow()
                     && kwatch::synced(&feed.issuers)
                     && kwatch::synced(&feed.cluster_issuers)
                     && kwatch::synced(&feed.meshes)
+                    && kwatch::synced(&feed.namespaces)
                 {
                     feed.synced_tx.send_replace(true);
+                }
+                if !issuer_change {
+                    continue;
                 }
                 feed.tx.send_modify(|n| *n = n.wrapping_add(1));
             }

@@ -130,6 +130,8 @@ async fn issued_cas_are_name_constrained_to_the_issuers_policy() {
 async fn a_namespaced_issuer_signs_only_with_what_its_namespace_is_granted() {
     let world = world(&["team-a"]);
     world.fake.namespace("team-a", json!({}));
+    // The cluster's DNS completes `reviews.bookinfo` to bookinfo's Service because that namespace exists.
+    world.fake.namespace("bookinfo", json!({}));
     let uri_csr = csr(&world, "/", &[&format!("subjectAltName=URI:{ISTIOD_ID}")]);
     for (name, spec, why) in [
         (

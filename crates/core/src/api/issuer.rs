@@ -107,8 +107,9 @@ pub struct IssuerSpec {
     /// allowed by a list (an absent or empty list allows none). Held to the Issuer's namespace: istiod's and
     /// meshroot's DNS names and meshroot's IP addresses are never granted, nor SPIFFE IDs of another
     /// namespace or another trust domain than the signing mesh's, nor names the cluster's DNS reads as
-    /// another namespace's Service or pod (`<name>.<namespace>`, `....<namespace>.svc...`,
-    /// `....<namespace>.pod...`), nor single-label DNS names; a mesh's SPIFFE IDs need a literal entry; and
+    /// another namespace's Service or pod (`....<namespace>.svc...`, `....<namespace>.pod...`, and two to
+    /// four labels ending in another existing namespace), nor single-label DNS names; a mesh's SPIFFE IDs
+    /// need a literal entry; and
     /// `allowCA` is refused.
     #[serde(default)]
     pub policy: IssuancePolicy,

@@ -288,10 +288,7 @@ impl Policy {
             violations.push(Violation::Wildcard { what, name: name.to_string() });
             return;
         }
-        let other_namespace = issuer_namespace.and_then(|ns| match cluster_dns_namespace(&lower) {
-            Some(ClusterDnsNamespace::Named(named)) if named == ns => None,
-            other => other,
-        });
+        let other_namespace = issuer_namespace.and_then(|ns| other_namespace_named(&lower, ns, tenancy));
         let name = name.to_string();
         match (tenancy.protected_dns(&name), other_namespace) {
             (Some(why), _) if issuer_namespace.is_some() => {
@@ -430,28 +427,33 @@ fn attribute_name(oid: &str) -> &str {
     }
 }
 
-/// Which namespace a (lowercase) DNS name designates to the cluster's DNS, if any.
+/// A namespace other than the Issuer's own that a DNS name designates to the cluster's DNS.
 #[derive(Debug, PartialEq, Eq)]
 enum ClusterDnsNamespace<'a> {
     /// One label: a client's search path makes it a Service of the client's own namespace, whichever.
     Every,
-    /// `<svc>.<ns>` (the search path completes it), or the label before the first `svc` or `pod` after the
-    /// first label (`<svc>.<ns>.svc…`, `<pod>.<svc>.<ns>.svc…`, `<ip>.<ns>.pod…`). A wildcard there is a
-    /// namespace too, never the Issuer's own.
+    /// A namespace, or `*` standing for any.
     Named(&'a str),
 }
 
-fn cluster_dns_namespace(name: &str) -> Option<ClusterDnsNamespace<'_>> {
+/// Which namespace other than `own` the cluster's DNS reads `name` (lowercase) as, if any: the label
+/// before any `svc` or `pod` label after the first (`<svc>.<ns>.svc…`, `<pod>.<svc>.<ns>.svc…`,
+/// `<ip>.<ns>.pod…`), and the last label of a name of two to four labels when that namespace exists
+/// (pods' search path completes `<svc>.<ns>`, `<pod>.<svc>.<ns>` and `<port>.<proto>.<svc>.<ns>`
+/// with `svc.<zone>`). A name whose last label is no namespace, such as `api.example.com` in a
+/// cluster without namespace `com`, names none.
+fn other_namespace_named<'a>(name: &'a str, own: &str, tenancy: &Tenancy) -> Option<ClusterDnsNamespace<'a>> {
     let labels: Vec<&str> = name.split('.').collect();
-    match labels.as_slice() {
-        [_] => Some(ClusterDnsNamespace::Every),
-        [_, namespace] => Some(ClusterDnsNamespace::Named(namespace)),
-        _ => labels
-            .windows(2)
-            .find(|pair| matches!(pair, [_, "svc" | "pod"]))
-            .and_then(|pair| pair.first())
-            .map(|namespace| ClusterDnsNamespace::Named(namespace)),
+    if labels.len() == 1 {
+        return Some(ClusterDnsNamespace::Every);
     }
+    let explicit = labels.windows(2).filter_map(|pair| match pair {
+        [namespace, "svc" | "pod"] => Some(*namespace),
+        _ => None,
+    });
+    let completed =
+        labels.last().copied().filter(|last| (2..=4).contains(&labels.len()) && tenancy.namespace_exists(last));
+    explicit.chain(completed).find(|namespace| *namespace != own).map(ClusterDnsNamespace::Named)
 }
 
 /// `local@domain` with an RFC 5322 dot-atom local part without `/`, and a DNS name without a
@@ -494,6 +496,7 @@ pub(super) mod tests {
             extra_names: vec!["10.96.0.50".into(), "ca.example.com".into()],
         };
         Tenancy::new([("default", &mesh)], &own)
+            .with_namespaces(["default", "finance", "bookinfo", "team-a", "istio-system", "meshroot"].map(String::from))
     }
 
     /// As `check_in`, for a request whose only name is the common name `cn`.
@@ -755,6 +758,12 @@ pub(super) mod tests {
             ("10-0-0-1.finance.pod.cluster.local", "finance"),
             ("*.svc.cluster.local", "*"),
             ("web.team-a.x.svc", "x"),
+            // Short forms the search path completes with svc.<zone>: the last label is the namespace.
+            ("kafka-0.kafka-hl.finance", "finance"),
+            ("*.kafka-hl.finance", "finance"),
+            ("https-dns.tcp.istiod.istio-system", "istio-system"),
+            // Both readings count: the explicit one is team-a's, the completed one finance's.
+            ("team-a.svc.finance", "finance"),
         ] {
             let e = check_in("team-a", &anything, &names(&[name], &[], &[], &[])).unwrap_err();
             assert!(e.contains(&format!("is a Service or pod name of namespace {namespace:?}")), "{name}: {e}");
@@ -776,6 +785,10 @@ pub(super) mod tests {
             "10-0-0-1.team-a.pod.cluster.local",
             "api.example.com",
             "svc.example.com",
+            "kafka-0.kafka-hl.team-a",
+            // A last label that is no namespace here, as in most public names.
+            "payments.elsewhere",
+            "a.b.c.finance.example.com",
         ] {
             assert_eq!(check_in("team-a", &anything, &names(&[name], &[], &[], &[])), Ok(()), "{name}");
         }

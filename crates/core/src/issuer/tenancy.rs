@@ -56,6 +56,8 @@ pub struct Tenancy {
     hosts: BTreeMap<String, String>,
     /// meshroot's serving IP addresses.
     ips: BTreeSet<std::net::IpAddr>,
+    /// The cluster's namespaces.
+    namespaces: BTreeSet<String>,
 }
 
 impl ProtectedService {
@@ -67,6 +69,17 @@ impl ProtectedService {
 }
 
 impl Tenancy {
+    /// This boundary, knowing which namespaces exist: the cluster's DNS completes a short name's
+    /// last label as a namespace.
+    pub fn with_namespaces(self, namespaces: impl IntoIterator<Item = String>) -> Self {
+        Self { namespaces: namespaces.into_iter().collect(), ..self }
+    }
+
+    /// Whether the namespace exists, as last seen.
+    pub fn namespace_exists(&self, namespace: &str) -> bool {
+        self.namespaces.contains(namespace)
+    }
+
     /// From every Mesh (name, spec) and meshroot's own Service.
     pub fn new<'a>(meshes: impl IntoIterator<Item = (&'a str, &'a MeshSpec)>, own: &OwnService) -> Self {
         let mut t = Tenancy::default();
