@@ -28,7 +28,7 @@ async fn root_distribution() {
     let (_bundle_tx, bundle_rx) = tokio::sync::watch::channel(bundle);
     let resync = Duration::from_millis(500);
     let start = Instant::now();
-    let task = root_configmaps::spawn(fake.client(), bundle_rx, resync, Coverage::default());
+    let task = root_configmaps::spawn(fake.client(), bundle_rx, resync, Coverage::default(), Default::default());
     let expected = namespaces() + 1;
     loop {
         let have = fake.list("v1", "configmaps").len();

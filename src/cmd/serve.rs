@@ -40,6 +40,10 @@ pub struct Args {
     /// Other names for the local cluster. Repeatable.
     #[arg(long = "cluster-alias", env = "MESHROOT_CLUSTER_ALIASES", value_delimiter = ',')]
     cluster_aliases: Vec<String>,
+    /// A root ConfigMap name meshroot may write and delete (the chart passes its RBAC's list): meshroot's
+    /// ConfigMaps under a name no Mesh uses any more are deleted only under these names. Repeatable.
+    #[arg(long = "root-configmap-name", env = "MESHROOT_ROOT_CONFIGMAP_NAMES", value_delimiter = ',')]
+    root_configmap_names: Vec<String>,
     /// TokenReview audiences. Repeatable.
     #[arg(
         long = "token-audience",
@@ -139,6 +143,7 @@ impl Args {
             generate_root: self.generate_root,
             cluster_id: self.cluster_id,
             cluster_aliases: self.cluster_aliases,
+            root_configmap_names: self.root_configmap_names,
             token: TokenReviewConfig {
                 audiences: self.token_audiences,
                 cache_ttl: std_duration(self.token_cache_ttl),
@@ -212,6 +217,7 @@ pub fn describe(opts: &ServeOptions) -> String {
         ("generate root", opts.generate_root.to_string()),
         ("cluster id", opts.cluster_id.clone()),
         ("cluster aliases", opts.cluster_aliases.join(",")),
+        ("root configmap names", opts.root_configmap_names.join(",")),
         ("token audiences", opts.token.audiences.join(",")),
         ("service name", opts.service_name.clone()),
         ("serving names", opts.serving_names.join(",")),

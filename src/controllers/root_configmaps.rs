@@ -192,6 +192,7 @@ fn holds_bundle(cm: &ConfigMap, bundle_pem: &str) -> bool {
 pub fn plan(
     want: &BTreeSet<ConfigMapKey>,
     observed: &[Arc<ConfigMap>],
+    names: &BTreeSet<String>,
     bundle_pem: &str,
     adoptable: &BTreeSet<ConfigMapKey>,
     rewrite_contested: impl Fn(&ConfigMapKey) -> bool,
@@ -229,12 +230,14 @@ pub fn plan(
         plan.actions.push(Action::Apply { namespace: key.0.clone(), name: key.1.clone() });
     }
     let actions = &mut plan.actions;
-    // Only names meshroot writes are ever deleted: anyone may put meshroot's labels on a ConfigMap
-    // of any name in their namespace, and a delete the RBAC refuses would fail every pass, slowing
-    // every root ConfigMap write behind its backoff.
-    let names: BTreeSet<&str> = want.iter().map(|(_, name)| name.as_str()).collect();
+    // Only names meshroot writes are ever deleted (those Meshes use now, and `names`: those its RBAC
+    // allows, once a Mesh stops using one): anyone may put meshroot's labels on a ConfigMap of any
+    // name in their namespace, and a delete the RBAC refuses would fail every pass, slowing every
+    // root ConfigMap write behind its backoff.
+    let in_use: BTreeSet<&str> = want.iter().map(|(_, name)| name.as_str()).collect();
     for ((namespace, name), cm) in &observed {
-        let unwanted = !want.contains(&(namespace.clone(), name.clone())) && names.contains(name.as_str());
+        let ours = in_use.contains(name.as_str()) || names.contains(name);
+        let unwanted = ours && !want.contains(&(namespace.clone(), name.clone()));
         if unwanted && is_managed(cm.metadata.labels.as_ref()) && cm.metadata.deletion_timestamp.is_none() {
             actions.push(Action::Delete { namespace: namespace.clone(), name: name.clone() });
         }
@@ -326,11 +329,14 @@ pub type Coverage = Arc<std::sync::Mutex<BTreeMap<String, MeshRoots>>>;
 /// Keeps the root ConfigMaps converged until the task is dropped: on every
 /// change to Meshes, namespaces, root ConfigMaps or the bundle, and every
 /// `resync` besides. A contested ConfigMap is rewritten at most once a `resync`.
+/// Keeps every Mesh's root ConfigMaps holding `bundle`. `names` are the ConfigMap names meshroot
+/// may write (its RBAC's), whose leftovers it deletes once no Mesh uses a name any more.
 pub fn spawn(
     client: kube::Client,
     mut bundle: tokio::sync::watch::Receiver<Arc<TrustBundle>>,
     resync: std::time::Duration,
     coverage: Coverage,
+    names: BTreeSet<String>,
 ) -> tokio::task::JoinHandle<()> {
     use crate::k8s::watch as kwatch;
     use futures::StreamExt;
@@ -377,7 +383,7 @@ pub fn spawn(
                 .flatten()
                 .cloned()
                 .collect();
-            let plan = plan(&want, &configmaps.state(), current.pem(), &adoptable, |key| {
+            let plan = plan(&want, &configmaps.state(), &names, current.pem(), &adoptable, |key| {
                 contest_writes.get(key).is_none_or(|(at, _)| now.duration_since(*at) >= due)
             });
             // Kept for a resync even while meshroot's write holds, so that the
@@ -550,7 +556,7 @@ mod tests {
             cm("e", "x", "BUNDLE", false), // not ours: never deleted
             cm("f", "y", "BUNDLE", true),  // labelled as ours, but a name meshroot never writes: left
         ];
-        let actions = plan(&want, &observed, "BUNDLE", &BTreeSet::new(), |_| true).actions;
+        let actions = plan(&want, &observed, &BTreeSet::new(), "BUNDLE", &BTreeSet::new(), |_| true).actions;
         assert_eq!(
             actions,
             vec![
@@ -560,7 +566,7 @@ mod tests {
             ]
         );
         let converged = vec![cm("a", "x", "BUNDLE", true), cm("b", "x", "BUNDLE", true), cm("c", "x", "BUNDLE", true)];
-        assert_eq!(plan(&want, &converged, "BUNDLE", &BTreeSet::new(), |_| true), Plan::default());
+        assert_eq!(plan(&want, &converged, &BTreeSet::new(), "BUNDLE", &BTreeSet::new(), |_| true), Plan::default());
     }
 
     /// `cm` with managedFields entries: (manager, whether it owns `data.root-cert.pem`).
@@ -620,20 +626,21 @@ mod tests {
         assert_eq!(foreign_writer(&contested), None);
 
         // istio-csr's, holding a root meshroot trusts too (the migration's step 1): left alone.
-        let held = plan(&want, std::slice::from_ref(&istio_csr), bundle, &BTreeSet::new(), |_| true);
+        let held = plan(&want, std::slice::from_ref(&istio_csr), &BTreeSet::new(), bundle, &BTreeSet::new(), |_| true);
         assert!(held.actions.is_empty(), "left alone: {held:?}");
         assert_eq!(held.foreign, vec![Contest { key: key.clone(), writer: "cert-manager-istio-csr".into() }]);
-        let handed_over = plan(&want, std::slice::from_ref(&istio_csr), bundle, &want, |_| true);
+        let handed_over = plan(&want, std::slice::from_ref(&istio_csr), &BTreeSet::new(), bundle, &want, |_| true);
         assert_eq!(handed_over.actions, vec![Action::Apply { namespace: "apps".into(), name: "x".into() }]);
         assert!(handed_over.foreign.is_empty());
-        let taken = plan(&want, std::slice::from_ref(&istiods), bundle, &BTreeSet::new(), |_| true);
+        let taken = plan(&want, std::slice::from_ref(&istiods), &BTreeSet::new(), bundle, &BTreeSet::new(), |_| true);
         assert_eq!(taken.actions.len(), 1, "istiod's is taken over without asking");
         // One that trusts a root meshroot does not (planted by a namespace's owner) is corrected
         // at once, whoever wrote it.
         let both = [ours.certificate_pem(), planted.certificate_pem()].concat();
         for data in [planted.certificate_pem(), both.as_str(), "not PEM"] {
             let planted_cm = with_managers(cm("apps", "x", data, false), &[("kubectl-create", true)]);
-            let corrected = plan(&want, std::slice::from_ref(&planted_cm), bundle, &BTreeSet::new(), |_| true);
+            let corrected =
+                plan(&want, std::slice::from_ref(&planted_cm), &BTreeSet::new(), bundle, &BTreeSet::new(), |_| true);
             assert_eq!(corrected.actions.len(), 1, "{data}");
             assert!(corrected.foreign.is_empty());
         }
@@ -647,7 +654,7 @@ mod tests {
             with_managers(cm("a", "x", "ISTIOD ROOT", true), &[(FIELD_MANAGER, false), ("pilot-discovery", true)]),
             cm("b", "x", "OLD", true),
         ];
-        let held = plan(&want, &observed, "BUNDLE", &BTreeSet::new(), |_| false);
+        let held = plan(&want, &observed, &BTreeSet::new(), "BUNDLE", &BTreeSet::new(), |_| false);
         let contest = Contest { key: ("a".into(), "x".into()), writer: "pilot-discovery".into() };
         assert_eq!(held.contested, vec![contest.clone()]);
         assert_eq!(
@@ -655,7 +662,7 @@ mod tests {
             vec![Action::Apply { namespace: "b".into(), name: "x".into() }],
             "only the uncontested drift"
         );
-        let due = plan(&want, &observed, "BUNDLE", &BTreeSet::new(), |key| key.0 == "a");
+        let due = plan(&want, &observed, &BTreeSet::new(), "BUNDLE", &BTreeSet::new(), |key| key.0 == "a");
         assert_eq!(due.contested, vec![contest]);
         assert_eq!(
             due.actions,
@@ -668,7 +675,14 @@ mod tests {
         let restored =
             with_managers(cm("a", "x", "BUNDLE", true), &[(FIELD_MANAGER, false), ("pilot-discovery", true)]);
         assert_eq!(
-            plan(&want, &[restored, cm("b", "x", "BUNDLE", true)], "BUNDLE", &BTreeSet::new(), |_| false),
+            plan(
+                &want,
+                &[restored, cm("b", "x", "BUNDLE", true)],
+                &BTreeSet::new(),
+                "BUNDLE",
+                &BTreeSet::new(),
+                |_| false
+            ),
             Plan::default()
         );
     }

@@ -47,6 +47,9 @@ pub struct ServeOptions {
     pub cluster_id: String,
     /// Other names of the local cluster that `clusterid` may carry.
     pub cluster_aliases: Vec<String>,
+    /// The root ConfigMap names meshroot may write (its RBAC's): leftovers under a name no Mesh uses any
+    /// more are deleted.
+    pub root_configmap_names: Vec<String>,
     /// How callers' tokens are checked with TokenReview: audiences, timeout, and the caches of accepted and
     /// rejected tokens.
     pub token: TokenReviewConfig,
@@ -89,6 +92,12 @@ impl ServeOptions {
         for (flag, name) in [("--root-secret", &self.root_secret), ("--lease-name", &self.lease_name)] {
             if !is_dns1123_subdomain(name) {
                 problems.push(format!("{flag} {name:?} is not a valid object name (DNS-1123 subdomain)"));
+            }
+        }
+        for name in &self.root_configmap_names {
+            if !is_dns1123_subdomain(name) {
+                problems
+                    .push(format!("--root-configmap-name {name:?} is not a valid object name (DNS-1123 subdomain)"));
             }
         }
         if !is_dns1123_label(&self.service_name) {
@@ -469,8 +478,11 @@ fn start_controllers(
     }));
     running.push({
         let (client, resync, coverage) = (client.clone(), opts.resync, coverage.clone());
+        let names: std::collections::BTreeSet<String> = opts.root_configmap_names.iter().cloned().collect();
         supervisor.spawn("root_configmaps", move || {
-            supervise::join(root_configmaps::spawn(client.clone(), bundle_rx.clone(), resync, coverage.clone()))
+            let (client, bundle, coverage, names) =
+                (client.clone(), bundle_rx.clone(), coverage.clone(), names.clone());
+            supervise::join(root_configmaps::spawn(client, bundle, resync, coverage, names))
         })
     });
     running.push({

@@ -168,6 +168,10 @@ fn the_chart_keeps_the_binarys_connection_limits_and_passes_its_own() {
         strings(&find(docs, "Deployment", "mr-meshroot")["spec"]["template"]["spec"]["containers"][0]["args"])
     };
     assert_eq!(connection_settings(&container_args(&template(&[]).unwrap())), expected);
+    // The root ConfigMap names its RBAC lets it write are the ones it may clean up.
+    let with_names = template(&["--set", "extraRootConfigMapNames[0]=custom-root"]).unwrap();
+    let names = settings(&container_args(&with_names), |name| name == "root configmap names");
+    assert_eq!(names, [("root configmap names".to_string(), "custom-root,istio-ca-root-cert".to_string())]);
     let set = template(&[
         "--set",
         "connections.max=100000",

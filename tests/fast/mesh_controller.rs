@@ -43,7 +43,13 @@ fn world() -> World {
     let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(Arc::new(bundle.clone()));
     let coverage = Coverage::default();
     let tasks = vec![
-        root_configmaps::spawn(fake.client(), bundle_rx, Duration::from_secs(3600), coverage.clone()),
+        root_configmaps::spawn(
+            fake.client(),
+            bundle_rx,
+            Duration::from_secs(3600),
+            coverage.clone(),
+            Default::default(),
+        ),
         meshes::spawn(fake.client(), "meshroot".into(), root_rx, coverage, Duration::from_millis(300)),
     ];
     World { fake, bundle, _root_tx: root_tx, _bundle_tx: bundle_tx, _tasks: tasks }

@@ -50,7 +50,8 @@ fn world(bundle: &TrustBundle) -> World {
     );
     let (bundle_tx, rx) = tokio::sync::watch::channel(Arc::new(bundle.clone()));
     let coverage = Coverage::default();
-    let task = root_configmaps::spawn(fake.client(), rx, Duration::from_secs(3600), coverage.clone());
+    let names = [CM.to_string()].into();
+    let task = root_configmaps::spawn(fake.client(), rx, Duration::from_secs(3600), coverage.clone(), names);
     World { fake, bundle_tx, coverage, _task: task }
 }
 
@@ -105,6 +106,27 @@ async fn follows_namespaces_in_and_out_and_never_deletes_what_it_does_not_own() 
     assert_eq!(root_pem(&w.fake, "other").as_deref(), Some("theirs"));
 }
 
+/// When the last Mesh using a name goes, meshroot's ConfigMaps under it go too (they would keep a
+/// root meshroot no longer rotates), but only under names its RBAC lists: a ConfigMap anyone
+/// labels as meshroot's under another name is left alone, never a delete that fails every pass.
+#[tokio::test]
+async fn a_deleted_meshs_configmaps_go_and_others_labelled_as_meshroots_stay() {
+    let b = bundle();
+    let w = world(&b);
+    until("initial ConfigMaps", || root_pem(&w.fake, "bookinfo").is_some()).await;
+    let planted = json!({"metadata": {"name": "planted", "labels": {"app.kubernetes.io/managed-by": "meshroot"}}});
+    w.fake.create("v1", "configmaps", "other", planted);
+    let meshes: Api<meshroot::api::mesh::Mesh> = Api::all(w.fake.client());
+    meshes.delete("default", &DeleteParams::default()).await.unwrap();
+    until("the mesh's ConfigMaps to go", || {
+        ["istio-system", "ztunnel", "bookinfo"].iter().all(|ns| root_pem(&w.fake, ns).is_none())
+    })
+    .await;
+    assert!(w.fake.get("v1", "configmaps", "other", "planted").is_some());
+    let deletes: Vec<_> = w.fake.writes().into_iter().filter(|r| r.method == "DELETE").collect();
+    assert!(deletes.iter().all(|r| !r.path.contains("planted")), "{deletes:?}");
+}
+
 #[tokio::test]
 async fn a_new_bundle_reaches_every_namespace_and_stale_istiod_configmaps_are_taken_over() {
     let old = bundle();
@@ -138,7 +160,7 @@ async fn a_large_rollout_is_written_once_and_resyncs_write_nothing() {
     fake.namespaces_with_one_mesh(N);
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(bundle()));
     let resync = Duration::from_millis(300);
-    let _task = root_configmaps::spawn(fake.client(), rx, resync, Coverage::default());
+    let _task = root_configmaps::spawn(fake.client(), rx, resync, Coverage::default(), [CM.to_string()].into());
     for _ in 0..600 {
         if fake.list("v1", "configmaps").len() > N {
             break;

@@ -65,6 +65,8 @@ pub fn options(pod_name: &str) -> ServeOptions {
         generate_root: true,
         cluster_id: "Kubernetes".into(),
         cluster_aliases: vec![],
+        // The chart's list when no Mesh names another.
+        root_configmap_names: vec!["istio-ca-root-cert".into()],
         token: Default::default(),
         service_name: "meshroot".into(),
         serving_names: vec!["localhost".into()],
