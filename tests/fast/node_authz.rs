@@ -19,6 +19,16 @@ fn pod(fake: &FakeApi, ns: &str, name: &str, sa: &str, node: Option<&str>) -> St
     p["metadata"]["uid"].as_str().unwrap().to_string()
 }
 
+/// A fake API with `istio-system` and `namespace`, and ztunnel-a on node-1; the fake and that pod's uid.
+fn with_ztunnel_on_node_1(namespace: &str) -> (FakeApi, String) {
+    let fake = FakeApi::new();
+    for ns in ["istio-system", namespace] {
+        fake.namespace(ns, json!({}));
+    }
+    let uid = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    (fake, uid)
+}
+
 fn ztunnel(name: &str, uid: &str) -> Caller {
     Caller {
         namespace: "istio-system".into(),
@@ -124,11 +134,7 @@ async fn ztunnel_may_act_only_for_workloads_on_its_node() {
 /// gives no ztunnel powers, even though the pod, its uid and its node match.
 #[tokio::test]
 async fn a_caller_whose_pod_runs_as_another_service_account_is_refused() {
-    let fake = FakeApi::new();
-    for ns in ["istio-system", "bookinfo"] {
-        fake.namespace(ns, json!({}));
-    }
-    let z = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    let (fake, z) = with_ztunnel_on_node_1("bookinfo");
     let other = pod(&fake, "istio-system", "not-ztunnel", "default", Some("node-1"));
     pod(&fake, "bookinfo", "reviews-1", "reviews", Some("node-1"));
     let (a, _task) = PodNodeAuthorizer::spawn(fake.client());
@@ -156,11 +162,7 @@ async fn an_unsynced_cache_is_unavailable_not_a_refusal() {
 /// node running static pods, could obtain any namespace's `default` identity.
 #[tokio::test]
 async fn a_pod_without_a_service_account_is_no_workload_of_default() {
-    let fake = FakeApi::new();
-    for ns in ["istio-system", "victim"] {
-        fake.namespace(ns, json!({}));
-    }
-    let z = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    let (fake, z) = with_ztunnel_on_node_1("victim");
     fake.create(
         "v1",
         "pods",
@@ -184,11 +186,7 @@ async fn a_pod_without_a_service_account_is_no_workload_of_default() {
 /// A Failed pod's token still passes a TokenReview, but its pod no longer acts for the node.
 #[tokio::test]
 async fn a_caller_whose_pod_failed_is_refused() {
-    let fake = FakeApi::new();
-    for ns in ["istio-system", "bookinfo"] {
-        fake.namespace(ns, json!({}));
-    }
-    let z = pod(&fake, "istio-system", "ztunnel-a", "ztunnel", Some("node-1"));
+    let (fake, z) = with_ztunnel_on_node_1("bookinfo");
     pod(&fake, "bookinfo", "reviews-1", "reviews", Some("node-1"));
     let (a, _task) = PodNodeAuthorizer::spawn(fake.client());
     decide(&a, &ztunnel("ztunnel-a", &z), &target("bookinfo", "reviews")).await.unwrap();

@@ -373,17 +373,21 @@ mod tests {
         assert_eq!(metrics.grpc_connections.get(), 0);
     }
 
-    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    /// A watched server end of a loopback connection with `idle` as its idle timeout, its client
+    /// end, the admission that counts it and the metrics.
+    async fn watched(
+        idle: Option<Duration>,
+    ) -> (Watched<tokio::net::TcpStream>, tokio::net::TcpStream, Arc<Admission>, Arc<Metrics>) {
+        let (admission, metrics) = admission(10, 10, idle);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        (listener.accept().await.unwrap().0, client)
+        let server = Watched::new(listener.accept().await.unwrap().0, admission.admit(A).unwrap());
+        (server, client, admission, metrics)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_silent_from_the_start_ends_with_an_error_after_one_idle_timeout() {
-        let (admission, metrics) = admission(10, 10, Some(Duration::from_secs(60)));
-        let (server, _client) = pair().await;
-        let mut watched = Watched::new(server, admission.admit(A).unwrap());
+        let (mut watched, _client, admission, metrics) = watched(Some(Duration::from_secs(60))).await;
         let started = Instant::now();
         let error = watched.read(&mut [0u8; 16]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
@@ -397,9 +401,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_keeps_sending_is_not_closed() {
-        let (admission, metrics) = admission(10, 10, Some(Duration::from_secs(60)));
-        let (server, mut client) = pair().await;
-        let mut watched = Watched::new(server, admission.admit(A).unwrap());
+        let (mut watched, mut client, _, metrics) = watched(Some(Duration::from_secs(60))).await;
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 16];
             let mut total = 0;
@@ -423,9 +425,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_falls_silent_is_closed_within_two_periods_of_its_last_byte() {
-        let (admission, _) = admission(10, 10, Some(Duration::from_secs(60)));
-        let (server, mut client) = pair().await;
-        let mut watched = Watched::new(server, admission.admit(A).unwrap());
+        let (mut watched, mut client, _, _) = watched(Some(Duration::from_secs(60))).await;
         let started = Instant::now();
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 16];
@@ -447,9 +447,7 @@ mod tests {
     /// notice the silence too.
     #[tokio::test(start_paused = true)]
     async fn a_connection_whose_writes_are_blocked_and_that_sends_nothing_is_closed() {
-        let (admission, _) = admission(10, 10, Some(Duration::from_secs(60)));
-        let (server, _client) = pair().await;
-        let mut watched = Watched::new(server, admission.admit(A).unwrap());
+        let (mut watched, _client, _, _) = watched(Some(Duration::from_secs(60))).await;
         let started = Instant::now();
         let chunk = vec![0u8; 1 << 16];
         let error = loop {
@@ -464,9 +462,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_an_idle_timeout_a_silent_connection_stays() {
-        let (admission, _) = admission(10, 10, None);
-        let (server, _client) = pair().await;
-        let mut watched = Watched::new(server, admission.admit(A).unwrap());
+        let (mut watched, _client, _, _) = watched(None).await;
         let read = tokio::time::timeout(Duration::from_secs(24 * 3600), watched.read(&mut [0u8; 16])).await;
         assert!(read.is_err(), "the read should still be waiting");
         let _ = watched.get_mut().shutdown().await;
