@@ -104,14 +104,15 @@ impl IssuerCache {
             .with_namespaces(self.namespaces.state().iter().filter_map(|n| n.metadata.name.clone()))
     }
 
-    /// Waits until both issuer kinds and the meshes have been listed once. (Not through
+    /// Waits until both issuer kinds, the meshes and the namespaces have been listed once. (Not through
     /// `Store::wait_until_ready`: in kube-runtime 5 concurrent waiters on
     /// one store can miss the wake-up.)
     pub async fn wait_synced(&self) {
         let _ = self.synced.clone().wait_for(|s| *s).await;
     }
 
-    /// Whether both issuer kinds and the meshes have been listed once (see [`Self::wait_synced`]).
+    /// Whether both issuer kinds, the meshes and the namespaces have been listed once (see
+    /// [`Self::wait_synced`]).
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()
     }
@@ -178,24 +179,25 @@ pub struct IssuerFeed {
 }
 
 impl IssuerFeed {
-    /// Follows both issuer kinds and the meshes until dropped.
+    /// Follows both issuer kinds, the meshes and the namespaces until dropped.
     pub fn run(&self) -> impl Future<Output = ()> + Send + use<> {
         let feed = self.clone();
         async move {
             let mut changes = feed.changes.lock().await;
             while let Some(issuer_change) = changes.next().await {
-                if !*feed.synced_tx.borrow()
+                let now_synced = !*feed.synced_tx.borrow()
                     && kwatch::synced(&feed.issuers)
                     && kwatch::synced(&feed.cluster_issuers)
                     && kwatch::synced(&feed.meshes)
-                    && kwatch::synced(&feed.namespaces)
-                {
+                    && kwatch::synced(&feed.namespaces);
+                if now_synced {
                     feed.synced_tx.send_replace(true);
                 }
-                if !issuer_change {
-                    continue;
+                // Passes skipped while unsynced run again once synced, even when the namespaces,
+                // which signal no change of their own, are listed last.
+                if issuer_change || now_synced {
+                    feed.tx.send_modify(|n| *n = n.wrapping_add(1));
                 }
-                feed.tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }

@@ -199,7 +199,8 @@ impl Drop for Permit {
 }
 
 /// An admitted connection: holds its permit for as long as it lives, and ends
-/// with a read error once nothing has been read from it for the idle timeout.
+/// with an error on every read and write once nothing has been read from it
+/// for the idle timeout.
 ///
 /// The timer is not reset on every read (a timer-wheel update per read costs
 /// the hot path): it fires every idle timeout, and closes the connection if
@@ -219,6 +220,8 @@ struct Idle {
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
     heard: bool,
+    /// The connection was found silent: it stays closed.
+    expired: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -229,6 +232,7 @@ impl<T> Watched<T> {
             timeout,
             timer: Box::pin(tokio::time::sleep(timeout)),
             heard: false,
+            expired: false,
             metrics: permit.admission.metrics.clone(),
         });
         Self { inner, _permit: permit, idle }
@@ -241,15 +245,24 @@ impl<T> Watched<T> {
 }
 
 impl Idle {
+    fn error(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("nothing read for {}", humantime::format_duration(self.timeout)),
+        )
+    }
+
     /// Ready with an error once the connection has been silent for a whole period.
     fn poll_silent(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if self.expired {
+            return Poll::Ready(self.error());
+        }
         while self.timer.as_mut().poll(cx).is_ready() {
             if !std::mem::take(&mut self.heard) {
+                // Latched: every later read or write fails too, and the close is counted once.
+                self.expired = true;
                 self.metrics.grpc_connections_idle_closed.inc();
-                return Poll::Ready(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("nothing read for {}", humantime::format_duration(self.timeout)),
-                ));
+                return Poll::Ready(self.error());
             }
             // Out of the clock's range only for timeouts no configuration accepts (at most a day):
             // the timer stays elapsed, and the next silent period closes the connection.
@@ -263,6 +276,9 @@ impl Idle {
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(error) = this.expired() {
+            return Poll::Ready(Err(error));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
@@ -288,10 +304,18 @@ impl<T> Watched<T> {
             (polled, _) => polled,
         }
     }
+
+    /// The error every read and write gets once the connection was found silent.
+    fn expired(&self) -> Option<io::Error> {
+        self.idle.as_ref().filter(|idle| idle.expired).map(Idle::error)
+    }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(error) = self.expired() {
+            return Poll::Ready(Err(error));
+        }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.blocked(cx, polled)
     }
@@ -301,6 +325,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(error) = self.expired() {
+            return Poll::Ready(Err(error));
+        }
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.blocked(cx, polled)
     }
@@ -310,6 +337,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(error) = self.expired() {
+            return Poll::Ready(Err(error));
+        }
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
         self.blocked(cx, polled)
     }
@@ -394,6 +424,10 @@ mod tests {
         assert!(error.to_string().contains("nothing read for 1m"), "{error}");
         // Silent from the start: closed when the first period ends.
         assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert_eq!(metrics.grpc_connections_idle_closed.get(), 1);
+        // Closed for good, and counted once, whichever side asks next.
+        assert_eq!(watched.write(b"late").await.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(watched.read(&mut [0u8; 16]).await.unwrap_err().kind(), io::ErrorKind::TimedOut);
         assert_eq!(metrics.grpc_connections_idle_closed.get(), 1);
         drop(watched);
         assert_eq!(admission.open(A), (0, 0));
