@@ -533,3 +533,17 @@ async fn a_request_whose_signing_panics_fails_alone_and_the_others_are_issued() 
         .get();
     assert!(panics >= 1, "the panic is counted");
 }
+
+/// The namespaces may be the last list to arrive, and their events signal no change of their own:
+/// the issuers' status is still written once everything is listed, not a resync (an hour here)
+/// later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_status_is_written_when_the_namespaces_are_listed_last() {
+    let fake = fake_apiserver::FakeApi::new();
+    // The first list of namespaces fails: the watcher lists them again after its backoff.
+    fake.inject("GET", "/api/v1/namespaces", fake_apiserver::Fault::Refused);
+    fake.create(ISSUER_API, "clusterissuers", "", json!({"metadata": {"name": "root"}, "spec": open_root()}));
+    let world = IssuerWorld::start_with(fake);
+    let ready = world.wait_issuer_ready("", "root", "True").await;
+    assert_eq!(condition(&ready, "Ready").unwrap()["reason"], "Checked", "{ready}");
+}
