@@ -858,3 +858,35 @@ async fn a_root_rotation_keeps_the_two_meshes_talking_when_the_gateway_istiod_re
     let g = gateway.certificate(&cluster, "gateway-finish", gateway_istiod.secure, gateway_name, &both).await.unwrap();
     all_handshake(&[&s], &[&g, &gateways[gateways.len() - 1]]).unwrap_or_else(|e| panic!("finish: {e}"));
 }
+
+/// meshroot closes a connection nothing was read from for its idle timeout, without a GOAWAY.
+/// Istio's CA client (grpc-go, as in pilot-agent) keeps its connection between rotations: its next
+/// request must reconnect and succeed, not fail on the closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istios_client_reconnects_after_meshroot_closes_its_idle_connection() {
+    let ca = crate::support::start_ca_with(|opts| {
+        opts.server.request_timeout = Duration::from_secs(2);
+        opts.server.connections.idle_timeout = Some(Duration::from_secs(2));
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (token, roots) = (dir.path().join("token"), dir.path().join("roots.pem"));
+    std::fs::write(&token, crate::support::DEV_TOKEN).unwrap();
+    std::fs::write(&roots, ca.root_pem()).unwrap();
+    let out = tokio::process::Command::new(peers().join("istio-ca-client"))
+        .arg(format!("--ca-addr=127.0.0.1:{}", ca.server.grpc_addr.port()))
+        .arg("--server-name=localhost")
+        .arg(format!("--root-cert={}", roots.display()))
+        .arg(format!("--token-file={}", token.display()))
+        .arg(format!("--spiffe={}", crate::support::DEFAULT_ID))
+        // Silent for 2 s, the connection is closed 2 to 4 s after the first answer; the second
+        // request comes 7 s after the first.
+        .args(["--key=ec", "--count=2", "--concurrency=1", "--pause=7s", "--timeout=60s"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("requests=2 ok=2 errors=0"), "{stdout}");
+    assert_eq!(ca.server.metrics.grpc_connections_idle_closed.get(), 1, "the first connection was closed idle");
+}

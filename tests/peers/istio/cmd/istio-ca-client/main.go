@@ -81,6 +81,7 @@ var (
 	impersonate = flag.String("impersonate", "", "ztunnel mode: request a cert for this SPIFFE identity via Metadata ImpersonatedIdentity")
 	count       = flag.Int("count", 1, "number of requests (benchmark when > 1)")
 	concurrency = flag.Int("concurrency", 1, "parallel workers for --count (one connection each)")
+	pause       = flag.Duration("pause", 0, "wait this long before each request after the first (with --concurrency 1: idle time on one connection, as between pilot-agent's rotations)")
 	freshCSR    = flag.Bool("fresh-csr", false, "generate a new key and CSR for every request (not timed)")
 	outDir      = flag.String("out-dir", "", "write cert-chain.pem, key.pem, root-cert.pem (and response.json) here (last successful response)")
 	timeout     = flag.Duration("timeout", 60*time.Second, "give up after this long (whole run; 0 = none)")
@@ -496,6 +497,9 @@ func main() {
 		}(signers[w])
 	}
 	for i := 0; i < *count; i++ {
+		if i > 0 && *pause > 0 {
+			time.Sleep(*pause)
+		}
 		jobs <- i
 	}
 	close(jobs)
