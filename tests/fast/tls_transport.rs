@@ -310,3 +310,23 @@ async fn a_connection_in_use_outlives_the_idle_timeout() {
     assert_eq!(ca.server.metrics.grpc_connections_idle_closed.get(), 0);
     assert_eq!(ca.server.metrics.grpc_connections.get(), 1, "the client had to reconnect");
 }
+
+/// ztunnel's client is Rust's (tonic over hyper): after meshroot closes its idle connection, the
+/// same channel's next request reconnects and is served. (Istio's Go client: tests/real/istio.rs.)
+#[tokio::test]
+async fn a_rust_client_reconnects_after_its_idle_connection_is_closed() {
+    let ca = start_ca_with(connection_limits(10, Some(std::time::Duration::from_millis(300)))).await;
+    let mut client = ca.client().await;
+    let (_key, csr) = csr_for(DEFAULT_ID, meshroot::pki::KeyAlgorithm::EcdsaP256);
+    let ask = |csr: &str| {
+        let token = bearer(DEV_TOKEN);
+        request(csr, 3600, None, &[("authorization", token.as_str())])
+    };
+    client.create_certificate(ask(&csr)).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ca.server.metrics.grpc_connections_idle_closed.get() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the idle connection was never closed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    client.create_certificate(ask(&csr)).await.unwrap();
+}
