@@ -100,11 +100,6 @@ impl Admission {
         Arc::new(Self { limits, open: Mutex::new(OpenConnections::default()), metrics, last_warning: Mutex::new(None) })
     }
 
-    /// The limits this counts against.
-    pub fn limits(&self) -> &ConnectionLimits {
-        &self.limits
-    }
-
     /// Counts a new connection from `peer`, or says why it may not be served. The
     /// permit uncounts it when dropped, with the connection.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Permit, Refusal> {
@@ -238,9 +233,19 @@ impl<T> Watched<T> {
         Self { inner, _permit: permit, idle }
     }
 
-    /// The wrapped stream.
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.inner
+    /// A read or a write that has to wait checks for silence. Writes too: h2 stops reading while
+    /// its writes are blocked, so a peer that sends nothing and reads nothing would otherwise never
+    /// reach a read's check.
+    fn blocked<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match (polled, self.idle.as_mut()) {
+            (Poll::Pending, Some(idle)) => idle.poll_silent(cx).map(Err),
+            (polled, _) => polled,
+        }
+    }
+
+    /// The error every read and write gets once the connection was found silent.
+    fn expired(&self) -> Option<io::Error> {
+        self.idle.as_ref().filter(|idle| idle.expired).map(Idle::error)
     }
 }
 
@@ -291,23 +296,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             }
             Poll::Pending => this.blocked(cx, Poll::Pending),
         }
-    }
-}
-
-impl<T> Watched<T> {
-    /// A write that cannot proceed is checked for silence too: h2 stops reading while its
-    /// writes are blocked, so a peer that sends nothing and reads nothing would otherwise never
-    /// reach the read side's check.
-    fn blocked<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        match (polled, self.idle.as_mut()) {
-            (Poll::Pending, Some(idle)) => idle.poll_silent(cx).map(Err),
-            (polled, _) => polled,
-        }
-    }
-
-    /// The error every read and write gets once the connection was found silent.
-    fn expired(&self) -> Option<io::Error> {
-        self.idle.as_ref().filter(|idle| idle.expired).map(Idle::error)
     }
 }
 
@@ -499,6 +487,6 @@ mod tests {
         let (mut watched, _client, _, _) = watched(None).await;
         let read = tokio::time::timeout(Duration::from_secs(24 * 3600), watched.read(&mut [0u8; 16])).await;
         assert!(read.is_err(), "the read should still be waiting");
-        let _ = watched.get_mut().shutdown().await;
+        let _ = watched.shutdown().await;
     }
 }
