@@ -96,11 +96,21 @@ while [ $# -gt 0 ]; do
     *) rest+=("$1"); shift ;;
   esac
 done
-if [ ${#files[@]} -gt 0 ]; then
-  globs=$(printf '"%s", ' "${files[@]}")
-  awk -v globs="examine_globs = [${globs%, }]" '
-    /^examine_globs = \[/ { print globs; skipping = 1; next }
+# Tested one crate at a time (--test-workspace=false), a mutant of meshroot-core or meshroot-pki
+# is built for that package alone, which has no `meshroot/...` features: the config's feature
+# arguments are left out (the fuzz-seed and bench tests they enable run in stage 2).
+per_crate=false
+case " ${rest[*]-} " in *" --test-workspace=false "*) per_crate=true ;; esac
+if [ ${#files[@]} -gt 0 ] || $per_crate; then
+  globs=
+  if [ ${#files[@]} -gt 0 ]; then
+    globs=$(printf '"%s", ' "${files[@]}")
+    globs="examine_globs = [${globs%, }]"
+  fi
+  awk -v globs="$globs" -v per_crate="$per_crate" '
+    globs != "" && /^examine_globs = \[/ { print globs; skipping = 1; next }
     skipping && /^\]/ { skipping = 0; next }
+    per_crate == "true" && /^additional_cargo_args = / { next }
     !skipping { print }' .cargo/mutants.toml >"$out/mutants.toml"
   args+=(--config "$out/mutants.toml")
 fi
