@@ -137,7 +137,7 @@ impl RateLimiter {
     /// Takes one token for the peer's IP address (if known).
     pub fn check_peer(&self, peer: Option<IpAddr>) -> Result<(), Exceeded> {
         match (peer, &self.peer) {
-            (Some(ip), Some(bucket)) => self.take(bucket, "peer", &ip.to_string()),
+            (Some(ip), Some(bucket)) => self.take(bucket, "peer", ip.to_string()),
             _ => Ok(()),
         }
     }
@@ -145,7 +145,7 @@ impl RateLimiter {
     /// Takes one token for the caller's namespace on its node (if the node is known).
     pub fn check_node(&self, node: Option<&str>, namespace: &str) -> Result<(), Exceeded> {
         match (node, &self.node) {
-            (Some(node), Some(bucket)) => self.take(bucket, "node", &format!("{node} (namespace {namespace})")),
+            (Some(node), Some(bucket)) => self.take(bucket, "node", format!("{node} (namespace {namespace})")),
             _ => Ok(()),
         }
     }
@@ -153,21 +153,23 @@ impl RateLimiter {
     /// Takes one token for the identity being certified.
     pub fn check_identity(&self, identity: &str) -> Result<(), Exceeded> {
         match &self.identity {
-            Some(bucket) => self.take(bucket, "identity", identity),
+            Some(bucket) => self.take(bucket, "identity", identity.to_string()),
             None => Ok(()),
         }
     }
 
-    fn take(&self, bucket: &Bucket, scope: &'static str, key: &str) -> Result<(), Exceeded> {
+    /// Takes one token from `key`'s bucket. The key is built once by the caller and moved here: the
+    /// limiter keys its buckets by owned strings, and a refusal carries it.
+    fn take(&self, bucket: &Bucket, scope: &'static str, key: String) -> Result<(), Exceeded> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             for b in [&self.identity, &self.node, &self.peer].into_iter().flatten() {
                 b.limiter.retain_recent();
                 b.limiter.shrink_to_fit();
             }
         }
-        bucket.limiter.check_key(&key.to_string()).map_err(|not_until| Exceeded {
+        bucket.limiter.check_key(&key).map_err(|not_until| Exceeded {
             scope,
-            key: key.to_string(),
+            key,
             limit: bucket.limit,
             retry_after: not_until.wait_time_from(DefaultClock::default().now()),
         })
