@@ -76,6 +76,11 @@ MESHROOT_PEERS=$(MESHROOT_CACHE_DIR="$cache" ./scripts/build-peers.sh etcd kube-
   cert-manager-controller cert-manager-webhook pilot-discovery istio-ca-client mtls-probe)
 export MESHROOT_PEERS
 
+# The benchmark's independent load generator (tests/cli: bench --h2load), from Debian's packages.
+step "h2load (Debian's nghttp2-client, unpacked into the cache)"
+MESHROOT_H2LOAD=$(MESHROOT_CACHE_DIR="$cache" ./scripts/install-h2load.sh)
+export MESHROOT_H2LOAD
+
 step "cargo test (every crate and tier, all features: bench, fuzz seeds, the real cluster)"
 cargo test --locked --workspace --all-features
 

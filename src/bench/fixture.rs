@@ -61,6 +61,11 @@ impl Files {
     pub fn ready(&self) -> PathBuf {
         self.dir.join("ready")
     }
+    /// Written by the server process as it exits: the requests it received and the
+    /// certificates it issued, separated by a space.
+    pub fn counts(&self) -> PathBuf {
+        self.dir.join("counts")
+    }
 }
 
 /// Creates the PKI and the token file for `identities` callers in `dir`.

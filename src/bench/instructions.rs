@@ -270,7 +270,7 @@ pub async fn run(opts: &InstructionOptions) -> anyhow::Result<String> {
         format!("--callgrind-out-file={}", dump_base.display()),
         "--dump-line=no".to_string(),
     ];
-    let server = ServerProcess::start(&files.dir, None, &wrapper)?;
+    let server = ServerProcess::start(&files.dir, None, &wrapper, true)?;
     let clients = load::connect_all(&server.addr, root_pem.as_bytes(), opts.connections).await?;
     let mut out = String::new();
     let _ = writeln!(
@@ -293,7 +293,7 @@ pub async fn run(opts: &InstructionOptions) -> anyhow::Result<String> {
         }
     }
     drop(clients);
-    server.stop()?;
+    server.stop(&files.dir)?;
     if let Some(keep) = &opts.keep {
         let _ = writeln!(out, "  callgrind's dumps are in {} (callgrind_annotate FILE)", keep.display());
     }

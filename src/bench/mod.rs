@@ -4,6 +4,7 @@
 
 pub mod ceiling;
 pub mod fixture;
+pub mod h2load;
 pub mod instructions;
 pub mod load;
 pub mod server;
@@ -13,7 +14,7 @@ use crate::pki::{KeyAlgorithm, TrustBundle};
 use anyhow::{Context, bail};
 use stats::{Percentiles, ProcessUsage, human, process_usage};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ pub struct BenchOptions {
     pub cores: usize,
     /// A command line the server's own is appended to (a profiler's); empty for none.
     pub server_wrapper: Vec<String>,
+    /// nghttp2's h2load, to load a server with its rate limits off as well.
+    pub h2load: Option<PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -51,6 +54,7 @@ impl Default for BenchOptions {
             server_core: Some(0),
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             server_wrapper: Vec::new(),
+            h2load: None,
         }
     }
 }
@@ -69,8 +73,18 @@ struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `meshroot bench-server` over `dir`, pinned to `core`, under `wrapper` (a command
-    /// line the server's own is appended to, such as valgrind's) when it is not empty.
-    fn start(dir: &Path, core: Option<usize>, wrapper: &[String]) -> anyhow::Result<Self> {
+    /// line the server's own is appended to, such as valgrind's) when it is not empty, with
+    /// production's rate limits or none.
+    fn start(dir: &Path, core: Option<usize>, wrapper: &[String], rate_limits: bool) -> anyhow::Result<Self> {
+        let files = fixture::Files { dir: dir.to_path_buf() };
+        for stale in [files.ready(), files.counts()] {
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", stale.display()));
+                }
+                _ => {}
+            }
+        }
         let exe = std::env::current_exe().context("locating the meshroot binary")?;
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -84,6 +98,9 @@ impl ServerProcess {
         if let Some(core) = core {
             cmd.args(["--cpu", &core.to_string()]);
         }
+        if !rate_limits {
+            cmd.arg("--rate-limits=false");
+        }
         let mut child =
             cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| {
                 format!(
@@ -91,7 +108,7 @@ impl ServerProcess {
                     wrapper.first().map(|w| format!(" under {w}")).unwrap_or_default()
                 )
             })?;
-        let ready = dir.join("ready");
+        let ready = files.ready();
         // Under valgrind the server starts some fifty times slower.
         let deadline =
             Instant::now() + if wrapper.is_empty() { Duration::from_secs(30) } else { Duration::from_secs(180) };
@@ -116,13 +133,20 @@ impl ServerProcess {
         process_usage(self.child.id()).unwrap_or_default()
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
+    /// Stops the server; returns the requests it received and the certificates it issued.
+    fn stop(mut self, dir: &Path) -> anyhow::Result<(u64, u64)> {
         drop(self.child.stdin.take());
         let status = self.child.wait()?;
         if !status.success() {
             bail!("the bench server exited with {status}");
         }
-        Ok(())
+        let path = fixture::Files { dir: dir.to_path_buf() }.counts();
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut counts = text.split_whitespace().map(str::parse::<u64>);
+        match (counts.next(), counts.next()) {
+            (Some(Ok(requests)), Some(Ok(issued))) => Ok((requests, issued)),
+            _ => bail!("{} does not hold two counts: {text:?}", path.display()),
+        }
     }
 }
 
@@ -235,7 +259,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         let dir = tempfile::Builder::new().prefix("meshroot-bench-").tempdir()?;
         let (files, chain, root_pem) = fixture::create(dir.path(), *signer, opts.burst.max(POOL))?;
         let _ = writeln!(out, "\nsigner: {signer} intermediate");
-        let server = ServerProcess::start(&files.dir, server_core, &opts.server_wrapper)?;
+        let server = ServerProcess::start(&files.dir, server_core, &opts.server_wrapper, true)?;
         let mut clients = load::connect_all(&server.addr, root_pem.as_bytes(), opts.connections).await?;
         load::check_one(&mut clients[0], &rsa_csrs, &TrustBundle::from_pem(root_pem.as_bytes())?).await?;
         load::closed_loop(&clients, rsa_csrs.clone(), Duration::from_secs(1).min(opts.duration)).await;
@@ -354,7 +378,97 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
             usage.peak_rss_kib as f64 / 1024.0
         );
         drop(clients);
-        server.stop()?;
+        server.stop(&files.dir)?;
+
+        if let Some(h2load) = &opts.h2load {
+            let ceilings = [(&rsa_csrs, rsa_primitives), (&p256_csrs, p256_primitives)];
+            independent(&mut out, opts, h2load, &files, server_core, ceilings).await?;
+        }
     }
     Ok(out)
+}
+
+/// Whether the server issued a certificate for every request of an h2load run: at least the
+/// `done` requests h2load saw answered, and every request it received but those that may have
+/// been `in_flight` when h2load stopped and closed its connections.
+fn all_issued(done: u64, requests: u64, issued: u64, in_flight: u64) -> anyhow::Result<()> {
+    if issued < done || requests.saturating_sub(issued) > in_flight {
+        bail!(
+            "h2load's requests were not all issued: h2load saw {done} answered, the server received {requests} and issued {issued}"
+        );
+    }
+    Ok(())
+}
+
+/// The steady phases again, with h2load as the load generator, against a server with its rate
+/// limits off (h2load sends one token, so one identity). h2load cannot see gRPC's status, so
+/// the server's own counts must show every request it received issued, but for those still in
+/// flight when h2load stopped.
+async fn independent(
+    out: &mut String,
+    opts: &BenchOptions,
+    h2load: &Path,
+    files: &fixture::Files,
+    server_core: Option<usize>,
+    ceilings: [(&Arc<Vec<String>>, f64); 2],
+) -> anyhow::Result<()> {
+    let server = ServerProcess::start(&files.dir, server_core, &opts.server_wrapper, false)?;
+    let mut done = 0;
+    for ((csrs, primitive_ceiling), (label, duration)) in
+        ceilings.into_iter().zip([("RSA-2048", opts.duration), ("P-256", opts.duration / 2)])
+    {
+        let csr = csrs.first().context("no CSRs")?;
+        let body_file = files.dir.join("h2load-body");
+        std::fs::write(&body_file, h2load::grpc_body(csr)?).context("writing h2load's request body")?;
+        let own = || process_usage(std::process::id()).unwrap_or_default();
+        let (before, client_before) = (server.usage(), own());
+        let report =
+            h2load::run(h2load, &server.addr, &fixture::token(0), &body_file, opts.connections, duration).await?;
+        let (after, client_after) = (server.usage(), own());
+        done += report.done;
+        let certs = report.done.max(1) as f64;
+        let server_cpu = after.cpu.saturating_sub(before.cpu);
+        let client_cpu = client_after.waited_children_cpu.saturating_sub(client_before.waited_children_cpu);
+        let _ = writeln!(
+            out,
+            "  h2load, {label} CSRs, {} connections: {:.0} certs/s = {:.0}% of the primitive ceiling ({primitive_ceiling:.0} certs/s); latency mean {} max {}; server CPU {:.0} µs/cert ({:.0} µs in the kernel); h2load CPU {:.0} µs/cert",
+            opts.connections,
+            report.rate,
+            100.0 * report.rate / primitive_ceiling.max(1e-9),
+            human(report.mean),
+            human(report.max),
+            server_cpu.as_secs_f64() * 1e6 / certs,
+            after.system.saturating_sub(before.system).as_secs_f64() * 1e6 / certs,
+            client_cpu.as_secs_f64() * 1e6 / certs,
+        );
+        if report.failed > 0 || report.succeeded != report.done {
+            bail!(
+                "h2load saw failures: {} of {} requests done succeeded, {} failed",
+                report.succeeded,
+                report.done,
+                report.failed
+            );
+        }
+    }
+    let (requests, issued) = server.stop(&files.dir)?;
+    let _ = writeln!(out, "  h2load: the server received {requests} requests and issued {issued} certificates");
+    all_issued(done, requests, issued, 2 * opts.connections as u64)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_issued;
+
+    /// gRPC refusals are HTTP 200 to h2load: only the server's counts tell them.
+    #[test]
+    fn an_h2load_run_passes_only_if_the_server_issued_its_requests() {
+        all_issued(1000, 1000, 1000, 4).unwrap();
+        // Cut off in flight when h2load stopped: received, never answered.
+        all_issued(1000, 1004, 1000, 4).unwrap();
+        let refused = all_issued(1000, 1005, 1000, 4).unwrap_err().to_string();
+        assert!(refused.contains("received 1005 and issued 1000"), "{refused}");
+        // Answered but not issued: refusals.
+        assert!(all_issued(1000, 1000, 999, 4).is_err());
+    }
 }

@@ -7,7 +7,7 @@ use crate::auth::AuthenticatorChain;
 use crate::auth::node::TrustedAccountOnly;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
 use crate::ca::connection::ConnectionLimits;
-use crate::ca::rate_limit::RateLimits;
+use crate::ca::rate_limit::{Limit, RateLimits};
 use crate::ca::server::ServerOptions;
 use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::static_tokens::StaticTokenAuthenticator;
@@ -21,8 +21,9 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
 /// Serves CreateCertificate over the PKI and tokens in `dir` (from [`fixture::create`]), writes
-/// the port to the ready file, and shuts down once stdin closes.
-pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
+/// the port to the ready file, and shuts down once stdin closes, writing the counts file.
+/// `rate_limits: false` turns every rate limit off, for a load generator that sends one token.
+pub async fn run(dir: PathBuf, rate_limits: bool) -> anyhow::Result<()> {
     let files = Files { dir };
     let chain = Arc::new(fixture::load_signer(&files)?);
     let tokens_text = std::fs::read_to_string(files.tokens()).context("reading the token file")?;
@@ -38,6 +39,7 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         node_authorizer: Arc::new(TrustedAccountOnly),
     };
     let registry = Arc::new(MeshRegistry::new(vec![Arc::new(mesh)]));
+    let metrics = Metrics::new();
     let service = CertificateService::new(
         // Production's default limits, so their cost is measured. Load spreads
         // over 10,000 identities (well under 50/s each), and static tokens name
@@ -47,14 +49,17 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
         ServiceConfig {
             cluster_id: crate::names::DEFAULT_CLUSTER_ID.into(),
             cluster_aliases: Vec::new(),
-            rate_limits: RateLimits { peer: crate::ca::rate_limit::Limit::OFF, ..RateLimits::default() },
+            rate_limits: match rate_limits {
+                true => RateLimits { peer: Limit::OFF, ..RateLimits::default() },
+                false => RateLimits { peer: Limit::OFF, identity: Limit::OFF, node: Limit::OFF },
+            },
         },
         AuthenticatorChain::new(vec![
             Arc::new(ClientCertificateAuthenticator::new(registry.clone())),
             Arc::new(tokens),
         ]),
         registry,
-        Metrics::new(),
+        metrics.clone(),
     );
     let (serving_chain, serving_key) = fixture::load_serving(&files)?;
     let tls = ServerTls::new(ServingCertificate::new(serving_chain, &serving_key)?, Some(chain.bundle()))?;
@@ -73,5 +78,7 @@ pub async fn run(dir: PathBuf) -> anyhow::Result<()> {
     let mut buf = [0u8; 64];
     while stdin.read(&mut buf).await.is_ok_and(|n| n > 0) {}
     front.shutdown().await?;
+    let counts = format!("{} {}\n", metrics.csr_count.get(), metrics.success_cert_issuance_count.get());
+    std::fs::write(files.counts(), counts).context("writing the counts file")?;
     Ok(())
 }

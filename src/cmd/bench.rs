@@ -41,6 +41,11 @@ pub struct Args {
     /// "valgrind --tool=massif --massif-out-file=massif.out" to see what holds its memory.
     #[arg(long, value_name = "COMMAND", conflicts_with = "instructions")]
     server_wrapper: Option<String>,
+    /// Also load the server with nghttp2's h2load at this path (an independent load generator,
+    /// `scripts/install-h2load.sh`), against a server with its rate limits off: h2load sends
+    /// one token.
+    #[arg(long, value_name = "PATH", conflicts_with = "instructions")]
+    h2load: Option<PathBuf>,
 }
 
 /// The benchmark's server process.
@@ -52,6 +57,10 @@ pub struct ServerArgs {
     /// Pin the process to this core.
     #[arg(long)]
     cpu: Option<usize>,
+    /// Production's default rate limits (`--rate-limits=false`: none, for the h2load phase, whose
+    /// requests all carry one token).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    rate_limits: bool,
 }
 
 /// The machine's cores, counted once: the count follows the process's CPU set, which
@@ -112,6 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .server_wrapper
             .map(|w| w.split_whitespace().map(String::from).collect())
             .unwrap_or_default(),
+        h2load: args.h2load,
     };
     print!("{}", crate::bench::run(&opts).await?);
     Ok(())
@@ -119,7 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// `meshroot bench-server`: the server process `bench` starts; runs until its stdin closes.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    crate::bench::server::run(args.dir).await
+    crate::bench::server::run(args.dir, args.rate_limits).await
 }
 
 #[cfg(test)]

@@ -452,6 +452,68 @@ fn bench_runs_the_server_under_a_wrapper() {
     assert_eq!(text.matches(", 0 errors").count(), 3, "every phase without errors:\n{text}");
 }
 
+/// The h2load at `MESHROOT_H2LOAD` (scripts/test.sh sets it), else the one
+/// `scripts/install-h2load.sh` installs into the cache.
+#[cfg(feature = "bench")]
+fn h2load() -> String {
+    if let Ok(path) = std::env::var("MESHROOT_H2LOAD") {
+        return path;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-h2load.sh");
+    let out = Command::new(script).output().unwrap();
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `bench --h2load` loads a server with its rate limits off with nghttp2's h2load, an
+/// independent load generator, and holds the run to the server's own count of certificates.
+#[cfg(feature = "bench")]
+#[test]
+fn bench_loads_the_server_with_h2load_too() {
+    let out = Command::new(BIN)
+        .args(["bench", "--duration", "1s", "--connections", "2", "--burst", "0", "--signer", "ecdsa-p256"])
+        .args(["--h2load", &h2load()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for line in ["h2load, RSA-2048 CSRs, 2 connections: ", "h2load, P-256 CSRs, 2 connections: ", "h2load CPU "] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let counts = text
+        .lines()
+        .find_map(|l| l.strip_prefix("  h2load: the server received "))
+        .unwrap_or_else(|| panic!("no counts in:\n{text}"));
+    let numbers: Vec<u64> = counts.split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(numbers.len(), 2, "{counts}");
+    assert!(numbers[0] > 0 && numbers[0] == numbers[1], "every request issued: {counts}");
+}
+
+/// A load generator that reports failures fails the benchmark: h2load counts gRPC refusals as
+/// HTTP successes, but it does count what broke below gRPC.
+#[cfg(feature = "bench")]
+#[test]
+fn bench_fails_when_h2load_reports_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("h2load");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncat <<EOF\nfinished in 1.00s, 10.00 req/s, 1MB/s\n\
+         requests: 10 total, 10 started, 10 done, 7 succeeded, 3 failed, 0 errored, 0 timeout\n\
+         time for request: 1ms 2ms 1.5ms 1ms 50%\nEOF\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "--duration", "1s", "--connections", "2", "--burst", "0", "--signer", "ecdsa-p256"])
+        .args(["--h2load", fake.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("h2load saw failures: 7 of 10 requests done succeeded, 3 failed"), "{stderr}");
+}
+
 /// `bench --instructions` counts the server's instructions per certificate under callgrind, split
 /// by where they ran; without valgrind it says what is missing.
 #[cfg(feature = "bench")]
