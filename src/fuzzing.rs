@@ -4,10 +4,9 @@
 //! assertions inside are the properties the fuzzer hunts for violations of.
 
 use crate::auth::AuthenticatorChain;
-use crate::auth::node::TrustedAccountOnly;
 use crate::ca::service::{CertificateService, IMPERSONATED_IDENTITY, ServiceConfig};
 use crate::ca::static_tokens::StaticTokenAuthenticator;
-use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use crate::mesh::{Mesh, MeshRegistry};
 use crate::pb::IstioCertificateRequest;
 use crate::pb::istio_certificate_service_server::IstioCertificateService;
 use crate::pki::authority::parse_certificate;
@@ -86,15 +85,10 @@ fn handler_fixture() -> &'static HandlerFixture {
         let root = Authority::new_root(&CaSpec::root(Duration::days(365)), now).expect("root");
         let bundle = TrustBundle::new(vec![root.certificate().clone()]).expect("bundle");
         let int = root.new_intermediate(&CaSpec::intermediate("fuzz", Duration::days(30)), now).expect("intermediate");
+        let chain = Arc::new(crate::pki::SigningChain::new(int, vec![], bundle.clone()).expect("chain"));
         let mesh = Arc::new(Mesh {
-            name: "fuzz".into(),
-            trust_domain: "cluster.local".into(),
-            scope: NamespaceScope::All,
-            signer: Ok(Arc::new(crate::pki::SigningChain::new(int, vec![], bundle.clone()).expect("chain"))),
-            default_ttl: Duration::hours(24),
-            max_ttl: Duration::days(90),
             trusted_node_accounts: ["istio-system/ztunnel".to_string()].into(),
-            node_authorizer: Arc::new(TrustedAccountOnly),
+            ..Mesh::of_all_namespaces("fuzz", "cluster.local", chain)
         });
         let tokens = StaticTokenAuthenticator::parse(TOKENS).expect("tokens");
         let service = CertificateService::new(
@@ -271,16 +265,8 @@ pub fn issuer(data: &[u8]) -> Option<IssuerDecision> {
         bundle: Arc::new(fixture.mesh.bundle().clone()),
         chain: Default::default(),
     };
-    let registry = MeshRegistry::new(vec![Arc::new(Mesh {
-        name: "fuzz".into(),
-        trust_domain: "cluster.local".into(),
-        scope: NamespaceScope::All,
-        signer: Ok(fixture.mesh.clone()),
-        default_ttl: Duration::hours(24),
-        max_ttl: Duration::days(90),
-        trusted_node_accounts: Default::default(),
-        node_authorizer: Arc::new(TrustedAccountOnly),
-    })]);
+    let registry =
+        MeshRegistry::new(vec![Arc::new(Mesh::of_all_namespaces("fuzz", "cluster.local", fixture.mesh.clone()))]);
     let signer =
         crate::api::issuer::SignerRef { root: flags & 2 == 0, mesh: (flags & 2 != 0).then(|| "fuzz".to_string()) };
     let ca = crate::issuer::resolve(&signer, scope, &root_state, &registry, &fixture.tenancy).expect("signer");

@@ -4,7 +4,6 @@
 
 use super::fixture::{self, Files, TRUST_DOMAIN};
 use crate::auth::AuthenticatorChain;
-use crate::auth::node::TrustedAccountOnly;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
 use crate::ca::connection::ConnectionLimits;
 use crate::ca::rate_limit::{Limit, RateLimits};
@@ -13,7 +12,7 @@ use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::static_tokens::StaticTokenAuthenticator;
 use crate::ca::tls::{ServerTls, ServingCertificate};
 use crate::frontend::FrontEnd;
-use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use crate::mesh::{Mesh, MeshRegistry};
 use crate::telemetry::Metrics;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -28,16 +27,8 @@ pub async fn run(dir: PathBuf, rate_limits: bool) -> anyhow::Result<()> {
     let chain = Arc::new(fixture::load_signer(&files)?);
     let tokens_text = std::fs::read_to_string(files.tokens()).context("reading the token file")?;
     let tokens = StaticTokenAuthenticator::parse(&tokens_text)?;
-    let mesh = Mesh {
-        name: "bench".into(),
-        trust_domain: TRUST_DOMAIN.into(),
-        scope: NamespaceScope::All,
-        signer: Ok(chain.clone()),
-        default_ttl: time::Duration::hours(24),
-        max_ttl: time::Duration::days(1),
-        trusted_node_accounts: Default::default(),
-        node_authorizer: Arc::new(TrustedAccountOnly),
-    };
+    let mesh =
+        Mesh { max_ttl: time::Duration::days(1), ..Mesh::of_all_namespaces("bench", TRUST_DOMAIN, chain.clone()) };
     let registry = Arc::new(MeshRegistry::new(vec![Arc::new(mesh)]));
     let metrics = Metrics::new();
     let service = CertificateService::new(

@@ -4,7 +4,6 @@
 pub mod state;
 
 use crate::auth::AuthenticatorChain;
-use crate::auth::node::TrustedAccountOnly;
 use crate::ca::client_cert::ClientCertificateAuthenticator;
 use crate::ca::rate_limit::RateLimits;
 use crate::ca::server::ServerOptions;
@@ -12,7 +11,7 @@ use crate::ca::service::{CertificateService, ServiceConfig};
 use crate::ca::tls::{ServerTls, ServingCertificate};
 use crate::ca::token_file::TokenFile;
 use crate::frontend::FrontEnd;
-use crate::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use crate::mesh::{Mesh, MeshRegistry};
 use crate::pki::spiffe::validate_trust_domain;
 use crate::supervise::AbortOnDrop;
 use crate::telemetry::Metrics;
@@ -136,14 +135,10 @@ pub async fn start(opts: DevOptions) -> anyhow::Result<DevServer> {
 
     let chain = state.chain.clone();
     let mesh = Mesh {
-        name: DEV_MESH.into(),
-        trust_domain: opts.trust_domain.clone(),
-        scope: NamespaceScope::All,
-        signer: Ok(chain.clone()),
         default_ttl: opts.default_ttl,
         max_ttl: opts.max_ttl,
         trusted_node_accounts: opts.trusted_node_accounts.iter().cloned().collect::<BTreeSet<_>>(),
-        node_authorizer: Arc::new(TrustedAccountOnly),
+        ..Mesh::of_all_namespaces(DEV_MESH, &opts.trust_domain, chain.clone())
     };
     let registry = Arc::new(MeshRegistry::new(vec![Arc::new(mesh)]));
     let metrics = Metrics::new();

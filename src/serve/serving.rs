@@ -105,8 +105,7 @@ pub fn issue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::node::TrustedAccountOnly;
-    use crate::mesh::{Mesh, NamespaceScope};
+    use crate::mesh::Mesh;
     use crate::pki::{Authority, CaSpec, SigningChain, TrustBundle};
     use std::sync::Arc;
 
@@ -123,16 +122,7 @@ mod tests {
 
         let offline = RootState { authority: None, bundle: bundle.clone(), chain: Default::default() };
         assert!(matches!(issue(&offline, &registry, &names, now), Err(ServingError::NoSigner)));
-        registry.replace(vec![Arc::new(Mesh {
-            name: "b-mesh".into(),
-            trust_domain: "cluster.local".into(),
-            scope: NamespaceScope::All,
-            signer: Ok(chain.clone()),
-            default_ttl: Duration::hours(24),
-            max_ttl: Duration::days(90),
-            trusted_node_accounts: Default::default(),
-            node_authorizer: Arc::new(TrustedAccountOnly),
-        })]);
+        registry.replace(vec![Arc::new(Mesh::of_all_namespaces("b-mesh", "cluster.local", chain.clone()))]);
         let via_mesh = issue(&offline, &registry, &names, now).unwrap();
         assert_eq!(via_mesh.chain.len(), 2, "leaf + intermediate");
         bundle.verify_server(&via_mesh.chain[0], &via_mesh.chain[1..], now).unwrap();

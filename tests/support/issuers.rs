@@ -4,12 +4,11 @@
 
 use base64::Engine as _;
 use fake_apiserver::FakeApi;
-use meshroot::auth::node::TrustedAccountOnly;
 use meshroot::controllers::panic_guard::PanicGuard;
 use meshroot::controllers::signing::Signers;
 use meshroot::controllers::{certificate_requests, issuer_cache, issuers, kube_csrs};
 use meshroot::k8s::root::RootState;
-use meshroot::mesh::{Mesh, MeshRegistry, NamespaceScope};
+use meshroot::mesh::{Mesh, MeshRegistry};
 use meshroot::pki::{Authority, CaSpec, SigningChain, TrustBundle};
 use meshroot::telemetry::Metrics;
 use serde_json::{Value, json};
@@ -128,16 +127,7 @@ impl IssuerWorld {
             .unwrap();
         let chain = Arc::new(SigningChain::new(intermediate, Vec::new(), (*self.bundle).clone()).unwrap());
         let mut meshes: Vec<Arc<Mesh>> = self.registry.meshes().iter().cloned().collect();
-        meshes.push(Arc::new(Mesh {
-            name: name.into(),
-            trust_domain: "cluster.local".into(),
-            scope: NamespaceScope::All,
-            signer: Ok(chain.clone()),
-            default_ttl: time::Duration::hours(24),
-            max_ttl: time::Duration::days(90),
-            trusted_node_accounts: Default::default(),
-            node_authorizer: Arc::new(TrustedAccountOnly),
-        }));
+        meshes.push(Arc::new(Mesh::of_all_namespaces(name, "cluster.local", chain.clone())));
         self.registry.replace(meshes);
         chain
     }

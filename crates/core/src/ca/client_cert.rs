@@ -137,8 +137,7 @@ mod tests {
     /// connection that outlives it, would carry it on. The authenticator checks it at each request.
     #[tokio::test]
     async fn a_workload_certificate_outside_its_validity_is_refused_at_each_request() {
-        use crate::auth::node::TrustedAccountOnly;
-        use crate::mesh::{Mesh, NamespaceScope};
+        use crate::mesh::Mesh;
         use crate::pki::{KeyAlgorithm, PrivateKey, SigningChain, TrustBundle};
         let now = OffsetDateTime::now_utc();
         let long_ago = now - time::Duration::days(1);
@@ -147,16 +146,7 @@ mod tests {
         let intermediate =
             root.new_intermediate(&CaSpec::intermediate("a", time::Duration::days(10)), long_ago).unwrap();
         let chain = Arc::new(SigningChain::new(intermediate, vec![], bundle).unwrap());
-        let registry = Arc::new(MeshRegistry::new(vec![Arc::new(Mesh {
-            name: "a".into(),
-            trust_domain: "a.td".into(),
-            scope: NamespaceScope::All,
-            signer: Ok(chain.clone()),
-            default_ttl: time::Duration::hours(24),
-            max_ttl: time::Duration::days(1),
-            trusted_node_accounts: Default::default(),
-            node_authorizer: Arc::new(TrustedAccountOnly),
-        })]));
+        let registry = Arc::new(MeshRegistry::new(vec![Arc::new(Mesh::of_all_namespaces("a", "a.td", chain.clone()))]));
         let authenticator = ClientCertificateAuthenticator::new(registry);
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let presenting = |issued_at: OffsetDateTime| {

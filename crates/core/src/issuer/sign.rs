@@ -665,24 +665,15 @@ mod tests {
     /// A namespaced Issuer's identities are held to the trust domain its signer carries.
     #[test]
     fn a_mesh_signer_carries_its_trust_domain_and_the_root_none() {
-        use crate::auth::node::TrustedAccountOnly;
-        use crate::mesh::{Mesh, NamespaceScope};
+        use crate::mesh::Mesh;
         let root = root_state(Duration::days(30));
         let authority = root.authority.clone().unwrap();
         let intermediate = authority
             .new_intermediate(&CaSpec::intermediate("default", Duration::days(10)), OffsetDateTime::now_utc())
             .unwrap();
         let chain = crate::pki::SigningChain::new(intermediate, vec![], (*root.bundle).clone()).unwrap();
-        let registry = MeshRegistry::new(vec![Arc::new(Mesh {
-            name: "default".into(),
-            trust_domain: "mesh.example".into(),
-            scope: NamespaceScope::All,
-            signer: Ok(Arc::new(chain)),
-            default_ttl: Duration::hours(1),
-            max_ttl: Duration::days(1),
-            trusted_node_accounts: Default::default(),
-            node_authorizer: Arc::new(TrustedAccountOnly),
-        })]);
+        let registry =
+            MeshRegistry::new(vec![Arc::new(Mesh::of_all_namespaces("default", "mesh.example", Arc::new(chain)))]);
         let mesh = SignerRef { root: false, mesh: Some("default".into()) };
         let team_a = IssuerScope::Namespaced { namespace: "team-a" };
         assert_eq!(resolve(&mesh, team_a, &root, &registry, &tenancy()).unwrap().trust_domain(), Some("mesh.example"));

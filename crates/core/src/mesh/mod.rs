@@ -2,7 +2,7 @@
 //! policy it signs with. Readers take a snapshot without locking; updates
 //! swap the whole snapshot atomically.
 
-use crate::auth::node::NodeAuthorizer;
+use crate::auth::node::{NodeAuthorizer, TrustedAccountOnly};
 use crate::pki::SigningChain;
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
@@ -58,6 +58,22 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// A mesh of every namespace, signing with `signer`, with Istio's default lifetimes (24 hours
+    /// when a request asks for none, at most 90 days) and no trusted node accounts: the shape of
+    /// `meshroot dev`, the benchmark and tests. Other settings by struct update.
+    pub fn of_all_namespaces(name: &str, trust_domain: &str, signer: Arc<SigningChain>) -> Self {
+        Self {
+            name: name.to_string(),
+            trust_domain: trust_domain.to_string(),
+            scope: NamespaceScope::All,
+            signer: Ok(signer),
+            default_ttl: Duration::hours(24),
+            max_ttl: Duration::days(90),
+            trusted_node_accounts: BTreeSet::new(),
+            node_authorizer: Arc::new(TrustedAccountOnly),
+        }
+    }
+
     /// The lifetime to issue for a requested `validity_duration` (seconds):
     /// the default for 0 or less, the maximum for anything longer.
     pub fn ttl_for(&self, requested_seconds: i64) -> Duration {
@@ -242,7 +258,6 @@ impl MeshRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::node::TrustedAccountOnly;
     use crate::pki::{Authority, CaSpec, TrustBundle};
 
     fn mesh(name: &str, signer: Option<Arc<SigningChain>>, max_ttl: Duration) -> Arc<Mesh> {
@@ -272,6 +287,18 @@ mod tests {
 
     fn cert(c: &SigningChain) -> CertificateDer<'static> {
         c.authority().certificate().clone()
+    }
+
+    /// dev's and the benchmark's mesh: every namespace, Istio's lifetimes, nobody may impersonate.
+    #[test]
+    fn a_mesh_of_all_namespaces_has_istios_lifetimes_and_no_node_accounts() {
+        let chain = chains(1).remove(0);
+        let m = Mesh::of_all_namespaces("m", "td.example", chain.clone());
+        assert_eq!((m.name.as_str(), m.trust_domain.as_str()), ("m", "td.example"));
+        assert!(m.scope.covers("any-namespace"));
+        assert!(m.signer.as_ref().is_ok_and(|s| Arc::ptr_eq(s, &chain)));
+        assert_eq!((m.ttl_for(0), m.ttl_for(i64::MAX)), (Duration::hours(24), Duration::days(90)));
+        assert!(m.trusted_node_accounts.is_empty());
     }
 
     #[test]
