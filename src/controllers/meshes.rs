@@ -222,13 +222,42 @@ fn where_and_who(configmaps: &[super::root_configmaps::Contest]) -> (String, Str
     (format!("{}{more}", namespaces.join(", ")), named.join(", "))
 }
 
-/// The status for a mesh from its outcome.
+/// The mesh's trusted node accounts whose namespace does not exist. Accounts are trusted by
+/// name, so whoever may create that namespace could create the account in it and then act as the
+/// node agent of every workload of the mesh.
+pub fn node_accounts_without_namespace(mesh: &Mesh, namespaces: &[Arc<Namespace>]) -> Vec<String> {
+    let present: BTreeSet<&str> = namespaces.iter().filter_map(|n| n.metadata.name.as_deref()).collect();
+    mesh.spec
+        .trusted_node_accounts
+        .iter()
+        .filter(|account| account.split_once('/').is_none_or(|(ns, _)| !present.contains(ns)))
+        .cloned()
+        .collect()
+}
+
+/// The `NodeAccountNamespacesMissing` condition's reason and message.
+fn node_accounts_message(missing: &[String]) -> (&'static str, String) {
+    if missing.is_empty() {
+        return ("Present", "every trusted node account's namespace exists".to_string());
+    }
+    (
+        "Missing",
+        format!(
+            "trusted node accounts in namespaces that do not exist: {}; whoever can create such a namespace can act as the node agent of any workload of this mesh: create the namespaces or remove the accounts from spec.trustedNodeAccounts",
+            missing.join(", ")
+        ),
+    )
+}
+
+/// The status for a mesh from its outcome; `missing_accounts` from
+/// [`node_accounts_without_namespace`].
 pub fn status(
     mesh: &Mesh,
     outcome: &Outcome,
     overlap: Option<&String>,
     bundle: &TrustBundle,
     roots: Option<&MeshRoots>,
+    missing_accounts: &[String],
 ) -> MeshStatus {
     let generation = mesh.metadata.generation;
     let previous = mesh.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
@@ -253,6 +282,9 @@ pub fn status(
             None => ("NoOverlap", "no namespace is selected by another mesh".to_string()),
         };
         conditions.push(condition("NamespacesOverlap", overlap.is_some(), reason, &msg, generation, &previous));
+        let (reason, msg) = node_accounts_message(missing_accounts);
+        let missing = !missing_accounts.is_empty();
+        conditions.push(condition("NodeAccountNamespacesMissing", missing, reason, &msg, generation, &previous));
         let contested = roots.map(|r| r.contested.as_slice()).unwrap_or_default();
         let (reason, msg) = contest_message(mesh, contested);
         conditions.push(condition(
@@ -311,7 +343,8 @@ pub fn spawn(
             }
             let current_root = root.borrow().clone();
             let all = meshes.state();
-            let overlap = overlaps(&all, &namespaces.state());
+            let present = namespaces.state();
+            let overlap = overlaps(&all, &present);
             for mesh in &all {
                 let Some(name) = mesh.metadata.name.clone() else { continue };
                 let outcome = reconcile(&client, &namespace, mesh, &current_root, OffsetDateTime::now_utc()).await;
@@ -319,7 +352,8 @@ pub fn spawn(
                     tracing::warn!(mesh = %name, reason = reason.as_str(), problem = %why, "mesh is not ready");
                 }
                 let roots = coverage.lock().ok().and_then(|c| c.get(&name).cloned());
-                let new = status(mesh, &outcome, overlap.get(&name), &current_root.bundle, roots.as_ref());
+                let missing = node_accounts_without_namespace(mesh, &present);
+                let new = status(mesh, &outcome, overlap.get(&name), &current_root.bundle, roots.as_ref(), &missing);
                 if mesh.status.as_ref() == Some(&new) {
                     continue;
                 }
@@ -347,6 +381,34 @@ mod tests {
 
     fn contest(ns: &str, writer: &str) -> Contest {
         Contest { key: (ns.into(), "istio-ca-root-cert".into()), writer: writer.into() }
+    }
+
+    fn namespace(name: &str) -> Arc<Namespace> {
+        Arc::new(Namespace {
+            metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn node_accounts_whose_namespace_is_missing_are_named() {
+        let mut m = mesh();
+        m.spec.trusted_node_accounts =
+            vec!["istio-system/ztunnel".into(), "ghost/ztunnel".into(), "kube-system/x".into()];
+        let present = [namespace("istio-system"), namespace("kube-system")];
+        assert_eq!(node_accounts_without_namespace(&m, &present), ["ghost/ztunnel"]);
+        assert!(
+            node_accounts_without_namespace(
+                &m,
+                &[namespace("istio-system"), namespace("kube-system"), namespace("ghost")]
+            )
+            .is_empty()
+        );
+        assert_eq!(node_accounts_without_namespace(&m, &[]).len(), 3);
+        let (reason, message) = node_accounts_message(&["ghost/ztunnel".into()]);
+        assert_eq!(reason, "Missing");
+        assert!(message.contains("ghost/ztunnel") && message.contains("spec.trustedNodeAccounts"), "{message}");
+        assert_eq!(node_accounts_message(&[]).0, "Present");
     }
 
     #[test]

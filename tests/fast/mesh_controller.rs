@@ -189,3 +189,26 @@ async fn a_mesh_that_stops_being_ready_loses_the_status_fields_it_no_longer_has(
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(w.fake.writes().is_empty(), "{:?}", w.fake.writes());
 }
+
+/// Node accounts are trusted by name: one in a namespace that does not exist could be had by
+/// whoever creates that namespace, so the Mesh says so until the namespace exists.
+#[tokio::test]
+async fn a_trusted_node_account_in_a_missing_namespace_is_reported_until_it_exists() {
+    let w = world();
+    let mut spec = default_spec();
+    spec["trustedNodeAccounts"] = json!(["istio-system/ztunnel", "ghost/ztunnel"]);
+    mesh(&w.fake, "default", spec);
+    let missing = eventually("missing", || {
+        condition(&w.fake, "default", "NodeAccountNamespacesMissing").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(missing.1, "Missing");
+    assert!(missing.2.contains("ghost/ztunnel") && !missing.2.contains("istio-system/"), "{missing:?}");
+    assert_eq!(condition(&w.fake, "default", "Ready").unwrap().0, "True", "a warning, not an outage");
+    w.fake.namespace("ghost", json!({}));
+    let present = eventually("present", || {
+        condition(&w.fake, "default", "NodeAccountNamespacesMissing").filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(present.1, "Present");
+}
