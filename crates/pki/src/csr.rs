@@ -20,6 +20,10 @@ use x509_parser::prelude::FromDer;
 /// The largest CSR PEM meshroot reads. An RSA-8192 CSR is under 3 KiB.
 pub const MAX_CSR_PEM_BYTES: usize = 64 * 1024;
 
+/// The most extensions, request attributes and subject attributes a CSR may carry, each. Real
+/// requests carry a handful; a cap keeps each one's checks cheap (64 KiB holds thousands).
+pub const MAX_CSR_ITEMS: usize = 64;
+
 const OID_SAN: &[u8] = &oid!(raw 2.5.29.17);
 
 /// The subject alternative names a CSR asks for.
@@ -93,6 +97,12 @@ impl CertificateSigningRequest {
         let info = &csr.certification_request_info;
         let extensions = check_oids_are_canonical(&csr)?;
         let key_kind = classify_spki(&info.subject_pki)?;
+        // Certificates carry the key in its one DER encoding. A key encoded any other way (RSA
+        // without its NULL parameters, unused bits in the key's BIT STRING) is a bad request
+        // here, not a failure to sign later.
+        if super::workload_template::canonical_spki(info.subject_pki.raw)? != info.subject_pki.raw {
+            return Err(PkiError::UnsupportedKey("public key: not in its canonical DER encoding".into()));
+        }
         check_signature_algorithm(&csr, key_kind)?;
         csr.verify_signature().map_err(|e| PkiError::CsrSignature(e.to_string()))?;
 
@@ -103,8 +113,9 @@ impl CertificateSigningRequest {
         let mut key_usage = None;
         let mut extended_key_usage = None;
         let mut extension_oids = Vec::new();
+        let mut seen = BTreeSet::new();
         if let Some(extensions) = extensions {
-            for (i, ext) in extensions.iter().enumerate() {
+            for ext in extensions {
                 // Compared as encoded; dotted text only for what is reported.
                 if ext.oid.as_bytes() == OID_SAN {
                     // Its bytes are copied into certificates, so they must be exactly the names
@@ -120,7 +131,7 @@ impl CertificateSigningRequest {
                     san_critical = Some(ext.critical);
                     san_der = Some(ext.value.to_vec());
                 }
-                if extensions.get(..i).is_some_and(|before| before.iter().any(|b| b.oid == ext.oid)) {
+                if !seen.insert(ext.oid.as_bytes()) {
                     return Err(PkiError::Invalid(format!("the CSR repeats extension {}", oid_text(&ext.oid))));
                 }
                 match ext.parsed_extension() {
@@ -277,6 +288,16 @@ fn check_oids_are_canonical<'b>(csr: &'b X509CertificationRequest<'_>) -> Result
         }
         Ok(())
     };
+    let too_many = |what: &str, count: usize| {
+        if count > MAX_CSR_ITEMS {
+            return Err(PkiError::Invalid(format!(
+                "the CSR has {count} {what}, more than the {MAX_CSR_ITEMS} meshroot reads"
+            )));
+        }
+        Ok(())
+    };
+    too_many("subject attributes", info.subject.iter_attributes().count())?;
+    too_many("request attributes", info.iter_attributes().count())?;
     check("signature algorithm", &csr.signature_algorithm.algorithm)?;
     check("key algorithm", &info.subject_pki.algorithm.algorithm)?;
     if let Some(curve) = super::keys::named_curve(&info.subject_pki.algorithm) {
@@ -289,6 +310,7 @@ fn check_oids_are_canonical<'b>(csr: &'b X509CertificationRequest<'_>) -> Result
         check("request attribute", &attribute.oid)?;
     }
     let extensions = requested_extensions(csr)?;
+    too_many("extensions", extensions.map_or(0, <[_]>::len))?;
     for ext in extensions.unwrap_or_default() {
         check("extension", &ext.oid)?;
         if let ParsedExtension::ExtendedKeyUsage(eku) = ext.parsed_extension() {
@@ -353,6 +375,15 @@ fn collect_name(name: &GeneralName<'_>, names: &mut RequestedNames) -> Result<()
                 16 => IpAddr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default()),
                 n => return Err(PkiError::Invalid(format!("IP address SAN of {n} bytes"))),
             };
+            // Go's TLS clients match ::ffff:a.b.c.d to a.b.c.d, so the form would slip past
+            // every rule written for the IPv4 address.
+            if let IpAddr::V6(v6) = ip
+                && let Some(v4) = v6.to_ipv4_mapped()
+            {
+                return Err(PkiError::Invalid(format!(
+                    "IP address SAN {v6} is the IPv4 address {v4} written as IPv6: ask for {v4}"
+                )));
+            }
             names.ips.push(ip);
         }
         _ => names.other = names.other.saturating_add(1),

@@ -758,3 +758,109 @@ fn path_to_root_follows_signatures_to_a_root_that_names_itself() {
     assert_eq!(path_to_root(&c(&lower), &[], &[c(&root)]), None, "a missing link");
     assert!(names_itself(&c(&impostor)) && !names_itself(&c(&upper)));
 }
+
+/// Thousands of extensions fit in 64 KiB, and each check over them must stay cheap: a CSR may
+/// carry at most MAX_CSR_ITEMS extensions, request attributes and subject attributes each.
+#[test]
+fn csrs_with_more_extensions_or_attributes_than_meshroot_reads_are_refused() {
+    use crate::csr::MAX_CSR_ITEMS;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let extensions = |n: u64| {
+        let mut params = rcgen::CertificateParams::default();
+        params.custom_extensions =
+            (0..n).map(|i| rcgen::CustomExtension::from_oid_content(&[1, 3, 9999, i], vec![0x05, 0x00])).collect();
+        CertificateSigningRequest::from_der(params.serialize_request(&key).unwrap().der())
+    };
+    let at_most = extensions(MAX_CSR_ITEMS as u64).unwrap();
+    assert_eq!(at_most.extension_oids().len(), MAX_CSR_ITEMS);
+    let err = extensions(MAX_CSR_ITEMS as u64 + 1).unwrap_err().to_string();
+    assert!(err.contains(&format!("{} extensions, more than the {MAX_CSR_ITEMS}", MAX_CSR_ITEMS + 1)), "{err}");
+    // 5,000 distinct extensions, the attack: refused before any of them is compared.
+    assert!(extensions(5000).unwrap_err().to_string().contains("5000 extensions"));
+    let mut subject = rcgen::CertificateParams::default();
+    subject.distinguished_name = rcgen::DistinguishedName::new();
+    for i in 0..=MAX_CSR_ITEMS as u64 {
+        subject.distinguished_name.push(rcgen::DnType::CustomDnType(vec![1, 3, 9999, i]), "x");
+    }
+    let err = CertificateSigningRequest::from_der(subject.serialize_request(&key).unwrap().der()).unwrap_err();
+    assert!(err.to_string().contains(&format!("{} subject attributes", MAX_CSR_ITEMS + 1)), "{err}");
+}
+
+/// `::ffff:a.b.c.d` is the IPv4 address to Go's TLS clients, but to every rule written for
+/// a.b.c.d it is another address: refused, naming the IPv4 form to ask for.
+#[test]
+fn ipv4_addresses_written_as_ipv6_are_refused() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = |ip: std::net::IpAddr| {
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::IpAddress(ip)];
+        CertificateSigningRequest::from_der(params.serialize_request(&key).unwrap().der())
+    };
+    let mapped: std::net::IpAddr = "::ffff:10.96.0.50".parse().unwrap();
+    let err = csr(mapped).unwrap_err().to_string();
+    assert!(err.contains("is the IPv4 address 10.96.0.50 written as IPv6: ask for 10.96.0.50"), "{err}");
+    for ip in ["10.96.0.50", "fd00::1", "::1", "::a60:32"] {
+        let parsed = csr(ip.parse().unwrap()).unwrap();
+        assert_eq!(parsed.names().ips, [ip.parse::<std::net::IpAddr>().unwrap()], "{ip}");
+    }
+}
+
+/// A DER header for `tag` with `len` bytes of content (short or two-byte long form).
+fn der_header(tag: u8, len: usize) -> Vec<u8> {
+    match len {
+        0..=0x7f => vec![tag, len as u8],
+        0x80..=0xff => vec![tag, 0x81, len as u8],
+        _ => vec![tag, 0x82, (len >> 8) as u8, len as u8],
+    }
+}
+
+/// A CSR for `spki`, signed with `key` (whose public key `spki` encodes, in whatever way).
+fn csr_with_spki(key: &rcgen::KeyPair, spki: &[u8], signature_algorithm: &[u8]) -> Vec<u8> {
+    use rcgen::SigningKey as _;
+    let tlv = |tag: u8, content: &[u8]| [der_header(tag, content.len()), content.to_vec()].concat();
+    // version 0, an empty subject, the key, no attributes.
+    let info = tlv(0x30, &[&[0x02, 0x01, 0x00, 0x30, 0x00][..], spki, &[0xa0, 0x00]].concat());
+    let signature = [&[0u8][..], &key.sign(&info).unwrap()].concat();
+    tlv(0x30, &[info.as_slice(), signature_algorithm, &tlv(0x03, &signature)].concat())
+}
+
+/// x509-parser reads a key that is not in its one DER encoding; certificates carry the canonical
+/// one. Such a CSR is refused as a bad request when it is parsed (it had come out of the gRPC
+/// path as an internal error, and stayed Pending for ever on the cert-manager path).
+#[test]
+fn csrs_whose_key_is_not_in_canonical_der_are_refused() {
+    use rcgen::PublicKeyData as _;
+    const SHA256_RSA: &[u8] =
+        &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00];
+    const ECDSA_SHA256: &[u8] = &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256);
+    // rcgen cannot generate RSA keys; take one from the PKCS#8 PEM of aws-lc's.
+    let rsa = rsa.unwrap_or_else(|_| {
+        let pem = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap().to_pem();
+        rcgen::KeyPair::from_pem(&pem).unwrap()
+    });
+    let canonical = rsa.subject_public_key_info();
+    // The same key, its algorithm without the NULL parameters: 05 00 dropped, lengths two less.
+    let null = [0x05, 0x00];
+    let at = canonical.windows(2).position(|w| w == null).unwrap();
+    assert_eq!(canonical[4..6], [0x30, 0x0d], "an RSA-2048 SubjectPublicKeyInfo");
+    let body = [&[0x30, 0x0b][..], &canonical[6..at], &canonical[at + 2..]].concat();
+    let no_null = [der_header(0x30, body.len()), body].concat();
+    assert!(CertificateSigningRequest::from_der(&csr_with_spki(&rsa, &canonical, SHA256_RSA)).is_ok());
+    let err = CertificateSigningRequest::from_der(&csr_with_spki(&rsa, &no_null, SHA256_RSA)).unwrap_err();
+    assert!(matches!(err, PkiError::UnsupportedKey(_)), "{err}");
+
+    // A P-256 key whose BIT STRING says one bit is unused (the point's last bit is zero).
+    let p256 = std::iter::repeat_with(|| rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap())
+        .find(|k| k.subject_public_key_info().last().is_some_and(|b| b & 1 == 0))
+        .unwrap();
+    let mut unused_bits = p256.subject_public_key_info();
+    let bits = unused_bits.windows(3).position(|w| w == [0x03, 0x42, 0x00]).unwrap();
+    unused_bits[bits + 2] = 0x01;
+    assert!(
+        CertificateSigningRequest::from_der(&csr_with_spki(&p256, &p256.subject_public_key_info(), ECDSA_SHA256))
+            .is_ok()
+    );
+    let err = CertificateSigningRequest::from_der(&csr_with_spki(&p256, &unused_bits, ECDSA_SHA256)).unwrap_err();
+    assert!(err.to_string().contains("canonical DER") || err.to_string().contains("unused bits"), "{err}");
+}

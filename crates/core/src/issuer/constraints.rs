@@ -106,7 +106,13 @@ pub fn for_ca(policy: &Policy, tenancy: &Tenancy) -> Result<Vec<u8>, Constraints
     for net in &policy.ip_ranges {
         for protected in tenancy.protected_ips() {
             let literal = net.prefix_len() == net.max_prefix_len() && net.addr() == protected;
-            if net.contains(&protected) && !literal {
+            // A sub-CA's leaf may carry an IPv4 address as ::ffff:a.b.c.d, which Go's clients
+            // take for a.b.c.d: a range of IPv6 addresses must not hold that form either.
+            let mapped = match protected {
+                std::net::IpAddr::V4(v4) => net.contains(&std::net::IpAddr::V6(v4.to_ipv6_mapped())),
+                std::net::IpAddr::V6(_) => false,
+            };
+            if (net.contains(&protected) && !literal) || mapped {
                 violations.push(Violation::CaProtectedIp { net: *net, ip: protected });
             }
         }
@@ -267,6 +273,12 @@ mod tests {
         let v = refused("allowCA: true\nallowedIPRanges: ['10.96.0.51/32', '10.96.0.0/24']");
         assert_eq!(v.len(), 1, "only the range that holds the address: {v:?}");
         for_ca(&policy("allowCA: true\nallowedIPRanges: ['10.96.0.50/32', '10.97.0.0/16']"), &t).unwrap();
+        // The address written as IPv6, which Go's clients take for the IPv4 one: never granted.
+        for range in ["::ffff:0:0/96", "::ffff:10.96.0.50/128", "::/0"] {
+            let v = refused(&format!("allowCA: true\nallowedIPRanges: ['{range}']"));
+            assert!(matches!(v.as_slice(), [Violation::CaProtectedIp { .. }]), "{range}: {v:?}");
+        }
+        for_ca(&policy("allowCA: true\nallowedIPRanges: ['fd00::/8']"), &t).unwrap();
     }
 
     #[test]
