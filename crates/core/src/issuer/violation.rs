@@ -12,6 +12,19 @@ use thiserror::Error;
 /// One rule of the policy a request breaks.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum Violation {
+    /// Matching the request's names against the policy's patterns would cost more than one
+    /// request may: pattern matching takes the product of the lengths.
+    #[error(
+        "matching this request's names against the policy's patterns would take {work} steps, more \
+         than the {limit} meshroot spends on one request: ask for fewer or shorter names, or shorten the \
+         policy's patterns"
+    )]
+    TooMuchMatching {
+        /// The steps the request would take: each name's length times its patterns' lengths.
+        work: usize,
+        /// The most one request may take.
+        limit: usize,
+    },
     /// A CA certificate asked of a policy without `allowCA`.
     #[error("isCA is not allowed (policy.allowCA is false)")]
     CaNotAllowed,
