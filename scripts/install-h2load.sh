@@ -24,7 +24,7 @@ trap 'rm -rf "$work"' EXIT
 # nghttp2-client, and those of its direct dependencies that are not installed here. glibc and
 # libstdc++ are never taken from a download: loading them beside the system's breaks both.
 packages=(nghttp2-client)
-for dep in $(apt-cache depends nghttp2-client | sed -n 's/^ *Depends: //p' | sort -u); do
+for dep in $(apt-cache depends nghttp2-client | sed -n 's/^ *|\{0,1\}Depends: //p' | sort -u); do
   case "$dep" in libc6 | libgcc-s1 | libstdc++6 | "<"*) continue ;; esac
   dpkg-query -W -f='${Status}' "$dep" 2>/dev/null | grep -q "ok installed" || packages+=("$dep")
 done
@@ -39,7 +39,7 @@ libdir=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo "$(uname -m)
 cat >"$dest.tmp/h2load" <<EOF
 #!/bin/sh
 # h2load from Debian's nghttp2-client $version, unpacked by scripts/install-h2load.sh.
-LD_LIBRARY_PATH="$dest/root/usr/lib/$libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$dest/root/usr/bin/h2load" "\$@"
+LD_LIBRARY_PATH="$dest/root/usr/lib/$libdir:$dest/root/lib/$libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$dest/root/usr/bin/h2load" "\$@"
 EOF
 chmod 0755 "$dest.tmp/h2load"
 rm -rf "$dest"

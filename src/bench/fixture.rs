@@ -61,8 +61,8 @@ impl Files {
     pub fn ready(&self) -> PathBuf {
         self.dir.join("ready")
     }
-    /// Written by the server process as it exits: the requests it received and the
-    /// certificates it issued, separated by a space.
+    /// Written by the server process as it exits: the requests it received, the certificates it
+    /// issued and the requests it refused, separated by spaces.
     pub fn counts(&self) -> PathBuf {
         self.dir.join("counts")
     }

@@ -133,8 +133,9 @@ impl ServerProcess {
         process_usage(self.child.id()).unwrap_or_default()
     }
 
-    /// Stops the server; returns the requests it received and the certificates it issued.
-    fn stop(mut self, dir: &Path) -> anyhow::Result<(u64, u64)> {
+    /// Stops the server; returns the requests it received, the certificates it issued and the
+    /// requests it refused.
+    fn stop(mut self, dir: &Path) -> anyhow::Result<Counts> {
         drop(self.child.stdin.take());
         let status = self.child.wait()?;
         if !status.success() {
@@ -143,9 +144,9 @@ impl ServerProcess {
         let path = fixture::Files { dir: dir.to_path_buf() }.counts();
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let mut counts = text.split_whitespace().map(str::parse::<u64>);
-        match (counts.next(), counts.next()) {
-            (Some(Ok(requests)), Some(Ok(issued))) => Ok((requests, issued)),
-            _ => bail!("{} does not hold two counts: {text:?}", path.display()),
+        match (counts.next(), counts.next(), counts.next(), counts.next()) {
+            (Some(Ok(requests)), Some(Ok(issued)), Some(Ok(refused)), None) => Ok(Counts { requests, issued, refused }),
+            _ => bail!("{} does not hold three counts: {text:?}", path.display()),
         }
     }
 }
@@ -157,6 +158,17 @@ impl Drop for ServerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// What the server counted over its life.
+#[derive(Clone, Copy, Debug)]
+struct Counts {
+    /// Requests received.
+    requests: u64,
+    /// Certificates issued.
+    issued: u64,
+    /// Requests refused, for any reason.
+    refused: u64,
 }
 
 /// One phase's figures, as printed.
@@ -389,13 +401,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Whether the server issued a certificate for every request of an h2load run: at least the
-/// `done` requests h2load saw answered, and every request it received but those that may have
-/// been `in_flight` when h2load stopped and closed its connections.
-fn all_issued(done: u64, requests: u64, issued: u64, in_flight: u64) -> anyhow::Result<()> {
-    if issued < done || requests.saturating_sub(issued) > in_flight {
+/// Whether the server issued a certificate for every request of an h2load run: it refused none,
+/// and issued at least the `done` requests h2load saw answered. (It may have received more: those
+/// cut off in flight when h2load stopped and closed its connections.)
+fn all_issued(done: u64, counts: Counts) -> anyhow::Result<()> {
+    let Counts { requests, issued, refused } = counts;
+    if refused > 0 || issued < done {
         bail!(
-            "h2load's requests were not all issued: h2load saw {done} answered, the server received {requests} and issued {issued}"
+            "h2load's requests were not all issued: h2load saw {done} answered, the server received {requests}, issued {issued} and refused {refused}"
         );
     }
     Ok(())
@@ -432,7 +445,7 @@ async fn independent(
         let client_cpu = client_after.waited_children_cpu.saturating_sub(client_before.waited_children_cpu);
         let _ = writeln!(
             out,
-            "  h2load, {label} CSRs, {} connections: {:.0} certs/s = {:.0}% of the primitive ceiling measured just before ({primitive_ceiling:.0} certs/s); latency mean {} max {}; server CPU {:.0} µs/cert ({:.0} µs in the kernel); h2load CPU {:.0} µs/cert",
+            "  h2load, {label} CSRs, {} connections: {:.0} certs/s = {:.0}% of the primitive ceiling measured before the h2load runs ({primitive_ceiling:.0} certs/s); latency mean {} max {}; server CPU {:.0} µs/cert ({:.0} µs in the kernel); h2load CPU {:.0} µs/cert",
             opts.connections,
             report.rate,
             100.0 * report.rate / primitive_ceiling.max(1e-9),
@@ -451,25 +464,30 @@ async fn independent(
             );
         }
     }
-    let (requests, issued) = server.stop(&files.dir)?;
-    let _ = writeln!(out, "  h2load: the server received {requests} requests and issued {issued} certificates");
-    all_issued(done, requests, issued, 2 * opts.connections as u64)?;
+    let counts = server.stop(&files.dir)?;
+    let _ = writeln!(
+        out,
+        "  h2load: the server received {} requests, issued {} certificates and refused {}",
+        counts.requests, counts.issued, counts.refused
+    );
+    all_issued(done, counts)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::all_issued;
+    use super::{Counts, all_issued};
 
     /// gRPC refusals are HTTP 200 to h2load: only the server's counts tell them.
     #[test]
     fn an_h2load_run_passes_only_if_the_server_issued_its_requests() {
-        all_issued(1000, 1000, 1000, 4).unwrap();
-        // Cut off in flight when h2load stopped: received, never answered.
-        all_issued(1000, 1004, 1000, 4).unwrap();
-        let refused = all_issued(1000, 1005, 1000, 4).unwrap_err().to_string();
-        assert!(refused.contains("received 1005 and issued 1000"), "{refused}");
-        // Answered but not issued: refusals.
-        assert!(all_issued(1000, 1000, 999, 4).is_err());
+        let counts = |requests, issued, refused| Counts { requests, issued, refused };
+        all_issued(1000, counts(1000, 1000, 0)).unwrap();
+        // Cut off in flight when h2load stopped: received, never answered, never refused.
+        all_issued(1000, counts(1064, 1000, 0)).unwrap();
+        let refused = all_issued(1000, counts(1001, 1000, 1)).unwrap_err().to_string();
+        assert!(refused.contains("received 1001, issued 1000 and refused 1"), "{refused}");
+        // Answered but not issued.
+        assert!(all_issued(1000, counts(1000, 999, 0)).is_err());
     }
 }

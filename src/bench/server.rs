@@ -20,7 +20,8 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
 /// Serves CreateCertificate over the PKI and tokens in `dir` (from [`fixture::create`]), writes
-/// the port to the ready file, and shuts down once stdin closes, writing the counts file.
+/// the port to the ready file, and shuts down once stdin closes, writing the counts file
+/// (requests received, certificates issued, requests refused).
 /// `rate_limits: false` turns every rate limit off, for a load generator that sends one token.
 pub async fn run(dir: PathBuf, rate_limits: bool) -> anyhow::Result<()> {
     let files = Files { dir };
@@ -69,7 +70,20 @@ pub async fn run(dir: PathBuf, rate_limits: bool) -> anyhow::Result<()> {
     let mut buf = [0u8; 64];
     while stdin.read(&mut buf).await.is_ok_and(|n| n > 0) {}
     front.shutdown().await?;
-    let counts = format!("{} {}\n", metrics.csr_count.get(), metrics.success_cert_issuance_count.get());
+    let counts =
+        format!("{} {} {}\n", metrics.csr_count.get(), metrics.success_cert_issuance_count.get(), refused(&metrics));
     std::fs::write(files.counts(), counts).context("writing the counts file")?;
     Ok(())
+}
+
+/// Requests refused, as the metrics count them: unauthenticated, forbidden, and every error by
+/// name (rate limited, bad CSR, unavailable...). A request cut off in flight is none of these.
+fn refused(metrics: &Metrics) -> u64 {
+    let by_name: u64 = metrics
+        .render(0)
+        .lines()
+        .filter(|l| l.starts_with("citadel_server_csr_sign_err_count{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    by_name + metrics.authentication_failure_count.get() + metrics.id_extraction_err_count.get()
 }
