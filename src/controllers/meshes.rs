@@ -238,12 +238,15 @@ pub fn node_accounts_without_namespace(mesh: &Mesh, namespaces: &[Arc<Namespace>
 /// The `NodeAccountNamespacesMissing` condition's reason and message.
 fn node_accounts_message(missing: &[String]) -> (&'static str, String) {
     if missing.is_empty() {
-        return ("Present", "every trusted node account's namespace exists".to_string());
+        return (
+            "Present",
+            "every trusted node account's namespace exists; accounts are trusted by name, so whoever may create service accounts there can act as a node agent".to_string(),
+        );
     }
     (
         "Missing",
         format!(
-            "trusted node accounts in namespaces that do not exist: {}; whoever can create such a namespace can act as the node agent of any workload of this mesh: create the namespaces or remove the accounts from spec.trustedNodeAccounts",
+            "trusted node accounts in namespaces that do not exist: {}; whoever can create such a namespace can act as a node agent for this mesh's workloads: create the namespaces or remove the accounts from spec.trustedNodeAccounts",
             missing.join(", ")
         ),
     )
