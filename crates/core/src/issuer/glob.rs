@@ -141,9 +141,16 @@ mod tests {
                 }
             }
         }
-        for pattern in ["a*b", "*a*", "***", "web-*.example.com", "spiffe://td/ns/*/sa/*"] {
+        // Patterns with a star after the leading one are matched token by token, whatever they start with.
+        let names = ["x.ab.com", "x.y.ab.com", "ab.com", "x.a.com", "a-b"];
+        for pattern in ["a*b", "*a*", "***", "*.a*.com", "**.a*.com", "web-*.example.com", "spiffe://td/ns/*/sa/*"] {
             assert!(!super::is_linear(pattern), "{pattern}");
+            for name in names {
+                let expected = super::by_tokens(pattern, name, &['.']);
+                assert_eq!(matches(pattern, name, &['.']), expected, "{pattern:?} against {name:?}");
+            }
         }
+        assert!(matches("*.a*.com", "x.ab.com", &['.']) && matches("**.a*.com", "x.y.ab.com", &['.']));
         assert_eq!(super::cost(&["*.a".into(), "a*b".into()], 10), (10 + 3 + 1) + 12 * 3);
     }
 

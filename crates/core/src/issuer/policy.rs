@@ -581,17 +581,17 @@ pub(super) mod tests {
     /// refused before any pattern is matched; one just under it is checked as usual.
     #[test]
     fn a_request_that_would_take_too_much_matching_is_refused_before_any() {
-        // 4 patterns of 1,024 characters, none linear: (len + 2) * 4,096 steps for a URI of len.
-        let pattern = format!("https://{}*b", "a*".repeat(508));
-        let p = policy(&format!("allowedURIs: ['{pattern}', '{pattern}', '{pattern}', '{pattern}']"));
-        let per_char = 4 * pattern.len();
-        let at_most = MAX_MATCHING_WORK / per_char - 2;
+        // One pattern of 4,096 characters, not linear: (len + 2) * 4,096 steps for a URI of len, so
+        // a URI of 4,094 takes exactly the limit.
+        let pattern = format!("https://{}*b", "a*".repeat(2043));
+        assert_eq!(pattern.len() * pattern.len(), MAX_MATCHING_WORK);
+        let p = policy(&format!("allowedURIs: ['{pattern}']"));
         let uri = |len: usize| format!("https://{}", "a".repeat(len - 8));
-        let e = check(&p, &names(&[], &[&uri(at_most)], &[], &[]), &[], false, &[]).unwrap_err();
-        assert!(e.contains("is not allowed by policy.allowedURIs"), "checked as usual: {e}");
-        let e = check(&p, &names(&[], &[&uri(at_most + 1)], &[], &[]), &[], false, &[]).unwrap_err();
+        let e = check(&p, &names(&[], &[&uri(4094)], &[], &[]), &[], false, &[]).unwrap_err();
+        assert!(e.contains("is not allowed by policy.allowedURIs"), "checked as usual at the limit: {e}");
+        let e = check(&p, &names(&[], &[&uri(4095)], &[], &[]), &[], false, &[]).unwrap_err();
         let refusal = "matching this request's names against the policy's patterns would take";
-        assert!(e.starts_with(&format!("{refusal} {} steps", (at_most + 3) * per_char)), "{e}");
+        assert!(e.starts_with(&format!("{refusal} {} steps", MAX_MATCHING_WORK + 4096)), "{e}");
         // Empty names cost their patterns' length each: 10,000 of them are refused.
         let many = RequestedNames { uris: vec![String::new(); 10_000], ..names(&[], &[], &[], &[]) };
         let e = check(&p, &many, &[], false, &[]).unwrap_err();
