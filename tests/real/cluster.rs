@@ -607,9 +607,21 @@ impl Cluster {
             }
             _ => Api::all_with(self.admin.clone(), &ApiResource { ..resource }),
         };
-        api.patch(name, &PatchParams::apply("real-tier").force(), &Patch::Apply(object))
-            .await
-            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+        // The real server answers 5xx while its etcd connection recovers (a CI run saw
+        // "Unavailable … connection reset by peer" from etcd once, mid-setup). Setup retries
+        // what a controller would; what the tests check is never retried here.
+        let mut attempt = 0;
+        loop {
+            match api.patch(name, &PatchParams::apply("real-tier").force(), &Patch::Apply(object)).await {
+                Ok(_) => return,
+                Err(kube::Error::Api(e)) if e.code >= 500 && attempt < 5 => {
+                    attempt += 1;
+                    eprintln!("applying {kind} {name}: {} ({}), retrying", e.message, e.code);
+                    tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                }
+                Err(e) => panic!("applying {kind} {name}: {e}"),
+            }
+        }
     }
 
     /// Waits until every CRD the server has is Established.
