@@ -416,8 +416,7 @@ fn all_issued(done: u64, counts: Counts) -> anyhow::Result<()> {
 
 /// The steady phases again, with h2load as the load generator, against a server with its rate
 /// limits off (h2load sends one token, so one identity). h2load cannot see gRPC's status, so
-/// the server's own counts must show every request it received issued, but for those still in
-/// flight when h2load stopped.
+/// the server's own counts must show no request refused ([`all_issued`]).
 async fn independent(
     out: &mut String,
     opts: &BenchOptions,
