@@ -81,8 +81,8 @@ pub fn issue_workload(
     now: OffsetDateTime,
 ) -> Result<IssuedCertificate> {
     let (not_before, not_after) = leaf_validity(authority, ttl, now)?;
-    // The key as the certificate carries it; the workload mark is derived from that, not from
-    // the CSR's bytes (which need not be canonical DER).
+    // The key as the certificate carries it; the workload mark is derived from that. CSR parsing
+    // already refuses keys in any other encoding, but this takes bytes from any caller.
     let spki = canonical_spki(spki_der)?;
     let key_id = workload_key_id(&spki);
     let (serial, serial_hex) = random_serial_bytes()?;

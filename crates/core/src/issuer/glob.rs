@@ -1,11 +1,35 @@
 //! Name patterns for issuance policies. `*` matches any run of characters
 //! except a separator; `**` matches any run including separators.
 
+/// How a pattern is matched: the linear forms directly, any other token by token.
+enum Shape<'a> {
+    /// No `*`: the name must be the pattern.
+    Literal(&'a str),
+    /// `**` then a literal: any name ending with it.
+    AnySuffix(&'a str),
+    /// `*` then a literal: a name ending with it after a run without separators.
+    SegmentSuffix(&'a str),
+    /// A `*` after the leading one.
+    Tokens,
+}
+
+fn shape(pattern: &str) -> Shape<'_> {
+    let literal = |rest: &&str| !rest.contains('*');
+    if let Some(suffix) = pattern.strip_prefix("**").filter(literal) {
+        Shape::AnySuffix(suffix)
+    } else if let Some(suffix) = pattern.strip_prefix('*').filter(literal) {
+        Shape::SegmentSuffix(suffix)
+    } else if literal(&pattern) {
+        Shape::Literal(pattern)
+    } else {
+        Shape::Tokens
+    }
+}
+
 /// Whether matching `pattern` takes time linear in the name: a literal, or one leading `*` or
 /// `**` before a literal suffix (`*.example.com`), as nearly every policy's patterns are.
 pub fn is_linear(pattern: &str) -> bool {
-    let rest = pattern.strip_prefix("**").or_else(|| pattern.strip_prefix('*')).unwrap_or(pattern);
-    !rest.contains('*')
+    !matches!(shape(pattern), Shape::Tokens)
 }
 
 /// What matching `patterns` against one name of `len` bytes costs at most, in steps: a linear
@@ -23,16 +47,12 @@ pub fn cost(patterns: &[String], len: usize) -> usize {
 /// Whether `name` matches `pattern`. Linear for a literal or a leading `*` or `**`, otherwise in
 /// the product of the lengths; no backtracking blow-up.
 pub fn matches(pattern: &str, name: &str, separators: &[char]) -> bool {
-    if let Some(suffix) = pattern.strip_prefix("**").filter(|rest| !rest.contains('*')) {
-        return name.ends_with(suffix);
+    match shape(pattern) {
+        Shape::Literal(literal) => literal == name,
+        Shape::AnySuffix(suffix) => name.ends_with(suffix),
+        Shape::SegmentSuffix(suffix) => name.strip_suffix(suffix).is_some_and(|head| !head.contains(separators)),
+        Shape::Tokens => by_tokens(pattern, name, separators),
     }
-    if let Some(suffix) = pattern.strip_prefix('*').filter(|rest| !rest.contains('*')) {
-        return name.strip_suffix(suffix).is_some_and(|head| !head.contains(separators));
-    }
-    if !pattern.contains('*') {
-        return pattern == name;
-    }
-    by_tokens(pattern, name, separators)
 }
 
 /// [`matches`] for any pattern, token by token over every prefix of the name.
